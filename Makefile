@@ -1,0 +1,88 @@
+# Hearth — `make help` lists the targets. The two that matter: `make run`, `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+# Nothing Hearth runs may phone home.
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export GX_ANALYTICS_ENABLED := false
+export DVC_NO_ANALYTICS := 1
+export DO_NOT_TRACK := true
+export BENTOML_DO_NOT_TRACK := true
+export MLFLOW_ENABLE_TELEMETRY := false
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+# pip's file-index warnings drown out real errors; keep everything else.
+PIP_QUIET := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+
+.PHONY: help
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*##"; printf "Usage: make <target>\n\n"} /^[a-zA-Z_-]+:.*##/ {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(STAMP): requirements.lock pyproject.toml
+	@echo "==> creating $(VENV) with $(PYTHON) and installing the locked dependencies (a few minutes the first time)"
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@set -o pipefail; $(BIN)/pip install -q --upgrade pip $(PIP_QUIET)
+	@set -o pipefail; $(BIN)/pip install -q -r requirements.lock $(PIP_QUIET)
+	@set -o pipefail; $(BIN)/pip install -q --no-deps -e . $(PIP_QUIET)
+	@touch $@
+
+.PHONY: install
+install: $(STAMP) ## Create .venv and install Hearth with its locked dependencies
+
+.PHONY: run
+run: install ## Set up, then run the main job (generate → ETL → validate → train → register)
+	$(BIN)/hearth run
+
+.PHONY: test
+test: install lint typecheck ## Set up, then run ruff, mypy and the whole test suite
+	$(BIN)/pytest
+
+.PHONY: test-fast
+test-fast: install ## Only the tests not marked slow
+	$(BIN)/pytest -m "not slow"
+
+.PHONY: lint
+lint: install ## ruff lint and format check
+	$(BIN)/ruff check src flows tests benchmarks
+	$(BIN)/ruff format --check src flows tests benchmarks
+
+.PHONY: format
+format: install ## Apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix src flows tests benchmarks
+	$(BIN)/ruff format src flows tests benchmarks
+
+.PHONY: typecheck
+typecheck: install ## mypy on src/
+	$(BIN)/mypy
+
+.PHONY: repro
+repro: install ## Reproduce the DVC pipeline (dvc repro)
+	$(BIN)/dvc repro
+
+.PHONY: bench
+bench: install ## ETL and training benchmarks (10^5, 10^6, 10^7 rows; takes a while)
+	$(BIN)/python benchmarks/bench_pipeline.py
+
+.PHONY: mlflow-ui
+mlflow-ui: install ## MLflow UI on http://127.0.0.1:5000 over Hearth's tracking store
+	$(BIN)/hearth ui mlflow
+
+.PHONY: prefect-ui
+prefect-ui: install ## Prefect UI on http://127.0.0.1:4200 over Hearth's Prefect home
+	$(BIN)/hearth ui prefect
+
+.PHONY: lock
+lock: ## Re-resolve requirements.lock from pyproject.toml in a scratch venv
+	rm -rf /tmp/hearth-lock && $(PYTHON) -m venv /tmp/hearth-lock
+	/tmp/hearth-lock/bin/pip install -q --upgrade pip
+	/tmp/hearth-lock/bin/pip install -q -e '.[dev]' $(PIP_QUIET)
+	( sed -n '1,2p' requirements.lock; /tmp/hearth-lock/bin/pip freeze --exclude-editable | sed 's/^torch==\(.*\)+cpu/torch==\1/' ) > requirements.lock.new
+	mv requirements.lock.new requirements.lock
+
+.PHONY: clean
+clean: ## Remove Hearth's state (.hearth), generated data and reports; keeps .venv
+	rm -rf .hearth data/raw data/processed data/quarantine data/reference reports/*.json reports/*.png

@@ -1,0 +1,243 @@
+"""One path for configuration.
+
+`Settings` says *where* things are (paths, URIs, secrets) and comes from the environment
+(`HEARTH_*`) and `.env`. `Params` says *what to do* (sizes, thresholds, hyperparameters) and
+comes from `params.yaml`. Both are validated once into frozen models that reject unknown
+keys, so a typo is an error at start rather than a silent default.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import date
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal, Self
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_API_KEY = "dev-api-key"
+DEFAULT_ADMIN_TOKEN = "dev-admin-token"
+
+# Nothing Hearth runs may phone home.
+NO_TELEMETRY_ENV = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "GX_ANALYTICS_ENABLED": "false",
+    "DVC_NO_ANALYTICS": "1",
+    "DO_NOT_TRACK": "true",
+    "BENTOML_DO_NOT_TRACK": "true",
+    "MLFLOW_ENABLE_TELEMETRY": "false",
+}
+
+
+class ConfigError(ValueError):
+    """A configuration file or setting is invalid; the message says which and how to fix it."""
+
+
+class Settings(BaseSettings):
+    """Where Hearth keeps its state and how it reaches its servers."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="HEARTH_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    env: Literal["development", "production"] = "development"
+    home: Path = Field(default=Path(".hearth"), description="Root of every piece of state.")
+    data_dir: Path = Path("data")
+    reports_dir: Path = Path("reports")
+    params_file: Path = Path("params.yaml")
+    mlflow_tracking_uri: str | None = Field(
+        default=None, description="Defaults to sqlite:///<home>/mlflow.db."
+    )
+    prefect_api_url: str | None = Field(
+        default=None, description="Defaults to Prefect's local server in <home>/prefect."
+    )
+    api_key: SecretStr = SecretStr(DEFAULT_API_KEY)
+    admin_token: SecretStr = SecretStr(DEFAULT_ADMIN_TOKEN)
+
+    @model_validator(mode="after")
+    def _no_default_secrets_in_production(self) -> Self:
+        if self.env == "production":
+            for name, value, default in (
+                ("HEARTH_API_KEY", self.api_key, DEFAULT_API_KEY),
+                ("HEARTH_ADMIN_TOKEN", self.admin_token, DEFAULT_ADMIN_TOKEN),
+            ):
+                secret = value.get_secret_value()
+                if not secret or secret == default:
+                    raise ValueError(
+                        f"{name} is empty or the development default; set a real secret "
+                        "before running with HEARTH_ENV=production"
+                    )
+        return self
+
+    # -- derived locations -------------------------------------------------------------
+    @property
+    def home_abs(self) -> Path:
+        return self.home.expanduser().resolve()
+
+    @property
+    def mlflow_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"sqlite:///{self.home_abs / 'mlflow.db'}"
+
+    @property
+    def mlflow_artifact_root(self) -> Path:
+        return self.home_abs / "mlartifacts"
+
+    @property
+    def prefect_home(self) -> Path:
+        return self.home_abs / "prefect"
+
+    @property
+    def dvc_remote(self) -> Path:
+        return self.home_abs / "dvc-remote"
+
+    @property
+    def data_docs_dir(self) -> Path:
+        return self.home_abs / "data-docs"
+
+    @property
+    def gx_dir(self) -> Path:
+        return self.home_abs / "gx"
+
+    @property
+    def raw_dir(self) -> Path:
+        return self.data_dir / "raw"
+
+    @property
+    def transactions_dir(self) -> Path:
+        return self.raw_dir / "transactions"
+
+    @property
+    def customers_file(self) -> Path:
+        return self.raw_dir / "customers.csv"
+
+    @property
+    def processed_dir(self) -> Path:
+        return self.data_dir / "processed"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.data_dir / "quarantine"
+
+    @property
+    def reference_dir(self) -> Path:
+        return self.data_dir / "reference"
+
+    def environment(self) -> dict[str, str]:
+        """Environment variables that point Prefect, MLflow and friends at this home."""
+        env = dict(NO_TELEMETRY_ENV)
+        env["PREFECT_HOME"] = str(self.prefect_home)
+        env["MLFLOW_TRACKING_URI"] = self.mlflow_uri
+        if self.prefect_api_url:
+            env["PREFECT_API_URL"] = self.prefect_api_url
+        return env
+
+    def apply(self) -> None:
+        """Export `environment()` into this process and create the home; call once at start."""
+        self.home_abs.mkdir(parents=True, exist_ok=True)
+        for key, value in self.environment().items():
+            os.environ[key] = value
+
+
+# -- params.yaml ---------------------------------------------------------------------------
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DataParams(_Frozen):
+    """Size and shape of the generated default data."""
+
+    days: int = Field(30, ge=1)
+    customers: int = Field(2000, ge=1)
+    seed: int = 7
+    start_date: date = date(2026, 1, 1)
+    tx_per_customer_day: float = Field(1.5, gt=0)
+    fraud_rate: float = Field(0.01, ge=0, le=0.2)
+    dirty_rate: float = Field(0.005, ge=0, le=0.5)
+
+
+class SplitParams(_Frozen):
+    """Time split: the last days are held out, never the other way round."""
+
+    valid_days: int = Field(5, ge=1)
+    test_days: int = Field(5, ge=1)
+
+
+class EtlParams(_Frozen):
+    memory_limit: str = "2GB"
+    threads: int = Field(2, ge=1)
+
+
+class ValidationParams(_Frozen):
+    raw_max_bad_fraction: float = Field(0.05, ge=0, le=1)
+    label_rate_min: float = Field(0.002, ge=0, le=1)
+    label_rate_max: float = Field(0.05, ge=0, le=1)
+    feature_mean_tolerance: float = Field(
+        0.5, gt=0, description="Allowed drift of a feature's mean, in reference std units."
+    )
+
+
+class TrainParams(_Frozen):
+    experiment: Path = Path("experiments/default.yaml")
+
+
+class RegistryParams(_Frozen):
+    model_name: str = "fraud-detector"
+    promotion_metric: Literal["pr_auc", "roc_auc"] = "pr_auc"
+    promotion_margin: float = Field(0.005, ge=0)
+
+
+class ThresholdParams(_Frozen):
+    """How the decision thresholds are picked on validation data."""
+
+    decline_precision: float = Field(0.8, gt=0, le=1)
+    review_recall: float = Field(0.9, gt=0, le=1)
+    report_precision: float = Field(
+        0.9, gt=0, le=1, description="Recall is reported at this precision."
+    )
+
+
+class Params(_Frozen):
+    data: DataParams = DataParams()
+    split: SplitParams = SplitParams()
+    etl: EtlParams = EtlParams()
+    validation: ValidationParams = ValidationParams()
+    train: TrainParams = TrainParams()
+    registry: RegistryParams = RegistryParams()
+    thresholds: ThresholdParams = ThresholdParams()
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path} not found") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path} must hold a mapping at the top level")
+    return loaded
+
+
+def load_params(path: Path = Path("params.yaml")) -> Params:
+    """Read and validate `params.yaml`; a missing file means all defaults."""
+    if not path.exists():
+        return Params()
+    try:
+        return Params.model_validate(_read_yaml(path))
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+
+
+class HearthContext:
+    """Settings and Params, loaded once and passed down."""
+
+    def __init__(self, settings: Settings | None = None, params: Params | None = None):
+        self.settings = settings or Settings()
+        self._params = params
+
+    @cached_property
+    def params(self) -> Params:
+        return self._params or load_params(self.settings.params_file)

@@ -1,0 +1,1 @@
+"""Feature definitions shared by offline ETL (DuckDB) and online serving (one transaction)."""
