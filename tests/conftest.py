@@ -1,0 +1,39 @@
+"""Shared fixtures: every test gets its own Hearth home, data dir and stores under tmp_path."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from hearth.config import NO_TELEMETRY_ENV, Params, Settings
+
+os.environ.update(NO_TELEMETRY_ENV)
+
+
+@pytest.fixture
+def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Settings rooted in tmp_path, exported to the environment like the CLI does."""
+    monkeypatch.chdir(tmp_path)
+    s = Settings(
+        home=tmp_path / ".hearth",
+        data_dir=tmp_path / "data",
+        reports_dir=tmp_path / "reports",
+        params_file=tmp_path / "params.yaml",
+    )
+    for key, value in s.environment().items():
+        monkeypatch.setenv(key, value)
+    s.home_abs.mkdir(parents=True, exist_ok=True)
+    return s
+
+
+@pytest.fixture
+def small_params() -> Params:
+    """A tiny but realistic data set: fast to generate, ETL and train on."""
+    return Params.model_validate(
+        {
+            "data": {"days": 12, "customers": 300, "seed": 11, "tx_per_customer_day": 2.0},
+            "split": {"valid_days": 2, "test_days": 2},
+        }
+    )
