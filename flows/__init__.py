@@ -1,0 +1,1 @@
+"""Prefect flows: thin adapters over `hearth.steps` (retries, parallelism, run history)."""

@@ -1,0 +1,37 @@
+"""Daily ETL: validate the raw drops against their contract, then clean and featurise them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from flows._context import load_context
+from hearth import steps
+from hearth.config import HearthContext
+
+
+@task(cache_policy=NO_CACHE)
+def validate_raw_task(ctx: HearthContext) -> Any:
+    result = steps.validate_raw(ctx)
+    steps.gate([result])
+    return result
+
+
+@task(retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def etl_task(ctx: HearthContext) -> dict[str, Any]:
+    return steps.etl(ctx).to_dict()
+
+
+@flow(name="etl", log_prints=True)
+def etl_flow(validate_raw: bool = True) -> dict[str, Any]:
+    """Gate the raw drops (unless told not to), then build data/processed/ and quarantine."""
+    ctx = load_context()
+    if validate_raw:
+        validate_raw_task(ctx)
+    return etl_task(ctx)
+
+
+if __name__ == "__main__":
+    etl_flow()

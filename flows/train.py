@@ -1,0 +1,55 @@
+"""Training: one run, or a sweep of configurations as parallel tasks, each an MLflow run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from flows._context import load_context
+from hearth import steps
+from hearth.config import HearthContext
+from hearth.model.config import TrainConfig
+
+
+@task(cache_policy=NO_CACHE, task_run_name="train {run_name}")
+def train_task(
+    ctx: HearthContext,
+    run_name: str,
+    config: TrainConfig,
+    experiment: str,
+    lineage: Any,
+    parent_run_id: str | None,
+) -> steps.TrainedRun:
+    return steps.train_run(ctx, run_name, config, experiment, lineage, parent_run_id)
+
+
+@task(cache_policy=NO_CACHE)
+def register_task(ctx: HearthContext, run: steps.TrainedRun) -> Any:
+    return steps.register(ctx, run)
+
+
+@flow(name="train", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=2))
+def train_flow(experiment: str | None = None, register: bool = True) -> dict[str, Any]:
+    """Train the experiment's runs in parallel, register the best on validation PR-AUC."""
+    ctx = load_context()
+    plan = steps.plan_training(ctx, Path(experiment) if experiment else None)
+    lineage = steps.lineage_for(ctx, plan.experiment_file, steps.recorded_validation(ctx))
+    with steps.sweep_parent(ctx, plan) as parent_run_id:
+        futures = [
+            train_task.submit(ctx, name, config, plan.experiment.name, lineage, parent_run_id)
+            for name, config in plan.runs
+        ]
+        runs = [f.result() for f in futures]
+    best = steps.best_run(runs)
+    summary: dict[str, Any] = {"runs": [r.to_dict() for r in runs], "best": best.to_dict()}
+    if register:
+        summary["registration"] = register_task(ctx, best).to_dict()
+    return summary
+
+
+if __name__ == "__main__":
+    train_flow()

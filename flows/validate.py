@@ -1,0 +1,32 @@
+"""The validation gate: Great Expectations suites on raw and processed data."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from flows._context import load_context
+from hearth import steps
+from hearth.config import HearthContext
+
+
+@task(cache_policy=NO_CACHE)
+def validate_task(ctx: HearthContext, suite: str) -> Any:
+    return steps.validate_raw(ctx) if suite == "raw" else steps.validate_processed(ctx)
+
+
+@flow(name="validate", log_prints=True)
+def validate_flow(suites: tuple[str, ...] = ("raw", "processed")) -> str:
+    """Run the suites, record the result for lineage, and stop here if any failed."""
+    ctx = load_context()
+    results = [validate_task(ctx, suite) for suite in suites]
+    summary = steps.record_validation(ctx, results)
+    steps.gate(results)
+    print(f"validation: {summary}")
+    return summary
+
+
+if __name__ == "__main__":
+    validate_flow()

@@ -1,0 +1,305 @@
+"""`hearth …`: the command line. Each step command is also a DVC stage (see dvc.yaml)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+from hearth.config import ConfigError, HearthContext
+
+app = typer.Typer(
+    name="hearth",
+    help="Hearth: generate → ETL → validate → train → register, on your own hardware.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+data_app = typer.Typer(help="Raw data: generate synthetic daily drops.", no_args_is_help=True)
+ui_app = typer.Typer(help="Open the Prefect or MLflow UI over Hearth's state.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(ui_app, name="ui")
+
+console = Console(stderr=True)
+
+
+def _context() -> HearthContext:
+    try:
+        ctx = HearthContext()
+        ctx.params  # noqa: B018 - validate params.yaml now, not halfway through a step
+    except (ConfigError, ValueError) as exc:
+        _fail(f"configuration error: {exc}")
+    ctx.settings.apply()
+    return ctx
+
+
+def _fail(message: str, hint: str | None = None) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {message}")
+    if hint:
+        console.print(f"[yellow]hint:[/] {hint}")
+    raise typer.Exit(code=1)
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        datefmt="%H:%M:%S",
+        handlers=[RichHandler(console=console, show_path=False, rich_tracebacks=True)],
+        force=True,
+    )
+    for noisy in ("alembic", "urllib3", "mlflow.store", "great_expectations", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@app.callback()
+def _main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    _setup_logging(verbose)
+
+
+# -- data ----------------------------------------------------------------------------------
+@data_app.command("generate")
+def data_generate(
+    days: Annotated[int | None, typer.Option(help="Days of drops (default: params.yaml).")] = None,
+    customers: Annotated[int | None, typer.Option(help="Number of customers.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed; same seed, same files.")] = None,
+    drift: Annotated[
+        str, typer.Option(help="none | spending | fraud-pattern: a shifted later period.")
+    ] = "none",
+    start_date: Annotated[
+        str | None, typer.Option(help="First day, YYYY-MM-DD (default: params.yaml).")
+    ] = None,
+) -> None:
+    """Write synthetic daily transaction drops (dirty, like real ones) into data/raw/."""
+    from hearth import steps
+
+    ctx = _context()
+    overrides = {
+        k: v for k, v in {"days": days, "customers": customers, "seed": seed}.items() if v
+    }
+    try:
+        first_day = date.fromisoformat(start_date) if start_date else None
+    except ValueError:
+        _fail(f"--start-date {start_date!r} is not a date", "use YYYY-MM-DD, e.g. 2026-02-01")
+    with _progress() as progress:
+        bar = progress.add_task("generating drops", total=None)
+
+        def on_day(done: int, total: int) -> None:
+            progress.update(bar, completed=done, total=total)
+
+        try:
+            report = steps.generate_data(
+                ctx, overrides=overrides, drift=drift, start_date=first_day, progress=on_day
+            )
+        except ValueError as exc:
+            _fail(str(exc))
+    console.print(
+        f"[green]✓[/] {report.transactions:,} transactions in {report.days} drops "
+        f"({report.fraud:,} fraud, {report.dirty_rows:,} dirty rows) → {ctx.settings.raw_dir}"
+    )
+
+
+def _progress() -> Progress:
+    return Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
+
+
+# -- steps (DVC stages) --------------------------------------------------------------------
+@app.command()
+def etl() -> None:
+    """Clean, dedupe and featurise data/raw/ into data/processed/; bad rows → data/quarantine/."""
+    from hearth import steps
+    from hearth.data.etl import DropError
+
+    ctx = _context()
+    try:
+        report = steps.etl(ctx)
+    except DropError as exc:
+        _fail(str(exc))
+    console.print(
+        f"[green]✓[/] {report.rows_clean:,} clean rows, {report.rows_quarantined:,} quarantined "
+        f"{dict(report.quarantine_reasons) if report.quarantine_reasons else ''}"
+    )
+    for split, rows in report.split_rows.items():
+        console.print(f"  {split:<5} {rows:>9,} rows  fraud rate {report.fraud_rate[split]:.2%}")
+
+
+@app.command()
+def validate(
+    suite: Annotated[
+        list[str] | None, typer.Option(help="Suite to run: raw, processed (default: both).")
+    ] = None,
+) -> None:
+    """Run the Great Expectations gate; exits non-zero naming every failed expectation."""
+    from hearth import steps
+    from hearth.validation import ValidationFailed
+
+    ctx = _context()
+    chosen = suite or ["raw", "processed"]
+    unknown = set(chosen) - {"raw", "processed"}
+    if unknown:
+        _fail(f"unknown suite(s) {sorted(unknown)}", "choose from raw, processed")
+    runners = {"raw": steps.validate_raw, "processed": steps.validate_processed}
+    results = [runners[name](ctx) for name in chosen]
+    summary = steps.record_validation(ctx, results)
+    try:
+        steps.gate(results)
+    except ValidationFailed as exc:
+        _fail(str(exc), "inspect the Data Docs, fix or quarantine the drop, then re-run")
+    console.print(f"[green]✓[/] {summary}")
+    for r in results:
+        if r.docs_index:
+            console.print(f"  Data Docs: {r.docs_index}")
+
+
+@app.command()
+def train(
+    experiment: Annotated[
+        Path | None, typer.Option(help="Experiment YAML (default: params.yaml train.experiment).")
+    ] = None,
+    register: Annotated[
+        bool, typer.Option(help="Register the best run and apply the champion gate.")
+    ] = True,
+) -> None:
+    """Train the experiment's runs (logged to MLflow) and register the best one."""
+    from hearth import steps
+
+    ctx = _context()
+    try:
+        plan = steps.plan_training(ctx, experiment)
+    except ConfigError as exc:
+        _fail(str(exc))
+    lineage = steps.lineage_for(ctx, plan.experiment_file, steps.recorded_validation(ctx))
+    with steps.sweep_parent(ctx, plan) as parent:
+        runs = [
+            steps.train_run(ctx, name, config, plan.experiment.name, lineage, parent)
+            for name, config in plan.runs
+        ]
+    best = steps.best_run(runs)
+    _print_run(best)
+    if register:
+        _print_decision(steps.register(ctx, best))
+
+
+def _print_run(run: Any) -> None:
+    m = run.test_metrics
+    console.print(
+        f"[green]✓[/] run {run.run_name} ({run.run_id[:8]}) on {run.device} in {run.seconds:.1f}s: "
+        f"test PR-AUC {m.get('pr_auc', float('nan')):.3f} vs fraud rate "
+        f"{m.get('fraud_rate', float('nan')):.3%} (chance), ROC-AUC {m.get('roc_auc', 0):.3f}"
+    )
+
+
+def _print_decision(decision: Any) -> None:
+    alias = f"alias [bold]{decision.alias}[/]" if decision.alias else "[yellow]no alias[/]"
+    console.print(f"[green]✓[/] registered version {decision.version}: {alias} — {decision.reason}")
+
+
+# -- the main job --------------------------------------------------------------------------
+@app.command()
+def run(
+    experiment: Annotated[
+        Path | None, typer.Option(help="Experiment YAML (default: params.yaml train.experiment).")
+    ] = None,
+) -> None:
+    """The main job as a Prefect flow: (generate) → raw gate → ETL → feature gate → train."""
+    ctx = _context()
+    from flows.pipeline import pipeline_flow
+
+    from hearth.validation import ValidationFailed
+
+    try:
+        summary = pipeline_flow(experiment=str(experiment) if experiment else None)
+    except ValidationFailed as exc:
+        _fail(str(exc), "the registry is untouched; fix the data and run again")
+    _print_summary(ctx, summary)
+
+
+def _print_summary(ctx: HearthContext, summary: dict[str, Any]) -> None:
+    s = ctx.settings
+    trained = summary["train"]
+    best, reg = trained["best"], trained.get("registration", {})
+    m = best["test_metrics"]
+    console.rule("[bold]Hearth: main job done")
+    console.print(
+        f"model  {ctx.params.registry.model_name} v{reg.get('version')} → "
+        f"{reg.get('alias') or 'no alias'} ({reg.get('reason', '')})\n"
+        f"test   PR-AUC {m['pr_auc']:.3f} vs fraud rate {m['fraud_rate']:.3%} "
+        f"(×{m['pr_auc'] / max(m['fraud_rate'], 1e-9):.0f} over chance), "
+        f"ROC-AUC {m['roc_auc']:.3f}, trained on {best['device']}\n"
+        f"valid. {summary['validation']}\n"
+    )
+    console.print("[bold]Where to look[/]")
+    console.print(f"  MLflow UI   hearth ui mlflow   (or: mlflow ui --backend-store-uri {s.mlflow_uri})")
+    console.print(f"  Prefect UI  hearth ui prefect  (or: PREFECT_HOME={s.prefect_home} prefect server start)")
+    console.print(f"  Data Docs   {s.data_docs_dir}/index.html")
+    console.print(f"  data        {s.raw_dir}  {s.processed_dir}  {s.quarantine_dir}")
+    console.print(f"  reports     {s.reports_dir}/*.json")
+
+
+# -- UIs -----------------------------------------------------------------------------------
+@ui_app.command("mlflow")
+def ui_mlflow(
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 5000,
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+) -> None:
+    """MLflow's UI over Hearth's tracking store and artifacts."""
+    ctx = _context()
+    s = ctx.settings
+    cmd = [
+        sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", s.mlflow_uri,
+        "--default-artifact-root", str(s.mlflow_artifact_root), "--host", host,
+        "--port", str(port),
+    ]  # fmt: skip
+    console.print(f"MLflow UI on http://{host}:{port} (Ctrl-C to stop)")
+    raise typer.Exit(subprocess.call(cmd, env=os.environ.copy()))
+
+
+@ui_app.command("prefect")
+def ui_prefect(
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 4200,
+) -> None:
+    """Prefect's server and UI over Hearth's Prefect home: every flow run `hearth run` made."""
+    _context()
+    cmd = [sys.executable, "-m", "prefect", "server", "start", "--port", str(port)]
+    console.print(f"Prefect UI on http://127.0.0.1:{port} (Ctrl-C to stop)")
+    raise typer.Exit(subprocess.call(cmd, env=os.environ.copy()))
+
+
+@app.command()
+def info() -> None:
+    """Print where Hearth keeps everything, as configured now."""
+    ctx = _context()
+    s = ctx.settings
+    for label, value in (
+        ("HEARTH_HOME", s.home_abs),
+        ("MLflow tracking", s.mlflow_uri),
+        ("MLflow artifacts", s.mlflow_artifact_root),
+        ("Prefect home", s.prefect_home),
+        ("DVC remote", s.dvc_remote),
+        ("Data Docs", s.data_docs_dir),
+        ("raw", s.raw_dir),
+        ("processed", s.processed_dir),
+        ("quarantine", s.quarantine_dir),
+        ("reports", s.reports_dir),
+    ):
+        typer.echo(f"{label:<18} {value}")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,81 @@
+"""Every experiment YAML, every Prefect deployment and every DVC stage is loaded and checked."""
+
+from __future__ import annotations
+
+import inspect
+import shlex
+from pathlib import Path
+
+import pytest
+import yaml
+from prefect.flows import load_flow_from_entrypoint
+from typer.main import get_command
+
+from hearth.cli import app
+from hearth.config import load_params
+from hearth.model.config import load_experiment
+
+ROOT = Path(__file__).parents[2]
+EXPERIMENTS = sorted((ROOT / "experiments").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.name)
+def test_experiment_files_load(path: Path) -> None:
+    experiment = load_experiment(path)
+    runs = experiment.configurations()
+    assert runs, f"{path.name} defines no run"
+    assert len({name for name, _ in runs}) == len(runs), "run names must be unique"
+
+
+def test_default_experiment_is_the_one_params_names() -> None:
+    params = load_params(ROOT / "params.yaml")
+    assert (ROOT / params.train.experiment).exists()
+
+
+def test_sweep_expands_to_one_run_per_variant() -> None:
+    experiment = load_experiment(ROOT / "experiments" / "sweep-width.yaml")
+    configs = [c for _, c in experiment.configurations()]
+    assert [c.hidden_sizes for c in configs] == [(32,), (64, 32), (128, 64)]
+    assert configs[2].dropout == 0.2 and configs[0].dropout == experiment.train.dropout
+
+
+def test_experiment_typo_is_an_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ntrain:\n  epoch: 3\n")
+    with pytest.raises(ValueError, match="epoch"):
+        load_experiment(bad)
+    bad.write_text("name: x\nsweep:\n  - {hiden_sizes: [8]}\n")
+    with pytest.raises(ValueError, match="hiden_sizes"):
+        load_experiment(bad)
+
+
+def _deployments() -> list[dict]:
+    return yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
+
+
+@pytest.mark.parametrize("deployment", _deployments(), ids=lambda d: d["name"])
+def test_prefect_deployments_point_at_real_flows(
+    deployment: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(ROOT)
+    flow = load_flow_from_entrypoint(deployment["entrypoint"])
+    accepted = set(inspect.signature(flow.fn).parameters)
+    assert set(deployment.get("parameters", {})) <= accepted
+    assert deployment["work_pool"]["name"] == "hearth-process"
+    for schedule in deployment.get("schedules", []):
+        assert len(schedule["cron"].split()) == 5
+
+
+def test_dvc_stages_call_real_hearth_commands() -> None:
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert list(stages) == ["generate", "etl", "validate", "train"]
+    cli = get_command(app)
+    params = load_params(ROOT / "params.yaml").model_dump()
+    for name, stage in stages.items():
+        argv = shlex.split(stage["cmd"])
+        assert argv[0] == "hearth", name
+        command = cli
+        for word in argv[1:]:
+            command = command.commands[word]  # type: ignore[attr-defined]
+        for section in stage.get("params", []):
+            assert section in params, f"stage {name} reads unknown params section {section}"
