@@ -1,0 +1,202 @@
+"""ETL and training benchmark: rows/s and peak memory by size, and the orchestration tax.
+
+    python benchmarks/bench_pipeline.py                      # 10^5, 10^6, 10^7 rows
+    python benchmarks/bench_pipeline.py --sizes 100000 --skip-training
+
+Each size runs in its own subprocess so that its peak RSS (DuckDB's native memory included)
+is its own. The training part trains the same configuration on the same 10^5-row features
+three ways in one run — the bare loop, with MLflow tracking, and inside a Prefect flow with
+MLflow — and prints the ratios against the bare loop. Figures are ratios against baselines
+taken in the same run, never absolute promises: this machine is shared and noisy.
+Writes reports/bench_pipeline.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+DAYS = 30
+TX_PER_CUSTOMER_DAY = 1.5
+
+
+def _data_params(rows: int) -> Any:
+    from hearth.config import DataParams
+
+    customers = max(50, round(rows / (DAYS * TX_PER_CUSTOMER_DAY)))
+    return DataParams(days=DAYS, customers=customers, tx_per_customer_day=TX_PER_CUSTOMER_DAY)
+
+
+def measure_size(rows: int, workdir: Path) -> dict[str, Any]:
+    """Generate then ETL about `rows` transactions in `workdir`; runs in a child process."""
+    from hearth.config import Params
+    from hearth.data.etl import run_etl
+    from hearth.data.generate import generate
+
+    params = Params(data=_data_params(rows))
+    raw, processed, quarantine = workdir / "raw", workdir / "processed", workdir / "quarantine"
+    t0 = time.perf_counter()
+    gen = generate(raw, params.data)
+    t1 = time.perf_counter()
+    report = run_etl(raw, processed, quarantine, params)
+    t2 = time.perf_counter()
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {
+        "rows": gen.transactions,
+        "generate_s": round(t1 - t0, 2),
+        "generate_rows_per_s": round(gen.transactions / (t1 - t0)),
+        "etl_s": round(t2 - t1, 2),
+        "etl_rows_per_s": round(report.rows_in / (t2 - t1)),
+        "rows_clean": report.rows_clean,
+        "rows_quarantined": report.rows_quarantined,
+        "raw_mib": round(sum(f.stat().st_size for f in raw.rglob("*.csv")) / 2**20, 1),
+        "peak_rss_mib": round(peak_kib / 1024, 1),
+    }
+
+
+def run_size_in_child(rows: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="hearth-bench-") as tmp:
+        out = subprocess.run(
+            [sys.executable, __file__, "--child", str(rows), "--workdir", tmp],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    if out.returncode != 0:
+        raise SystemExit(f"size {rows} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def measure_training(workdir: Path, epochs: int) -> dict[str, Any]:
+    """The same training three ways on the same features; ratios against the bare loop."""
+    from hearth.config import HearthContext, Params, Settings
+    from hearth.data.etl import run_etl
+    from hearth.data.generate import generate
+    from hearth.model.config import TrainConfig
+    from hearth.model.train import load_splits, train_model
+
+    settings = Settings(home=workdir / ".hearth", data_dir=workdir / "data",
+                        reports_dir=workdir / "reports")  # fmt: skip
+    settings.apply()
+    params = Params(data=_data_params(100_000))
+    generate(settings.raw_dir, params.data)
+    run_etl(settings.raw_dir, settings.processed_dir, settings.quarantine_dir, params)
+    ctx = HearthContext(settings, params)
+    config = TrainConfig(epochs=epochs, patience=epochs)  # no early stop: equal work each way
+    splits = load_splits(settings.processed_dir)
+
+    t0 = time.perf_counter()
+    train_model(splits, config, params.thresholds)
+    bare = time.perf_counter() - t0
+
+    from hearth import steps
+    from hearth.lineage import Lineage
+
+    lineage = Lineage(data_version="bench", git_commit="bench", validation="bench",
+                      experiment_file="bench")  # fmt: skip
+    t0 = time.perf_counter()
+    steps.train_run(ctx, "bench-mlflow", config, "bench", lineage)
+    with_mlflow = time.perf_counter() - t0
+
+    from prefect import flow
+
+    @flow(name="bench-train")
+    def bench_flow() -> None:
+        steps.train_run(ctx, "bench-prefect", config, "bench", lineage)
+
+    t0 = time.perf_counter()
+    bench_flow()
+    with_prefect_cold = time.perf_counter() - t0  # includes starting Prefect's local server
+    t0 = time.perf_counter()
+    bench_flow()
+    with_prefect_warm = time.perf_counter() - t0
+    return {
+        "train_rows": len(splits.train),
+        "epochs": epochs,
+        "bare_s": round(bare, 2),
+        "mlflow_s": round(with_mlflow, 2),
+        "prefect_mlflow_cold_s": round(with_prefect_cold, 2),
+        "prefect_mlflow_warm_s": round(with_prefect_warm, 2),
+        "ratio_mlflow": round(with_mlflow / bare, 3),
+        "ratio_prefect_mlflow_cold": round(with_prefect_cold / bare, 3),
+        "ratio_prefect_mlflow_warm": round(with_prefect_warm / bare, 3),
+    }
+
+
+def to_markdown(result: dict[str, Any]) -> str:
+    lines = [
+        "# Hearth pipeline benchmark",
+        "",
+        f"Machine: {result['machine']}",
+        "",
+        "## Generation and ETL",
+        "",
+        "| rows | generate rows/s | ETL rows/s | ETL s | quarantined | raw MiB | peak RSS MiB |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in result["sizes"]:
+        lines.append(
+            f"| {r['rows']:,} | {r['generate_rows_per_s']:,} | {r['etl_rows_per_s']:,} "
+            f"| {r['etl_s']} | {r['rows_quarantined']:,} | {r['raw_mib']} | {r['peak_rss_mib']} |"
+        )
+    t = result.get("training")
+    if t:
+        lines += [
+            "",
+            f"## Training overhead ({t['train_rows']:,} training rows, {t['epochs']} epochs)",
+            "",
+            "| how | seconds | × bare loop |",
+            "|---|---:|---:|",
+            f"| bare training loop | {t['bare_s']} | 1.000 |",
+            f"| + MLflow tracking and model logging | {t['mlflow_s']} | {t['ratio_mlflow']} |",
+            f"| + Prefect flow, cold (starts the local server) | {t['prefect_mlflow_cold_s']} "
+            f"| {t['ratio_prefect_mlflow_cold']} |",
+            f"| + Prefect flow, warm | {t['prefect_mlflow_warm_s']} "
+            f"| {t['ratio_prefect_mlflow_warm']} |",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000, 10_000_000])
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--skip-training", action="store_true")
+    parser.add_argument("--out", type=Path, default=Path("reports"))
+    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.child:
+        print(json.dumps(measure_size(args.child, args.workdir)))
+        return
+
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    result: dict[str, Any] = {"machine": machine, "sizes": []}
+    for rows in args.sizes:
+        print(f"[bench] {rows:,} rows: generate + ETL …", flush=True)
+        r = run_size_in_child(rows)
+        print(f"[bench]   {json.dumps(r)}", flush=True)
+        result["sizes"].append(r)
+    if not args.skip_training:
+        print("[bench] training: bare vs MLflow vs Prefect+MLflow …", flush=True)
+        with tempfile.TemporaryDirectory(prefix="hearth-bench-train-") as tmp:
+            result["training"] = measure_training(Path(tmp), args.epochs)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench_pipeline.json").write_text(json.dumps(result, indent=2) + "\n")
+    markdown = to_markdown(result)
+    (args.out / "bench_pipeline.md").write_text(markdown)
+    print(markdown)
+
+
+if __name__ == "__main__":
+    main()
