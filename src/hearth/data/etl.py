@@ -1,0 +1,555 @@
+"""ETL: raw daily drops → clean typed transactions, quarantine, features and time splits.
+
+Everything runs in an in-process DuckDB with a memory limit and a spill directory, so the
+data may be larger than memory. Raw drops are read as text (``all_varchar``) so that no
+malformed value can crash the read; every row that breaks the contract goes to the
+quarantine with a readable reason, and ``rows_in == rows_clean + rows_quarantined`` always.
+
+Outputs (written to a scratch directory first and moved into place only when every step
+succeeded, so a failed run leaves the previous outputs as they were):
+
+- ``processed_dir/transactions.parquet``: clean typed transactions + ``amount_eur``, sorted
+  by (timestamp, transaction_id); the online feature store materialises from it.
+- ``processed_dir/customers.parquet``: customer master data, home NULL where unknown.
+- ``processed_dir/{train,valid,test}.parquet``: KEY_COLUMNS + FEATURES + is_fraud.
+- ``quarantine_dir/quarantine.parquet``: rejected rows, raw columns as text, with
+  ``source_file``, ``source_line``, ``check`` (the kind of problem) and ``reason``.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from datetime import date, timedelta
+from pathlib import Path
+
+import duckdb
+
+from hearth.config import EtlParams, Params, SplitParams
+from hearth.data.schema import (
+    CHANNELS,
+    CUSTOMER_COLUMNS,
+    EUR_RATES,
+    LABEL,
+    MERCHANT_CATEGORIES,
+    RAW_COLUMNS,
+    TIMESTAMP_FORMAT,
+)
+from hearth.features.definitions import SPLITS
+from hearth.features.offline import build_feature_sql
+
+logger = logging.getLogger(__name__)
+
+TRANSACTIONS_SUBDIR = "transactions"
+CUSTOMERS_FILE = "customers.csv"
+# Longest raw value quoted in a quarantine reason; the full value is in its own column.
+_REASON_VALUE_CHARS = 40
+_MALFORMED_LINE = "malformed CSV line"
+_DUPLICATE = "duplicate transaction_id"
+
+
+class EtlError(ValueError):
+    """The ETL cannot produce its outputs; the message says why and what to do."""
+
+
+class DropError(EtlError):
+    """A raw drop cannot be read at all (wrong header, empty file); message names the file,
+    what is wrong and what to do."""
+
+
+@dataclass(frozen=True)
+class EtlReport:
+    """What one ETL run read, kept, rejected and wrote."""
+
+    rows_in: int
+    rows_clean: int
+    rows_quarantined: int
+    quarantine_reasons: dict[str, int]
+    drops: int
+    split_rows: dict[str, int]
+    split_dates: dict[str, tuple[str, str]]
+    fraud_rate: dict[str, float]
+    outputs: dict[str, str]
+
+    def to_dict(self) -> dict[str, object]:
+        """A JSON-ready dict (tuples become lists)."""
+        out = asdict(self)
+        out["split_dates"] = {k: list(v) for k, v in self.split_dates.items()}
+        return out
+
+
+# -- SQL helpers ---------------------------------------------------------------------------
+def _lit(value: str) -> str:
+    """A SQL string literal."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _ident(name: str) -> str:
+    """A quoted SQL identifier (``timestamp`` is a keyword)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _in_list(values: tuple[str, ...]) -> str:
+    return "(" + ", ".join(_lit(v) for v in values) + ")"
+
+
+def _quoted_value(column: str) -> str:
+    """SQL for the raw value of `column`, quoted and shortened, for a reason text."""
+    col = _ident(column)
+    return (
+        f"'''' || left({col}, {_REASON_VALUE_CHARS}) || "
+        f"CASE WHEN length({col}) > {_REASON_VALUE_CHARS} THEN '…' ELSE '' END || ''''"
+    )
+
+
+# -- Phase 1: find and check the drops -----------------------------------------------------
+def _check_header(path: Path, expected: tuple[str, ...]) -> None:
+    """Raise DropError unless `path` has exactly the `expected` header and at least one row.
+
+    Only the first two lines are read: a wrong file is rejected before DuckDB scans anything.
+    """
+    with path.open(encoding="utf-8-sig", errors="replace", newline="") as handle:
+        header = handle.readline()
+        first_row = handle.readline()
+    if not header:
+        raise DropError(f"{path} is empty (0 bytes); remove it or re-export the drop")
+    found = tuple(col.strip().strip('"') for col in header.rstrip("\r\n").split(","))
+    if found != expected:
+        raise DropError(
+            f"{path} has header {','.join(found)!r}, expected {','.join(expected)!r}; "
+            "fix the export or move the file out of the raw directory"
+        )
+    if not first_row.strip():
+        raise DropError(f"{path} has a header but no rows; remove it or re-export the drop")
+
+
+def find_drops(raw_dir: Path) -> list[Path]:
+    """The daily transaction drops in file-name (= date) order, each with a valid header."""
+    drops = sorted((raw_dir / TRANSACTIONS_SUBDIR).glob("*.csv"))
+    if not drops:
+        raise DropError(
+            f"no transaction drops in {raw_dir / TRANSACTIONS_SUBDIR} (expected *.csv); "
+            "run `hearth data generate` to create synthetic data, or copy the drops there"
+        )
+    for drop in drops:
+        _check_header(drop, RAW_COLUMNS)
+    customers = raw_dir / CUSTOMERS_FILE
+    if not customers.exists():
+        raise DropError(
+            f"{customers} is missing; run `hearth data generate` or add the customer master data"
+        )
+    _check_header(customers, CUSTOMER_COLUMNS)
+    return drops
+
+
+# -- Phase 2: load raw text ----------------------------------------------------------------
+def _read_csv_sql(files: list[Path], columns: tuple[str, ...], rejects: str) -> str:
+    """read_csv as text with fixed columns; unparseable lines go to the `rejects` tables."""
+    spec = "{" + ", ".join(f"{_lit(c)}: 'VARCHAR'" for c in columns) + "}"
+    paths = "[" + ", ".join(_lit(str(f)) for f in files) + "]"
+    return (
+        f"read_csv({paths}, header = true, auto_detect = false, all_varchar = true, "
+        f"columns = {spec}, delim = ',', quote = '\"', escape = '\"', filename = true, "
+        f"store_rejects = true, rejects_table = {_lit(rejects + '_errors')}, "
+        f"rejects_scan = {_lit(rejects + '_scans')})"
+    )
+
+
+def _load_raw(con: duckdb.DuckDBPyConnection, drops: list[Path]) -> None:
+    """Tables `raw` (one row per parsed record, with source_file and source_line) and
+    `raw_rejects` (one row per line the CSV reader could not split into the columns)."""
+    columns = ", ".join(_ident(c) for c in RAW_COLUMNS)
+    # preserve_insertion_order (DuckDB's default) keeps file order then row order in rowid.
+    con.execute(
+        f"CREATE TABLE raw_read AS SELECT {columns}, parse_filename(filename) AS source_file "
+        f"FROM {_read_csv_sql(drops, RAW_COLUMNS, 'csv_rejects')}"
+    )
+    con.execute(
+        """
+        CREATE TABLE raw_rejects AS
+        SELECT parse_filename(s.file_path) AS source_file,
+               CAST(e.line AS BIGINT) AS source_line,
+               first(lower(CAST(e.error_type AS VARCHAR)) ORDER BY e.column_idx) AS error_type,
+               first(e.csv_line ORDER BY e.column_idx) AS csv_line
+        FROM csv_rejects_errors e JOIN csv_rejects_scans s USING (scan_id, file_id)
+        GROUP BY ALL
+        """
+    )
+    # The reader reports physical line numbers only for rejected lines. A parsed record's
+    # line is 1 (header) + its ordinal k + the number of rejected lines before it; a
+    # rejected line i (i-th in its file) comes after g_i = line_i - 1 - i records, so it
+    # precedes record k iff g_i < k. ASOF finds the last such i. (Assumes no quoted field
+    # spans lines, which the raw contract never produces.)
+    con.execute(
+        """
+        CREATE TABLE raw AS
+        WITH numbered AS (
+            SELECT *, row_number() OVER (PARTITION BY source_file ORDER BY rowid) AS record
+            FROM raw_read
+        ), gaps AS (
+            SELECT source_file, g, max(i) AS i FROM (
+                SELECT source_file,
+                       row_number() OVER (PARTITION BY source_file ORDER BY source_line) AS i,
+                       source_line - 1
+                         - row_number() OVER (PARTITION BY source_file ORDER BY source_line) AS g
+                FROM raw_rejects)
+            GROUP BY ALL
+        )
+        SELECT n.* EXCLUDE (record),
+               CAST(n.record + 1 + coalesce(gaps.i, 0) AS BIGINT) AS source_line
+        FROM numbered n ASOF LEFT JOIN gaps
+          ON n.source_file = gaps.source_file AND n.record > gaps.g
+        ORDER BY n.source_file, source_line
+        """
+    )
+    con.execute("DROP TABLE raw_read")
+
+
+def _load_customers(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+    """Table `customers`: one row per customer id (first wins), home NULL unless valid."""
+    columns = ", ".join(_ident(c) for c in CUSTOMER_COLUMNS)
+    # Materialised first: rowid (file order) exists only on a table.
+    con.execute(
+        f"CREATE TABLE customers_raw AS SELECT {columns} "
+        f"FROM {_read_csv_sql([path], CUSTOMER_COLUMNS, 'customer_rejects')}"
+    )
+    con.execute(
+        """
+        CREATE TABLE customers AS
+        WITH parsed AS (
+            SELECT customer_id,
+                   TRY_CAST(home_latitude AS DOUBLE) AS lat,
+                   TRY_CAST(home_longitude AS DOUBLE) AS lon,
+                   TRY_CAST(signup_date AS DATE) AS signup_date,
+                   row_number() OVER (PARTITION BY customer_id ORDER BY rowid) AS occurrence
+            FROM customers_raw
+            WHERE nullif(trim(customer_id), '') IS NOT NULL
+        ), valid AS (
+            SELECT *, lat IS NOT NULL AND lon IS NOT NULL AND isfinite(lat) AND isfinite(lon)
+                      AND lat BETWEEN -90 AND 90 AND lon BETWEEN -180 AND 180 AS home_known
+            FROM parsed WHERE occurrence = 1
+        )
+        SELECT customer_id,
+               CASE WHEN home_known THEN lat END AS home_latitude,
+               CASE WHEN home_known THEN lon END AS home_longitude,
+               signup_date
+        FROM valid ORDER BY customer_id
+        """
+    )
+    row = con.execute(
+        "SELECT count(*), count(*) FILTER (WHERE home_latitude IS NULL) FROM customers"
+    ).fetchone()
+    assert row is not None
+    rejected = _scalar(con, "SELECT count(DISTINCT line) FROM customer_rejects_errors")
+    logger.info("customers: %d (%d without a usable home location)", row[0], row[1])
+    if rejected:
+        logger.warning("customers: %d unreadable line(s) in %s ignored", rejected, path)
+
+
+def _scalar(con: duckdb.DuckDBPyConnection, sql: str) -> int:
+    row = con.execute(sql).fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
+
+
+# -- Phase 3: check every row --------------------------------------------------------------
+def _row_checks() -> list[tuple[str, str, str | None]]:
+    """(check name, SQL condition that fails the row, column whose value the reason shows).
+
+    Evaluated in order; a row gets the first check it fails. The typed helper columns
+    (``ts_``, ``amount_``, ...) are computed in `_check_rows`.
+    """
+    checks: list[tuple[str, str, str | None]] = [
+        (f"missing {c}", f"nullif(trim({_ident(c)}), '') IS NULL", None) for c in RAW_COLUMNS
+    ]
+    checks += [
+        ("malformed timestamp", "ts_ IS NULL", "timestamp"),
+        ("malformed amount", "amount_ IS NULL", "amount"),
+        ("non-finite amount", "NOT isfinite(amount_)", "amount"),
+        ("non-positive amount", "amount_ <= 0", "amount"),
+        ("unknown currency", "rate_ IS NULL", "currency"),
+        ("unknown channel", f"channel NOT IN {_in_list(CHANNELS)}", "channel"),
+        (
+            "unknown merchant_category",
+            f"merchant_category NOT IN {_in_list(MERCHANT_CATEGORIES)}",
+            "merchant_category",
+        ),
+    ]
+    for column, bound in (("latitude", 90), ("longitude", 180)):
+        checks += [
+            (f"malformed {column}", f"{column}_ IS NULL OR NOT isfinite({column}_)", column),
+            (f"{column} out of range", f"abs({column}_) > {bound}", column),
+        ]
+    checks.append((f"malformed {LABEL}", f"{_ident(LABEL)} NOT IN ('0', '1')", LABEL))
+    return checks
+
+
+def _check_rows(con: duckdb.DuckDBPyConnection) -> None:
+    """Table `checked`: every raw row with typed helper columns, `check` and `reason`.
+
+    `check` is NULL for a clean row. Duplicates are decided among rows that pass every other
+    check: the first by (file, line) is kept, so a later corrected re-send of a rejected
+    row is not lost.
+    """
+    checks = _row_checks()
+    check_case = " ".join(f"WHEN {cond} THEN {_lit(name)}" for name, cond, _ in checks)
+    reason_case = " ".join(
+        f"WHEN {cond} THEN {_lit(name)}" + (f" || ' ' || {_quoted_value(col)}" if col else "")
+        for name, cond, col in checks
+    )
+    rates = ", ".join(f"({_lit(cur)}, {rate!r})" for cur, rate in EUR_RATES.items())
+    con.execute(
+        f"""
+        CREATE TABLE typed AS
+        SELECT r.*,
+               try_strptime(r."timestamp", {_lit(TIMESTAMP_FORMAT)}) AS ts_,
+               TRY_CAST(r.amount AS DOUBLE) AS amount_,
+               TRY_CAST(r.latitude AS DOUBLE) AS latitude_,
+               TRY_CAST(r.longitude AS DOUBLE) AS longitude_,
+               rates.rate AS rate_
+        FROM raw r LEFT JOIN (VALUES {rates}) AS rates(currency, rate) USING (currency)
+        """
+    )
+    con.execute(
+        f"""
+        CREATE TABLE checked AS
+        WITH first_pass AS (
+            SELECT *, CASE {check_case} END AS check_, CASE {reason_case} END AS reason_
+            FROM typed
+        ), ranked AS (
+            SELECT *,
+                   row_number() OVER dup AS occurrence,
+                   first_value(source_file) OVER dup AS first_file,
+                   first_value(source_line) OVER dup AS first_line
+            FROM first_pass
+            WINDOW dup AS (PARTITION BY transaction_id, check_ IS NULL
+                           ORDER BY source_file, source_line)
+        )
+        SELECT * EXCLUDE (check_, reason_, occurrence, first_file, first_line),
+               CASE WHEN check_ IS NULL AND occurrence > 1 THEN {_lit(_DUPLICATE)}
+                    ELSE check_ END AS "check",
+               CASE WHEN check_ IS NULL AND occurrence > 1
+                    THEN {_lit(_DUPLICATE)} || ' (first seen in ' || first_file
+                         || ' line ' || first_line || ')'
+                    ELSE reason_ END AS reason
+        FROM ranked
+        """
+    )
+    con.execute("DROP TABLE typed")
+
+
+def _build_clean_and_quarantine(con: duckdb.DuckDBPyConnection) -> None:
+    """Tables `clean_transactions` (typed, + amount_eur) and `quarantine` (text + reason)."""
+    con.execute(
+        f"""
+        CREATE TABLE clean_transactions AS
+        SELECT transaction_id, ts_ AS "timestamp", customer_id, merchant_id, merchant_category,
+               amount_ AS amount, currency, channel, device_id,
+               latitude_ AS latitude, longitude_ AS longitude,
+               CAST({_ident(LABEL)} AS BIGINT) AS {_ident(LABEL)},
+               amount_ * rate_ AS amount_eur
+        FROM checked WHERE "check" IS NULL
+        ORDER BY "timestamp", transaction_id
+        """
+    )
+    raw_columns = ", ".join(_ident(c) for c in RAW_COLUMNS)
+    null_columns = ", ".join(f"CAST(NULL AS VARCHAR) AS {_ident(c)}" for c in RAW_COLUMNS)
+    con.execute(
+        f"""
+        CREATE TABLE quarantine AS
+        SELECT {raw_columns}, source_file, source_line, "check", reason
+        FROM checked WHERE "check" IS NOT NULL
+        UNION ALL
+        SELECT {null_columns}, source_file, source_line, {_lit(_MALFORMED_LINE)} AS "check",
+               {_lit(_MALFORMED_LINE)} || ' (' || replace(error_type, '_', ' ') || '): '''
+                 || left(csv_line, 120) || '''' AS reason
+        FROM raw_rejects
+        ORDER BY source_file, source_line
+        """
+    )
+
+
+# -- Phase 5: time split -------------------------------------------------------------------
+@dataclass(frozen=True)
+class _SplitBounds:
+    first: date
+    valid_start: date
+    test_start: date
+    last: date
+
+    def dates(self) -> dict[str, tuple[str, str]]:
+        one = timedelta(days=1)
+        return {
+            "train": (self.first.isoformat(), (self.valid_start - one).isoformat()),
+            "valid": (self.valid_start.isoformat(), (self.test_start - one).isoformat()),
+            "test": (self.test_start.isoformat(), self.last.isoformat()),
+        }
+
+
+def _split_bounds(con: duckdb.DuckDBPyConnection, split: SplitParams) -> _SplitBounds:
+    """Calendar-day boundaries: the last test_days → test, the valid_days before → valid."""
+    row = con.execute(
+        'SELECT min(CAST("timestamp" AS DATE)), max(CAST("timestamp" AS DATE)) FROM features'
+    ).fetchone()
+    if row is None or row[0] is None:
+        raise EtlError("no clean transactions left after quarantine; see the quarantine report")
+    first, last = row
+    test_start = last - timedelta(days=split.test_days - 1)
+    valid_start = test_start - timedelta(days=split.valid_days)
+    if first >= valid_start:
+        span = (last - first).days + 1
+        raise EtlError(
+            f"clean data spans {span} day(s) ({first} to {last}) but the split needs more than "
+            f"valid_days + test_days = {split.valid_days + split.test_days} so that train is "
+            "not empty; add more drops or lower split.valid_days / split.test_days in params.yaml"
+        )
+    return _SplitBounds(first, valid_start, test_start, last)
+
+
+def _split_case(bounds: _SplitBounds) -> str:
+    day = 'CAST("timestamp" AS DATE)'
+    return (
+        f"CASE WHEN {day} >= DATE '{bounds.test_start}' THEN 'test' "
+        f"WHEN {day} >= DATE '{bounds.valid_start}' THEN 'valid' ELSE 'train' END"
+    )
+
+
+# -- Orchestration -------------------------------------------------------------------------
+def _connect(database: Path, etl: EtlParams, spill_dir: Path) -> duckdb.DuckDBPyConnection:
+    """A DuckDB with bounded memory; tables and operators spill to `spill_dir`."""
+    con = duckdb.connect(str(database))
+    con.execute(f"SET memory_limit = {_lit(etl.memory_limit)}")
+    con.execute(f"SET threads = {int(etl.threads)}")
+    con.execute(f"SET temp_directory = {_lit(str(spill_dir))}")
+    con.execute("SET preserve_insertion_order = true")
+    return con
+
+
+def _copy_parquet(con: duckdb.DuckDBPyConnection, query: str, path: Path) -> None:
+    con.execute(f"COPY ({query}) TO {_lit(str(path))} (FORMAT parquet, COMPRESSION zstd)")
+
+
+def _reason_counts(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    rows = con.execute(
+        'SELECT "check", count(*) FROM quarantine GROUP BY ALL ORDER BY 2 DESC, 1'
+    ).fetchall()
+    return {str(check): int(n) for check, n in rows}
+
+
+def _split_stats(con: duckdb.DuckDBPyConnection) -> tuple[dict[str, int], dict[str, float]]:
+    rows = con.execute(
+        f"SELECT split, count(*), avg({_ident(LABEL)}) FROM features GROUP BY ALL"
+    ).fetchall()
+    found = {str(s): (int(n), float(rate)) for s, n, rate in rows}
+    counts = {s: found.get(s, (0, 0.0))[0] for s in SPLITS}
+    empty = [s for s, n in counts.items() if n == 0]
+    if empty:
+        raise EtlError(
+            f"split(s) {', '.join(empty)} have no transactions (days without data); "
+            "add drops for those days or change split.valid_days / split.test_days"
+        )
+    return counts, {s: found[s][1] for s in SPLITS}
+
+
+def _publish(scratch: Path, targets: dict[str, Path]) -> dict[str, str]:
+    """Move finished files into place (a rename when on the same filesystem)."""
+    for target in targets.values():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(scratch / target.name, target)
+        logger.debug("wrote %s", target)
+    return {name: str(target) for name, target in targets.items()}
+
+
+def run_etl(raw_dir: Path, processed_dir: Path, quarantine_dir: Path, params: Params) -> EtlReport:
+    """Clean, quarantine, featurise and split the raw drops; see the module docstring."""
+    started = time.perf_counter()
+    drops = find_drops(raw_dir)
+    logger.info("etl: %d drop(s) in %s", len(drops), raw_dir / TRANSACTIONS_SUBDIR)
+    processed_dir.mkdir(parents=True, exist_ok=True)
+    quarantine_dir.mkdir(parents=True, exist_ok=True)
+    # Scratch beside the outputs, not in /tmp (often RAM-backed): spilling must hit disk,
+    # and the final renames stay on one filesystem.
+    with tempfile.TemporaryDirectory(prefix=".etl-", dir=processed_dir.parent) as tmp:
+        scratch = Path(tmp)
+        con = _connect(scratch / "etl.duckdb", params.etl, scratch / "spill")
+        try:
+            report = _run(con, raw_dir, drops, scratch, processed_dir, quarantine_dir, params)
+        finally:
+            con.close()
+        shutil.rmtree(scratch / "spill", ignore_errors=True)
+    elapsed = time.perf_counter() - started
+    logger.info(
+        "etl: done in %.1fs (%d rows in, %.0f rows/s)",
+        elapsed,
+        report.rows_in,
+        report.rows_in / max(elapsed, 1e-9),
+    )
+    return report
+
+
+def _run(
+    con: duckdb.DuckDBPyConnection,
+    raw_dir: Path,
+    drops: list[Path],
+    scratch: Path,
+    processed_dir: Path,
+    quarantine_dir: Path,
+    params: Params,
+) -> EtlReport:
+    _load_raw(con, drops)
+    _load_customers(con, raw_dir / CUSTOMERS_FILE)
+    rows_in = _scalar(con, "SELECT count(*) FROM raw") + _scalar(
+        con, "SELECT count(*) FROM raw_rejects"
+    )
+    logger.info("etl: read %d row(s)", rows_in)
+
+    _check_rows(con)
+    _build_clean_and_quarantine(con)
+    rows_clean = _scalar(con, "SELECT count(*) FROM clean_transactions")
+    rows_quarantined = _scalar(con, "SELECT count(*) FROM quarantine")
+    if rows_clean + rows_quarantined != rows_in:  # an invariant, never expected to trip
+        raise EtlError(f"row accounting broken: {rows_in} in != {rows_clean} + {rows_quarantined}")
+    reasons = _reason_counts(con)
+    logger.info("etl: %d clean, %d quarantined %s", rows_clean, rows_quarantined, reasons)
+
+    con.execute(
+        "CREATE TABLE features AS " + build_feature_sql("clean_transactions", "customers").strip()
+    )
+    logger.info("etl: features computed")
+    bounds = _split_bounds(con, params.split)
+    con.execute("ALTER TABLE features ADD COLUMN split VARCHAR DEFAULT 'train'")
+    con.execute(f"UPDATE features SET split = {_split_case(bounds)}")
+    split_rows, fraud_rate = _split_stats(con)
+    logger.info("etl: split %s", split_rows)
+
+    targets = {
+        "transactions": processed_dir / "transactions.parquet",
+        "customers": processed_dir / "customers.parquet",
+        **{s: processed_dir / f"{s}.parquet" for s in SPLITS},
+        "quarantine": quarantine_dir / "quarantine.parquet",
+    }
+    _copy_parquet(con, "FROM clean_transactions", scratch / targets["transactions"].name)
+    _copy_parquet(con, "FROM customers", scratch / targets["customers"].name)
+    for split in SPLITS:
+        _copy_parquet(
+            con,
+            f"SELECT * EXCLUDE (split) FROM features WHERE split = {_lit(split)} "
+            'ORDER BY "timestamp", transaction_id',
+            scratch / targets[split].name,
+        )
+    _copy_parquet(con, "FROM quarantine", scratch / targets["quarantine"].name)
+    outputs = _publish(scratch, targets)
+    logger.info("etl: wrote %s", ", ".join(outputs.values()))
+    return EtlReport(
+        rows_in=rows_in,
+        rows_clean=rows_clean,
+        rows_quarantined=rows_quarantined,
+        quarantine_reasons=reasons,
+        drops=len(drops),
+        split_rows=split_rows,
+        split_dates=bounds.dates(),
+        fraud_rate=fraud_rate,
+        outputs=outputs,
+    )

@@ -1,0 +1,145 @@
+"""Offline features: DuckDB SQL over all clean transactions, generated from `definitions`.
+
+Every window length, cap and constant comes from `hearth.features.definitions`, so changing a
+definition changes this SQL and the online code together; `tests/unit/test_features_parity.py`
+proves the two agree. The SQL reads two relations:
+
+- transactions: the clean typed transactions (``transaction_id, timestamp, customer_id,
+  merchant_id, merchant_category, channel, device_id, latitude, longitude, amount_eur,
+  is_fraud``), as written by the ETL;
+- customers: ``customer_id, home_latitude, home_longitude`` with NULL coordinates where the
+  home is unknown (one row per customer).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import duckdb
+
+from hearth.features.definitions import (
+    AVG_WINDOW,
+    CATEGORICAL_FEATURES,
+    EARTH_RADIUS_KM,
+    FEATURES,
+    KEY_COLUMNS,
+    MERCHANT_WINDOW,
+    NUMERIC_FEATURES,
+    SECONDS_SINCE_LAST_CAP,
+    WINDOWS,
+)
+from hearth.features.online import window_seconds
+
+LABEL_COLUMN = "is_fraud"
+# Columns of the relation that `build_feature_sql` returns, in order.
+OUTPUT_COLUMNS: tuple[str, ...] = (*KEY_COLUMNS, *FEATURES, LABEL_COLUMN)
+
+
+def _frame(window: timedelta | None) -> str:
+    """The customer's transactions strictly before this one's second, within `window`.
+
+    RANGE over the timestamp makes rows of the same second peers, and EXCLUDE GROUP drops the
+    current row with its peers: ties never see each other, as the definitions require. The
+    lower bound is inclusive (``timestamp - w <= t_prior``).
+    """
+    start = "UNBOUNDED" if window is None else f"INTERVAL {window_seconds(window)} SECOND"
+    return (
+        'PARTITION BY customer_id ORDER BY "timestamp" '
+        f"RANGE BETWEEN {start} PRECEDING AND CURRENT ROW EXCLUDE GROUP"
+    )
+
+
+def _haversine_sql(lat: str, lon: str, home_lat: str, home_lon: str) -> str:
+    """Great-circle distance in km; the same expression, term by term, as the online code."""
+    a = (
+        f"pow(sin(radians({lat} - {home_lat}) / 2), 2) + "
+        f"cos(radians({home_lat})) * cos(radians({lat})) * "
+        f"pow(sin(radians({lon} - {home_lon}) / 2), 2)"
+    )
+    # Rounding can push `a` a hair above 1 for antipodes; asin would return NaN.
+    return f"2 * {EARTH_RADIUS_KM!r} * asin(sqrt(least(1.0, {a})))"
+
+
+def build_feature_sql(transactions: str, customers: str) -> str:
+    """SQL computing KEY_COLUMNS + FEATURES + is_fraud for every row of `transactions`.
+
+    `transactions` and `customers` are table names (or parenthesised subqueries) in the
+    connection that will run the SQL. Numeric features are DOUBLE, categorical ones VARCHAR.
+    """
+    windows = {f"w_{name}": length for name, length in WINDOWS.items()}
+    window_defs = [f"{alias} AS ({_frame(length)})" for alias, length in windows.items()]
+    window_defs += [
+        f"w_avg AS ({_frame(AVG_WINDOW)})",
+        f"w_merchants AS ({_frame(MERCHANT_WINDOW)})",
+        f"w_all AS ({_frame(None)})",
+    ]
+    per_window = []
+    for name in WINDOWS:
+        per_window.append(f"count(*) OVER w_{name} AS n_tx_{name}")
+        per_window.append(f"coalesce(sum(amount_eur) OVER w_{name}, 0) AS amount_sum_{name}")
+    history = ",\n        ".join(
+        [
+            *per_window,
+            "count(*) OVER w_avg AS n_avg",
+            "coalesce(sum(amount_eur) OVER w_avg, 0) AS sum_avg",
+            "count(DISTINCT merchant_id) OVER w_merchants AS n_merchants_7d",
+            'max("timestamp") OVER w_all AS last_ts',
+            # The first use of a device by this customer; "new" when it is not strictly earlier.
+            'min("timestamp") OVER (PARTITION BY customer_id, device_id) AS device_first_seen',
+        ]
+    )
+    cap = repr(float(SECONDS_SINCE_LAST_CAP))
+    # avg and ratio are written as sum / n and amount / avg, the same operations as online.
+    computed = {
+        "log_amount": "ln(1 + h.amount_eur)",
+        "amount_ratio": "CASE WHEN h.n_avg = 0 THEN 1.0 "
+        "ELSE h.amount_eur / (h.sum_avg / h.n_avg) END",
+        **{f"n_tx_{w}": f"h.n_tx_{w}" for w in WINDOWS},
+        **{f"amount_sum_{w}": f"h.amount_sum_{w}" for w in WINDOWS},
+        "avg_amount_30d": "CASE WHEN h.n_avg = 0 THEN 0.0 ELSE h.sum_avg / h.n_avg END",
+        "n_merchants_7d": "h.n_merchants_7d",
+        "seconds_since_last": f"CASE WHEN h.last_ts IS NULL THEN {cap} "
+        f"ELSE least({cap}, date_diff('second', h.last_ts, h.\"timestamp\")) END",
+        "is_new_device": 'CASE WHEN h.device_first_seen < h."timestamp" THEN 0 ELSE 1 END',
+        "distance_from_home_km": "CASE WHEN c.home_latitude IS NULL OR c.home_longitude IS NULL "
+        "THEN 0.0 ELSE "
+        + _haversine_sql("h.latitude", "h.longitude", "c.home_latitude", "c.home_longitude")
+        + " END",
+        "is_cold_start": "CASE WHEN h.n_avg = 0 THEN 1 ELSE 0 END",
+    }
+    categorical = {
+        "channel": "h.channel",
+        "merchant_category": "h.merchant_category",
+        "hour": 'CAST(hour(h."timestamp") AS VARCHAR)',
+    }
+    # Fail loudly if definitions.py gains a feature that this SQL does not compute.
+    if set(computed) != set(NUMERIC_FEATURES) or set(categorical) != set(CATEGORICAL_FEATURES):
+        raise RuntimeError("offline SQL is out of sync with hearth.features.definitions")
+    select = [f'h."{key}"' for key in KEY_COLUMNS]
+    select += [f"CAST({computed[name]} AS DOUBLE) AS {name}" for name in NUMERIC_FEATURES]
+    select += [f"CAST({categorical[name]} AS VARCHAR) AS {name}" for name in CATEGORICAL_FEATURES]
+    select.append(f"CAST(h.{LABEL_COLUMN} AS BIGINT) AS {LABEL_COLUMN}")
+    select_sql = ",\n    ".join(select)
+    return f"""
+WITH h AS (
+    SELECT
+        transaction_id, "timestamp", customer_id, channel, merchant_category,
+        latitude, longitude, amount_eur, {LABEL_COLUMN},
+        {history}
+    FROM {transactions}
+    WINDOW {", ".join(window_defs)}
+)
+SELECT
+    {select_sql}
+FROM h
+LEFT JOIN {customers} AS c USING (customer_id)
+"""
+
+
+def compute_offline_features(
+    con: duckdb.DuckDBPyConnection,
+    transactions: str = "clean_transactions",
+    customers: str = "customers",
+) -> duckdb.DuckDBPyRelation:
+    """The feature relation for every clean transaction (lazy; materialise it yourself)."""
+    return con.sql(build_feature_sql(transactions, customers))

@@ -1,0 +1,327 @@
+"""Online features: one incoming transaction against its customer's stored state.
+
+This is the serving hot path, so it is plain Python over small lists (no pandas, no
+DuckDB). It computes exactly `hearth.features.definitions` from the same constants as the
+offline SQL in `hearth.features.offline`; `tests/unit/test_features_parity.py` proves that
+replaying the clean transactions through `online_features` / `update_state` reproduces the
+offline Parquet.
+
+Timestamps are handled as whole seconds since the Unix epoch (UTC): the raw contract has
+second resolution, and "same second" is what makes two transactions a tie.
+"""
+
+from __future__ import annotations
+
+import bisect
+import calendar
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import pandas as pd
+
+from hearth.data.schema import (
+    CHANNELS,
+    EUR_RATES,
+    MERCHANT_CATEGORIES,
+    TIMESTAMP_FORMAT,
+)
+from hearth.features.definitions import (
+    AVG_WINDOW,
+    EARTH_RADIUS_KM,
+    HISTORY_HORIZON,
+    MERCHANT_WINDOW,
+    SECONDS_SINCE_LAST_CAP,
+    WINDOWS,
+)
+
+STATE_VERSION = 1
+
+
+def window_seconds(window: timedelta) -> int:
+    """A window length in whole seconds (timestamps have second resolution)."""
+    seconds = window.total_seconds()
+    if seconds != int(seconds) or seconds <= 0:
+        raise ValueError(f"feature windows must be a positive whole number of seconds: {window}")
+    return int(seconds)
+
+
+_WINDOWS_S: tuple[tuple[str, int], ...] = tuple(
+    (name, window_seconds(length)) for name, length in WINDOWS.items()
+)
+_AVG_S = window_seconds(AVG_WINDOW)
+_MERCHANT_S = window_seconds(MERCHANT_WINDOW)
+_HORIZON_S = window_seconds(HISTORY_HORIZON)
+_CAP = float(SECONDS_SINCE_LAST_CAP)
+_CHANNELS = frozenset(CHANNELS)
+_CATEGORIES = frozenset(MERCHANT_CATEGORIES)
+
+
+def epoch_seconds(ts: datetime) -> int:
+    """Whole seconds since the epoch; a naive datetime is taken as UTC (the raw contract)."""
+    # utctimetuple() converts aware datetimes and leaves naive ones as they are.
+    return calendar.timegm(ts.utctimetuple())
+
+
+def home_location(latitude: object, longitude: object) -> tuple[float, float] | None:
+    """A usable home (finite, in range) or None: the rule the ETL applies to customers.csv."""
+    try:
+        lat, lon = float(latitude), float(longitude)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    if not (math.isfinite(lat) and math.isfinite(lon)):
+        return None
+    if abs(lat) > 90 or abs(lon) > 180:
+        return None
+    return (lat, lon)
+
+
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    """One transaction to score: the raw fields (schema.TRANSACTION_FIELDS), typed.
+
+    Construction enforces the same rules as the ETL's quarantine, so serving never computes
+    features for a transaction that offline would have rejected.
+    """
+
+    transaction_id: str
+    timestamp: datetime
+    customer_id: str
+    merchant_id: str
+    merchant_category: str
+    amount: float
+    currency: str
+    channel: str
+    device_id: str
+    latitude: float
+    longitude: float
+
+    def __post_init__(self) -> None:
+        for problem in self._problems():
+            raise ValueError(problem)
+
+    def _problems(self) -> Iterator[str]:
+        for name in ("transaction_id", "customer_id", "merchant_id", "device_id"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value.strip():
+                yield f"{name}: must be a non-empty string"
+        if not isinstance(self.timestamp, datetime):
+            yield "timestamp: must be a datetime"
+        if not (math.isfinite(self.amount) and self.amount > 0):
+            yield f"amount: must be a finite positive number, got {self.amount!r}"
+        if self.currency not in EUR_RATES:
+            yield f"currency: unknown {self.currency!r}, expected one of {sorted(EUR_RATES)}"
+        if self.channel not in _CHANNELS:
+            yield f"channel: unknown {self.channel!r}, expected one of {list(CHANNELS)}"
+        if self.merchant_category not in _CATEGORIES:
+            yield f"merchant_category: unknown {self.merchant_category!r}"
+        for name, bound in (("latitude", 90), ("longitude", 180)):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and abs(value) <= bound):
+                yield f"{name}: must be a finite number within ±{bound}, got {value!r}"
+
+    @property
+    def amount_eur(self) -> float:
+        return self.amount * EUR_RATES[self.currency]
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> Transaction:
+        """From a dict of raw fields; a string timestamp must follow schema.TIMESTAMP_FORMAT."""
+        ts = data["timestamp"]
+        if isinstance(ts, str):
+            ts = datetime.strptime(ts, TIMESTAMP_FORMAT)
+        elif isinstance(ts, pd.Timestamp):
+            ts = ts.to_pydatetime()
+        return cls(
+            transaction_id=str(data["transaction_id"]),
+            timestamp=ts,
+            customer_id=str(data["customer_id"]),
+            merchant_id=str(data["merchant_id"]),
+            merchant_category=str(data["merchant_category"]),
+            amount=float(data["amount"]),
+            currency=str(data["currency"]),
+            channel=str(data["channel"]),
+            device_id=str(data["device_id"]),
+            latitude=float(data["latitude"]),
+            longitude=float(data["longitude"]),
+        )
+
+
+@dataclass(slots=True)
+class CustomerState:
+    """What the online store keeps per customer; JSON-serialisable via to_dict/from_dict.
+
+    - ``home``: (latitude, longitude) from the customer master data, or None if unknown;
+    - ``history``: (epoch seconds, amount_eur, merchant_id), sorted by time, pruned to
+      definitions.HISTORY_HORIZON before the newest transaction;
+    - ``devices``: device_id → epoch seconds when the customer first used it (kept forever:
+      "new device" means never seen before);
+    - ``last_timestamp``: epoch seconds of the newest transaction applied, or None.
+    """
+
+    home: tuple[float, float] | None = None
+    history: list[tuple[int, float, str]] = field(default_factory=list)
+    devices: dict[str, int] = field(default_factory=dict)
+    last_timestamp: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "home": list(self.home) if self.home is not None else None,
+            "history": [[t, a, m] for t, a, m in self.history],
+            "devices": dict(self.devices),
+            "last_timestamp": self.last_timestamp,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CustomerState:
+        version = data.get("version")
+        if version != STATE_VERSION:
+            raise ValueError(f"customer state version {version!r}, expected {STATE_VERSION}")
+        home = data.get("home")
+        last = data.get("last_timestamp")
+        return cls(
+            home=(float(home[0]), float(home[1])) if home is not None else None,
+            history=[(int(t), float(a), str(m)) for t, a, m in data.get("history", [])],
+            devices={str(d): int(t) for d, t in data.get("devices", {}).items()},
+            last_timestamp=int(last) if last is not None else None,
+        )
+
+
+def haversine_km(lat: float, lon: float, home_lat: float, home_lon: float) -> float:
+    """Great-circle distance in km; term by term the same expression as the offline SQL."""
+    a = (
+        math.sin(math.radians(lat - home_lat) / 2) ** 2
+        + math.cos(math.radians(home_lat))
+        * math.cos(math.radians(lat))
+        * math.sin(math.radians(lon - home_lon) / 2) ** 2
+    )
+    return 2 * EARTH_RADIUS_KM * math.asin(math.sqrt(min(1.0, a)))
+
+
+def online_features(txn: Transaction, state: CustomerState | None) -> dict[str, float | str]:
+    """definitions.FEATURES for `txn`, from the state *before* it (None: unknown customer)."""
+    if state is None:
+        state = CustomerState()
+    ts = epoch_seconds(txn.timestamp)
+    amount_eur = txn.amount_eur
+    counts = [0] * len(_WINDOWS_S)
+    sums = [0.0] * len(_WINDOWS_S)
+    n_avg, sum_avg = 0, 0.0
+    merchants: set[str] = set()
+    last: int | None = None
+    for t, amount, merchant in state.history:
+        if t >= ts:  # sorted: the rest are ties (same second) or later, never seen
+            break
+        age = ts - t
+        for i, (_, length) in enumerate(_WINDOWS_S):
+            if age <= length:
+                counts[i] += 1
+                sums[i] += amount
+        if age <= _AVG_S:
+            n_avg += 1
+            sum_avg += amount
+        if age <= _MERCHANT_S:
+            merchants.add(merchant)
+        last = t
+    avg = sum_avg / n_avg if n_avg else 0.0
+    first_seen = state.devices.get(txn.device_id)
+    features: dict[str, float | str] = {
+        "log_amount": math.log(1 + amount_eur),
+        "amount_ratio": amount_eur / avg if n_avg else 1.0,
+    }
+    features.update(
+        {f"n_tx_{name}": float(n) for (name, _), n in zip(_WINDOWS_S, counts, strict=True)}
+    )
+    features.update(
+        {f"amount_sum_{name}": s for (name, _), s in zip(_WINDOWS_S, sums, strict=True)}
+    )
+    features.update(
+        {
+            "avg_amount_30d": avg,
+            "n_merchants_7d": float(len(merchants)),
+            # History reaches back HISTORY_HORIZON >= the cap, so an older "last" caps anyway.
+            "seconds_since_last": min(_CAP, float(ts - last)) if last is not None else _CAP,
+            "is_new_device": 0.0 if first_seen is not None and first_seen < ts else 1.0,
+            "distance_from_home_km": (
+                haversine_km(txn.latitude, txn.longitude, *state.home) if state.home else 0.0
+            ),
+            "is_cold_start": 0.0 if n_avg else 1.0,
+            "channel": txn.channel,
+            "merchant_category": txn.merchant_category,
+            "hour": str((ts // 3600) % 24),
+        }
+    )
+    return features
+
+
+def _apply(state: CustomerState, ts: int, amount_eur: float, merchant: str, device: str) -> None:
+    """Add one transaction to `state` in place, keeping history sorted and pruned."""
+    entry = (ts, amount_eur, merchant)
+    if not state.history or state.history[-1][0] <= ts:
+        state.history.append(entry)  # the common case: in time order
+    else:
+        bisect.insort(state.history, entry, key=lambda e: e[0])
+    if state.last_timestamp is None or ts > state.last_timestamp:
+        state.last_timestamp = ts
+    # Windows include t_prior == now - w, so keep exactly the entries a future window can see.
+    cutoff = state.last_timestamp - _HORIZON_S
+    if state.history[0][0] < cutoff:
+        keep = bisect.bisect_left(state.history, cutoff, key=lambda e: e[0])
+        del state.history[:keep]
+    seen = state.devices.get(device)
+    if seen is None or ts < seen:
+        state.devices[device] = ts
+
+
+def update_state(state: CustomerState, txn: Transaction) -> CustomerState:
+    """Apply `txn` to `state` (in place, for speed) and return it."""
+    _apply(state, epoch_seconds(txn.timestamp), txn.amount_eur, txn.merchant_id, txn.device_id)
+    return state
+
+
+def build_states(
+    transactions_df: pd.DataFrame, customers_df: pd.DataFrame
+) -> dict[str, CustomerState]:
+    """Replay clean transactions (as in transactions.parquet) into one state per customer.
+
+    `customers_df` has customer_id, home_latitude, home_longitude (customers.parquet or the
+    raw customers.csv: invalid homes become None). Every customer in either frame gets a
+    state. Transactions are applied in timestamp order.
+    """
+    states: dict[str, CustomerState] = {}
+    for cid, lat, lon in zip(
+        customers_df["customer_id"].astype(str),
+        customers_df["home_latitude"],
+        customers_df["home_longitude"],
+        strict=True,
+    ):
+        states.setdefault(cid, CustomerState(home=home_location(lat, lon)))
+    if transactions_df.empty:
+        return states
+    df = transactions_df.sort_values("timestamp", kind="stable")
+    amount_eur = df["amount"].to_numpy(float) * df["currency"].map(EUR_RATES).to_numpy(float)
+    seconds = _epoch_seconds_series(df["timestamp"])
+    for cid, ts, amount, merchant, device in zip(
+        df["customer_id"].astype(str).tolist(),
+        seconds.tolist(),
+        amount_eur.tolist(),
+        df["merchant_id"].astype(str).tolist(),
+        df["device_id"].astype(str).tolist(),
+        strict=True,
+    ):
+        state = states.get(cid)
+        if state is None:
+            state = states[cid] = CustomerState()
+        _apply(state, ts, amount, merchant, device)
+    return states
+
+
+def _epoch_seconds_series(timestamps: pd.Series) -> pd.Series:
+    """Whole epoch seconds of a datetime column (naive = UTC), whatever its resolution."""
+    ts = pd.to_datetime(timestamps)
+    if ts.dt.tz is not None:
+        ts = ts.dt.tz_convert("UTC").dt.tz_localize(None)
+    return (ts - pd.Timestamp(0)) // pd.Timedelta(seconds=1)
