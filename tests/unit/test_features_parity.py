@@ -327,7 +327,9 @@ def test_transaction_rejects_what_the_etl_quarantines(
 def test_state_round_trips_through_json() -> None:
     state = CustomerState(
         home=(48.1, 2.2),
-        history=[(1_767_225_600, 0.1, "M1"), (1_767_225_601, 1 / 3, "M2")],
+        times=[1_767_225_600, 1_767_225_601],
+        amounts=[0.1, 1 / 3],
+        merchants=["M1", "M2"],
         devices={"D1": 1_767_225_600},
         last_timestamp=1_767_225_601,
     )

@@ -162,7 +162,8 @@ def _load_raw(con: duckdb.DuckDBPyConnection, drops: list[Path]) -> None:
     """Tables `raw` (one row per parsed record, with source_file and source_line) and
     `raw_rejects` (one row per line the CSV reader could not split into the columns)."""
     columns = ", ".join(_ident(c) for c in RAW_COLUMNS)
-    # preserve_insertion_order (DuckDB's default) keeps file order then row order in rowid.
+    # preserve_insertion_order keeps file order then row order in rowid, so a file's rows
+    # have consecutive rowids.
     con.execute(
         f"CREATE TABLE raw_read AS SELECT {columns}, parse_filename(filename) AS source_file "
         f"FROM {_read_csv_sql(drops, RAW_COLUMNS, 'csv_rejects')}"
@@ -186,9 +187,11 @@ def _load_raw(con: duckdb.DuckDBPyConnection, drops: list[Path]) -> None:
     con.execute(
         """
         CREATE TABLE raw AS
-        WITH numbered AS (
-            SELECT *, row_number() OVER (PARTITION BY source_file ORDER BY rowid) AS record
-            FROM raw_read
+        WITH file_start AS (
+            SELECT source_file, min(rowid) AS first_rowid FROM raw_read GROUP BY ALL
+        ), numbered AS (
+            SELECT r.*, r.rowid - f.first_rowid + 1 AS record
+            FROM raw_read r JOIN file_start f USING (source_file)
         ), gaps AS (
             SELECT source_file, g, max(i) AS i FROM (
                 SELECT source_file,
@@ -202,7 +205,6 @@ def _load_raw(con: duckdb.DuckDBPyConnection, drops: list[Path]) -> None:
                CAST(n.record + 1 + coalesce(gaps.i, 0) AS BIGINT) AS source_line
         FROM numbered n ASOF LEFT JOIN gaps
           ON n.source_file = gaps.source_file AND n.record > gaps.g
-        ORDER BY n.source_file, source_line
         """
     )
     con.execute("DROP TABLE raw_read")
@@ -239,12 +241,10 @@ def _load_customers(con: duckdb.DuckDBPyConnection, path: Path) -> None:
         FROM valid ORDER BY customer_id
         """
     )
-    row = con.execute(
-        "SELECT count(*), count(*) FILTER (WHERE home_latitude IS NULL) FROM customers"
-    ).fetchone()
-    assert row is not None
+    total = _scalar(con, "SELECT count(*) FROM customers")
+    homeless = _scalar(con, "SELECT count(*) FROM customers WHERE home_latitude IS NULL")
     rejected = _scalar(con, "SELECT count(DISTINCT line) FROM customer_rejects_errors")
-    logger.info("customers: %d (%d without a usable home location)", row[0], row[1])
+    logger.info("customers: %d (%d without a usable home location)", total, homeless)
     if rejected:
         logger.warning("customers: %d unreadable line(s) in %s ignored", rejected, path)
 
@@ -295,49 +295,47 @@ def _check_rows(con: duckdb.DuckDBPyConnection) -> None:
     """
     checks = _row_checks()
     check_case = " ".join(f"WHEN {cond} THEN {_lit(name)}" for name, cond, _ in checks)
+    # Keyed on the check already found, so only rejected rows pay for building the text.
     reason_case = " ".join(
-        f"WHEN {cond} THEN {_lit(name)}" + (f" || ' ' || {_quoted_value(col)}" if col else "")
-        for name, cond, col in checks
+        f"WHEN {_lit(name)} THEN {_lit(name)} || ' ' || {_quoted_value(col)}"
+        for name, _, col in checks
+        if col
     )
     rates = ", ".join(f"({_lit(cur)}, {rate!r})" for cur, rate in EUR_RATES.items())
     con.execute(
         f"""
-        CREATE TABLE typed AS
-        SELECT r.*,
-               try_strptime(r."timestamp", {_lit(TIMESTAMP_FORMAT)}) AS ts_,
-               TRY_CAST(r.amount AS DOUBLE) AS amount_,
-               TRY_CAST(r.latitude AS DOUBLE) AS latitude_,
-               TRY_CAST(r.longitude AS DOUBLE) AS longitude_,
-               rates.rate AS rate_
-        FROM raw r LEFT JOIN (VALUES {rates}) AS rates(currency, rate) USING (currency)
-        """
-    )
-    con.execute(
-        f"""
         CREATE TABLE checked AS
-        WITH first_pass AS (
-            SELECT *, CASE {check_case} END AS check_, CASE {reason_case} END AS reason_
+        WITH typed AS (
+            SELECT r.*,
+                   try_strptime(r."timestamp", {_lit(TIMESTAMP_FORMAT)}) AS ts_,
+                   TRY_CAST(r.amount AS DOUBLE) AS amount_,
+                   TRY_CAST(r.latitude AS DOUBLE) AS latitude_,
+                   TRY_CAST(r.longitude AS DOUBLE) AS longitude_,
+                   rates.rate AS rate_
+            FROM raw r LEFT JOIN (VALUES {rates}) AS rates(currency, rate) USING (currency)
+        ), first_pass AS (
+            SELECT *, CASE {check_case} END AS check_,
+                   {{'file': source_file, 'line': source_line}} AS position_
             FROM typed
-        ), ranked AS (
-            SELECT *,
-                   row_number() OVER dup AS occurrence,
-                   first_value(source_file) OVER dup AS first_file,
-                   first_value(source_line) OVER dup AS first_line
-            FROM first_pass
-            WINDOW dup AS (PARTITION BY transaction_id, check_ IS NULL
-                           ORDER BY source_file, source_line)
+        ), duplicated AS (
+            SELECT transaction_id, min(position_) AS first_position
+            FROM first_pass WHERE check_ IS NULL
+            GROUP BY transaction_id HAVING count(*) > 1
         )
-        SELECT * EXCLUDE (check_, reason_, occurrence, first_file, first_line),
-               CASE WHEN check_ IS NULL AND occurrence > 1 THEN {_lit(_DUPLICATE)}
-                    ELSE check_ END AS "check",
-               CASE WHEN check_ IS NULL AND occurrence > 1
-                    THEN {_lit(_DUPLICATE)} || ' (first seen in ' || first_file
-                         || ' line ' || first_line || ')'
-                    ELSE reason_ END AS reason
-        FROM ranked
+        SELECT p.* EXCLUDE (check_, position_),
+               CASE WHEN p.position_ > d.first_position THEN {_lit(_DUPLICATE)}
+                    ELSE p.check_ END AS "check",
+               CASE WHEN p.position_ > d.first_position
+                    THEN {_lit(_DUPLICATE)} || ' (first seen in ' || d.first_position.file
+                         || ' line ' || d.first_position.line || ')'
+                    WHEN p.check_ IS NOT NULL
+                    THEN CASE p.check_ {reason_case} ELSE p.check_ END
+               END AS reason
+        FROM first_pass p
+        LEFT JOIN duplicated d ON p.check_ IS NULL AND p.transaction_id = d.transaction_id
         """
     )
-    con.execute("DROP TABLE typed")
+    con.execute("DROP TABLE raw")  # free memory early: everything lives on in `checked`
 
 
 def _build_clean_and_quarantine(con: duckdb.DuckDBPyConnection) -> None:
@@ -369,6 +367,7 @@ def _build_clean_and_quarantine(con: duckdb.DuckDBPyConnection) -> None:
         ORDER BY source_file, source_line
         """
     )
+    con.execute("DROP TABLE checked")
 
 
 # -- Phase 5: time split -------------------------------------------------------------------
@@ -417,9 +416,11 @@ def _split_case(bounds: _SplitBounds) -> str:
 
 
 # -- Orchestration -------------------------------------------------------------------------
-def _connect(database: Path, etl: EtlParams, spill_dir: Path) -> duckdb.DuckDBPyConnection:
+def _connect(etl: EtlParams, spill_dir: Path) -> duckdb.DuckDBPyConnection:
     """A DuckDB with bounded memory; tables and operators spill to `spill_dir`."""
-    con = duckdb.connect(str(database))
+    # In-memory, but not memory-bound: beyond memory_limit DuckDB evicts table blocks and
+    # operator state to temp_directory (twice as fast as a database file here).
+    con = duckdb.connect(":memory:")
     con.execute(f"SET memory_limit = {_lit(etl.memory_limit)}")
     con.execute(f"SET threads = {int(etl.threads)}")
     con.execute(f"SET temp_directory = {_lit(str(spill_dir))}")
@@ -473,7 +474,7 @@ def run_etl(raw_dir: Path, processed_dir: Path, quarantine_dir: Path, params: Pa
     # and the final renames stay on one filesystem.
     with tempfile.TemporaryDirectory(prefix=".etl-", dir=processed_dir.parent) as tmp:
         scratch = Path(tmp)
-        con = _connect(scratch / "etl.duckdb", params.etl, scratch / "spill")
+        con = _connect(params.etl, scratch / "spill")
         try:
             report = _run(con, raw_dir, drops, scratch, processed_dir, quarantine_dir, params)
         finally:
@@ -489,6 +490,72 @@ def run_etl(raw_dir: Path, processed_dir: Path, quarantine_dir: Path, params: Pa
     return report
 
 
+@dataclass(frozen=True)
+class _Cleaned:
+    rows_in: int
+    rows_clean: int
+    rows_quarantined: int
+    reasons: dict[str, int]
+
+
+def _clean(con: duckdb.DuckDBPyConnection, raw_dir: Path, drops: list[Path]) -> _Cleaned:
+    """Phases 2-3: load the raw text, check every row, split clean from quarantined."""
+    _load_raw(con, drops)
+    _load_customers(con, raw_dir / CUSTOMERS_FILE)
+    rows_in = _scalar(con, "SELECT count(*) FROM raw") + _scalar(
+        con, "SELECT count(*) FROM raw_rejects"
+    )
+    logger.info("etl: read %d row(s)", rows_in)
+    _check_rows(con)
+    _build_clean_and_quarantine(con)
+    clean = _scalar(con, "SELECT count(*) FROM clean_transactions")
+    quarantined = _scalar(con, "SELECT count(*) FROM quarantine")
+    if clean + quarantined != rows_in:  # an invariant, never expected to trip
+        raise EtlError(f"row accounting broken: {rows_in} in != {clean} + {quarantined}")
+    reasons = _reason_counts(con)
+    logger.info("etl: %d clean, %d quarantined %s", clean, quarantined, reasons)
+    return _Cleaned(rows_in, clean, quarantined, reasons)
+
+
+def _featurise_and_split(con: duckdb.DuckDBPyConnection, split: SplitParams) -> _SplitBounds:
+    """Phases 4-5: table `features` with a `split` column."""
+    con.execute(
+        "CREATE TABLE features AS " + build_feature_sql("clean_transactions", "customers").strip()
+    )
+    logger.info("etl: features computed")
+    bounds = _split_bounds(con, split)
+    con.execute("ALTER TABLE features ADD COLUMN split VARCHAR DEFAULT 'train'")
+    con.execute(f"UPDATE features SET split = {_split_case(bounds)}")
+    return bounds
+
+
+def _write_outputs(
+    con: duckdb.DuckDBPyConnection, scratch: Path, processed_dir: Path, quarantine_dir: Path
+) -> dict[str, str]:
+    """Phase 6: every output to scratch, then into place; returns name → path."""
+    targets = {
+        "transactions": processed_dir / "transactions.parquet",
+        "customers": processed_dir / "customers.parquet",
+        **{s: processed_dir / f"{s}.parquet" for s in SPLITS},
+        "quarantine": quarantine_dir / "quarantine.parquet",
+    }
+    queries = {
+        "transactions": "FROM clean_transactions",
+        "customers": "FROM customers",
+        **{
+            s: f"SELECT * EXCLUDE (split) FROM features WHERE split = {_lit(s)} "
+            'ORDER BY "timestamp", transaction_id'
+            for s in SPLITS
+        },
+        "quarantine": "FROM quarantine",
+    }
+    for name, query in queries.items():
+        _copy_parquet(con, query, scratch / targets[name].name)
+    outputs = _publish(scratch, targets)
+    logger.info("etl: wrote %s", ", ".join(outputs.values()))
+    return outputs
+
+
 def _run(
     con: duckdb.DuckDBPyConnection,
     raw_dir: Path,
@@ -498,55 +565,16 @@ def _run(
     quarantine_dir: Path,
     params: Params,
 ) -> EtlReport:
-    _load_raw(con, drops)
-    _load_customers(con, raw_dir / CUSTOMERS_FILE)
-    rows_in = _scalar(con, "SELECT count(*) FROM raw") + _scalar(
-        con, "SELECT count(*) FROM raw_rejects"
-    )
-    logger.info("etl: read %d row(s)", rows_in)
-
-    _check_rows(con)
-    _build_clean_and_quarantine(con)
-    rows_clean = _scalar(con, "SELECT count(*) FROM clean_transactions")
-    rows_quarantined = _scalar(con, "SELECT count(*) FROM quarantine")
-    if rows_clean + rows_quarantined != rows_in:  # an invariant, never expected to trip
-        raise EtlError(f"row accounting broken: {rows_in} in != {rows_clean} + {rows_quarantined}")
-    reasons = _reason_counts(con)
-    logger.info("etl: %d clean, %d quarantined %s", rows_clean, rows_quarantined, reasons)
-
-    con.execute(
-        "CREATE TABLE features AS " + build_feature_sql("clean_transactions", "customers").strip()
-    )
-    logger.info("etl: features computed")
-    bounds = _split_bounds(con, params.split)
-    con.execute("ALTER TABLE features ADD COLUMN split VARCHAR DEFAULT 'train'")
-    con.execute(f"UPDATE features SET split = {_split_case(bounds)}")
+    cleaned = _clean(con, raw_dir, drops)
+    bounds = _featurise_and_split(con, params.split)
     split_rows, fraud_rate = _split_stats(con)
     logger.info("etl: split %s", split_rows)
-
-    targets = {
-        "transactions": processed_dir / "transactions.parquet",
-        "customers": processed_dir / "customers.parquet",
-        **{s: processed_dir / f"{s}.parquet" for s in SPLITS},
-        "quarantine": quarantine_dir / "quarantine.parquet",
-    }
-    _copy_parquet(con, "FROM clean_transactions", scratch / targets["transactions"].name)
-    _copy_parquet(con, "FROM customers", scratch / targets["customers"].name)
-    for split in SPLITS:
-        _copy_parquet(
-            con,
-            f"SELECT * EXCLUDE (split) FROM features WHERE split = {_lit(split)} "
-            'ORDER BY "timestamp", transaction_id',
-            scratch / targets[split].name,
-        )
-    _copy_parquet(con, "FROM quarantine", scratch / targets["quarantine"].name)
-    outputs = _publish(scratch, targets)
-    logger.info("etl: wrote %s", ", ".join(outputs.values()))
+    outputs = _write_outputs(con, scratch, processed_dir, quarantine_dir)
     return EtlReport(
-        rows_in=rows_in,
-        rows_clean=rows_clean,
-        rows_quarantined=rows_quarantined,
-        quarantine_reasons=reasons,
+        rows_in=cleaned.rows_in,
+        rows_clean=cleaned.rows_clean,
+        rows_quarantined=cleaned.rows_quarantined,
+        quarantine_reasons=cleaned.reasons,
         drops=len(drops),
         split_rows=split_rows,
         split_dates=bounds.dates(),

@@ -154,7 +154,8 @@ class CustomerState:
     """What the online store keeps per customer; JSON-serialisable via to_dict/from_dict.
 
     - ``home``: (latitude, longitude) from the customer master data, or None if unknown;
-    - ``history``: (epoch seconds, amount_eur, merchant_id), sorted by time, pruned to
+    - history, as three parallel lists sorted by time (so windows are found by bisection):
+      ``times`` (epoch seconds), ``amounts`` (EUR) and ``merchants``, pruned to
       definitions.HISTORY_HORIZON before the newest transaction;
     - ``devices``: device_id → epoch seconds when the customer first used it (kept forever:
       "new device" means never seen before);
@@ -162,15 +163,22 @@ class CustomerState:
     """
 
     home: tuple[float, float] | None = None
-    history: list[tuple[int, float, str]] = field(default_factory=list)
+    times: list[int] = field(default_factory=list)
+    amounts: list[float] = field(default_factory=list)
+    merchants: list[str] = field(default_factory=list)
     devices: dict[str, int] = field(default_factory=dict)
     last_timestamp: int | None = None
+
+    @property
+    def history(self) -> list[tuple[int, float, str]]:
+        """(epoch seconds, amount_eur, merchant_id) of the kept transactions, oldest first."""
+        return list(zip(self.times, self.amounts, self.merchants, strict=True))
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "version": STATE_VERSION,
             "home": list(self.home) if self.home is not None else None,
-            "history": [[t, a, m] for t, a, m in self.history],
+            "history": [list(entry) for entry in self.history],
             "devices": dict(self.devices),
             "last_timestamp": self.last_timestamp,
         }
@@ -182,9 +190,12 @@ class CustomerState:
             raise ValueError(f"customer state version {version!r}, expected {STATE_VERSION}")
         home = data.get("home")
         last = data.get("last_timestamp")
+        history = data.get("history", [])
         return cls(
             home=(float(home[0]), float(home[1])) if home is not None else None,
-            history=[(int(t), float(a), str(m)) for t, a, m in data.get("history", [])],
+            times=[int(t) for t, _, _ in history],
+            amounts=[float(a) for _, a, _ in history],
+            merchants=[str(m) for _, _, m in history],
             devices={str(d): int(t) for d, t in data.get("devices", {}).items()},
             last_timestamp=int(last) if last is not None else None,
         )
@@ -207,43 +218,31 @@ def online_features(txn: Transaction, state: CustomerState | None) -> dict[str, 
         state = CustomerState()
     ts = epoch_seconds(txn.timestamp)
     amount_eur = txn.amount_eur
-    counts = [0] * len(_WINDOWS_S)
-    sums = [0.0] * len(_WINDOWS_S)
-    n_avg, sum_avg = 0, 0.0
-    merchants: set[str] = set()
-    last: int | None = None
-    for t, amount, merchant in state.history:
-        if t >= ts:  # sorted: the rest are ties (same second) or later, never seen
-            break
-        age = ts - t
-        for i, (_, length) in enumerate(_WINDOWS_S):
-            if age <= length:
-                counts[i] += 1
-                sums[i] += amount
-        if age <= _AVG_S:
-            n_avg += 1
-            sum_avg += amount
-        if age <= _MERCHANT_S:
-            merchants.add(merchant)
-        last = t
-    avg = sum_avg / n_avg if n_avg else 0.0
+    times, amounts = state.times, state.amounts
+    # Entries before `end` are strictly earlier: same-second ties (and later ones) are unseen.
+    end = bisect.bisect_left(times, ts)
+    features: dict[str, float | str] = {"log_amount": math.log(1 + amount_eur)}
+    sums: dict[str, float] = {}
+    counts: dict[str, float] = {}
+    for name, length in _WINDOWS_S:
+        # Windows include t_prior == ts - length, hence bisect_left.
+        start = bisect.bisect_left(times, ts - length, 0, end)
+        counts[f"n_tx_{name}"] = float(end - start)
+        sums[f"amount_sum_{name}"] = sum(amounts[start:end])
+    avg_start = bisect.bisect_left(times, ts - _AVG_S, 0, end)
+    n_avg = end - avg_start
+    avg = sum(amounts[avg_start:end]) / n_avg if n_avg else 0.0
+    features["amount_ratio"] = amount_eur / avg if n_avg else 1.0
+    features.update(counts)
+    features.update(sums)
+    merchant_start = bisect.bisect_left(times, ts - _MERCHANT_S, 0, end)
     first_seen = state.devices.get(txn.device_id)
-    features: dict[str, float | str] = {
-        "log_amount": math.log(1 + amount_eur),
-        "amount_ratio": amount_eur / avg if n_avg else 1.0,
-    }
-    features.update(
-        {f"n_tx_{name}": float(n) for (name, _), n in zip(_WINDOWS_S, counts, strict=True)}
-    )
-    features.update(
-        {f"amount_sum_{name}": s for (name, _), s in zip(_WINDOWS_S, sums, strict=True)}
-    )
     features.update(
         {
             "avg_amount_30d": avg,
-            "n_merchants_7d": float(len(merchants)),
+            "n_merchants_7d": float(len(set(state.merchants[merchant_start:end]))),
             # History reaches back HISTORY_HORIZON >= the cap, so an older "last" caps anyway.
-            "seconds_since_last": min(_CAP, float(ts - last)) if last is not None else _CAP,
+            "seconds_since_last": min(_CAP, float(ts - times[end - 1])) if end else _CAP,
             "is_new_device": 0.0 if first_seen is not None and first_seen < ts else 1.0,
             "distance_from_home_km": (
                 haversine_km(txn.latitude, txn.longitude, *state.home) if state.home else 0.0
@@ -259,18 +258,17 @@ def online_features(txn: Transaction, state: CustomerState | None) -> dict[str, 
 
 def _apply(state: CustomerState, ts: int, amount_eur: float, merchant: str, device: str) -> None:
     """Add one transaction to `state` in place, keeping history sorted and pruned."""
-    entry = (ts, amount_eur, merchant)
-    if not state.history or state.history[-1][0] <= ts:
-        state.history.append(entry)  # the common case: in time order
-    else:
-        bisect.insort(state.history, entry, key=lambda e: e[0])
+    # bisect_right keeps arrival order among ties; appending is the common, in-order case.
+    at = bisect.bisect_right(state.times, ts)
+    state.times.insert(at, ts)
+    state.amounts.insert(at, amount_eur)
+    state.merchants.insert(at, merchant)
     if state.last_timestamp is None or ts > state.last_timestamp:
         state.last_timestamp = ts
     # Windows include t_prior == now - w, so keep exactly the entries a future window can see.
-    cutoff = state.last_timestamp - _HORIZON_S
-    if state.history[0][0] < cutoff:
-        keep = bisect.bisect_left(state.history, cutoff, key=lambda e: e[0])
-        del state.history[:keep]
+    keep_from = bisect.bisect_left(state.times, state.last_timestamp - _HORIZON_S)
+    if keep_from:
+        del state.times[:keep_from], state.amounts[:keep_from], state.merchants[:keep_from]
     seen = state.devices.get(device)
     if seen is None or ts < seen:
         state.devices[device] = ts
