@@ -115,7 +115,8 @@ def _final_metrics(
 ) -> dict[str, float]:
     recall_name = recall_metric_name(report_precision)
     metrics: dict[str, float] = {}
-    for prefix, values in (("test", test_metrics), ("valid", result.valid_metrics)):
+    # "best_valid_": the per-epoch curves already own the plain "valid_pr_auc" name.
+    for prefix, values in (("test", test_metrics), ("best_valid", result.valid_metrics)):
         for key, value in values.items():
             name = recall_name if key == "recall_at_precision" else key
             metrics[f"{prefix}_{name}"] = value
@@ -248,6 +249,9 @@ def model_uri_of_run(run_id: str) -> str:
 
 def score_model(model_uri: str, test_df: pd.DataFrame, metric: str) -> float:
     """`metric` (pr_auc or roc_auc) of the pyfunc at `model_uri` on `test_df`."""
+    missing = [c for c in (*FEATURES, LABEL) if c not in test_df.columns]
+    if missing:
+        raise ValueError(f"the test frame lacks columns: {', '.join(missing)}")
     model = mlflow.pyfunc.load_model(model_uri)
     scores = model.predict(test_df.loc[:, list(FEATURES)])
     value = evaluate(test_df[LABEL], scores, report_precision=0.9)[metric]
