@@ -21,7 +21,9 @@ def generate_task(ctx: HearthContext) -> dict[str, Any]:
 
 
 @flow(name="pipeline", log_prints=True)
-def pipeline_flow(experiment: str | None = None, generate_if_missing: bool = True) -> dict[str, Any]:
+def pipeline_flow(
+    experiment: str | None = None, generate_if_missing: bool = True
+) -> dict[str, Any]:
     """Generate default data if there is none, then raw gate → ETL → feature gate → train.
 
     Each gate records its result (reports/validation.json, Data Docs) before it stops the

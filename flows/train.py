@@ -33,7 +33,7 @@ def register_task(ctx: HearthContext, run: steps.TrainedRun) -> Any:
 
 
 @flow(name="train", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=2))
-def train_flow(experiment: str | None = None, register: bool = True) -> dict[str, Any]:
+def train_flow(experiment: str | None = None, register_model: bool = True) -> dict[str, Any]:
     """Train the experiment's runs in parallel, register the best on validation PR-AUC."""
     ctx = load_context()
     plan = steps.plan_training(ctx, Path(experiment) if experiment else None)
@@ -46,7 +46,7 @@ def train_flow(experiment: str | None = None, register: bool = True) -> dict[str
         runs = [f.result() for f in futures]
     best = steps.best_run(runs)
     summary: dict[str, Any] = {"runs": [r.to_dict() for r in runs], "best": best.to_dict()}
-    if register:
+    if register_model:
         summary["registration"] = register_task(ctx, best).to_dict()
     return summary
 

@@ -24,7 +24,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 data_app = typer.Typer(help="Raw data: generate synthetic daily drops.", no_args_is_help=True)
-ui_app = typer.Typer(help="Open the Prefect or MLflow UI over Hearth's state.", no_args_is_help=True)
+ui_app = typer.Typer(help="Open the Prefect or MLflow UI on Hearth's state.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(ui_app, name="ui")
 
@@ -84,9 +84,7 @@ def data_generate(
     from hearth import steps
 
     ctx = _context()
-    overrides = {
-        k: v for k, v in {"days": days, "customers": customers, "seed": seed}.items() if v
-    }
+    overrides = {k: v for k, v in {"days": days, "customers": customers, "seed": seed}.items() if v}
     try:
         first_day = date.fromisoformat(start_date) if start_date else None
     except ValueError:
@@ -124,12 +122,12 @@ def _progress() -> Progress:
 def etl() -> None:
     """Clean, dedupe and featurise data/raw/ into data/processed/; bad rows → data/quarantine/."""
     from hearth import steps
-    from hearth.data.etl import DropError
+    from hearth.data.etl import EtlError
 
     ctx = _context()
     try:
         report = steps.etl(ctx)
-    except DropError as exc:
+    except EtlError as exc:
         _fail(str(exc))
     console.print(
         f"[green]✓[/] {report.rows_clean:,} clean rows, {report.rows_quarantined:,} quarantined "
@@ -218,10 +216,10 @@ def run(
     ] = None,
 ) -> None:
     """The main job as a Prefect flow: (generate) → raw gate → ETL → feature gate → train."""
-    ctx = _context()
     from flows.pipeline import pipeline_flow
-
     from hearth.validation import ValidationFailed
+
+    ctx = _context()
 
     try:
         summary = pipeline_flow(experiment=str(experiment) if experiment else None)
@@ -245,8 +243,8 @@ def _print_summary(ctx: HearthContext, summary: dict[str, Any]) -> None:
         f"valid. {summary['validation']}\n"
     )
     console.print("[bold]Where to look[/]")
-    console.print(f"  MLflow UI   hearth ui mlflow   (or: mlflow ui --backend-store-uri {s.mlflow_uri})")
-    console.print(f"  Prefect UI  hearth ui prefect  (or: PREFECT_HOME={s.prefect_home} prefect server start)")
+    console.print(f"  MLflow UI   hearth ui mlflow   (store: {s.mlflow_uri})")
+    console.print(f"  Prefect UI  hearth ui prefect  (PREFECT_HOME={s.prefect_home})")
     console.print(f"  Data Docs   {s.data_docs_dir}/index.html")
     console.print(f"  data        {s.raw_dir}  {s.processed_dir}  {s.quarantine_dir}")
     console.print(f"  reports     {s.reports_dir}/*.json")

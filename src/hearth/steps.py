@@ -243,16 +243,15 @@ def sweep_parent(ctx: HearthContext, plan: TrainingPlan) -> Iterator[str | None]
         return
     from hearth import registry
 
-    client = registry.configure(ctx.settings)
-    experiment_id = registry.ensure_experiment(ctx.settings, plan.experiment.name)
-    parent = client.create_run(
-        experiment_id,
+    registry.configure(ctx.settings)
+    parent = registry.start_parent_run(
+        plan.experiment.name,
         run_name=f"{plan.experiment.name} sweep",
         tags={"hearth.sweep": "true", "hearth.experiment_file": str(plan.experiment_file)},
     )
-    status = "FAILED"
+    failed = True
     try:
-        yield parent.info.run_id
-        status = "FINISHED"
+        yield parent
+        failed = False
     finally:
-        client.set_terminated(parent.info.run_id, status=status)
+        registry.end_run(parent, failed=failed)

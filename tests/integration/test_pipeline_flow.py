@@ -68,7 +68,7 @@ def test_pipeline_registers_a_champion_with_metrics_artifacts_and_lineage(
     history = client.get_metric_history(run.info.run_id, "valid_pr_auc")
     assert len(history) >= 2, "per-epoch metrics are logged"
     # The registered model loads back and scores the processed features.
-    model = mlflow.pyfunc.load_model(f"models:/fraud-detector@champion")
+    model = mlflow.pyfunc.load_model("models:/fraud-detector@champion")
     import pandas as pd
 
     test = pd.read_parquet(root / "data" / "processed" / "test.parquet")
