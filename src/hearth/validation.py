@@ -9,11 +9,14 @@ So the JSON never goes stale when a threshold in ``params.yaml`` changes.
 
 Raw data is validated one batch per drop, so a failure names the drop. Expectations whose
 ``meta.scope`` is ``"all_drops"`` (the label rate, cross-drop id uniqueness) are statistics
-that need many rows; they run once, on all well-formed drops together.
+that need many rows; they run once, on all well-formed drops together. Processed data is one
+batch per split; expectations with ``meta.scope == "holdout"`` (the drift guard against the
+train-split reference profile) run on the valid and test splits only.
 
-Each call uses one file-backed GX context kept next to the Data Docs (``docs_dir.parent/gx``),
-so the Data Docs index lists the history of raw and processed runs, and publishes the HTML
-with GX's own site builder into ``docs_dir``.
+Each call makes one file-backed GX context kept beside the Data Docs (``docs_dir.parent/gx``),
+so the Data Docs index lists past raw and processed runs too, and publishes this call's
+results as HTML with GX's own site builder into ``docs_dir``. Calls are not thread-safe within
+one process (GX parses suite parameters with a module-level parser): run them one at a time.
 """
 
 from __future__ import annotations
@@ -41,9 +44,15 @@ RAW_ALL_DROPS_SUITE = "raw_all_drops"
 PROCESSED_SUITE = "processed"
 ALL_DROPS_BATCH = "raw/all drops"
 ALL_DROPS_SCOPE = "all_drops"
+PROCESSED_DRIFT_SUITE = "processed_drift"
+HOLDOUT_SCOPE = "holdout"
 REFERENCE_FILE = "feature_profile.json"
 REFERENCE_SPLIT = "train"
 QUANTILES: tuple[float, ...] = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
+# The first rows of the data have truncated history windows (n_tx_7d counts only the days
+# that exist), so their window features run low. The reference skips them; see build_reference.
+WARMUP = max([*definitions.WINDOWS.values(), definitions.MERCHANT_WINDOW])
+MIN_REFERENCE_ROWS = 100
 DOCS_SITE = "hearth"
 _DATASOURCE = "hearth"
 
@@ -176,11 +185,30 @@ def processed_parameters(params: ValidationParams, profile: Mapping[str, Any]) -
 
 
 # -- reading batches -----------------------------------------------------------------------
-def read_drop(path: Path) -> pd.DataFrame:
-    """A raw drop exactly as delivered: every field a string, only empty fields missing."""
+def null_checked_columns(config: Mapping[str, Any]) -> tuple[str, ...]:
+    """Columns the suite checks for presence only (``expect_column_values_to_not_be_null``)."""
+    return tuple(
+        e["kwargs"]["column"]
+        for e in config["expectations"]
+        if e["type"] == "expect_column_values_to_not_be_null"
+    )
+
+
+def read_drop(path: Path, null_columns: Iterable[str] = ()) -> pd.DataFrame:
+    """A raw drop exactly as delivered: every field a string.
+
+    An empty field is missing (NaN) only in `null_columns`. Elsewhere it stays "", because
+    GX's format and vocabulary checks skip missing values: kept as "", an empty amount counts
+    as a malformed amount in the one check that judges amounts.
+    """
     try:
         # keep_default_na=False: "NA" or "null" in a drop is a (bad) value, not a missing one.
-        return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+        return pd.read_csv(
+            path,
+            dtype=str,
+            keep_default_na=False,
+            na_values={column: [""] for column in null_columns},
+        )
     except pd.errors.EmptyDataError:
         # A zero-byte drop has no header at all; the column and row-count checks say so.
         return pd.DataFrame()
@@ -205,27 +233,53 @@ def _split_path(processed_dir: Path, split: str) -> Path:
 
 
 # -- reference profile ---------------------------------------------------------------------
+def _warm_rows(frame: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
+    """Train rows whose full history windows lie inside the data, and where they start.
+
+    Falls back to every row (and None) when the warm part is too small to profile.
+    """
+    timestamps = pd.to_datetime(frame["timestamp"])
+    warm_from = timestamps.min() + WARMUP
+    warm = frame[timestamps >= warm_from]
+    if len(warm) < MIN_REFERENCE_ROWS:
+        log.warning(
+            "train split has only %d rows after the %s warm-up; profiling all %d rows",
+            len(warm),
+            WARMUP,
+            len(frame),
+        )
+        return frame, None
+    return warm, warm_from.isoformat()
+
+
+def _feature_stats(column: pd.Series) -> dict[str, float]:
+    column = column.astype("float64")
+    stats = {"mean": column.mean(), "std": column.std(ddof=0), "min": column.min()}
+    stats |= {f"q{round(q * 100):02d}": column.quantile(q) for q in QUANTILES}
+    stats["max"] = column.max()
+    return {k: float(v) for k, v in stats.items()}
+
+
 def build_reference(processed_dir: Path, reference_dir: Path) -> Path:
     """Write ``reference_dir/feature_profile.json`` from the train split; return its path.
 
     Per numeric feature: mean, std, min, max and a few quantiles. The processed suite checks
-    that each split's feature means stay within a tolerance of these, in std units.
+    that the valid and test splits' feature means stay within a tolerance of these, in std
+    units. Only train rows at least `WARMUP` after the first one are profiled: earlier rows
+    see a truncated history, and held-out rows never do, so including them would flag drift
+    that is only the start of the data.
     """
     source = _split_path(processed_dir, REFERENCE_SPLIT)
-    frame = pd.read_parquet(source, columns=list(definitions.NUMERIC_FEATURES))
-    features: dict[str, dict[str, float]] = {}
-    for name in definitions.NUMERIC_FEATURES:
-        column = frame[name].astype("float64")
-        stats = {"mean": column.mean(), "std": column.std(ddof=0), "min": column.min()}
-        stats |= {f"q{round(q * 100):02d}": column.quantile(q) for q in QUANTILES}
-        stats["max"] = column.max()
-        features[name] = {k: float(v) for k, v in stats.items()}
+    frame = pd.read_parquet(source, columns=["timestamp", *definitions.NUMERIC_FEATURES])
+    warm, warm_from = _warm_rows(frame)
     profile = {
         "source": str(source),
         "split": REFERENCE_SPLIT,
-        "rows": len(frame),
+        "rows": len(warm),
+        "split_rows": len(frame),
+        "warm_from": warm_from,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "features": features,
+        "features": {name: _feature_stats(warm[name]) for name in definitions.NUMERIC_FEATURES},
     }
     reference_dir.mkdir(parents=True, exist_ok=True)
     out = reference_dir / REFERENCE_FILE
@@ -434,13 +488,13 @@ def _failures(suite: str, batch: str, gx_result: Any) -> list[FailedExpectation]
 class _Tally:
     """Running totals of one validation call."""
 
-    batches: int = 0
+    batches: set[str] = field(default_factory=set)
     evaluated: int = 0
     success: bool = True
     failed: list[FailedExpectation] = field(default_factory=list)
 
     def add(self, suite: str, batch: str, gx_result: Any) -> None:
-        self.batches += 1
+        self.batches.add(batch)  # a split checked by two suites is still one batch
         self.evaluated += len(gx_result.results)
         self.success &= bool(gx_result.success)
         self.failed.extend(_failures(suite, batch, gx_result))
@@ -452,7 +506,7 @@ class _Tally:
         return ValidationResult(
             suite=suite,
             success=self.success,
-            batches=self.batches,
+            batches=len(self.batches),
             evaluated=self.evaluated,
             failed=tuple(self.failed),
             docs_index=docs,
@@ -479,10 +533,11 @@ def validate_raw(raw_dir: Path, params: ValidationParams, docs_dir: Path) -> Val
     tally = _Tally()
 
     definition = runner.definition(RAW_SUITE, per_drop, config.get("meta", {}))
+    null_columns = null_checked_columns(config)
     frames = []
     for path in drops:
         batch = f"raw/{path.name}"
-        frame = read_drop(path)
+        frame = read_drop(path, null_columns)
         frames.append(frame)
         tally.add(RAW_SUITE, batch, runner.run(definition, batch, frame, parameters))
     if all_drops:
@@ -497,7 +552,8 @@ def validate_processed(
 ) -> ValidationResult:
     """Check every processed split (one batch each) against the processed suite.
 
-    Feature means are compared with the reference profile of the train split; a missing
+    The valid and test splits also get the drift guard (``meta.scope == "holdout"``): their
+    feature means are compared with the reference profile of the train split. A missing
     profile is built first, and the result's notes say so.
     """
     paths = [_split_path(processed_dir, split) for split in definitions.SPLITS]
@@ -511,9 +567,13 @@ def validate_processed(
     runner = _Runner(docs_dir)
     tally = _Tally()
 
-    definition = runner.definition(PROCESSED_SUITE, config["expectations"], config.get("meta", {}))
-    for path in paths:
+    everywhere, holdout = _split_by_scope(config, HOLDOUT_SCOPE)
+    definition = runner.definition(PROCESSED_SUITE, everywhere, config.get("meta", {}))
+    drift = runner.definition(PROCESSED_DRIFT_SUITE, holdout, config.get("meta", {}))
+    for split, path in zip(definitions.SPLITS, paths, strict=True):
         batch = f"processed/{path.name}"
         frame = pd.read_parquet(path)
         tally.add(PROCESSED_SUITE, batch, runner.run(definition, batch, frame, parameters))
+        if holdout and split != REFERENCE_SPLIT:
+            tally.add(PROCESSED_SUITE, batch, runner.run(drift, batch, frame, parameters))
     return tally.result(PROCESSED_SUITE, runner.publish(), started, (note,) if note else ())

@@ -320,7 +320,8 @@ def test_build_reference_profiles_every_numeric_feature_of_the_train_split(
     path = build_reference(settings.processed_dir, settings.reference_dir)
 
     profile = json.loads(path.read_text())
-    assert profile["split"] == "train" and profile["rows"] == 600
+    # These splits span ten hours, less than the warm-up, so every train row is profiled.
+    assert profile["split"] == "train" and profile["rows"] == 600 and profile["warm_from"] is None
     assert set(profile["features"]) == set(definitions.NUMERIC_FEATURES)
     train = pd.read_parquet(settings.processed_dir / "train.parquet")
     stats = profile["features"]["log_amount"]
@@ -367,3 +368,37 @@ def test_result_summary_dict_and_gate() -> None:
     assert json.loads(json.dumps(result.to_dict()))["failed"][0]["column"] == "amount"
     with pytest.raises(ValidationFailed, match=r"(?s)31% unexpected.*Data Docs: /docs/index.html"):
         gate(result)
+
+
+def test_empty_fields_are_missing_only_where_the_suite_checks_presence(tmp_path: Path) -> None:
+    rows = _clean_rows(1, n=2)
+    rows[0][2] = ""  # customer_id: presence-checked, so missing
+    rows[0][5] = ""  # amount: format-checked, so an empty string the regex rejects
+    path = _write_drop(tmp_path, 1, rows)
+
+    frame = validation.read_drop(
+        path, validation.null_checked_columns(validation.load_suite_config("raw"))
+    )
+
+    assert frame["customer_id"].isna().tolist() == [True, False]
+    assert frame["amount"].tolist()[0] == ""
+    assert frame["is_fraud"].tolist() == ["1", "0"]
+
+
+def test_reference_skips_the_warm_up_rows_whose_history_is_truncated(settings: Settings) -> None:
+    train = _split(600, 0, "train")
+    start = pd.Timestamp("2026-01-01")
+    train["timestamp"] = start + pd.to_timedelta(np.arange(600) * 1440, "s")  # ten days
+    warming = train["timestamp"] < start + validation.WARMUP
+    train.loc[warming, "n_tx_7d"] = 0.0  # what a truncated 7-day window looks like
+    _write_splits(settings.processed_dir, train=train)
+
+    profile = json.loads(
+        build_reference(settings.processed_dir, settings.reference_dir).read_text()
+    )
+
+    assert profile["rows"] == int((~warming).sum()) and profile["split_rows"] == 600
+    assert profile["features"]["n_tx_7d"]["mean"] == pytest.approx(
+        train.loc[~warming, "n_tx_7d"].mean()
+    )
+    assert profile["features"]["n_tx_7d"]["min"] > 0
