@@ -189,6 +189,10 @@ def train_model(
 
     `on_epoch` receives each epoch's history entry as it completes (for progress and live
     metric logging). Thresholds are picked on validation; test is only ever scored.
+
+    Reproducible per process: weight init and dropout draw from torch's global RNG, so two
+    trainings running at once in threads of one process disturb each other's draws. Run
+    sweep variants in separate processes (or one after another) when exact repeats matter.
     """
     started = time.perf_counter()
     device = resolve_device(config.device)
