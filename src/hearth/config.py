@@ -125,11 +125,40 @@ class Settings(BaseSettings):
     def reference_dir(self) -> Path:
         return self.data_dir / "reference"
 
+    # -- serving ---------------------------------------------------------------------------
+    serving_host: str = Field(default="127.0.0.1", description="Interface `hearth serve` binds.")
+    serving_port: int = Field(default=3000, ge=1, le=65535, description="Port of the gateway.")
+    max_payload_bytes: int = Field(
+        default=65_536, gt=0, description="Larger request bodies are refused with 413."
+    )
+    model_timeout_s: float = Field(
+        default=2.0, gt=0, description="A model call slower than this answers 503."
+    )
+    features_url: str | None = Field(
+        default=None, description="A remote features service; default: a local dependency."
+    )
+    model_url: str | None = Field(
+        default=None, description="A remote model service; default: a local dependency."
+    )
+    bentoml_dir: Path | None = Field(
+        default=None, description="BentoML's store (BENTOML_HOME); default <home>/bentoml."
+    )
+
+    @property
+    def bentoml_home(self) -> Path:
+        return (self.bentoml_dir or self.home_abs / "bentoml").expanduser().resolve()
+
+    @property
+    def serving_dir(self) -> Path:
+        """Serving state (which versions serve) and the prediction/feedback log."""
+        return self.home_abs / "serving"
+
     def environment(self) -> dict[str, str]:
         """Environment variables that point Prefect, MLflow and friends at this home."""
         env = dict(NO_TELEMETRY_ENV)
         env["PREFECT_HOME"] = str(self.prefect_home)
         env["MLFLOW_TRACKING_URI"] = self.mlflow_uri
+        env["BENTOML_HOME"] = str(self.bentoml_home)
         if self.prefect_api_url:
             env["PREFECT_API_URL"] = self.prefect_api_url
         return env
