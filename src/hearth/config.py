@@ -56,6 +56,12 @@ class Settings(BaseSettings):
     )
     api_key: SecretStr = SecretStr(DEFAULT_API_KEY)
     admin_token: SecretStr = SecretStr(DEFAULT_ADMIN_TOKEN)
+    store_backend: Literal["sqlite", "redis"] = Field(
+        default="sqlite", description="Online feature store: embedded SQLite or a Redis server."
+    )
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0", description="Used when store_backend is redis."
+    )
 
     @model_validator(mode="after")
     def _no_default_secrets_in_production(self) -> Self:
@@ -100,6 +106,10 @@ class Settings(BaseSettings):
     @property
     def gx_dir(self) -> Path:
         return self.home_abs / "gx"
+
+    @property
+    def online_store_path(self) -> Path:
+        return self.home_abs / "online_store.sqlite"
 
     @property
     def raw_dir(self) -> Path:

@@ -1,0 +1,468 @@
+"""The online feature store: the latest `CustomerState` per customer, for serving.
+
+Two backends behind one `OnlineStore` protocol, chosen by `Settings.store_backend`:
+
+- ``sqlite`` (default, embedded): one file at `Settings.online_store_path`, WAL mode, so
+  readers never block the writer and several serving processes may share it;
+- ``redis``: a Redis server at `Settings.redis_url`, one string key per customer
+  (``hearth:cust:<customer_id>``), for replicas on several machines.
+
+States are stored as compact JSON (`CustomerState.to_dict`). `observe` is the serving hot
+path: it reads a customer's state, computes the features of the incoming transaction from
+the state *before* it, applies the transaction and writes the state back, atomically, so
+concurrent requests for one customer never lose an update (SQLite: ``BEGIN IMMEDIATE``;
+Redis: ``WATCH``/``MULTI`` with a bounded optimistic retry loop).
+
+`materialize` fills a store from the ETL's Parquet outputs, so a customer seen in the batch
+data is never a cold start online. Backend failures surface as `StoreUnavailable` (a
+`StoreError`), which a service maps to 503; `ping` never raises.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import random
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
+
+import pandas as pd
+
+from hearth.config import Settings
+from hearth.features.definitions import HISTORY_HORIZON
+from hearth.features.online import (
+    CustomerState,
+    Transaction,
+    build_states,
+    online_features,
+    update_state,
+    window_seconds,
+)
+
+REDIS_KEY_PREFIX = "hearth:cust:"
+MATERIALIZE_CHUNK = 1000
+_HORIZON_S = window_seconds(HISTORY_HORIZON)
+# Columns build_states reads; reading only these keeps materialize light on wide files.
+_TRANSACTION_COLUMNS = [
+    "timestamp",
+    "customer_id",
+    "merchant_id",
+    "device_id",
+    "amount",
+    "currency",
+]
+_CUSTOMER_COLUMNS = ["customer_id", "home_latitude", "home_longitude"]
+
+Features = dict[str, float | str]
+
+
+class StoreError(RuntimeError):
+    """The online store cannot answer; the message says which customer or backend and why."""
+
+
+class StoreUnavailable(StoreError):
+    """The backend is unreachable, locked for too long, or failing (a service answers 503)."""
+
+
+class MaterializeError(FileNotFoundError):
+    """An ETL output the store is built from is missing; the message names it."""
+
+
+class OnlineStore(Protocol):
+    """Latest state per customer; every method is safe to call from several threads."""
+
+    backend: str  # "sqlite" | "redis"
+
+    def get(self, customer_id: str) -> CustomerState | None:
+        """The stored state, or None for an unknown customer."""
+        ...
+
+    def put_many(self, states: Mapping[str, CustomerState]) -> int:
+        """Write (replace) these customers' states; returns how many were written."""
+        ...
+
+    def observe(self, txn: Transaction) -> tuple[Features, bool]:
+        """Atomically: features of `txn` from the state before it, then apply and store it.
+
+        Returns (features, cold_start); cold_start means the customer had no stored state.
+        """
+        ...
+
+    def peek(self, txn: Transaction) -> tuple[Features, bool]:
+        """The features `observe` would return, without updating the state."""
+        ...
+
+    def count(self) -> int:
+        """Number of customers with a stored state."""
+        ...
+
+    def ping(self) -> bool:
+        """True when the backend answers; False (never an exception) when it does not."""
+        ...
+
+    def clear(self) -> None:
+        """Remove every customer state (and nothing else)."""
+        ...
+
+    def close(self) -> None:
+        """Release connections; the store is unusable afterwards."""
+        ...
+
+
+# -- serialisation -------------------------------------------------------------------------
+def encode_state(state: CustomerState) -> str:
+    """Compact JSON of `state`, history pruned to HISTORY_HORIZON before its newest entry.
+
+    `update_state` already prunes; this also bounds states written from elsewhere
+    (hand-built, older code) without changing any feature: no window looks further back.
+    The state object itself is left untouched.
+    """
+    data = state.to_dict()
+    if state.times:
+        newest = max(state.times[-1], state.last_timestamp or state.times[-1])
+        keep_from = bisect.bisect_left(state.times, newest - _HORIZON_S)
+        if keep_from:
+            data["history"] = data["history"][keep_from:]
+    return json.dumps(data, separators=(",", ":"))
+
+
+def decode_state(raw: str | bytes, customer_id: str) -> CustomerState:
+    """Parse a stored state; a corrupt or foreign-version state is a StoreError, not a crash."""
+    try:
+        return CustomerState.from_dict(json.loads(raw))
+    except (ValueError, TypeError, KeyError, IndexError) as exc:
+        raise StoreError(f"stored state of customer {customer_id!r} is unreadable: {exc}") from exc
+
+
+def _observe(state: CustomerState | None, txn: Transaction) -> tuple[Features, CustomerState]:
+    """Features from the state before `txn`, and the state after it (the only shared logic)."""
+    features = online_features(txn, state)
+    return features, update_state(state if state is not None else CustomerState(), txn)
+
+
+# -- SQLite --------------------------------------------------------------------------------
+class SQLiteStore:
+    """One SQLite file; one connection per store object, serialised by a lock.
+
+    Within a process the lock orders calls (each is tens of microseconds, so a pool would
+    buy little); across processes ``BEGIN IMMEDIATE`` + ``busy_timeout`` serialise writers.
+    """
+
+    backend = "sqlite"
+
+    def __init__(self, path: Path, timeout_s: float = 5.0) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        # isolation_level=None: no implicit transactions, so BEGIN IMMEDIATE is ours to issue.
+        self._conn: sqlite3.Connection | None = sqlite3.connect(
+            str(path), timeout=timeout_s, isolation_level=None, check_same_thread=False
+        )
+        with self._translate():
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
+            # In WAL mode NORMAL survives a process crash and skips an fsync per commit; a
+            # power cut may lose the last few updates, which the next materialize restores.
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.execute(
+                "CREATE TABLE IF NOT EXISTS customer_state "
+                "(customer_id TEXT PRIMARY KEY, state TEXT NOT NULL) WITHOUT ROWID"
+            )
+
+    @contextmanager
+    def _translate(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"SQLite online store {self.path}: {exc}") from exc
+
+    @contextmanager
+    def _locked(self) -> Iterator[sqlite3.Connection]:
+        with self._lock, self._translate():
+            if self._conn is None:
+                raise StoreUnavailable(f"SQLite online store {self.path} is closed")
+            yield self._conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction that holds SQLite's write lock from its first statement."""
+        with self._locked() as conn:
+            # IMMEDIATE takes the write lock before the read, so two processes observing one
+            # customer cannot both read the old state (DEFERRED would fail one with BUSY).
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                if conn.in_transaction:  # SQLite may already have rolled back on its own
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    @staticmethod
+    def _read(conn: sqlite3.Connection, customer_id: str) -> CustomerState | None:
+        row = conn.execute(
+            "SELECT state FROM customer_state WHERE customer_id = ?", (customer_id,)
+        ).fetchone()
+        return decode_state(row[0], customer_id) if row else None
+
+    def get(self, customer_id: str) -> CustomerState | None:
+        with self._locked() as conn:
+            return self._read(conn, customer_id)
+
+    def put_many(self, states: Mapping[str, CustomerState]) -> int:
+        rows = [(cid, encode_state(state)) for cid, state in states.items()]
+        with self._write() as conn:
+            conn.executemany(
+                "INSERT OR REPLACE INTO customer_state (customer_id, state) VALUES (?, ?)", rows
+            )
+        return len(rows)
+
+    def observe(self, txn: Transaction) -> tuple[Features, bool]:
+        with self._write() as conn:
+            before = self._read(conn, txn.customer_id)
+            features, after = _observe(before, txn)
+            conn.execute(
+                "INSERT OR REPLACE INTO customer_state (customer_id, state) VALUES (?, ?)",
+                (txn.customer_id, encode_state(after)),
+            )
+        return features, before is None
+
+    def peek(self, txn: Transaction) -> tuple[Features, bool]:
+        state = self.get(txn.customer_id)
+        return online_features(txn, state), state is None
+
+    def count(self) -> int:
+        with self._locked() as conn:
+            return int(conn.execute("SELECT count(*) FROM customer_state").fetchone()[0])
+
+    def ping(self) -> bool:
+        try:
+            with self._locked() as conn:
+                conn.execute("SELECT 1").fetchone()
+        except StoreError:
+            return False
+        return True
+
+    def clear(self) -> None:
+        with self._write() as conn:
+            conn.execute("DELETE FROM customer_state")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
+# -- Redis ---------------------------------------------------------------------------------
+class RedisStore:
+    """One JSON string per customer under `prefix`; the client's pool is thread-safe."""
+
+    backend = "redis"
+
+    def __init__(
+        self,
+        url: str,
+        prefix: str = REDIS_KEY_PREFIX,
+        max_attempts: int = 100,
+        timeout_s: float = 2.0,
+    ) -> None:
+        # Imported here: SQLite users (the default) never pay for loading redis-py.
+        import redis
+        from redis.backoff import ExponentialBackoff
+        from redis.retry import Retry
+
+        self._redis = redis
+        self.url = url
+        self.prefix = prefix
+        self.max_attempts = max_attempts
+        # Short timeouts and one quick retry (a pooled connection may be stale after a Redis
+        # restart): a dead server must cost a request milliseconds, not redis-py's default
+        # seconds of backoff. Options in the URL (?socket_timeout=…) still win.
+        self._client = redis.Redis.from_url(
+            url,
+            socket_connect_timeout=timeout_s,
+            socket_timeout=timeout_s,
+            retry=Retry(ExponentialBackoff(cap=0.05, base=0.005), 1),
+        )
+
+    def _key(self, customer_id: str) -> str:
+        return self.prefix + customer_id
+
+    @contextmanager
+    def _translate(self) -> Iterator[None]:
+        try:
+            yield
+        except self._redis.RedisError as exc:
+            raise StoreUnavailable(f"Redis online store {redacted_url(self.url)}: {exc}") from exc
+
+    def _read(self, customer_id: str) -> CustomerState | None:
+        with self._translate():
+            raw = self._client.get(self._key(customer_id))
+        return decode_state(raw, customer_id) if raw is not None else None
+
+    def get(self, customer_id: str) -> CustomerState | None:
+        return self._read(customer_id)
+
+    def put_many(self, states: Mapping[str, CustomerState]) -> int:
+        if not states:
+            return 0
+        payload = {self._key(cid): encode_state(state) for cid, state in states.items()}
+        with self._translate():
+            self._client.mset(payload)
+        return len(payload)
+
+    def observe(self, txn: Transaction) -> tuple[Features, bool]:
+        key = self._key(txn.customer_id)
+        with self._translate():
+            for attempt in range(self.max_attempts):
+                outcome = self._try_observe(key, txn)
+                if outcome is not None:
+                    return outcome
+                # Another writer changed the customer between our read and write: back off
+                # a little (jittered, so contenders spread out) and recompute.
+                time.sleep(random.uniform(0, min(0.01, 0.0002 * 2**attempt)))
+        raise StoreUnavailable(
+            f"customer {txn.customer_id!r}: gave up after {self.max_attempts} concurrent "
+            "updates in a row (too much contention on one customer)"
+        )
+
+    def _try_observe(self, key: str, txn: Transaction) -> tuple[Features, bool] | None:
+        """One optimistic attempt: None when a concurrent write invalidated it."""
+        with self._client.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(key)
+                raw = pipe.get(key)
+                before = decode_state(raw, txn.customer_id) if raw is not None else None
+                features, after = _observe(before, txn)
+                pipe.multi()
+                pipe.set(key, encode_state(after))
+                pipe.execute()
+            except self._redis.WatchError:
+                return None
+        return features, before is None
+
+    def peek(self, txn: Transaction) -> tuple[Features, bool]:
+        state = self._read(txn.customer_id)
+        return online_features(txn, state), state is None
+
+    def _keys(self) -> Iterator[Any]:
+        # SCAN, not KEYS: it never blocks the server, and only our prefix is touched.
+        return self._client.scan_iter(match=self.prefix + "*", count=1000)
+
+    def count(self) -> int:
+        with self._translate():
+            return sum(1 for _ in self._keys())
+
+    def ping(self) -> bool:
+        try:
+            return bool(self._client.ping())
+        except (self._redis.RedisError, OSError):
+            return False
+
+    def clear(self) -> None:
+        with self._translate():
+            batch: list[Any] = []
+            for key in self._keys():
+                batch.append(key)
+                if len(batch) >= 500:
+                    self._client.unlink(*batch)
+                    batch.clear()
+            if batch:
+                self._client.unlink(*batch)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+# -- opening and filling -------------------------------------------------------------------
+def redacted_url(url: str) -> str:
+    """`url` with any password replaced by ***, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+def store_location(settings: Settings) -> str:
+    """Where `open_store(settings)` keeps its data, safe to print."""
+    if settings.store_backend == "redis":
+        return redacted_url(settings.redis_url)
+    return str(settings.online_store_path)
+
+
+def open_store(settings: Settings) -> OnlineStore:
+    """The online store chosen by `settings.store_backend`; close it when done."""
+    if settings.store_backend == "redis":
+        return RedisStore(settings.redis_url)
+    return SQLiteStore(settings.online_store_path)
+
+
+@dataclass(frozen=True)
+class MaterializeReport:
+    """What one materialisation wrote."""
+
+    customers: int
+    transactions: int
+    seconds: float
+    backend: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _read_processed(processed_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    paths = {
+        "transactions": processed_dir / "transactions.parquet",
+        "customers": processed_dir / "customers.parquet",
+    }
+    for path in paths.values():
+        if not path.exists():
+            raise MaterializeError(
+                f"{path} is missing; run `hearth etl` first to build the processed data"
+            )
+    return (
+        pd.read_parquet(paths["transactions"], columns=_TRANSACTION_COLUMNS),
+        pd.read_parquet(paths["customers"], columns=_CUSTOMER_COLUMNS),
+    )
+
+
+def materialize(
+    store: OnlineStore,
+    processed_dir: Path,
+    progress: Callable[[int, int], None] | None = None,
+) -> MaterializeReport:
+    """Replay the ETL's clean transactions into one state per customer and write them.
+
+    Every customer of customers.parquet gets a state, with or without transactions, so a
+    known customer is never a cold start online. States are upserted in chunks of
+    MATERIALIZE_CHUNK (progress(done, total) after each); customers already in the store but
+    absent from the data are kept. Live updates made after the ETL's data are overwritten
+    for the customers written, so materialise before serving, not during.
+    """
+    started = time.perf_counter()
+    transactions, customers = _read_processed(processed_dir)
+    states = build_states(transactions, customers)
+    items = list(states.items())
+    if progress:
+        progress(0, len(items))
+    written = 0
+    for start in range(0, len(items), MATERIALIZE_CHUNK):
+        written += store.put_many(dict(items[start : start + MATERIALIZE_CHUNK]))
+        if progress:
+            progress(written, len(items))
+    return MaterializeReport(
+        customers=written,
+        transactions=len(transactions),
+        seconds=time.perf_counter() - started,
+        backend=store.backend,
+    )

@@ -1,0 +1,390 @@
+"""The online feature store: its contract on SQLite, materialisation and serving-side parity.
+
+The `check_*` functions state the contract for any backend; this module runs them on SQLite
+and tests/integration/test_store_redis.py runs them on a real Redis server.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import threading
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from hearth.config import Params, Settings
+from hearth.data.etl import run_etl
+from hearth.data.generate import generate
+from hearth.features.definitions import (
+    FEATURES,
+    HISTORY_HORIZON,
+    NUMERIC_FEATURES,
+    SECONDS_SINCE_LAST_CAP,
+)
+from hearth.features.online import (
+    CustomerState,
+    Transaction,
+    build_states,
+    epoch_seconds,
+    online_features,
+)
+from hearth.features.store import (
+    MaterializeError,
+    OnlineStore,
+    SQLiteStore,
+    StoreError,
+    StoreUnavailable,
+    encode_state,
+    materialize,
+    open_store,
+    redacted_url,
+)
+
+T0 = datetime(2026, 3, 2, 12, 0, 0)
+# Features that count or flag something must match exactly; sums and ratios to rounding.
+EXACT_FEATURES = {
+    *(f for f in NUMERIC_FEATURES if f.startswith("n_")),
+    "seconds_since_last",
+    "is_new_device",
+    "is_cold_start",
+}
+COLD_START_VALUES = {
+    "amount_ratio": 1.0,
+    "n_tx_1h": 0.0,
+    "n_tx_24h": 0.0,
+    "n_tx_7d": 0.0,
+    "amount_sum_1h": 0.0,
+    "amount_sum_24h": 0.0,
+    "amount_sum_7d": 0.0,
+    "avg_amount_30d": 0.0,
+    "n_merchants_7d": 0.0,
+    "seconds_since_last": float(SECONDS_SINCE_LAST_CAP),
+    "is_new_device": 1.0,
+    "distance_from_home_km": 0.0,
+    "is_cold_start": 1.0,
+}
+
+
+def txn(
+    customer: str = "C1",
+    at: datetime = T0,
+    amount: float = 20.0,
+    tid: str | None = None,
+    device: str = "D1",
+    merchant: str = "M1",
+) -> Transaction:
+    return Transaction(
+        transaction_id=tid or f"{customer}-{at:%H%M%S}-{device}",
+        timestamp=at,
+        customer_id=customer,
+        merchant_id=merchant,
+        merchant_category="grocery",
+        amount=amount,
+        currency="EUR",
+        channel="pos",
+        device_id=device,
+        latitude=48.85,
+        longitude=2.35,
+    )
+
+
+def make_processed(settings: Settings, params: Params) -> Path:
+    """Generated raw drops → real ETL → settings.processed_dir."""
+    generate(settings.raw_dir, params.data)
+    run_etl(settings.raw_dir, settings.processed_dir, settings.quarantine_dir, params)
+    return settings.processed_dir
+
+
+# -- the contract, for any backend ---------------------------------------------------------
+def check_materialize_then_observe_matches_offline(store: OnlineStore, processed: Path) -> None:
+    """Serving-side parity: materialise everything before the test days, then replay the test
+    days through `observe`; every feature of every row equals the offline test.parquet, and
+    the states end equal to a batch replay of all the data."""
+    expected = pd.read_parquet(processed / "test.parquet").set_index("transaction_id")
+    transactions = pd.read_parquet(processed / "transactions.parquet")
+    customers = pd.read_parquet(processed / "customers.parquet")
+    cutoff = expected["timestamp"].min()
+    history_dir = processed.parent / "history"
+    history_dir.mkdir()
+    before = transactions[transactions["timestamp"] < cutoff]
+    before.to_parquet(history_dir / "transactions.parquet")
+    customers.to_parquet(history_dir / "customers.parquet")
+
+    report = materialize(store, history_dir)
+    known = set(build_states(before, customers))
+    assert (report.customers, report.transactions) == (len(known), len(before))
+    assert store.count() == len(known)
+
+    later = transactions[transactions["timestamp"] >= cutoff]
+    later = later.sort_values(["timestamp", "transaction_id"], kind="stable")
+    assert set(later["transaction_id"]) == set(expected.index) and len(later) > 100
+    mismatches = []
+    for record in later.to_dict("records"):
+        t = Transaction.from_mapping(record)
+        features, cold = store.observe(t)
+        assert cold == (t.customer_id not in known)
+        known.add(t.customer_id)
+        mismatches += feature_mismatches(t.transaction_id, features, expected.loc[t.transaction_id])
+    assert not mismatches, f"{len(mismatches)} mismatches, first: {mismatches[:5]}"
+    # The test days must exercise the features, not only cold starts and empty windows.
+    assert (expected["n_tx_1h"] > 0).any() and (expected["is_new_device"] == 0).any()
+
+    batch = build_states(transactions, customers)
+    assert store.count() == len(batch)
+    for cid, state in batch.items():
+        assert store.get(cid) == state, cid
+
+
+def feature_mismatches(
+    tid: str, online: dict[str, float | str], offline: pd.Series
+) -> list[tuple[str, str, object, object]]:
+    """Every feature that differs: names and order exact, counts/flags/categories exact."""
+    if tuple(online) != FEATURES:
+        return [(tid, "<names>", tuple(online), FEATURES)]
+    out = []
+    for name in FEATURES:
+        got, want = online[name], offline[name]
+        if name in EXACT_FEATURES or name not in NUMERIC_FEATURES:
+            same = got == want
+        else:
+            same = math.isclose(float(got), float(want), rel_tol=1e-9, abs_tol=1e-9)
+        if not same:
+            out.append((tid, name, got, want))
+    return out
+
+
+def check_unknown_customer_is_a_cold_start(store: OnlineStore) -> None:
+    first = txn("NEW", T0)
+    assert store.get("NEW") is None
+    assert store.peek(first) == (online_features(first, None), True)
+    features, cold = store.observe(first)
+    assert cold is True
+    assert {k: features[k] for k in COLD_START_VALUES} == COLD_START_VALUES
+    state = store.get("NEW")
+    assert state is not None and state.history == [(epoch_seconds(T0), 20.0, "M1")]
+    features, cold = store.observe(txn("NEW", T0 + timedelta(minutes=5)))
+    assert cold is False and features["n_tx_1h"] == 1 and features["is_cold_start"] == 0
+
+
+def check_velocity_rises_over_a_burst(store: OnlineStore) -> None:
+    store.put_many({"C1": CustomerState(home=(48.85, 2.35))})
+    seen = []
+    for i in range(6):
+        features, cold = store.observe(txn("C1", T0 + timedelta(minutes=i), amount=10.0 + i))
+        assert cold is False  # materialised (home only): known, even without transactions
+        seen.append(features)
+    assert [f["n_tx_1h"] for f in seen] == [0, 1, 2, 3, 4, 5]
+    assert [f["amount_sum_1h"] for f in seen] == [0, 10, 21, 33, 46, 60]
+    assert [f["seconds_since_last"] for f in seen[1:]] == [60.0] * 5
+    assert seen[0]["is_cold_start"] == 1 and seen[1]["is_cold_start"] == 0
+    assert seen[0]["distance_from_home_km"] == pytest.approx(0.0, abs=1e-6)
+
+
+def check_peek_does_not_update(store: OnlineStore) -> None:
+    store.observe(txn("P", T0))
+    nxt = txn("P", T0 + timedelta(seconds=30))
+    before = store.get("P")
+    peeked = store.peek(nxt)
+    assert store.get("P") == before
+    assert store.observe(nxt) == peeked == (online_features(nxt, before), False)
+
+
+def check_put_get_count_clear(store: OnlineStore) -> None:
+    old = epoch_seconds(T0)
+    horizon = int(HISTORY_HORIZON.total_seconds())
+    # Hand-built and unpruned: the store keeps only what a window can still see.
+    unpruned = CustomerState(
+        home=(1.0, 2.0),
+        times=[old - horizon - 1, old - horizon, old],
+        amounts=[1.0, 2.0, 3.0],
+        merchants=["M1", "M2", "M3"],
+        devices={"D1": old - horizon - 1},
+        last_timestamp=old,
+    )
+    assert store.put_many({"A": unpruned, "B": CustomerState()}) == 2
+    assert store.put_many({}) == 0
+    assert store.count() == 2
+    stored = store.get("A")
+    assert stored is not None and stored.times == [old - horizon, old]
+    assert stored.devices == unpruned.devices and len(unpruned.times) == 3  # input untouched
+    assert store.get("B") == CustomerState() and store.get("missing") is None
+    store.clear()
+    assert store.count() == 0 and store.get("A") is None
+    assert store.ping() is True
+
+
+def check_concurrent_observes_lose_nothing(
+    stores: list[OnlineStore], threads: int = 8, per_thread: int = 10
+) -> None:
+    """threads x per_thread observes of one new customer, started together: every update is
+    kept, and exactly one observer saw the customer as unknown."""
+    barrier = threading.Barrier(threads)
+    colds: list[bool] = []
+    errors: list[BaseException] = []
+
+    def work(worker: int) -> None:
+        store = stores[worker % len(stores)]
+        barrier.wait()
+        try:
+            for i in range(per_thread):
+                at = T0 + timedelta(seconds=worker * per_thread + i)
+                _, cold = store.observe(txn("HOT", at, device=f"D{worker}-{i}"))
+                colds.append(cold)
+        except BaseException as exc:  # surfaced below, not lost in the thread
+            errors.append(exc)
+
+    pool = [threading.Thread(target=work, args=(w,)) for w in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join(timeout=60)
+    assert not errors, errors
+    state = stores[0].get("HOT")
+    assert state is not None
+    assert len(state.history) == threads * per_thread
+    assert len(state.devices) == threads * per_thread
+    assert state.times == sorted(state.times)
+    assert colds.count(True) == 1
+
+
+# -- SQLite --------------------------------------------------------------------------------
+@pytest.fixture
+def store(settings: Settings) -> SQLiteStore:
+    s = open_store(settings)
+    assert isinstance(s, SQLiteStore)
+    yield s  # type: ignore[misc]
+    s.close()
+
+
+def test_sqlite_is_the_default_backend_in_the_home(settings: Settings, store: SQLiteStore) -> None:
+    assert store.backend == "sqlite" and settings.store_backend == "sqlite"
+    assert store.path == settings.online_store_path == settings.home_abs / "online_store.sqlite"
+    assert settings.online_store_path.exists()
+    with sqlite3.connect(settings.online_store_path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_settings_choose_the_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HEARTH_STORE_BACKEND", "redis")
+    monkeypatch.setenv("HEARTH_REDIS_URL", "redis://:secret@10.0.0.5:6380/2")
+    s = Settings()
+    assert (s.store_backend, s.redis_url) == ("redis", "redis://:secret@10.0.0.5:6380/2")
+    assert redacted_url(s.redis_url) == "redis://:***@10.0.0.5:6380/2"
+    monkeypatch.setenv("HEARTH_STORE_BACKEND", "memcached")
+    with pytest.raises(ValueError, match="store_backend"):
+        Settings()
+
+
+def test_materialize_then_observe_matches_offline(
+    settings: Settings, small_params: Params, store: SQLiteStore
+) -> None:
+    processed = make_processed(settings, small_params)
+    check_materialize_then_observe_matches_offline(store, processed)
+
+
+def test_unknown_customer_is_a_cold_start(store: SQLiteStore) -> None:
+    check_unknown_customer_is_a_cold_start(store)
+
+
+def test_velocity_rises_over_a_burst(store: SQLiteStore) -> None:
+    check_velocity_rises_over_a_burst(store)
+
+
+def test_peek_does_not_update(store: SQLiteStore) -> None:
+    check_peek_does_not_update(store)
+
+
+def test_put_get_count_clear(store: SQLiteStore) -> None:
+    check_put_get_count_clear(store)
+
+
+def test_concurrent_observes_lose_nothing(settings: Settings, store: SQLiteStore) -> None:
+    # A second connection to the same file stands in for another serving process: only
+    # BEGIN IMMEDIATE, not the in-process lock, keeps the two from losing updates.
+    other = SQLiteStore(settings.online_store_path)
+    try:
+        check_concurrent_observes_lose_nothing([store, other])
+    finally:
+        other.close()
+
+
+def test_state_survives_reopening(settings: Settings, store: SQLiteStore) -> None:
+    store.observe(txn("C1", T0))
+    store.close()
+    reopened = open_store(settings)
+    try:
+        features, cold = reopened.observe(txn("C1", T0 + timedelta(hours=2)))
+        assert cold is False and features["n_tx_24h"] == 1
+    finally:
+        reopened.close()
+
+
+def test_closed_store_pings_false_and_raises(store: SQLiteStore) -> None:
+    store.close()
+    assert store.ping() is False
+    with pytest.raises(StoreUnavailable, match="closed"):
+        store.observe(txn())
+    store.close()  # twice is harmless
+
+
+def test_unreadable_state_is_a_store_error(settings: Settings, store: SQLiteStore) -> None:
+    with sqlite3.connect(settings.online_store_path) as conn:
+        conn.execute("INSERT INTO customer_state VALUES ('BAD', ?)", (json.dumps({"v": 9}),))
+    with pytest.raises(StoreError, match="'BAD'"):
+        store.observe(txn("BAD"))
+    assert store.get("C1") is None  # the failed observe rolled back and the store still works
+
+
+def test_encode_state_is_compact_json_and_leaves_the_state_alone() -> None:
+    state = CustomerState(times=[1, 2], amounts=[1.5, 2.5], merchants=["a", "b"])
+    text = encode_state(state)
+    assert " " not in text and CustomerState.from_dict(json.loads(text)) == state
+
+
+# -- materialisation -----------------------------------------------------------------------
+def write_processed(directory: Path, customers: list[tuple], rows: list[Transaction]) -> Path:
+    """A hand-made processed dir with the two files materialize reads."""
+    directory.mkdir(parents=True)
+    pd.DataFrame(customers, columns=["customer_id", "home_latitude", "home_longitude"]).to_parquet(
+        directory / "customers.parquet"
+    )
+    records = [{f: getattr(t, f) for f in t.__dataclass_fields__} for t in rows]
+    pd.DataFrame(records).to_parquet(directory / "transactions.parquet")
+    return directory
+
+
+def test_materialize_gives_customers_without_transactions_a_state(
+    tmp_path: Path, store: SQLiteStore
+) -> None:
+    processed = write_processed(
+        tmp_path / "processed",
+        [("C1", 48.85, 2.35), ("QUIET", 52.52, 13.40), ("NOHOME", None, None)],
+        [txn("C1", T0 - timedelta(days=1)), txn("STRANGER", T0 - timedelta(hours=1))],
+    )
+    progress: list[tuple[int, int]] = []
+    report = materialize(store, processed, progress=lambda d, t: progress.append((d, t)))
+    assert (report.customers, report.transactions, report.backend) == (4, 2, "sqlite")
+    assert progress[0] == (0, 4) and progress[-1] == (4, 4) and report.seconds >= 0
+
+    features, cold = store.observe(txn("QUIET", T0))
+    assert cold is False  # known from the master data: not an unknown customer
+    assert features["is_cold_start"] == 1  # ... but with no prior transaction
+    assert features["distance_from_home_km"] > 800  # Paris is far from a Berlin home
+    assert store.observe(txn("NOHOME", T0))[0]["distance_from_home_km"] == 0
+    assert store.observe(txn("STRANGER", T0))[1] is False
+    assert store.observe(txn("C1", T0))[0]["n_tx_24h"] == 1
+
+
+@pytest.mark.parametrize("missing", ["transactions.parquet", "customers.parquet"])
+def test_materialize_names_the_missing_file(
+    tmp_path: Path, store: SQLiteStore, missing: str
+) -> None:
+    processed = write_processed(tmp_path / "processed", [("C1", 0.0, 0.0)], [txn()])
+    (processed / missing).unlink()
+    with pytest.raises(MaterializeError, match=rf"{missing} is missing.*hearth etl"):
+        materialize(store, processed)
+    assert store.count() == 0
