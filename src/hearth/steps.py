@@ -179,7 +179,7 @@ def train_run(
 
     registry.configure(ctx.settings)
     splits = load_splits(ctx.settings.processed_dir)
-    result = train_model(splits, config, ctx.params.thresholds, on_epoch=_log_epoch(run_name))
+    result = train_model(splits, config, ctx.params.thresholds)
     run_id = registry.log_training_run(
         result,
         lineage,
@@ -199,19 +199,6 @@ def train_run(
         test_metrics=dict(result.test_metrics),
         best_epoch=result.best_epoch,
     )
-
-
-def _log_epoch(run_name: str) -> Callable[[dict[str, Any]], None]:
-    def on_epoch(row: dict[str, Any]) -> None:
-        log.info(
-            "%s epoch %s: train_loss=%.4f valid_pr_auc=%.4f",
-            run_name,
-            row.get("epoch"),
-            row.get("train_loss", float("nan")),
-            row.get("valid_pr_auc", float("nan")),
-        )
-
-    return on_epoch
 
 
 def best_run(runs: list[TrainedRun]) -> TrainedRun:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from hearth.config import Params
-from tests.integration.conftest import write_project
+from tests.helpers import write_project
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).parents[2]
@@ -37,7 +37,7 @@ def fresh_clone(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[st
     (root / "dvc.lock").unlink(missing_ok=True)
     params = Params.model_validate(
         {
-            "data": {"days": 10, "customers": 250, "seed": 5, "tx_per_customer_day": 2.0},
+            "data": {"days": 14, "customers": 250, "seed": 5, "tx_per_customer_day": 2.0},
             "split": {"valid_days": 2, "test_days": 2},
         }
     )
@@ -83,5 +83,5 @@ def test_local_remote_push_and_pull(fresh_clone: tuple[Path, dict[str, str]]) ->
     assert any((root / ".hearth" / "dvc-remote").rglob("*")), "remote under HEARTH_HOME is filled"
     shutil.rmtree(root / "data" / "processed")
     shutil.rmtree(root / ".dvc" / "cache")
-    _run([dvc, "pull"], root, env)
+    _run([dvc, "pull", "etl"], root, env)
     assert (root / "data" / "processed" / "train.parquet").exists()

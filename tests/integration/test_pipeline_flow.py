@@ -11,7 +11,7 @@ from mlflow import MlflowClient
 
 from hearth.config import Params, Settings
 from hearth.validation import ValidationFailed
-from tests.integration.conftest import write_project
+from tests.helpers import write_project
 
 pytestmark = pytest.mark.slow
 
@@ -50,7 +50,7 @@ def test_pipeline_registers_a_champion_with_metrics_artifacts_and_lineage(
     root, summary = trained_home
     client = _client(root)
     champion = client.get_model_version_by_alias("fraud-detector", "champion")
-    assert champion.version == "1"
+    assert str(champion.version) == "1"
     run = client.get_run(champion.run_id)
     metrics = run.data.metrics
     for name in ("test_pr_auc", "test_roc_auc", "test_log_loss"):

@@ -11,51 +11,19 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
-import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
 from hearth import registry
 from hearth.config import RegistryParams, Settings, ThresholdParams
-from hearth.data.schema import CHANNELS, MERCHANT_CATEGORIES, RISKY_CATEGORIES
-from hearth.features.definitions import FEATURES, NUMERIC_FEATURES
+from hearth.features.definitions import FEATURES
 from hearth.lineage import Lineage
 from hearth.model.config import TrainConfig
 from hearth.model.train import Splits, TrainResult, train_model
+from tests.helpers import synthetic_features
 
 LINEAGE = Lineage("0123abcd.dir", "deadbeef", "passed: raw 3/3, processed 3/3", "exp.yaml")
 PARAMS = RegistryParams()  # pr_auc, margin 0.005
-
-
-def synthetic_features(n: int, seed: int, fraud_rate: float = 0.02) -> pd.DataFrame:
-    """Processed-split-shaped frame; fraud is far from home, on new devices, in bursts."""
-    rng = np.random.default_rng(seed)
-    fraud = rng.random(n) < fraud_rate
-
-    def signal(p_fraud: float, p_legit: float) -> np.ndarray:
-        return rng.random(n) < np.where(fraud, p_fraud, p_legit)
-
-    df = pd.DataFrame(
-        {name: rng.lognormal(1.0, 1.0, n) for name in NUMERIC_FEATURES},
-    )
-    df["distance_from_home_km"] = np.where(
-        signal(0.6, 0.03), rng.lognormal(6, 1, n), rng.lognormal(1.5, 1, n)
-    )
-    df["is_new_device"] = signal(0.6, 0.05).astype(float)
-    df["n_tx_1h"] = rng.poisson(np.where(signal(0.5, 0.03), 4.0, 0.2)).astype(float)
-    df["is_cold_start"] = (rng.random(n) < 0.02).astype(float)
-    df["channel"] = rng.choice(np.array(CHANNELS), n)
-    df["merchant_category"] = np.where(
-        signal(0.5, 0.15),
-        rng.choice(np.array(RISKY_CATEGORIES), n),
-        rng.choice(np.array(MERCHANT_CATEGORIES), n),
-    )
-    df["hour"] = rng.integers(0, 24, n).astype(str)
-    df["is_fraud"] = fraud.astype(np.int64)
-    df.insert(0, "transaction_id", [f"t{seed}-{i}" for i in range(n)])
-    df.insert(1, "timestamp", pd.date_range("2026-01-01", periods=n, freq="s"))
-    df.insert(2, "customer_id", rng.integers(0, 1000, n).astype(str))
-    return df
 
 
 @pytest.fixture(scope="module")

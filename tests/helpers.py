@@ -1,0 +1,78 @@
+"""Test helpers shared across test folders: synthetic feature frames and tiny projects."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from hearth.config import Params
+from hearth.data.schema import CHANNELS, MERCHANT_CATEGORIES, RISKY_CATEGORIES
+from hearth.features.definitions import SECONDS_SINCE_LAST_CAP
+
+TINY_EXPERIMENT = {
+    "name": "tiny",
+    "description": "A few epochs: enough to beat chance on the tiny data set.",
+    "train": {"seed": 1, "epochs": 6, "batch_size": 256, "learning_rate": 0.003, "patience": 3},
+}
+
+
+def write_project(root: Path, params: Params, experiment: dict | None = None) -> None:
+    """params.yaml and one experiment file in `root`, as a user's checkout would have."""
+    exp_path = root / "experiments" / "tiny.yaml"
+    exp_path.parent.mkdir(parents=True, exist_ok=True)
+    exp_path.write_text(yaml.safe_dump(experiment or TINY_EXPERIMENT))
+    payload = params.model_dump(mode="json")
+    payload["train"]["experiment"] = "experiments/tiny.yaml"
+    (root / "params.yaml").write_text(yaml.safe_dump(payload))
+
+
+def synthetic_features(n: int, seed: int, fraud_rate: float = 0.02) -> pd.DataFrame:
+    """A processed-split-shaped frame: key columns, every feature, is_fraud."""
+    rng = np.random.default_rng(seed)
+    fraud = rng.random(n) < fraud_rate
+
+    def signal(p_fraud: float, p_legit: float) -> np.ndarray:
+        return rng.random(n) < np.where(fraud, p_fraud, p_legit)
+
+    far, new_device, burst = signal(0.6, 0.03), signal(0.6, 0.05), signal(0.5, 0.03)
+    night, risky, big = signal(0.5, 0.2), signal(0.5, 0.15), signal(0.5, 0.0)
+    avg = rng.lognormal(3.5, 0.5, n)
+    amount = avg * rng.lognormal(0, 0.7, n) * np.where(big, 4.0, 1.0)
+    n_1h = rng.poisson(np.where(burst, 4.0, 0.2))
+    n_24h = n_1h + rng.poisson(2.0, n)
+    n_7d = n_24h + rng.poisson(10.0, n)
+    gap = np.where(burst, rng.exponential(300, n), rng.exponential(40_000, n))
+    return pd.DataFrame(
+        {
+            "transaction_id": [f"t{seed}-{i}" for i in range(n)],
+            "timestamp": pd.date_range("2026-01-01", periods=n, freq="s"),
+            "customer_id": rng.integers(0, 1000, n).astype(str),
+            "log_amount": np.log1p(amount),
+            "amount_ratio": amount / avg,
+            "n_tx_1h": n_1h.astype(float),
+            "n_tx_24h": n_24h.astype(float),
+            "n_tx_7d": n_7d.astype(float),
+            "amount_sum_1h": n_1h * avg,
+            "amount_sum_24h": n_24h * avg,
+            "amount_sum_7d": n_7d * avg,
+            "avg_amount_30d": avg,
+            "n_merchants_7d": np.minimum(n_7d, rng.poisson(5.0, n)).astype(float),
+            "seconds_since_last": np.minimum(gap, SECONDS_SINCE_LAST_CAP),
+            "is_new_device": new_device.astype(float),
+            "distance_from_home_km": np.where(
+                far, rng.lognormal(6, 1, n), rng.lognormal(1.5, 1, n)
+            ),
+            "is_cold_start": (rng.random(n) < 0.02).astype(float),
+            "channel": rng.choice(np.array(CHANNELS), n),
+            "merchant_category": np.where(
+                risky,
+                rng.choice(np.array(RISKY_CATEGORIES), n),
+                rng.choice(np.array(MERCHANT_CATEGORIES), n),
+            ),
+            "hour": np.where(night, rng.integers(0, 5, n), rng.integers(0, 24, n)).astype(str),
+            "is_fraud": fraud.astype(np.int64),
+        }
+    )

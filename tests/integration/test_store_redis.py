@@ -1,0 +1,199 @@
+"""The online feature store on a real Redis server (Debian's redis-server on loopback).
+
+The contract checks are the ones tests/unit/test_store.py runs on SQLite; here they run
+against a throwaway `redis-server` started per module, plus what only Redis can do wrong:
+being down, and sharing a database with other keys.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from hearth.config import Params, Settings
+from hearth.features.store import (
+    REDIS_KEY_PREFIX,
+    RedisStore,
+    StoreUnavailable,
+    materialize,
+    open_store,
+)
+from tests.unit.test_store import (
+    check_concurrent_observes_lose_nothing,
+    check_materialize_then_observe_matches_offline,
+    check_peek_does_not_update,
+    check_put_get_count_clear,
+    check_unknown_customer_is_a_cold_start,
+    check_velocity_rises_over_a_burst,
+    make_processed,
+    txn,
+)
+
+REDIS_SERVER = shutil.which("redis-server")
+pytestmark = pytest.mark.skipif(
+    REDIS_SERVER is None,
+    reason="redis-server is not installed (`make system-deps`, or apt-get install redis-server)",
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RedisServer:
+    """A real, empty, non-persistent redis-server on a free loopback port."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [str(REDIS_SERVER), "--port", str(self.port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no", "--dir", str(workdir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        self._wait_until_ready()
+
+    def _wait_until_ready(self, timeout_s: float = 10.0) -> None:
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        deadline = time.monotonic() + timeout_s
+        try:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"redis-server exited with {self.process.returncode}")
+                try:
+                    if client.ping():
+                        return
+                except redis.ConnectionError:
+                    time.sleep(0.05)
+            raise RuntimeError(f"redis-server on port {self.port} did not answer PING")
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_settings(settings: Settings, redis_server: RedisServer) -> Settings:
+    return settings.model_copy(update={"store_backend": "redis", "redis_url": redis_server.url})
+
+
+@pytest.fixture
+def store(redis_settings: Settings) -> Iterator[RedisStore]:
+    s = open_store(redis_settings)
+    assert isinstance(s, RedisStore)
+    s.clear()  # the server is shared by the module's tests
+    yield s
+    s.clear()
+    s.close()
+
+
+def test_open_store_picks_redis(store: RedisStore, redis_server: RedisServer) -> None:
+    assert store.backend == "redis" and store.url == redis_server.url
+    assert store.ping() is True
+
+
+def test_materialize_then_observe_matches_offline(
+    settings: Settings, small_params: Params, store: RedisStore
+) -> None:
+    processed = make_processed(settings, small_params)
+    check_materialize_then_observe_matches_offline(store, processed)
+
+
+def test_unknown_customer_is_a_cold_start(store: RedisStore) -> None:
+    check_unknown_customer_is_a_cold_start(store)
+
+
+def test_velocity_rises_over_a_burst(store: RedisStore) -> None:
+    check_velocity_rises_over_a_burst(store)
+
+
+def test_peek_does_not_update(store: RedisStore) -> None:
+    check_peek_does_not_update(store)
+
+
+def test_put_get_count_clear(store: RedisStore) -> None:
+    check_put_get_count_clear(store)
+
+
+def test_concurrent_observes_lose_nothing(store: RedisStore, redis_settings: Settings) -> None:
+    # Two clients (two pools) as two replicas would have; WATCH/MULTI must resolve conflicts.
+    other = open_store(redis_settings)
+    try:
+        check_concurrent_observes_lose_nothing([store, other], threads=12)
+    finally:
+        other.close()
+
+
+def test_states_are_json_under_the_prefix(store: RedisStore, redis_server: RedisServer) -> None:
+    store.observe(txn("C1"))
+    raw = redis.Redis(port=redis_server.port).get(REDIS_KEY_PREFIX + "C1")
+    assert raw is not None and raw.startswith(b'{"version":1,')
+
+
+def test_clear_and_count_touch_only_customer_states(
+    store: RedisStore, redis_server: RedisServer
+) -> None:
+    neighbour = redis.Redis(port=redis_server.port)
+    neighbour.set("someone-else:key", "keep me")
+    store.observe(txn("C1"))
+    assert store.count() == 1
+    store.clear()
+    assert neighbour.get("someone-else:key") == b"keep me"
+    neighbour.delete("someone-else:key")
+    neighbour.close()
+
+
+def test_materialize_into_redis(tmp_path: Path, store: RedisStore) -> None:
+    from tests.unit.test_store import write_processed
+
+    processed = write_processed(tmp_path / "p", [("C1", 1.0, 2.0), ("C2", 3.0, 4.0)], [txn()])
+    report = materialize(store, processed)
+    assert (report.customers, report.transactions, report.backend) == (2, 1, "redis")
+    assert store.count() == 2 and store.observe(txn("C2"))[1] is False
+
+
+def test_ping_is_false_when_redis_goes_down(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path / "doomed")
+    store = RedisStore(server.url)
+    try:
+        assert store.ping() is True
+        store.observe(txn())
+        server.stop()
+        started = time.perf_counter()
+        assert store.ping() is False
+        assert time.perf_counter() - started < 1.0  # a health check must not hang
+        with pytest.raises(StoreUnavailable, match=f"127.0.0.1:{server.port}"):
+            store.observe(txn())
+    finally:
+        server.stop()
+        store.close()
+
+
+def test_ping_is_false_when_nothing_listens() -> None:
+    store = RedisStore(f"redis://127.0.0.1:{free_port()}/0")
+    try:
+        assert store.ping() is False
+        with pytest.raises(StoreUnavailable):
+            store.get("C1")
+    finally:
+        store.close()
