@@ -168,6 +168,8 @@ class Settings(BaseSettings):
         env = dict(NO_TELEMETRY_ENV)
         env["PREFECT_HOME"] = str(self.prefect_home)
         env["MLFLOW_TRACKING_URI"] = self.mlflow_uri
+        # Progress bars of artifact downloads only clutter the logs of flows and servers.
+        env["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
         env["BENTOML_HOME"] = str(self.bentoml_home)
         if self.prefect_api_url:
             env["PREFECT_API_URL"] = self.prefect_api_url

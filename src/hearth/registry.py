@@ -216,9 +216,9 @@ def _log_model(scorer_dir: Path, test_df: pd.DataFrame, test_scores: Any) -> str
         signature=signature,
         input_example=example,
         pip_requirements=PIP_REQUIREMENTS,
-        # Declared so that a loader may override it: load_model(uri, model_config={"device":
-        # "cuda"}) scores on the GPU.
-        model_config={"device": "cpu"},
+        # Declared so that a loader may override it: load_model(uri,
+        # model_config={"inference_device": "cuda"}) scores on the GPU.
+        model_config={"inference_device": "cpu"},
     )
     return str(info.model_uri)
 

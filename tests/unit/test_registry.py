@@ -100,7 +100,9 @@ def test_gate_champion_challenger_and_rejection(
     assert worse.to_dict()["decision"] == "rejected"
 
     # The registered pyfunc is the scorer: same numbers on the feature frame.
-    loaded = mlflow.pyfunc.load_model(f"models:/{name}@challenger", model_config={"device": "cpu"})
+    loaded = mlflow.pyfunc.load_model(
+        f"models:/{name}@challenger", model_config={"inference_device": "cpu"}
+    )
     assert loaded.unwrap_python_model().scorer.thresholds == models["good"].thresholds
     np.testing.assert_allclose(
         loaded.predict(splits.test.loc[:, list(FEATURES)]),

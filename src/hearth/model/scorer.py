@@ -272,7 +272,7 @@ class FraudPyfunc(PythonModel):
 
     Input: a DataFrame with the feature columns (extra columns are ignored). Output: a
     float64 array of fraud probabilities. Load with
-    ``mlflow.pyfunc.load_model(uri, model_config={"device": "cuda"})`` to score on a GPU.
+    ``mlflow.pyfunc.load_model(uri, model_config={"inference_device": "cuda"})`` to score on a GPU.
     """
 
     ARTIFACT = "scorer"
@@ -281,7 +281,7 @@ class FraudPyfunc(PythonModel):
         self.scorer: FraudScorer | None = None
 
     def load_context(self, context: Any) -> None:
-        device = (context.model_config or {}).get("device", "cpu")
+        device = (context.model_config or {}).get("inference_device", "cpu")
         self.scorer = FraudScorer.from_dir(context.artifacts[self.ARTIFACT], device=device)
 
     # pd.DataFrame is the one hint MLflow accepts without deriving a schema from it: the
