@@ -27,6 +27,11 @@ data_app = typer.Typer(help="Raw data: generate synthetic daily drops.", no_args
 ui_app = typer.Typer(help="Open the Prefect or MLflow UI on Hearth's state.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(ui_app, name="ui")
+features_app = typer.Typer(
+    help="Online feature store: fill it from data/processed/, inspect a customer.",
+    no_args_is_help=True,
+)
+app.add_typer(features_app, name="features")
 
 console = Console(stderr=True)
 
@@ -277,6 +282,77 @@ def ui_prefect(
     cmd = [sys.executable, "-m", "prefect", "server", "start", "--port", str(port)]
     console.print(f"Prefect UI on http://127.0.0.1:{port} (Ctrl-C to stop)")
     raise typer.Exit(subprocess.call(cmd, env=os.environ.copy()))
+
+
+# -- online feature store ------------------------------------------------------------------
+@features_app.command("materialize")
+def features_materialize(
+    clear: Annotated[
+        bool, typer.Option(help="Remove every stored customer state first (a clean rebuild).")
+    ] = False,
+) -> None:
+    """Replay data/processed/ into the online store: one state per customer."""
+    from hearth.features.store import (
+        MaterializeError,
+        StoreError,
+        materialize,
+        open_store,
+        store_location,
+    )
+
+    s = _context().settings
+    where = f"{s.store_backend} store at {store_location(s)}"
+    try:
+        store = open_store(s)
+    except StoreError as exc:
+        _fail(str(exc), "check HEARTH_STORE_BACKEND / HEARTH_REDIS_URL")
+    try:
+        if clear:
+            store.clear()
+        with _progress() as progress:
+            bar = progress.add_task("replaying transactions", total=None)
+
+            def on_chunk(done: int, total: int) -> None:
+                progress.update(bar, description="writing states", completed=done, total=total)
+
+            report = materialize(store, s.processed_dir, progress=on_chunk)
+    except MaterializeError as exc:
+        _fail(str(exc))
+    except StoreError as exc:
+        _fail(str(exc), f"is the {where} reachable?")
+    finally:
+        store.close()
+    console.print(
+        f"[green]✓[/] {report.customers:,} customers ({report.transactions:,} transactions) "
+        f"written in {report.seconds:.1f}s → {where}"
+    )
+
+
+@features_app.command("show")
+def features_show(
+    customer_id: Annotated[str, typer.Argument(help="The customer whose state to print.")],
+) -> None:
+    """Print a customer's stored state summary as JSON."""
+    import json
+
+    from hearth.features.store import StoreError, open_store, state_summary, store_location
+
+    s = _context().settings
+    try:
+        store = open_store(s)
+        try:
+            state = store.get(customer_id)
+        finally:
+            store.close()
+    except StoreError as exc:
+        _fail(str(exc))
+    if state is None:
+        raise _fail(
+            f"customer {customer_id!r} is not in the {s.store_backend} store at "
+            f"{store_location(s)}",
+            "run `hearth features materialize`, or check the id",
+        )
+    typer.echo(json.dumps(state_summary(customer_id, state), indent=2))
 
 
 @app.command()

@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
@@ -405,6 +406,27 @@ def open_store(settings: Settings) -> OnlineStore:
     if settings.store_backend == "redis":
         return RedisStore(settings.redis_url)
     return SQLiteStore(settings.online_store_path)
+
+
+def state_summary(customer_id: str, state: CustomerState) -> dict[str, Any]:
+    """A readable, JSON-ready summary of a stored state (for `hearth features show`)."""
+
+    def iso(seconds: int | None) -> str | None:
+        return None if seconds is None else datetime.fromtimestamp(seconds, UTC).isoformat()
+
+    return {
+        "customer_id": customer_id,
+        "home": list(state.home) if state.home else None,
+        "last_transaction": iso(state.last_timestamp),
+        "history": {
+            "transactions": len(state.times),
+            "oldest": iso(state.times[0] if state.times else None),
+            "amount_eur": round(sum(state.amounts), 2),
+            "merchants": len(set(state.merchants)),
+        },
+        "devices": {device: iso(first) for device, first in sorted(state.devices.items())},
+        "state_bytes": len(encode_state(state)),
+    }
 
 
 @dataclass(frozen=True)
