@@ -37,8 +37,19 @@ install: $(STAMP) ## Create .venv and install Hearth with its locked dependencie
 run: install ## Set up, then run the main job (generate → ETL → validate → train → register)
 	$(BIN)/hearth run
 
+.PHONY: system-deps
+system-deps: ## Install redis-server (Debian package) for the Redis store tests, if missing
+	@if command -v redis-server >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "==> installing redis-server (Debian package) for the Redis online-store tests"; \
+		apt-get update -qq && apt-get install -y -qq redis-server; \
+	else \
+		echo "note: redis-server is missing; install it (e.g. sudo apt-get install redis-server)" \
+		     "or the Redis online-store tests are skipped"; \
+	fi
+
 .PHONY: test
-test: install lint typecheck ## Set up, then run ruff, mypy and the whole test suite
+test: install system-deps lint typecheck ## Set up, then run ruff, mypy and the whole test suite
 	$(BIN)/pytest
 
 .PHONY: test-fast
