@@ -135,3 +135,36 @@ def test_bad_drop_stops_the_flow_and_leaves_the_registry_untouched(
     assert "expect_" in message, message
     after = [(v.version, v.aliases) for v in _client(root).search_model_versions()]
     assert after == before
+
+
+def test_sweep_runs_variants_as_parallel_tasks_under_one_parent_run(
+    trained_home: tuple[Path, dict], tmp_path: Path
+) -> None:
+    from flows.train import train_flow
+
+    src, _ = trained_home
+    root = tmp_path / "copy"
+    shutil.copytree(src, root)
+    sweep = root / "experiments" / "sweep.yaml"
+    sweep.write_text(
+        "name: tiny-sweep\ntrain: {seed: 1, epochs: 3, batch_size: 256, patience: 2}\n"
+        "sweep:\n  - {hidden_sizes: [16]}\n  - {hidden_sizes: [32, 16]}\n"
+    )
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.setenv("HEARTH_HOME", str(root / ".hearth"))
+        summary = train_flow(experiment=str(sweep))
+
+    assert len(summary["runs"]) == 2
+    client = _client(root)
+    experiment = client.get_experiment_by_name("tiny-sweep")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("hearth.sweep") == "true"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
+    assert len(children) == 2
+    # The winner was chosen on validation, and went through the registration gate.
+    best = max(summary["runs"], key=lambda r: r["valid_metrics"]["pr_auc"])
+    assert summary["best"]["run_id"] == best["run_id"]
+    assert str(summary["registration"]["version"]) == "2"
