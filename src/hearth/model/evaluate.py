@@ -157,7 +157,8 @@ def pr_curve_png(
             p, r = _point_at(prec, rec, thr, value)
             ax.plot(r, p, "o", color=colour, label=f"{name} ≥ {value:.3f}")
         ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1.01), ylim=(0, 1.05), title=title)
-        ax.legend(loc="upper right", fontsize="small")
+        # Lower left stays clear: a useful model keeps precision high until high recall.
+        ax.legend(loc="lower left", fontsize="small")
         fig.tight_layout()
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path)
