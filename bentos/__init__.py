@@ -1,0 +1,1 @@
+"""BentoML services: thin wrappers over `hearth.serving` (one package so `bentos.x:Y` imports)."""

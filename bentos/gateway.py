@@ -1,0 +1,38 @@
+"""Gateway service (microservices topology): the HTTP API, calling Features and Model.
+
+Both run as their own processes under `bentoml serve`, or elsewhere when
+HEARTH_FEATURES_URL / HEARTH_MODEL_URL name them (then `bentoml serve` starts neither).
+"""
+
+from __future__ import annotations
+
+import bentoml
+
+from bentos.features import Features
+from bentos.images import cpu_image
+from bentos.model import Model
+from hearth.serving import graph
+from hearth.serving.http import HttpPolicy, create_app
+
+app = create_app(
+    lambda: bentoml.get_current_service().gateway,
+    lambda: bentoml.get_current_service().policy,
+)
+_urls = graph.remote_urls()
+
+
+@bentoml.asgi_app(app, path="/")
+@bentoml.service(image=cpu_image(), traffic={"timeout": 30})
+class Gateway:
+    """POST /predict, /predict_batch, /feedback; /readyz once store and model are loaded."""
+
+    features = bentoml.depends(Features, url=_urls.get("features"))
+    model = bentoml.depends(Model, url=_urls.get("model"))
+
+    def __init__(self) -> None:
+        ctx = graph.context()
+        self.policy = HttpPolicy.from_settings(ctx.settings)
+        self.gateway = graph.microservices_gateway(ctx, self.features, self.model)
+
+    async def __is_ready__(self) -> bool:
+        return await self.gateway.ready()

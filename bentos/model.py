@@ -1,0 +1,29 @@
+"""Model service: the model pool behind an adaptively batched API (microservices topology)."""
+
+from __future__ import annotations
+
+import bentoml
+
+from bentos.images import cuda_image
+from hearth.serving import graph
+from hearth.serving.schemas import Score, ScoreItem
+
+
+@bentoml.service(image=cuda_image(), resources={"gpu": 1}, traffic={"timeout": 30})
+class Model:
+    """Champion and challenger in one process, on CUDA when there is one."""
+
+    def __init__(self) -> None:
+        self.pool = graph.model_pool(graph.context())
+
+    def __is_ready__(self) -> bool:
+        return self.pool.ready and self.pool.get().ready
+
+    # Concurrent requests are merged into one forward pass (one per variant).
+    @bentoml.api(batchable=True, max_batch_size=256, max_latency_ms=20)
+    def predict(self, items: list[ScoreItem]) -> list[Score]:
+        return self.pool.get().score(items)
+
+    @bentoml.api
+    def ready(self) -> bool:
+        return self.__is_ready__()

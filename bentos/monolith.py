@@ -1,0 +1,28 @@
+"""Monolith: one service with the store, the router and the model pool in-process."""
+
+from __future__ import annotations
+
+import bentoml
+
+from bentos.images import cuda_image
+from hearth.serving import graph
+from hearth.serving.http import HttpPolicy, create_app
+
+app = create_app(
+    lambda: bentoml.get_current_service().gateway,
+    lambda: bentoml.get_current_service().policy,
+)
+
+
+@bentoml.asgi_app(app, path="/")
+@bentoml.service(image=cuda_image(), resources={"gpu": 1}, traffic={"timeout": 30})
+class Monolith:
+    """POST /predict, /predict_batch, /feedback; /readyz once store and model are loaded."""
+
+    def __init__(self) -> None:
+        ctx = graph.context()
+        self.policy = HttpPolicy.from_settings(ctx.settings)
+        self.gateway, _, _ = graph.monolith(ctx)
+
+    async def __is_ready__(self) -> bool:
+        return await self.gateway.ready()

@@ -1,0 +1,89 @@
+"""Assemble the serving graph from Settings: what each BentoML service holds.
+
+The services in ``bentos/`` call one function here from their ``__init__`` and forward
+requests; each piece loads in a background thread (`Background`), so a service answers
+/livez at once and /readyz only when its store or model is loaded.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hearth.config import HearthContext, Settings
+from hearth.serving.feedback import DB_FILE, PredictionLog
+from hearth.serving.gateway import (
+    Background,
+    Gateway,
+    LocalFeatures,
+    LocalModel,
+    RemoteFeatures,
+    RemoteModel,
+)
+
+
+def context() -> HearthContext:
+    """Settings (environment) and Params, for a service process."""
+    return HearthContext()
+
+
+def feature_store(settings: Settings) -> Background[Any]:
+    """The online store (SQLite, or Redis when configured), opened in the background."""
+
+    def open_and_check() -> Any:
+        from hearth.features.store import open_store
+
+        store = open_store(settings)
+        if not store.ping():
+            raise ConnectionError(f"the {store.backend} online store does not answer")
+        return store
+
+    return Background("feature store", open_and_check)
+
+
+def model_pool(ctx: HearthContext, device: str | None = None) -> Background[Any]:
+    """The model pool over the BentoML store, loaded in the background."""
+
+    def load() -> Any:
+        from hearth.serving.packaging import BentoCatalog, serving_state
+        from hearth.serving.pool import ModelPool
+
+        catalog = BentoCatalog(ctx.params.registry.model_name)
+        pool = ModelPool(catalog, serving_state(ctx.settings), device=device)
+        pool.reload()
+        return pool
+
+    return Background("model pool", load)
+
+
+def prediction_log(settings: Settings) -> Background[PredictionLog]:
+    return Background("prediction log", lambda: PredictionLog(settings.serving_dir / DB_FILE))
+
+
+def monolith(ctx: HearthContext) -> tuple[Gateway, Background[Any], Background[Any]]:
+    """A gateway with the store and the model pool in this process; (gateway, store, pool)."""
+    store, pool = feature_store(ctx.settings), model_pool(ctx)
+    gateway = Gateway(LocalFeatures(store), LocalModel(pool), prediction_log(ctx.settings))
+    return gateway, store, pool
+
+
+def microservices_gateway(ctx: HearthContext, features: Any, model: Any) -> Gateway:
+    """A gateway calling the features and model services through BentoML proxies."""
+    timeout = ctx.settings.model_timeout_s
+    remote_features = RemoteFeatures(
+        observe=lambda txns: features.to_async.observe(transactions=txns),
+        ready=lambda: features.to_async.ready(),
+        timeout_s=timeout,
+    )
+    remote_model = RemoteModel(
+        score=lambda items: model.to_async.predict(items=items),
+        ready=lambda: model.to_async.ready(),
+        timeout_s=timeout,
+    )
+    return Gateway(remote_features, remote_model, prediction_log(ctx.settings))
+
+
+def remote_urls() -> dict[str, str]:
+    """Where remote features/model services are (Settings' URLs); empty: local dependencies."""
+    s = Settings()
+    urls = {"features": s.features_url, "model": s.model_url}
+    return {name: url for name, url in urls.items() if url}

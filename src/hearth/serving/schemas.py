@@ -1,0 +1,148 @@
+"""The HTTP API's request and response bodies, kept apart from the internal types.
+
+Requests are validated strictly (unknown fields, wrong types, a negative or non-finite amount,
+an unknown currency or a malformed timestamp are all refused, naming the field), then turned
+into the internal `Transaction` that the feature code uses. The wire types between the
+gateway and the model service (`ScoreItem`, `Score`) live here too: both topologies speak
+them, in memory or over HTTP.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
+
+from hearth.data.schema import CHANNELS, CURRENCIES, MERCHANT_CATEGORIES, TIMESTAMP_FORMAT
+from hearth.features.online import Transaction
+
+Decision = Literal["approve", "review", "decline"]
+# A batch is scored in one model call; beyond this, a client should split it.
+MAX_BATCH = 1000
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _one_of(value: str, allowed: tuple[str, ...], what: str) -> str:
+    if value not in allowed:
+        raise ValueError(f"unknown {what} {value!r}, expected one of {list(allowed)}")
+    return value
+
+
+class TransactionIn(_Strict):
+    """A transaction to score: the raw fields of the data contract, without the label."""
+
+    transaction_id: StrictStr = Field(min_length=1, max_length=128)
+    timestamp: StrictStr = Field(description="UTC, YYYY-MM-DDTHH:MM:SS")
+    customer_id: StrictStr = Field(min_length=1, max_length=128)
+    merchant_id: StrictStr = Field(min_length=1, max_length=128)
+    merchant_category: StrictStr
+    amount: float = Field(gt=0, allow_inf_nan=False, description="In `currency`; > 0.")
+    currency: StrictStr
+    channel: StrictStr
+    device_id: StrictStr = Field(min_length=1, max_length=128)
+    latitude: float = Field(ge=-90, le=90, allow_inf_nan=False)
+    longitude: float = Field(ge=-180, le=180, allow_inf_nan=False)
+
+    @field_validator("timestamp")
+    @classmethod
+    def _timestamp(cls, value: str) -> str:
+        try:
+            datetime.strptime(value, TIMESTAMP_FORMAT)
+        except ValueError:
+            raise ValueError(
+                f"malformed timestamp {value!r}, expected YYYY-MM-DDTHH:MM:SS"
+            ) from None
+        return value
+
+    @field_validator("currency")
+    @classmethod
+    def _currency(cls, value: str) -> str:
+        return _one_of(value, CURRENCIES, "currency")
+
+    @field_validator("channel")
+    @classmethod
+    def _channel(cls, value: str) -> str:
+        return _one_of(value, CHANNELS, "channel")
+
+    @field_validator("merchant_category")
+    @classmethod
+    def _category(cls, value: str) -> str:
+        return _one_of(value, MERCHANT_CATEGORIES, "merchant_category")
+
+    def to_transaction(self) -> Transaction:
+        """The internal, typed transaction (the feature code's input)."""
+        return Transaction.from_mapping(self.model_dump())
+
+
+class BatchIn(_Strict):
+    transactions: list[TransactionIn] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class FeedbackIn(_Strict):
+    """A delayed label: was this transaction fraud after all?"""
+
+    transaction_id: StrictStr = Field(min_length=1, max_length=128)
+    is_fraud: bool
+
+
+class PredictionOut(BaseModel):
+    """A scored transaction with everything needed to trace it back."""
+
+    transaction_id: str
+    fraud_probability: float
+    decision: Decision
+    variant: str
+    model_version: str
+    data_version: str
+    request_id: str
+    cold_start: bool = Field(description="The customer was unknown to the feature store.")
+
+
+class BatchOut(BaseModel):
+    predictions: list[PredictionOut]
+
+
+class FeedbackOut(BaseModel):
+    transaction_id: str
+    is_fraud: bool
+    matched_prediction: bool = Field(description="A logged prediction has this transaction id.")
+
+
+class Problem(BaseModel):
+    field: str
+    message: str
+
+
+class ErrorOut(BaseModel):
+    error: str
+    problems: list[Problem] = Field(default_factory=list)
+    request_id: str | None = None
+
+
+# -- between the gateway and the model service --------------------------------------------
+class ScoreItem(BaseModel):
+    """One feature row to score with the model serving `variant`."""
+
+    variant: str
+    features: dict[str, float | str]
+
+
+class Score(BaseModel):
+    """What the model service answers for one `ScoreItem`."""
+
+    variant: str
+    model_version: str
+    data_version: str
+    probability: float
+    decision: Decision
+
+
+class FeatureRow(BaseModel):
+    """What the features service answers for one transaction."""
+
+    features: dict[str, float | str]
+    cold_start: bool
