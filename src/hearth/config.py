@@ -240,6 +240,52 @@ class ThresholdParams(_Frozen):
     )
 
 
+class RolloutParams(_Frozen):
+    """How a rollout moves traffic and when its analysis promotes, holds or rolls back.
+
+    Sample minimums are per variant. Guard rails (``guard_*``, ``max_p99_latency_ms``, and
+    non-finite scores) act on any sample size; every other check waits for the minimums.
+    """
+
+    mode: Literal["canary", "ab", "shadow"] = "canary"
+    steps: tuple[float, ...] = Field((5.0, 25.0, 50.0, 100.0), min_length=1)
+    buckets: int = Field(10_000, ge=100, description="Hash buckets customers are spread over.")
+    refresh_interval_s: float = Field(
+        0.5, gt=0, le=1.0, description="How stale a replica's view of the state may get."
+    )
+    step_wait_s: float = Field(60.0, gt=0, description="Least time a step runs before analysis.")
+    ab_split_percent: float = Field(50.0, gt=0, lt=100, description="Challenger share in A/B.")
+    min_samples: int = Field(200, ge=1, description="Requests per variant before any verdict.")
+    min_labelled: int = Field(500, ge=1, description="Labelled requests per variant for quality.")
+    min_positives: int = Field(10, ge=1, description="Labelled frauds per variant for quality.")
+    max_error_rate_increase: float = Field(0.01, ge=0, le=1)
+    max_p99_ratio: float = Field(1.5, ge=1, description="Challenger p99 / champion p99 allowed.")
+    max_p99_latency_ms: float = Field(500.0, gt=0, description="Hard limit: a guard rail.")
+    guard_error_rate: float = Field(0.2, gt=0, le=1, description="Error-rate spike: a guard rail.")
+    guard_min_events: int = Field(
+        3, ge=1, description="Errors (or too-slow requests) a guard rail needs to act."
+    )
+    max_psi: float = Field(0.25, gt=0, description="Score-distribution shift allowed (PSI).")
+    psi_bins: int = Field(10, ge=2, le=100)
+    pr_auc_tolerance: float = Field(0.02, ge=0, le=1, description="Non-inferiority margin.")
+    recall_tolerance: float = Field(0.05, ge=0, le=1, description="Non-inferiority margin.")
+    significance: float = Field(0.05, gt=0, lt=0.5, description="One-sided test level (alpha).")
+    bootstrap_resamples: int = Field(400, ge=50)
+    ab_budget_labelled: int = Field(
+        20_000, ge=1, description="A/B ends without a clear win after this many labels/variant."
+    )
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _steps_ascend_to_100(self) -> Self:
+        steps = self.steps
+        if any(not 0 < s <= 100 for s in steps) or list(steps) != sorted(set(steps)):
+            raise ValueError(f"rollout steps must ascend strictly within (0, 100], got {steps}")
+        if steps[-1] != 100:
+            raise ValueError(f"the last rollout step must be 100, got {steps[-1]}")
+        return self
+
+
 class Params(_Frozen):
     data: DataParams = DataParams()
     split: SplitParams = SplitParams()
@@ -248,6 +294,7 @@ class Params(_Frozen):
     train: TrainParams = TrainParams()
     registry: RegistryParams = RegistryParams()
     thresholds: ThresholdParams = ThresholdParams()
+    rollout: RolloutParams = RolloutParams()
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
