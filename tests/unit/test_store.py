@@ -31,6 +31,7 @@ from hearth.features.online import (
     build_states,
     epoch_seconds,
     online_features,
+    update_state,
 )
 from hearth.features.store import (
     MaterializeError,
@@ -42,6 +43,7 @@ from hearth.features.store import (
     materialize,
     open_store,
     redacted_url,
+    state_summary,
 )
 
 T0 = datetime(2026, 3, 2, 12, 0, 0)
@@ -388,3 +390,45 @@ def test_materialize_names_the_missing_file(
     with pytest.raises(MaterializeError, match=rf"{missing} is missing.*hearth etl"):
         materialize(store, processed)
     assert store.count() == 0
+
+
+# -- inspection and the command line -------------------------------------------------------
+def test_state_summary_is_readable_json() -> None:
+    state = CustomerState(home=(48.85, 2.35))
+    update_state(state, txn("C1", T0, amount=12.5))
+    summary = json.loads(json.dumps(state_summary("C1", state)))
+    assert summary["home"] == [48.85, 2.35]
+    assert summary["last_transaction"] == "2026-03-02T12:00:00+00:00"
+    assert summary["history"] == {
+        "transactions": 1,
+        "oldest": "2026-03-02T12:00:00+00:00",
+        "amount_eur": 12.5,
+        "merchants": 1,
+    }
+    assert summary["devices"] == {"D1": "2026-03-02T12:00:00+00:00"}
+
+
+def test_cli_materialize_and_show(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from hearth.cli import app
+
+    monkeypatch.setenv("HEARTH_HOME", str(settings.home_abs))
+    monkeypatch.setenv("HEARTH_DATA_DIR", str(settings.data_dir))
+    runner = CliRunner()
+    missing = runner.invoke(app, ["features", "materialize"])
+    assert missing.exit_code == 1 and "hearth etl" in missing.output
+
+    write_processed(settings.processed_dir, [("C1", 48.85, 2.35), ("C2", 1.0, 2.0)], [txn()])
+    done = runner.invoke(app, ["features", "materialize", "--clear"])
+    assert done.exit_code == 0, done.output
+    unwrapped = done.output.replace("\n", "")  # rich wraps long paths
+    assert "2 customers" in unwrapped and "online_store.sqlite" in unwrapped
+
+    shown = runner.invoke(app, ["features", "show", "C1"])
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.stdout)["history"]["transactions"] == 1
+    unknown = runner.invoke(app, ["features", "show", "NOPE"])
+    assert unknown.exit_code == 1 and "'NOPE'" in unknown.output
