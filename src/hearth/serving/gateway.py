@@ -136,7 +136,9 @@ async def _call(
     except TimeoutError as exc:
         raise unavailable(f"{what} did not answer within {timeout_s:g}s") from exc
     except Exception as exc:  # connection refused, 5xx, a dying process: all "down"
-        raise unavailable(f"{what} failed: {type(exc).__name__}: {exc}") from exc
+        # The details are for the log; the client learns only that it should retry.
+        log.warning("%s failed: %s: %s", what, type(exc).__name__, exc)
+        raise unavailable(f"{what} unavailable") from exc
 
 
 class RemoteFeatures:

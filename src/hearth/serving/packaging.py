@@ -204,6 +204,7 @@ def build_bentos(
     Model-serving bentos carry the imported models and their lineage in labels.
     """
     import bentoml
+    from bentoml._internal.bento.build_config import BentoEnvSchema
 
     champion = next(m for m in imported if m.alias == CHAMPION)
     built: dict[str, str] = {}
@@ -223,8 +224,7 @@ def build_bentos(
             include=BENTO_INCLUDE,
             labels=labels,
             models=[m.tag for m in imported] if with_model else None,
-            # BentoML structures plain dicts into its (internal) env schema itself.
-            envs=[{"name": "PYTHONPATH", "value": BENTO_PYTHONPATH}],  # type: ignore[list-item]
+            envs=[BentoEnvSchema(name="PYTHONPATH", value=BENTO_PYTHONPATH)],
         )
         built[name] = str(bento.tag)
     return built
