@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from hearth.config import Settings
-from hearth.serving.pool import STATE_FILE, ModelRecord, ServingState
 from hearth.serving.router import CHALLENGER, CHAMPION
+from hearth.serving.state import STATE_FILE, ModelRecord, ServingState
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, field_validator
 
 from hearth.data.schema import CHANNELS, CURRENCIES, MERCHANT_CATEGORIES, TIMESTAMP_FORMAT
 from hearth.features.online import Transaction
@@ -40,12 +40,12 @@ class TransactionIn(_Strict):
     customer_id: StrictStr = Field(min_length=1, max_length=128)
     merchant_id: StrictStr = Field(min_length=1, max_length=128)
     merchant_category: StrictStr
-    amount: float = Field(gt=0, allow_inf_nan=False, description="In `currency`; > 0.")
+    amount: float = Field(gt=0, strict=True, allow_inf_nan=False, description="In `currency`; > 0.")
     currency: StrictStr
     channel: StrictStr
     device_id: StrictStr = Field(min_length=1, max_length=128)
-    latitude: float = Field(ge=-90, le=90, allow_inf_nan=False)
-    longitude: float = Field(ge=-180, le=180, allow_inf_nan=False)
+    latitude: float = Field(ge=-90, le=90, strict=True, allow_inf_nan=False)
+    longitude: float = Field(ge=-180, le=180, strict=True, allow_inf_nan=False)
 
     @field_validator("timestamp")
     @classmethod
@@ -86,7 +86,7 @@ class FeedbackIn(_Strict):
     """A delayed label: was this transaction fraud after all?"""
 
     transaction_id: StrictStr = Field(min_length=1, max_length=128)
-    is_fraud: bool
+    is_fraud: StrictBool
 
 
 class PredictionOut(BaseModel):
@@ -108,7 +108,7 @@ class BatchOut(BaseModel):
 
 class FeedbackOut(BaseModel):
     transaction_id: str
-    is_fraud: bool
+    is_fraud: StrictBool
     matched_prediction: bool = Field(description="A logged prediction has this transaction id.")
 
 
