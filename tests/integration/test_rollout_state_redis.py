@@ -1,0 +1,147 @@
+"""The rollout StateStore contract on a real Redis server, plus a Router over it.
+
+A throwaway, non-persistent `redis-server` runs on a free loopback port for this module; the
+checks are the ones tests/unit/test_rollout_state.py runs on SQLite.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from hearth.config import RolloutParams, Settings
+from hearth.rollout.router import CHALLENGER, CHAMPION, Router
+from hearth.rollout.state import (
+    REDIS_PREFIX,
+    RedisStateStore,
+    StateStore,
+    StateUnavailable,
+    new_rollout,
+    open_state_store,
+)
+from tests.unit.test_rollout_state import CHECKS
+
+REDIS_SERVER = shutil.which("redis-server")
+pytestmark = pytest.mark.skipif(
+    REDIS_SERVER is None,
+    reason="redis-server is not installed (`make system-deps`, or apt-get install redis-server)",
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real, empty redis-server on loopback (no persistence), killed at teardown."""
+    port = _free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    process = subprocess.Popen(
+        [
+            str(REDIS_SERVER),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if client.ping():
+                    break
+            except redis.ConnectionError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"redis-server did not start on port {port}") from None
+                time.sleep(0.05)
+        yield url
+    finally:
+        client.close()
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture
+def store(redis_url: str) -> Iterator[RedisStateStore]:
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    client.set("someone-else:key", "kept")  # a shared database: only our keys are ours
+    s = RedisStateStore(redis_url)
+    yield s
+    s.close()
+    assert client.get("someone-else:key") == b"kept"
+    client.close()
+
+
+@pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__)
+def test_redis_store(store: RedisStateStore, check: Callable[[StateStore], None]) -> None:
+    check(store)
+
+
+def test_keys_live_under_the_rollout_prefix(store: RedisStateStore, redis_url: str) -> None:
+    store.start(new_rollout("1", "2", RolloutParams()), "test")
+    keys = {k.decode() for k in redis.Redis.from_url(redis_url).keys("*")}
+    assert keys - {"someone-else:key"} == {
+        REDIS_PREFIX + "state",
+        REDIS_PREFIX + "revision",
+        REDIS_PREFIX + "history",
+    }
+
+
+def test_two_store_objects_share_the_state_and_a_router_follows(
+    store: RedisStateStore, redis_url: str
+) -> None:
+    other = RedisStateStore(redis_url)
+    router = Router(other, refresh_interval=0.1)
+    assert router.route("c1").variant == CHAMPION
+    store.start(new_rollout("1", "2", RolloutParams()).with_percent(100), "admin")
+    time.sleep(0.15)
+    assert router.route("c1").variant == CHALLENGER
+    store.update(lambda s: s.ended("rolled_back"), "admin", "rollback")
+    time.sleep(0.15)
+    assert router.route("c1").variant == CHAMPION
+    other.close()
+
+
+def test_open_state_store_picks_redis_from_settings(settings: Settings, redis_url: str) -> None:
+    redis_settings = settings.model_copy(update={"store_backend": "redis", "redis_url": redis_url})
+    s = open_state_store(redis_settings)
+    try:
+        assert s.backend == "redis" and s.ping()
+    finally:
+        s.close()
+
+
+def test_a_dead_server_is_unavailable_not_a_hang(tmp_path: Path) -> None:
+    s = RedisStateStore(f"redis://127.0.0.1:{_free_port()}/0", timeout_s=0.5)
+    started = time.monotonic()
+    assert s.ping() is False
+    with pytest.raises(StateUnavailable):
+        s.current()
+    assert time.monotonic() - started < 5
+    s.close()

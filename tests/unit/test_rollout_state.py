@@ -1,0 +1,275 @@
+"""Rollout state: the models, and the StateStore contract on SQLite.
+
+The `check_*` functions take any `StateStore`; tests/integration/test_rollout_state_redis.py
+runs the same checks against a real Redis server.
+"""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hearth.config import RolloutParams, Settings
+from hearth.rollout.state import (
+    HistoryEvent,
+    InvalidRollout,
+    NoActiveRollout,
+    PromotionIntent,
+    RolloutConflict,
+    RolloutState,
+    SQLiteStateStore,
+    StateStore,
+    StateUnavailable,
+    new_rollout,
+    open_state_store,
+    state_path,
+)
+
+PARAMS = RolloutParams()
+
+
+def rollout(**kwargs: object) -> RolloutState:
+    return new_rollout("1", "2", PARAMS, **kwargs)  # type: ignore[arg-type]
+
+
+# -- models --------------------------------------------------------------------------------
+def test_state_and_history_round_trip_through_json() -> None:
+    state = rollout()
+    assert RolloutState.model_validate_json(state.model_dump_json()) == state
+    event = HistoryEvent(
+        rollout_id=state.rollout_id,
+        actor="flow",
+        action="advance",
+        changes={"challenger_percent": (5.0, 25.0)},
+        reason="step passed",
+        test="two-proportion z-test",
+        numbers={"psi": 0.01, "challenger_n": 512, "passed": True, "note": None},
+    )
+    assert HistoryEvent.model_validate_json(event.model_dump_json()) == event
+
+
+def test_new_rollouts_per_mode() -> None:
+    canary = rollout()
+    assert (canary.challenger_percent, canary.steps, canary.status) == (
+        5.0,
+        PARAMS.steps,
+        "running",
+    )
+    ab = rollout(mode="ab")
+    assert (ab.challenger_percent, ab.steps) == (
+        PARAMS.ab_split_percent,
+        (PARAMS.ab_split_percent,),
+    )
+    assert rollout(mode="shadow").challenger_percent == 0
+    assert rollout().salt != rollout().salt and rollout().rollout_id != rollout().rollout_id
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda: new_rollout("3", "3", PARAMS), "same version"),
+        (lambda: rollout(steps=[50, 25, 100]), "ascend"),
+        (lambda: rollout(steps=[5, 250]), "ascend"),
+        (lambda: rollout().with_percent(101), "0-100"),
+        (lambda: rollout().with_percent(-1), "0-100"),
+        (lambda: rollout(mode="shadow").with_percent(10), "shadow"),
+        (lambda: rollout(steps=[100]).next_step(), "last step"),
+        (lambda: rollout().ended("running"), "running again"),
+    ],
+)
+def test_bad_values_are_typed_errors(make: object, match: str) -> None:
+    with pytest.raises(InvalidRollout, match=match):
+        make()  # type: ignore[operator]
+
+
+def test_steps_advance_to_their_percent() -> None:
+    state = rollout().next_step().next_step()
+    assert (state.step_index, state.challenger_percent, state.last_step) == (2, 50.0, False)
+    assert state.next_step().last_step
+
+
+# -- the store contract (any backend) ------------------------------------------------------
+def check_start_update_history(store: StateStore) -> None:
+    assert store.current() is None and store.revision() == 0 and store.history() == []
+    started = store.start(rollout(), "alice", "new model v2")
+    assert started.revision == 1 and store.revision() == 1
+    assert store.current() == started
+
+    advanced = store.update(
+        lambda s: s.next_step(), "flow", "advance", "step passed", {"psi": 0.01}, "psi"
+    )
+    assert (advanced.challenger_percent, advanced.revision) == (25.0, 2)
+    assert advanced.updated_at >= started.updated_at and advanced.started_at == started.started_at
+
+    # An unchanged state writes only the history event (a "hold" verdict).
+    held = store.update(lambda s: s, "flow", "hold", "too few samples", {"challenger_n": 3})
+    assert held == advanced and store.revision() == 2
+
+    events = store.history(started.rollout_id)
+    assert [e.action for e in events] == ["start", "advance", "hold"]
+    assert events[0].actor == "alice" and events[0].reason == "new model v2"
+    assert events[1].changes == {"challenger_percent": (5.0, 25.0), "step_index": (0, 1)}
+    assert (events[1].numbers, events[1].test) == ({"psi": 0.01}, "psi")
+    assert events[2].changes == {} and events[2].numbers == {"challenger_n": 3}
+    assert [e.action for e in store.history(limit=2)] == ["advance", "hold"]
+
+
+def check_refusals_change_nothing(store: StateStore) -> None:
+    with pytest.raises(NoActiveRollout):
+        store.update(lambda s: s.with_percent(50), "bob", "weight")
+    first = store.start(rollout(), "alice")
+    before = (store.current(), store.revision(), store.history())
+
+    with pytest.raises(RolloutConflict, match="still running"):
+        store.start(rollout(), "bob")
+    with pytest.raises(InvalidRollout, match="0-100"):
+        store.update(lambda s: s.with_percent(150), "bob", "weight")
+    with pytest.raises(RolloutConflict, match="not the running one"):
+        store.update(lambda s: s.with_percent(50), "bob", "weight", rollout_id="r-other")
+    with pytest.raises(InvalidRollout, match="salt"):
+        store.update(lambda s: s.evolve(salt="reshuffle"), "bob", "weight")
+    assert (store.current(), store.revision(), store.history()) == before
+
+    store.update(lambda s: s.ended("rolled_back"), "bob", "rollback", "errors")
+    ended = store.current()
+    assert ended is not None and ended.status == "rolled_back" and ended.challenger_percent == 0
+    with pytest.raises(NoActiveRollout):
+        store.update(lambda s: s.with_percent(50), "bob", "weight")
+    second = store.start(rollout(), "alice")  # an ended rollout no longer blocks a new one
+    assert second.rollout_id != first.rollout_id and second.revision == ended.revision + 1
+    assert [e.action for e in store.history(first.rollout_id)] == ["start", "rollback"]
+
+
+def check_concurrent_updates_lose_nothing(
+    store: StateStore, threads: int = 8, each: int = 25
+) -> None:
+    """`threads` writers each add `each` to a counter kept in the percent: none may be lost."""
+    store.start(rollout(steps=[100]).with_percent(0), "test")
+
+    def bump(s: RolloutState) -> RolloutState:
+        return s.with_percent(s.challenger_percent + 0.01)
+
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            for _ in range(each):
+                store.update(bump, threading.current_thread().name, "bump")
+        except BaseException as exc:
+            errors.append(exc)
+
+    workers = [threading.Thread(target=work, name=f"w{i}") for i in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert errors == []
+    final = store.current()
+    assert final is not None
+    assert final.challenger_percent == pytest.approx(threads * each * 0.01)
+    assert final.revision == 1 + threads * each
+    history = store.history(final.rollout_id, limit=10_000)
+    assert len(history) == 1 + threads * each
+    # Each event's "before" is the previous event's "after": a serial history, no lost write.
+    percents = [e.changes["challenger_percent"] for e in history[1:]]
+    for (_, after), (before, _) in itertools.pairwise(percents):
+        assert before == after
+
+
+def check_intent_round_trip(store: StateStore) -> None:
+    assert store.intent() is None
+    intent = PromotionIntent(
+        action="promote",
+        model_name="fraud-detector",
+        champion_before="1",
+        previous_before=None,
+        challenger_before="2",
+        champion_after="2",
+        previous_after="1",
+    )
+    store.set_intent(intent)
+    assert store.intent() == intent
+    store.set_intent(None)
+    assert store.intent() is None
+
+
+CHECKS = [
+    check_start_update_history,
+    check_refusals_change_nothing,
+    check_concurrent_updates_lose_nothing,
+    check_intent_round_trip,
+]
+
+
+# -- SQLite --------------------------------------------------------------------------------
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SQLiteStateStore]:
+    s = SQLiteStateStore(tmp_path / "rollout.sqlite")
+    yield s
+    s.close()
+
+
+@pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__)
+def test_sqlite_store(store: SQLiteStateStore, check: object) -> None:
+    check(store)  # type: ignore[operator]
+
+
+def test_sqlite_is_shared_between_store_objects_and_survives_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "rollout.sqlite"
+    a, b = SQLiteStateStore(path), SQLiteStateStore(path)
+    started = a.start(rollout(), "a")
+    assert b.current() == started
+    b.update(lambda s: s.next_step(), "b", "advance")
+    a.close()
+    b.close()
+    reopened = SQLiteStateStore(path)
+    assert reopened.current() is not None and reopened.current().challenger_percent == 25  # type: ignore[union-attr]
+    assert reopened.history()[-1].actor == "b"
+    mode = reopened._conn.execute("PRAGMA journal_mode").fetchone()[0]  # type: ignore[union-attr]
+    assert mode == "wal"
+    reopened.close()
+
+
+def _bump_in_process(path: str, times: int) -> None:
+    store = SQLiteStateStore(Path(path))
+    for _ in range(times):
+        store.update(lambda s: s.with_percent(s.challenger_percent + 1), "proc", "bump")
+    store.close()
+
+
+def test_sqlite_compare_and_set_holds_across_processes(tmp_path: Path) -> None:
+    path = tmp_path / "rollout.sqlite"
+    store = SQLiteStateStore(path)
+    store.start(rollout(steps=[100]).with_percent(0), "test")
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_bump_in_process, args=(str(path), 15)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0, 0]
+    assert store.current().challenger_percent == 45  # type: ignore[union-attr]
+    store.close()
+
+
+def test_closed_store_is_unavailable_not_a_crash(tmp_path: Path) -> None:
+    store = SQLiteStateStore(tmp_path / "rollout.sqlite")
+    store.close()
+    assert store.ping() is False
+    with pytest.raises(StateUnavailable, match="closed"):
+        store.current()
+
+
+def test_open_state_store_follows_settings(settings: Settings) -> None:
+    store = open_state_store(settings)
+    try:
+        assert store.backend == "sqlite"
+        assert state_path(settings) == settings.home_abs / "rollout.sqlite"
+        assert state_path(settings).exists() and store.ping()
+    finally:
+        store.close()
