@@ -260,6 +260,9 @@ class RolloutParams(_Frozen):
     min_positives: int = Field(10, ge=1, description="Labelled frauds per variant for quality.")
     max_error_rate_increase: float = Field(0.01, ge=0, le=1)
     max_p99_ratio: float = Field(1.5, ge=1, description="Challenger p99 / champion p99 allowed.")
+    p99_slack_ms: float = Field(
+        20.0, ge=0, description="A p99 increase this small (ms) passes whatever the ratio."
+    )
     max_p99_latency_ms: float = Field(500.0, gt=0, description="Hard limit: a guard rail.")
     guard_error_rate: float = Field(0.2, gt=0, le=1, description="Error-rate spike: a guard rail.")
     guard_min_events: int = Field(
