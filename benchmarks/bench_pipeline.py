@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -76,7 +77,7 @@ def run_size_in_child(rows: int) -> dict[str, Any]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def measure_training(workdir: Path, epochs: int) -> dict[str, Any]:
+def measure_training(workdir: Path, epochs: int, rounds: int = 3) -> dict[str, Any]:
     """The same training three ways on the same features; ratios against the bare loop."""
     from hearth.config import HearthContext, Params, Settings
     from hearth.data.etl import run_etl
@@ -111,19 +112,23 @@ def measure_training(workdir: Path, epochs: int) -> dict[str, Any]:
         fn()
         return time.perf_counter() - t0
 
-    # Each way runs twice and keeps its faster run, so one-off costs (MLflow creating its
-    # database, imports) don't pass for per-run overhead; Prefect's first run, which starts
-    # its local server, is reported on its own as the cold start.
-    bare = min(timed(lambda: train_model(splits, config, params.thresholds)) for _ in range(2))
-    with_mlflow = min(
-        timed(lambda: steps.train_run(ctx, "bench-mlflow", config, "bench", lineage))
-        for _ in range(2)
-    )
+    # The first Prefect run starts Prefect's local server: reported apart as the cold start.
+    # Then the three ways run interleaved, round after round, and each keeps its median, so
+    # one-off costs (MLflow creating its database) and this shared machine's drifting load
+    # hit every way alike instead of biasing one.
     with_prefect_cold = timed(bench_flow)
-    with_prefect_warm = min(timed(bench_flow) for _ in range(2))
+    ways: dict[str, list[float]] = {"bare": [], "mlflow": [], "prefect": []}
+    for _ in range(rounds):
+        ways["bare"].append(timed(lambda: train_model(splits, config, params.thresholds)))
+        ways["mlflow"].append(
+            timed(lambda: steps.train_run(ctx, "bench-mlflow", config, "bench", lineage))
+        )
+        ways["prefect"].append(timed(bench_flow))
+    bare, with_mlflow, with_prefect_warm = (statistics.median(ways[k]) for k in ways)
     return {
         "train_rows": len(splits.train),
         "epochs": epochs,
+        "rounds": rounds,
         "bare_s": round(bare, 2),
         "mlflow_s": round(with_mlflow, 2),
         "prefect_mlflow_cold_s": round(with_prefect_cold, 2),
@@ -154,7 +159,8 @@ def to_markdown(result: dict[str, Any]) -> str:
     if t:
         lines += [
             "",
-            f"## Training overhead ({t['train_rows']:,} training rows, {t['epochs']} epochs)",
+            f"## Training overhead ({t['train_rows']:,} training rows, {t['epochs']} epochs, "
+            f"median of {t.get('rounds', 1)} interleaved rounds)",
             "",
             "| how | seconds | × bare loop |",
             "|---|---:|---:|",

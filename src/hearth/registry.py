@@ -47,6 +47,8 @@ PIP_REQUIREMENTS = [
     "pandas",
 ]
 _INPUT_EXAMPLE_ROWS = 5
+# A path, not an import: importing the entry point would register a model as a side effect.
+PYFUNC_ENTRY = Path(__file__).parent / "model" / "pyfunc_entry.py"
 
 
 @dataclass
@@ -211,7 +213,8 @@ def _log_model(scorer_dir: Path, test_df: pd.DataFrame, test_scores: Any) -> str
     signature = infer_signature(example, test_scores[: len(example)])
     info = mlflow.pyfunc.log_model(
         name=MODEL_NAME_IN_RUN,
-        python_model=FraudPyfunc(),
+        # Models from code, not a cloudpickle of the object: nothing opaque is deserialised.
+        python_model=str(PYFUNC_ENTRY),
         artifacts={FraudPyfunc.ARTIFACT: str(scorer_dir)},
         signature=signature,
         input_example=example,
