@@ -1,0 +1,443 @@
+"""Both serving topologies as real processes on loopback (`hearth serve` in a subprocess).
+
+One tiny trained project (generate → ETL → train → register, ~20 s) feeds both servers;
+each server has its own fresh HEARTH_HOME (BentoML store, online store, serving state), so
+the same input sequence must give the same answers from both.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pandas as pd
+import pytest
+
+from hearth.config import NO_TELEMETRY_ENV, HearthContext, Params, Settings
+from hearth.data.schema import TIMESTAMP_FORMAT
+from hearth.features.online import Transaction
+from hearth.features.store import open_store
+from hearth.serving.launch import ServerProcess
+from hearth.serving.pool import decide
+from hearth.serving.state import ServingState
+from tests.helpers import write_project
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+KEY = "integration-key"
+TOPOLOGIES = ("monolith", "microservices")
+
+
+# -- fixtures -------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny project with a registered champion, made with the pipeline's own steps."""
+    from hearth import steps
+
+    root = tmp_path_factory.mktemp("project")
+    params = Params.model_validate(
+        {
+            "data": {"days": 12, "customers": 300, "seed": 11, "tx_per_customer_day": 2.0},
+            "split": {"valid_days": 2, "test_days": 2},
+        }
+    )
+    write_project(root, params)
+    settings = _settings(root, root / ".hearth")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        for key, value in settings.environment().items():
+            mp.setenv(key, value)
+        ctx = HearthContext(settings)
+        steps.generate_data(ctx)
+        steps.etl(ctx)
+        plan = steps.plan_training(ctx)
+        lineage = steps.lineage_for(ctx, plan.experiment_file, "not validated")
+        name, config = plan.runs[0]
+        run = steps.train_run(ctx, name, config, plan.experiment.name, lineage)
+        assert steps.register(ctx, run).alias == "champion"
+    return root
+
+
+def _settings(project: Path, home: Path) -> Settings:
+    return Settings(
+        home=home,
+        data_dir=project / "data",
+        reports_dir=project / "reports",
+        params_file=project / "params.yaml",
+        mlflow_tracking_uri=f"sqlite:///{project / '.hearth' / 'mlflow.db'}",
+    )
+
+
+def server_env(project: Path, home: Path) -> dict[str, str]:
+    """The environment of a server: its own home, the project's registry and data."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HEARTH_", "BENTOML_"))}
+    env.update(NO_TELEMETRY_ENV)
+    env.update(
+        HEARTH_HOME=str(home),
+        HEARTH_DATA_DIR=str(project / "data"),
+        HEARTH_REPORTS_DIR=str(project / "reports"),
+        HEARTH_PARAMS_FILE=str(project / "params.yaml"),
+        HEARTH_MLFLOW_TRACKING_URI=f"sqlite:///{project / '.hearth' / 'mlflow.db'}",
+        HEARTH_API_KEY=KEY,
+        HEARTH_MODEL_TIMEOUT_S="2",
+    )
+    return env
+
+
+@pytest.fixture(scope="module")
+def servers(project: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """Both topologies, started together, each on a fresh home; stopped at teardown."""
+    started: dict[str, ServerProcess] = {}
+    try:
+        for topology in TOPOLOGIES:
+            home = tmp_path_factory.mktemp(f"home-{topology}")
+            started[topology] = ServerProcess.start(
+                topology, server_env(project, home), REPO, home / "server.log"
+            )
+        # Waited on side by side, so each one's readiness is watched from its start.
+        with ThreadPoolExecutor(len(started)) as pool:
+            for done in [pool.submit(s.wait_ready) for s in started.values()]:
+                done.result()
+        yield started
+    finally:
+        for server in started.values():
+            server.stop()
+
+
+@pytest.fixture(scope="module")
+def history(project: Path) -> pd.DataFrame:
+    return pd.read_parquet(project / "data" / "processed" / "transactions.parquet")
+
+
+class Customers:
+    """Known customers with history, handed out one per test so states never interfere."""
+
+    def __init__(self, history: pd.DataFrame) -> None:
+        counts = history["customer_id"].value_counts()
+        self.ids = [c for c in counts.index if counts[c] >= 8]
+        self.history = history
+        last_day = history["timestamp"].max().to_pydatetime() + timedelta(days=1)
+        self.after = last_day.replace(hour=12, minute=0, second=0)  # noon, after the data
+
+    def take(self) -> pd.Series:
+        cid = self.ids.pop()
+        return self.history[self.history["customer_id"] == cid].iloc[-1]
+
+
+@pytest.fixture(scope="module")
+def customers(history: pd.DataFrame) -> Customers:
+    return Customers(history)
+
+
+def normal(last: pd.Series, at: datetime, tid: str, **change: Any) -> dict[str, Any]:
+    """A purchase like the customer's last one (same device and place), at `at`."""
+    txn = {
+        "transaction_id": tid,
+        "timestamp": at.strftime(TIMESTAMP_FORMAT),
+        "customer_id": str(last["customer_id"]),
+        "merchant_id": str(last["merchant_id"]),
+        "merchant_category": "grocery",
+        "amount": round(float(last["amount_eur"]), 2) or 20.0,
+        "currency": "EUR",
+        "channel": "pos",
+        "device_id": str(last["device_id"]),
+        "latitude": float(last["latitude"]),
+        "longitude": float(last["longitude"]),
+    }
+    return txn | change
+
+
+def fraud_like(last: pd.Series, at: datetime, tid: str) -> dict[str, Any]:
+    """Far from home, a new device, a large amount, at night, in a risky category."""
+    return normal(
+        last,
+        at,
+        tid,
+        timestamp=at.replace(hour=3).strftime(TIMESTAMP_FORMAT),
+        merchant_id="m-fraud-shop",
+        merchant_category="electronics",
+        amount=round(float(last["amount_eur"]) * 25 + 2000, 2),
+        channel="online",
+        device_id="d-never-seen",
+        latitude=-33.9,
+        longitude=151.2 if float(last["longitude"]) < 60 else -70.0,
+    )
+
+
+def post(server: ServerProcess, path: str, body: Any, key: str | None = KEY, **kw: Any) -> Any:
+    headers = {"X-API-Key": key} if key is not None else {}
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return httpx.post(f"{server.url}{path}", content=content, headers=headers, timeout=30, **kw)
+
+
+def thresholds(server: ServerProcess) -> tuple[float, float]:
+    assert server.home is not None
+    home = server.home
+    (path,) = (home / "bentoml" / "models" / "fraud-detector").glob("*/thresholds.json")
+    t = json.loads(path.read_text())
+    return t["review"], t["decline"]
+
+
+# -- readiness --------------------------------------------------------------------------------
+@pytest.mark.parametrize("topology", TOPOLOGIES)
+def test_not_ready_until_model_and_store_are_loaded(servers: dict, topology: str) -> None:
+    server = servers[topology]
+    assert server.readyz[-1] == 200
+    # Live before ready: the server answered 503 while loading, then 200.
+    assert 503 in server.readyz, server.readyz
+    assert httpx.get(f"{server.url}/livez").status_code == 200
+
+
+# -- the same answers from both topologies ------------------------------------------------------
+def test_both_topologies_answer_identically(servers: dict, customers: Customers) -> None:
+    a, b = customers.take(), customers.take()
+    t0 = customers.after
+    sequence: list[tuple[str, Any]] = [
+        ("/predict", normal(a, t0, "p1")),
+        ("/predict", fraud_like(a, t0, "p2")),
+        *[("/predict", normal(b, t0 + timedelta(minutes=i), f"p3-{i}")) for i in range(4)],
+        ("/predict", normal(a, t0, "p4", customer_id="never-seen-customer")),
+        ("/predict_batch", {"transactions": [normal(b, t0, f"p5-{i}") for i in range(3)]}),
+    ]
+    answers = {}
+    for topology, server in servers.items():
+        answers[topology] = []
+        for path, body in sequence:
+            r = post(server, path, body)
+            assert r.status_code == 200, (topology, r.text)
+            payload = r.json()
+            for p in payload.get("predictions", [payload]):
+                p.pop("request_id")
+                answers[topology].append(p)
+    assert answers["monolith"] == answers["microservices"]
+
+
+# -- behaviour ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("topology", TOPOLOGIES)
+def test_fraud_like_scores_higher_and_decisions_follow_thresholds(
+    servers: dict, customers: Customers, topology: str
+) -> None:
+    server, last = servers[topology], customers.take()
+    ok = post(server, "/predict", normal(last, customers.after, "n1")).json()
+    bad = post(server, "/predict", fraud_like(last, customers.after, "f1")).json()
+    assert bad["fraud_probability"] > ok["fraud_probability"]
+    assert ok["cold_start"] is False
+    review, decline = thresholds(server)
+    for p in (ok, bad):
+        assert p["decision"] == decide(p["fraud_probability"], review, decline)
+        assert (p["variant"], p["model_version"]) == ("champion", "1")
+        assert p["data_version"].endswith(".dir")
+
+
+@pytest.mark.parametrize("topology", TOPOLOGIES)
+def test_a_burst_raises_n_tx_1h_and_the_score(
+    servers: dict, customers: Customers, topology: str
+) -> None:
+    server, last = servers[topology], customers.take()
+    start = customers.after
+    scores = [
+        post(server, "/predict", normal(last, start + timedelta(seconds=30 * i), f"b{i}")).json()
+        for i in range(8)
+    ]
+    assert server.home is not None
+    home = server.home
+    store = open_store(Settings(home=home))
+    try:
+        probe = normal(last, start + timedelta(minutes=5), "probe")
+        features, cold = store.peek(Transaction.from_mapping(probe))
+    finally:
+        store.close()
+    assert not cold and features["n_tx_1h"] == 8.0
+    assert scores[-1]["fraud_probability"] > scores[0]["fraud_probability"]
+
+
+@pytest.mark.parametrize("topology", TOPOLOGIES)
+def test_unknown_customer_is_a_cold_start_not_an_error(
+    servers: dict, customers: Customers, topology: str
+) -> None:
+    body = normal(customers.take(), customers.after, "u1", customer_id=f"new-{topology}")
+    r = post(servers[topology], "/predict", body)
+    assert r.status_code == 200 and r.json()["cold_start"] is True
+
+
+@pytest.mark.parametrize("topology", TOPOLOGIES)
+def test_feedback_joins_the_prediction_log(
+    servers: dict, customers: Customers, topology: str
+) -> None:
+    server = servers[topology]
+    post(server, "/predict", normal(customers.take(), customers.after, f"fb-{topology}"))
+    r = post(server, "/feedback", {"transaction_id": f"fb-{topology}", "is_fraud": True})
+    assert r.status_code == 200 and r.json()["matched_prediction"] is True
+
+
+# -- errors --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("topology", TOPOLOGIES)
+def test_every_error_has_its_status(servers: dict, customers: Customers, topology: str) -> None:
+    server = servers[topology]
+    good = normal(customers.take(), customers.after, "e1")
+    assert post(server, "/predict", good, key=None).status_code == 401
+    assert post(server, "/predict", good, key="wrong").status_code == 403
+    assert post(server, "/predict", b"{nope").status_code == 400
+    assert post(server, "/predict", {**good, "merchant_id": "m" * 70_000}).status_code == 413
+    for change, field in (
+        ({"amount": -1.0}, "amount"),
+        ({"currency": "DOGE"}, "currency"),
+        ({"timestamp": "yesterday"}, "timestamp"),
+        ({"device_id": None}, "device_id"),
+    ):
+        r = post(server, "/predict", {**good, **change})
+        assert r.status_code == 422, r.text
+        assert r.json()["problems"][0]["field"] == field
+    missing = {k: v for k, v in good.items() if k != "latitude"}
+    assert post(server, "/predict", missing).json()["problems"][0]["field"] == "latitude"
+    nan = json.dumps(good).replace(json.dumps(good["amount"]), "NaN", 1).encode()
+    assert post(server, "/predict", nan).status_code == 422
+
+
+def test_metrics_and_openapi(servers: dict) -> None:
+    for server in servers.values():
+        metrics = httpx.get(f"{server.url}/metrics").text
+        assert "hearth_predictions_total" in metrics
+        paths = httpx.get(f"{server.url}/docs.json").json()["paths"]
+        assert {"/predict", "/predict_batch", "/feedback", "/readyz"} <= set(paths)
+
+
+# -- a model that cannot answer: 503 + Retry-After, then recovery (runs last) -------------
+def _wait_for(server: ServerProcess, body: dict, status: int, timeout_s: float = 90) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        r = post(server, "/predict", body)
+        if r.status_code == status:
+            return r
+        time.sleep(0.3)
+    raise AssertionError(f"no {status} within {timeout_s}s; last {r.status_code}: {r.text}")
+
+
+def test_monolith_without_a_model_answers_503_then_recovers(
+    servers: dict, customers: Customers
+) -> None:
+    server = servers["monolith"]
+    assert server.home is not None
+    home = server.home
+    state = ServingState(home / "serving" / "state.json")
+    served = state.read()
+    last = customers.take()
+    state.write({})  # an operator takes every model out of service: no restart
+    r = _wait_for(server, normal(last, customers.after, "m503"), 503)
+    assert int(r.headers["Retry-After"]) >= 1
+    assert httpx.get(f"{server.url}/readyz").status_code != 200
+    state.write(served or {"champion": "1"})
+    _wait_for(server, normal(last, customers.after, "m200"), 200)
+
+
+def test_microservices_with_the_model_process_killed_answers_503(
+    servers: dict, customers: Customers
+) -> None:
+    server = servers["microservices"]
+    (pid,) = server.worker_pids("Model")
+    os.kill(pid, signal.SIGKILL)
+    last = customers.take()
+    r = post(server, "/predict", normal(last, customers.after, "k503"))
+    assert r.status_code == 503, r.text
+    assert int(r.headers["Retry-After"]) >= 1
+    # BentoML respawns the worker; the gateway serves again without a restart.
+    _wait_for(server, normal(last, customers.after, "k200"), 200, timeout_s=120)
+
+
+# -- packaging ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def built(project: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`hearth build` into a fresh BENTOML_HOME; returns that home's bentoml dir."""
+    home = tmp_path_factory.mktemp("build-home")
+    done = subprocess.run(
+        [sys.executable, "-m", "hearth", "build"],
+        cwd=REPO,
+        env=server_env(project, home),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return home / "bentoml"
+
+
+def _bento_file(bentoml_home: Path, name: str, *parts: str) -> str:
+    (bento,) = [p for p in (bentoml_home / "bentos" / name).iterdir() if p.name != "latest"]
+    return bento.joinpath(*parts).read_text()
+
+
+def test_build_makes_four_bentos_with_lineage(built: Path, project: Path) -> None:
+    import yaml
+    from mlflow import MlflowClient
+
+    names = {p.name for p in (built / "bentos").iterdir()}
+    assert names == {"hearth-monolith", "hearth-gateway", "hearth-features", "hearth-model"}
+    client = MlflowClient(f"sqlite:///{project / '.hearth' / 'mlflow.db'}")
+    champion = client.get_model_version_by_alias("fraud-detector", "champion")
+    data_version = client.get_run(champion.run_id).data.tags["hearth.data_version"]
+    for name in ("hearth-monolith", "hearth-model"):
+        info = yaml.safe_load(_bento_file(built, name, "bento.yaml"))
+        assert info["labels"]["mlflow_run"] == champion.run_id
+        assert info["labels"]["data_version"] == data_version
+        assert info["labels"]["champion_registry_version"] == str(champion.version)
+        assert [m["tag"].split(":")[0] for m in info["models"]] == ["fraud-detector"]
+
+
+@pytest.mark.parametrize("name", ["hearth-monolith", "hearth-model"])
+def test_model_images_use_cuda(built: Path, name: str) -> None:
+    dockerfile = _bento_file(built, name, "env", "docker", "Dockerfile")
+    assert "FROM nvidia/cuda:" in dockerfile and "runtime-ubuntu" in dockerfile
+    requirements = _bento_file(built, name, "env", "python", "requirements.txt")
+    assert "download.pytorch.org/whl/cu" in requirements
+    assert any(line.startswith("torch==") for line in requirements.splitlines())
+
+
+@pytest.mark.parametrize("name", ["hearth-gateway", "hearth-features"])
+def test_gateway_and_features_images_are_small_and_cpu_only(built: Path, name: str) -> None:
+    dockerfile = _bento_file(built, name, "env", "docker", "Dockerfile")
+    assert "FROM python:3.11-slim" in dockerfile and "cuda" not in dockerfile.lower()
+    requirements = _bento_file(built, name, "env", "python", "requirements.txt").lower()
+    for heavy in ("torch", "mlflow", "scikit-learn", "cu128"):
+        assert heavy not in requirements
+
+
+def test_containerize_without_an_engine_says_what_is_missing(project: Path, tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "hearth", "containerize", "--engine", "no-such-engine"],
+        cwd=REPO,
+        env=server_env(project, tmp_path / "home"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1
+    assert "no container engine" in done.stderr and "hint" in done.stderr
+
+
+@pytest.mark.container
+def test_containerize_builds_the_gateway_image(built: Path, project: Path) -> None:
+    from hearth.serving.packaging import container_engine
+
+    problem = container_engine()
+    if problem:
+        pytest.skip(f"no container engine: {problem}")
+    done = subprocess.run(
+        [sys.executable, "-m", "hearth", "containerize", "--bento", "hearth-gateway"],
+        cwd=REPO,
+        env=server_env(project, built.parent),
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
