@@ -186,14 +186,15 @@ def check_intent_round_trip(store: StateStore) -> None:
     intent = PromotionIntent(
         action="promote",
         model_name="fraud-detector",
-        champion_before="1",
-        previous_before=None,
-        challenger_before="2",
-        champion_after="2",
-        previous_after="1",
+        before={"previous": None, "champion": "1", "challenger": "2"},
+        after={"previous": "1", "champion": "2", "challenger": None},
+        rollout_id="r1",
+        rollout_status="promoted",
+        numbers={"psi": 0.1},
     )
     store.set_intent(intent)
     assert store.intent() == intent
+    assert list(store.intent().after) == ["previous", "champion", "challenger"]  # type: ignore[union-attr]
     store.set_intent(None)
     assert store.intent() is None
 

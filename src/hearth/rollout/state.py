@@ -209,17 +209,25 @@ class HistoryEvent(_Model):
 
 
 class PromotionIntent(_Model):
-    """A registry change about to be made, recorded first so a crash can be repaired."""
+    """A registry change about to be made, recorded first so that a crash can be repaired.
+
+    `after` lists the alias writes in the order they are made (a version, or None to delete
+    the alias); `before` the aliases as they were, for an undo. `rollout_id` names the
+    running rollout the change ends (as `rollout_status`), with the reason, test and numbers
+    for its history.
+    """
 
     action: Literal["promote", "rollback"]
     model_name: str
-    champion_before: str | None
-    previous_before: str | None
-    challenger_before: str | None
-    champion_after: str
-    previous_after: str | None
-    at: datetime = Field(default_factory=utcnow)
+    before: dict[str, str | None]
+    after: dict[str, str | None]
+    rollout_id: str | None = None
+    rollout_status: Status | None = None
     actor: str = "hearth"
+    reason: str = ""
+    test: str | None = None
+    numbers: dict[str, Scalar] = Field(default_factory=dict)
+    at: datetime = Field(default_factory=utcnow)
 
 
 _UNTRACKED = {"revision", "updated_at"}

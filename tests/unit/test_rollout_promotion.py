@@ -1,0 +1,245 @@
+"""Promotion, rollback and crash repair against a real (tmp_path sqlite) MLflow registry."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from hearth import registry
+from hearth.config import Params, Settings
+from hearth.rollout import promotion
+from hearth.rollout.promotion import aliases, promote, repair, rollback, start_rollout
+from hearth.rollout.state import (
+    InvalidRollout,
+    NoActiveRollout,
+    RolloutConflict,
+    SQLiteStateStore,
+    UnknownVersion,
+    state_path,
+)
+
+PARAMS = Params()
+NAME = PARAMS.registry.model_name
+
+
+class Crash(RuntimeError):
+    """The simulated process death between two registry writes."""
+
+
+@pytest.fixture
+def store(settings: Settings) -> Iterator[SQLiteStateStore]:
+    s = SQLiteStateStore(state_path(settings))
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def versions(settings: Settings, tmp_path: Path) -> list[str]:
+    """Three registered versions (no training: the registry only needs a source), v1 champion,
+    v2 challenger."""
+    registry.configure(settings)
+    client = MlflowClient()
+    client.create_registered_model(NAME)
+    made = []
+    for i in range(3):
+        source = tmp_path / f"model-{i}"
+        source.mkdir()
+        made.append(str(client.create_model_version(NAME, source=str(source)).version))
+    client.set_registered_model_alias(NAME, "champion", made[0])
+    client.set_registered_model_alias(NAME, "challenger", made[1])
+    return made
+
+
+def crash_on_call(monkeypatch: pytest.MonkeyPatch, method: str, call: int) -> Callable[[], int]:
+    """Make MlflowClient.`method` raise Crash on its `call`-th use; returns a call counter."""
+    real = getattr(MlflowClient, method)
+    calls = 0
+
+    def wrapper(self: MlflowClient, *args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == call:
+            raise Crash(f"killed during {method} #{call}")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, method, wrapper)
+    return lambda: calls
+
+
+# -- the happy paths -------------------------------------------------------------------------
+def test_a_rollout_promoted_moves_champion_keeps_previous_and_ends_the_rollout(
+    settings: Settings, store: SQLiteStateStore, versions: list[str]
+) -> None:
+    started = start_rollout(settings, PARAMS, store=store, actor="alice")
+    assert (started.champion_version, started.challenger_version) == ("1", "2")
+
+    change = promote(settings, PARAMS, store=store, actor="flow", numbers={"psi": 0.02})
+    assert change.before == {"champion": "1", "challenger": "2"}
+    assert change.after == aliases(NAME) == {"champion": "2", "previous": "1"}
+    ended = store.current()
+    assert ended is not None and ended.status == "promoted" and ended.challenger_percent == 0
+    last = store.history(started.rollout_id)[-1]
+    assert (last.action, last.actor, last.numbers) == ("promote", "flow", {"psi": 0.02})
+    assert store.intent() is None
+
+
+def test_rollback_during_a_rollout_only_drops_the_challenger(
+    settings: Settings, store: SQLiteStateStore, versions: list[str]
+) -> None:
+    started = start_rollout(settings, PARAMS, store=store)
+    change = rollback(settings, PARAMS, store=store, reason="errors", test="guard")
+    assert change.after == aliases(NAME) == {"champion": "1"}
+    ended = store.current()
+    assert ended is not None and (ended.status, ended.challenger_percent) == ("rolled_back", 0)
+    last = store.history(started.rollout_id)[-1]
+    assert (last.action, last.reason, last.test) == ("rollback", "errors", "guard")
+
+
+def test_rollback_after_a_promotion_restores_previous_once(
+    settings: Settings, store: SQLiteStateStore, versions: list[str]
+) -> None:
+    promote(settings, PARAMS, "3", store=store)
+    assert aliases(NAME) == {"champion": "3", "previous": "1", "challenger": "2"}
+    change = rollback(settings, PARAMS, store=store)
+    assert change.after == {"champion": "1", "challenger": "2"}
+    with pytest.raises(NoActiveRollout, match="nothing to roll back"):
+        rollback(settings, PARAMS, store=store)
+
+
+def test_bad_requests_are_typed_errors_and_change_nothing(
+    settings: Settings, store: SQLiteStateStore, versions: list[str]
+) -> None:
+    before = aliases(NAME)
+    with pytest.raises(UnknownVersion, match="99"):
+        start_rollout(settings, PARAMS, "99", store=store)
+    with pytest.raises(UnknownVersion):
+        promote(settings, PARAMS, "not-a-version", store=store)
+    with pytest.raises(InvalidRollout, match="same version"):
+        start_rollout(settings, PARAMS, "1", store=store)
+    with pytest.raises(InvalidRollout, match="already the champion"):
+        promote(settings, PARAMS, "1", store=store)
+    assert store.current() is None and aliases(NAME) == before
+
+    running = start_rollout(settings, PARAMS, "2", store=store)
+    with pytest.raises(RolloutConflict):
+        start_rollout(settings, PARAMS, "3", store=store)
+    assert store.current() == running and aliases(NAME) == before
+
+
+def test_starting_a_rollout_of_another_version_points_the_challenger_alias_at_it(
+    settings: Settings, store: SQLiteStateStore, versions: list[str]
+) -> None:
+    state = start_rollout(settings, PARAMS, 3, mode="canary", steps=[10, 100], store=store)
+    assert (state.challenger_version, state.steps) == ("3", (10.0, 100.0))
+    assert aliases(NAME)["challenger"] == "3"
+
+
+def test_commands_open_the_store_from_settings_when_given_none(
+    settings: Settings, versions: list[str]
+) -> None:
+    start_rollout(settings, PARAMS)
+    assert promote(settings, PARAMS).after["champion"] == "2"
+    assert state_path(settings).exists()
+
+
+# -- crashes between writes ------------------------------------------------------------------
+def test_crash_between_the_two_promotion_writes_is_repaired(
+    settings: Settings,
+    store: SQLiteStateStore,
+    versions: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    start_rollout(settings, PARAMS, store=store)
+    crash_on_call(monkeypatch, "set_registered_model_alias", call=2)
+    with pytest.raises(Crash):
+        promote(settings, PARAMS, store=store)
+    # Half done: previous is written, champion is not; still serving v1, rollout running.
+    assert aliases(NAME) == {"champion": "1", "previous": "1", "challenger": "2"}
+    assert store.intent() is not None and store.current().running  # type: ignore[union-attr]
+
+    monkeypatch.undo()
+    change = repair(settings, PARAMS, store)
+    assert change is not None and change.action == "repair: finished promote"
+    assert aliases(NAME) == {"champion": "2", "previous": "1"}
+    assert store.current().status == "promoted"  # type: ignore[union-attr]
+    assert store.intent() is None
+    assert repair(settings, PARAMS, store) is None
+
+
+def test_the_next_command_repairs_first(
+    settings: Settings,
+    store: SQLiteStateStore,
+    versions: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    crash_on_call(monkeypatch, "set_registered_model_alias", call=2)
+    with pytest.raises(Crash):
+        promote(settings, PARAMS, "2", store=store)
+    monkeypatch.undo()
+    # The rollback sees the finished promotion (v2 champion, v1 previous) and undoes it.
+    change = rollback(settings, PARAMS, store=store)
+    assert change.before == {"champion": "2", "previous": "1"}
+    assert aliases(NAME) == {"champion": "1"}
+
+
+def test_crash_during_a_rollback_after_the_traffic_switch_is_repaired(
+    settings: Settings,
+    store: SQLiteStateStore,
+    versions: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    start_rollout(settings, PARAMS, store=store)
+    crash_on_call(monkeypatch, "delete_registered_model_alias", call=1)
+    with pytest.raises(Crash):
+        rollback(settings, PARAMS, store=store)
+    # The urgent half happened: no replica routes to the challenger any more.
+    assert store.current().status == "rolled_back"  # type: ignore[union-attr]
+    assert aliases(NAME)["challenger"] == "2"
+    monkeypatch.undo()
+    assert repair(settings, PARAMS, store) is not None
+    assert aliases(NAME) == {"champion": "1"} and store.intent() is None
+    assert [e.action for e in store.history()].count("rollback") == 1
+
+
+def test_crash_between_the_two_rollback_writes_is_repaired(
+    settings: Settings,
+    store: SQLiteStateStore,
+    versions: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    promote(settings, PARAMS, "2", store=store)
+    crash_on_call(monkeypatch, "delete_registered_model_alias", call=1)
+    with pytest.raises(Crash):
+        rollback(settings, PARAMS, store=store)
+    assert aliases(NAME) == {"champion": "1", "previous": "1"}  # already serving v1 again
+    monkeypatch.undo()
+    repair(settings, PARAMS, store)
+    assert aliases(NAME) == {"champion": "1"}
+
+
+def test_a_promotion_whose_version_vanished_is_undone(
+    settings: Settings,
+    store: SQLiteStateStore,
+    versions: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    crash_on_call(monkeypatch, "set_registered_model_alias", call=2)
+    with pytest.raises(Crash):
+        promote(settings, PARAMS, "3", store=store)
+    monkeypatch.undo()
+    MlflowClient().delete_model_version(NAME, "3")
+    change = repair(settings, PARAMS, store)
+    assert change is not None and change.action == "repair: undid promote"
+    assert aliases(NAME) == {"champion": "1", "challenger": "2"}
+    assert store.intent() is None
+
+
+def test_repair_module_uses_no_intent_when_none_was_left(
+    settings: Settings, store: SQLiteStateStore, versions: list[str]
+) -> None:
+    assert repair(settings, PARAMS, store) is None
+    assert promotion.check_version(NAME, 2) == "2"
