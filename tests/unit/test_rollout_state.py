@@ -133,6 +133,8 @@ def check_refusals_change_nothing(store: StateStore) -> None:
         store.update(lambda s: s.with_percent(50), "bob", "weight", rollout_id="r-other")
     with pytest.raises(InvalidRollout, match="salt"):
         store.update(lambda s: s.evolve(salt="reshuffle"), "bob", "weight")
+    with pytest.raises(InvalidRollout, match="versions"):
+        store.update(lambda s: s.evolve(challenger_version="7"), "bob", "swap")
     assert (store.current(), store.revision(), store.history()) == before
 
     store.update(lambda s: s.ended("rolled_back"), "bob", "rollback", "errors")

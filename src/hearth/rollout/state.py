@@ -343,9 +343,14 @@ def _plan_update(
     if rollout_id is not None and rollout_id != current.rollout_id:
         raise RolloutConflict(f"rollout {rollout_id} is not the running one ({current.rollout_id})")
     after = mutator(current)
-    if after.rollout_id != current.rollout_id or after.salt != current.salt:
-        # A new salt would reshuffle every customer mid-rollout; a new id would hide history.
-        raise InvalidRollout("an update may not change the rollout's id or salt")
+    fixed = ("rollout_id", "salt", "champion_version", "challenger_version", "mode")
+    if any(getattr(after, f) != getattr(current, f) for f in fixed):
+        # A new salt would reshuffle every customer mid-rollout, a new id would hide the
+        # history, new versions or mode would judge a different experiment: start a new one.
+        raise InvalidRollout(
+            "an update may not change the rollout's id, salt, versions or mode; end it and "
+            "start a new rollout"
+        )
     changes = diff(current, after)
     history = HistoryEvent(rollout_id=current.rollout_id, changes=changes, **event)
     return (_stamp(after, revision + 1) if changes else None), history
