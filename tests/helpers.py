@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
+import socket
+import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import redis
 import yaml
 
 from hearth.config import Params
@@ -76,3 +81,49 @@ def synthetic_features(n: int, seed: int, fraud_rate: float = 0.02) -> pd.DataFr
             "is_fraud": fraud.astype(np.int64),
         }
     )
+
+
+# -- a real redis-server for the Redis backends' tests ------------------------------------
+REDIS_SERVER = shutil.which("redis-server")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RedisServer:
+    """A real, empty, non-persistent redis-server on a free loopback port."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [str(REDIS_SERVER), "--port", str(self.port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no", "--dir", str(workdir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        self._wait_until_ready()
+
+    def _wait_until_ready(self, timeout_s: float = 10.0) -> None:
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        deadline = time.monotonic() + timeout_s
+        try:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"redis-server exited with {self.process.returncode}")
+                try:
+                    if client.ping():
+                        return
+                except redis.ConnectionError:
+                    time.sleep(0.05)
+            raise RuntimeError(f"redis-server on port {self.port} did not answer PING")
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)

@@ -6,9 +6,6 @@ checks are the ones tests/unit/test_rollout_state.py runs on SQLite.
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,64 +23,21 @@ from hearth.rollout.state import (
     new_rollout,
     open_state_store,
 )
+from tests.helpers import REDIS_SERVER, RedisServer, free_port
 from tests.unit.test_rollout_state import CHECKS
 
-REDIS_SERVER = shutil.which("redis-server")
 pytestmark = pytest.mark.skipif(
     REDIS_SERVER is None,
     reason="redis-server is not installed (`make system-deps`, or apt-get install redis-server)",
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real, empty redis-server on loopback (no persistence), killed at teardown."""
-    port = _free_port()
-    workdir = tmp_path_factory.mktemp("redis")
-    process = subprocess.Popen(
-        [
-            str(REDIS_SERVER),
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(workdir),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                if client.ping():
-                    break
-            except redis.ConnectionError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"redis-server did not start on port {port}") from None
-                time.sleep(0.05)
-        yield url
-    finally:
-        client.close()
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server.url
+    server.stop()
 
 
 @pytest.fixture
@@ -138,7 +92,7 @@ def test_open_state_store_picks_redis_from_settings(settings: Settings, redis_ur
 
 
 def test_a_dead_server_is_unavailable_not_a_hang(tmp_path: Path) -> None:
-    s = RedisStateStore(f"redis://127.0.0.1:{_free_port()}/0", timeout_s=0.5)
+    s = RedisStateStore(f"redis://127.0.0.1:{free_port()}/0", timeout_s=0.5)
     started = time.monotonic()
     assert s.ping() is False
     with pytest.raises(StateUnavailable):

@@ -7,9 +7,6 @@ being down, and sharing a database with other keys.
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +22,7 @@ from hearth.features.store import (
     materialize,
     open_store,
 )
+from tests.helpers import REDIS_SERVER, RedisServer, free_port
 from tests.unit.test_store import (
     check_concurrent_observes_lose_nothing,
     check_materialize_then_observe_matches_offline,
@@ -36,53 +34,10 @@ from tests.unit.test_store import (
     txn,
 )
 
-REDIS_SERVER = shutil.which("redis-server")
 pytestmark = pytest.mark.skipif(
     REDIS_SERVER is None,
     reason="redis-server is not installed (`make system-deps`, or apt-get install redis-server)",
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class RedisServer:
-    """A real, empty, non-persistent redis-server on a free loopback port."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(
-            [str(REDIS_SERVER), "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", str(workdir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        self._wait_until_ready()
-
-    def _wait_until_ready(self, timeout_s: float = 10.0) -> None:
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
-        deadline = time.monotonic() + timeout_s
-        try:
-            while time.monotonic() < deadline:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"redis-server exited with {self.process.returncode}")
-                try:
-                    if client.ping():
-                        return
-                except redis.ConnectionError:
-                    time.sleep(0.05)
-            raise RuntimeError(f"redis-server on port {self.port} did not answer PING")
-        finally:
-            client.close()
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
