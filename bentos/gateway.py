@@ -6,6 +6,9 @@ HEARTH_FEATURES_URL / HEARTH_MODEL_URL name them (then `bentoml serve` starts ne
 
 from __future__ import annotations
 
+import sys
+from typing import Any
+
 import bentoml
 
 from bentos.features import Features
@@ -21,6 +24,15 @@ app = create_app(
 _urls = graph.remote_urls()
 
 
+def _refresh_sessions_by_age_only(proxy: Any) -> None:
+    """Work around BentoML 1.4.40: its async client closes its HTTP session every 100
+    requests while others are still in flight on it, failing them (a 503 here) under
+    concurrency. Sessions are then renewed by age only (every 5 minutes)."""
+    manager = getattr(getattr(proxy, "to_async", None), "_session_manager", None)
+    if manager is not None and hasattr(manager, "max_requests"):
+        manager.max_requests = sys.maxsize
+
+
 @bentoml.asgi_app(app, path="/")
 @bentoml.service(image=cpu_image(), traffic={"timeout": 30})
 class Gateway:
@@ -33,6 +45,8 @@ class Gateway:
         ctx = graph.context()
         self.policy = HttpPolicy.from_settings(ctx.settings)
         self.gateway = graph.microservices_gateway(ctx, self.features, self.model)
+        for proxy in (self.features, self.model):
+            _refresh_sessions_by_age_only(proxy)
 
     async def __is_ready__(self) -> bool:
         return await self.gateway.ready()
