@@ -58,21 +58,37 @@ test-fast: install ## Only the tests not marked slow
 
 .PHONY: lint
 lint: install ## ruff lint and format check
-	$(BIN)/ruff check src flows tests benchmarks
-	$(BIN)/ruff format --check src flows tests benchmarks
+	$(BIN)/ruff check src flows bentos tests benchmarks
+	$(BIN)/ruff format --check src flows bentos tests benchmarks
 
 .PHONY: format
 format: install ## Apply ruff's fixes and formatting
-	$(BIN)/ruff check --fix src flows tests benchmarks
-	$(BIN)/ruff format src flows tests benchmarks
+	$(BIN)/ruff check --fix src flows bentos tests benchmarks
+	$(BIN)/ruff format src flows bentos tests benchmarks
 
 .PHONY: typecheck
 typecheck: install ## mypy on src/
 	$(BIN)/mypy
 
+.PHONY: serve
+serve: install ## Serve the API on :3000 (TOPOLOGY=monolith|microservices)
+	$(BIN)/hearth serve --topology $(or $(TOPOLOGY),monolith)
+
+.PHONY: build
+build: install ## Import champion/challenger into BentoML and build the four bentos
+	$(BIN)/hearth build
+
+.PHONY: containerize
+containerize: build ## Container images of the bentos (needs a running docker or podman)
+	$(BIN)/hearth containerize
+
+.PHONY: bench-serving
+bench-serving: install ## Monolith vs microservices latency/throughput → reports/bench_serving.*
+	$(BIN)/python benchmarks/bench_serving.py
+
 .PHONY: repro
 repro: install ## Reproduce the DVC pipeline (dvc repro)
-	$(BIN)/dvc repro
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
 .PHONY: bench
 bench: install ## ETL and training benchmarks (10^5, 10^6, 10^7 rows; takes a while)
