@@ -79,3 +79,17 @@ def test_dvc_stages_call_real_hearth_commands() -> None:
             command = command.commands[word]  # type: ignore[attr-defined]
         for section in stage.get("params", []):
             assert section in params, f"stage {name} reads unknown params section {section}"
+
+
+def test_every_package_is_listed_in_pyproject() -> None:
+    import tomllib
+
+    listed = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    on_disk = {
+        ".".join(p.parent.relative_to(ROOT / "src").parts)
+        for p in (ROOT / "src" / "hearth").rglob("*")
+        if p.suffix in {".py", ".json"} and "__pycache__" not in p.parts
+    }
+    assert on_disk <= listed, f"add to [tool.setuptools] packages: {sorted(on_disk - listed)}"
