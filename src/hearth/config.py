@@ -289,6 +289,22 @@ class RolloutParams(_Frozen):
         return self
 
 
+class MonitoringParams(_Frozen):
+    """When live traffic has drifted far enough from the training reference to retrain."""
+
+    window_hours: float = Field(24.0, gt=0, description="Live predictions looked at.")
+    min_live_rows: int = Field(200, ge=1, description="Fewer live rows: no verdict.")
+    reference_rows: int = Field(20_000, ge=100, description="Sample of the train split.")
+    psi_bins: int = Field(10, ge=2, le=100)
+    psi_threshold: float = Field(0.2, gt=0, description="A feature with PSI above drifted.")
+    min_drifted_features: int = Field(1, ge=1, description="Drifted features to retrain.")
+    ks_threshold: float = Field(0.1, gt=0, le=1, description="KS statistic on scores to retrain.")
+    ks_alpha: float = Field(0.01, gt=0, lt=1, description="KS p-value must also be below this.")
+    retrain_deployment: str = Field(
+        "train/train-weekly", description="Prefect deployment run when drift calls for it."
+    )
+
+
 class Params(_Frozen):
     data: DataParams = DataParams()
     split: SplitParams = SplitParams()
@@ -298,6 +314,7 @@ class Params(_Frozen):
     registry: RegistryParams = RegistryParams()
     thresholds: ThresholdParams = ThresholdParams()
     rollout: RolloutParams = RolloutParams()
+    monitoring: MonitoringParams = MonitoringParams()
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
