@@ -1,0 +1,100 @@
+"""A rollout as a Prefect flow: start, then wait → analyse → act, until promoted or rolled back.
+
+The steps live in `hearth.rollout.flow_steps`; this file only orders them and makes each
+round a task run, so the Prefect UI shows the rollout's rounds with their verdicts.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, cast
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from flows._context import load_context
+from hearth.config import HearthContext
+from hearth.rollout import flow_steps
+from hearth.rollout import report as rollout_report
+from hearth.rollout.state import Mode, RolloutState, StateStore, open_state_store
+
+
+@task(cache_policy=NO_CACHE)
+def start_task(
+    ctx: HearthContext, challenger_version: str | None, mode: Mode | None, steps: list[float] | None
+) -> RolloutState:
+    return flow_steps.start(ctx, challenger_version, mode, steps)
+
+
+@task(cache_policy=NO_CACHE, task_run_name="analyse round {round_no}")
+def round_task(
+    ctx: HearthContext,
+    store: StateStore,
+    state: RolloutState,
+    plan: flow_steps.RolloutPlan,
+    thresholds: dict[str, float],
+    round_no: int,
+    out_of_time: bool,
+) -> flow_steps.RoundResult:
+    return flow_steps.run_round(ctx, store, state, plan, thresholds, round_no, out_of_time)
+
+
+@task(cache_policy=NO_CACHE)
+def report_task(
+    ctx: HearthContext, rollout_id: str, mlflow_run_id: str | None
+) -> rollout_report.RolloutReport:
+    return flow_steps.write_report(ctx.settings, rollout_id, mlflow_run_id)
+
+
+@flow(name="rollout", log_prints=True)
+def rollout_flow(
+    challenger_version: str | None = None,
+    mode: str | None = None,
+    steps: list[float] | None = None,
+    step_wait_s: float | None = None,
+    max_wait_s: float | None = None,
+    analysis_overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Roll `challenger_version` (default: the registry's challenger) out and decide.
+
+    Waits `step_wait_s` (params.yaml rollout.step_wait_s) before each analysis; a rollout
+    still holding after `max_wait_s` is rolled back. `analysis_overrides` replace
+    params.yaml rollout values for this rollout's analysis only (e.g. smaller minimums).
+    """
+    ctx = load_context()
+    plan = flow_steps.RolloutPlan.make(ctx.params, step_wait_s, max_wait_s, analysis_overrides)
+    state = start_task(ctx, challenger_version, cast(Mode | None, mode), steps)
+    outcome = flow_steps.RolloutOutcome(state)
+    began = time.monotonic()
+    store = open_state_store(ctx.settings)
+    try:
+        outcome.thresholds = flow_steps.decision_thresholds(ctx.settings, ctx.params, state)
+        outcome.mlflow_run_id = flow_steps.start_mlflow_run(ctx.settings, state, plan)
+        round_no = 0
+        while state.running:
+            time.sleep(plan.step_wait_s)
+            round_no += 1
+            out_of_time = time.monotonic() - began >= plan.max_wait_s
+            result = round_task(ctx, store, state, plan, outcome.thresholds, round_no, out_of_time)
+            flow_steps.log_round(outcome.mlflow_run_id, result)
+            outcome.rounds.append(result)
+            state = outcome.state = result.state
+            print(
+                f"round {round_no}: {result.verdict.decision} → {result.action} "
+                f"({result.rows} requests) — {result.verdict.reason}"
+            )
+    except BaseException as exc:
+        flow_steps.abort(ctx, store, state.rollout_id, exc)
+        raise
+    finally:
+        store.close()
+        outcome.seconds = time.monotonic() - began
+        flow_steps.end_mlflow_run(ctx.settings, ctx.params, outcome, failed=state.running)
+    written = report_task(ctx, state.rollout_id, outcome.mlflow_run_id)
+    outcome.report_md, outcome.report_png = written.markdown, written.png
+    print(f"rollout {state.rollout_id} {state.status}; report: {written.markdown}")
+    return outcome.to_dict()
+
+
+if __name__ == "__main__":
+    rollout_flow()
