@@ -5,6 +5,7 @@ from __future__ import annotations
 import bentoml
 
 from bentos.images import cuda_image
+from hearth.config import Settings
 from hearth.serving import graph
 from hearth.serving.schemas import Score, ScoreItem
 
@@ -22,8 +23,15 @@ class Model:
     # Concurrent requests are merged into one forward pass (one per variant). BentoML sheds
     # (503) requests it predicts would wait past max_latency_ms; at 20 ms a busy 2-core box
     # shed half of c=32 traffic, so it is a generous bound, not the batching window.
-    @bentoml.api(batchable=True, max_batch_size=256, max_latency_ms=500)
+    # HEARTH_MODEL_BATCHING=false turns batching off, so `hearth bench` can measure what it buys.
+    @bentoml.api(batchable=Settings().model_batching, max_batch_size=256, max_latency_ms=500)
     def predict(self, items: list[ScoreItem]) -> list[Score]:
+        return self.pool.get().score(items)
+
+    # The challenger's own lane (and batch queue): a slow or faulty challenger, drills
+    # included, must not delay the champion items batched with it. Failures are per item.
+    @bentoml.api(batchable=True, max_batch_size=256, max_latency_ms=500)
+    def predict_challenger(self, items: list[ScoreItem]) -> list[Score]:
         return self.pool.get().score(items)
 
     @bentoml.api

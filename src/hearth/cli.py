@@ -501,5 +501,51 @@ def info() -> None:
         typer.echo(f"{label:<18} {value}")
 
 
+# -- benchmark -----------------------------------------------------------------------------
+@app.command()
+def bench(
+    quick: Annotated[
+        bool, typer.Option(help="Smoke run (< 2 min): fewer contenders, levels and requests.")
+    ] = False,
+    contender: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Contender to run (repeatable): model, echo, mlflow, bentoml, monolith, "
+            "microservices, model-batched, model-unbatched."
+        ),
+    ] = None,
+    concurrency: Annotated[
+        list[int] | None, typer.Option(help="Concurrency level (repeatable; default 1 8 32 128).")
+    ] = None,
+    requests: Annotated[
+        int | None, typer.Option(help="Requests per contender and level (all rounds).")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Report directory (default: reports/).")] = None,
+) -> None:
+    """Monolith vs microservices vs mlflow models serve vs plain BentoML, side by side."""
+    import dataclasses
+
+    from hearth.bench import report as bench_report
+    from hearth.bench.run import BenchConfig, Progress, run_bench
+
+    ctx = _context()
+    config = BenchConfig.quick() if quick else BenchConfig()
+    changes: dict[str, Any] = {}
+    if contender:
+        changes["contenders"] = tuple(contender)
+    if concurrency:
+        changes["levels"] = tuple(sorted(set(concurrency)))
+    if requests:
+        changes["requests"] = requests
+    config = dataclasses.replace(config, **changes)
+    console.print(f"hearth bench: {', '.join(config.contenders)} at c={list(config.levels)}")
+    try:
+        data = run_bench(config, ctx.settings, _project_root(), Progress(console.print))
+    except (ValueError, FileNotFoundError, RuntimeError, TimeoutError) as exc:
+        _fail(str(exc), "run `hearth run` first: the benchmark serves the registered champion")
+    for path in bench_report.write(data, out or ctx.settings.reports_dir):
+        console.print(f"[green]✓[/] {path}")
+
+
 def main() -> None:
     app()

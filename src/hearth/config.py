@@ -150,6 +150,11 @@ class Settings(BaseSettings):
     model_url: str | None = Field(
         default=None, description="A remote model service; default: a local dependency."
     )
+    model_batching: bool = Field(
+        default=True,
+        description="Adaptive batching on the model service's predict API (off: one call "
+        "per request; for benchmarks and debugging).",
+    )
     bentoml_dir: Path | None = Field(
         default=None, description="BentoML's store (BENTOML_HOME); default <home>/bentoml."
     )

@@ -1,0 +1,229 @@
+"""Run the benchmark: start the contenders, warm them up, drive them interleaved, collect.
+
+At each concurrency the contenders take turns in rounds (the order rotating each round), so
+a burst of noise from other work on the machine falls on all of them alike; each cell pools
+its rounds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import platform
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from hearth.bench.contenders import SPECS, InProcessModel, Server, build_server, scorer_dir
+from hearth.bench.load import Endpoint, drive
+from hearth.bench.metrics import Cell
+from hearth.bench.workload import Workload, load_workload
+from hearth.config import Settings
+
+ALL = tuple(SPECS)
+QUICK = ("model", "echo", "mlflow", "monolith", "microservices")
+# The model-service contenders run on the monolith's home: it must start first.
+_NEEDS_MONOLITH = {"model", "model-batched", "model-unbatched"}
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What to run: contenders, concurrency levels, requests per cell, rounds."""
+
+    contenders: tuple[str, ...] = ALL
+    levels: tuple[int, ...] = (1, 8, 32, 128)
+    requests: int = 1500  # per contender and level, over all rounds
+    rounds: int = 3
+    warmup: int = 100  # per contender and level, before the rounds
+    max_cell_s: float = 60.0  # a round stops sending after this many seconds
+    ready_timeout_s: float = 300.0
+    # The in-process forward pass has no concurrency: it runs at c=1 only.
+    model_requests: int = 2000
+
+    @classmethod
+    def quick(cls) -> BenchConfig:
+        return cls(QUICK, (1, 32), requests=240, rounds=2, warmup=40, max_cell_s=15.0,
+                   model_requests=500)  # fmt: skip
+
+
+@dataclass
+class Progress:
+    """Where progress lines go (the CLI prints them; tests collect them)."""
+
+    say: Callable[[str], None] = print
+    lines: list[str] = field(default_factory=list)
+
+    def __call__(self, line: str) -> None:
+        self.lines.append(line)
+        self.say(line)
+
+
+def machine() -> dict[str, Any]:
+    """The machine the figures belong to."""
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cpus": psutil.cpu_count(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        "system": f"{platform.system()} {platform.release()}",
+        "load_average": [round(x, 2) for x in psutil.getloadavg()],
+    }
+
+
+def run_bench(config: BenchConfig, source: Settings, root: Path, say: Progress) -> dict[str, Any]:
+    """Measure every contender of `config`; the report's data (see `hearth.bench.report`)."""
+    names = _ordered(config.contenders)
+    n_levels = len(config.levels)
+    workload = load_workload(source.processed_dir, n_levels * (config.warmup + config.requests))
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="hearth-bench-") as tmp:
+        work = Path(tmp)
+        servers = _start_all(names, source, root, work, config, say)
+        try:
+            cells, memory = _measure(names, servers, workload, work, config, say)
+        finally:
+            for server in servers.values():
+                server.stop()
+    return {
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "config": asdict(config),
+        "contenders": [asdict(SPECS[n]) for n in names],
+        "results": [c.summary() for c in cells],
+        "memory_mib": memory,
+        "limits": overload_limits(source),
+        "seconds": round(time.monotonic() - started, 1),
+    }
+
+
+def overload_limits(settings: Settings) -> dict[str, Any]:
+    """Where Hearth stops queueing and answers 503 with Retry-After instead."""
+    return {
+        "model_timeout_s": settings.model_timeout_s,
+        "lines": [
+            "Neither Hearth topology caps concurrent requests: below the limits here every "
+            "request is queued and answered, which is why c=128 shows no errors.",
+            f"The gateway answers 503 + Retry-After when the model or features service takes "
+            f"longer than HEARTH_MODEL_TIMEOUT_S = {settings.model_timeout_s:g} s, or is down.",
+            "The model service's batching queue sheds (503) a request it predicts would wait "
+            "past max_latency_ms = 500 ms (bentos/model.py), i.e. a queue deeper than about "
+            "500 ms of model work.",
+            "BentoML's own request timeout is 30 s (traffic.timeout on every service).",
+        ],
+    }
+
+
+def _ordered(names: tuple[str, ...]) -> list[str]:
+    unknown = sorted(set(names) - set(SPECS))
+    if unknown:
+        raise ValueError(f"unknown contender(s) {unknown}; choose from {', '.join(SPECS)}")
+    chosen = [n for n in SPECS if n in names]
+    if _NEEDS_MONOLITH & set(chosen) and "monolith" not in chosen:
+        chosen.append("monolith")  # holds the imported model they load
+    return chosen
+
+
+def _start_all(
+    names: list[str], source: Settings, root: Path, work: Path, config: BenchConfig, say: Progress
+) -> dict[str, Server]:
+    """Start the servers (those on the monolith's home once it is ready), wait for each."""
+    servers = {n: build_server(n, source, root, work) for n in names if n != "model"}
+    first = [n for n in servers if n not in _NEEDS_MONOLITH]
+    later = [n for n in servers if n in _NEEDS_MONOLITH]
+    try:
+        for group in (first, later):
+            for name in group:
+                servers[name].start()
+            # Started together, waited on side by side: start-up is mostly waiting on imports.
+            with ThreadPoolExecutor(max(1, len(group))) as pool:
+                futures = {n: pool.submit(_wait, servers[n], config, say) for n in group}
+                for future in futures.values():
+                    future.result()
+    except BaseException:
+        for server in servers.values():
+            server.stop()
+        raise
+    return servers
+
+
+def _wait(server: Server, config: BenchConfig, say: Progress) -> None:
+    t0 = time.monotonic()
+    server.wait_ready(config.ready_timeout_s)
+    say(f"  {server.spec.name:<16} ready in {time.monotonic() - t0:5.1f}s on :{server.port}")
+
+
+def _measure(
+    names: list[str],
+    servers: dict[str, Server],
+    workload: Workload,
+    work: Path,
+    config: BenchConfig,
+    say: Progress,
+) -> tuple[list[Cell], dict[str, float]]:
+    bodies = {n: workload.bodies(SPECS[n].body) for n in names}
+    cells: list[Cell] = []
+    memory: dict[str, float] = {}
+    if "model" in names:
+        cells.append(_floor_model(work / "monolith", workload, config, say))
+        memory["model"] = psutil.Process().memory_info().rss / 2**20
+    per_level = config.warmup + config.requests
+    for i, level in enumerate(config.levels):
+        chunk = {n: b[i * per_level : (i + 1) * per_level] for n, b in bodies.items()}
+        cells += _level(level, servers, chunk, config, say)
+        for name, server in servers.items():
+            rss = server.tree().rss_bytes() / 2**20
+            memory[name] = max(memory.get(name, 0.0), rss)
+    return cells, memory
+
+
+def _floor_model(home: Path, workload: Workload, config: BenchConfig, say: Progress) -> Cell:
+    model = InProcessModel(scorer_dir(home))
+    rows = workload.features[: config.model_requests]
+    model.run(rows[:50])  # warm-up: first calls allocate
+    cell = Cell.empty("model", 1)
+    sample, cpu = model.run(rows)
+    cell.add(sample, cpu)
+    s = cell.summary()
+    say(f"  model            c=1   p50 {s['p50_ms']:7.3f} ms  {s['rps']:9.0f} calls/s")
+    return cell
+
+
+def _level(
+    level: int,
+    servers: dict[str, Server],
+    bodies: dict[str, list[bytes]],
+    config: BenchConfig,
+    say: Progress,
+) -> list[Cell]:
+    """Every server at one concurrency: warm-up, then `rounds` interleaved rounds."""
+    order = list(servers)
+    for name in order:
+        _drive(servers[name].endpoint, bodies[name][: config.warmup], level, config.max_cell_s)
+    cells = {name: Cell.empty(name, level) for name in order}
+    per_round = max(1, config.requests // config.rounds)
+    for r in range(config.rounds):
+        rotated = order[r % len(order) :] + order[: r % len(order)]
+        lo = config.warmup + r * per_round
+        for name in rotated:
+            tree = servers[name].tree()
+            cpu0 = tree.cpu_s()
+            batch = bodies[name][lo : lo + per_round]
+            sample = _drive(servers[name].endpoint, batch, level, config.max_cell_s)
+            cells[name].add(sample, tree.cpu_s() - cpu0)
+    for cell in cells.values():
+        s = cell.summary()
+        say(
+            f"  {cell.contender:<16} c={level:<3} p50 {s['p50_ms']:7.2f} ms  "
+            f"p99 {s['p99_ms']:7.2f} ms  {s['rps']:7.0f} req/s  errors {s['errors'] or 0}"
+        )
+    return list(cells.values())
+
+
+def _drive(endpoint: Endpoint, bodies: list[bytes], concurrency: int, max_s: float) -> Any:
+    return asyncio.run(drive(endpoint, bodies, concurrency, max_s))
