@@ -501,6 +501,78 @@ def info() -> None:
         typer.echo(f"{label:<18} {value}")
 
 
+# -- the stack: hearth up / down / ps, and drift monitoring ---------------------------------
+@app.command()
+def up(
+    topology: Annotated[
+        str, typer.Option(help="Serving topology: monolith or microservices.")
+    ] = "monolith",
+    serve: Annotated[
+        bool, typer.Option(help="Start the serving stack too (needs a registered champion).")
+    ] = True,
+) -> None:
+    """Start Prefect (server, work pool, deployments, worker), MLflow and serving; print URLs."""
+    from hearth.stack.process import StackError
+    from hearth.stack.services import Stack
+    from hearth.stack.supervisor import up as stack_up
+
+    if topology not in TOPOLOGIES:
+        _fail(f"unknown topology {topology!r}", f"choose from {', '.join(TOPOLOGIES)}")
+    ctx = _context()
+    stack = Stack(ctx.settings, topology, _project_root())
+    try:
+        started = stack_up(stack, serve=serve, say=console.print)
+    except StackError as exc:
+        _fail(str(exc), "`hearth ps` shows what did start; `hearth down` stops it")
+    console.rule("[bold]Hearth is up")
+    for r in started:
+        console.print(f"  {r.name:<15} {r.url or '(no UI)':<28} log {r.log}")
+    console.print("stop it with `hearth down`; check it with `hearth ps`")
+
+
+@app.command()
+def down() -> None:
+    """Stop exactly what `hearth up` started (its pid file under HEARTH_HOME)."""
+    from hearth.stack.supervisor import down as stack_down
+
+    stopped = stack_down(_context().settings.home_abs, say=console.print)
+    console.print(f"[green]✓[/] stopped {len(stopped)} service(s)" if stopped else "nothing runs")
+
+
+@app.command()
+def ps() -> None:
+    """What `hearth up` started: running or not, healthy or not."""
+    from hearth.stack.supervisor import ps as stack_ps
+
+    statuses = stack_ps(_context().settings.home_abs)
+    if not statuses:
+        typer.echo("nothing started by `hearth up` runs")
+        return
+    for st in statuses:
+        state = "healthy" if st.healthy else ("UNHEALTHY" if st.running else "STOPPED")
+        typer.echo(f"{st.name:<15} {st.pid:>7} {state:<9} {st.url or '-':<28} {st.detail}")
+    if not all(st.healthy for st in statuses):
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def monitor(
+    trigger: Annotated[
+        bool, typer.Option(help="Start the retraining deployment when drift calls for it.")
+    ] = True,
+) -> None:
+    """Drift report of recent live traffic vs the training reference (flows/monitor.py)."""
+    from flows.monitor import monitor_flow
+
+    _context()
+    summary = monitor_flow(trigger_retraining=trigger)
+    console.print(
+        f"drift: {'retrain' if summary['retrain'] else 'no action'}; report {summary['report']}"
+    )
+    if summary["trigger_error"]:
+        console.print(f"[yellow]retraining not started:[/] {summary['trigger_error']}")
+
+
 # -- benchmark -----------------------------------------------------------------------------
 @app.command()
 def bench(

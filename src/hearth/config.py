@@ -158,6 +158,20 @@ class Settings(BaseSettings):
     bentoml_dir: Path | None = Field(
         default=None, description="BentoML's store (BENTOML_HOME); default <home>/bentoml."
     )
+    # -- the stack (`hearth up`) and observability ----------------------------------------
+    prefect_host: str = Field(
+        default="127.0.0.1", description="Interface of `hearth up`'s Prefect."
+    )
+    prefect_port: int = Field(default=4200, ge=1, le=65535, description="Prefect server + UI.")
+    mlflow_host: str = Field(default="127.0.0.1", description="Interface of the MLflow server.")
+    mlflow_port: int = Field(default=5000, ge=1, le=65535, description="MLflow server + UI.")
+    otlp_endpoint: str | None = Field(
+        default=None,
+        description="OTLP/HTTP traces URL, e.g. http://127.0.0.1:4318/v1/traces; unset: off.",
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="Server logs: text, or one JSON object a line (hearth up)."
+    )
 
     @property
     def bentoml_home(self) -> Path:

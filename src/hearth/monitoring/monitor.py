@@ -142,7 +142,7 @@ def run_monitor(
     live = load_live(ctx.settings, params.window_hours, now)
     reference = load_reference(ctx.settings, params)
     ref_scores = None
-    if live.model_versions:
+    if live.model_versions and len(live.scores) >= params.min_live_rows:
         # The reference scored by the model that scored most of the live traffic: a score
         # shift then means the inputs moved, not that another model answered.
         scorer = score or registry_scorer(ctx.params.registry.model_name)

@@ -1,0 +1,1 @@
+"""Observability: Prometheus metrics, OpenTelemetry tracing and JSON logs, defined once."""

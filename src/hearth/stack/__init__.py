@@ -1,0 +1,1 @@
+"""`hearth up/down/ps`: the whole stack as supervised processes on one box."""

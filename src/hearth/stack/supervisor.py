@@ -1,0 +1,105 @@
+"""`hearth up`, `hearth down`, `hearth ps` over the services of `hearth.stack.services`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from hearth.stack import process
+from hearth.stack.process import Running, StackError
+from hearth.stack.services import WORK_POOL, Service, Stack, prefect_cli, record
+
+Say = Callable[[str], None]
+
+
+def _check_ports(stack: Stack) -> None:
+    busy = [
+        f"{host}:{port} ({setting})"
+        for setting, (host, port) in stack.ports().items()
+        if process.port_in_use(host, port)
+    ]
+    if busy:
+        raise StackError(
+            f"port in use: {', '.join(busy)}; stop what listens there or choose another port "
+            "with the setting named"
+        )
+
+
+def _start(stack: Stack, service: Service, running: list[Running], say: Say) -> None:
+    """Start one service, record its pid at once (so `down` can stop it), wait for health."""
+    home = stack.settings.home_abs
+    log = home / "logs" / f"{service.name}.log"
+    say(f"starting {service.name} (log: {log})")
+    pid = process.start(service.name, service.cmd, stack.env(), stack.repo_dir, log.parent)
+    record(home, running, service, pid, log)
+    process.wait_until(service.name, pid, service.check, log, service.timeout_s)
+    say(f"  {service.name} healthy" + (f" at {service.url}" if service.url else ""))
+
+
+def up(stack: Stack, serve: bool = True, say: Say = print) -> list[Running]:
+    """Start the stack; on a failure, what did start keeps running for `hearth down`."""
+    home = stack.settings.home_abs
+    if any(process.alive(r.pid) for r in process.read_state(home)):
+        raise StackError(f"the stack in {home} is already up: `hearth ps`, or `hearth down`")
+    _check_ports(stack)
+    (home / "logs").mkdir(parents=True, exist_ok=True)
+    running: list[Running] = []
+    _start(stack, stack.mlflow(), running, say)
+    _start(stack, stack.prefect_server(), running, say)
+    say(f"creating work pool {WORK_POOL} and deploying prefect.yaml")
+    prefect_cli(stack, ["work-pool", "create", WORK_POOL, "--type", "process", "--overwrite"],
+                "creating the work pool")  # fmt: skip
+    prefect_cli(stack, ["deploy", "--all"], "`prefect deploy --all`")
+    _start(stack, stack.worker(), running, say)
+    if serve:
+        _start(stack, stack.serving(), running, say)
+    return running
+
+
+def down(home: Path, say: Say = print) -> list[str]:
+    """Stop every process `hearth up` recorded, last started first; forget them."""
+    stopped = []
+    for r in reversed(process.read_state(home)):
+        if process.alive(r.pid):
+            say(f"stopping {r.name} (pid {r.pid})")
+            process.stop(r.pid)
+        stopped.append(r.name)
+    (home / process.STATE_FILE).unlink(missing_ok=True)
+    return stopped
+
+
+@dataclass(frozen=True)
+class Status:
+    name: str
+    pid: int
+    running: bool
+    healthy: bool
+    url: str | None
+    detail: str = ""
+
+
+def _serving_detail(pid: int) -> str:
+    """The BentoML services under the serving process (microservices: one per service)."""
+    names = []
+    for child in process.group_members(pid):
+        try:
+            cmd = child.cmdline()
+        except psutil.Error:
+            continue
+        if "--service-name" in cmd:
+            names.append(f"{cmd[cmd.index('--service-name') + 1]}:{child.pid}")
+    return " ".join(sorted(names))
+
+
+def ps(home: Path) -> list[Status]:
+    """What the pid file lists, whether it runs and whether its health check passes."""
+    out = []
+    for r in process.read_state(home):
+        running = process.alive(r.pid)
+        healthy = running and (process.http_ok(r.health_url) if r.health_url else True)
+        detail = _serving_detail(r.pid) if r.name == "serving" and running else ""
+        out.append(Status(r.name, r.pid, running, healthy, r.url, detail))
+    return out

@@ -1,0 +1,137 @@
+"""`hearth up` brings the whole stack up as real processes; `hearth down` leaves none behind.
+
+A deployment runs through the worker (seen Completed through the Prefect API), its run is in
+MLflow (seen through the tracking server), the gateway scores a transaction, `hearth ps`
+says all is healthy, and after `hearth down` no process of the stack is left.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pandas as pd
+import psutil
+import pytest
+
+from hearth.data.schema import TIMESTAMP_FORMAT
+from hearth.stack.process import read_state
+from tests.e2e.conftest import API_KEY, user_env
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def hearth(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 600):
+    return subprocess.run(
+        [sys.executable, "-m", "hearth", *args], cwd=cwd, env=env, capture_output=True,
+        text=True, timeout=timeout, check=False,
+    )  # fmt: skip
+
+
+class Up:
+    def __init__(self, project: Path, env: dict[str, str]) -> None:
+        self.project, self.env = project, env
+        self.prefect = f"http://127.0.0.1:{env['HEARTH_PREFECT_PORT']}/api"
+        self.mlflow = f"http://127.0.0.1:{env['HEARTH_MLFLOW_PORT']}"
+        self.gateway = f"http://127.0.0.1:{env['HEARTH_SERVING_PORT']}"
+        self.pids: set[int] = set()
+
+    def remember_pids(self) -> None:
+        """Every process of the stack now: the recorded ones and all their descendants."""
+        for r in read_state(self.project / ".hearth"):
+            try:
+                root = psutil.Process(r.pid)
+            except psutil.NoSuchProcess:
+                continue
+            self.pids |= {root.pid, *(c.pid for c in root.children(recursive=True))}
+
+
+@pytest.fixture(scope="module")
+def stack(project: Path) -> Iterator[Up]:
+    env = user_env(project)
+    up = Up(project, env)
+    try:
+        done = hearth(["up", "--topology", "monolith"], env, project)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert up.gateway in done.stdout + done.stderr  # the URLs are printed
+        up.remember_pids()
+        yield up
+    finally:
+        up.remember_pids()
+        down = hearth(["down"], env, project, timeout=120)
+        assert down.returncode == 0, down.stdout + down.stderr
+
+
+def _transaction(project: Path) -> dict:
+    tx = pd.read_parquet(project / "data" / "processed" / "transactions.parquet").iloc[-1]
+    return {
+        "transaction_id": "e2e-1", "timestamp": (tx["timestamp"] + pd.Timedelta(days=1))
+        .strftime(TIMESTAMP_FORMAT), "customer_id": str(tx["customer_id"]),
+        "merchant_id": str(tx["merchant_id"]), "merchant_category": str(tx["merchant_category"]),
+        "amount": float(tx["amount"]), "currency": str(tx["currency"]),
+        "channel": str(tx["channel"]), "device_id": str(tx["device_id"]),
+        "latitude": float(tx["latitude"]), "longitude": float(tx["longitude"]),
+    }  # fmt: skip
+
+
+def test_the_gateway_scores_a_transaction(stack: Up) -> None:
+    r = httpx.post(f"{stack.gateway}/predict", json=_transaction(stack.project),
+                   headers={"X-API-Key": API_KEY}, timeout=30)  # fmt: skip
+    assert r.status_code == 200, r.text
+    assert r.json()["variant"] == "champion" and r.json()["model_version"] == "1"
+
+
+def test_a_deployment_runs_on_the_worker_and_logs_to_the_mlflow_server(stack: Up) -> None:
+    dep = httpx.get(f"{stack.prefect}/deployments/name/monitor/monitor-hourly", timeout=10)
+    assert dep.status_code == 200, dep.text
+    run = httpx.post(
+        f"{stack.prefect}/deployments/{dep.json()['id']}/create_flow_run",
+        json={"parameters": {"trigger_retraining": False}}, timeout=10,
+    )  # fmt: skip
+    assert run.status_code in (200, 201), run.text
+    state = None
+    for _ in range(180):  # bounded: at most ~3 minutes
+        state = httpx.get(f"{stack.prefect}/flow_runs/{run.json()['id']}", timeout=10).json()
+        if state["state_type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+            break
+        time.sleep(1)
+    assert state is not None and state["state_type"] == "COMPLETED", state
+    exp = httpx.get(f"{stack.mlflow}/api/2.0/mlflow/experiments/get-by-name",
+                    params={"experiment_name": "monitoring"}, timeout=10)  # fmt: skip
+    assert exp.status_code == 200, exp.text
+    runs = httpx.post(f"{stack.mlflow}/api/2.0/mlflow/runs/search",
+                      json={"experiment_ids": [exp.json()["experiment"]["experiment_id"]]},
+                      timeout=10).json()  # fmt: skip
+    assert [r["info"]["run_name"] for r in runs["runs"]] == ["drift"]
+
+
+def test_ps_reports_every_service_healthy(stack: Up) -> None:
+    done = hearth(["ps"], stack.env, stack.project, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    for name in ("mlflow", "prefect-server", "prefect-worker", "serving"):
+        assert f"{name}" in done.stdout and "UNHEALTHY" not in done.stdout
+
+
+def test_a_port_in_use_is_named(project: Path, stack: Up) -> None:
+    env = dict(stack.env, HEARTH_HOME=str(project / "other-home"))
+    done = hearth(["up"], env, project, timeout=60)
+    assert done.returncode == 1
+    assert "port in use" in done.stderr and "HEARTH_PREFECT_PORT" in done.stderr
+
+
+def test_down_leaves_no_process_behind(project: Path, stack: Up) -> None:
+    # Runs last in this module (pytest keeps file order): it takes the stack down itself.
+    stack.remember_pids()
+    assert len(stack.pids) >= 4
+    done = hearth(["down"], stack.env, project, timeout=120)
+    assert done.returncode == 0, done.stderr
+    left = [p for p in stack.pids if psutil.pid_exists(p)
+            and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]  # fmt: skip
+    assert left == [], [psutil.Process(p).cmdline() for p in left]
+    assert hearth(["ps"], stack.env, project, timeout=60).stdout.startswith("nothing")
