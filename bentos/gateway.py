@@ -20,6 +20,7 @@ from hearth.serving.http import HttpPolicy, create_app
 app = create_app(
     lambda: bentoml.get_current_service().gateway,
     lambda: bentoml.get_current_service().policy,
+    lambda: bentoml.get_current_service().admin,
 )
 _urls = graph.remote_urls()
 
@@ -36,7 +37,7 @@ def _refresh_sessions_by_age_only(proxy: Any) -> None:
 @bentoml.asgi_app(app, path="/")
 @bentoml.service(image=cpu_image(), traffic={"timeout": 30})
 class Gateway:
-    """POST /predict, /predict_batch, /feedback; /readyz once store and model are loaded."""
+    """POST /predict, /predict_batch, /feedback, /admin/…; /readyz once store and model load."""
 
     features = bentoml.depends(Features, url=_urls.get("features"))
     model = bentoml.depends(Model, url=_urls.get("model"))
@@ -45,6 +46,7 @@ class Gateway:
         ctx = graph.context()
         self.policy = HttpPolicy.from_settings(ctx.settings)
         self.gateway = graph.microservices_gateway(ctx, self.features, self.model)
+        self.admin = graph.admin(ctx, self.gateway)
         for proxy in (self.features, self.model):
             _refresh_sessions_by_age_only(proxy)
 

@@ -11,18 +11,20 @@ from hearth.serving.http import HttpPolicy, create_app
 app = create_app(
     lambda: bentoml.get_current_service().gateway,
     lambda: bentoml.get_current_service().policy,
+    lambda: bentoml.get_current_service().admin,
 )
 
 
 @bentoml.asgi_app(app, path="/")
 @bentoml.service(image=cuda_image(), resources={"gpu": 1}, traffic={"timeout": 30})
 class Monolith:
-    """POST /predict, /predict_batch, /feedback; /readyz once store and model are loaded."""
+    """POST /predict, /predict_batch, /feedback, /admin/…; /readyz once store and model load."""
 
     def __init__(self) -> None:
         ctx = graph.context()
         self.policy = HttpPolicy.from_settings(ctx.settings)
         self.gateway, _, _ = graph.monolith(ctx)
+        self.admin = graph.admin(ctx, self.gateway)
 
     async def __is_ready__(self) -> bool:
         return await self.gateway.ready()

@@ -1,10 +1,15 @@
-"""API-key check for the gateway: missing → 401, wrong → 403, compared in constant time."""
+"""Secrets checked by the gateway: missing → 401, wrong → 403, compared in constant time.
+
+The API key (``X-API-Key``) scores transactions; the admin token (``X-Admin-Token``)
+controls rollouts. They are distinct: the API key never opens the admin API.
+"""
 
 from __future__ import annotations
 
 import hmac
 
 API_KEY_HEADER = "X-API-Key"
+ADMIN_TOKEN_HEADER = "X-Admin-Token"
 
 
 class AuthError(Exception):
@@ -14,10 +19,23 @@ class AuthError(Exception):
         self.message = message
 
 
-def check_api_key(presented: str | None, expected: str) -> None:
-    """Raise `AuthError` (401 or 403) unless `presented` equals `expected`."""
+def check_secret(header: str, presented: str | None, expected: str) -> None:
+    """Raise `AuthError` (401 or 403) unless `presented` equals `expected` (non-empty)."""
     if not presented:
-        raise AuthError(401, f"missing {API_KEY_HEADER} header")
+        raise AuthError(401, f"missing {header} header")
+    # An empty expected secret would otherwise match nothing, silently: say why instead.
+    if not expected:
+        raise AuthError(403, f"{header} is not configured on this server")
     # compare_digest takes as long for a near miss as for a wild guess.
     if not hmac.compare_digest(presented.encode(), expected.encode()):
-        raise AuthError(403, f"invalid {API_KEY_HEADER}")
+        raise AuthError(403, f"invalid {header}")
+
+
+def check_api_key(presented: str | None, expected: str) -> None:
+    """Raise `AuthError` (401 or 403) unless `presented` is the API key."""
+    check_secret(API_KEY_HEADER, presented, expected)
+
+
+def check_admin_token(presented: str | None, expected: str) -> None:
+    """Raise `AuthError` (401 or 403) unless `presented` is the admin token."""
+    check_secret(ADMIN_TOKEN_HEADER, presented, expected)

@@ -1,16 +1,21 @@
 """The prediction log and the delayed labels, in one small SQLite file under HEARTH_HOME.
 
 The rollout analysis and monitoring join the two tables on ``transaction_id``: which variant
-and model version scored a transaction, what it decided, and (days later, via /feedback)
-whether it was fraud.
+and model version scored a transaction (for which customer, in which rollout, how fast,
+whether it failed, whether it was a shadow copy), what it decided, and (days later, via
+/feedback) whether it was fraud. `PredictionLog.analysis_rows` is the rollout analysis's
+view of it: rows that `hearth.rollout.analysis.analyse` takes as they are.
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,17 +23,28 @@ from hearth.serving.schemas import PredictionOut
 
 DB_FILE = "serving.sqlite"
 
-_SCHEMA = """
+_PREDICTIONS = """
 CREATE TABLE IF NOT EXISTS predictions (
     transaction_id TEXT NOT NULL,
     request_id     TEXT NOT NULL,
     variant        TEXT NOT NULL,
     model_version  TEXT NOT NULL,
-    score          REAL NOT NULL,
-    decision       TEXT NOT NULL,
-    at             REAL NOT NULL
+    score          REAL,
+    decision       TEXT,
+    at             REAL NOT NULL,
+    features       TEXT,
+    customer_id    TEXT,
+    rollout_id     TEXT,
+    latency_ms     REAL,
+    ok             INTEGER NOT NULL DEFAULT 1,
+    shadow         INTEGER NOT NULL DEFAULT 0
 );
+"""
+_SCHEMA = (
+    _PREDICTIONS
+    + """
 CREATE INDEX IF NOT EXISTS predictions_tx ON predictions (transaction_id);
+CREATE INDEX IF NOT EXISTS predictions_rollout ON predictions (rollout_id, at);
 CREATE TABLE IF NOT EXISTS feedback (
     transaction_id TEXT NOT NULL,
     is_fraud       INTEGER NOT NULL,
@@ -36,6 +52,46 @@ CREATE TABLE IF NOT EXISTS feedback (
 );
 CREATE INDEX IF NOT EXISTS feedback_tx ON feedback (transaction_id);
 """
+)
+_COLUMNS = (
+    "transaction_id", "request_id", "variant", "model_version", "score", "decision", "at",
+    "features", "customer_id", "rollout_id", "latency_ms", "ok", "shadow",
+)  # fmt: skip
+# The newest label of the transaction (a corrected label replaces an earlier one).
+_LABEL = (
+    "(SELECT f.is_fraud FROM feedback f WHERE f.transaction_id = p.transaction_id "
+    "ORDER BY f.at DESC LIMIT 1)"
+)
+
+
+@dataclass(frozen=True)
+class PredictionRecord:
+    """One scoring attempt: an answer (ok) or a failed challenger call (ok=False).
+
+    `shadow` marks a challenger's score of a copy of the request (shadow mode): logged for
+    the analysis, never returned. `score`/`decision` are None when the attempt failed.
+    """
+
+    transaction_id: str
+    request_id: str
+    variant: str
+    model_version: str
+    score: float | None
+    decision: str | None
+    latency_ms: float | None  # None: not measured (left out of the analysis)
+    ok: bool = True
+    shadow: bool = False
+    customer_id: str | None = None
+    rollout_id: str | None = None
+    features: dict[str, float | str] | None = None
+
+    def row(self, at: float) -> tuple[Any, ...]:
+        features = json.dumps(self.features) if self.features is not None else None
+        return (
+            self.transaction_id, self.request_id, self.variant, self.model_version, self.score,
+            self.decision, at, features, self.customer_id, self.rollout_id, self.latency_ms,
+            int(self.ok), int(self.shadow),
+        )  # fmt: skip
 
 
 class PredictionLog:
@@ -50,25 +106,66 @@ class PredictionLog:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
+        self._migrate()
         self._db.executescript(_SCHEMA)
         self._lock = threading.Lock()
 
-    def record(self, predictions: Sequence[PredictionOut]) -> None:
+    def _migrate(self) -> None:
+        """Rebuild a log made by an older Hearth (fewer columns, NOT NULL scores)."""
+        info = self._db.execute("PRAGMA table_info(predictions)").fetchall()
+        if not info:
+            return
+        names = {row[1] for row in info}
+        score_not_null = any(row[1] == "score" and row[3] for row in info)
+        if set(_COLUMNS) <= names and not score_not_null:
+            return
+        keep = ", ".join(c for c in _COLUMNS if c in names)
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute("ALTER TABLE predictions RENAME TO predictions_old")
+            self._db.execute("DROP INDEX IF EXISTS predictions_tx")
+            self._db.execute(_PREDICTIONS)
+            self._db.execute(f"INSERT INTO predictions ({keep}) SELECT {keep} FROM predictions_old")
+            self._db.execute("DROP TABLE predictions_old")
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    def record_entries(self, entries: Sequence[PredictionRecord]) -> None:
+        """Append scoring attempts (answers, challenger failures, shadow scores)."""
+        if not entries:
+            return
         now = time.time()
-        rows = [
-            (
-                p.transaction_id,
-                p.request_id,
-                p.variant,
-                p.model_version,
-                p.fraud_probability,
-                p.decision,
-                now,
-            )
-            for p in predictions
-        ]
+        rows = [e.row(now) for e in entries]
+        marks = ", ".join("?" * len(_COLUMNS))
         with self._lock:
-            self._db.executemany("INSERT INTO predictions VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            self._db.executemany(
+                f"INSERT INTO predictions ({', '.join(_COLUMNS)}) VALUES ({marks})", rows
+            )
+
+    def record(
+        self,
+        predictions: Sequence[PredictionOut],
+        features: Sequence[dict[str, float | str]] | None = None,
+    ) -> None:
+        """Append answered predictions, with the feature rows they were scored on."""
+        rows: Sequence[dict[str, float | str] | None] = features or [None] * len(predictions)
+        self.record_entries(
+            [
+                PredictionRecord(
+                    transaction_id=p.transaction_id,
+                    request_id=p.request_id,
+                    variant=p.variant,
+                    model_version=p.model_version,
+                    score=p.fraud_probability,
+                    decision=p.decision,
+                    latency_ms=None,
+                    features=f,
+                )
+                for p, f in zip(predictions, rows, strict=True)
+            ]
+        )
 
     def feedback(self, transaction_id: str, is_fraud: bool) -> bool:
         """Store a label; True when a prediction for this transaction was logged."""
@@ -82,6 +179,65 @@ class PredictionLog:
             ).fetchone()
         return found is not None
 
+    def analysis_rows(
+        self, rollout_id: str | None = None, since: datetime | None = None
+    ) -> list[dict[str, Any]]:
+        """The rollout analysis's input: one dict per scoring attempt, oldest first.
+
+        Keys: ``variant`` ("champion" | "challenger"), ``ok`` (bool), ``latency_ms``
+        (float: the model call as the gateway saw it), ``score`` (float, None when not ok),
+        ``is_fraud`` (the newest /feedback label of the transaction as a bool, or None),
+        ``model_version`` (str), ``shadow`` (bool: a challenger's score of a copy). Filtered
+        by `rollout_id` (None: every rollout, and none) and `since` (aware or naive UTC).
+        """
+        where: list[str] = ["p.latency_ms IS NOT NULL"]
+        args: list[Any] = []
+        if rollout_id is not None:
+            where.append("p.rollout_id = ?")
+            args.append(rollout_id)
+        if since is not None:
+            where.append("p.at >= ?")
+            args.append(_epoch(since))
+        query = (
+            f"SELECT p.variant, p.ok, p.latency_ms, p.score, {_LABEL}, p.model_version, "
+            f"p.shadow FROM predictions p WHERE {' AND '.join(where)} ORDER BY p.at, p.rowid"
+        )
+        with self._lock:
+            fetched = self._db.execute(query, args).fetchall()
+        return [
+            {
+                "variant": variant,
+                "ok": bool(ok),
+                "latency_ms": float(latency),
+                "score": None if score is None else float(score),
+                "is_fraud": None if label is None else bool(label),
+                "model_version": str(version),
+                "shadow": bool(shadow),
+            }
+            for variant, ok, latency, score, label, version, shadow in fetched
+        ]
+
+    def counts(self, rollout_id: str | None = None) -> dict[str, dict[str, int]]:
+        """Per variant (shadow copies apart as "challenger (shadow)"): requests, errors,
+        labelled, frauds — the live numbers `hearth rollout status` shows."""
+        where, args = ("WHERE p.rollout_id = ?", [rollout_id]) if rollout_id else ("", [])
+        query = (
+            "SELECT p.variant, p.shadow, COUNT(*), SUM(1 - p.ok), "
+            f"SUM({_LABEL} IS NOT NULL), SUM(COALESCE({_LABEL}, 0)) "
+            f"FROM predictions p {where} GROUP BY p.variant, p.shadow"
+        )
+        with self._lock:
+            fetched = self._db.execute(query, args).fetchall()
+        return {
+            f"{variant}{' (shadow)' if shadow else ''}": {
+                "requests": int(n),
+                "errors": int(errors or 0),
+                "labelled": int(labelled or 0),
+                "frauds": int(frauds or 0),
+            }
+            for variant, shadow, n, errors, labelled, frauds in fetched
+        }
+
     def rows(self, table: str) -> list[dict[str, Any]]:
         """Every row of `predictions` or `feedback` (tests, small analyses)."""
         if table not in {"predictions", "feedback"}:
@@ -94,3 +250,10 @@ class PredictionLog:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _epoch(at: datetime) -> float:
+    """Seconds since the epoch; a naive datetime is taken as UTC (as Hearth writes them)."""
+    from datetime import UTC
+
+    return (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp()

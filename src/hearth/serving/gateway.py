@@ -18,8 +18,8 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from hearth.features.online import Transaction
 from hearth.serving.errors import FeaturesUnavailable, ModelUnavailable, NotReady, Unavailable
-from hearth.serving.feedback import PredictionLog
-from hearth.serving.router import ChampionRouter, Router
+from hearth.serving.feedback import PredictionLog, PredictionRecord
+from hearth.serving.router import CHALLENGER, ChampionRouter, Routed, Router
 from hearth.serving.schemas import (
     FeatureRow,
     FeedbackIn,
@@ -29,6 +29,7 @@ from hearth.serving.schemas import (
     ScoreItem,
     TransactionIn,
 )
+from hearth.serving.scoring import Answer, Attempt, score_routed, try_challenger
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -107,16 +108,24 @@ class LocalFeatures:
 
 
 class LocalModel:
-    """The model pool in this process."""
+    """The model pool in this process.
 
-    def __init__(self, pool: Background[Any]) -> None:
+    `threaded`: score in a worker thread. The challenger lane is, so that a slow challenger
+    (or a drill's injected latency) neither blocks the event loop nor escapes its timeout.
+    """
+
+    def __init__(self, pool: Background[Any], threaded: bool = False) -> None:
         self.pool = pool
+        self.threaded = threaded
 
     async def score(self, items: list[ScoreItem]) -> list[Score]:
         try:
             pool = self.pool.get()
         except NotReady as exc:
             raise ModelUnavailable(str(exc)) from exc
+        if self.threaded:
+            scored: list[Score] = await asyncio.to_thread(pool.score, items)
+            return scored
         result: list[Score] = pool.score(items)
         return result
 
@@ -199,8 +208,18 @@ def transaction_payload(txn: Transaction) -> dict[str, Any]:
 
 
 # -- the gateway --------------------------------------------------------------------------
+# Shadow copies wait on the challenger off the response path; past this many in flight, new
+# copies are skipped (and counted) so that a slow challenger cannot pile up memory.
+MAX_SHADOW_IN_FLIGHT = 256
+DEFAULT_CHALLENGER_TIMEOUT_S = 0.5
+
+
 class Gateway:
-    """Scores transactions and records predictions and feedback; one per gateway process."""
+    """Scores transactions and records predictions and feedback; one per gateway process.
+
+    `model` answers champion items; `challenger_model` (default: `model`) is the lane for
+    challenger items and shadow copies, cut off after `challenger_timeout_s`.
+    """
 
     def __init__(
         self,
@@ -208,11 +227,17 @@ class Gateway:
         model: ModelClient,
         predictions: Background[PredictionLog],
         router: Router | None = None,
+        challenger_model: ModelClient | None = None,
+        challenger_timeout_s: float = DEFAULT_CHALLENGER_TIMEOUT_S,
     ) -> None:
         self.features = features
         self.model = model
+        self.challenger_model = challenger_model or model
+        self.challenger_timeout_s = challenger_timeout_s
         self.predictions = predictions
         self.router = router or ChampionRouter()
+        self._shadows: set[asyncio.Task[None]] = set()
+        self.shadow_skipped = 0
 
     async def ready(self) -> bool:
         """Ready when the store, the model and the prediction log are all loaded."""
@@ -230,29 +255,136 @@ class Gateway:
         # The store counts a transaction when its features are read (observe is atomic), so
         # a transaction whose scoring then fails still counts: it did happen.
         rows = await self.features.observe(txns)
-        variants = [self.router.route(t) for t in txns]
-        items = [
-            ScoreItem(variant=v, features=r.features) for v, r in zip(variants, rows, strict=True)
-        ]
-        scores = await self.model.score(items)
+        routes = [self.router.route(t) for t in txns]
+        features = [r.features for r in rows]
+        answers = await score_routed(
+            routes, features, self.model, self.challenger_model, self.challenger_timeout_s
+        )
         out = [
             PredictionOut(
                 transaction_id=t.transaction_id,
-                fraud_probability=s.probability,
-                decision=s.decision,
-                variant=s.variant,
-                model_version=s.model_version,
-                data_version=s.data_version,
+                fraud_probability=float(a.score.probability or 0.0),
+                decision=a.score.decision or "review",
+                variant=a.score.variant,
+                model_version=a.score.model_version,
+                data_version=a.score.data_version,
                 request_id=request_id,
                 cold_start=r.cold_start,
             )
-            for t, r, s in zip(txns, rows, scores, strict=True)
+            for t, r, a in zip(txns, rows, answers, strict=True)
         ]
-        self.predictions.get().record(out)
+        self.predictions.get().record_entries(
+            answer_records(txns, routes, features, answers, request_id)
+        )
+        self._start_shadows(txns, routes, features, request_id)
         return out
+
+    def _start_shadows(
+        self,
+        txns: Sequence[Transaction],
+        routes: Sequence[Routed],
+        features: Sequence[dict[str, float | str]],
+        request_id: str,
+    ) -> None:
+        picked = [i for i, r in enumerate(routes) if r.shadow_version]
+        if not picked:
+            return
+        if len(self._shadows) >= MAX_SHADOW_IN_FLIGHT:
+            self.shadow_skipped += len(picked)
+            return
+        task = asyncio.create_task(
+            self._shadow([txns[i] for i in picked], [routes[i] for i in picked],
+                         [features[i] for i in picked], request_id)
+        )  # fmt: skip
+        # The loop keeps only weak references to tasks: hold it until it is done.
+        self._shadows.add(task)
+        task.add_done_callback(self._shadows.discard)
+
+    async def _shadow(
+        self,
+        txns: Sequence[Transaction],
+        routes: Sequence[Routed],
+        features: Sequence[dict[str, float | str]],
+        request_id: str,
+    ) -> None:
+        """Score copies with the shadow challenger and log them; never raises."""
+        items = [
+            ScoreItem(variant=CHALLENGER, model_version=r.shadow_version, features=f)
+            for r, f in zip(routes, features, strict=True)
+        ]
+        try:
+            attempts = await try_challenger(self.challenger_model, items, self.challenger_timeout_s)
+            records = shadow_records(txns, routes, attempts, request_id)
+            self.predictions.get().record_entries(records)
+        except Exception:  # off the response path: a failure here is only logged
+            log.exception("shadow scoring failed")
+
+    async def drain_shadows(self) -> None:
+        """Wait for the shadow copies in flight (tests, shutdown)."""
+        while self._shadows:
+            await asyncio.gather(*list(self._shadows), return_exceptions=True)
 
     async def feedback(self, fb: FeedbackIn) -> FeedbackOut:
         matched = self.predictions.get().feedback(fb.transaction_id, fb.is_fraud)
         return FeedbackOut(
             transaction_id=fb.transaction_id, is_fraud=fb.is_fraud, matched_prediction=matched
         )
+
+
+def answer_records(
+    txns: Sequence[Transaction],
+    routes: Sequence[Routed],
+    features: Sequence[dict[str, float | str]],
+    answers: Sequence[Answer],
+    request_id: str,
+) -> list[PredictionRecord]:
+    """Log entries of the answers, and of the challenger attempts that failed before them."""
+    records = []
+    for t, r, f, a in zip(txns, routes, features, answers, strict=True):
+        if a.failure is not None:
+            records.append(
+                PredictionRecord(
+                    transaction_id=t.transaction_id, request_id=request_id,
+                    variant=CHALLENGER, model_version=a.failure.model_version, score=None,
+                    decision=None, latency_ms=a.failure.latency_ms, ok=False,
+                    customer_id=t.customer_id, rollout_id=r.rollout_id,
+                )
+            )  # fmt: skip
+        records.append(
+            PredictionRecord(
+                transaction_id=t.transaction_id, request_id=request_id,
+                variant=a.score.variant, model_version=a.score.model_version,
+                score=a.score.probability, decision=a.score.decision, latency_ms=a.latency_ms,
+                customer_id=t.customer_id, rollout_id=r.rollout_id, features=f,
+            )
+        )  # fmt: skip
+    return records
+
+
+def shadow_records(
+    txns: Sequence[Transaction],
+    routes: Sequence[Routed],
+    attempts: Sequence[Attempt],
+    request_id: str,
+) -> list[PredictionRecord]:
+    """Log entries of shadow attempts (a version still loading leaves none)."""
+    records = []
+    for t, r, at in zip(txns, routes, attempts, strict=True):
+        if at.score is None and at.failure is None:
+            continue
+        records.append(
+            PredictionRecord(
+                transaction_id=t.transaction_id,
+                request_id=request_id,
+                variant=CHALLENGER,
+                model_version=at.score.model_version if at.score else str(r.shadow_version),
+                score=at.score.probability if at.score else None,
+                decision=at.score.decision if at.score else None,
+                latency_ms=at.latency_ms,
+                ok=at.score is not None,
+                shadow=True,
+                customer_id=t.customer_id,
+                rollout_id=r.rollout_id,
+            )
+        )
+    return records

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from hearth.config import HearthContext, Settings
+from hearth.serving.admin import Admin
 from hearth.serving.feedback import DB_FILE, PredictionLog
 from hearth.serving.gateway import (
     Background,
@@ -19,6 +20,7 @@ from hearth.serving.gateway import (
     RemoteFeatures,
     RemoteModel,
 )
+from hearth.serving.router import RolloutRouter
 
 
 def context() -> HearthContext:
@@ -59,15 +61,48 @@ def prediction_log(settings: Settings) -> Background[PredictionLog]:
     return Background("prediction log", lambda: PredictionLog(settings.serving_dir / DB_FILE))
 
 
+def rollout_router(ctx: HearthContext) -> RolloutRouter:
+    """Routing by the shared rollout state (SQLite or Redis, as the online store)."""
+    from hearth.rollout.router import Router as StateRouter
+    from hearth.rollout.state import open_state_store
+    from hearth.serving.packaging import serving_state
+
+    p = ctx.params.rollout
+    router = StateRouter(open_state_store(ctx.settings), p.refresh_interval_s, p.buckets)
+    return RolloutRouter(router, serving_state(ctx.settings))
+
+
+def challenger_timeout_s(ctx: HearthContext) -> float:
+    """A challenger answer later than the guard rails' hard latency limit is a failure."""
+    return min(ctx.settings.model_timeout_s, ctx.params.rollout.max_p99_latency_ms / 1000)
+
+
+def admin(ctx: HearthContext, gateway: Gateway) -> Admin:
+    """The admin API's operations; after a change this gateway re-reads the state at once."""
+    refresh = getattr(gateway.router, "refresh", None)
+    return Admin(ctx, on_change=refresh)
+
+
 def monolith(ctx: HearthContext) -> tuple[Gateway, Background[Any], Background[Any]]:
     """A gateway with the store and the model pool in this process; (gateway, store, pool)."""
     store, pool = feature_store(ctx.settings), model_pool(ctx)
-    gateway = Gateway(LocalFeatures(store), LocalModel(pool), prediction_log(ctx.settings))
+    gateway = Gateway(
+        LocalFeatures(store),
+        LocalModel(pool),
+        prediction_log(ctx.settings),
+        router=rollout_router(ctx),
+        challenger_model=LocalModel(pool, threaded=True),
+        challenger_timeout_s=challenger_timeout_s(ctx),
+    )
     return gateway, store, pool
 
 
 def microservices_gateway(ctx: HearthContext, features: Any, model: Any) -> Gateway:
-    """A gateway calling the features and model services through BentoML proxies."""
+    """A gateway calling the features and model services through BentoML proxies.
+
+    Challenger items go to the model service's own `predict_challenger` API: BentoML
+    batches per API, so a slow challenger never sits in the champion's batch.
+    """
     timeout = ctx.settings.model_timeout_s
     remote_features = RemoteFeatures(
         observe=lambda txns: features.to_async.observe(transactions=txns),
@@ -79,7 +114,19 @@ def microservices_gateway(ctx: HearthContext, features: Any, model: Any) -> Gate
         ready=lambda: model.to_async.ready(),
         timeout_s=timeout,
     )
-    return Gateway(remote_features, remote_model, prediction_log(ctx.settings))
+    remote_challenger = RemoteModel(
+        score=lambda items: model.to_async.predict_challenger(items=items),
+        ready=lambda: model.to_async.ready(),
+        timeout_s=timeout,
+    )
+    return Gateway(
+        remote_features,
+        remote_model,
+        prediction_log(ctx.settings),
+        router=rollout_router(ctx),
+        challenger_model=remote_challenger,
+        challenger_timeout_s=challenger_timeout_s(ctx),
+    )
 
 
 def remote_urls() -> dict[str, str]:

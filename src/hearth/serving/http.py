@@ -5,6 +5,10 @@ and headers; BentoML keeps serving /livez, /readyz, /metrics and its OpenAPI doc
 (/docs.json, which includes these routes) next to it. Each request is checked in the order
 that costs the server least: API key (401/403) → size (413) → JSON (400) → fields (422).
 A dependency that cannot answer gives 503 with Retry-After, never a 500.
+
+The admin routes (``/admin/…``, rollout controls) take the ``X-Admin-Token`` header instead
+of the API key, and answer a refused change with the status its `RolloutError` carries
+(404 unknown version, 409 conflict, 422 invalid value) and a message saying what to do.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import functools
 import json
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -22,7 +26,15 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
 from hearth.config import Settings
-from hearth.serving.auth import API_KEY_HEADER, AuthError, check_api_key
+from hearth.rollout.state import RolloutError
+from hearth.serving.admin import Admin
+from hearth.serving.auth import (
+    ADMIN_TOKEN_HEADER,
+    API_KEY_HEADER,
+    AuthError,
+    check_admin_token,
+    check_api_key,
+)
 from hearth.serving.errors import Unavailable
 from hearth.serving.gateway import Gateway
 from hearth.serving.schemas import (
@@ -33,6 +45,9 @@ from hearth.serving.schemas import (
     FeedbackOut,
     PredictionOut,
     Problem,
+    RolloutActionIn,
+    RolloutStartIn,
+    RolloutWeightIn,
     TransactionIn,
 )
 
@@ -84,7 +99,13 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 async def _parse(request: Request, model: type[M], api_key: str, limit: int) -> M:
     check_api_key(request.headers.get(API_KEY_HEADER), api_key)
+    return await _parse_body(request, model, limit)
+
+
+async def _parse_body(request: Request, model: type[M], limit: int, empty_ok: bool = False) -> M:
     raw = await _read_body(request, limit)
+    if empty_ok and not raw.strip():
+        raw = b"{}"
     try:
         payload = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -121,17 +142,27 @@ class HttpPolicy:
 
     api_key: str
     max_payload_bytes: int
+    admin_token: str = ""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> HttpPolicy:
-        return cls(settings.api_key.get_secret_value(), settings.max_payload_bytes)
+        return cls(
+            settings.api_key.get_secret_value(),
+            settings.max_payload_bytes,
+            settings.admin_token.get_secret_value(),
+        )
 
 
-def create_app(get_gateway: Callable[[], Gateway], get_policy: Callable[[], HttpPolicy]) -> FastAPI:
+def create_app(
+    get_gateway: Callable[[], Gateway],
+    get_policy: Callable[[], HttpPolicy],
+    get_admin: Callable[[], Admin] | None = None,
+) -> FastAPI:
     """The gateway's routes over what `get_gateway`/`get_policy` return at request time.
 
-    Both are looked up per request (from the running service instance), so building the app
-    at import time reads no settings and loads nothing.
+    All are looked up per request (from the running service instance), so building the app
+    at import time reads no settings and loads nothing. With `get_admin`, the admin routes
+    (rollout controls) are mounted too.
     """
     app = FastAPI(title="Hearth fraud scoring", version="1", docs_url=None, redoc_url=None)
 
@@ -201,4 +232,86 @@ def create_app(get_gateway: Callable[[], Gateway], get_policy: Callable[[], Http
 
         return await handle(request, FeedbackIn, run)
 
+    if get_admin is not None:
+        _admin_routes(app, get_admin, get_policy)
     return app
+
+
+_ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorOut, "description": text}
+    for code, text in (
+        (400, "Body is not JSON"),
+        (401, f"No {ADMIN_TOKEN_HEADER}"),
+        (403, f"Wrong {ADMIN_TOKEN_HEADER}"),
+        (404, "Unknown model version"),
+        (409, "A rollout is running already, or none is"),
+        (422, "An invalid value (mode, steps, weight outside 0-100)"),
+        (503, "The model registry or the rollout state is unavailable; retry"),
+    )
+}
+
+
+def _admin_routes(
+    app: FastAPI, get_admin: Callable[[], Admin], get_policy: Callable[[], HttpPolicy]
+) -> None:
+    """GET /admin/rollout[/history], POST /admin/rollout/{start,weight,promote}, /admin/rollback."""
+
+    async def admin(
+        request: Request, model: type[M] | None, run: Callable[[Any], Awaitable[Any]]
+    ) -> Any:
+        request_id = uuid.uuid4().hex
+        try:
+            policy = get_policy()
+            check_admin_token(request.headers.get(ADMIN_TOKEN_HEADER), policy.admin_token)
+            body = None
+            if model is not None:
+                body = await _parse_body(request, model, policy.max_payload_bytes, empty_ok=True)
+            return JSONResponse(await run(body))
+        except AuthError as exc:
+            return _error(exc.status, ErrorOut(error=exc.message, request_id=request_id))
+        except _BadRequest as exc:
+            body_out = ErrorOut(error=exc.error, problems=exc.problems, request_id=request_id)
+            return _error(exc.status, body_out)
+        except RolloutError as exc:
+            log.info("admin request refused (%d): %s", exc.http_status, exc)
+            return _error(exc.http_status, ErrorOut(error=str(exc), request_id=request_id))
+        except Unavailable as exc:
+            log.warning("admin 503: %s", exc)
+            headers = {"Retry-After": str(exc.retry_after_s)}
+            return _error(503, ErrorOut(error=str(exc), request_id=request_id), headers)
+
+    @app.get("/admin/rollout", responses=_ADMIN_ERRORS)
+    async def rollout_status(request: Request) -> Any:
+        """The rollout state, aliases, served versions, history tail and live counts."""
+        return await admin(request, None, lambda _: get_admin().status())
+
+    @app.get("/admin/rollout/history", responses=_ADMIN_ERRORS)
+    async def rollout_history(request: Request) -> Any:
+        """Every change of every rollout: who, when, why, with the analysis numbers."""
+        return await admin(request, None, lambda _: get_admin().history())
+
+    @app.post(
+        "/admin/rollout/start", responses=_ADMIN_ERRORS, openapi_extra=_body_doc(RolloutStartIn)
+    )
+    async def rollout_start(request: Request) -> Any:
+        """Start a canary, A/B or shadow rollout of a registered version."""
+        return await admin(request, RolloutStartIn, lambda b: get_admin().start(b))
+
+    @app.post(
+        "/admin/rollout/weight", responses=_ADMIN_ERRORS, openapi_extra=_body_doc(RolloutWeightIn)
+    )
+    async def rollout_weight(request: Request) -> Any:
+        """Set the challenger's share of customers (0-100 %)."""
+        return await admin(request, RolloutWeightIn, lambda b: get_admin().weight(b))
+
+    @app.post(
+        "/admin/rollout/promote", responses=_ADMIN_ERRORS, openapi_extra=_body_doc(RolloutActionIn)
+    )
+    async def rollout_promote(request: Request) -> Any:
+        """Make the challenger the champion (the old one stays as `previous`)."""
+        return await admin(request, RolloutActionIn, lambda b: get_admin().promote(b))
+
+    @app.post("/admin/rollback", responses=_ADMIN_ERRORS, openapi_extra=_body_doc(RolloutActionIn))
+    async def rollback(request: Request) -> Any:
+        """End the running rollout (all traffic to the champion), or restore `previous`."""
+        return await admin(request, RolloutActionIn, lambda b: get_admin().rollback(b))

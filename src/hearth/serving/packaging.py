@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from hearth.config import Settings
+from hearth.serving.faults import FAULT_METADATA, FAULT_TAG, Fault
 from hearth.serving.router import CHALLENGER, CHAMPION
 from hearth.serving.state import STATE_FILE, ModelRecord, ServingState
 
@@ -109,6 +110,7 @@ class BentoCatalog:
                     path=Path(model.path),
                     run_id=labels.get("mlflow_run", ""),
                     data_version=labels.get("data_version", "unknown"),
+                    fault=Fault.parse(model.info.metadata.get(FAULT_METADATA)),
                 )
         raise KeyError(f"{self.model_name} version {version} is not in the BentoML store")
 
@@ -156,9 +158,13 @@ def import_version(model_name: str, alias: str, version: Any) -> ImportedModel:
         if not (scorer_dir / "model.pt").exists():
             raise FileNotFoundError(f"{model_name} v{version.version} holds no scorer directory")
         imported = ImportedModel(alias, str(version.version), "", run_id, data_version, True)
-        thresholds = (scorer_dir / "thresholds.json").read_text()
+        metadata = {"thresholds": (scorer_dir / "thresholds.json").read_text()}
+        # A drill fault tagged on the registry version travels with the stored model.
+        fault = Fault.parse((getattr(version, "tags", None) or {}).get(FAULT_TAG))
+        if fault is not None:
+            metadata[FAULT_METADATA] = fault.to_json()
         with bentoml.models.create(
-            model_name, labels=imported.labels(), metadata={"thresholds": thresholds}
+            model_name, labels=imported.labels(), metadata=metadata
         ) as stored:
             shutil.copytree(scorer_dir, stored.path, dirs_exist_ok=True)
     log.info("imported %s v%s (%s) as %s", model_name, version.version, alias, stored.tag)
@@ -172,8 +178,26 @@ def import_models(
     versions = registered_aliases(settings, model_name)
     imported = [import_version(model_name, alias, v) for alias, v in versions.items()]
     if write_state:
-        serving_state(settings).write({m.alias: m.version for m in imported})
+        serving_state(settings).write(
+            {m.alias: m.version for m in imported}, rollout_revision=rollout_revision(settings)
+        )
     return imported
+
+
+def rollout_revision(settings: Settings) -> int:
+    """The rollout store's revision now (0 when it cannot be read): the serving-state file
+    written from the registry's aliases is newer than every rollout state written so far."""
+    from hearth.rollout.state import StateUnavailable, open_state_store
+
+    try:
+        store = open_state_store(settings)
+        try:
+            return store.revision()
+        finally:
+            store.close()
+    except (StateUnavailable, OSError) as exc:
+        log.warning("rollout state unreadable (%s): the serving state file may be overruled", exc)
+        return 0
 
 
 def serving_state(settings: Settings) -> ServingState:

@@ -3,15 +3,22 @@
 Which registry version serves which variant (``champion``, ``challenger``) is read from the
 serving-state file (`ServingState`, under ``HEARTH_HOME/serving``) or, where there is none
 (a container), from the labels the models carry in their store (`ModelCatalog.aliases`).
-`ModelPool.reload` loads what is missing, drops what no longer serves and swaps the new set
-in with one assignment, so a request never sees a half-updated pool. The pool polls the
-state file's mtime (at most once a second) so that a rollout's one write takes effect
-without a restart.
+`ModelPool.reload` loads what is missing and swaps the new set in with one assignment, so a
+request never sees a half-updated pool. The pool polls the state file's mtime (at most once
+a second) so that a rollout's one write takes effect without a restart.
+
+During a rollout the gateway names the version of each item (`ScoreItem.model_version`).
+A named version that is not loaded is loaded in the background: meanwhile a champion item
+is scored by the pool's champion and a challenger item answers ``unavailable`` (the
+gateway then lets the champion answer), so loading never fails or stalls a request. A
+version no request has named for `idle_s` seconds, and that the state file does not name,
+is dropped: the old model stays loaded as long as any route still points at it.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections.abc import Sequence
@@ -20,13 +27,18 @@ from pathlib import Path
 
 from hearth.model.scorer import FraudScorer
 from hearth.serving.errors import ModelUnavailable
+from hearth.serving.faults import FAULT_FILE, Fault
 from hearth.serving.router import CHAMPION
 from hearth.serving.schemas import Decision, Score, ScoreItem
 from hearth.serving.state import ModelCatalog, ModelRecord, ServingState
 
 log = logging.getLogger(__name__)
 
-_POLL_S = 1.0
+_POLL_S = 0.5  # with the routers' 0.5 s, a state write serves within a second
+# Long enough for every gateway to have re-read the rollout state (<= 1 s) and for requests
+# routed before that to finish (model timeout): only then does no route point at a version.
+IDLE_S = 30.0
+_RETRY_LOAD_S = 5.0  # a version that failed to load is not retried more often than this
 
 
 def decide(probability: float, review: float, decline: float) -> Decision:
@@ -54,18 +66,28 @@ def best_device() -> str:
 
 
 class ModelPool:
-    """The model versions this process serves, by variant."""
+    """The model versions this process serves: by variant (state file) and by version."""
 
     def __init__(
-        self, catalog: ModelCatalog, state: ServingState, device: str | None = None
+        self,
+        catalog: ModelCatalog,
+        state: ServingState,
+        device: str | None = None,
+        idle_s: float = IDLE_S,
     ) -> None:
         self.catalog = catalog
         self.state = state
         self.device = device or best_device()
-        self._models: dict[str, LoadedModel] = {}
+        self.idle_s = idle_s
+        self._models: dict[str, LoadedModel] = {}  # variant → model, from the state file
+        self._extra: dict[str, LoadedModel] = {}  # version → model, named by requests
+        self._used: dict[str, float] = {}  # version → when a request last named it
+        self._loading: set[str] = set()
+        self._failed: dict[str, float] = {}  # version → when its load last failed
         self._lock = threading.Lock()
         self._seen_mtime: float | None = None
         self._next_poll = 0.0
+        self._rng = random.Random()
 
     # -- loading ------------------------------------------------------------------------
     def served(self) -> dict[str, str]:
@@ -80,17 +102,30 @@ class ModelPool:
         if scorer.thresholds is None:
             raise ValueError(f"model version {version} has no thresholds.json")
         t = scorer.thresholds
+        if record.fault is not None:
+            log.warning("version %s carries a drill fault: %s", version, record.fault)
         return LoadedModel(record, scorer, review=t.review, decline=t.decline)
+
+    def _by_version(self) -> dict[str, LoadedModel]:
+        return {**self._extra, **{m.record.version: m for m in self._models.values()}}
 
     def reload(self) -> dict[str, str]:
         """Serve what `served()` says now; versions already loaded are reused."""
         with self._lock:
             self._seen_mtime = self.state.mtime()
             wanted = self.served()
-            by_version = {m.record.version: m for m in self._models.values()}
+            by_version = self._by_version()
             fresh: dict[str, LoadedModel] = {}
             for variant, version in wanted.items():
                 fresh[variant] = by_version.get(version) or self.load(version)
+            # Versions leaving the state file stay as extras until idle: a gateway whose
+            # snapshot is a moment old may still name them.
+            now = time.monotonic()
+            for model in self._models.values():
+                version = model.record.version
+                if version not in {m.record.version for m in fresh.values()}:
+                    self._extra.setdefault(version, model)
+                    self._used.setdefault(version, now)
             self._models = fresh  # one assignment: readers see the old or the new set
         log.info("serving %s on %s", self.versions() or "nothing", self.device)
         return self.versions()
@@ -101,6 +136,7 @@ class ModelPool:
         if now < self._next_poll:
             return
         self._next_poll = now + _POLL_S
+        self._drop_idle(now)
         if self.state.mtime() != self._seen_mtime:
             try:
                 self.reload()
@@ -108,34 +144,148 @@ class ModelPool:
                 # A bad state write must not take serving down: keep the loaded set.
                 log.error("reload failed, still serving %s: %s", self.versions(), exc)
 
+    def _drop_idle(self, now: float) -> None:
+        with self._lock:
+            for version, used in list(self._used.items()):
+                if now - used > self.idle_s:
+                    self._used.pop(version, None)
+                    if self._extra.pop(version, None) is not None:
+                        log.info(
+                            "dropped version %s: no request named it for %gs", version, self.idle_s
+                        )
+
+    def _load_in_background(self, version: str) -> None:
+        """Start loading `version` unless it is loading or recently failed to load."""
+        with self._lock:
+            failed = self._failed.get(version)
+            if version in self._loading or (
+                failed is not None and time.monotonic() - failed < _RETRY_LOAD_S
+            ):
+                return
+            self._loading.add(version)
+        threading.Thread(
+            target=self._load_extra, args=(version,), name=f"load-{version}", daemon=True
+        ).start()
+
+    def _load_extra(self, version: str) -> None:
+        try:
+            model = self.load(version)
+        except Exception as exc:  # reported in the log; requests keep falling back
+            log.error("cannot load model version %s: %s", version, exc)
+            with self._lock:
+                self._failed[version] = time.monotonic()
+                self._loading.discard(version)
+            return
+        with self._lock:
+            self._extra = {**self._extra, version: model}
+            self._used[version] = time.monotonic()
+            self._failed.pop(version, None)
+            self._loading.discard(version)
+        log.info("loaded version %s on request", version)
+
+    def wait_loaded(self, version: str, timeout_s: float = 30.0) -> bool:
+        """Block until `version` is loaded (tests, warm-ups); False on timeout."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if version in self._by_version():
+                return True
+            self._load_in_background(version)
+            time.sleep(0.02)
+        return False
+
     def versions(self) -> dict[str, str]:
         return {variant: m.record.version for variant, m in self._models.items()}
+
+    def loaded_versions(self) -> list[str]:
+        """Every version held now, by the state file or by requests."""
+        return sorted(self._by_version())
 
     @property
     def ready(self) -> bool:
         return CHAMPION in self._models
 
     # -- scoring ------------------------------------------------------------------------
-    def score(self, items: Sequence[ScoreItem]) -> list[Score]:
-        """Score every item with its variant's model, in one call per variant."""
-        self.maybe_reload()
-        models = self._models
-        out: list[Score | None] = [None] * len(items)
-        for variant in {item.variant for item in items}:
-            model = models.get(variant)
+    def _model_for(self, item: ScoreItem, by_version: dict[str, LoadedModel]) -> LoadedModel | None:
+        """The model that scores `item`; None when its version is still loading."""
+        version = item.model_version
+        if version is None:
+            model = self._models.get(item.variant)
             if model is None:
-                raise ModelUnavailable(f"no model loaded for variant {variant!r}")
-            idx = [i for i, item in enumerate(items) if item.variant == variant]
-            probs = model.scorer.predict_records([items[i].features for i in idx])
-            for i, p in zip(idx, probs.tolist(), strict=True):
+                raise ModelUnavailable(f"no model loaded for variant {item.variant!r}")
+            return model
+        model = by_version.get(version)
+        if model is not None:
+            self._used[version] = time.monotonic()
+            return model
+        self._load_in_background(version)
+        if item.variant == CHAMPION:
+            # The champion must answer: the pool's own champion does until `version` is in.
+            fallback = self._models.get(CHAMPION)
+            if fallback is None:
+                raise ModelUnavailable(f"no champion loaded (version {version} is loading)")
+            return fallback
+        return None
+
+    def score(self, items: Sequence[ScoreItem]) -> list[Score]:
+        """Score every item with its model, in one call per model version."""
+        self.maybe_reload()
+        by_version = self._by_version()
+        out: list[Score | None] = [None] * len(items)
+        groups: dict[str, tuple[LoadedModel, list[int]]] = {}
+        for i, item in enumerate(items):
+            model = self._model_for(item, by_version)
+            if model is None:
                 out[i] = Score(
-                    variant=variant,
-                    model_version=model.record.version,
-                    data_version=model.record.data_version,
+                    variant=item.variant,
+                    model_version=str(item.model_version),
+                    data_version="unknown",
+                    status="unavailable",
+                    error=f"model version {item.model_version} is loading",
+                )
+                continue
+            groups.setdefault(model.record.version, (model, []))[1].append(i)
+        for model, idx in groups.values():
+            for i, score in zip(
+                idx, self._score_group(model, [items[i] for i in idx]), strict=True
+            ):
+                out[i] = score
+        return [s for s in out if s is not None]
+
+    def _score_group(self, model: LoadedModel, items: list[ScoreItem]) -> list[Score]:
+        """Scores of items that one model version scores; failures are per item."""
+        record, fault = model.record, model.record.fault
+
+        def failed(item: ScoreItem, why: str) -> Score:
+            return Score(
+                variant=item.variant,
+                model_version=record.version,
+                data_version=record.data_version,
+                status="error",
+                error=why,
+            )
+
+        try:
+            if fault is not None:
+                fault.delay()
+            probs = model.scorer.predict_records([item.features for item in items]).tolist()
+        except Exception as exc:  # a broken model fails its items, never the whole batch
+            log.exception("version %s failed to score %d items", record.version, len(items))
+            return [failed(item, f"{type(exc).__name__}: {exc}") for item in items]
+        scores = []
+        for item, p in zip(items, probs, strict=True):
+            if fault is not None and fault.fails(self._rng):
+                scores.append(failed(item, "drill fault: injected error"))
+                continue
+            scores.append(
+                Score(
+                    variant=item.variant,
+                    model_version=record.version,
+                    data_version=record.data_version,
                     probability=p,
                     decision=decide(p, model.review, model.decline),
                 )
-        return [s for s in out if s is not None]
+            )
+        return scores
 
 
 class DirCatalog:
@@ -153,4 +303,6 @@ class DirCatalog:
         path = self.root / version
         if not path.is_dir():
             raise KeyError(version)
-        return ModelRecord(version, path, run_id="", data_version=self.data_version)
+        fault_file = path / FAULT_FILE
+        fault = Fault.parse(fault_file.read_text()) if fault_file.exists() else None
+        return ModelRecord(version, path, run_id="", data_version=self.data_version, fault=fault)

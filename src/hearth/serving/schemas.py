@@ -124,21 +124,41 @@ class ErrorOut(BaseModel):
 
 
 # -- between the gateway and the model service --------------------------------------------
+ScoreStatus = Literal["ok", "error", "unavailable"]
+
+
 class ScoreItem(BaseModel):
-    """One feature row to score with the model serving `variant`."""
+    """One feature row to score with the model serving `variant`.
+
+    `model_version`, when set, names the registry version that must score it (the rollout
+    router's choice); when None the pool's own model for `variant` scores it.
+    """
 
     variant: str
     features: dict[str, float | str]
+    model_version: str | None = None
 
 
 class Score(BaseModel):
-    """What the model service answers for one `ScoreItem`."""
+    """What the model service answers for one `ScoreItem`.
+
+    Failures are per item, not per call, because the model service merges requests from
+    many clients into one batch: a faulty challenger must not fail the champion's items.
+    ``status="error"``: the model failed on this item; ``"unavailable"``: the version is not
+    loaded (yet); both leave `probability` and `decision` None.
+    """
 
     variant: str
     model_version: str
     data_version: str
-    probability: float
-    decision: Decision
+    probability: float | None = None
+    decision: Decision | None = None
+    status: ScoreStatus = "ok"
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok" and self.probability is not None and self.decision is not None
 
 
 class FeatureRow(BaseModel):
@@ -146,3 +166,30 @@ class FeatureRow(BaseModel):
 
     features: dict[str, float | str]
     cold_start: bool
+
+
+# -- admin API ------------------------------------------------------------------------------
+class RolloutStartIn(_Strict):
+    """Start a rollout of `challenger_version` against the current champion."""
+
+    challenger_version: StrictStr | int = Field(description="A registered model version.")
+    mode: Literal["canary", "ab", "shadow"] | None = Field(
+        None, description="Default: params.yaml rollout.mode."
+    )
+    steps: list[float] | None = Field(
+        None, description="Canary steps in percent, e.g. [5, 25, 50, 100] (default: params)."
+    )
+    reason: str = ""
+
+
+class RolloutWeightIn(_Strict):
+    """Set the challenger's share of live traffic, in percent (0-100)."""
+
+    challenger_percent: float = Field(allow_inf_nan=False)
+    reason: str = ""
+
+
+class RolloutActionIn(_Strict):
+    """Promote or roll back; the reason goes into the rollout's history."""
+
+    reason: str = ""

@@ -10,7 +10,10 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from hearth.serving.faults import Fault
 
 STATE_FILE = "state.json"
 
@@ -23,6 +26,7 @@ class ModelRecord:
     path: Path
     run_id: str
     data_version: str
+    fault: Fault | None = None  # a drill: see hearth.serving.faults
 
 
 class ModelCatalog(Protocol):
@@ -38,7 +42,12 @@ class ModelCatalog(Protocol):
 
 
 class ServingState:
-    """The small JSON file saying which registry version serves which variant."""
+    """The small JSON file saying which registry version serves which variant.
+
+    `rollout_revision` is the rollout store's revision when the file was written: a rollout
+    state written later (a promotion made by a flow, say) takes precedence over the file's
+    champion, an older one does not (see `hearth.serving.router.champion_version`).
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -51,11 +60,22 @@ class ServingState:
             return None
         return {str(k): str(v) for k, v in payload.get("variants", {}).items() if v is not None}
 
-    def write(self, variants: dict[str, str]) -> None:
+    def read_all(self) -> tuple[dict[str, str] | None, int]:
+        """(variants or None, rollout_revision); revision 0 when absent."""
+        try:
+            payload: dict[str, Any] = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return None, 0
+        variants = {str(k): str(v) for k, v in payload.get("variants", {}).items() if v is not None}
+        return variants, int(payload.get("rollout_revision", 0))
+
+    def write(self, variants: dict[str, str], rollout_revision: int = 0) -> None:
         """Replace the state atomically (write, then rename)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"variants": variants}, indent=2, sort_keys=True) + "\n")
+        # A unique temporary name: two writers (an admin call, a CLI) never share one.
+        tmp = self.path.with_suffix(f".{os.getpid()}.{id(variants)}.tmp")
+        payload = {"variants": variants, "rollout_revision": rollout_revision}
+        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
         os.replace(tmp, self.path)
 
     def mtime(self) -> float | None:

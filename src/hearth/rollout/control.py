@@ -1,0 +1,273 @@
+"""The operator's rollout controls, shared by `hearth rollout …` and the gateway's admin API.
+
+Each operation finishes an interrupted promotion first (`promotion.repair`), validates its
+input, and changes nothing when it refuses: `UnknownVersion` (404), `InvalidRollout` (422),
+`RolloutConflict` / `NoActiveRollout` (409) carry the HTTP status an API answers with,
+`StateUnavailable` means the state backend is down (503). Framework-free: the CLI and the
+admin API are thin adapters over these functions.
+
+How serving follows: the gateways route by the rollout state (re-read every ≤ 1 s), naming
+the version of each request, and the model pools load a named version on first use. So a
+start only has to make sure the challenger is in the BentoML model store; a promotion or a
+rollback also rewrites the serving-state file, whose champion the pools serve when no
+rollout runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, cast
+
+from hearth.config import Params, Settings
+from hearth.rollout import promotion
+from hearth.rollout.promotion import AliasChange
+from hearth.rollout.state import (
+    HistoryEvent,
+    InvalidRollout,
+    Mode,
+    RolloutConflict,
+    RolloutState,
+    Scalar,
+    StateStore,
+    UnknownVersion,
+    new_rollout,
+    open_state_store,
+)
+
+log = logging.getLogger(__name__)
+
+MODES: tuple[Mode, ...] = ("canary", "ab", "shadow")
+HISTORY_TAIL = 10
+
+
+@contextmanager
+def _store(settings: Settings, store: StateStore | None) -> Iterator[StateStore]:
+    if store is not None:
+        yield store
+        return
+    opened = open_state_store(settings)
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+# -- reading ---------------------------------------------------------------------------------
+def served_versions(state: RolloutState | None, file_champion: str | None, file_revision: int
+                    ) -> dict[str, Any]:  # fmt: skip
+    """What the gateways route to now: versions and the challenger's share of traffic."""
+    from hearth.serving.router import champion_version
+
+    if state is not None and state.running:
+        return {
+            "champion": state.champion_version,
+            "challenger": state.challenger_version,
+            "mode": state.mode,
+            "challenger_percent": state.challenger_percent,
+        }
+    champion = champion_version(state, file_revision) or file_champion
+    return {"champion": champion, "challenger": None, "mode": None, "challenger_percent": 0.0}
+
+
+def live_counts(settings: Settings, rollout_id: str | None) -> dict[str, dict[str, int]]:
+    """Requests, errors and labels per variant in the prediction log ({} without a log)."""
+    from hearth.serving.feedback import DB_FILE, PredictionLog
+
+    path = settings.serving_dir / DB_FILE
+    if not path.exists():
+        return {}
+    log_ = PredictionLog(path)
+    try:
+        return log_.counts(rollout_id)
+    finally:
+        log_.close()
+
+
+def status(
+    settings: Settings,
+    params: Params,
+    store: StateStore | None = None,
+    history_limit: int = HISTORY_TAIL,
+) -> dict[str, Any]:
+    """Everything an operator looks at: the rollout state, the MLflow aliases, the versions
+    served now, a pending repair, the history tail and live counts of the current rollout."""
+    from hearth import registry
+    from hearth.serving.packaging import serving_state
+
+    registry.configure(settings)
+    with _store(settings, store) as st:
+        state = st.current()
+        intent = st.intent()
+        events = st.history(limit=history_limit)
+    variants, revision = serving_state(settings).read_all()
+    return {
+        "rollout": state.model_dump(mode="json") if state else None,
+        "aliases": promotion.aliases(params.registry.model_name),
+        "served": served_versions(state, (variants or {}).get("champion"), revision),
+        "pending_repair": intent.model_dump(mode="json") if intent else None,
+        "history": [e.model_dump(mode="json") for e in events],
+        "live": live_counts(settings, state.rollout_id if state else None),
+    }
+
+
+def history(
+    settings: Settings,
+    rollout_id: str | None = None,
+    limit: int = 100,
+    store: StateStore | None = None,
+) -> list[HistoryEvent]:
+    """The last `limit` history events (of one rollout, or of all), oldest first."""
+    with _store(settings, store) as st:
+        return st.history(rollout_id, limit=limit)
+
+
+# -- changing --------------------------------------------------------------------------------
+def start(
+    settings: Settings,
+    params: Params,
+    challenger_version: str | int,
+    mode: str | None = None,
+    steps: list[float] | tuple[float, ...] | None = None,
+    actor: str = "hearth",
+    reason: str = "",
+    store: StateStore | None = None,
+) -> RolloutState:
+    """Start a rollout of `challenger_version` against the champion.
+
+    Refuses, changing nothing: a mode other than canary/ab/shadow or bad steps
+    (InvalidRollout), an unregistered version (UnknownVersion), a running rollout
+    (RolloutConflict). Then imports the version into the BentoML model store, so that every
+    model pool can load it when the first request names it, and writes the state.
+    """
+    name = params.registry.model_name
+    with _store(settings, store) as st:
+        promotion.repair(settings, params, st)
+        if mode is not None and mode not in MODES:
+            raise InvalidRollout(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        current = st.current()
+        if current is not None and current.running:
+            raise RolloutConflict(
+                f"rollout {current.rollout_id} (v{current.challenger_version}, "
+                f"{current.mode} at {current.challenger_percent:g} %) is still running: "
+                "promote it or roll it back first"
+            )
+        version = promotion.check_version(name, challenger_version)
+        champion = promotion.aliases(name).get(promotion.CHAMPION)
+        if champion is None:
+            raise UnknownVersion(f"{name} has no champion to compare v{version} with")
+        # A dry run of the state: bad steps or challenger == champion fail here, before the
+        # model import below, so a refused start leaves no trace.
+        chosen = cast(Mode | None, mode)
+        new_rollout(champion, version, params.rollout, mode=chosen, steps=steps)
+        _ensure_imported(settings, name, version, promotion.CHALLENGER)
+        return promotion.start_rollout(
+            settings, params, version, mode=chosen, steps=steps, store=st, actor=actor,
+            reason=reason,
+        )  # fmt: skip
+
+
+def set_weight(
+    settings: Settings,
+    params: Params,
+    challenger_percent: float,
+    actor: str = "hearth",
+    reason: str = "",
+    store: StateStore | None = None,
+) -> RolloutState:
+    """Send `challenger_percent` % of customers to the challenger (sticky: raising it only
+    adds customers). InvalidRollout outside 0-100 or in shadow mode, NoActiveRollout when
+    none runs."""
+    percent = float(challenger_percent)
+    if not math.isfinite(percent) or not 0 <= percent <= 100:
+        raise InvalidRollout(f"challenger_percent must be within 0-100, got {challenger_percent}")
+    with _store(settings, store) as st:
+        promotion.repair(settings, params, st)
+        return st.update(
+            lambda s: s.with_percent(percent),
+            actor=actor,
+            action="weight",
+            reason=reason or f"challenger weight set to {percent:g} %",
+        )
+
+
+def promote(
+    settings: Settings,
+    params: Params,
+    actor: str = "hearth",
+    reason: str = "",
+    numbers: dict[str, Scalar] | None = None,
+    test: str | None = None,
+    challenger_version: str | int | None = None,
+    store: StateStore | None = None,
+) -> AliasChange:
+    """Make the running rollout's challenger (or `challenger_version`) the champion, keep
+    the old one as ``previous``, end the rollout as promoted; serving follows at once."""
+    with _store(settings, store) as st:
+        change = promotion.promote(
+            settings, params, challenger_version, store=st, actor=actor, reason=reason,
+            numbers=numbers, test=test,
+        )  # fmt: skip
+        _sync_serving_state(settings, params, st, change)
+    return change
+
+
+def rollback(
+    settings: Settings,
+    params: Params,
+    actor: str = "hearth",
+    reason: str = "",
+    numbers: dict[str, Scalar] | None = None,
+    test: str | None = None,
+    store: StateStore | None = None,
+) -> AliasChange:
+    """During a rollout: end it (every gateway routes to the champion within a second) and
+    drop the challenger alias. Otherwise restore ``previous`` as the champion.
+    NoActiveRollout when there is nothing to roll back."""
+    with _store(settings, store) as st:
+        change = promotion.rollback(
+            settings, params, store=st, actor=actor, reason=reason, numbers=numbers, test=test
+        )
+        _sync_serving_state(settings, params, st, change)
+    return change
+
+
+# -- serving follows -------------------------------------------------------------------------
+def _ensure_imported(settings: Settings, name: str, version: str, alias: str) -> None:
+    """Put registry version `version` into the BentoML store (once) for the model pools."""
+    from mlflow.tracking import MlflowClient
+
+    from hearth.serving.packaging import BentoCatalog, import_version
+
+    try:
+        BentoCatalog(name).record(version)
+        return
+    except KeyError:
+        pass
+    import_version(name, alias, MlflowClient().get_model_version(name, version))
+
+
+def _sync_serving_state(
+    settings: Settings, params: Params, st: StateStore, change: AliasChange
+) -> None:
+    """Point the serving-state file at the registry's champion now.
+
+    Stamped with the rollout store's revision, so the gateways take the file's champion
+    over an older rollout's end (a rollback after a promotion changes only the aliases).
+    The registry and the rollout state are already changed: a failure here is logged, not
+    raised (gateways still follow the rollout state; `hearth serve` rewrites the file).
+    """
+    from hearth.serving.packaging import serving_state
+
+    champion = change.after.get(promotion.CHAMPION)
+    if champion is None:
+        return
+    try:
+        _ensure_imported(settings, params.registry.model_name, champion, promotion.CHAMPION)
+        serving_state(settings).write(
+            {promotion.CHAMPION: champion}, rollout_revision=st.revision()
+        )
+    except Exception as exc:  # see the docstring: the change itself is done
+        log.error("serving state not updated to champion v%s: %s", champion, exc)
