@@ -593,6 +593,13 @@ def bench(
         int | None, typer.Option(help="Requests per contender and level (all rounds).")
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Report directory (default: reports/).")] = None,
+    code: Annotated[
+        Path | None, typer.Option(help="Checkout whose serving code runs (default: this one).")
+    ] = None,
+    baseline: Annotated[
+        Path | None,
+        typer.Option(help="Another checkout: its Hearth contenders run too (before/after)."),
+    ] = None,
 ) -> None:
     """Monolith vs microservices vs mlflow models serve vs plain BentoML, side by side."""
     import dataclasses
@@ -609,10 +616,13 @@ def bench(
         changes["levels"] = tuple(sorted(set(concurrency)))
     if requests:
         changes["requests"] = requests
+    if baseline:
+        changes["baseline"] = baseline.resolve()
     config = dataclasses.replace(config, **changes)
     console.print(f"hearth bench: {', '.join(config.contenders)} at c={list(config.levels)}")
     try:
-        data = run_bench(config, ctx.settings, _project_root(), Progress(console.print))
+        root = code.resolve() if code else _project_root()
+        data = run_bench(config, ctx.settings, root, Progress(console.print))
     except (ValueError, FileNotFoundError, RuntimeError, TimeoutError) as exc:
         _fail(str(exc), "run `hearth run` first: the benchmark serves the registered champion")
     for path in bench_report.write(data, out or ctx.settings.reports_dir):

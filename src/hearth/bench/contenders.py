@@ -62,9 +62,13 @@ SPECS: dict[str, Spec] = {
 }  # fmt: skip
 
 
-def server_env(source: Settings, home: Path | None = None, **extra: str) -> dict[str, str]:
-    """Environment of a contender: no telemetry, the project's registry and data."""
+def server_env(
+    source: Settings, root: Path, home: Path | None = None, **extra: str
+) -> dict[str, str]:
+    """Environment of a contender: no telemetry, the project's registry and data, and
+    Hearth's code from `root` (so a benchmark can serve another checkout's code)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HEARTH_", "BENTOML_"))}
+    env["PYTHONPATH"] = os.pathsep.join([str(root / "src"), str(root)])
     env.update(NO_TELEMETRY_ENV)
     env.update(
         MLFLOW_TRACKING_URI=source.mlflow_uri,
@@ -160,37 +164,52 @@ class HearthServer(Server):
     """`hearth serve --topology …` (imports the champion, fills the store, then serves)."""
 
     def start(self) -> None:
-        topology = self.spec.name
+        topology = self.spec.name.removesuffix(BASELINE)
         self.proc = ServerProcess.start(topology, self.env, self.cwd, self.log_path, self.port).proc
+
+
+BASELINE = "@base"
+
+
+def spec_of(name: str) -> Spec:
+    """The spec of `name`; ``<name>@base`` is the same contender run from a baseline checkout."""
+    base, suffix = name.split("@", 1) if "@" in name else (name, "")
+    spec = SPECS[base]
+    if not suffix:
+        return spec
+    return Spec(name, f"{spec.label} (baseline)", spec.group, spec.body, spec.note)
 
 
 def build_server(name: str, source: Settings, root: Path, work: Path) -> Server:
     """The server contender `name`, not started; its files live under `work/name`."""
-    spec = SPECS[name]
+    spec = spec_of(name)
+    suffix = BASELINE if name.endswith(BASELINE) else ""
     home = work / name
     home.mkdir(parents=True, exist_ok=True)
     log = home / "server.log"
     py = sys.executable
     bentoml_serve = [py, "-m", "bentoml", "serve", "--working-dir", str(root)]
+    name = name.removesuffix(BASELINE)
     if name == "echo":
         cmd = [py, "-m", "uvicorn", "hearth.bench.echo:app", "--log-level", "warning",
                "--no-access-log"]  # fmt: skip
-        return Server(spec, cmd, server_env(source), root, log, "/echo", "/readyz")
+        return Server(spec, cmd, server_env(source, root), root, log, "/echo", "/readyz")
     if name == "mlflow":
         cmd = [py, "-m", "mlflow", "models", "serve", "-m", "models:/fraud-detector@champion",
                "--env-manager", "local"]  # fmt: skip
-        return MlflowServer(spec, cmd, server_env(source), root, log, "/invocations", "/ping")
+        return MlflowServer(spec, cmd, server_env(source, root), root, log, "/invocations", "/ping")
     if name == "bentoml":
         cmd = [*bentoml_serve, "bentos.bench_plain:Plain"]
-        return Server(spec, cmd, server_env(source, home), root, log, "/predict", "/readyz")
+        return Server(spec, cmd, server_env(source, root, home), root, log, "/predict", "/readyz")
     if name in ("monolith", "microservices"):
         key = (("X-API-Key", BENCH_KEY),)
-        env = server_env(source, home)
+        env = server_env(source, root, home)
         return HearthServer(spec, [], env, root, log, "/predict", "/readyz", headers=key)
     if name in ("model-batched", "model-unbatched"):
         # Hearth's model service alone, on the monolith's home (its imported models).
         batching = "false" if name == "model-unbatched" else "true"
-        env = server_env(source, work / "monolith", HEARTH_MODEL_BATCHING=batching)
+        monolith_home = work / f"monolith{suffix}"
+        env = server_env(source, root, monolith_home, HEARTH_MODEL_BATCHING=batching)
         cmd = [*bentoml_serve, "bentos.model:Model"]
         return Server(spec, cmd, env, root, log, "/predict", "/readyz")
     raise KeyError(name)

@@ -186,6 +186,51 @@ def _batching_table(f: Figures) -> list[str]:
     return lines
 
 
+def before_after(f: Figures) -> list[Row]:
+    """Each contender against its run from the baseline checkout (``<name>@base``)."""
+    out = []
+    for name in f.names:
+        base = f"{name}@base"
+        for c in f.levels:
+            if (name, c) in f.rows and (base, c) in f.rows:
+                out.append(
+                    {
+                        "contender": name,
+                        "concurrency": c,
+                        "p50_after_over_before": _ratio(
+                            f.get(name, c, "p50_ms"), f.get(base, c, "p50_ms")
+                        ),
+                        "rps_after_over_before": _ratio(
+                            f.get(name, c, "rps"), f.get(base, c, "rps")
+                        ),
+                        "errors_before": f.errors(base, c),
+                        "errors_after": f.errors(name, c),
+                    }
+                )
+    return out
+
+
+def _before_after_table(f: Figures) -> list[str]:
+    rows = before_after(f)
+    if not rows:
+        return []
+    lines = [
+        "## Before and after (this checkout ÷ the baseline checkout, same run)",
+        "",
+        f"Baseline: `{f.report['config'].get('baseline')}`.",
+        "",
+        "| contender | c | p50 after ÷ before | req/s after ÷ before | errors before → after |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {f.labels[r['contender']]} | {r['concurrency']} "
+            f"| ×{r['p50_after_over_before']:.2f} | ×{r['rps_after_over_before']:.2f} "
+            f"| {r['errors_before']} → {r['errors_after']} |"
+        )
+    return [*lines, ""]
+
+
 def _targets_table(f: Figures) -> list[str]:
     lines = ["| target | measured | met |", "|---|---|---|"]
     for t in targets(f):
@@ -285,6 +330,7 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         *_limits(report),
         "",
+        *_before_after_table(f),
         "## Targets",
         "",
         *_targets_table(f),
@@ -341,7 +387,13 @@ def write(report: dict[str, Any], out: Path) -> list[Path]:
     """Write the four report files into `out`; their paths."""
     out.mkdir(parents=True, exist_ok=True)
     f = Figures(report)
-    report = {**report, "hop": hop_cost(f), "batching": batching_effect(f), "targets": targets(f)}
+    report = {
+        **report,
+        "hop": hop_cost(f),
+        "batching": batching_effect(f),
+        "before_after": before_after(f),
+        "targets": targets(f),
+    }
     paths = [out / name for name in FILES]
     paths[0].write_text(markdown(report))
     paths[1].write_text(json.dumps(report, indent=2, default=_json_default) + "\n")

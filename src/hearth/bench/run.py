@@ -20,7 +20,15 @@ from typing import Any
 
 import psutil
 
-from hearth.bench.contenders import SPECS, InProcessModel, Server, build_server, scorer_dir
+from hearth.bench.contenders import (
+    BASELINE,
+    SPECS,
+    InProcessModel,
+    Server,
+    build_server,
+    scorer_dir,
+    spec_of,
+)
 from hearth.bench.load import Endpoint, drive
 from hearth.bench.metrics import Cell
 from hearth.bench.workload import Workload, load_workload
@@ -45,6 +53,8 @@ class BenchConfig:
     ready_timeout_s: float = 300.0
     # The in-process forward pass has no concurrency: it runs at c=1 only.
     model_requests: int = 2000
+    # Another checkout whose Hearth contenders run too, as "<name>@base" (before/after).
+    baseline: Path | None = None
 
     @classmethod
     def quick(cls) -> BenchConfig:
@@ -79,6 +89,8 @@ def machine() -> dict[str, Any]:
 def run_bench(config: BenchConfig, source: Settings, root: Path, say: Progress) -> dict[str, Any]:
     """Measure every contender of `config`; the report's data (see `hearth.bench.report`)."""
     names = _ordered(config.contenders)
+    if config.baseline is not None:
+        names += [f"{n}{BASELINE}" for n in names if SPECS[n].group in ("hearth", "batching")]
     n_levels = len(config.levels)
     workload = load_workload(source.processed_dir, n_levels * (config.warmup + config.requests))
     started = time.monotonic()
@@ -93,8 +105,8 @@ def run_bench(config: BenchConfig, source: Settings, root: Path, say: Progress) 
     return {
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
-        "config": asdict(config),
-        "contenders": [asdict(SPECS[n]) for n in names],
+        "config": {**asdict(config), "baseline": str(config.baseline or "")},
+        "contenders": [asdict(spec_of(n)) for n in names],
         "results": [c.summary() for c in cells],
         "memory_mib": memory,
         "limits": overload_limits(source),
@@ -133,9 +145,11 @@ def _start_all(
     names: list[str], source: Settings, root: Path, work: Path, config: BenchConfig, say: Progress
 ) -> dict[str, Server]:
     """Start the servers (those on the monolith's home once it is ready), wait for each."""
-    servers = {n: build_server(n, source, root, work) for n in names if n != "model"}
-    first = [n for n in servers if n not in _NEEDS_MONOLITH]
-    later = [n for n in servers if n in _NEEDS_MONOLITH]
+    servers = {
+        n: build_server(n, source, _root(n, root, config), work) for n in names if n != "model"
+    }
+    first = [n for n in servers if n.removesuffix(BASELINE) not in _NEEDS_MONOLITH]
+    later = [n for n in servers if n not in first]
     try:
         for group in (first, later):
             for name in group:
@@ -152,6 +166,10 @@ def _start_all(
     return servers
 
 
+def _root(name: str, root: Path, config: BenchConfig) -> Path:
+    return config.baseline if config.baseline and name.endswith(BASELINE) else root
+
+
 def _wait(server: Server, config: BenchConfig, say: Progress) -> None:
     t0 = time.monotonic()
     server.wait_ready(config.ready_timeout_s)
@@ -166,7 +184,7 @@ def _measure(
     config: BenchConfig,
     say: Progress,
 ) -> tuple[list[Cell], dict[str, float]]:
-    bodies = {n: workload.bodies(SPECS[n].body) for n in names}
+    bodies = {n: workload.bodies(spec_of(n).body) for n in names}
     cells: list[Cell] = []
     memory: dict[str, float] = {}
     if "model" in names:
