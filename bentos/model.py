@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 import bentoml
 
 from bentos.images import cuda_image
 from hearth.config import Settings
+from hearth.observability.metrics import record_model_call
 from hearth.serving import graph
 from hearth.serving.schemas import Score, ScoreItem
 
@@ -28,6 +31,13 @@ class Model:
     def __is_ready__(self) -> bool:
         return self.pool.ready and self.pool.get().ready
 
+    def _score(self, items: list[ScoreItem]) -> list[Score]:
+        """Score one (batched) call and record its size and time per variant."""
+        started = time.perf_counter()
+        scores: list[Score] = self.pool.get().score(items)
+        record_model_call(scores, time.perf_counter() - started)
+        return scores
+
     # Concurrent requests are merged into one forward pass (one per variant). BentoML sheds
     # (503) requests it predicts would wait past max_latency_ms; at 20 ms a busy 2-core box
     # shed half of c=32 traffic, so it is a generous bound, not the batching window.
@@ -36,13 +46,13 @@ class Model:
     # the queue shed ~3% of c=32 microservices traffic while the gateway would have waited.
     @bentoml.api(batchable=Settings().model_batching, max_batch_size=256, max_latency_ms=_SHED_MS)
     def predict(self, items: list[ScoreItem]) -> list[Score]:
-        return self.pool.get().score(items)
+        return self._score(items)
 
     # The challenger's own lane (and batch queue): a slow or faulty challenger, drills
     # included, must not delay the champion items batched with it. Failures are per item.
     @bentoml.api(batchable=True, max_batch_size=256, max_latency_ms=500)
     def predict_challenger(self, items: list[ScoreItem]) -> list[Score]:
-        return self.pool.get().score(items)
+        return self._score(items)
 
     @bentoml.api
     def ready(self) -> bool:

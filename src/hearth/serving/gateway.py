@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
 from hearth.features.online import Transaction
+from hearth.observability.metrics import record_feature_lookups, record_model_call
 from hearth.serving.errors import FeaturesUnavailable, ModelUnavailable, NotReady, Unavailable
 from hearth.serving.feedback import PredictionLog, PredictionRecord
 from hearth.serving.router import CHALLENGER, ChampionRouter, Routed, Router
@@ -86,6 +88,7 @@ def observe_rows(store: Any, txns: Sequence[Transaction]) -> list[FeatureRow]:
     for txn in txns:
         features, cold = store.observe(txn)
         rows.append(FeatureRow(features=features, cold_start=cold))
+    record_feature_lookups(r.cold_start for r in rows)
     return rows
 
 
@@ -123,10 +126,12 @@ class LocalModel:
             pool = self.pool.get()
         except NotReady as exc:
             raise ModelUnavailable(str(exc)) from exc
+        started = time.perf_counter()
         if self.threaded:
-            scored: list[Score] = await asyncio.to_thread(pool.score, items)
-            return scored
-        result: list[Score] = pool.score(items)
+            result: list[Score] = await asyncio.to_thread(pool.score, items)
+        else:
+            result = pool.score(items)
+        record_model_call(result, time.perf_counter() - started)
         return result
 
     async def ready(self) -> bool:

@@ -13,9 +13,9 @@ of the API key, and answer a refused change with the status its `RolloutError` c
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -26,6 +26,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
 from hearth.config import Settings
+from hearth.observability.metrics import metrics, record_predictions, record_request
 from hearth.rollout.state import RolloutError
 from hearth.serving.admin import Admin
 from hearth.serving.auth import (
@@ -61,18 +62,9 @@ class _BadRequest(Exception):
         self.status, self.error, self.problems = status, error, problems or []
 
 
-@functools.cache
 def _metrics() -> Any:
-    """Hearth's counters, created once per process (prometheus registries are global)."""
-    from prometheus_client import Counter
-
-    class Metrics:
-        predictions = Counter(
-            "hearth_predictions", "Scored transactions.", ["variant", "model_version", "decision"]
-        )
-        rejected = Counter("hearth_rejected_requests", "Refused requests.", ["status"])
-
-    return Metrics
+    """Hearth's metrics (defined once, in hearth.observability.metrics)."""
+    return metrics()
 
 
 def _error(status: int, body: ErrorOut, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -167,6 +159,13 @@ def create_app(
     app = FastAPI(title="Hearth fraud scoring", version="1", docs_url=None, redoc_url=None)
 
     async def handle(request: Request, model: type[M], run: Callable[[M, str], Any]) -> Any:
+        started = time.perf_counter()
+        response = await _handle(request, model, run)
+        status = response.status_code if isinstance(response, JSONResponse) else 200
+        record_request(request.url.path, status, time.perf_counter() - started)
+        return response
+
+    async def _handle(request: Request, model: type[M], run: Callable[[M, str], Any]) -> Any:
         request_id = uuid.uuid4().hex
         try:
             policy = get_policy()
@@ -182,9 +181,9 @@ def create_app(
             headers = {"Retry-After": str(exc.retry_after_s)}
             return _error(503, ErrorOut(error=str(exc), request_id=request_id), headers)
 
-    def count(predictions: list[PredictionOut]) -> None:
-        for p in predictions:
-            _metrics().predictions.labels(p.variant, p.model_version, p.decision).inc()
+    def count(predictions: list[PredictionOut], started: float | None = None) -> None:
+        seconds = time.perf_counter() - started if started is not None else 0.0
+        record_predictions(predictions, seconds)
 
     @app.post(
         "/predict",
@@ -196,8 +195,9 @@ def create_app(
         """Score one transaction."""
 
         async def run(txn: TransactionIn, request_id: str) -> PredictionOut:
+            started = time.perf_counter()
             (out,) = await get_gateway().predict([txn], request_id)
-            count([out])
+            count([out], started)
             return out
 
         return await handle(request, TransactionIn, run)
@@ -212,8 +212,9 @@ def create_app(
         """Score transactions in order (later ones see the earlier ones in their features)."""
 
         async def run(batch: BatchIn, request_id: str) -> BatchOut:
+            started = time.perf_counter()
             out = await get_gateway().predict(batch.transactions, request_id)
-            count(out)
+            count(out, started)
             return BatchOut(predictions=out)
 
         return await handle(request, BatchIn, run)

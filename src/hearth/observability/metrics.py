@@ -1,0 +1,98 @@
+"""Every Prometheus metric Hearth exports, defined once; services only call the recorders.
+
+Created on first use, not at import (prometheus registries are global, and BentoML sets up
+its multiprocess directory before a worker records anything), so /metrics of each service
+shows what that service did. Per-variant series carry `variant` and `model_version`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+SCORE_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+@dataclass(frozen=True)
+class Metrics:
+    predictions: Any  # Counter: variant, model_version, decision
+    rejected: Any  # Counter: status (every refused request)
+    requests: Any  # Counter: endpoint, status
+    request_latency: Any  # Histogram: endpoint
+    prediction_latency: Any  # Histogram: variant, model_version
+    scores: Any  # Histogram: variant, model_version
+    feature_lookups: Any  # Counter: result (hit | miss)
+    batch_size: Any  # Histogram: variant, model_version
+    model_latency: Any  # Histogram: variant, model_version
+
+
+@functools.cache
+def metrics() -> Metrics:
+    """The process's metrics, created once."""
+    from prometheus_client import Counter, Histogram
+
+    per_variant = ["variant", "model_version"]
+    return Metrics(
+        predictions=Counter("hearth_predictions", "Scored transactions.",
+                            [*per_variant, "decision"]),
+        rejected=Counter("hearth_rejected_requests", "Refused requests.", ["status"]),
+        requests=Counter("hearth_http_requests", "Gateway requests by endpoint and status.",
+                         ["endpoint", "status"]),
+        request_latency=Histogram("hearth_http_request_duration_seconds",
+                                  "Gateway request latency.", ["endpoint"],
+                                  buckets=LATENCY_BUCKETS),
+        prediction_latency=Histogram("hearth_prediction_duration_seconds",
+                                     "Latency of the request each prediction was part of.",
+                                     per_variant, buckets=LATENCY_BUCKETS),
+        scores=Histogram("hearth_score", "Fraud probabilities answered.", per_variant,
+                         buckets=SCORE_BUCKETS),
+        feature_lookups=Counter("hearth_feature_store_lookups",
+                                "Online-store lookups: hit (known customer) or miss "
+                                "(cold start).", ["result"]),
+        batch_size=Histogram("hearth_model_batch_size", "Items per model call.", per_variant,
+                             buckets=BATCH_BUCKETS),
+        model_latency=Histogram("hearth_model_inference_duration_seconds",
+                                "Model scoring time per call.", per_variant,
+                                buckets=LATENCY_BUCKETS),
+    )  # fmt: skip
+
+
+class _Scored(Protocol):
+    variant: str
+    model_version: str
+
+
+def record_request(endpoint: str, status: int, seconds: float) -> None:
+    m = metrics()
+    m.requests.labels(endpoint, str(status)).inc()
+    m.request_latency.labels(endpoint).observe(seconds)
+
+
+def record_predictions(predictions: Sequence[Any], seconds: float) -> None:
+    """Count answered predictions (PredictionOut) per variant, with scores and latency."""
+    m = metrics()
+    for p in predictions:
+        m.predictions.labels(p.variant, p.model_version, p.decision).inc()
+        m.scores.labels(p.variant, p.model_version).observe(p.fraud_probability)
+        m.prediction_latency.labels(p.variant, p.model_version).observe(seconds)
+
+
+def record_feature_lookups(cold_starts: Iterable[bool]) -> None:
+    m = metrics()
+    for cold in cold_starts:
+        m.feature_lookups.labels("miss" if cold else "hit").inc()
+
+
+def record_model_call(scores: Sequence[_Scored], seconds: float) -> None:
+    """One model call: its batch size and time, per variant it served."""
+    m = metrics()
+    groups: dict[tuple[str, str], int] = {}
+    for s in scores:
+        groups[(s.variant, s.model_version)] = groups.get((s.variant, s.model_version), 0) + 1
+    for (variant, version), size in groups.items():
+        m.batch_size.labels(variant, version).observe(size)
+        m.model_latency.labels(variant, version).observe(seconds)
