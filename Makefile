@@ -94,6 +94,14 @@ repro: install ## Reproduce the DVC pipeline (dvc repro)
 bench: install ## ETL and training benchmarks (10^5, 10^6, 10^7 rows; takes a while)
 	$(BIN)/python benchmarks/bench_pipeline.py
 
+.PHONY: up
+up: install ## The whole stack: Prefect (:4200) + worker + deployments, MLflow (:5000), serving (:3000)
+	$(BIN)/hearth up --topology $(or $(TOPOLOGY),monolith)
+
+.PHONY: down
+down: install ## Stop what `make up` started
+	$(BIN)/hearth down
+
 .PHONY: mlflow-ui
 mlflow-ui: install ## MLflow UI on http://127.0.0.1:5000 over Hearth's tracking store
 	$(BIN)/hearth ui mlflow
