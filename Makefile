@@ -83,8 +83,8 @@ containerize: build ## Container images of the bentos (needs a running docker or
 	$(BIN)/hearth containerize
 
 .PHONY: bench-serving
-bench-serving: install ## Monolith vs microservices latency/throughput → reports/bench_serving.*
-	$(BIN)/python benchmarks/bench_serving.py
+bench-serving: install ## hearth bench: floor, mlflow, BentoML, monolith, microservices → reports/bench.*
+	$(BIN)/hearth bench
 
 .PHONY: repro
 repro: install ## Reproduce the DVC pipeline (dvc repro)
