@@ -219,8 +219,16 @@ def run(
     experiment: Annotated[
         Path | None, typer.Option(help="Experiment YAML (default: params.yaml train.experiment).")
     ] = None,
+    rollout: Annotated[
+        bool,
+        typer.Option(
+            help="Go on after the first champion: drifted period, challenger, canary with "
+            "live traffic, broken-model drill (--no-rollout: stop after registering)."
+        ),
+    ] = True,
 ) -> None:
-    """The main job as a Prefect flow: (generate) → raw gate → ETL → feature gate → train."""
+    """The main job: (generate) → raw gate → ETL → feature gate → train → register, then
+    drift → retrain → canary rollout on replayed traffic → drill rollback."""
     from flows.pipeline import pipeline_flow
     from hearth.validation import ValidationFailed
 
@@ -231,6 +239,22 @@ def run(
     except ValidationFailed as exc:
         _fail(str(exc), "the registry is untouched; fix the data and run again")
     _print_summary(ctx, summary)
+    if rollout:
+        _run_closed_loop(ctx)
+
+
+def _run_closed_loop(ctx: HearthContext) -> None:
+    from hearth import main_job
+    from hearth.validation import ValidationFailed
+
+    console.rule("[bold]Hearth: drift → challenger → canary → drill")
+    try:
+        closed = main_job.run_closed_loop(ctx, say=console.print)
+    except ValidationFailed as exc:
+        _fail(str(exc), "the drifted period failed a data gate; the champion still serves")
+    console.rule("[bold]Hearth: closed loop done")
+    for line in main_job.summary_lines(closed):
+        console.print(line, highlight=False)
 
 
 def _print_summary(ctx: HearthContext, summary: dict[str, Any]) -> None:

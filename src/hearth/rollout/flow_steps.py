@@ -91,6 +91,7 @@ class RoundResult:
             "challenger_percent": self.state.challenger_percent,
             "status": self.state.status,
             "rows": self.rows,
+            "checks": {c.name: c.outcome for c in self.verdict.checks},
             "numbers": _finite(self.verdict.numbers),
         }
 
@@ -229,10 +230,10 @@ def start_mlflow_run(settings: Settings, state: RolloutState, plan: RolloutPlan)
         },
     )
     run_id = str(run.info.run_id)
-    for key, value in plan.analysis.model_dump().items():
+    logged = {**plan.analysis.model_dump(), "step_wait_s": plan.step_wait_s}
+    logged["max_wait_s"] = plan.max_wait_s
+    for key, value in logged.items():
         client.log_param(run_id, key, json.dumps(value) if isinstance(value, tuple) else value)
-    client.log_param(run_id, "step_wait_s", plan.step_wait_s)
-    client.log_param(run_id, "max_wait_s", plan.max_wait_s)
     return run_id
 
 
@@ -356,13 +357,15 @@ def abort(ctx: HearthContext, store: StateStore, rollout_id: str, error: BaseExc
     current = store.current()
     if current is None or not current.running or current.rollout_id != rollout_id:
         return
-    log.error("rollout %s: flow failed (%s), rolling back", rollout_id, error)
+    # The first line only: some exceptions (MLflow's) carry a tutorial in their message.
+    first_line = (str(error).splitlines() or [""])[0][:300]
+    log.error("rollout %s: flow failed (%s), rolling back", rollout_id, first_line)
     _control().rollback(
         ctx.settings,
         ctx.params,
         store=store,
         actor=ACTOR,
-        reason=f"rollout flow failed: {type(error).__name__}: {error}",
+        reason=f"rollout flow failed: {type(error).__name__}: {first_line}",
         test="flow failure",
     )
 

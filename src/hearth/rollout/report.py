@@ -27,7 +27,8 @@ _PAIRS: tuple[tuple[str, str, str, str], ...] = (
     ("requests", "champion_n", "challenger_n", "{:.0f}"),
     ("error rate", "champion_error_rate", "challenger_error_rate", "{:.2%}"),
     ("p99 ms", "champion_p99_ms", "challenger_p99_ms", "{:.1f}"),
-    ("labelled (fraud)", "champion_labelled", "challenger_labelled", "{:.0f}"),
+    ("labelled", "champion_labelled", "challenger_labelled", "{:.0f}"),
+    ("labelled fraud", "champion_positives", "challenger_positives", "{:.0f}"),
     ("PR-AUC", "champion_pr_auc", "challenger_pr_auc", "{:.3f}"),
     ("recall@thr", "champion_recall", "challenger_recall", "{:.3f}"),
 )
