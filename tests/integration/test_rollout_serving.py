@@ -1,0 +1,450 @@
+"""The rollout in the serving graph, on real servers on loopback (`hearth serve` subprocesses).
+
+One tiny trained project (from test_serving's fixture) gets three more versions: v2, trained
+with another seed (different scores), and two drills of it, v3 erroring on half its items
+and v4 answering 1.5 s late (``hearth.fault`` tags). Each topology runs on its own home, so
+each has its own rollout state; the MLflow registry is shared, so tests run one after the
+other and end every rollout they start.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from hearth.config import HearthContext, Params
+from hearth.rollout.analysis import analyse
+from hearth.rollout.router import assign
+from hearth.serving.faults import FAULT_TAG
+from hearth.serving.feedback import DB_FILE, PredictionLog
+from hearth.serving.launch import ServerProcess
+from tests.integration import test_serving as serving
+from tests.integration.test_serving import (
+    KEY,
+    REPO,
+    Customers,
+    _settings,
+    fraud_like,
+    normal,
+    server_env,
+)
+
+pytestmark = pytest.mark.slow
+
+# test_serving's fixtures, reused: the tiny project with its champion, and its customers.
+project, history, customers = serving.project, serving.history, serving.customers
+
+ADMIN = "integration-admin-token"
+NAME = Params().registry.model_name
+TOPOLOGIES = ("monolith", "microservices")
+
+
+# -- fixtures -------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def versions(project: Path) -> dict[str, str]:
+    """v1 the champion; v2 another seed; v3 = v2 erroring on half its items; v4 = v2 slow."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from hearth import registry, steps
+
+    settings = _settings(project, project / ".hearth")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(project)
+        for key, value in settings.environment().items():
+            mp.setenv(key, value)
+        ctx = HearthContext(settings)
+        plan = steps.plan_training(ctx)
+        lineage = steps.lineage_for(ctx, plan.experiment_file, "not validated")
+        name, config = plan.runs[0]
+        other = config.model_copy(update={"seed": config.seed + 1})
+        run = steps.train_run(ctx, f"{name}-seed2", other, plan.experiment.name, lineage)
+        uri = registry.model_uri_of_run(run.run_id)
+        client = MlflowClient()
+        made = {"better": str(mlflow.register_model(uri, NAME).version)}
+        for drill, fault in (
+            ("erroring", {"error_rate": 0.5}),
+            ("slow", {"extra_latency_ms": 1500}),
+        ):
+            made[drill] = str(mlflow.register_model(uri, NAME).version)
+            client.set_model_version_tag(NAME, made[drill], FAULT_TAG, json.dumps(fault))
+        assert client.get_registered_model(NAME).aliases == {"champion": 1}
+    return {"champion": "1", **made}
+
+
+def _env(project: Path, home: Path) -> dict[str, str]:
+    return server_env(project, home) | {"HEARTH_ADMIN_TOKEN": ADMIN}
+
+
+@pytest.fixture(scope="module")
+def servers(
+    project: Path, versions: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, ServerProcess]]:
+    """Both topologies on fresh homes, started side by side; stopped at teardown."""
+    started: dict[str, ServerProcess] = {}
+    try:
+        for topology in TOPOLOGIES:
+            home = tmp_path_factory.mktemp(f"rollout-{topology}")
+            started[topology] = ServerProcess.start(
+                topology, _env(project, home), REPO, home / "server.log"
+            )
+        with ThreadPoolExecutor(len(started)) as pool:
+            for done in [pool.submit(s.wait_ready) for s in started.values()]:
+                done.result()
+        yield started
+    finally:
+        for server in started.values():
+            server.stop()
+
+
+# -- helpers --------------------------------------------------------------------------------
+def admin(
+    server: ServerProcess,
+    method: str,
+    path: str,
+    body: Any = None,
+    token: str | None = ADMIN,
+    **headers: str,
+) -> httpx.Response:
+    sent = {"X-Admin-Token": token} if token is not None else {}
+    content = None if body is None else (body if isinstance(body, bytes) else json.dumps(body))
+    return httpx.request(method, f"{server.url}{path}", content=content,
+                         headers=sent | headers, timeout=60)  # fmt: skip
+
+
+def start(server: ServerProcess, version: str, mode: str = "canary", steps: Any = None) -> dict:
+    body: dict[str, Any] = {"challenger_version": version, "mode": mode}
+    if steps is not None:
+        body["steps"] = steps
+    r = admin(server, "POST", "/admin/rollout/start", body)
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+def end_rollout(server: ServerProcess) -> None:
+    """Roll back whatever runs (tests share one registry)."""
+    state = admin(server, "GET", "/admin/rollout").json()["rollout"]
+    if state and state["status"] == "running":
+        assert (
+            admin(server, "POST", "/admin/rollback", {"reason": "test cleanup"}).status_code == 200
+        )
+
+
+class Traffic:
+    """Requests built from one known customer's last purchase, for any customer id."""
+
+    def __init__(self, customers: Customers, tag: str, last: pd.Series | None = None) -> None:
+        self.last = customers.take() if last is None else last
+        self.t0, self.tag = customers.after, tag
+        self.n = 0
+        self._lock = threading.Lock()
+
+    def body(self, customer_id: str, fraud: bool = False) -> dict[str, Any]:
+        with self._lock:
+            self.n += 1
+            n = self.n
+        at = self.t0 + timedelta(seconds=n)
+        make = fraud_like if fraud else normal
+        return make(self.last, at, f"{self.tag}-{n}") | {"customer_id": customer_id}
+
+
+def predict(client: httpx.Client | None, server: ServerProcess, body: dict) -> httpx.Response:
+    send = client.post if client is not None else httpx.post
+    return send(f"{server.url}/predict", content=json.dumps(body), headers={"X-API-Key": KEY},
+                timeout=30)  # fmt: skip
+
+
+def wait_for_challenger(server: ServerProcess, traffic: Traffic, state: dict) -> None:
+    """Send requests of challenger customers until the challenger answers (it loads on first
+    use; meanwhile the champion answers)."""
+    ids = (f"{traffic.tag}-warm-{i}" for i in range(10_000))
+    percent = state["challenger_percent"]
+    cid = next(c for c in ids if assign(state["salt"], c, percent) == "challenger")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        r = predict(None, server, traffic.body(cid))
+        assert r.status_code == 200, r.text
+        if r.json()["variant"] == "challenger":
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"the challenger never answered:\n{server.log_tail()}")
+
+
+def analysis_rows(server: ServerProcess, rollout_id: str) -> list[dict[str, Any]]:
+    assert server.home is not None
+    log = PredictionLog(server.home / "serving" / DB_FILE)
+    try:
+        return log.analysis_rows(rollout_id)
+    finally:
+        log.close()
+
+
+def hearth(project: Path, server: ServerProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    assert server.home is not None
+    return subprocess.run(
+        [sys.executable, "-m", "hearth", *args], cwd=REPO, env=_env(project, server.home),
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+# -- shadow mode never changes a response ---------------------------------------------------------
+@pytest.mark.parametrize("topology", TOPOLOGIES)
+def test_shadow_never_changes_a_response(
+    servers: dict[str, ServerProcess], customers: Customers, versions: dict[str, str],
+    topology: str,
+) -> None:  # fmt: skip
+    server = servers[topology]
+    sequence = [(i % 4, i % 5 == 0) for i in range(20)]  # (customer, fraud-like?)
+    template = customers.take()
+
+    def run(phase: str) -> list[dict[str, Any]]:
+        traffic = Traffic(customers, f"sh-{topology}-{phase}", template)
+        out = []
+        for customer, fraud in sequence:
+            # Fresh customers per phase: the same inputs meet the same (empty) state.
+            r = predict(None, server, traffic.body(f"sh-{phase}-{customer}", fraud))
+            assert r.status_code == 200, r.text
+            body = r.json()
+            out.append({k: body[k] for k in ("fraud_probability", "decision", "variant",
+                                             "model_version", "cold_start")})  # fmt: skip
+        return out
+
+    alone = run("alone")
+    state = start(server, versions["better"], mode="shadow")
+    try:
+        # The challenger loads on the first copy; wait until copies are being scored.
+        warm = Traffic(customers, f"sh-{topology}-warm")
+        deadline = time.monotonic() + 60
+        while not [r for r in analysis_rows(server, state["rollout_id"]) if r["shadow"]]:
+            assert time.monotonic() < deadline, server.log_tail()
+            assert predict(None, server, warm.body("sh-warm")).status_code == 200
+            time.sleep(0.3)
+        shadowed = run("shadow")
+        time.sleep(1.0)  # let the last copies land
+        rows = analysis_rows(server, state["rollout_id"])
+    finally:
+        end_rollout(server)
+    assert shadowed == alone
+    assert all(p["variant"] == "champion" and p["model_version"] == "1" for p in shadowed)
+    copies = [r for r in rows if r["shadow"]]
+    assert len(copies) >= len(sequence)
+    assert {(r["variant"], r["model_version"], r["ok"]) for r in copies} == {
+        ("challenger", versions["better"], True)
+    }
+    # The copies were really scored by another model: their scores differ from the answers.
+    live = sorted(round(r["score"], 6) for r in rows if not r["shadow"])
+    assert sorted(round(r["score"], 6) for r in copies) != live
+
+
+# -- canary routing --------------------------------------------------------------------------------
+def test_canary_split_is_sticky_follows_the_weight_and_names_the_version(
+    servers: dict[str, ServerProcess], customers: Customers, versions: dict[str, str]
+) -> None:
+    server = servers["monolith"]
+    traffic = Traffic(customers, "canary")
+    state = start(server, versions["better"], steps=[30, 100])
+    try:
+        wait_for_challenger(server, traffic, state)
+        ids = [f"canary-{i}" for i in range(150)]
+
+        def round_of_requests() -> dict[str, tuple[str, str]]:
+            with httpx.Client() as client, ThreadPoolExecutor(4) as pool:
+                done = list(pool.map(lambda c: (c, predict(client, server, traffic.body(c))), ids))
+            assert all(r.status_code == 200 for _, r in done)
+            return {c: (r.json()["variant"], r.json()["model_version"]) for c, r in done}
+
+        first, second = round_of_requests(), round_of_requests()
+        assert first == second  # sticky
+        expected = {c: assign(state["salt"], c, 30) for c in ids}
+        assert {c: v for c, (v, _) in first.items()} == expected
+        assert {v: ver for v, ver in first.values()} == {
+            "champion": "1",
+            "challenger": versions["better"],
+        }
+        share = sum(v == "challenger" for v, _ in first.values()) / len(ids)
+        assert 0.18 <= share <= 0.42, share
+
+        r = admin(server, "POST", "/admin/rollout/weight", {"challenger_percent": 60})
+        assert r.status_code == 200 and r.json()["challenger_percent"] == 60
+        time.sleep(0.6)  # every gateway re-reads the state within the refresh interval
+        third = round_of_requests()
+        moved_back = [c for c, (v, _) in first.items() if v == "challenger" and third[c][0] != v]
+        assert moved_back == []  # raising the weight only adds customers
+        assert sum(v == "challenger" for v, _ in third.values()) > sum(
+            v == "challenger" for v, _ in first.values()
+        )
+    finally:
+        end_rollout(server)
+
+
+# -- faulty challengers: the champion answers, the guard rails see it ------------------------------
+@pytest.mark.parametrize("drill", ["erroring", "slow"])
+def test_a_faulty_challenger_never_fails_a_request_and_the_guard_rails_roll_it_back(
+    servers: dict[str, ServerProcess], customers: Customers, versions: dict[str, str],
+    project: Path, drill: str,
+) -> None:  # fmt: skip
+    server = servers["monolith"]
+    traffic = Traffic(customers, f"drill-{drill}")
+    state = start(server, versions[drill], steps=[50, 100])
+    try:
+        ids = [f"drill-{drill}-{i}" for i in range(60)]
+        with httpx.Client() as client, ThreadPoolExecutor(6) as pool:
+            done = list(pool.map(lambda c: predict(client, server, traffic.body(c)), ids))
+        assert [r.status_code for r in done] == [200] * len(ids)
+        rows = analysis_rows(server, state["rollout_id"])
+    finally:
+        # The operator's way out, from the command line.
+        cli = hearth(project, server, "rollback", "--reason", f"{drill} drill")
+        assert cli.returncode == 0, cli.stdout + cli.stderr
+        assert "rolled back" in cli.stderr
+    failures = [r for r in rows if r["variant"] == "challenger" and not r["ok"]]
+    assert len(failures) >= 3, rows
+    if drill == "slow":
+        assert all(r["latency_ms"] >= 450 for r in failures)
+    verdict = analyse(rows, Params().rollout, 0.5, mode="canary", last_step=False)
+    assert verdict.decision == "rollback", verdict
+    assert verdict.test is not None and verdict.test.startswith("guard"), verdict
+
+
+# -- rollback under load ---------------------------------------------------------------------------
+@dataclass
+class Sent:
+    at: float
+    status: int
+    variant: str | None
+
+
+def _load(server: ServerProcess, traffic: Traffic, ids: list[str], stop: threading.Event,
+          out: list[Sent]) -> Callable[[int], None]:  # fmt: skip
+    def client_loop(k: int) -> None:
+        with httpx.Client() as client:
+            i = k
+            while not stop.is_set():
+                try:
+                    r = predict(client, server, traffic.body(ids[i % len(ids)]))
+                    variant = r.json().get("variant") if r.status_code == 200 else None
+                    out.append(Sent(time.monotonic(), r.status_code, variant))
+                except httpx.HTTPError as exc:  # a refused connection is a failed request too
+                    out.append(Sent(time.monotonic(), 0, repr(exc)))
+                i += 4
+
+    return client_loop
+
+
+@pytest.mark.parametrize("topology", TOPOLOGIES)
+def test_rollback_under_load_fails_nothing_and_takes_effect_within_a_second(
+    servers: dict[str, ServerProcess], customers: Customers, versions: dict[str, str],
+    topology: str,
+) -> None:  # fmt: skip
+    server = servers[topology]
+    traffic = Traffic(customers, f"load-{topology}")
+    state = start(server, versions["better"], steps=[50, 100])
+    wait_for_challenger(server, traffic, state)
+    ids = [f"load-{topology}-{i}" for i in range(200)]
+    sent: list[Sent] = []
+    stop = threading.Event()
+    loop = _load(server, traffic, ids, stop, sent)
+    with ThreadPoolExecutor(4) as pool:
+        clients = [pool.submit(loop, k) for k in range(4)]
+        time.sleep(5)
+        called = time.monotonic()
+        r = admin(server, "POST", "/admin/rollback", {"reason": "rollback under load"})
+        answered = time.monotonic()
+        time.sleep(5)
+        stop.set()
+        for c in clients:
+            c.result()
+    assert r.status_code == 200, r.text
+    failed = [s for s in sent if s.status != 200]
+    before = [s for s in sent if s.at < called]
+    last_challenger = max(s.at for s in sent if s.variant == "challenger")
+    effect_s = last_challenger - called
+    print(
+        f"\n[{topology}] {len(sent)} requests in ~10 s (4 clients), {len(failed)} failed; "
+        f"rollback call took {answered - called:.3f} s; last challenger response "
+        f"{effect_s:.3f} s after the call"
+    )
+    assert failed == []
+    assert any(s.variant == "challenger" for s in before)  # the switch happened under load
+    assert effect_s < 1.0
+    assert all(s.variant == "champion" for s in sent if s.at > called + 1.0)
+
+
+# -- admin API: bad input gets a clear 4xx and changes nothing -------------------------------------
+def test_admin_refusals_change_nothing(
+    servers: dict[str, ServerProcess], versions: dict[str, str]
+) -> None:
+    server = servers["monolith"]
+
+    def snapshot() -> tuple[Any, int]:
+        status = admin(server, "GET", "/admin/rollout").json()
+        history = admin(server, "GET", "/admin/rollout/history").json()
+        return status["rollout"], len(history)
+
+    body = {"challenger_version": versions["better"]}
+    # Tokens: missing → 401, wrong → 403, the API key is not an admin token.
+    assert admin(server, "GET", "/admin/rollout", token=None).status_code == 401
+    assert admin(server, "GET", "/admin/rollout", token="wrong").status_code == 403
+    assert admin(server, "POST", "/admin/rollout/start", body, token=None,
+                 **{"X-API-Key": KEY}).status_code == 401  # fmt: skip
+    assert admin(server, "POST", "/admin/rollback", {}, token=KEY).status_code == 403
+
+    before = snapshot()
+    for path, payload, status in (
+        ("/admin/rollout/start", {"challenger_version": "999"}, 404),
+        ("/admin/rollout/start", {"challenger_version": "1"}, 422),  # the champion itself
+        ("/admin/rollout/start", body | {"mode": "big-bang"}, 422),
+        ("/admin/rollout/start", body | {"steps": [50, 5]}, 422),
+        ("/admin/rollout/start", {"version": "2"}, 422),
+        ("/admin/rollout/start", b"{nope", 400),
+        ("/admin/rollout/weight", {"challenger_percent": 10}, 409),  # no rollout runs
+        ("/admin/rollout/promote", {}, 409),
+    ):
+        r = admin(server, "POST", path, payload)
+        assert r.status_code == status, (path, payload, r.text)
+        assert r.json()["error"]
+    assert snapshot() == before
+
+    start(server, versions["better"])
+    try:
+        running = snapshot()
+        for path, payload, status in (
+            ("/admin/rollout/weight", {"challenger_percent": -1}, 422),
+            ("/admin/rollout/weight", {"challenger_percent": 101}, 422),
+            ("/admin/rollout/weight", {"challenger_percent": "lots"}, 422),
+            ("/admin/rollout/start", {"challenger_version": versions["slow"]}, 409),
+        ):
+            r = admin(server, "POST", path, payload)
+            assert r.status_code == status, (path, payload, r.text)
+            assert "0-100" in r.json()["error"] or status != 422 or "problems" in r.json()
+        assert snapshot() == running
+    finally:
+        end_rollout(server)
+
+
+def test_cli_status_and_start_errors(
+    servers: dict[str, ServerProcess], versions: dict[str, str], project: Path
+) -> None:
+    server = servers["microservices"]
+    shown = hearth(project, server, "rollout", "status", "--json")
+    assert shown.returncode == 0, shown.stderr
+    status = json.loads(shown.stdout)
+    assert status["aliases"]["champion"] == "1" and status["served"]["champion"] == "1"
+    table = hearth(project, server, "rollout", "status")
+    assert table.returncode == 0 and "served now: champion v1" in table.stdout
+    bad = hearth(project, server, "rollout", "start", "--challenger", "999")
+    assert bad.returncode == 1 and "no version" in bad.stderr and "hint" in bad.stderr
+    weight = hearth(project, server, "rollout", "weight", "101")
+    assert weight.returncode == 1 and "hint" in weight.stderr
