@@ -63,8 +63,9 @@ def load_live(settings: Settings, window_hours: float, now: float | None = None)
     con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         rows = con.execute(
+            # Answers only: challenger failures and shadow copies would count traffic twice.
             "SELECT features, score, model_version FROM predictions"
-            " WHERE at >= ? AND features IS NOT NULL",
+            " WHERE at >= ? AND features IS NOT NULL AND ok = 1 AND shadow = 0",
             (since,),
         ).fetchall()
     except sqlite3.OperationalError:  # a log from before features were recorded
