@@ -7,6 +7,7 @@ from typing import Any
 import bentoml
 
 from bentos.images import cpu_image
+from bentos.telemetry import service_tracing, start_telemetry
 from hearth.features.online import Transaction
 from hearth.serving import graph
 from hearth.serving.gateway import observe_rows
@@ -15,12 +16,19 @@ from hearth.serving.schemas import FeatureRow
 
 # An internal service: the gateway already logs every request, so no access-log line here
 # (formatting one cost ~8% of this service's CPU in `hearth bench`'s profile).
-@bentoml.service(image=cpu_image(), traffic={"timeout": 30}, logging={"access": {"enabled": False}})
+@bentoml.service(
+    image=cpu_image(),
+    traffic={"timeout": 30},
+    logging={"access": {"enabled": False}},
+    tracing=service_tracing(),
+)
 class Features:
     """Per-customer state: features of a transaction from the state before it."""
 
     def __init__(self) -> None:
-        self.store = graph.feature_store(graph.context().settings)
+        settings = graph.context().settings
+        start_telemetry(settings, "features")
+        self.store = graph.feature_store(settings)
 
     def __is_ready__(self) -> bool:
         return self.store.ready

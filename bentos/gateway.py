@@ -14,6 +14,7 @@ import bentoml
 from bentos.features import Features
 from bentos.images import cpu_image
 from bentos.model import Model
+from bentos.telemetry import service_tracing, start_telemetry
 from hearth.serving import graph
 from hearth.serving.http import HttpPolicy, create_app
 
@@ -35,7 +36,7 @@ def _refresh_sessions_by_age_only(proxy: Any) -> None:
 
 
 @bentoml.asgi_app(app, path="/")
-@bentoml.service(image=cpu_image(), traffic={"timeout": 30})
+@bentoml.service(image=cpu_image(), traffic={"timeout": 30}, tracing=service_tracing())
 class Gateway:
     """POST /predict, /predict_batch, /feedback, /admin/…; /readyz once store and model load."""
 
@@ -44,6 +45,7 @@ class Gateway:
 
     def __init__(self) -> None:
         ctx = graph.context()
+        start_telemetry(ctx.settings, "gateway")
         self.policy = HttpPolicy.from_settings(ctx.settings)
         self.gateway = graph.microservices_gateway(ctx, self.features, self.model)
         self.admin = graph.admin(ctx, self.gateway)

@@ -19,6 +19,8 @@ _LOCK = Path(__file__).resolve().parent.parent / "requirements.lock"
 CPU_PACKAGES = (
     "bentoml", "fastapi", "httpx", "prometheus_client", "pydantic", "pydantic-settings",
     "PyYAML", "numpy", "pandas", "pyarrow", "redis",
+    # BentoML brings the OTel API and SDK; the OTLP/HTTP exporter is for HEARTH_OTLP_ENDPOINT.
+    "opentelemetry-exporter-otlp-proto-http",
 )  # fmt: skip
 MODEL_PACKAGES = (*CPU_PACKAGES, "torch", "mlflow-skinny", "scikit-learn")
 

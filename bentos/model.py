@@ -7,8 +7,10 @@ import time
 import bentoml
 
 from bentos.images import cuda_image
+from bentos.telemetry import service_tracing, start_telemetry
 from hearth.config import Settings
 from hearth.observability.metrics import record_model_call
+from hearth.observability.tracing import record_model_spans
 from hearth.serving import graph
 from hearth.serving.schemas import Score, ScoreItem
 
@@ -21,21 +23,25 @@ _SHED_MS = int(1000 * Settings().model_timeout_s)
     resources={"gpu": 1},
     traffic={"timeout": 30},
     logging={"access": {"enabled": False}},  # internal: the gateway logs every request
+    tracing=service_tracing(),
 )
 class Model:
     """Champion and challenger in one process, on CUDA when there is one."""
 
     def __init__(self) -> None:
-        self.pool = graph.model_pool(graph.context())
+        ctx = graph.context()
+        start_telemetry(ctx.settings, "model")
+        self.pool = graph.model_pool(ctx)
 
     def __is_ready__(self) -> bool:
         return self.pool.ready and self.pool.get().ready
 
     def _score(self, items: list[ScoreItem]) -> list[Score]:
         """Score one (batched) call and record its size and time per variant."""
-        started = time.perf_counter()
+        started, started_ns = time.perf_counter(), time.time_ns()
         scores: list[Score] = self.pool.get().score(items)
         record_model_call(scores, time.perf_counter() - started)
+        record_model_spans(items, scores, started_ns, time.time_ns())
         return scores
 
     # Concurrent requests are merged into one forward pass (one per variant). BentoML sheds

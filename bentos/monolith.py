@@ -5,6 +5,7 @@ from __future__ import annotations
 import bentoml
 
 from bentos.images import cuda_image
+from bentos.telemetry import service_tracing, start_telemetry
 from hearth.serving import graph
 from hearth.serving.http import HttpPolicy, create_app
 
@@ -16,12 +17,15 @@ app = create_app(
 
 
 @bentoml.asgi_app(app, path="/")
-@bentoml.service(image=cuda_image(), resources={"gpu": 1}, traffic={"timeout": 30})
+@bentoml.service(
+    image=cuda_image(), resources={"gpu": 1}, traffic={"timeout": 30}, tracing=service_tracing()
+)
 class Monolith:
     """POST /predict, /predict_batch, /feedback, /admin/…; /readyz once store and model load."""
 
     def __init__(self) -> None:
         ctx = graph.context()
+        start_telemetry(ctx.settings, "monolith")
         self.policy = HttpPolicy.from_settings(ctx.settings)
         self.gateway, _, _ = graph.monolith(ctx)
         self.admin = graph.admin(ctx, self.gateway)

@@ -54,15 +54,39 @@ def _fail(message: str, hint: str | None = None) -> typer.Exit:
 
 
 def _setup_logging(verbose: bool) -> None:
+    json_lines = _log_format() == "json"
+    # JSON lines (HEARTH_LOG_FORMAT=json, as `hearth up` runs its children) go to a plain
+    # stream: Rich would wrap each object in columns and break it over lines.
+    handler = (
+        logging.StreamHandler()
+        if json_lines
+        else RichHandler(console=console, show_path=False, rich_tracebacks=True)
+    )
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(message)s",
         datefmt="%H:%M:%S",
-        handlers=[RichHandler(console=console, show_path=False, rich_tracebacks=True)],
+        handlers=[handler],
         force=True,
     )
+    if json_lines:
+        from hearth.config import Settings
+        from hearth.observability.logging import configure_logging
+
+        configure_logging(Settings(log_format="json"))
     for noisy in ("alembic", "urllib3", "mlflow.store", "great_expectations", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _log_format() -> str:
+    """HEARTH_LOG_FORMAT from the environment or .env; text when Settings cannot load (the
+    command then reports why)."""
+    from hearth.config import Settings
+
+    try:
+        return Settings().log_format
+    except ValueError:
+        return "text"
 
 
 @app.callback()

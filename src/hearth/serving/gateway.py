@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
 from hearth.features.online import Transaction
+from hearth.observability import tracing
 from hearth.observability.metrics import record_feature_lookups, record_model_call
 from hearth.serving.errors import FeaturesUnavailable, ModelUnavailable, NotReady, Unavailable
 from hearth.serving.feedback import PredictionLog, PredictionRecord
@@ -84,10 +85,15 @@ class Background(Generic[T]):
 # -- in-process dependencies (monolith; the features and model services themselves) -----
 def observe_rows(store: Any, txns: Sequence[Transaction]) -> list[FeatureRow]:
     """Features of each transaction from its customer's state, updating the state in order."""
-    rows = []
-    for txn in txns:
-        features, cold = store.observe(txn)
-        rows.append(FeatureRow(features=features, cold_start=cold))
+    with tracing.span("features.observe") as current:
+        rows = []
+        for txn in txns:
+            features, cold = store.observe(txn)
+            rows.append(FeatureRow(features=features, cold_start=cold))
+        if current is not None:
+            current.set_attribute(tracing.ATTR_ITEMS, len(rows))
+            current.set_attribute("hearth.cold_starts", sum(r.cold_start for r in rows))
+            current.set_attribute(tracing.ATTR_REQUEST_ID, tracing.baggage_request_id() or "")
     record_feature_lookups(r.cold_start for r in rows)
     return rows
 
@@ -127,10 +133,12 @@ class LocalModel:
         except NotReady as exc:
             raise ModelUnavailable(str(exc)) from exc
         started = time.perf_counter()
-        if self.threaded:
-            result: list[Score] = await asyncio.to_thread(pool.score, items)
-        else:
-            result = pool.score(items)
+        with tracing.span("model.score", {tracing.ATTR_ITEMS: len(items)}) as current:
+            if self.threaded:
+                result: list[Score] = await asyncio.to_thread(pool.score, items)
+            else:
+                result = pool.score(items)
+            tracing.set_score_attributes(current, result)
         record_model_call(result, time.perf_counter() - started)
         return result
 
@@ -189,6 +197,7 @@ class RemoteModel:
         self._score, self._ready, self.timeout_s = score, ready, timeout_s
 
     async def score(self, items: list[ScoreItem]) -> list[Score]:
+        items = tracing.stamp_items(items)  # the model service parents its spans by these
         scores = await _call(self._score(items), self.timeout_s, ModelUnavailable, "model service")
         return [Score.model_validate(s) for s in scores]
 
@@ -256,6 +265,18 @@ class Gateway:
     ) -> list[PredictionOut]:
         """Score transactions in order; the features of each see the ones before it."""
         request_id = request_id or uuid.uuid4().hex
+        attributes = {tracing.ATTR_REQUEST_ID: request_id, tracing.ATTR_ITEMS: len(transactions)}
+        with (
+            tracing.request_scope(request_id),
+            tracing.span("gateway.predict", attributes) as current,
+        ):
+            out = await self._predict(transactions, request_id)
+            tracing.set_score_attributes(current, out)
+        return out
+
+    async def _predict(
+        self, transactions: Sequence[TransactionIn], request_id: str
+    ) -> list[PredictionOut]:
         txns = [t.to_transaction() for t in transactions]
         # The store counts a transaction when its features are read (observe is atomic), so
         # a transaction whose scoring then fails still counts: it did happen.

@@ -26,6 +26,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
 from hearth.config import Settings
+from hearth.observability.logging import bind_request_id
 from hearth.observability.metrics import metrics, record_predictions, record_request
 from hearth.rollout.state import RolloutError
 from hearth.serving.admin import Admin
@@ -167,6 +168,7 @@ def create_app(
 
     async def _handle(request: Request, model: type[M], run: Callable[[M, str], Any]) -> Any:
         request_id = uuid.uuid4().hex
+        bind_request_id(request_id)  # this request's task only: its log lines carry the id
         try:
             policy = get_policy()
             body = await _parse(request, model, policy.api_key, policy.max_payload_bytes)

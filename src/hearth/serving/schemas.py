@@ -137,6 +137,9 @@ class ScoreItem(BaseModel):
     variant: str
     features: dict[str, float | str]
     model_version: str | None = None
+    # The sending request's W3C traceparent (tracing on only): a batch mixes requests, so
+    # the model service can only parent its spans per item.
+    trace: str | None = None
 
 
 class Score(BaseModel):
