@@ -122,7 +122,10 @@ def server(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[ServerProcess]:
     home = tmp_path_factory.mktemp("home-tracing")
-    env = server_env(project, home) | {"HEARTH_OTLP_ENDPOINT": collector.endpoint}
+    env = server_env(project, home) | {
+        "HEARTH_OTLP_ENDPOINT": collector.endpoint,
+        "HEARTH_LOG_FORMAT": "json",
+    }
     srv = ServerProcess.start("microservices", env, REPO, home / "s.log")
     try:
         srv.wait_ready()
@@ -185,6 +188,23 @@ def test_one_request_is_one_linked_trace_across_the_services(
         assert span.attributes["hearth.data_version"] == answer["data_version"]
     # The request id travels to the feature store in the trace's baggage.
     assert features.attributes["hearth.request_id"] == answer["request_id"]
+
+    # The gateway's access-log line of this request is JSON with both ids.
+    lines = [_json(line) for line in server.log_path.read_text().splitlines()]
+    mine = [x for x in lines if x and x.get("request_id") == answer["request_id"]]
+    assert mine, server.log_tail()
+    assert all(x["trace_id"] == gateway.trace_id for x in mine), mine
+
+
+def _json(line: str) -> dict | None:
+    """A log line as JSON, None when it is not (startup lines of BentoML's arbiter)."""
+    import json
+
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _is_descendant(span: ReceivedSpan, ancestor: ReceivedSpan, by_id: dict) -> bool:
