@@ -268,7 +268,8 @@ def verdict(f: Figures) -> list[str]:
             f"- **A plain BentoML service** around the pyfunc (p50 {bento:.2f} ms at c=1) "
             f"and **mlflow models serve** ({_fmt(ml, 2)} ms) are what one gets for free: a "
             "model behind HTTP, given features. Their time goes into building a pandas "
-            "DataFrame and the pyfunc's schema checks for each request, not into the model."
+            "DataFrame and the pyfunc's input checks for each request around a forward pass "
+            f"of {_fmt(f.get('model', 1, 'p50_ms'), 2)} ms."
         )
     for b in batching_effect(f):
         if b["concurrency"] == max(r["concurrency"] for r in batching_effect(f)):
@@ -320,6 +321,9 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         "## The cost of one extra hop",
         "",
+        "Microservices add two hops per request (gateway → features, gateway → model); a "
+        "single hop costs about half of the difference below.",
+        "",
         *_hop_table(f),
         "",
         "## Adaptive batching on the model service",
@@ -363,11 +367,21 @@ def plot(report: dict[str, Any], key: str, ylabel: str, path: Path, log_y: bool)
 
     f = Figures(report)
     fig, ax = plt.subplots(figsize=(8, 5))
+    colours: dict[str, Any] = {}
     for name in f.names:
         levels = [c for c in f.levels if (name, c) in f.rows]
         if len(levels) < 2:
             continue  # the in-process floor has one level: drawn as a reference line
-        ax.plot(levels, [f.get(name, c, key) for c in levels], marker="o", label=f.labels[name])
+        base = name.removesuffix("@base")
+        (line,) = ax.plot(
+            levels,
+            [f.get(name, c, key) for c in levels],
+            marker="o",
+            label=f.labels[name],
+            color=colours.get(base),  # a baseline in its contender's colour, dashed
+            linestyle="--" if base != name else "-",
+        )
+        colours.setdefault(base, line.get_color())
     if ("model", 1) in f.rows and key == "p50_ms":
         ax.axhline(f.get("model", 1, key), color="grey", linestyle=":", label="forward pass")
     ax.set_xscale("log", base=2)

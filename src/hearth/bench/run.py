@@ -110,6 +110,7 @@ def run_bench(config: BenchConfig, source: Settings, root: Path, say: Progress) 
         "results": [c.summary() for c in cells],
         "memory_mib": memory,
         "limits": overload_limits(source),
+        "notes": _notes(config),
         "seconds": round(time.monotonic() - started, 1),
     }
 
@@ -124,11 +125,24 @@ def overload_limits(settings: Settings) -> dict[str, Any]:
             f"The gateway answers 503 + Retry-After when the model or features service takes "
             f"longer than HEARTH_MODEL_TIMEOUT_S = {settings.model_timeout_s:g} s, or is down.",
             "The model service's batching queue sheds (503) a request it predicts would wait "
-            "past max_latency_ms = 500 ms (bentos/model.py), i.e. a queue deeper than about "
-            "500 ms of model work.",
+            f"past max_latency_ms = {1000 * settings.model_timeout_s:g} ms (bentos/model.py: "
+            "the same HEARTH_MODEL_TIMEOUT_S), i.e. only once the gateway would give up anyway.",
             "BentoML's own request timeout is 30 s (traffic.timeout on every service).",
         ],
     }
+
+
+def _notes(config: BenchConfig) -> list[str]:
+    notes = [
+        "The rollback timing (from `hearth rollback` to the last challenger response under "
+        "load) is not measured yet: it needs a registered challenger and a running rollout.",
+    ]
+    if config.baseline is not None:
+        notes.append(
+            "Contenders whose code is the same in both checkouts (the monolith here) show "
+            "this run's noise in the before/after table: read smaller changes as noise."
+        )
+    return notes
 
 
 def _ordered(names: tuple[str, ...]) -> list[str]:
