@@ -412,7 +412,7 @@ def write(report: dict[str, Any], out: Path) -> list[Path]:
     paths[0].write_text(markdown(report))
     paths[1].write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
     plot(report, "p50_ms", "p50 latency, ms (log)", paths[2], log_y=True)
-    plot(report, "rps", "requests per second", paths[3], log_y=False)
+    plot(report, "rps", "requests per second (log)", paths[3], log_y=True)
     return paths
 
 
