@@ -139,8 +139,9 @@ def _notes(config: BenchConfig) -> list[str]:
     ]
     if config.baseline is not None:
         notes.append(
-            "Contenders whose code is the same in both checkouts (the monolith here) show "
-            "this run's noise in the before/after table: read smaller changes as noise."
+            "The before/after table compares whole checkouts: everything that changed between "
+            "them counts, not only serving fixes. A contender whose code did not change shows "
+            "this run's noise there; read changes of that size as noise."
         )
     return notes
 
