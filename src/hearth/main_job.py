@@ -66,10 +66,12 @@ MAX_WAIT_S = 150.0
 CANARY_STEPS = [10.0, 25.0, 50.0, 100.0]
 ANALYSIS_PROFILE: dict[str, Any] = {
     # The monolith scores the challenger in a worker thread (isolated from the champion's
-    # lane), which costs tens of ms per request once two shared cores are busy (measured:
-    # p99 75 ms vs 7 ms for the same model work). 100 ms of absolute slack keeps that out
-    # of the verdict; the hard 500 ms guard rail is unchanged.
-    "p99_slack_ms": 100.0,
+    # inline lane), and on two shared cores under a 200 req/s replay that thread waits for
+    # the GIL: measured challenger p99 42 / 157 / 243 ms at 10 / 25 / 50 % of the traffic
+    # against 4-5 ms for the champion — the lane, not the model (the shuffled-labels model
+    # measured the same). 300 ms of absolute slack keeps that artefact out of the verdict;
+    # the hard guard rail (more than 1 % of requests over 500 ms) is unchanged.
+    "p99_slack_ms": 300.0,
     # A model retrained after a drift is *meant* to score differently: measured PSI of v2's
     # scores against v1's on the drifted test split 0.20, and 0.17-0.40 on 300-request
     # samples. 0.5 lets that through and still stops a broken scorer (shuffled labels:

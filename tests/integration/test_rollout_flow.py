@@ -1,0 +1,207 @@
+"""The rollout flow end to end: a real monolith on loopback, replayed traffic with delayed
+labels, a real Prefect server (prefect_test_harness), MLflow and the state store on disk.
+
+The champion is deliberately a model trained on shuffled labels, so that a properly trained
+challenger is *clearly* better even on the few hundred labelled requests a test can afford;
+the canary must promote it. Then a second shuffled-labels model, rolled out against the new
+champion, must be rolled back on quality (PR-AUC significantly worse).
+
+Sizes are tiny and the analysis minimums low (params.yaml of the test project). PSI is
+switched off (a huge `max_psi`): a random champion's scores and a real model's differ by
+construction, and this test is about the flow and the quality verdict, not score drift.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from hearth.config import NO_TELEMETRY_ENV, HearthContext, Params, Settings
+from hearth.rollout.replay import LabelledTransaction, ReplayConfig, load_transactions, replay
+from hearth.rollout.state import open_state_store
+from hearth.serving.launch import ServerProcess
+from tests.helpers import write_project
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+KEY = "rollout-test-key"
+BROKEN = {"name": "broken", "train": {"seed": 5, "epochs": 2, "shuffle_labels": True}}
+PARAMS = {
+    "data": {"days": 10, "customers": 300, "seed": 21, "tx_per_customer_day": 2.0,
+             "fraud_rate": 0.04},
+    "split": {"valid_days": 2, "test_days": 2},
+    "rollout": {
+        "steps": [50, 100], "step_wait_s": 8, "min_samples": 40, "min_labelled": 80,
+        "min_positives": 4, "max_psi": 1000, "recall_tolerance": 0.3,
+        "bootstrap_resamples": 200, "max_p99_latency_ms": 2000, "max_p99_ratio": 5,
+        "p99_slack_ms": 400,
+    },
+}  # fmt: skip
+LIVE_DAYS = 6
+
+
+def _settings(root: Path) -> Settings:
+    return Settings(
+        home=root / ".hearth",
+        data_dir=root / "data",
+        reports_dir=root / "reports",
+        params_file=root / "params.yaml",
+        api_key=KEY,  # type: ignore[arg-type]
+    )
+
+
+def _train_and_register(ctx: HearthContext, experiment: Path) -> Any:
+    from hearth import steps
+
+    plan = steps.plan_training(ctx, experiment)
+    lineage = steps.lineage_for(ctx, plan.experiment_file, "not validated")
+    name, config = plan.runs[0]
+    run = steps.train_run(ctx, name, config, plan.experiment.name, lineage)
+    return steps.register(ctx, run)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory, prefect_server: None) -> Iterator[Path]:
+    """A broken champion v1, a trained challenger v2, a live period kept aside; cwd/env set."""
+    import yaml
+
+    from hearth import steps
+    from hearth.data.generate import generate
+
+    root = tmp_path_factory.mktemp("rollout-project")
+    params = Params.model_validate(PARAMS)
+    write_project(root, params)
+    (root / "experiments" / "broken.yaml").write_text(yaml.safe_dump(BROKEN))
+    settings = _settings(root)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        for key, value in {**settings.environment(), "HEARTH_HOME": str(settings.home),
+                           "HEARTH_API_KEY": KEY}.items():  # fmt: skip
+            mp.setenv(key, value)
+        ctx = HearthContext(settings)
+        steps.generate_data(ctx)
+        steps.etl(ctx)
+        assert _train_and_register(ctx, Path("experiments/broken.yaml")).alias == "champion"
+        good = _train_and_register(ctx, Path("experiments/tiny.yaml"))
+        assert good.alias == "challenger", good.reason
+        live_start = params.data.start_date + timedelta(days=params.data.days)
+        generate(root / "live", params.data.model_copy(update={"days": LIVE_DAYS}),
+                 start_date=live_start)  # fmt: skip
+        yield root
+
+
+@pytest.fixture(scope="module")
+def server(project: Path) -> Iterator[ServerProcess]:
+    """The monolith, sharing the project's home (state store, prediction log, registry)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HEARTH_", "BENTOML_"))}
+    env.update(NO_TELEMETRY_ENV)
+    env.update(_settings(project).environment())
+    env.update(
+        HEARTH_HOME=str(project / ".hearth"),
+        HEARTH_DATA_DIR=str(project / "data"),
+        HEARTH_REPORTS_DIR=str(project / "reports"),
+        HEARTH_PARAMS_FILE=str(project / "params.yaml"),
+        HEARTH_API_KEY=KEY,
+    )
+    proc = ServerProcess.start("monolith", env, REPO, project / "server.log")
+    try:
+        proc.wait_ready()
+        yield proc
+    finally:
+        proc.stop()
+
+
+class Traffic:
+    """The live period, handed out in order: each rollout gets the part not yet sent."""
+
+    def __init__(self, txns: tuple[LabelledTransaction, ...]) -> None:
+        self.txns, self.offset = txns, 0
+
+
+@pytest.fixture(scope="module")
+def traffic(project: Path) -> Traffic:
+    loaded = load_transactions(sorted((project / "live" / "transactions").glob("*.csv")))
+    return Traffic(loaded.transactions)
+
+
+def _rollout_with_traffic(
+    server: ServerProcess, traffic: Traffic, **flow_kwargs: Any
+) -> dict[str, Any]:
+    from flows.rollout import rollout_flow
+
+    config = ReplayConfig(url=server.url, api_key=KEY, concurrency=4, rate_per_s=100,
+                          feedback_delay_s=0.5)  # fmt: skip
+    stop = threading.Event()
+    sent: dict[str, int] = {}
+
+    def send() -> None:
+        sent["n"] = replay(traffic.txns[traffic.offset :], config, stop).sent
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    try:
+        return rollout_flow(**flow_kwargs)
+    finally:
+        stop.set()
+        sender.join(timeout=30)
+        traffic.offset += sent.get("n", 0)
+
+
+def _aliases(project: Path) -> dict[str, str]:
+    mlflow.set_tracking_uri(_settings(project).mlflow_uri)
+    model = MlflowClient().get_registered_model("fraud-detector")
+    return {k: str(v) for k, v in model.aliases.items()}
+
+
+def test_a_better_challenger_is_promoted(
+    project: Path, server: ServerProcess, traffic: Traffic
+) -> None:
+    outcome = _rollout_with_traffic(server, traffic, max_wait_s=60)
+    assert outcome["status"] == "promoted", outcome["reason"]
+    assert outcome["challenger_version"] == "2" and outcome["champion_version"] == "1"
+    decisions = [r["decision"] for r in outcome["rounds"]]
+    assert decisions[-1] == "promote" and "advance" in decisions, decisions
+    final = outcome["numbers"]
+    assert final["challenger_pr_auc"] > final["champion_pr_auc"]
+    assert _aliases(project) == {"champion": "2", "previous": "1"}
+    # The verdicts are in the state history, the report and MLflow.
+    store = open_state_store(_settings(project))
+    try:
+        events = store.history(outcome["rollout_id"])
+    finally:
+        store.close()
+    assert [e.action for e in events][-1] == "promote"
+    assert events[-1].numbers["decision"] == "promote" and events[-1].test
+    report = Path(outcome["report_md"]).read_text()
+    assert "outcome: **promoted**" in report and Path(outcome["report_png"]).stat().st_size
+    run = MlflowClient().get_run(outcome["mlflow_run_id"])
+    assert run.data.tags["rollout.decision"] == "promote"
+    assert "challenger_pr_auc" in run.data.metrics
+    artifacts = {a.path for a in MlflowClient().list_artifacts(run.info.run_id, "rollout_report")}
+    assert artifacts == {"rollout_report/report.md", "rollout_report/report.png"}
+
+
+def test_a_worse_challenger_is_rolled_back_on_quality(
+    project: Path, server: ServerProcess, traffic: Traffic
+) -> None:
+    ctx = HearthContext(_settings(project))
+    broken = _train_and_register(ctx, Path("experiments/broken.yaml"))
+    assert broken.alias is None  # the gate rejects it; the drill rolls it out on purpose
+    outcome = _rollout_with_traffic(
+        server, traffic, challenger_version=str(broken.version), max_wait_s=60
+    )
+    assert outcome["status"] == "rolled_back", outcome["reason"]
+    final = outcome["rounds"][-1]
+    assert final["decision"] == "rollback"
+    assert final["checks"]["pr_auc"] == "fail", final
+    assert outcome["test"].startswith("stratified bootstrap")
+    assert _aliases(project) == {"champion": "2", "previous": "1"}
