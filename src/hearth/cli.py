@@ -842,6 +842,35 @@ def rollout_promote(
     console.print("  undo with `hearth rollback` (restores `previous`)")
 
 
+@rollout_app.command("report")
+def rollout_report(
+    rollout_id: Annotated[
+        str | None, typer.Argument(help="The rollout (default: the current or latest one).")
+    ] = None,
+) -> None:
+    """Write a rollout's report (Markdown + PNG: traffic, metrics and verdict per analysis
+    round) from its history, under HEARTH_HOME/reports/rollouts/<rollout_id>/."""
+    from hearth.rollout import flow_steps
+    from hearth.rollout.state import open_state_store
+
+    ctx = _context()
+    if rollout_id is None:
+        store = open_state_store(ctx.settings)
+        try:
+            current = store.current()
+        finally:
+            store.close()
+        if current is None:
+            _fail("there has been no rollout yet", "start one with `hearth rollout start`")
+        rollout_id = current.rollout_id
+    try:
+        written = flow_steps.write_report(ctx.settings, rollout_id)
+    except KeyError as exc:
+        _fail(str(exc), "`hearth rollout status` names the current rollout")
+    console.print(f"[green]✓[/] rollout {rollout_id} ({written.state.status}): {written.markdown}")
+    console.print(f"  chart: {written.png}")
+
+
 @app.command()
 def rollback(
     reason: Annotated[str, typer.Option(help="Why: recorded in the rollout's history.")] = "",

@@ -197,13 +197,14 @@ def plot(report: RolloutReport, path: Path) -> Path:
 
     matplotlib.use("Agg")  # headless: flows run on servers without a display
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     rounds = report.rounds
     x = [r.round for r in rounds]
     fig, axes = plt.subplots(2, 2, figsize=(10, 7), dpi=100)
     try:
         share, errors, p99, quality = axes.flat
-        share.step(x, [r.percent for r in rounds], where="post", color="tab:orange")
+        share.bar(x, [r.percent for r in rounds], color="tab:orange", width=0.6)
         share.set(title="challenger traffic share (%)", ylim=(0, 105))
         for ax, key, title in (
             (errors, "error_rate", "error rate"),
@@ -222,6 +223,7 @@ def plot(report: RolloutReport, path: Path) -> Path:
                 ax.annotate(r.decision, (r.round, r.percent), textcoords="offset points",
                             xytext=(0, 6), ha="center")  # fmt: skip
         for ax in axes.flat:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_xlabel("analysis round")
             ax.grid(alpha=0.3)
         s = report.state
