@@ -250,11 +250,17 @@ class _Replay:
         self.labels.add(due, txn.transaction_id, txn.is_fraud)
 
     async def post_labels(self) -> None:
-        """Post labels as they fall due; after sending ends, until none is left."""
+        """Post labels as they fall due; after sending ends, until none is left.
+
+        Due labels go out `concurrency` at a time: posted one by one, they would fall ever
+        further behind a replay of hundreds of requests per second.
+        """
         last_progress = 0.0
+        width = self.config.concurrency
         while self.sending or len(self.labels):
-            for tid, label in self.labels.due(time.monotonic()):
-                await self._feedback(tid, label)
+            due = self.labels.due(time.monotonic())
+            for start in range(0, len(due), width):
+                await asyncio.gather(*(self._feedback(t, y) for t, y in due[start : start + width]))
             now = time.monotonic()
             if self.progress is not None and now - last_progress >= 1.0:
                 last_progress = now
