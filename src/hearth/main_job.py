@@ -90,7 +90,10 @@ FEEDBACK_DELAY_S = 3.0
 # The drill starts at 50 %, so that its first analysis already has enough labels to judge
 # quality as well as the score distribution.
 DRILL_STEPS = [50.0, 100.0]
-DRILL_STEP_WAIT_S = 25.0  # ~60 labelled frauds per variant at 50 % and ~180 req/s
+DRILL_STEP_WAIT_S = 40.0  # ~30-60 labelled frauds per variant at 50 % and ~130 req/s
+# A scorer at chance level (PR-AUC ~0.03 against ~0.8) is unmistakable on 30 frauds; the
+# drill still waits for that much evidence so that its verdict shows quality, not only PSI.
+DRILL_PROFILE: dict[str, Any] = {**ANALYSIS_PROFILE, "min_positives": 30}
 
 Say = Callable[[str], None]
 
@@ -290,7 +293,10 @@ def _timed(summary: ClosedLoopSummary, name: str) -> Iterator[None]:
 
 
 def _flow_kwargs(
-    challenger_version: str | None, steps: list[float], step_wait_s: float = STEP_WAIT_S
+    challenger_version: str | None,
+    steps: list[float],
+    step_wait_s: float = STEP_WAIT_S,
+    profile: dict[str, Any] = ANALYSIS_PROFILE,
 ) -> dict[str, Any]:
     return {
         "challenger_version": challenger_version,
@@ -298,7 +304,7 @@ def _flow_kwargs(
         "steps": steps,
         "step_wait_s": step_wait_s,
         "max_wait_s": MAX_WAIT_S,
-        "analysis_overrides": ANALYSIS_PROFILE,
+        "analysis_overrides": profile,
     }
 
 
@@ -366,7 +372,7 @@ def run_closed_loop(ctx: HearthContext, say: Say | None = None) -> ClosedLoopSum
                 server,
                 ctx.settings,
                 traffic,
-                _flow_kwargs(broken, DRILL_STEPS, DRILL_STEP_WAIT_S),
+                _flow_kwargs(broken, DRILL_STEPS, DRILL_STEP_WAIT_S, DRILL_PROFILE),
                 say,
             )
         summary.drill_replay = replayed.to_dict()
@@ -444,7 +450,8 @@ def summary_lines(summary: ClosedLoopSummary) -> list[str]:
         lines += _rollout_lines("drill", summary.drill, summary.drill_replay)
     profile = ", ".join(f"{k}={v:g}" for k, v in ANALYSIS_PROFILE.items())
     lines.append(
-        f"profile  params.yaml rollout analysis with {profile}; step wait {STEP_WAIT_S:g}s"
+        f"profile  params.yaml rollout analysis with {profile}; step wait {STEP_WAIT_S:g}s "
+        f"(drill: min_positives {DRILL_PROFILE['min_positives']}, wait {DRILL_STEP_WAIT_S:g}s)"
     )
     timings = ", ".join(f"{k} {v:.0f}s" for k, v in summary.timings.items())
     lines.append(f"timings  {timings}")

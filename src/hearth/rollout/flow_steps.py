@@ -76,6 +76,7 @@ class RoundResult:
     state: RolloutState
     rows: int
     seconds: float
+    judged_percent: float = 0.0  # the challenger's share while the analysed traffic came in
 
     @property
     def ended(self) -> bool:
@@ -88,7 +89,8 @@ class RoundResult:
             "action": self.action,
             "reason": self.verdict.reason,
             "test": self.verdict.test,
-            "challenger_percent": self.state.challenger_percent,
+            "challenger_percent": self.judged_percent,
+            "percent_after": self.state.challenger_percent,
             "status": self.state.status,
             "rows": self.rows,
             "checks": {c.name: c.outcome for c in self.verdict.checks},
@@ -396,7 +398,8 @@ def run_round(
         action,
         verdict.reason,
     )
-    return RoundResult(round_no, verdict, action, new, len(rows), time.monotonic() - began)
+    seconds = time.monotonic() - began
+    return RoundResult(round_no, verdict, action, new, len(rows), seconds, state.challenger_percent)
 
 
 # -- reports --------------------------------------------------------------------------------
