@@ -34,7 +34,7 @@ $(STAMP): requirements.lock pyproject.toml
 install: $(STAMP) ## Create .venv and install Hearth with its locked dependencies
 
 .PHONY: run
-run: install ## Set up, then run the main job (generate → ETL → validate → train → register)
+run: install ## Set up, then run the main job: pipeline → champion → drift → canary promotion → rollback drill
 	$(BIN)/hearth run
 
 .PHONY: system-deps
