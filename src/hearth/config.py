@@ -277,6 +277,12 @@ class RolloutParams(_Frozen):
     min_samples: int = Field(200, ge=1, description="Requests per variant before any verdict.")
     min_labelled: int = Field(500, ge=1, description="Labelled requests per variant for quality.")
     min_positives: int = Field(10, ge=1, description="Labelled frauds per variant for quality.")
+    min_fraud_customers: int = Field(
+        10,
+        ge=1,
+        description="Customers with a labelled fraud per variant for quality: frauds come in "
+        "bursts per customer, and the quality bootstrap resamples customers.",
+    )
     max_error_rate_increase: float = Field(0.01, ge=0, le=1)
     max_p99_ratio: float = Field(1.5, ge=1, description="Challenger p99 / champion p99 allowed.")
     p99_slack_ms: float = Field(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -250,3 +251,54 @@ def test_mappings_from_the_prediction_log_are_accepted_with_per_variant_threshol
 def test_verdicts_are_reproducible() -> None:
     rows = champion() + challenger(quality=1.1)
     assert judge(rows).numbers == judge(rows).numbers
+
+
+# -- frauds in bursts per customer ---------------------------------------------------------
+def bursty_requests(variant: str, seed: int, fraud_customers: int = 30) -> list[dict[str, Any]]:
+    """Prediction-log rows of a model where each fraud customer's burst is alike.
+
+    500 legitimate customers with 6 requests each, and `fraud_customers` customers with a
+    burst of 6 frauds (a takeover, card testing) that share how detectable they are: one
+    burst scores high throughout, the next low throughout. Both variants are the same model.
+    """
+    rng = np.random.default_rng(seed)
+    rows = [(f"{variant}-{c}", rng.normal(-4.0, 1.2), 0) for c in range(500) for _ in range(6)]
+    for c in range(fraud_customers):
+        detectable = rng.normal(0.0, 2.0)
+        rows += [(f"{variant}-f{c}", detectable + rng.normal(0, 0.3), 1) for _ in range(6)]
+    return [
+        {"variant": variant, "latency_ms": 5.0, "score": float(1 / (1 + np.exp(-z))),
+         "is_fraud": y, "customer_id": customer}
+        for customer, z, y in rows
+    ]  # fmt: skip
+
+
+def test_bursty_fraud_per_customer_does_not_roll_back_an_equal_challenger() -> None:
+    """The failure that once rolled back a better model: frauds in bursts per customer.
+
+    Champion and challenger are the same model on different customers, so the challenger
+    must be rolled back on quality in at most ~alpha of the rollouts per metric (PR-AUC,
+    recall: ~10 % here). Resampling rows treats a burst of 6 as 6 independent frauds and
+    rolls back about a third of them; resampling customers is honest.
+    """
+    params = RolloutParams(bootstrap_resamples=200, min_labelled=100)
+    rollouts = [
+        bursty_requests("champion", 2 * i) + bursty_requests("challenger", 2 * i + 1)
+        for i in range(50)
+    ]
+    by_customer = [analyse(rows, params, THRESHOLD).decision for rows in rollouts]
+    anonymous = [[{**r, "customer_id": None} for r in rows] for rows in rollouts]
+    by_row = [analyse(rows, params, THRESHOLD).decision for rows in anonymous]
+    assert by_row.count("rollback") >= 12  # the failure mode is there (row bootstrap)
+    assert by_customer.count("rollback") <= 7, by_customer
+
+
+def test_quality_waits_for_enough_customers_with_a_fraud() -> None:
+    """Thirty frauds from five customers are five pieces of evidence, not thirty."""
+    rows = bursty_requests("champion", 0, fraud_customers=5)
+    rows += bursty_requests("challenger", 1, fraud_customers=5)
+    verdict = analyse(rows, RolloutParams(min_labelled=100), THRESHOLD)
+    assert verdict.numbers["challenger_positives"] == 30 >= PARAMS.min_positives
+    assert verdict.numbers["challenger_fraud_customers"] == 5
+    assert verdict.decision == "hold" and "5 customers" in verdict.reason
+    assert {c.name: c.test for c in verdict.checks}["pr_auc"] == TEST_SAMPLES

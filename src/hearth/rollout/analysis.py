@@ -13,10 +13,14 @@ The order of the checks is the order of urgency:
 3. **Operations**: error rate (two-proportion z-test with a margin), p99 latency (ratio to
    the champion's), score distribution (PSI against the champion's quantile bins). A failure
    rolls back.
-4. **Quality**, once enough labels (and frauds) arrived for both variants: PR-AUC and recall
-   at the decision threshold, compared by a stratified bootstrap of their differences.
-   Significantly worse → roll back; non-inferior within the tolerance → pass; otherwise
-   inconclusive.
+4. **Quality**, once enough labels, frauds and customers with a fraud arrived for both
+   variants: PR-AUC and recall at the decision threshold, compared by a bootstrap of their
+   differences that resamples *customers* (all of a customer's requests together),
+   stratified by whether the customer had a fraud. Frauds come in bursts per customer
+   (card testing, takeovers) and the variants serve disjoint customers, so rows are not
+   independent draws: a row bootstrap would treat one burst of 8 as 8 pieces of evidence
+   and give intervals far too narrow. Significantly worse → roll back; non-inferior within
+   the tolerance → pass; otherwise inconclusive.
 
 Then, by mode: a canary *advances* at intermediate steps (operations passed, quality not
 shown worse) and *promotes* at its last step only on passed quality, else holds; shadow is
@@ -54,7 +58,7 @@ TEST_SAMPLES = "minimum sample sizes"
 TEST_ERRORS = "two-proportion z-test, one-sided, with margin"
 TEST_P99 = "p99 latency ratio (point estimate)"
 TEST_PSI = "population stability index over champion-quantile bins"
-TEST_QUALITY = "stratified bootstrap CI of challenger - champion (one-sided)"
+TEST_QUALITY = "customer-cluster bootstrap CI of challenger - champion (one-sided)"
 
 
 @dataclass(frozen=True)
@@ -66,18 +70,36 @@ class RequestRecord:
     latency_ms: float
     score: float | None = None
     label: int | None = None  # None until /feedback delivers it
+    customer_id: str | None = None  # None: unknown, the request counts as its own customer
+
+
+def cluster_codes(customer_ids: Iterable[str | None]) -> np.ndarray:
+    """Integer codes of the customers (0, 1, ...); each None gets a code of its own."""
+    codes: dict[str, int] = {}
+    out: list[int] = []
+    anonymous = 0
+    for customer in customer_ids:
+        if customer is None:
+            # Negative codes cannot collide with the customers' 0, 1, ...
+            anonymous -= 1
+            out.append(anonymous)
+        else:
+            out.append(codes.setdefault(customer, len(codes)))
+    return np.array(out, dtype=np.int64)
 
 
 @dataclass(frozen=True)
 class VariantSample:
     """One variant's requests, as columns. `scores`/`labels` hold the answered requests only;
-    `labels` is NaN where no label arrived yet."""
+    `labels` is NaN where no label arrived yet. `clusters` codes the customer of each
+    answered request (`cluster_codes`); None: every request is a customer of its own."""
 
     n: int
     errors: int
     latency_ms: np.ndarray
     scores: np.ndarray
     labels: np.ndarray
+    clusters: np.ndarray | None = None
 
     @classmethod
     def from_records(cls, records: Iterable[RequestRecord]) -> VariantSample:
@@ -89,6 +111,7 @@ class VariantSample:
             latency_ms=np.array([r.latency_ms for r in rows], dtype=np.float64),
             scores=np.array([np.nan if r.score is None else r.score for r in answered], float),
             labels=np.array([np.nan if r.label is None else r.label for r in answered], float),
+            clusters=cluster_codes(r.customer_id for r in answered),
         )
 
     @property
@@ -105,10 +128,25 @@ class VariantSample:
         s = self.scores
         return int(np.count_nonzero(~(np.isfinite(s) & (s >= 0) & (s <= 1))))
 
+    def _labelled_mask(self) -> np.ndarray:
+        return ~np.isnan(self.labels) & np.isfinite(self.scores)
+
     def labelled(self) -> tuple[np.ndarray, np.ndarray]:
         """(labels as 0/1 ints, scores) of the answered requests that have a label."""
-        keep = ~np.isnan(self.labels) & np.isfinite(self.scores)
+        keep = self._labelled_mask()
         return self.labels[keep].astype(np.int64), self.scores[keep]
+
+    def labelled_clusters(self) -> np.ndarray:
+        """Customer codes of the rows `labelled()` returns, in the same order."""
+        keep = self._labelled_mask()
+        if self.clusters is None:
+            return np.arange(int(keep.sum()), dtype=np.int64)
+        return self.clusters[keep]
+
+    def fraud_customers(self) -> int:
+        """Distinct customers with a labelled fraud: the independent evidence on recall."""
+        y, _ = self.labelled()
+        return int(np.unique(self.labelled_clusters()[y == 1]).size)
 
 
 def _as_record(row: RequestRecord | Mapping[str, Any]) -> RequestRecord:
@@ -121,6 +159,7 @@ def _as_record(row: RequestRecord | Mapping[str, Any]) -> RequestRecord:
         latency_ms=float(row["latency_ms"]),
         score=None if row.get("score") is None else float(row["score"]),
         label=None if label is None else int(label),
+        customer_id=None if row.get("customer_id") is None else str(row["customer_id"]),
     )
 
 
@@ -178,16 +217,26 @@ class _Ranked:
     A resample is a vector of multiplicities (how often each row was drawn); with the rows
     sorted by score, PR-AUC and recall of every resample are cumulative sums, computed for
     many resamples at once. Tied scores form one group, i.e. one threshold, as in sklearn.
+    `clusters` (customer codes, one per row; None: a row is its own customer) are what a
+    resample draws: a customer drawn k times counts all of its rows k times.
     """
 
-    def __init__(self, y: np.ndarray, s: np.ndarray, threshold: float) -> None:
+    def __init__(
+        self, y: np.ndarray, s: np.ndarray, threshold: float, clusters: np.ndarray | None = None
+    ) -> None:
         order = np.argsort(-s, kind="mergesort")
         self.y = y[order].astype(np.float64)
         self.s = s[order]
         self.group_ends = np.r_[np.flatnonzero(np.diff(self.s)), self.s.size - 1]
         self.flagged = self.s >= threshold
-        self.positive_rows = np.flatnonzero(self.y == 1)
-        self.negative_rows = np.flatnonzero(self.y == 0)
+        raw = np.arange(self.y.size) if clusters is None else np.asarray(clusters)[order]
+        # row → cluster 0..k-1, and each cluster's stratum: did the customer have a fraud?
+        _, self.cluster_of_row = np.unique(raw, return_inverse=True)
+        k = int(self.cluster_of_row.max()) + 1 if self.y.size else 0
+        frauds = np.bincount(self.cluster_of_row, weights=self.y, minlength=k)
+        self.fraud_clusters = np.flatnonzero(frauds > 0)
+        self.clean_clusters = np.flatnonzero(frauds == 0)
+        self.clusters = k
 
     def stats(self, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(PR-AUC, recall at the threshold) per row of `weights` (resamples × rows)."""
@@ -203,18 +252,21 @@ class _Ranked:
             return ap, hits / positives[:, 0]
 
     def resample(self, rng: np.random.Generator, count: int) -> np.ndarray:
-        """`count` stratified bootstrap resamples as multiplicities (count × rows)."""
-        weights = np.zeros((count, self.y.size))
-        # Positives and negatives are drawn separately: with ~1 % fraud a plain bootstrap
-        # would draw resamples without any fraud, whose PR-AUC is undefined.
-        for rows in (self.positive_rows, self.negative_rows):
-            if rows.size:
-                # Draw row numbers, then count them per resample (bincount over offsets).
-                draws = rng.integers(0, rows.size, size=(count, rows.size))
-                draws += np.arange(count)[:, None] * rows.size
-                counts = np.bincount(draws.ravel(), minlength=count * rows.size)
-                weights[:, rows] = counts.reshape(count, rows.size)
-        return weights
+        """`count` stratified cluster-bootstrap resamples as row multiplicities (count × rows).
+
+        Customers are drawn with replacement, those with a fraud and those without
+        separately: with ~1 % fraud an unstratified draw would give resamples without any
+        fraud, whose PR-AUC is undefined. A row's multiplicity is its customer's.
+        """
+        per_cluster = np.zeros((count, self.clusters))
+        for members in (self.fraud_clusters, self.clean_clusters):
+            if members.size:
+                # Draw cluster numbers, then count them per resample (bincount over offsets).
+                draws = rng.integers(0, members.size, size=(count, members.size))
+                draws += np.arange(count)[:, None] * members.size
+                counts = np.bincount(draws.ravel(), minlength=count * members.size)
+                per_cluster[:, members] = counts.reshape(count, members.size)
+        return per_cluster[:, self.cluster_of_row]
 
 
 def average_precision(y: np.ndarray, s: np.ndarray) -> float:
@@ -237,14 +289,21 @@ class _Interval:
 
 
 def _bootstrap(
-    champion: tuple[np.ndarray, np.ndarray],
-    challenger: tuple[np.ndarray, np.ndarray],
+    champion: VariantSample,
+    challenger: VariantSample,
     thresholds: tuple[float, float],
     params: RolloutParams,
 ) -> dict[str, _Interval]:
-    """One-sided (alpha) bounds of challenger - champion for PR-AUC and recall@threshold."""
+    """One-sided (alpha) bounds of challenger - champion for PR-AUC and recall@threshold.
+
+    Each variant is resampled by customer on its own: the variants serve disjoint
+    customers, so their resamples are independent.
+    """
     rng = np.random.default_rng(params.seed)
-    ranked = (_Ranked(*champion, thresholds[0]), _Ranked(*challenger, thresholds[1]))
+    ranked = tuple(
+        _Ranked(*sample.labelled(), threshold, sample.labelled_clusters())
+        for sample, threshold in zip((champion, challenger), thresholds, strict=True)
+    )
     everything = [r.stats(np.ones((1, r.y.size))) for r in ranked]  # the observed data
     point = [float(everything[1][i][0] - everything[0][i][0]) for i in (0, 1)]
     # Chunks of resamples bound the memory: resamples × rows floats per matrix.
@@ -320,6 +379,7 @@ def _numbers(champion: VariantSample, challenger: VariantSample) -> dict[str, fl
                 f"{name}_p99_ms": s.p99_ms,
                 f"{name}_labelled": float(y.size),
                 f"{name}_positives": float(y.sum()),
+                f"{name}_fraud_customers": float(s.fraud_customers()),
             }
         )
     return out
@@ -427,8 +487,15 @@ def _psi_check(
 
 
 def _enough_labels(sample: VariantSample, params: RolloutParams) -> bool:
+    """Labels, frauds and fraud customers to judge quality on; the last is the binding one
+    when frauds come in bursts: a cluster bootstrap on a handful of customers cannot give
+    an honest interval, however many frauds each contributed."""
     y, _ = sample.labelled()
-    return y.size >= params.min_labelled and y.sum() >= params.min_positives
+    return (
+        y.size >= params.min_labelled
+        and y.sum() >= params.min_positives
+        and sample.fraud_customers() >= params.min_fraud_customers
+    )
 
 
 def _quality(
@@ -443,9 +510,12 @@ def _quality(
     if not (_enough_labels(champion, params) and _enough_labels(challenger, params)):
         detail = (
             f"labels: champion {int(nums['champion_labelled'])} "
-            f"({int(nums['champion_positives'])} fraud), challenger "
-            f"{int(nums['challenger_labelled'])} ({int(nums['challenger_positives'])} fraud); "
-            f"need {params.min_labelled} ({params.min_positives} fraud) each"
+            f"({int(nums['champion_positives'])} fraud, "
+            f"{int(nums['champion_fraud_customers'])} customers), challenger "
+            f"{int(nums['challenger_labelled'])} ({int(nums['challenger_positives'])} fraud, "
+            f"{int(nums['challenger_fraud_customers'])} customers); need "
+            f"{params.min_labelled} ({params.min_positives} fraud from "
+            f"{params.min_fraud_customers} customers) each"
         )
         return {
             name: (Check(name, "inconclusive", TEST_SAMPLES, detail), None)
@@ -460,7 +530,7 @@ def _quality(
         precision, recall = at_threshold(y, scores, threshold)
         nums[f"{variant}_precision"], nums[f"{variant}_recall"] = precision, recall
         nums[f"{variant}_threshold"] = threshold
-    intervals = _bootstrap(champion.labelled(), challenger.labelled(), thresholds, params)
+    intervals = _bootstrap(champion, challenger, thresholds, params)
     out: dict[str, tuple[Check, _Interval | None]] = {}
     for name, tolerance in (
         ("pr_auc", params.pr_auc_tolerance),

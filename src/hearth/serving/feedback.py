@@ -185,10 +185,13 @@ class PredictionLog:
         """The rollout analysis's input: one dict per scoring attempt, oldest first.
 
         Keys: ``variant`` ("champion" | "challenger"), ``ok`` (bool), ``latency_ms``
-        (float: the model call as the gateway saw it), ``score`` (float, None when not ok),
-        ``is_fraud`` (the newest /feedback label of the transaction as a bool, or None),
-        ``model_version`` (str), ``shadow`` (bool: a challenger's score of a copy). Filtered
-        by `rollout_id` (None: every rollout, and none) and `since` (aware or naive UTC).
+        (float: the model call's own time, measured alike for both variants — see
+        `hearth.serving.scoring`), ``score`` (float, None when not ok), ``is_fraud`` (the
+        newest /feedback label of the transaction as a bool, or None), ``model_version``
+        (str), ``shadow`` (bool: a challenger's score of a copy), ``customer_id`` (str or
+        None: the analysis resamples by customer, as frauds come in bursts per customer).
+        Filtered by `rollout_id` (None: every rollout, and none) and `since` (aware or naive
+        UTC).
         """
         where: list[str] = ["p.latency_ms IS NOT NULL"]
         args: list[Any] = []
@@ -200,7 +203,8 @@ class PredictionLog:
             args.append(_epoch(since))
         query = (
             f"SELECT p.variant, p.ok, p.latency_ms, p.score, {_LABEL}, p.model_version, "
-            f"p.shadow FROM predictions p WHERE {' AND '.join(where)} ORDER BY p.at, p.rowid"
+            f"p.shadow, p.customer_id FROM predictions p WHERE {' AND '.join(where)} "
+            "ORDER BY p.at, p.rowid"
         )
         with self._lock:
             fetched = self._db.execute(query, args).fetchall()
@@ -213,8 +217,9 @@ class PredictionLog:
                 "is_fraud": None if label is None else bool(label),
                 "model_version": str(version),
                 "shadow": bool(shadow),
+                "customer_id": customer,
             }
-            for variant, ok, latency, score, label, version, shadow in fetched
+            for variant, ok, latency, score, label, version, shadow, customer in fetched
         ]
 
     def counts(self, rollout_id: str | None = None) -> dict[str, dict[str, int]]:

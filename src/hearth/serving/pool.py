@@ -255,6 +255,8 @@ class ModelPool:
         """Scores of items that one model version scores; failures are per item."""
         record, fault = model.record, model.record.fault
 
+        started = time.perf_counter()
+
         def failed(item: ScoreItem, why: str) -> Score:
             return Score(
                 variant=item.variant,
@@ -262,15 +264,17 @@ class ModelPool:
                 data_version=record.data_version,
                 status="error",
                 error=why,
+                model_ms=(time.perf_counter() - started) * 1000,
             )
 
         try:
             if fault is not None:
-                fault.delay()
+                fault.delay()  # inside the timed call: a drill's slow model must look slow
             probs = model.scorer.predict_records([item.features for item in items]).tolist()
         except Exception as exc:  # a broken model fails its items, never the whole batch
             log.exception("version %s failed to score %d items", record.version, len(items))
             return [failed(item, f"{type(exc).__name__}: {exc}") for item in items]
+        model_ms = (time.perf_counter() - started) * 1000
         scores = []
         for item, p in zip(items, probs, strict=True):
             if fault is not None and fault.fails(self._rng):
@@ -283,6 +287,7 @@ class ModelPool:
                     data_version=record.data_version,
                     probability=p,
                     decision=decide(p, model.review, model.decline),
+                    model_ms=model_ms,
                 )
             )
         return scores

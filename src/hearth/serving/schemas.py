@@ -158,6 +158,12 @@ class Score(BaseModel):
     decision: Decision | None = None
     status: ScoreStatus = "ok"
     error: str | None = None
+    # How long the model call that scored this item took (its batch: a drill's injected
+    # delay and the forward pass), timed where the model runs. The rollout compares the
+    # variants on this, not on what the gateway waited: the monolith's challenger lane is a
+    # worker thread whose hand-off and queueing would otherwise count against the
+    # challenger alone. None from a model service that does not time its calls.
+    model_ms: float | None = None
 
     @property
     def ok(self) -> bool:

@@ -7,6 +7,12 @@ fails is scored again by the champion, and the failed attempt is kept (`Failure`
 the prediction log and the guard rails see it. A challenger version that is still loading
 answers "unavailable": the champion answers then too, and nothing is held against the
 challenger. Shadow copies use the challenger lane with the same timeout.
+
+Latency is recorded the same way for both variants: the model call's own time
+(`Score.model_ms`, timed where the model runs) whenever the model reports it, and the
+lane's wall time only where it cannot (a challenger that timed out, a model service that
+does not time its calls). The lanes differ on purpose — the challenger's is isolated, in
+the monolith a worker thread — and their hand-off and queueing are not the model's.
 """
 
 from __future__ import annotations
@@ -40,8 +46,8 @@ class Failure:
 
 @dataclass(frozen=True)
 class Answer:
-    """The score returned to the client, the latency of the call that made it, and the
-    challenger attempt that failed before it (if any)."""
+    """The score returned to the client, the latency of the model call that made it (see
+    the module docstring), and the challenger attempt that failed before it (if any)."""
 
     score: Score
     latency_ms: float
@@ -59,6 +65,11 @@ class Attempt:
 
 def _ms(since: float) -> float:
     return (time.perf_counter() - since) * 1000
+
+
+def _latency(score: Score, lane_ms: float) -> float:
+    """The model call's own time when the model reported it, else the lane's wall time."""
+    return lane_ms if score.model_ms is None else score.model_ms
 
 
 async def score_main(model: ScoreClient, items: list[ScoreItem]) -> tuple[list[Score], float]:
@@ -97,13 +108,14 @@ async def try_challenger(
     latency = _ms(started)
     attempts = []
     for _item, s in zip(items, scores, strict=True):
+        took = _latency(s, latency)
         if s.ok:
-            attempts.append(Attempt(s, latency, None))
+            attempts.append(Attempt(s, took, None))
         elif s.status == "unavailable":
-            attempts.append(Attempt(None, latency, None))
+            attempts.append(Attempt(None, took, None))
         else:
-            failure = Failure(s.model_version, latency, s.error or "error")
-            attempts.append(Attempt(None, latency, failure))
+            failure = Failure(s.model_version, took, s.error or "error")
+            attempts.append(Attempt(None, took, failure))
     return attempts
 
 
@@ -127,7 +139,7 @@ async def score_routed(
     )
     answers: list[Answer | None] = [None] * len(items)
     for i, s in zip(main_idx, main_scores, strict=True):
-        answers[i] = Answer(s, main_ms)
+        answers[i] = Answer(s, _latency(s, main_ms))
     retry: list[tuple[int, Failure | None]] = []
     for i, attempt in zip(chal_idx, attempts, strict=True):
         if attempt.score is not None:
@@ -143,5 +155,5 @@ async def score_routed(
         ]
         scores, ms = await score_main(main, fallback)
         for (i, failure), s in zip(retry, scores, strict=True):
-            answers[i] = Answer(s, ms, failure)
+            answers[i] = Answer(s, _latency(s, ms), failure)
     return [a for a in answers if a is not None]
