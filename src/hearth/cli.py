@@ -8,7 +8,7 @@ import subprocess
 import sys
 from datetime import date
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -46,7 +46,7 @@ def _context() -> HearthContext:
     return ctx
 
 
-def _fail(message: str, hint: str | None = None) -> typer.Exit:
+def _fail(message: str, hint: str | None = None) -> NoReturn:
     console.print(f"[bold red]error:[/] {message}")
     if hint:
         console.print(f"[yellow]hint:[/] {hint}")
