@@ -58,7 +58,7 @@ TEST_SAMPLES = "minimum sample sizes"
 TEST_ERRORS = "two-proportion z-test, one-sided, with margin"
 TEST_P99 = "p99 latency ratio (point estimate)"
 TEST_PSI = "population stability index over champion-quantile bins"
-TEST_QUALITY = "customer-cluster bootstrap CI of challenger - champion (one-sided)"
+TEST_QUALITY = "stratified customer-cluster bootstrap CI of challenger - champion (one-sided)"
 
 
 @dataclass(frozen=True)
