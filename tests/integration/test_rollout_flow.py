@@ -25,6 +25,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from hearth.config import NO_TELEMETRY_ENV, HearthContext, Params, Settings
+from hearth.rollout.analysis import TEST_QUALITY
 from hearth.rollout.replay import LabelledTransaction, ReplayConfig, load_transactions, replay
 from hearth.rollout.state import open_state_store
 from hearth.serving.launch import ServerProcess
@@ -203,5 +204,5 @@ def test_a_worse_challenger_is_rolled_back_on_quality(
     final = outcome["rounds"][-1]
     assert final["decision"] == "rollback"
     assert final["checks"]["pr_auc"] == "fail", final
-    assert outcome["test"].startswith("stratified bootstrap")
+    assert outcome["test"] == TEST_QUALITY
     assert _aliases(project) == {"champion": "2", "previous": "1"}
