@@ -6,7 +6,6 @@ HEARTH_FEATURES_URL / HEARTH_MODEL_URL name them (then `bentoml serve` starts ne
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import bentoml
@@ -26,13 +25,25 @@ app = create_app(
 _urls = graph.remote_urls()
 
 
-def _refresh_sessions_by_age_only(proxy: Any) -> None:
-    """Work around BentoML 1.4.40: its async client closes its HTTP session every 100
-    requests while others are still in flight on it, failing them (a 503 here) under
-    concurrency. Sessions are then renewed by age only (every 5 minutes)."""
-    manager = getattr(getattr(proxy, "to_async", None), "_session_manager", None)
-    if manager is not None and hasattr(manager, "max_requests"):
-        manager.max_requests = sys.maxsize
+def _address(dependency: Any) -> str:
+    """Where a dependency listens: its configured URL (HEARTH_FEATURES_URL/MODEL_URL), else
+    the address `bentoml serve` gave it, from the runner mapping `bentoml.depends` reads.
+
+    The gateway calls it over `hearth.serving.internal`, not through BentoML's proxy, which
+    is therefore never created (see hearth.serving.internal for why).
+    """
+    if dependency.url:
+        return str(dependency.url)
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    mapping: dict[str, str] = BentoMLContainer.remote_runner_mapping.get()
+    name = dependency.on.name
+    if name not in mapping:
+        raise RuntimeError(
+            f"no address for the {name} service: run `bentoml serve bentos.gateway:Gateway` "
+            f"(which starts it) or set HEARTH_{name.upper()}_URL"
+        )
+    return mapping[name]
 
 
 @bentoml.asgi_app(app, path="/")
@@ -47,10 +58,15 @@ class Gateway:
         ctx = graph.context()
         start_telemetry(ctx.settings, "gateway")
         self.policy = HttpPolicy.from_settings(ctx.settings)
-        self.gateway = graph.microservices_gateway(ctx, self.features, self.model)
+        # Class attributes: the `Dependency` declarations themselves, not BentoML proxies.
+        features, model = _address(type(self).features), _address(type(self).model)
+        self.gateway, self.clients = graph.microservices_gateway(ctx, features, model)
         self.admin = graph.admin(ctx, self.gateway)
-        for proxy in (self.features, self.model):
-            _refresh_sessions_by_age_only(proxy)
+
+    @bentoml.on_shutdown
+    async def close_clients(self) -> None:
+        for client in self.clients:
+            await client.close()
 
     async def __is_ready__(self) -> bool:
         return await self.gateway.ready()

@@ -17,7 +17,7 @@ _LOCK = Path(__file__).resolve().parent.parent / "requirements.lock"
 
 # What the gateway and the features service import: no torch, no MLflow, no sklearn.
 CPU_PACKAGES = (
-    "bentoml", "fastapi", "httpx", "prometheus_client", "pydantic", "pydantic-settings",
+    "aiohttp", "bentoml", "fastapi", "httpx", "prometheus_client", "pydantic", "pydantic-settings",
     "PyYAML", "numpy", "pandas", "pyarrow", "redis",
     # BentoML brings the OTel API and SDK; the OTLP/HTTP exporter is for HEARTH_OTLP_ENDPOINT.
     "opentelemetry-exporter-otlp-proto-http",

@@ -1,29 +1,42 @@
-"""Model service: the model pool behind an adaptively batched API (microservices topology)."""
+"""Model service: the model pool behind adaptively batched lanes (microservices topology)."""
 
 from __future__ import annotations
 
 import time
 
 import bentoml
+from bentoml.exceptions import ServiceUnavailable
 
 from bentos.images import cuda_image
 from bentos.telemetry import service_tracing, start_telemetry
-from hearth.config import Settings
 from hearth.observability.metrics import record_model_call
 from hearth.observability.tracing import record_model_spans
 from hearth.serving import graph
+from hearth.serving.batching import Batcher
+from hearth.serving.errors import Unavailable
+from hearth.serving.internal import PREDICT, PREDICT_CHALLENGER, PREFIX, model_app
 from hearth.serving.schemas import Score, ScoreItem
 
-# The batch queue sheds (503) what it predicts would wait longer than the gateway waits.
-_SHED_MS = int(1000 * Settings().model_timeout_s)
+# The gateway's hop: /internal/predict, /internal/predict_challenger, /internal/ready.
+internal = model_app(
+    lambda path: bentoml.get_current_service().lanes[path],
+    lambda: bentoml.get_current_service().__is_ready__(),
+)
+MAX_BATCH_SIZE = 256
+# The champion lane scores batches this small on the event loop (see Batcher): a lone
+# request skips two thread hand-offs. The challenger lane never does (drills make it slow).
+INLINE_MAX_ITEMS = 8
+# The challenger lane gives up where the guard rails' latency limit would count a failure.
+CHALLENGER_SHED_S = 0.5
 
 
+@bentoml.asgi_app(internal, path=PREFIX)
 @bentoml.service(
     image=cuda_image(),
     resources={"gpu": 1},
     traffic={"timeout": 30},
     logging={"access": {"enabled": False}},  # internal: the gateway logs every request
-    tracing=service_tracing(),
+    tracing=service_tracing(untraced_prefix=PREFIX),
 )
 class Model:
     """Champion and challenger in one process, on CUDA when there is one."""
@@ -32,6 +45,22 @@ class Model:
         ctx = graph.context()
         start_telemetry(ctx.settings, "model")
         self.pool = graph.model_pool(ctx)
+        # Concurrent requests are merged into one forward pass (one per variant) by
+        # hearth.serving.batching, not BentoML's batchable API: that one is only reachable
+        # through BentoML's own (slow) request path. Requests still queued when the gateway
+        # gives up (HEARTH_MODEL_TIMEOUT_S) are shed with 503 instead of scored.
+        # HEARTH_MODEL_BATCHING=false turns batching off, so `hearth bench` can measure it.
+        # The challenger has its own lane (queue and thread): a slow or faulty challenger,
+        # drills included, never delays the champion's items. Failures are per item.
+        self.lanes = {
+            PREDICT: Batcher(
+                "champion", self._score, MAX_BATCH_SIZE, ctx.settings.model_timeout_s,
+                batching=ctx.settings.model_batching, inline_max_items=INLINE_MAX_ITEMS,
+            ),
+            PREDICT_CHALLENGER: Batcher(
+                "challenger", self._score, MAX_BATCH_SIZE, CHALLENGER_SHED_S
+            ),
+        }  # fmt: skip
 
     def __is_ready__(self) -> bool:
         return self.pool.ready and self.pool.get().ready
@@ -44,21 +73,21 @@ class Model:
         record_model_spans(items, scores, started_ns, time.time_ns())
         return scores
 
-    # Concurrent requests are merged into one forward pass (one per variant). BentoML sheds
-    # (503) requests it predicts would wait past max_latency_ms; at 20 ms a busy 2-core box
-    # shed half of c=32 traffic, so it is a generous bound, not the batching window.
-    # HEARTH_MODEL_BATCHING=false turns batching off, so `hearth bench` can measure what it buys.
-    # Shedding starts where the gateway gives up anyway (HEARTH_MODEL_TIMEOUT_S): at 500 ms
-    # the queue shed ~3% of c=32 microservices traffic while the gateway would have waited.
-    @bentoml.api(batchable=Settings().model_batching, max_batch_size=256, max_latency_ms=_SHED_MS)
-    def predict(self, items: list[ScoreItem]) -> list[Score]:
-        return self._score(items)
+    async def _submit(self, lane: str, items: list[ScoreItem]) -> list[Score]:
+        try:
+            return await self.lanes[lane].submit(items)
+        except Unavailable as exc:
+            raise ServiceUnavailable(str(exc)) from exc
 
-    # The challenger's own lane (and batch queue): a slow or faulty challenger, drills
-    # included, must not delay the champion items batched with it. Failures are per item.
-    @bentoml.api(batchable=True, max_batch_size=256, max_latency_ms=500)
-    def predict_challenger(self, items: list[ScoreItem]) -> list[Score]:
-        return self._score(items)
+    # The lanes as BentoML APIs too, for other clients (and `hearth bench`'s model-service
+    # contenders); they batch together with the internal routes' requests.
+    @bentoml.api
+    async def predict(self, items: list[ScoreItem]) -> list[Score]:
+        return await self._submit(PREDICT, items)
+
+    @bentoml.api
+    async def predict_challenger(self, items: list[ScoreItem]) -> list[Score]:
+        return await self._submit(PREDICT_CHALLENGER, items)
 
     @bentoml.api
     def ready(self) -> bool:

@@ -124,9 +124,9 @@ def overload_limits(settings: Settings) -> dict[str, Any]:
             "request is queued and answered, which is why c=128 shows no errors.",
             f"The gateway answers 503 + Retry-After when the model or features service takes "
             f"longer than HEARTH_MODEL_TIMEOUT_S = {settings.model_timeout_s:g} s, or is down.",
-            "The model service's batching queue sheds (503) a request it predicts would wait "
-            f"past max_latency_ms = {1000 * settings.model_timeout_s:g} ms (bentos/model.py: "
-            "the same HEARTH_MODEL_TIMEOUT_S), i.e. only once the gateway would give up anyway.",
+            "The model service's batching queue sheds (503) a request that has waited past "
+            f"{settings.model_timeout_s:g} s (hearth.serving.batching: the same "
+            "HEARTH_MODEL_TIMEOUT_S), i.e. only once the gateway has given up anyway.",
             "BentoML's own request timeout is 30 s (traffic.timeout on every service).",
         ],
     }

@@ -173,6 +173,18 @@ def traceparent() -> str | None:
     return carrier.get("traceparent")
 
 
+def propagation_headers() -> dict[str, str]:
+    """The current context (traceparent, and baggage with the request id) as HTTP headers,
+    for a call to another Hearth service; empty when tracing is off."""
+    if not _enabled:
+        return {}
+    from opentelemetry.propagate import inject
+
+    carrier: dict[str, str] = {}
+    inject(carrier)
+    return carrier
+
+
 def stamp_items(items: list[T]) -> list[T]:
     """Copies of pydantic `items` carrying the current `traceparent` (field `trace`);
     the items themselves when tracing is off."""

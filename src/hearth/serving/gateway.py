@@ -3,7 +3,7 @@
 `Gateway` holds the logic both topologies share. It talks to features and models through
 two small async protocols, so the monolith plugs in the store and the model pool directly
 (`LocalFeatures`, `LocalModel`) and the microservices plug in calls to other processes
-(`RemoteFeatures`, `RemoteModel`, over whatever async callables BentoML or httpx provide).
+(`RemoteFeatures`, `RemoteModel`, over async callables; `hearth.serving.internal` has them).
 Nothing here imports torch or BentoML: the gateway's image stays small.
 """
 

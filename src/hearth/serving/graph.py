@@ -97,29 +97,24 @@ def monolith(ctx: HearthContext) -> tuple[Gateway, Background[Any], Background[A
     return gateway, store, pool
 
 
-def microservices_gateway(ctx: HearthContext, features: Any, model: Any) -> Gateway:
-    """A gateway calling the features and model services through BentoML proxies.
+def microservices_gateway(
+    ctx: HearthContext, features_url: str, model_url: str
+) -> tuple[Gateway, list[Any]]:
+    """A gateway calling the features and model services at these URLs (`internal`'s hop),
+    and its clients (to close at shutdown).
 
-    Challenger items go to the model service's own `predict_challenger` API: BentoML
-    batches per API, so a slow challenger never sits in the champion's batch.
+    Challenger items go to the model service's own `predict_challenger` lane: it batches
+    on its own, so a slow challenger never sits in the champion's batch.
     """
+    from hearth.serving.internal import FeaturesCalls, InternalClient, ModelCalls
+
     timeout = ctx.settings.model_timeout_s
-    remote_features = RemoteFeatures(
-        observe=lambda txns: features.to_async.observe(transactions=txns),
-        ready=lambda: features.to_async.ready(),
-        timeout_s=timeout,
-    )
-    remote_model = RemoteModel(
-        score=lambda items: model.to_async.predict(items=items),
-        ready=lambda: model.to_async.ready(),
-        timeout_s=timeout,
-    )
-    remote_challenger = RemoteModel(
-        score=lambda items: model.to_async.predict_challenger(items=items),
-        ready=lambda: model.to_async.ready(),
-        timeout_s=timeout,
-    )
-    return Gateway(
+    clients = [InternalClient(features_url), InternalClient(model_url)]
+    features, model = FeaturesCalls(clients[0]), ModelCalls(clients[1])  # one pool per service
+    remote_features = RemoteFeatures(features.observe, features.ready, timeout_s=timeout)
+    remote_model = RemoteModel(model.predict, model.ready, timeout_s=timeout)
+    remote_challenger = RemoteModel(model.predict_challenger, model.ready, timeout_s=timeout)
+    gateway = Gateway(
         remote_features,
         remote_model,
         prediction_log(ctx.settings),
@@ -127,6 +122,7 @@ def microservices_gateway(ctx: HearthContext, features: Any, model: Any) -> Gate
         challenger_model=remote_challenger,
         challenger_timeout_s=challenger_timeout_s(ctx),
     )
+    return gateway, clients
 
 
 def remote_urls() -> dict[str, str]:
