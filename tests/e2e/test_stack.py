@@ -108,7 +108,9 @@ def test_a_deployment_runs_on_the_worker_and_logs_to_the_mlflow_server(stack: Up
     runs = httpx.post(f"{stack.mlflow}/api/2.0/mlflow/runs/search",
                       json={"experiment_ids": [exp.json()["experiment"]["experiment_id"]]},
                       timeout=10).json()  # fmt: skip
-    assert [r["info"]["run_name"] for r in runs["runs"]] == ["drift"]
+    # The hourly schedule may add its own run next to ours: every one is a drift run.
+    names = [r["info"]["run_name"] for r in runs["runs"]]
+    assert names and set(names) == {"drift"}, names
 
 
 def test_ps_reports_every_service_healthy(stack: Up) -> None:

@@ -41,7 +41,7 @@ PARAMS = {
              "fraud_rate": 0.04},
     "split": {"valid_days": 2, "test_days": 2},
     "rollout": {
-        "steps": [50, 100], "step_wait_s": 8, "min_samples": 40, "min_labelled": 80,
+        "steps": [25, 50, 100], "step_wait_s": 8, "min_samples": 40, "min_labelled": 80,
         "min_positives": 4, "min_fraud_customers": 4, "max_psi": 1000, "recall_tolerance": 0.3,
         "bootstrap_resamples": 200, "max_p99_latency_ms": 2000, "max_p99_ratio": 5,
         "p99_slack_ms": 400,

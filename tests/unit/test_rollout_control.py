@@ -210,11 +210,20 @@ def test_analysis_rows_join_labels_and_feed_the_analysis(tmp_path: Path) -> None
     log.feedback("t1", True)  # a corrected label: the newest counts
     rows = log.analysis_rows("r1")
     assert [set(r) for r in rows] == [
-        {"variant", "ok", "latency_ms", "score", "is_fraud", "model_version", "shadow"}
+        {
+            "variant",
+            "ok",
+            "latency_ms",
+            "score",
+            "is_fraud",
+            "model_version",
+            "shadow",
+            "customer_id",
+        }
     ] * 4
     assert rows[0] == {
         "variant": "champion", "ok": True, "latency_ms": 3.0, "score": 0.2,
-        "is_fraud": True, "model_version": "1", "shadow": False,
+        "is_fraud": True, "model_version": "1", "shadow": False, "customer_id": "c",
     }  # fmt: skip
     assert rows[1]["ok"] is False and rows[1]["score"] is None and rows[1]["is_fraud"] is None
     assert rows[3]["shadow"] is True

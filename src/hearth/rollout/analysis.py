@@ -591,13 +591,20 @@ def analyse_state(
     threshold: float | Mapping[str, float],
     report_precision: float = 0.9,
 ) -> Verdict:
-    """`analyse` with the mode and step taken from the rollout's state."""
+    """`analyse` with the mode and step taken from the rollout's state.
+
+    A canary never hands all traffic to a challenger whose quality is not yet shown: the
+    step before 100 % is judged like the last one, so the champion keeps the share of
+    traffic (and of labels) that the comparison needs, and reaching 100 % is the promotion.
+    """
+    steps, index = state.steps, state.step_index
+    decisive = state.last_step or steps[index + 1] >= 100
     return analyse(
         rows,
         params,
         threshold,
         mode=state.mode,
-        last_step=state.last_step,
+        last_step=decisive,
         report_precision=report_precision,
     )
 
