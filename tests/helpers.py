@@ -6,6 +6,9 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +19,7 @@ import yaml
 from hearth.config import Params
 from hearth.data.schema import CHANNELS, MERCHANT_CATEGORIES, RISKY_CATEGORIES
 from hearth.features.definitions import SECONDS_SINCE_LAST_CAP
+from hearth.serving.launch import ServerProcess
 
 TINY_EXPERIMENT = {
     "name": "tiny",
@@ -127,3 +131,29 @@ class RedisServer:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait(timeout=10)
+
+
+# -- real `hearth serve` processes ----------------------------------------------------------
+@contextmanager
+def serving_topologies(
+    topologies: tuple[str, ...],
+    new_home: Callable[[str], Path],
+    env_for: Callable[[Path], dict[str, str]],
+    repo: Path,
+) -> Iterator[dict[str, ServerProcess]]:
+    """Each topology as a real server on its own fresh home, started together; stopped after."""
+    started: dict[str, ServerProcess] = {}
+    try:
+        for topology in topologies:
+            home = new_home(topology)
+            started[topology] = ServerProcess.start(
+                topology, env_for(home), repo, home / "server.log"
+            )
+        # Waited on side by side, so each one's readiness is watched from its start.
+        with ThreadPoolExecutor(len(started)) as pool:
+            for done in [pool.submit(s.wait_ready) for s in started.values()]:
+                done.result()
+        yield started
+    finally:
+        for server in started.values():
+            server.stop()

@@ -31,6 +31,7 @@ from hearth.rollout.router import assign
 from hearth.serving.faults import FAULT_TAG
 from hearth.serving.feedback import DB_FILE, PredictionLog
 from hearth.serving.launch import ServerProcess
+from tests.helpers import serving_topologies
 from tests.integration import test_serving as serving
 from tests.integration.test_serving import (
     KEY,
@@ -94,20 +95,13 @@ def servers(
     project: Path, versions: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, ServerProcess]]:
     """Both topologies on fresh homes, started side by side; stopped at teardown."""
-    started: dict[str, ServerProcess] = {}
-    try:
-        for topology in TOPOLOGIES:
-            home = tmp_path_factory.mktemp(f"rollout-{topology}")
-            started[topology] = ServerProcess.start(
-                topology, _env(project, home), REPO, home / "server.log"
-            )
-        with ThreadPoolExecutor(len(started)) as pool:
-            for done in [pool.submit(s.wait_ready) for s in started.values()]:
-                done.result()
+    with serving_topologies(
+        TOPOLOGIES,
+        lambda topology: tmp_path_factory.mktemp(f"rollout-{topology}"),
+        lambda home: _env(project, home),
+        REPO,
+    ) as started:
         yield started
-    finally:
-        for server in started.values():
-            server.stop()
 
 
 # -- helpers --------------------------------------------------------------------------------

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from hearth.features.store import open_store
 from hearth.serving.launch import ServerProcess
 from hearth.serving.pool import decide
 from hearth.serving.state import ServingState
-from tests.helpers import write_project
+from tests.helpers import serving_topologies, write_project
 
 pytestmark = pytest.mark.slow
 
@@ -98,21 +97,13 @@ def server_env(project: Path, home: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def servers(project: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     """Both topologies, started together, each on a fresh home; stopped at teardown."""
-    started: dict[str, ServerProcess] = {}
-    try:
-        for topology in TOPOLOGIES:
-            home = tmp_path_factory.mktemp(f"home-{topology}")
-            started[topology] = ServerProcess.start(
-                topology, server_env(project, home), REPO, home / "server.log"
-            )
-        # Waited on side by side, so each one's readiness is watched from its start.
-        with ThreadPoolExecutor(len(started)) as pool:
-            for done in [pool.submit(s.wait_ready) for s in started.values()]:
-                done.result()
+    with serving_topologies(
+        TOPOLOGIES,
+        lambda topology: tmp_path_factory.mktemp(f"home-{topology}"),
+        lambda home: server_env(project, home),
+        REPO,
+    ) as started:
         yield started
-    finally:
-        for server in started.values():
-            server.stop()
 
 
 @pytest.fixture(scope="module")
