@@ -6,12 +6,13 @@ from typing import Any
 
 import bentoml
 
+from bentos.hop import serve_internal_first
 from bentos.images import cpu_image
 from bentos.telemetry import service_tracing, start_telemetry
 from hearth.features.online import Transaction
 from hearth.serving import graph
 from hearth.serving.gateway import observe_rows
-from hearth.serving.internal import PREFIX, features_app
+from hearth.serving.internal import features_app
 from hearth.serving.schemas import FeatureRow
 
 # The gateway's hop: /internal/observe and /internal/ready (hearth.serving.internal).
@@ -23,12 +24,11 @@ internal = features_app(
 
 # An internal service: the gateway already logs every request, so no access-log line here
 # (formatting one cost ~8% of this service's CPU in `hearth bench`'s profile).
-@bentoml.asgi_app(internal, path=PREFIX)
 @bentoml.service(
     image=cpu_image(),
     traffic={"timeout": 30},
     logging={"access": {"enabled": False}},
-    tracing=service_tracing(untraced_prefix=PREFIX),
+    tracing=service_tracing(),
 )
 class Features:
     """Per-customer state: features of a transaction from the state before it."""
@@ -51,3 +51,7 @@ class Features:
     @bentoml.api
     def ready(self) -> bool:
         return self.store.ready
+
+
+# The gateway's hop answers ahead of BentoML's request stack (hearth.serving.internal).
+Features = serve_internal_first(Features, internal)

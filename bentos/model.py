@@ -7,6 +7,7 @@ import time
 import bentoml
 from bentoml.exceptions import ServiceUnavailable
 
+from bentos.hop import serve_internal_first
 from bentos.images import cuda_image
 from bentos.telemetry import service_tracing, start_telemetry
 from hearth.observability.metrics import record_model_call
@@ -14,7 +15,7 @@ from hearth.observability.tracing import record_model_spans
 from hearth.serving import graph
 from hearth.serving.batching import Batcher
 from hearth.serving.errors import Unavailable
-from hearth.serving.internal import PREDICT, PREDICT_CHALLENGER, PREFIX, model_app
+from hearth.serving.internal import PREDICT, PREDICT_CHALLENGER, model_app
 from hearth.serving.schemas import Score, ScoreItem
 
 # The gateway's hop: /internal/predict, /internal/predict_challenger, /internal/ready.
@@ -30,13 +31,12 @@ INLINE_MAX_ITEMS = 8
 CHALLENGER_SHED_S = 0.5
 
 
-@bentoml.asgi_app(internal, path=PREFIX)
 @bentoml.service(
     image=cuda_image(),
     resources={"gpu": 1},
     traffic={"timeout": 30},
     logging={"access": {"enabled": False}},  # internal: the gateway logs every request
-    tracing=service_tracing(untraced_prefix=PREFIX),
+    tracing=service_tracing(),
 )
 class Model:
     """Champion and challenger in one process, on CUDA when there is one."""
@@ -92,3 +92,7 @@ class Model:
     @bentoml.api
     def ready(self) -> bool:
         return self.__is_ready__()
+
+
+# The gateway's hop answers ahead of BentoML's request stack (hearth.serving.internal).
+Model = serve_internal_first(Model, internal)

@@ -9,18 +9,9 @@ from hearth.observability.logging import configure_logging
 from hearth.observability.tracing import bentoml_tracing_config, configure_tracing
 
 
-def service_tracing(untraced_prefix: str | None = None) -> dict[str, Any]:
-    """The `tracing` config of a service: OTLP/HTTP export when HEARTH_OTLP_ENDPOINT is set.
-
-    `untraced_prefix`: paths for which BentoML opens no request span while nothing is
-    exported. Its OpenTelemetry middleware still samples and builds a span per request
-    then, ~15% of an internal service's CPU per call (`hearth bench`'s profile) for spans
-    that go nowhere. With an endpoint, they are traced like every other request.
-    """
-    config = bentoml_tracing_config(Settings())
-    if untraced_prefix and not config:
-        config = {"excluded_urls": [f"{untraced_prefix}/"]}
-    return config
+def service_tracing() -> dict[str, Any]:
+    """The `tracing` config of a service: OTLP/HTTP export when HEARTH_OTLP_ENDPOINT is set."""
+    return bentoml_tracing_config(Settings())
 
 
 def start_telemetry(settings: Settings, service_name: str) -> None:

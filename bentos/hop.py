@@ -1,0 +1,40 @@
+"""The internal hop in front of a BentoML service: see `hearth.serving.internal`."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from hearth.config import Settings
+from hearth.serving.internal import internal_first
+
+S = TypeVar("S")
+
+
+def serve_internal_first(service: S, internal: Any) -> S:
+    """Make `service` (a `@bentoml.service`) answer the internal routes with `internal`
+    ahead of its BentoML app, on the same port, wherever it runs (`bentoml serve`, a bento,
+    a container).
+
+    BentoML builds a service's ASGI app in `Service.to_asgi` when a worker starts; the
+    service becomes an instance of a subclass whose `to_asgi` puts `internal_first` around
+    that app. (The class is slotted, so the method cannot be set on the instance.)
+    """
+    base: Any = type(service)
+
+    class InternalFirst(base):  # type: ignore[misc,valid-type]
+        __slots__ = ()
+
+        def to_asgi(self, is_main: bool = True) -> Any:
+            return internal_first(super().to_asgi(is_main), internal, _tracer_provider())
+
+    service.__class__ = InternalFirst
+    return service
+
+
+def _tracer_provider() -> Any:
+    """BentoML's tracer provider when spans are exported (HEARTH_OTLP_ENDPOINT), else None."""
+    if not Settings().otlp_endpoint:
+        return None
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    return BentoMLContainer.tracer_provider.get()

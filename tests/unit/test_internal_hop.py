@@ -1,0 +1,71 @@
+"""The internal hop answers ahead of BentoML's stack; everything else still reaches BentoML."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import bentoml
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+from bentos.hop import serve_internal_first
+from hearth.serving.internal import PREFIX, internal_first
+
+
+async def _internal(request: Request) -> PlainTextResponse:
+    return PlainTextResponse(f"internal {request.url.path}")
+
+
+async def _app(request: Request) -> PlainTextResponse:
+    return PlainTextResponse(f"app {request.url.path}")
+
+
+INTERNAL = Starlette(routes=[Route(PREFIX + "/ping", _internal)])
+
+
+def test_internal_paths_go_to_the_internal_app_and_the_rest_to_the_app() -> None:
+    app = Starlette(routes=[Route("/{path:path}", _app)])
+    with TestClient(internal_first(app, INTERNAL)) as client:
+        assert client.get(f"{PREFIX}/ping").text == f"internal {PREFIX}/ping"
+        assert client.get("/predict").text == "app /predict"
+        # Only the prefix as a path segment counts: /internalx is the app's.
+        assert client.get(f"{PREFIX}x/ping").text == f"app {PREFIX}x/ping"
+        assert client.get(f"{PREFIX}/nope").status_code == 404  # the internal app's 404
+
+
+class Seen:
+    """An ASGI middleware inside BentoML's stack: records every path that reaches it."""
+
+    paths: ClassVar[list[str]] = []
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            self.paths.append(scope["path"])
+        await self.app(scope, receive, send)
+
+
+@bentoml.service
+class Toy:
+    @bentoml.api
+    def hello(self, name: str) -> str:
+        return f"hello {name}"
+
+
+Toy.add_asgi_middleware(Seen)
+Toy = serve_internal_first(Toy, INTERNAL)
+
+
+def test_a_bentoml_service_keeps_its_apis_and_answers_the_hop_first() -> None:
+    assert isinstance(Toy, bentoml.Service)
+    with TestClient(Toy.to_asgi()) as client:  # the app a BentoML worker serves
+        assert client.get(f"{PREFIX}/ping").text == f"internal {PREFIX}/ping"
+        # BentoML's own stack still serves its APIs.
+        assert client.post("/hello", json={"name": "hearth"}).text == "hello hearth"
+    # The hop never entered BentoML's stack; the API call did.
+    assert Seen.paths == ["/hello"]
