@@ -25,6 +25,9 @@ from hearth.config import NO_TELEMETRY_ENV, Settings
 from hearth.serving.launch import ServerProcess, free_port
 
 HOST = "127.0.0.1"
+# The model-service contenders are driven on the route the gateway calls (the lean internal
+# hop), not on the BentoML API of the same lane, whose per-request work would hide batching.
+MODEL_ROUTE = "/internal/predict"
 BENCH_KEY = "bench-key"
 
 
@@ -211,7 +214,7 @@ def build_server(name: str, source: Settings, root: Path, work: Path) -> Server:
         monolith_home = work / f"monolith{suffix}"
         env = server_env(source, root, monolith_home, HEARTH_MODEL_BATCHING=batching)
         cmd = [*bentoml_serve, "bentos.model:Model"]
-        return Server(spec, cmd, env, root, log, "/predict", "/readyz")
+        return Server(spec, cmd, env, root, log, MODEL_ROUTE, "/readyz")
     raise KeyError(name)
 
 

@@ -55,14 +55,14 @@ def _features(_: dict[str, Any], features: dict[str, Any]) -> str:
 
 
 def _score_items(_: dict[str, Any], features: dict[str, Any]) -> str:
-    return json.dumps({"items": [{"variant": "champion", "features": features}]})
+    return json.dumps([{"variant": "champion", "features": features}])
 
 
 BODY_KINDS = {
     "transaction": _transaction,  # Hearth's POST /predict, the echo
     "dataframe_split": _dataframe_split,  # mlflow models serve /invocations
     "features": _features,  # the plain BentoML service
-    "score_items": _score_items,  # Hearth's model service
+    "score_items": _score_items,  # Hearth's model service, /internal/predict
 }
 
 
