@@ -648,6 +648,13 @@ def bench(
         Path | None,
         typer.Option(help="Another checkout: its Hearth contenders run too (before/after)."),
     ] = None,
+    rollback: Annotated[
+        bool,
+        typer.Option(
+            help="Also time `hearth rollback` under load on each Hearth topology chosen "
+            "(--quick: the monolith only), on a copy of the registry; adds ~30 s per topology."
+        ),
+    ] = True,
 ) -> None:
     """Monolith vs microservices vs mlflow models serve vs plain BentoML, side by side."""
     import dataclasses
@@ -666,6 +673,8 @@ def bench(
         changes["requests"] = requests
     if baseline:
         changes["baseline"] = baseline.resolve()
+    if not rollback:
+        changes["rollback"] = ()
     config = dataclasses.replace(config, **changes)
     console.print(f"hearth bench: {', '.join(config.contenders)} at c={list(config.levels)}")
     try:

@@ -1,7 +1,9 @@
 """`hearth bench --quick` on a tiny trained project: the report is complete and well-formed.
 
 Timings are not asserted (the machine is shared); the test checks that every contender of
-the quick run is measured, every figure is a finite number and every file is written.
+the quick run is measured, every figure is a finite number and every file is written, that
+the rollback under load was measured without a failed request, and that the project's
+registry, rollout state and model store are as they were before the benchmark.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typer.testing import CliRunner
 from hearth.bench.report import FILES
 from hearth.bench.run import BenchConfig
 from hearth.cli import app
+from hearth.config import Params
 from tests.integration.test_serving import project  # noqa: F401 - the shared tiny project
 
 pytestmark = pytest.mark.slow
@@ -24,8 +27,40 @@ pytestmark = pytest.mark.slow
 FIGURES = ("p50_ms", "p90_ms", "p99_ms", "rps", "cpu_s_per_1000")
 
 
+Snapshot = tuple[dict[str, int], list[str], list[tuple[str, int]]]
+
+
+def _snapshot(root: Path) -> Snapshot:
+    """The registry's aliases and versions, and every file (with its mtime) of the project's
+    serving state and BentoML store: what a rollout or a rollback would change."""
+    from mlflow.tracking import MlflowClient
+
+    home = root / ".hearth"
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    name = Params().registry.model_name
+    aliases = dict(client.get_registered_model(name).aliases)
+    versions = sorted(str(v.version) for v in client.search_model_versions(f"name='{name}'"))
+    files = sorted(
+        (str(f.relative_to(home)), f.stat().st_mtime_ns)
+        for folder in (home / "serving", home / "bentoml")
+        for f in folder.rglob("*")
+        if f.is_file()
+    )
+    return aliases, versions, files
+
+
 @pytest.fixture(scope="module")
-def bench_report(project: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
+def registry_before(project: Path) -> Snapshot:  # noqa: F811
+    return _snapshot(project)
+
+
+@pytest.fixture(scope="module")
+def bench_report(
+    project: Path,  # noqa: F811
+    registry_before: Snapshot,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Path:
     out = tmp_path_factory.mktemp("reports")
     env = {
         "HEARTH_HOME": str(project / ".hearth"),
@@ -73,3 +108,56 @@ def test_markdown_has_the_tables_and_a_verdict(bench_report: Path) -> None:
     for label in ("mlflow models serve", "Hearth monolith", "Hearth microservices"):
         assert label in text
     assert "feature row" in text  # says that the bare model servers take features
+
+
+def test_rollback_under_load_is_measured_on_the_monolith(bench_report: Path) -> None:
+    section = json.loads((bench_report / "bench.json").read_text())["rollback"]
+    assert section["skipped"] is None
+    assert section["topologies"] == list(BenchConfig.quick().rollback) == ["monolith"]
+    (row,) = section["results"]
+    assert row["error"] is None, row["error"]
+    assert row["challenger_version"] != row["champion_version"]
+    assert row["requests"] > row["challenger_responses"] > 0
+    assert row["failed"] == 0, row["errors"]  # a rollback fails no request
+    for key in ("window_s", "rollback_cli_s", "last_challenger_after_start_s",
+                "last_challenger_after_exit_s", "state_write_after_start_s",
+                "last_challenger_after_state_write_s"):  # fmt: skip
+        assert math.isfinite(row[key]), key
+    # Challenger responses flowed before the command started, so the last one is after it;
+    # the command wrote the rollout state (its history event) while it ran.
+    assert 0 < row["last_challenger_after_start_s"] < row["window_s"]
+    assert 0 < row["state_write_after_start_s"] < row["rollback_cli_s"]
+    assert row["last_challenger_after_exit_s"] == pytest.approx(
+        row["last_challenger_after_start_s"] - row["rollback_cli_s"], abs=0.002
+    )
+    assert 0 <= row["challenger_after_exit"] <= row["challenger_responses"]
+    text = (bench_report / "bench.md").read_text()
+    section = text.split("## Rollback under load", 1)[1].split("\n## ", 1)[0]
+    assert "| monolith | 16 |" in section
+    assert "not measured" not in section
+    assert "rollback under load, monolith (information)" in text  # in the targets, as info
+
+
+def test_the_projects_registry_and_serving_state_are_unchanged(
+    project: Path,  # noqa: F811
+    registry_before: Snapshot,
+    bench_report: Path,
+) -> None:
+    aliases, versions, _ = registry_before
+    assert aliases == {"champion": 1} and versions == ["1"]  # the tiny project, as made
+    assert _snapshot(project) == registry_before
+
+
+def test_a_registry_that_is_not_a_sqlite_file_is_not_touched(tmp_path: Path) -> None:
+    from hearth.bench import report
+    from hearth.bench.rollback import Rollbacks
+    from hearth.config import Settings
+
+    server = Settings(home=tmp_path / "home", mlflow_tracking_uri="http://127.0.0.1:9/")
+    rollbacks = Rollbacks.prepare(["monolith"], server, tmp_path, tmp_path / "work")
+    assert rollbacks.rigs == {}
+    assert rollbacks.skipped is not None and "not a SQLite file" in rollbacks.skipped
+    section = rollbacks.measure("fraud-detector", [], print)
+    assert section["results"] == [] and section["skipped"] == rollbacks.skipped
+    text = "\n".join(report._rollback_section({"rollback": section}))
+    assert f"(not measured: {rollbacks.skipped})" in text

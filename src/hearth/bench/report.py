@@ -106,7 +106,25 @@ def targets(f: Figures) -> list[Row]:
         if b["concurrency"] == 128:
             r = b["rps_ratio"]
             add("adaptive batching ≥ 3× faster at c=128", f"×{r:.2f} req/s", r >= 3.0)
+    for row in rollback_rows(f.report):
+        # Information, not a target: the issue asks for the figure, not for a bound.
+        add(f"rollback under load, {row['topology']} (information)", _rollback_brief(row), None)
     return out
+
+
+def rollback_rows(report: dict[str, Any]) -> list[Row]:
+    """The rollback section's rows (one per topology measured or failed); [] when skipped."""
+    return list((report.get("rollback") or {}).get("results", []))
+
+
+def _rollback_brief(row: Row) -> str:
+    if row.get("error"):
+        return "not measured (see the rollback section)"
+    return (
+        f"{row['failed']} failed of {row['requests']}; last challenger response "
+        f"{row['last_challenger_after_start_s']:.2f} s after `hearth rollback` started, "
+        f"{_seconds(row['last_challenger_after_state_write_s'], '+')} s after its state write"
+    )
 
 
 # -- Markdown ------------------------------------------------------------------------------
@@ -231,6 +249,55 @@ def _before_after_table(f: Figures) -> list[str]:
     return [*lines, ""]
 
 
+def _seconds(value: float | None, sign: str = "") -> str:
+    return "–" if value is None else f"{value:{sign}.2f}"
+
+
+def _rollback_section(report: dict[str, Any]) -> list[str]:
+    section = report.get("rollback") or {}
+    lines = ["## Rollback under load", ""]
+    if section.get("what"):
+        lines += [section["what"], ""]
+    if section.get("skipped"):
+        return [*lines, f"(not measured: {section['skipped']})", ""]
+    rows = rollback_rows(report)
+    if not rows:
+        return [*lines, "(not recorded)", ""]
+    lines += [
+        "| topology | c | requests | failed | challenger responses | `hearth rollback` s "
+        "| its state write after its start s | last challenger after its start s "
+        "| … after its state write s | … after its exit s | challenger after exit |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        if r.get("error"):
+            error = str(r["error"]).splitlines()[0].replace("|", "\\|")
+            lines.append(f"| {r['topology']} | not measured: {error} ||||||||||")
+            continue
+        errors = ", ".join(f"{s}: {n}" for s, n in r["errors"].items())
+        lines.append(
+            f"| {r['topology']} | {r['concurrency']} | {r['requests']} "
+            f"| {r['failed']}{f' ({errors})' if errors else ''} | {r['challenger_responses']} "
+            f"| {r['rollback_cli_s']:.2f} | {_seconds(r['state_write_after_start_s'])} "
+            f"| {r['last_challenger_after_start_s']:.2f} "
+            f"| {_seconds(r['last_challenger_after_state_write_s'], '+')} "
+            f"| {r['last_challenger_after_exit_s']:+.2f} | {r['challenger_after_exit']} |"
+        )
+    return [
+        *lines,
+        "",
+        "Times run from the command's start, its write of the rollout state (the time of "
+        "the rollout history's rollback event) or its exit to the last response naming the "
+        "challenger, as the load generator received it. Most of the command's time is Python "
+        "starting and importing; the switch is the state write, which every gateway picks up "
+        "within a second. After it the command still drops the challenger alias and points "
+        "the serving-state file at the champion, so the last challenger response can come "
+        "before the exit (a negative figure). Failed: non-200 answers and "
+        "connection errors over the whole window, ramp-up included.",
+        "",
+    ]
+
+
 def _targets_table(f: Figures) -> list[str]:
     lines = ["| target | measured | met |", "|---|---|---|"]
     for t in targets(f):
@@ -335,6 +402,7 @@ def markdown(report: dict[str, Any]) -> str:
         *_limits(report),
         "",
         *_before_after_table(f),
+        *_rollback_section(report),
         "## Targets",
         "",
         *_targets_table(f),

@@ -31,8 +31,9 @@ from hearth.bench.contenders import (
 )
 from hearth.bench.load import Endpoint, drive
 from hearth.bench.metrics import Cell
+from hearth.bench.rollback import TOPOLOGIES, Rollbacks
 from hearth.bench.workload import Workload, load_workload
-from hearth.config import Settings
+from hearth.config import Settings, load_params
 
 ALL = tuple(SPECS)
 QUICK = ("model", "echo", "mlflow", "monolith", "microservices")
@@ -55,11 +56,13 @@ class BenchConfig:
     model_requests: int = 2000
     # Another checkout whose Hearth contenders run too, as "<name>@base" (before/after).
     baseline: Path | None = None
+    # Hearth topologies (among the contenders) on which `hearth rollback` is timed under load.
+    rollback: tuple[str, ...] = TOPOLOGIES
 
     @classmethod
     def quick(cls) -> BenchConfig:
         return cls(QUICK, (1, 32), requests=240, rounds=2, warmup=40, max_cell_s=15.0,
-                   model_requests=500)  # fmt: skip
+                   model_requests=500, rollback=("monolith",))  # fmt: skip
 
 
 @dataclass
@@ -95,13 +98,7 @@ def run_bench(config: BenchConfig, source: Settings, root: Path, say: Progress) 
     workload = load_workload(source.processed_dir, n_levels * (config.warmup + config.requests))
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="hearth-bench-") as tmp:
-        work = Path(tmp)
-        servers = _start_all(names, source, root, work, config, say)
-        try:
-            cells, memory = _measure(names, servers, workload, work, config, say)
-        finally:
-            for server in servers.values():
-                server.stop()
+        cells, memory, rollback = _run_all(names, source, root, Path(tmp), workload, config, say)
     return {
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
@@ -110,9 +107,41 @@ def run_bench(config: BenchConfig, source: Settings, root: Path, say: Progress) 
         "results": [c.summary() for c in cells],
         "memory_mib": memory,
         "limits": overload_limits(source),
+        "rollback": rollback,
         "notes": _notes(config),
         "seconds": round(time.monotonic() - started, 1),
     }
+
+
+def _run_all(
+    names: list[str],
+    source: Settings,
+    root: Path,
+    work: Path,
+    workload: Workload,
+    config: BenchConfig,
+    say: Progress,
+) -> tuple[list[Cell], dict[str, float], dict[str, Any]]:
+    """Throughput first, rollback after; the rollback servers start with the others (start-up
+    is mostly imports) and are ready before any round, so they disturb none."""
+    topologies = [t for t in config.rollback if t in names]
+    rollbacks = Rollbacks.prepare(topologies, source, root, work)
+    rollbacks.start()
+    try:
+        servers = _start_all(names, source, root, work, config, say)
+        try:
+            rollbacks.wait_ready(config.ready_timeout_s, say)
+            cells, memory = _measure(names, servers, workload, work, config, say)
+        finally:
+            for server in servers.values():
+                server.stop()
+        if rollbacks.rigs:
+            say("rollback under load:")
+        model_name = load_params(source.params_file).registry.model_name
+        rollback = rollbacks.measure(model_name, workload.bodies("transaction"), say)
+    finally:
+        rollbacks.stop()
+    return cells, memory, rollback
 
 
 def overload_limits(settings: Settings) -> dict[str, Any]:
@@ -133,10 +162,7 @@ def overload_limits(settings: Settings) -> dict[str, Any]:
 
 
 def _notes(config: BenchConfig) -> list[str]:
-    notes = [
-        "The rollback timing (from `hearth rollback` to the last challenger response under "
-        "load) is not measured yet: it needs a registered challenger and a running rollout.",
-    ]
+    notes: list[str] = []
     if config.baseline is not None:
         notes.append(
             "The before/after table compares whole checkouts: everything that changed between "
