@@ -17,8 +17,10 @@ _LOCK = Path(__file__).resolve().parent.parent / "requirements.lock"
 
 # What the gateway and the features service import: no torch, no MLflow, no sklearn.
 CPU_PACKAGES = (
-    "aiohttp", "bentoml", "fastapi", "httpx", "prometheus_client", "pydantic", "pydantic-settings",
+    "bentoml", "fastapi", "httpx", "prometheus_client", "pydantic", "pydantic-settings",
     "PyYAML", "numpy", "pandas", "pyarrow", "redis",
+    # uvicorn's C parser and libuv loop (also the hop client's parser): see pyproject.toml.
+    "httptools", "uvloop",
     # BentoML brings the OTel API and SDK; the OTLP/HTTP exporter is for HEARTH_OTLP_ENDPOINT.
     "opentelemetry-exporter-otlp-proto-http",
 )  # fmt: skip

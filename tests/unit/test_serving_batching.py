@@ -118,13 +118,17 @@ def test_unbatched_lane_scores_each_request_alone() -> None:
 @pytest.mark.parametrize(
     ("url", "expected"),
     [
-        ("http://features:3000/", ("http://features:3000", None)),
-        ("tcp://127.0.0.1:4001", ("http://127.0.0.1:4001", None)),
-        ("file:///tmp/bentoml-uds-x/1.sock", ("http://localhost", "/tmp/bentoml-uds-x/1.sock")),
+        # (Host header, host, port, Unix socket, TLS)
+        ("http://features:3000/", ("features:3000", "features", 3000, None, False)),
+        ("https://model.example", ("model.example", "model.example", 443, None, True)),
+        ("tcp://127.0.0.1:4001", ("127.0.0.1:4001", "127.0.0.1", 4001, None, False)),
+        ("file:///tmp/bentoml-uds-x/1.sock",
+         ("localhost", "localhost", 0, "/tmp/bentoml-uds-x/1.sock", False)),
     ],
-)
-def test_service_addresses(url: str, expected: tuple[str, str | None]) -> None:
-    assert _target(url) == expected
+)  # fmt: skip
+def test_service_addresses(url: str, expected: tuple[object, ...]) -> None:
+    t = _target(url)
+    assert (t.host, t.hostname, t.port, t.socket_path, t.ssl is not None) == expected
 
 
 def test_small_batches_score_on_the_loop_large_ones_in_the_lane_thread() -> None:

@@ -1,0 +1,177 @@
+"""The gateway's hop client against a real uvicorn server (TCP and a Unix socket)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from hearth.serving.internal import PREFIX, InternalClient, InternalError
+
+PEERS: list[tuple[str, int] | str] = []  # the client address of every request served
+
+
+async def _echo(request: Request) -> Response:
+    client = request.client
+    PEERS.append((client.host, client.port) if client else "unix")
+    body = await request.body()
+    return Response(body + b"|" + request.headers.get("content-type", "").encode())
+
+
+async def _slow(request: Request) -> Response:
+    await asyncio.sleep(float(request.query_params.get("s", "0.5")))
+    return Response(b"slow")
+
+
+async def _fail(_: Request) -> Response:
+    return Response(b"store down", 503)
+
+
+APP = Starlette(
+    routes=[
+        Route(f"{PREFIX}/echo", _echo, methods=["POST"]),
+        Route(f"{PREFIX}/slow", _slow, methods=["POST"]),
+        Route(f"{PREFIX}/fail", _fail, methods=["POST"]),
+        Route(f"{PREFIX}/ready", lambda _: Response(b""), methods=["GET"]),
+    ]
+)
+
+
+class Server:
+    """uvicorn in a thread; keep-alive connections closed after 1 s idle."""
+
+    def __init__(self, **where: object) -> None:
+        config = uvicorn.Config(APP, log_level="warning", timeout_keep_alive=1, **where)  # type: ignore[arg-type]
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> Server:
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def tcp_url() -> Iterator[str]:
+    port = _free_port()
+    with Server(host="127.0.0.1", port=port):
+        yield f"tcp://127.0.0.1:{port}"
+
+
+def run(coro: object) -> object:
+    return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def test_posts_reuse_one_keep_alive_connection(tcp_url: str) -> None:
+    async def go() -> list[bytes]:
+        client = InternalClient(tcp_url)
+        try:
+            return [await client.post("/echo", f"[{i}]".encode()) for i in range(5)]
+        finally:
+            await client.close()
+
+    PEERS.clear()
+    assert run(go()) == [f"[{i}]|application/json".encode() for i in range(5)]
+    assert len(set(PEERS)) == 1  # five requests, one connection
+
+
+def test_concurrent_calls_each_get_their_own_answer(tcp_url: str) -> None:
+    async def go() -> list[bytes]:
+        client = InternalClient(tcp_url, max_connections=4)
+        try:
+            return list(
+                await asyncio.gather(*(client.post("/echo", f"{i}".encode()) for i in range(40)))
+            )
+        finally:
+            await client.close()
+
+    PEERS.clear()
+    assert run(go()) == [f"{i}|application/json".encode() for i in range(40)]
+    assert len(set(PEERS)) <= 4  # never more connections than allowed
+
+
+def test_a_connection_the_service_closed_while_idle_is_replaced(tcp_url: str) -> None:
+    async def go() -> tuple[bytes, bytes]:
+        client = InternalClient(tcp_url)
+        try:
+            first = await client.post("/echo", b"a")
+            await asyncio.sleep(1.6)  # past the server's keep-alive timeout: it closes
+            return first, await client.post("/echo", b"b")
+        finally:
+            await client.close()
+
+    PEERS.clear()
+    assert run(go()) == (b"a|application/json", b"b|application/json")
+    assert len(set(PEERS)) == 2
+
+
+def test_a_cancelled_call_never_hands_its_late_answer_to_the_next(tcp_url: str) -> None:
+    async def go() -> bytes:
+        client = InternalClient(tcp_url, max_connections=1)
+        try:
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.1):
+                    await client.post("/slow?s=0.4", b"")
+            return await client.post("/echo", b"next")
+        finally:
+            await client.close()
+
+    assert run(go()) == b"next|application/json"
+
+
+def test_errors_name_the_status_and_a_dead_service(tcp_url: str) -> None:
+    async def go() -> None:
+        client = InternalClient(tcp_url)
+        try:
+            with pytest.raises(InternalError, match="503 store down"):
+                await client.post("/fail", b"")
+            assert await client.ok("/ready")
+        finally:
+            await client.close()
+        dead = InternalClient(f"tcp://127.0.0.1:{_free_port()}")
+        with pytest.raises(InternalError, match="cannot connect"):
+            await dead.post("/echo", b"")
+
+    run(go())
+
+
+def test_unix_socket_addresses_as_bentoml_gives_them(tmp_path: Path) -> None:
+    path = tmp_path / "svc.sock"
+
+    async def go() -> bytes:
+        client = InternalClient(f"file://{path}")
+        try:
+            return await client.post("/echo", b"over a socket")
+        finally:
+            await client.close()
+
+    with Server(uds=str(path)):
+        assert run(go()) == b"over a socket|application/json"
+
+
+def test_addresses_that_are_not_services_are_refused() -> None:
+    with pytest.raises(ValueError, match="not a service address"):
+        InternalClient("ftp://example")
