@@ -4,7 +4,8 @@ This is the serving hot path, so it is plain Python over small lists (no pandas,
 DuckDB). It computes exactly `hearth.features.definitions` from the same constants as the
 offline SQL in `hearth.features.offline`; `tests/unit/test_features_parity.py` proves that
 replaying the clean transactions through `online_features` / `update_state` reproduces the
-offline Parquet.
+offline Parquet. `observe_state` is the store's read-modify-write; it counts a transaction
+once per transaction_id, so a client's retry never inflates the velocity features.
 
 Timestamps are handled as whole seconds since the Unix epoch (UTC): the raw contract has
 second resolution, and "same second" is what makes two transactions a tie.
@@ -154,12 +155,18 @@ class CustomerState:
     """What the online store keeps per customer; JSON-serialisable via to_dict/from_dict.
 
     - ``home``: (latitude, longitude) from the customer master data, or None if unknown;
-    - history, as three parallel lists sorted by time (so windows are found by bisection):
-      ``times`` (epoch seconds), ``amounts`` (EUR) and ``merchants``, pruned to
-      definitions.HISTORY_HORIZON before the newest transaction;
+    - history, as four parallel lists sorted by time (so windows are found by bisection):
+      ``times`` (epoch seconds), ``amounts`` (EUR), ``merchants`` and ``ids`` (the
+      transaction_id, so a retried transaction is recognised and never counted twice; ""
+      for entries stored before ids were kept), pruned to definitions.HISTORY_HORIZON
+      before the newest transaction;
     - ``devices``: device_id → epoch seconds when the customer first used it (kept forever:
       "new device" means never seen before);
-    - ``last_timestamp``: epoch seconds of the newest transaction applied, or None.
+    - ``last_timestamp``: epoch seconds of the newest transaction applied, or None;
+    - ``cold_start_id``: the transaction whose observe found no stored state, so a retry of
+      it answers cold_start=True again (None for states built by materialisation).
+
+    A state built without ``ids`` (by hand, or from older code) gets "" for every entry.
     """
 
     home: tuple[float, float] | None = None
@@ -168,6 +175,18 @@ class CustomerState:
     merchants: list[str] = field(default_factory=list)
     devices: dict[str, int] = field(default_factory=dict)
     last_timestamp: int | None = None
+    ids: list[str] = field(default_factory=list)
+    cold_start_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.ids and self.times:
+            self.ids = [""] * len(self.times)
+        if not len(self.times) == len(self.amounts) == len(self.merchants) == len(self.ids):
+            raise ValueError(
+                "history lists differ in length: "
+                f"{len(self.times)} times, {len(self.amounts)} amounts, "
+                f"{len(self.merchants)} merchants, {len(self.ids)} ids"
+            )
 
     @property
     def history(self) -> list[tuple[int, float, str]]:
@@ -175,13 +194,24 @@ class CustomerState:
         return list(zip(self.times, self.amounts, self.merchants, strict=True))
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        """The stored form; ids and cold_start_id are extra keys, written only when known.
+
+        Extra keys rather than a fourth item per history entry keep the format readable by
+        code that predates them (it ignores unknown keys), so mixed versions can share a
+        store during an upgrade; hence STATE_VERSION stays 1.
+        """
+        data: dict[str, Any] = {
             "version": STATE_VERSION,
             "home": list(self.home) if self.home is not None else None,
             "history": [list(entry) for entry in self.history],
             "devices": dict(self.devices),
             "last_timestamp": self.last_timestamp,
         }
+        if any(self.ids):
+            data["ids"] = list(self.ids)
+        if self.cold_start_id is not None:
+            data["cold_start_id"] = self.cold_start_id
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CustomerState:
@@ -191,6 +221,10 @@ class CustomerState:
         home = data.get("home")
         last = data.get("last_timestamp")
         history = data.get("history", [])
+        ids = data.get("ids")
+        if ids is not None and len(ids) != len(history):
+            raise ValueError(f"{len(ids)} ids for {len(history)} history entries")
+        cold_start_id = data.get("cold_start_id")
         return cls(
             home=(float(home[0]), float(home[1])) if home is not None else None,
             times=[int(t) for t, _, _ in history],
@@ -198,6 +232,28 @@ class CustomerState:
             merchants=[str(m) for _, _, m in history],
             devices={str(d): int(t) for d, t in data.get("devices", {}).items()},
             last_timestamp=int(last) if last is not None else None,
+            ids=[str(i) for i in ids] if ids is not None else [],
+            cold_start_id=str(cold_start_id) if cold_start_id is not None else None,
+        )
+
+    def index_of(self, transaction_id: str) -> int | None:
+        """Position of `transaction_id` in the kept history, or None if it is not there."""
+        try:
+            return self.ids.index(transaction_id)
+        except ValueError:
+            return None
+
+    def without(self, at: int) -> CustomerState:
+        """A copy without history entry `at` (devices shared: callers only read them)."""
+        return CustomerState(
+            home=self.home,
+            times=self.times[:at] + self.times[at + 1 :],
+            amounts=self.amounts[:at] + self.amounts[at + 1 :],
+            merchants=self.merchants[:at] + self.merchants[at + 1 :],
+            devices=self.devices,
+            last_timestamp=self.last_timestamp,
+            ids=self.ids[:at] + self.ids[at + 1 :],
+            cold_start_id=self.cold_start_id,
         )
 
 
@@ -256,28 +312,92 @@ def online_features(txn: Transaction, state: CustomerState | None) -> dict[str, 
     return features
 
 
-def _apply(state: CustomerState, ts: int, amount_eur: float, merchant: str, device: str) -> None:
-    """Add one transaction to `state` in place, keeping history sorted and pruned."""
+def _apply(
+    state: CustomerState, ts: int, amount_eur: float, merchant: str, device: str, tid: str
+) -> None:
+    """Add one transaction to `state` in place, keeping history sorted and pruned.
+
+    Does nothing when `tid` is already in the kept history: a retry is counted once.
+    """
+    if tid and tid in state.ids:
+        return
     # bisect_right keeps arrival order among ties; appending is the common, in-order case.
     at = bisect.bisect_right(state.times, ts)
     state.times.insert(at, ts)
     state.amounts.insert(at, amount_eur)
     state.merchants.insert(at, merchant)
+    state.ids.insert(at, tid)
     if state.last_timestamp is None or ts > state.last_timestamp:
         state.last_timestamp = ts
     # Windows include t_prior == now - w, so keep exactly the entries a future window can see.
+    # This is also why a retry older than the kept history needs no id to be harmless: it is
+    # inserted before the cut and removed again here (its device was recorded the first time).
     keep_from = bisect.bisect_left(state.times, state.last_timestamp - _HORIZON_S)
     if keep_from:
         del state.times[:keep_from], state.amounts[:keep_from], state.merchants[:keep_from]
+        del state.ids[:keep_from]
     seen = state.devices.get(device)
     if seen is None or ts < seen:
         state.devices[device] = ts
 
 
 def update_state(state: CustomerState, txn: Transaction) -> CustomerState:
-    """Apply `txn` to `state` (in place, for speed) and return it."""
-    _apply(state, epoch_seconds(txn.timestamp), txn.amount_eur, txn.merchant_id, txn.device_id)
+    """Apply `txn` to `state` (in place, for speed) and return it; a kept id is not re-applied."""
+    _apply(
+        state,
+        epoch_seconds(txn.timestamp),
+        txn.amount_eur,
+        txn.merchant_id,
+        txn.device_id,
+        txn.transaction_id,
+    )
     return state
+
+
+def answer(txn: Transaction, state: CustomerState | None) -> tuple[dict[str, float | str], bool]:
+    """What observing `txn` against `state` answers: (features, cold_start), without updating.
+
+    A first sighting gets `online_features` and cold_start = "no stored state". A retry
+    (its id is in the kept history) gets the features of its payload from the state without
+    its own entry, and the cold_start its first observe got. For an unchanged payload that is
+    exactly the first answer unless, in between, (a) a transaction *earlier* than it arrived
+    late (it is counted now, as offline counts it), or (b) newer transactions pushed the
+    30-day horizon past the oldest entries its windows saw. A retry older than the kept
+    history (HISTORY_HORIZON behind the newest transaction) is not recognised: it is answered
+    as a new transaction from what is left, though applying it changes nothing (see _apply).
+    """
+    if state is None:
+        return online_features(txn, None), True
+    at = state.index_of(txn.transaction_id)
+    if at is None:
+        return online_features(txn, state), False
+    return online_features(txn, state.without(at)), state.cold_start_id == txn.transaction_id
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """One observe: the answer, and the state to store (None: a retry, nothing to write)."""
+
+    features: dict[str, float | str]
+    cold_start: bool
+    after: CustomerState | None
+
+
+def observe_state(state: CustomerState | None, txn: Transaction) -> Observation:
+    """Answer `txn` from the state before it, then apply it: the store's read-modify-write.
+
+    Idempotent per transaction_id within the kept history: a retry changes nothing and gets
+    its first answer again (see `answer` for the exceptions), so a client retrying after a
+    503 or a timeout never inflates the customer's velocity features.
+    """
+    if state is not None and state.index_of(txn.transaction_id) is not None:
+        return Observation(*answer(txn, state), after=None)
+    features = online_features(txn, state)
+    if state is None:
+        return Observation(
+            features, True, update_state(CustomerState(cold_start_id=txn.transaction_id), txn)
+        )
+    return Observation(features, False, update_state(state, txn))
 
 
 def build_states(
@@ -287,7 +407,8 @@ def build_states(
 
     `customers_df` has customer_id, home_latitude, home_longitude (customers.parquet or the
     raw customers.csv: invalid homes become None). Every customer in either frame gets a
-    state. Transactions are applied in timestamp order.
+    state, keeping transaction ids so that serving recognises a retry of a transaction the
+    batch data already holds. Transactions are applied in timestamp order.
     """
     states: dict[str, CustomerState] = {}
     for cid, lat, lon in zip(
@@ -302,18 +423,19 @@ def build_states(
     df = transactions_df.sort_values("timestamp", kind="stable")
     amount_eur = df["amount"].to_numpy(float) * df["currency"].map(EUR_RATES).to_numpy(float)
     seconds = _epoch_seconds_series(df["timestamp"])
-    for cid, ts, amount, merchant, device in zip(
+    for cid, ts, amount, merchant, device, tid in zip(
         df["customer_id"].astype(str).tolist(),
         seconds.tolist(),
         amount_eur.tolist(),
         df["merchant_id"].astype(str).tolist(),
         df["device_id"].astype(str).tolist(),
+        df["transaction_id"].astype(str).tolist(),
         strict=True,
     ):
         state = states.get(cid)
         if state is None:
             state = states[cid] = CustomerState()
-        _apply(state, ts, amount, merchant, device)
+        _apply(state, ts, amount, merchant, device, tid)
     return states
 
 

@@ -13,6 +13,14 @@ the state *before* it, applies the transaction and writes the state back, atomic
 concurrent requests for one customer never lose an update (SQLite: ``BEGIN IMMEDIATE``;
 Redis: ``WATCH``/``MULTI`` with a bounded optimistic retry loop).
 
+`observe` is idempotent per transaction_id: the state keeps the ids of its history, so a
+client retrying a transaction (after a 503 + Retry-After, a timeout) changes nothing and
+gets the first answer again, instead of inflating the customer's velocity features. The
+rules, and the two cases where a retry's features can differ from its first answer, are in
+`hearth.features.online.answer`. The offline ETL quarantines repeated ids too, so online
+and offline count each transaction once. Ids are per customer: an id reused by another
+customer is not recognised.
+
 `materialize` fills a store from the ETL's Parquet outputs, so a customer seen in the batch
 data is never a cold start online. Backend failures surface as `StoreUnavailable` (a
 `StoreError`), which a service maps to 503; `ping` never raises.
@@ -41,9 +49,9 @@ from hearth.features.definitions import HISTORY_HORIZON
 from hearth.features.online import (
     CustomerState,
     Transaction,
+    answer,
     build_states,
-    online_features,
-    update_state,
+    observe_state,
     window_seconds,
 )
 
@@ -52,6 +60,7 @@ MATERIALIZE_CHUNK = 1000
 _HORIZON_S = window_seconds(HISTORY_HORIZON)
 # Columns build_states reads; reading only these keeps materialize light on wide files.
 _TRANSACTION_COLUMNS = [
+    "transaction_id",
     "timestamp",
     "customer_id",
     "merchant_id",
@@ -93,6 +102,8 @@ class OnlineStore(Protocol):
         """Atomically: features of `txn` from the state before it, then apply and store it.
 
         Returns (features, cold_start); cold_start means the customer had no stored state.
+        A retry (transaction_id already in the kept history) stores nothing and returns the
+        first answer again (`hearth.features.online.answer`).
         """
         ...
 
@@ -131,6 +142,8 @@ def encode_state(state: CustomerState) -> str:
         keep_from = bisect.bisect_left(state.times, newest - _HORIZON_S)
         if keep_from:
             data["history"] = data["history"][keep_from:]
+            if "ids" in data:
+                data["ids"] = data["ids"][keep_from:]
     return json.dumps(data, separators=(",", ":"))
 
 
@@ -140,12 +153,6 @@ def decode_state(raw: str | bytes, customer_id: str) -> CustomerState:
         return CustomerState.from_dict(json.loads(raw))
     except (ValueError, TypeError, KeyError, IndexError) as exc:
         raise StoreError(f"stored state of customer {customer_id!r} is unreadable: {exc}") from exc
-
-
-def _observe(state: CustomerState | None, txn: Transaction) -> tuple[Features, CustomerState]:
-    """Features from the state before `txn`, and the state after it (the only shared logic)."""
-    features = online_features(txn, state)
-    return features, update_state(state if state is not None else CustomerState(), txn)
 
 
 # -- SQLite --------------------------------------------------------------------------------
@@ -232,17 +239,16 @@ class SQLiteStore:
 
     def observe(self, txn: Transaction) -> tuple[Features, bool]:
         with self._write() as conn:
-            before = self._read(conn, txn.customer_id)
-            features, after = _observe(before, txn)
-            conn.execute(
-                "INSERT OR REPLACE INTO customer_state (customer_id, state) VALUES (?, ?)",
-                (txn.customer_id, encode_state(after)),
-            )
-        return features, before is None
+            seen = observe_state(self._read(conn, txn.customer_id), txn)
+            if seen.after is not None:  # None: a retry, the stored state stays as it is
+                conn.execute(
+                    "INSERT OR REPLACE INTO customer_state (customer_id, state) VALUES (?, ?)",
+                    (txn.customer_id, encode_state(seen.after)),
+                )
+        return seen.features, seen.cold_start
 
     def peek(self, txn: Transaction) -> tuple[Features, bool]:
-        state = self.get(txn.customer_id)
-        return online_features(txn, state), state is None
+        return answer(txn, self.get(txn.customer_id))
 
     def count(self) -> int:
         with self._locked() as conn:
@@ -346,18 +352,20 @@ class RedisStore:
             try:
                 pipe.watch(key)
                 raw = pipe.get(key)
-                before = decode_state(raw, txn.customer_id) if raw is not None else None
-                features, after = _observe(before, txn)
-                pipe.multi()
-                pipe.set(key, encode_state(after))
-                pipe.execute()
+                seen = observe_state(
+                    decode_state(raw, txn.customer_id) if raw is not None else None, txn
+                )
+                # A retry writes nothing: its answer came from one GET, a consistent read.
+                if seen.after is not None:
+                    pipe.multi()
+                    pipe.set(key, encode_state(seen.after))
+                    pipe.execute()
             except self._redis.WatchError:
                 return None
-        return features, before is None
+        return seen.features, seen.cold_start
 
     def peek(self, txn: Transaction) -> tuple[Features, bool]:
-        state = self._read(txn.customer_id)
-        return online_features(txn, state), state is None
+        return answer(txn, self._read(txn.customer_id))
 
     def _keys(self) -> Iterator[Any]:
         # SCAN, not KEYS: it never blocks the server, and only our prefix is touched.
