@@ -15,23 +15,24 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
-import mlflow.pyfunc
-import pandas as pd
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
-from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
 from hearth.config import RegistryParams, Settings, ThresholdParams
 from hearth.data.schema import LABEL
 from hearth.features.definitions import FEATURES
 from hearth.lineage import Lineage
-from hearth.model.evaluate import evaluate, pr_curve_png
-from hearth.model.scorer import FraudPyfunc
-from hearth.model.train import TrainResult
+
+# Training, evaluation and the pyfunc (torch, scikit-learn) load where a model is logged or
+# scored, not on import: `hearth rollback` needs only the aliases, and fast.
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from hearth.model.train import TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +171,8 @@ def log_training_run(
     Writes its artifacts under `out_dir` first, then logs them. Test metrics are computed
     here on `test_df`, so they describe exactly the frame the gate will use.
     """
+    from hearth.model.evaluate import evaluate, pr_curve_png
+
     experiment_id = ensure_experiment(experiment)
     scorer = result.scorer
     scorer_dir = scorer.save(Path(out_dir) / "scorer")
@@ -209,6 +212,11 @@ def log_training_run(
 
 
 def _log_model(scorer_dir: Path, test_df: pd.DataFrame, test_scores: Any) -> str:
+    import mlflow.pyfunc
+    from mlflow.models import infer_signature
+
+    from hearth.model.scorer import FraudPyfunc
+
     example = test_df.loc[:, list(FEATURES)].head(_INPUT_EXAMPLE_ROWS).reset_index(drop=True)
     signature = infer_signature(example, test_scores[: len(example)])
     info = mlflow.pyfunc.log_model(
@@ -258,6 +266,10 @@ def score_model(model_uri: str, test_df: pd.DataFrame, metric: str) -> float:
     missing = [c for c in (*FEATURES, LABEL) if c not in test_df.columns]
     if missing:
         raise ValueError(f"the test frame lacks columns: {', '.join(missing)}")
+    import mlflow.pyfunc
+
+    from hearth.model.evaluate import evaluate
+
     model = mlflow.pyfunc.load_model(model_uri)
     scores = model.predict(test_df.loc[:, list(FEATURES)])
     value = evaluate(test_df[LABEL], scores, report_precision=0.9)[metric]
