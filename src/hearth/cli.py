@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -679,11 +682,27 @@ def bench(
     console.print(f"hearth bench: {', '.join(config.contenders)} at c={list(config.levels)}")
     try:
         root = code.resolve() if code else _project_root()
-        data = run_bench(config, ctx.settings, root, Progress(console.print))
+        with _sigterm_as_exit():  # a killed bench still stops the servers it started
+            data = run_bench(config, ctx.settings, root, Progress(console.print))
     except (ValueError, FileNotFoundError, RuntimeError, TimeoutError) as exc:
         _fail(str(exc), "run `hearth run` first: the benchmark serves the registered champion")
     for path in bench_report.write(data, out or ctx.settings.reports_dir):
         console.print(f"[green]✓[/] {path}")
+
+
+@contextlib.contextmanager
+def _sigterm_as_exit() -> Iterator[None]:
+    """SIGTERM (`kill`, `timeout`, a CI runner) raises SystemExit here, so `finally` blocks
+    run; Python's default would end the process at once and orphan its child servers."""
+
+    def leave(signum: int, _: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, leave)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 # -- rollout: canary / A-B / shadow, promote, rollback -----------------------------------------

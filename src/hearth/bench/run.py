@@ -36,7 +36,8 @@ from hearth.bench.workload import Workload, load_workload
 from hearth.config import Settings, load_params
 
 ALL = tuple(SPECS)
-QUICK = ("model", "echo", "mlflow", "monolith", "microservices")
+QUICK = ("model", "echo", "mlflow", "monolith", "microservices", "model-batched",
+         "model-unbatched")  # fmt: skip
 # The model-service contenders run on the monolith's home: it must start first.
 _NEEDS_MONOLITH = {"model", "model-batched", "model-unbatched"}
 
