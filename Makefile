@@ -82,16 +82,16 @@ build: install ## Import champion/challenger into BentoML and build the four ben
 containerize: build ## Container images of the bentos (needs a running docker or podman)
 	$(BIN)/hearth containerize
 
-.PHONY: bench-serving
-bench-serving: install ## hearth bench: floor, mlflow, BentoML, monolith, microservices → reports/bench.*
+.PHONY: bench
+bench: install ## Full serving benchmark (hearth bench, ~10 min): floor, mlflow, BentoML, monolith, microservices, batching, rollback → reports/bench.*
 	$(BIN)/hearth bench
 
 .PHONY: repro
 repro: install ## Reproduce the DVC pipeline (dvc repro)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
-.PHONY: bench
-bench: install ## ETL and training benchmarks (10^5, 10^6, 10^7 rows; takes a while)
+.PHONY: bench-pipeline
+bench-pipeline: install ## ETL and training benchmarks (10^5, 10^6, 10^7 rows; takes a while) → reports/bench_pipeline.*
 	$(BIN)/python benchmarks/bench_pipeline.py
 
 .PHONY: up
