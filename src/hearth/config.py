@@ -144,6 +144,11 @@ class Settings(BaseSettings):
     model_timeout_s: float = Field(
         default=2.0, gt=0, description="A model call slower than this answers 503."
     )
+    max_in_flight: int = Field(
+        default=512,
+        ge=1,
+        description="Requests a gateway process works on at once; beyond, 503 + Retry-After.",
+    )
     features_url: str | None = Field(
         default=None, description="A remote features service; default: a local dependency."
     )

@@ -6,11 +6,13 @@ matter here); the integration tests run the same contract against real servers.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -204,3 +206,52 @@ def test_openapi_documents_the_routes(client: TestClient, tmp_path: Path) -> Non
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/predict", "/predict_batch", "/feedback"} <= set(paths)
     assert "requestBody" in paths["/predict"]["post"]
+
+
+class GatedModel(FakeModel):
+    """Holds every call until `gate` opens: requests pile up in flight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.waiting = 0
+
+    async def score(self, items: list[ScoreItem]) -> list[Score]:
+        self.waiting += 1
+        await self.gate.wait()
+        return await super().score(items)
+
+
+def test_past_max_in_flight_answers_503_at_once_and_recovers(settings: Settings) -> None:
+    store = open_store(settings)
+    model = GatedModel()
+    log = PredictionLog(settings.serving_dir / "serving.sqlite")
+    gateway = Gateway(LocalFeatures(_loaded(store)), model, _loaded(log))
+    policy = HttpPolicy(KEY, max_payload_bytes=4096, max_in_flight=2)
+    app = create_app(lambda: gateway, lambda: policy)
+
+    async def scenario() -> tuple[list[int], httpx.Response, int]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            client.headers["X-API-Key"] = KEY
+
+            def send(i: int) -> Any:
+                return client.post("/predict", json={**TXN, "transaction_id": f"t{i}"})
+
+            held = [asyncio.create_task(send(i)) for i in range(2)]
+            while model.waiting < 2:  # both are inside the gateway, waiting on the model
+                await asyncio.sleep(0.01)
+            async with asyncio.timeout(5):  # answered while the two are still held
+                refused = await send(3)
+            model.gate.set()
+            done = [(await t).status_code for t in held]
+            after = (await send(4)).status_code
+        return done, refused, after
+
+    done, refused, after = asyncio.run(scenario())
+    store.close()
+    assert refused.status_code == 503
+    assert refused.headers["Retry-After"] == "1"
+    assert "HEARTH_MAX_IN_FLIGHT" in refused.json()["error"]
+    assert done == [200, 200]
+    assert after == 200  # the slots were given back

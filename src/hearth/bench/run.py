@@ -149,11 +149,15 @@ def overload_limits(settings: Settings) -> dict[str, Any]:
     """Where Hearth stops queueing and answers 503 with Retry-After instead."""
     return {
         "model_timeout_s": settings.model_timeout_s,
+        "max_in_flight": settings.max_in_flight,
         "lines": [
-            "Neither Hearth topology caps concurrent requests: below the limits here every "
-            "request is queued and answered, which is why c=128 shows no errors.",
-            f"The gateway answers 503 + Retry-After when the model or features service takes "
-            f"longer than HEARTH_MODEL_TIMEOUT_S = {settings.model_timeout_s:g} s, or is down.",
+            f"Each gateway (and monolith) process works on at most HEARTH_MAX_IN_FLIGHT = "
+            f"{settings.max_in_flight} requests at once; the next one gets 503 + Retry-After: 1 "
+            "at once, so overload is refused rather than queued without bound. The levels "
+            "measured here stay below it, which is why they show no errors.",
+            f"Below that, the gateway answers 503 + Retry-After when the model or features "
+            f"service takes longer than HEARTH_MODEL_TIMEOUT_S = {settings.model_timeout_s:g} s, "
+            "or is down.",
             "The model service's batching queue sheds (503) a request that has waited past "
             f"{settings.model_timeout_s:g} s (hearth.serving.batching: the same "
             "HEARTH_MODEL_TIMEOUT_S), i.e. only once the gateway has given up anyway.",

@@ -73,6 +73,14 @@ def _error(status: int, body: ErrorOut, headers: dict[str, str] | None = None) -
     return JSONResponse(body.model_dump(exclude_none=True), status_code=status, headers=headers)
 
 
+def _overloaded(limit: int) -> JSONResponse:
+    error = (
+        f"overloaded: {limit} requests already in flight here (HEARTH_MAX_IN_FLIGHT); "
+        "retry after Retry-After seconds"
+    )
+    return _error(503, ErrorOut(error=error, request_id=uuid.uuid4().hex), {"Retry-After": "1"})
+
+
 def _field(loc: tuple[Any, ...]) -> str:
     return ".".join(str(part) for part in loc) or "body"
 
@@ -136,6 +144,9 @@ class HttpPolicy:
     api_key: str
     max_payload_bytes: int
     admin_token: str = ""
+    # Requests this process works on at once; past it, 503 + Retry-After at once instead of
+    # a queue that only grows (HEARTH_MAX_IN_FLIGHT).
+    max_in_flight: int = 512
 
     @classmethod
     def from_settings(cls, settings: Settings) -> HttpPolicy:
@@ -143,6 +154,7 @@ class HttpPolicy:
             settings.api_key.get_secret_value(),
             settings.max_payload_bytes,
             settings.admin_token.get_secret_value(),
+            settings.max_in_flight,
         )
 
 
@@ -159,9 +171,20 @@ def create_app(
     """
     app = FastAPI(title="Hearth fraud scoring", version="1", docs_url=None, redoc_url=None)
 
+    in_flight = 0  # requests between `handle`'s start and end, in this process
+
     async def handle(request: Request, model: type[M], run: Callable[[M, str], Any]) -> Any:
+        nonlocal in_flight
         started = time.perf_counter()
-        response = await _handle(request, model, run)
+        limit = get_policy().max_in_flight
+        if in_flight >= limit:
+            response = _overloaded(limit)
+        else:
+            in_flight += 1
+            try:
+                response = await _handle(request, model, run)
+            finally:
+                in_flight -= 1
         status = response.status_code if isinstance(response, JSONResponse) else 200
         record_request(request.url.path, status, time.perf_counter() - started)
         return response
