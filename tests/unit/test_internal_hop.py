@@ -12,7 +12,7 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from bentos.hop import serve_internal_first
-from hearth.serving.internal import PREFIX, internal_first
+from hearth.serving.internal import PREFIX, InternalApp, Reply, internal_first
 
 
 async def _internal(request: Request) -> PlainTextResponse:
@@ -69,3 +69,18 @@ def test_a_bentoml_service_keeps_its_apis_and_answers_the_hop_first() -> None:
         assert client.post("/hello", json={"name": "hearth"}).text == "hello hearth"
     # The hop never entered BentoML's stack; the API call did.
     assert Seen.paths == ["/hello"]
+
+
+def test_internal_app_routes_by_method_and_path_and_reads_the_whole_body() -> None:
+    async def echo(body: bytes) -> Reply:
+        return Reply(200, body[::-1], "application/json", (("X-Seen", str(len(body))),))
+
+    app = InternalApp({("POST", f"{PREFIX}/echo"): echo})
+    with TestClient(app) as client:
+        # A body sent in chunks arrives whole.
+        r = client.post(f"{PREFIX}/echo", content=iter([b"ab", b"cd", b"ef"]))
+        assert (r.status_code, r.content, r.headers["x-seen"]) == (200, b"fedcba", "6")
+        assert r.headers["content-type"] == "application/json"
+        assert client.get(f"{PREFIX}/echo").status_code == 405
+        missing = client.post(f"{PREFIX}/nope", content=b"")
+        assert missing.status_code == 404 and f"{PREFIX}/nope" in missing.text
