@@ -26,6 +26,7 @@ from hearth.rollout.analysis import (
     average_precision,
     error_rate_p_value,
     psi,
+    split,
 )
 from hearth.rollout.state import HistoryEvent, new_rollout
 
@@ -302,3 +303,20 @@ def test_quality_waits_for_enough_customers_with_a_fraud() -> None:
     assert verdict.numbers["challenger_fraud_customers"] == 5
     assert verdict.decision == "hold" and "5 customers" in verdict.reason
     assert {c.name: c.test for c in verdict.checks}["pr_auc"] == TEST_SAMPLES
+
+
+def test_a_retried_transaction_counts_once_in_quality_and_twice_as_attempts() -> None:
+    """A client that retried was answered twice: its label must not weigh double."""
+    rows = [
+        RequestRecord("champion", False, 9.0, transaction_id="t1"),  # the 503 before the retry
+        RequestRecord("champion", True, 3.0, 0.9, 1, "c1", transaction_id="t1"),
+        RequestRecord("champion", True, 3.5, 0.8, 1, "c1", transaction_id="t1"),  # answered again
+        RequestRecord("champion", True, 2.0, 0.1, 0, "c2", transaction_id="t2"),
+        RequestRecord("champion", True, 2.0, 0.2, 0, "c3"),  # no id: never a retry
+        RequestRecord("champion", True, 2.0, 0.3, 0, "c4"),
+    ]
+    champion, _ = split(rows)
+    assert (champion.n, champion.errors, champion.latency_ms.size) == (6, 1, 6)
+    labels, scores = champion.labelled()
+    assert labels.tolist() == [1, 0, 0, 0]
+    assert scores.tolist() == [0.8, 0.1, 0.2, 0.3]  # the last answer of t1

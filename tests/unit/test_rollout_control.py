@@ -219,11 +219,13 @@ def test_analysis_rows_join_labels_and_feed_the_analysis(tmp_path: Path) -> None
             "model_version",
             "shadow",
             "customer_id",
+            "transaction_id",
         }
     ] * 4
     assert rows[0] == {
         "variant": "champion", "ok": True, "latency_ms": 3.0, "score": 0.2,
         "is_fraud": True, "model_version": "1", "shadow": False, "customer_id": "c",
+        "transaction_id": "t1",
     }  # fmt: skip
     assert rows[1]["ok"] is False and rows[1]["score"] is None and rows[1]["is_fraud"] is None
     assert rows[3]["shadow"] is True

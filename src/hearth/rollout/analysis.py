@@ -71,6 +71,7 @@ class RequestRecord:
     score: float | None = None
     label: int | None = None  # None until /feedback delivers it
     customer_id: str | None = None  # None: unknown, the request counts as its own customer
+    transaction_id: str | None = None  # None: unknown, never taken for a retry
 
 
 def cluster_codes(customer_ids: Iterable[str | None]) -> np.ndarray:
@@ -104,10 +105,10 @@ class VariantSample:
     @classmethod
     def from_records(cls, records: Iterable[RequestRecord]) -> VariantSample:
         rows = list(records)
-        answered = [r for r in rows if r.ok]
+        answered = _last_answer_per_transaction([r for r in rows if r.ok])
         return cls(
             n=len(rows),
-            errors=len(rows) - len(answered),
+            errors=sum(not r.ok for r in rows),
             latency_ms=np.array([r.latency_ms for r in rows], dtype=np.float64),
             scores=np.array([np.nan if r.score is None else r.score for r in answered], float),
             labels=np.array([np.nan if r.label is None else r.label for r in answered], float),
@@ -149,6 +150,16 @@ class VariantSample:
         return int(np.unique(self.labelled_clusters()[y == 1]).size)
 
 
+def _last_answer_per_transaction(answered: list[RequestRecord]) -> list[RequestRecord]:
+    """One answer per transaction: a client that retried (after a 503, a timeout) was
+    answered twice, and scores and labels must count the transaction once, as the online
+    store does. The attempts themselves still count for errors and latency."""
+    last = {r.transaction_id: i for i, r in enumerate(answered) if r.transaction_id is not None}
+    return [
+        r for i, r in enumerate(answered) if r.transaction_id is None or last[r.transaction_id] == i
+    ]
+
+
 def _as_record(row: RequestRecord | Mapping[str, Any]) -> RequestRecord:
     if isinstance(row, RequestRecord):
         return row
@@ -160,6 +171,7 @@ def _as_record(row: RequestRecord | Mapping[str, Any]) -> RequestRecord:
         score=None if row.get("score") is None else float(row["score"]),
         label=None if label is None else int(label),
         customer_id=None if row.get("customer_id") is None else str(row["customer_id"]),
+        transaction_id=None if row.get("transaction_id") is None else str(row["transaction_id"]),
     )
 
 

@@ -189,7 +189,8 @@ class PredictionLog:
         `hearth.serving.scoring`), ``score`` (float, None when not ok), ``is_fraud`` (the
         newest /feedback label of the transaction as a bool, or None), ``model_version``
         (str), ``shadow`` (bool: a challenger's score of a copy), ``customer_id`` (str or
-        None: the analysis resamples by customer, as frauds come in bursts per customer).
+        None: the analysis resamples by customer, as frauds come in bursts per customer),
+        ``transaction_id`` (str: a retried transaction is scored once in the analysis).
         Filtered by `rollout_id` (None: every rollout, and none) and `since` (aware or naive
         UTC).
         """
@@ -203,7 +204,8 @@ class PredictionLog:
             args.append(_epoch(since))
         query = (
             f"SELECT p.variant, p.ok, p.latency_ms, p.score, {_LABEL}, p.model_version, "
-            f"p.shadow, p.customer_id FROM predictions p WHERE {' AND '.join(where)} "
+            f"p.shadow, p.customer_id, p.transaction_id FROM predictions p "
+            f"WHERE {' AND '.join(where)} "
             "ORDER BY p.at, p.rowid"
         )
         with self._lock:
@@ -218,8 +220,11 @@ class PredictionLog:
                 "model_version": str(version),
                 "shadow": bool(shadow),
                 "customer_id": customer,
+                "transaction_id": transaction,
             }
-            for variant, ok, latency, score, label, version, shadow, customer in fetched
+            for (variant, ok, latency, score, label, version, shadow, customer, transaction) in (
+                fetched
+            )
         ]
 
     def counts(self, rollout_id: str | None = None) -> dict[str, dict[str, int]]:
