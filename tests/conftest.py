@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from hearth.config import NO_TELEMETRY_ENV, Params, Settings
+from tests.projects import SMALL_DATA, build_tiny_project
 
 os.environ.update(NO_TELEMETRY_ENV)
 
@@ -31,9 +32,10 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
 @pytest.fixture
 def small_params() -> Params:
     """A tiny but realistic data set: fast to generate, ETL and train on."""
-    return Params.model_validate(
-        {
-            "data": {"days": 12, "customers": 300, "seed": 11, "tx_per_customer_day": 2.0},
-            "split": {"valid_days": 2, "test_days": 2},
-        }
-    )
+    return Params.model_validate(SMALL_DATA)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny project with a registered champion, one per test module (~20 s)."""
+    return build_tiny_project(tmp_path_factory.mktemp("project"))

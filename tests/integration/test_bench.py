@@ -20,7 +20,7 @@ from hearth.bench.report import FILES
 from hearth.bench.run import BenchConfig
 from hearth.cli import app
 from hearth.config import Params
-from tests.integration.test_serving import project  # noqa: F401 - the shared tiny project
+from tests.projects import project_paths, registry_uri
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +36,7 @@ def _snapshot(root: Path) -> Snapshot:
     from mlflow.tracking import MlflowClient
 
     home = root / ".hearth"
-    uri = f"sqlite:///{home / 'mlflow.db'}"
+    uri = registry_uri(root)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     name = Params().registry.model_name
     aliases = dict(client.get_registered_model(name).aliases)
@@ -51,24 +51,18 @@ def _snapshot(root: Path) -> Snapshot:
 
 
 @pytest.fixture(scope="module")
-def registry_before(project: Path) -> Snapshot:  # noqa: F811
+def registry_before(project: Path) -> Snapshot:
     return _snapshot(project)
 
 
 @pytest.fixture(scope="module")
 def bench_report(
-    project: Path,  # noqa: F811
+    project: Path,
     registry_before: Snapshot,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Path:
     out = tmp_path_factory.mktemp("reports")
-    env = {
-        "HEARTH_HOME": str(project / ".hearth"),
-        "HEARTH_DATA_DIR": str(project / "data"),
-        "HEARTH_REPORTS_DIR": str(project / "reports"),
-        "HEARTH_PARAMS_FILE": str(project / "params.yaml"),
-        "HEARTH_MLFLOW_TRACKING_URI": f"sqlite:///{project / '.hearth' / 'mlflow.db'}",
-    }
+    env = project_paths(project) | {"HEARTH_MLFLOW_TRACKING_URI": registry_uri(project)}
     with pytest.MonkeyPatch.context() as mp:
         for key, value in env.items():
             mp.setenv(key, value)
@@ -151,7 +145,7 @@ def test_rollback_under_load_is_measured_on_the_monolith(bench_report: Path) -> 
 
 
 def test_the_projects_registry_and_serving_state_are_unchanged(
-    project: Path,  # noqa: F811
+    project: Path,
     registry_before: Snapshot,
     bench_report: Path,
 ) -> None:

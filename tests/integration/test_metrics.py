@@ -23,24 +23,22 @@ from prometheus_client.parser import text_string_to_metric_families
 from hearth.serving.launch import ServerProcess
 from hearth.stack.process import Running, write_state
 from hearth.stack.supervisor import ps
-from tests.integration.test_serving import KEY, REPO, project, server_env  # noqa: F401
+from tests.projects import API_KEY as KEY
+from tests.projects import project_servers
 
 pytestmark = pytest.mark.slow
 LOAD_S = 30.0  # the load: counting must stay exact over a sustained load
 
 
 @pytest.fixture(scope="module")
-def server(project: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:  # noqa: F811
-    home = tmp_path_factory.mktemp("home-metrics")
-    srv = ServerProcess.start("microservices", server_env(project, home), REPO, home / "s.log")
-    try:
-        srv.wait_ready()
+def server(project: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    with project_servers(project, tmp_path_factory, "home-metrics", ("microservices",)) as started:
+        srv = started["microservices"]
+        assert srv.home is not None
         # `hearth ps` reads what `hearth up` would have recorded.
-        write_state(home, [Running("serving", srv.proc.pid, srv.url, f"{srv.url}/readyz",
-                                   str(home / "s.log"), time.time())])  # fmt: skip
+        write_state(srv.home, [Running("serving", srv.proc.pid, srv.url, f"{srv.url}/readyz",
+                                       str(srv.log_path), time.time())])  # fmt: skip
         yield srv
-    finally:
-        srv.stop()
 
 
 def _tx(i: int) -> dict:

@@ -13,7 +13,6 @@ construction, and this test is about the flow and the quality verdict, not score
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Iterator
 from datetime import timedelta
@@ -24,12 +23,19 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from hearth.config import NO_TELEMETRY_ENV, HearthContext, Params, Settings
+from hearth.config import HearthContext, Params, Settings
 from hearth.rollout.analysis import TEST_QUALITY
 from hearth.rollout.replay import LabelledTransaction, ReplayConfig, load_transactions, replay
 from hearth.rollout.state import open_state_store
 from hearth.serving.launch import ServerProcess
 from tests.helpers import write_project
+from tests.projects import (
+    clean_environ,
+    in_project,
+    project_paths,
+    project_settings,
+    train_and_register,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -54,23 +60,7 @@ LIVE_DAYS = 12
 
 
 def _settings(root: Path) -> Settings:
-    return Settings(
-        home=root / ".hearth",
-        data_dir=root / "data",
-        reports_dir=root / "reports",
-        params_file=root / "params.yaml",
-        api_key=KEY,  # type: ignore[arg-type]
-    )
-
-
-def _train_and_register(ctx: HearthContext, experiment: Path) -> Any:
-    from hearth import steps
-
-    plan = steps.plan_training(ctx, experiment)
-    lineage = steps.lineage_for(ctx, plan.experiment_file, "not validated")
-    name, config = plan.runs[0]
-    run = steps.train_run(ctx, name, config, plan.experiment.name, lineage)
-    return steps.register(ctx, run)
+    return project_settings(root, api_key=KEY)
 
 
 @pytest.fixture(scope="module")
@@ -86,16 +76,11 @@ def project(tmp_path_factory: pytest.TempPathFactory, prefect_server: None) -> I
     write_project(root, params)
     (root / "experiments" / "broken.yaml").write_text(yaml.safe_dump(BROKEN))
     settings = _settings(root)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        for key, value in {**settings.environment(), "HEARTH_HOME": str(settings.home),
-                           "HEARTH_API_KEY": KEY}.items():  # fmt: skip
-            mp.setenv(key, value)
-        ctx = HearthContext(settings)
+    with in_project(root, settings, HEARTH_HOME=str(settings.home), HEARTH_API_KEY=KEY) as ctx:
         steps.generate_data(ctx)
         steps.etl(ctx)
-        assert _train_and_register(ctx, Path("experiments/broken.yaml")).alias == "champion"
-        good = _train_and_register(ctx, Path("experiments/tiny.yaml"))
+        assert train_and_register(ctx, Path("experiments/broken.yaml")).alias == "champion"
+        good = train_and_register(ctx, Path("experiments/tiny.yaml"))
         assert good.alias == "challenger", good.reason
         live_start = params.data.start_date + timedelta(days=params.data.days)
         generate(root / "live", params.data.model_copy(update={"days": LIVE_DAYS}),
@@ -106,16 +91,9 @@ def project(tmp_path_factory: pytest.TempPathFactory, prefect_server: None) -> I
 @pytest.fixture(scope="module")
 def server(project: Path) -> Iterator[ServerProcess]:
     """The monolith, sharing the project's home (state store, prediction log, registry)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HEARTH_", "BENTOML_"))}
-    env.update(NO_TELEMETRY_ENV)
+    env = clean_environ("HEARTH_", "BENTOML_")
     env.update(_settings(project).environment())
-    env.update(
-        HEARTH_HOME=str(project / ".hearth"),
-        HEARTH_DATA_DIR=str(project / "data"),
-        HEARTH_REPORTS_DIR=str(project / "reports"),
-        HEARTH_PARAMS_FILE=str(project / "params.yaml"),
-        HEARTH_API_KEY=KEY,
-    )
+    env.update(project_paths(project), HEARTH_API_KEY=KEY)
     proc = ServerProcess.start("monolith", env, REPO, project / "server.log")
     try:
         proc.wait_ready()
@@ -198,7 +176,7 @@ def test_a_worse_challenger_is_rolled_back_on_quality(
     project: Path, server: ServerProcess, traffic: Traffic
 ) -> None:
     ctx = HearthContext(_settings(project))
-    broken = _train_and_register(ctx, Path("experiments/broken.yaml"))
+    broken = train_and_register(ctx, Path("experiments/broken.yaml"))
     assert broken.alias is None  # the gate rejects it; the drill rolls it out on purpose
     outcome = _rollout_with_traffic(
         server, traffic, challenger_version=str(broken.version), max_wait_s=60

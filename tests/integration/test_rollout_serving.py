@@ -1,6 +1,6 @@
 """The rollout in the serving graph, on real servers on loopback (`hearth serve` subprocesses).
 
-One tiny trained project (from test_serving's fixture) gets three more versions: v2, trained
+One tiny trained project (tests/conftest.py's `project`) gets three more versions: v2, trained
 with another seed (different scores), and two drills of it, v3 erroring on half its items
 and v4 answering 1.5 s late (``hearth.fault`` tags). Each topology runs on its own home, so
 each has its own rollout state; the MLflow registry is shared, so tests run one after the
@@ -25,28 +25,28 @@ import httpx
 import pandas as pd
 import pytest
 
-from hearth.config import HearthContext, Params
+from hearth.config import Params
 from hearth.rollout.analysis import analyse
 from hearth.rollout.router import assign
 from hearth.serving.faults import FAULT_TAG
 from hearth.serving.feedback import DB_FILE, PredictionLog
 from hearth.serving.launch import ServerProcess
-from tests.helpers import serving_topologies
 from tests.integration import test_serving as serving
-from tests.integration.test_serving import (
-    KEY,
+from tests.integration.test_serving import Customers, fraud_like, normal
+from tests.projects import API_KEY as KEY
+from tests.projects import (
     REPO,
-    Customers,
-    _settings,
-    fraud_like,
-    normal,
+    in_project,
+    project_servers,
+    project_settings,
     server_env,
+    train,
 )
 
 pytestmark = pytest.mark.slow
 
-# test_serving's fixtures, reused: the tiny project with its champion, and its customers.
-project, history, customers = serving.project, serving.history, serving.customers
+# test_serving's fixtures, reused on this module's own tiny project: its customers.
+history, customers = serving.history, serving.customers
 
 ADMIN = "integration-admin-token"
 NAME = Params().registry.model_name
@@ -60,19 +60,10 @@ def versions(project: Path) -> dict[str, str]:
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from hearth import registry, steps
+    from hearth import registry
 
-    settings = _settings(project, project / ".hearth")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(project)
-        for key, value in settings.environment().items():
-            mp.setenv(key, value)
-        ctx = HearthContext(settings)
-        plan = steps.plan_training(ctx)
-        lineage = steps.lineage_for(ctx, plan.experiment_file, "not validated")
-        name, config = plan.runs[0]
-        other = config.model_copy(update={"seed": config.seed + 1})
-        run = steps.train_run(ctx, f"{name}-seed2", other, plan.experiment.name, lineage)
+    with in_project(project, project_settings(project)) as ctx:
+        run = train(ctx, seed_offset=1)
         uri = registry.model_uri_of_run(run.run_id)
         client = MlflowClient()
         made = {"better": str(mlflow.register_model(uri, NAME).version)}
@@ -87,7 +78,7 @@ def versions(project: Path) -> dict[str, str]:
 
 
 def _env(project: Path, home: Path) -> dict[str, str]:
-    return server_env(project, home) | {"HEARTH_ADMIN_TOKEN": ADMIN}
+    return server_env(project, home, HEARTH_ADMIN_TOKEN=ADMIN)
 
 
 @pytest.fixture(scope="module")
@@ -95,11 +86,8 @@ def servers(
     project: Path, versions: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, ServerProcess]]:
     """Both topologies on fresh homes, started side by side; stopped at teardown."""
-    with serving_topologies(
-        TOPOLOGIES,
-        lambda topology: tmp_path_factory.mktemp(f"rollout-{topology}"),
-        lambda home: _env(project, home),
-        REPO,
+    with project_servers(
+        project, tmp_path_factory, "rollout", TOPOLOGIES, HEARTH_ADMIN_TOKEN=ADMIN
     ) as started:
         yield started
 

@@ -22,87 +22,26 @@ import httpx
 import pandas as pd
 import pytest
 
-from hearth.config import NO_TELEMETRY_ENV, HearthContext, Params, Settings
+from hearth.config import Settings
 from hearth.data.schema import TIMESTAMP_FORMAT
 from hearth.features.online import Transaction
 from hearth.features.store import open_store
 from hearth.serving.launch import ServerProcess
 from hearth.serving.pool import decide
 from hearth.serving.state import ServingState
-from tests.helpers import serving_topologies, write_project
+from tests.projects import API_KEY as KEY
+from tests.projects import REPO, project_servers, registry_uri, server_env
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[2]
-KEY = "integration-key"
 TOPOLOGIES = ("monolith", "microservices")
 
 
-# -- fixtures -------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny project with a registered champion, made with the pipeline's own steps."""
-    from hearth import steps
-
-    root = tmp_path_factory.mktemp("project")
-    params = Params.model_validate(
-        {
-            "data": {"days": 12, "customers": 300, "seed": 11, "tx_per_customer_day": 2.0},
-            "split": {"valid_days": 2, "test_days": 2},
-        }
-    )
-    write_project(root, params)
-    settings = _settings(root, root / ".hearth")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        for key, value in settings.environment().items():
-            mp.setenv(key, value)
-        ctx = HearthContext(settings)
-        steps.generate_data(ctx)
-        steps.etl(ctx)
-        plan = steps.plan_training(ctx)
-        lineage = steps.lineage_for(ctx, plan.experiment_file, "not validated")
-        name, config = plan.runs[0]
-        run = steps.train_run(ctx, name, config, plan.experiment.name, lineage)
-        assert steps.register(ctx, run).alias == "champion"
-    return root
-
-
-def _settings(project: Path, home: Path) -> Settings:
-    return Settings(
-        home=home,
-        data_dir=project / "data",
-        reports_dir=project / "reports",
-        params_file=project / "params.yaml",
-        mlflow_tracking_uri=f"sqlite:///{project / '.hearth' / 'mlflow.db'}",
-    )
-
-
-def server_env(project: Path, home: Path) -> dict[str, str]:
-    """The environment of a server: its own home, the project's registry and data."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HEARTH_", "BENTOML_"))}
-    env.update(NO_TELEMETRY_ENV)
-    env.update(
-        HEARTH_HOME=str(home),
-        HEARTH_DATA_DIR=str(project / "data"),
-        HEARTH_REPORTS_DIR=str(project / "reports"),
-        HEARTH_PARAMS_FILE=str(project / "params.yaml"),
-        HEARTH_MLFLOW_TRACKING_URI=f"sqlite:///{project / '.hearth' / 'mlflow.db'}",
-        HEARTH_API_KEY=KEY,
-        HEARTH_MODEL_TIMEOUT_S="2",
-    )
-    return env
-
-
+# -- fixtures (the tiny `project` is tests/conftest.py's) -----------------------------------
 @pytest.fixture(scope="module")
 def servers(project: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     """Both topologies, started together, each on a fresh home; stopped at teardown."""
-    with serving_topologies(
-        TOPOLOGIES,
-        lambda topology: tmp_path_factory.mktemp(f"home-{topology}"),
-        lambda home: server_env(project, home),
-        REPO,
-    ) as started:
+    with project_servers(project, tmp_path_factory, "home", TOPOLOGIES) as started:
         yield started
 
 
@@ -374,7 +313,7 @@ def test_build_makes_four_bentos_with_lineage(built: Path, project: Path) -> Non
 
     names = {p.name for p in (built / "bentos").iterdir()}
     assert names == {"hearth-monolith", "hearth-gateway", "hearth-features", "hearth-model"}
-    client = MlflowClient(f"sqlite:///{project / '.hearth' / 'mlflow.db'}")
+    client = MlflowClient(registry_uri(project))
     champion = client.get_model_version_by_alias("fraud-detector", "champion")
     data_version = client.get_run(champion.run_id).data.tags["hearth.data_version"]
     for name in ("hearth-monolith", "hearth-model"):

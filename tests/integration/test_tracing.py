@@ -21,7 +21,8 @@ import pytest
 
 from hearth.serving.launch import ServerProcess
 from tests.integration.test_metrics import _tx
-from tests.integration.test_serving import KEY, REPO, project, server_env  # noqa: F401
+from tests.projects import API_KEY as KEY
+from tests.projects import project_servers
 
 pytestmark = pytest.mark.slow
 EXPORT_WAIT_S = 30.0  # BatchSpanProcessor exports every 5 s
@@ -117,21 +118,15 @@ def collector() -> Iterator[Collector]:
 
 @pytest.fixture(scope="module")
 def server(
-    project: Path,  # noqa: F811
+    project: Path,
     collector: Collector,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[ServerProcess]:
-    home = tmp_path_factory.mktemp("home-tracing")
-    env = server_env(project, home) | {
-        "HEARTH_OTLP_ENDPOINT": collector.endpoint,
-        "HEARTH_LOG_FORMAT": "json",
-    }
-    srv = ServerProcess.start("microservices", env, REPO, home / "s.log")
-    try:
-        srv.wait_ready()
-        yield srv
-    finally:
-        srv.stop()
+    with project_servers(
+        project, tmp_path_factory, "home-tracing", ("microservices",),
+        HEARTH_OTLP_ENDPOINT=collector.endpoint, HEARTH_LOG_FORMAT="json",
+    ) as started:  # fmt: skip
+        yield started["microservices"]
 
 
 def _trace_of(collector: Collector, request_id: str) -> list[ReceivedSpan]:

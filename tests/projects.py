@@ -1,0 +1,140 @@
+"""Tiny trained projects, and the environments of real `hearth serve` processes on them.
+
+A project is a directory a user could have checked out: params.yaml, an experiment, data
+made by the generator, and a `.hearth` home whose MLflow registry holds a champion. Servers
+get a fresh home each (their own BentoML store, online store and serving state) but read
+the project's registry and data.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hearth.config import NO_TELEMETRY_ENV, HearthContext, Params, Settings
+from hearth.serving.launch import ServerProcess
+from tests.helpers import serving_topologies, write_project
+
+REPO = Path(__file__).resolve().parents[1]
+API_KEY = "integration-key"  # the key of servers started with `server_env`
+SMALL_DATA: dict[str, Any] = {
+    "data": {"days": 12, "customers": 300, "seed": 11, "tx_per_customer_day": 2.0},
+    "split": {"valid_days": 2, "test_days": 2},
+}
+
+
+# -- building a project ---------------------------------------------------------------------
+def project_settings(root: Path, **overrides: Any) -> Settings:
+    """Settings of the project in `root`: home `root/.hearth`, its data, reports and params."""
+    fields: dict[str, Any] = {
+        "home": root / ".hearth",
+        "data_dir": root / "data",
+        "reports_dir": root / "reports",
+        "params_file": root / "params.yaml",
+    }
+    return Settings(**(fields | overrides))
+
+
+@contextmanager
+def in_project(root: Path, settings: Settings, **env: str) -> Iterator[HearthContext]:
+    """cwd in `root` and `settings` (then `env`) exported, as the CLI does; undone after."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        for key, value in {**settings.environment(), **env}.items():
+            mp.setenv(key, value)
+        yield HearthContext(settings)
+
+
+def train(ctx: HearthContext, experiment: Path | None = None, seed_offset: int = 0) -> Any:
+    """The first run of the experiment (the project's own by default), trained and logged.
+
+    With `seed_offset`, the run's seed is moved by that much and its name says which seed.
+    """
+    from hearth import steps
+
+    plan = steps.plan_training(ctx, experiment)
+    lineage = steps.lineage_for(ctx, plan.experiment_file, "not validated")
+    name, config = plan.runs[0]
+    if seed_offset:
+        name = f"{name}-seed{1 + seed_offset}"
+        config = config.model_copy(update={"seed": config.seed + seed_offset})
+    return steps.train_run(ctx, name, config, plan.experiment.name, lineage)
+
+
+def train_and_register(ctx: HearthContext, experiment: Path | None = None) -> Any:
+    """Train as `train` does and register the model through the champion/challenger gate."""
+    from hearth import steps
+
+    return steps.register(ctx, train(ctx, experiment))
+
+
+def build_tiny_project(root: Path, params: dict[str, Any] = SMALL_DATA) -> Path:
+    """generate → ETL → train → register a champion, with the pipeline's own steps (~20 s)."""
+    from hearth import steps
+
+    write_project(root, Params.model_validate(params))
+    with in_project(root, project_settings(root)) as ctx:
+        steps.generate_data(ctx)
+        steps.etl(ctx)
+        assert train_and_register(ctx).alias == "champion"
+    return root
+
+
+# -- environments of processes on a project -------------------------------------------------
+def registry_uri(project: Path) -> str:
+    """The project's MLflow tracking and registry store."""
+    return f"sqlite:///{project / '.hearth' / 'mlflow.db'}"
+
+
+def clean_environ(*prefixes: str) -> dict[str, str]:
+    """This process's environment without variables starting with `prefixes`, no telemetry."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
+    env.update(NO_TELEMETRY_ENV)
+    return env
+
+
+def project_paths(project: Path, home: Path | None = None) -> dict[str, str]:
+    """HEARTH_* paths of the project: `home` (its own by default), data, reports, params."""
+    return {
+        "HEARTH_HOME": str(home or project / ".hearth"),
+        "HEARTH_DATA_DIR": str(project / "data"),
+        "HEARTH_REPORTS_DIR": str(project / "reports"),
+        "HEARTH_PARAMS_FILE": str(project / "params.yaml"),
+    }
+
+
+def server_env(project: Path, home: Path, **extra: str) -> dict[str, str]:
+    """The environment of a server: its own home, the project's registry and data."""
+    env = clean_environ("HEARTH_", "BENTOML_")
+    env.update(project_paths(project, home))
+    env.update(
+        HEARTH_MLFLOW_TRACKING_URI=registry_uri(project),
+        HEARTH_API_KEY=API_KEY,
+        HEARTH_MODEL_TIMEOUT_S="2",
+    )
+    env.update(extra)
+    return env
+
+
+@contextmanager
+def project_servers(
+    project: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    homes: str,
+    topologies: tuple[str, ...],
+    **extra_env: str,
+) -> Iterator[dict[str, ServerProcess]]:
+    """Each topology serving the project's champion on a fresh home (`{homes}-{topology}`),
+    with `server_env` plus `extra_env`; started side by side, stopped after."""
+    with serving_topologies(
+        topologies,
+        lambda topology: tmp_path_factory.mktemp(f"{homes}-{topology}"),
+        lambda home: server_env(project, home, **extra_env),
+        REPO,
+    ) as started:
+        yield started
