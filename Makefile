@@ -83,7 +83,7 @@ containerize: build ## Container images of the bentos (needs a running docker or
 	$(BIN)/hearth containerize
 
 .PHONY: bench
-bench: install ## Full serving benchmark (hearth bench, ~10 min): floor, mlflow, BentoML, monolith, microservices, batching, rollback → reports/bench.*
+bench: install ## Full serving benchmark (hearth bench, ~5 min on 2 cores): floor, mlflow, BentoML, monolith, microservices, batching, rollback → reports/bench.*
 	$(BIN)/hearth bench
 
 .PHONY: repro

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from datetime import datetime, timedelta
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -26,32 +27,15 @@ from hearth.features.online import (
     update_state,
 )
 from hearth.features.store import StoreError, decode_state, encode_state
+from tests.unit.test_store import T0
+from tests.unit.test_store import txn as store_txn
 
-T0 = datetime(2026, 3, 2, 12, 0, 0)
 Answer = tuple[dict[str, float | str], bool]
 
 
-def txn(
-    tid: str,
-    at: datetime,
-    amount: float = 20.0,
-    device: str = "D1",
-    merchant: str = "M1",
-    customer: str = "C1",
-) -> Transaction:
-    return Transaction(
-        transaction_id=tid,
-        timestamp=at,
-        customer_id=customer,
-        merchant_id=merchant,
-        merchant_category="grocery",
-        amount=amount,
-        currency="EUR",
-        channel="pos",
-        device_id=device,
-        latitude=48.85,
-        longitude=2.35,
-    )
+def txn(tid: str, at: datetime, **fields: Any) -> Transaction:
+    """tests.unit.test_store's transaction, named by its id first (ids matter here)."""
+    return store_txn(at=at, tid=tid, **fields)
 
 
 def stored(state: CustomerState) -> CustomerState:

@@ -22,12 +22,13 @@ import httpx
 from hearth.bench.load import Endpoint, Sample
 from hearth.bench.metrics import ProcessTree
 from hearth.config import NO_TELEMETRY_ENV, Settings
+from hearth.serving.internal import PREDICT, PREFIX
 from hearth.serving.launch import ServerProcess, free_port
 
 HOST = "127.0.0.1"
 # The model-service contenders are driven on the route the gateway calls (the lean internal
 # hop), not on the BentoML API of the same lane, whose per-request work would hide batching.
-MODEL_ROUTE = "/internal/predict"
+MODEL_ROUTE = PREFIX + PREDICT
 BENCH_KEY = "bench-key"
 
 

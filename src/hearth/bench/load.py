@@ -168,19 +168,26 @@ async def _worker(
         if time.perf_counter() > deadline:
             return
         t0 = time.perf_counter()
-        try:
-            response = await asyncio.wait_for(conn.send(raw), REQUEST_TIMEOUT_S)
-        except TimeoutError:
-            sample.count("timeout")
-            continue
-        except (OSError, ValueError, IndexError, asyncio.IncompleteReadError):
-            sample.count("connection")
-            await asyncio.sleep(0.01)  # a refused connection must not spin the loop
+        status, response = await attempt(conn, raw)
+        sample.count(status)
+        if response is None:
             continue
         sample.latencies_s.append(time.perf_counter() - t0)
-        sample.count(str(response.status))
         if response.retry_after is not None:
             sample.retry_after.add(response.retry_after)
+
+
+async def attempt(conn: Connection, raw: bytes) -> tuple[str, Response | None]:
+    """Send one request: (its status, the response), or ("timeout" | "connection", None)
+    when it got no answer within REQUEST_TIMEOUT_S or the connection failed."""
+    try:
+        response = await asyncio.wait_for(conn.send(raw), REQUEST_TIMEOUT_S)
+    except TimeoutError:
+        return "timeout", None
+    except (OSError, ValueError, IndexError, asyncio.IncompleteReadError):
+        await asyncio.sleep(0.01)  # a refused connection must not spin the loop
+        return "connection", None
+    return str(response.status), response
 
 
 async def post(endpoint: Endpoint, body: bytes, timeout_s: float = 10.0) -> Response:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from hearth.bench.contenders import BENCH_KEY, SPECS, HearthServer, server_env
-from hearth.bench.load import REQUEST_TIMEOUT_S, Connection
+from hearth.bench.load import Connection, attempt
 from hearth.config import Settings
 
 TOPOLOGIES = ("monolith", "microservices")
@@ -286,17 +286,9 @@ async def _client(
 ) -> None:
     """Closed loop: the next request goes when the previous one has answered."""
     while not stop.is_set():
-        try:
-            response = await asyncio.wait_for(conn.send(next(requests)), REQUEST_TIMEOUT_S)
-        except TimeoutError:
-            replies.append(Reply(time.monotonic(), "timeout", None))
-            continue
-        except (OSError, ValueError, IndexError, asyncio.IncompleteReadError):
-            replies.append(Reply(time.monotonic(), "connection", None))
-            await asyncio.sleep(0.01)  # a refused connection must not spin the loop
-            continue
-        variant = _variant(response.body) if response.status == 200 else None
-        replies.append(Reply(time.monotonic(), str(response.status), variant))
+        status, response = await attempt(conn, next(requests))
+        variant = _variant(response.body) if response and response.status == 200 else None
+        replies.append(Reply(time.monotonic(), status, variant))
 
 
 def _variant(body: bytes) -> str | None:

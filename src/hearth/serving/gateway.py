@@ -169,7 +169,7 @@ class RemoteFeatures:
 
     def __init__(
         self,
-        observe: Callable[[list[dict[str, Any]]], Awaitable[list[Any]]],
+        observe: Callable[[list[dict[str, Any]]], Awaitable[list[FeatureRow]]],
         ready: Callable[[], Awaitable[bool]],
         timeout_s: float,
     ) -> None:
@@ -177,10 +177,11 @@ class RemoteFeatures:
 
     async def observe(self, txns: Sequence[Transaction]) -> list[FeatureRow]:
         payload = [transaction_payload(t) for t in txns]
-        rows = await _call(
+        # The hop's client parses and validates the answer (hearth.serving.internal).
+        rows: list[FeatureRow] = await _call(
             self._observe(payload), self.timeout_s, FeaturesUnavailable, "features service"
         )
-        return [FeatureRow.model_validate(r) for r in rows]
+        return rows
 
     async def ready(self) -> bool:
         return await _ready(self._ready, self.timeout_s)
@@ -191,7 +192,7 @@ class RemoteModel:
 
     def __init__(
         self,
-        score: Callable[[list[ScoreItem]], Awaitable[list[Any]]],
+        score: Callable[[list[ScoreItem]], Awaitable[list[Score]]],
         ready: Callable[[], Awaitable[bool]],
         timeout_s: float,
     ) -> None:
@@ -199,8 +200,10 @@ class RemoteModel:
 
     async def score(self, items: list[ScoreItem]) -> list[Score]:
         items = tracing.stamp_items(items)  # the model service parents its spans by these
-        scores = await _call(self._score(items), self.timeout_s, ModelUnavailable, "model service")
-        return [Score.model_validate(s) for s in scores]
+        scores: list[Score] = await _call(
+            self._score(items), self.timeout_s, ModelUnavailable, "model service"
+        )
+        return scores
 
     async def ready(self) -> bool:
         return await _ready(self._ready, self.timeout_s)
