@@ -10,7 +10,7 @@ from bentoml.exceptions import ServiceUnavailable
 from bentos.hop import serve_internal_first
 from bentos.images import cuda_image
 from bentos.telemetry import service_tracing, start_telemetry
-from hearth.observability.metrics import record_model_call
+from hearth.observability.prometheus import record_model_call
 from hearth.observability.tracing import record_model_spans
 from hearth.serving import graph
 from hearth.serving.batching import Batcher

@@ -14,8 +14,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows._context import load_context
 from hearth.config import HearthContext
-from hearth.rollout import flow_steps
-from hearth.rollout import report as rollout_report
+from hearth.rollout import flow_steps, rollout_report
 from hearth.rollout.state import Mode, RolloutState, StateStore, open_state_store
 
 

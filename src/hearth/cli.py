@@ -667,7 +667,7 @@ def bench(
     """Monolith vs microservices vs mlflow models serve vs plain BentoML, side by side."""
     import dataclasses
 
-    from hearth.bench import report as bench_report
+    from hearth.bench import bench_report
     from hearth.bench.run import BenchConfig, Progress, run_bench
 
     ctx = _context()

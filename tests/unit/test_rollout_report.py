@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from hearth.config import RolloutParams, Settings
-from hearth.rollout import report
+from hearth.rollout import rollout_report
 from hearth.rollout.analysis import analyse
 from hearth.rollout.flow_steps import _history_fields
 from hearth.rollout.state import HistoryEvent, RolloutState, SQLiteStateStore, new_rollout
@@ -66,7 +66,7 @@ def test_rounds_are_rebuilt_from_the_history_alone(
     history: tuple[RolloutState, list[HistoryEvent]],
 ) -> None:
     state, events = history
-    built = report.build(state, events)
+    built = rollout_report.build(state, events)
     assert [r.decision for r in built.rounds] == ["advance", "promote"]
     # Each round carries the traffic share it was judged at, not the one it led to.
     assert [r.percent for r in built.rounds] == [50.0, 100.0]
@@ -78,7 +78,7 @@ def test_markdown_has_traffic_metrics_verdict_and_reason(
     history: tuple[RolloutState, list[HistoryEvent]],
 ) -> None:
     state, events = history
-    md = report.markdown(report.build(state, events))
+    md = rollout_report.markdown(rollout_report.build(state, events))
     assert f"# Rollout {state.rollout_id}" in md
     assert "outcome: **promoted**" in md
     assert "final verdict: **promote** — challenger non-inferior" in md
@@ -93,8 +93,8 @@ def test_write_produces_markdown_and_png(
     tmp_path: Path, history: tuple[RolloutState, list[HistoryEvent]]
 ) -> None:
     state, events = history
-    out = report.report_dir(Settings(home=tmp_path / "home"), state.rollout_id)
-    written = report.write(report.build(state, events), out)
+    out = rollout_report.report_dir(Settings(home=tmp_path / "home"), state.rollout_id)
+    written = rollout_report.write(rollout_report.build(state, events), out)
     assert written.markdown == out / "report.md" and written.markdown.read_text()
     assert written.png is not None
     with Image.open(written.png) as png:
@@ -105,7 +105,7 @@ def test_write_produces_markdown_and_png(
 def test_a_rollout_without_analysis_still_reports(tmp_path: Path) -> None:
     state = new_rollout("1", "2", RolloutParams())
     start = HistoryEvent(rollout_id=state.rollout_id, actor="ops", action="start", at=T0)
-    written = report.write(report.build(state, [start]), tmp_path)
+    written = rollout_report.write(rollout_report.build(state, [start]), tmp_path)
     assert "No analysis was recorded" in (written.markdown or tmp_path).read_text()
 
 
@@ -119,6 +119,6 @@ def test_non_numbers_and_missing_metrics_show_as_dashes() -> None:
         reason="too few requests",
         numbers={"analysis_round": 1, "decision": "hold", "champion_n": 3, "psi": None},
     )
-    md = report.markdown(report.build(state, [event]))
+    md = rollout_report.markdown(rollout_report.build(state, [event]))
     row = next(line for line in md.splitlines() if line.startswith("| 1 |"))
     assert "| 3 / – |" in row and "hold" in row

@@ -19,8 +19,8 @@ from typing import Any
 
 import httpx
 
+from hearth.bench.latency_stats import ProcessTree
 from hearth.bench.load import Endpoint, Sample
-from hearth.bench.metrics import ProcessTree
 from hearth.config import NO_TELEMETRY_ENV, Settings
 from hearth.serving.internal import PREDICT, PREFIX
 from hearth.serving.launch import ServerProcess, free_port

@@ -29,8 +29,8 @@ from hearth.bench.contenders import (
     scorer_dir,
     spec_of,
 )
+from hearth.bench.latency_stats import Cell
 from hearth.bench.load import Endpoint, drive
-from hearth.bench.metrics import Cell
 from hearth.bench.rollback import TOPOLOGIES, Rollbacks
 from hearth.bench.workload import Workload, load_workload
 from hearth.config import Settings, load_params
@@ -91,7 +91,7 @@ def machine() -> dict[str, Any]:
 
 
 def run_bench(config: BenchConfig, source: Settings, root: Path, say: Progress) -> dict[str, Any]:
-    """Measure every contender of `config`; the report's data (see `hearth.bench.report`)."""
+    """Measure every contender of `config`; the report's data (see `hearth.bench.bench_report`)."""
     names = _ordered(config.contenders)
     if config.baseline is not None:
         names += [f"{n}{BASELINE}" for n in names if SPECS[n].group in ("hearth", "batching")]

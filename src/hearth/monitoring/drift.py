@@ -1,7 +1,7 @@
 """Drift statistics: PSI per feature, a two-sample KS test on scores, and the verdict.
 
 Pure functions over DataFrames and arrays: the flow (`flows/monitor.py`) loads the data,
-this module decides whether it drifted, `hearth.monitoring.report` writes it down.
+this module decides whether it drifted, `hearth.monitoring.drift_report` writes it down.
 """
 
 from __future__ import annotations

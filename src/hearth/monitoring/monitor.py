@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from hearth.config import HearthContext, MonitoringParams, Settings
-from hearth.monitoring import report as drift_report
+from hearth.monitoring import drift_report
 from hearth.monitoring.drift import DriftReport, compare
 from hearth.serving.feedback import DB_FILE
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from hearth.config import HearthContext, Params, RolloutParams, Settings
-from hearth.rollout import report as rollout_report
+from hearth.rollout import rollout_report
 from hearth.rollout.analysis import Verdict, analyse_state
 from hearth.rollout.state import Mode, RolloutState, StateStore, open_state_store
 

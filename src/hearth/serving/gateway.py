@@ -19,7 +19,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from hearth.features.online import Transaction
 from hearth.observability import tracing
-from hearth.observability.metrics import record_feature_lookups, record_model_call
+from hearth.observability.prometheus import record_feature_lookups, record_model_call
 from hearth.serving.errors import FeaturesUnavailable, ModelUnavailable, NotReady, Unavailable
 from hearth.serving.feedback import PredictionLog, PredictionRecord
 from hearth.serving.router import CHALLENGER, ChampionRouter, Routed, Router

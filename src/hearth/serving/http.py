@@ -27,7 +27,7 @@ from pydantic import BaseModel, ValidationError
 
 from hearth.config import Settings
 from hearth.observability.logging import bind_request_id
-from hearth.observability.metrics import metrics, record_predictions, record_request
+from hearth.observability.prometheus import metrics, record_predictions, record_request
 from hearth.rollout.state import RolloutError
 from hearth.serving.admin import Admin
 from hearth.serving.auth import (
@@ -64,7 +64,7 @@ class _BadRequest(Exception):
 
 
 def _metrics() -> Any:
-    """Hearth's metrics (defined once, in hearth.observability.metrics)."""
+    """Hearth's metrics (defined once, in hearth.observability.prometheus)."""
     return metrics()
 
 
