@@ -1,0 +1,9 @@
+"""Storage plumbing shared by Hearth's state stores (core layer: imports nothing of Hearth).
+
+- `hearth.storage.sqlite`: `SQLiteFile`, one SQLite state file (WAL, busy timeout, one
+  locked connection, ``BEGIN IMMEDIATE`` transactions, errors in the caller's type);
+- `hearth.storage.redis`: `connect` (a client that fails fast) and `compare_and_set`
+  (WATCH, read, compute, MULTI/EXEC, retried on conflict), errors in the caller's type.
+
+The two are separate modules so that a SQLite-only process never loads redis-py.
+"""

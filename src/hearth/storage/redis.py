@@ -1,0 +1,116 @@
+"""Redis for Hearth's state stores: a client that fails fast, and compare-and-set.
+
+`connect` builds a client whose failures cost milliseconds, not seconds: short connect and
+socket timeouts, and none of redis-py's default retries (a plain ``redis.Redis(...)`` retries
+ten times with up to a second of backoff). What it keeps is an explicit budget of one quick
+retry on a *connection* error, for a pooled connection that went stale when Redis restarted;
+a timeout is never retried, so a hung server costs one timeout. Options in the URL
+(``?socket_timeout=…``) still win over these defaults.
+
+`compare_and_set` is optimistic concurrency on a few keys: WATCH them, read, compute the
+result and the writes, then MULTI/EXEC; if another client changed a watched key in between,
+EXEC fails (WatchError) and the attempt starts again from the new values after a short
+jittered sleep, up to a bound. Every `redis.RedisError` is raised as the caller's error type.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.client import Pipeline
+from redis.retry import Retry
+
+T = TypeVar("T")
+
+
+def connect(url: str, *, timeout_s: float = 2.0, retries: int = 1) -> redis.Redis:
+    """A client for `url` that fails fast: `timeout_s` to connect and per reply, at most
+    `retries` quick reconnects after a connection error (5-50 ms apart), none on timeout."""
+    policy = Retry(
+        ExponentialBackoff(cap=0.05, base=0.005), retries, supported_errors=(redis.ConnectionError,)
+    )
+    return redis.Redis.from_url(
+        url,
+        socket_connect_timeout=timeout_s,
+        socket_timeout=timeout_s,
+        retry=policy,
+        retry_on_timeout=False,
+    )
+
+
+@contextmanager
+def translate_errors(error: type[Exception], where: str) -> Iterator[None]:
+    """Raise any `redis.RedisError` of the block as ``error(f"{where}: {cause}")``."""
+    try:
+        yield
+    except redis.RedisError as exc:
+        raise error(f"{where}: {exc}") from exc
+
+
+def ping(client: redis.Redis) -> bool:
+    """True when the server answers PING; False (never an exception) when it does not."""
+    try:
+        return bool(client.ping())
+    except (redis.RedisError, OSError):
+        return False
+
+
+@dataclass(frozen=True)
+class Update(Generic[T]):
+    """What one compare-and-set attempt decided.
+
+    `result` is returned to the caller once the writes are committed; `write` queues the
+    writes on the pipeline inside MULTI (None: nothing to write, the read alone answers).
+    """
+
+    result: T
+    write: Callable[[Pipeline], object] | None = None
+
+
+def compare_and_set(
+    client: redis.Redis,
+    keys: Sequence[str],
+    compute: Callable[[Pipeline], Update[T]],
+    *,
+    error: type[Exception],
+    where: str,
+    max_attempts: int = 100,
+    backoff_base_s: float = 0.0002,
+    backoff_cap_s: float = 0.01,
+) -> T:
+    """Read `keys`, compute, and write atomically unless another client changed them first.
+
+    `compute` gets the pipeline in immediate mode (``pipe.get(key)`` answers at once) with
+    `keys` watched, and returns an `Update`. Its own exceptions propagate unchanged and
+    nothing is written. A conflict recomputes after a jittered sleep, ``uniform(0,
+    min(cap, base * 2**attempt))``, so contending writers spread out; after `max_attempts`
+    conflicts in a row, and on any `redis.RedisError`, ``error`` is raised.
+    """
+    if max_attempts < 1:
+        raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
+    with translate_errors(error, where):
+        for attempt in range(max_attempts):
+            with client.pipeline(transaction=True) as pipe:
+                try:
+                    pipe.watch(*keys)
+                    update = compute(pipe)
+                    if update.write is not None:
+                        pipe.multi()
+                        update.write(pipe)
+                        pipe.execute()
+                    return update.result
+                except redis.WatchError:
+                    pass
+            if attempt + 1 < max_attempts:
+                time.sleep(random.uniform(0, min(backoff_cap_s, backoff_base_s * 2**attempt)))
+    raise error(
+        f"{where}: gave up after {max_attempts} conflicting writes in a row to "
+        f"{', '.join(keys)} (too much contention)"
+    )
