@@ -11,7 +11,7 @@ States are stored as compact JSON (`CustomerState.to_dict`). `observe` is the se
 path: it reads a customer's state, computes the features of the incoming transaction from
 the state *before* it, applies the transaction and writes the state back, atomically, so
 concurrent requests for one customer never lose an update (SQLite: ``BEGIN IMMEDIATE``;
-Redis: ``WATCH``/``MULTI`` with a bounded optimistic retry loop).
+Redis: ``WATCH``/``MULTI`` with a bounded optimistic retry loop; both from `hearth.storage`).
 
 `observe` is idempotent per transaction_id: the state keeps the ids of its history, so a
 client retrying a transaction (after a 503 + Retry-After, a timeout) changes nothing and
@@ -30,16 +30,15 @@ from __future__ import annotations
 
 import bisect
 import json
-import random
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 import pandas as pd
@@ -54,6 +53,12 @@ from hearth.features.online import (
     observe_state,
     window_seconds,
 )
+from hearth.storage.sqlite import SQLiteFile
+
+if TYPE_CHECKING:
+    from redis.client import Pipeline
+
+    from hearth.storage.redis import Update
 
 REDIS_KEY_PREFIX = "hearth:cust:"
 MATERIALIZE_CHUNK = 1000
@@ -156,11 +161,14 @@ def decode_state(raw: str | bytes, customer_id: str) -> CustomerState:
 
 
 # -- SQLite --------------------------------------------------------------------------------
-class SQLiteStore:
-    """One SQLite file; one connection per store object, serialised by a lock.
+_UPSERT = "INSERT OR REPLACE INTO customer_state (customer_id, state) VALUES (?, ?)"
 
-    Within a process the lock orders calls (each is tens of microseconds, so a pool would
-    buy little); across processes ``BEGIN IMMEDIATE`` + ``busy_timeout`` serialise writers.
+
+class SQLiteStore:
+    """One SQLite file (`hearth.storage.sqlite.SQLiteFile`: WAL, one locked connection).
+
+    Within a process the lock orders calls; across processes ``BEGIN IMMEDIATE`` +
+    ``busy_timeout`` serialise writers.
 
     WAL checkpoints stay SQLite's automatic ones (every 1000 pages, inside a commit): they
     are the observe() latency tail (~1 % of calls at 1-20 ms on a VM disk). A background
@@ -172,51 +180,20 @@ class SQLiteStore:
 
     def __init__(self, path: Path, timeout_s: float = 5.0) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        # isolation_level=None: no implicit transactions, so BEGIN IMMEDIATE is ours to issue.
-        self._conn: sqlite3.Connection | None = sqlite3.connect(
-            str(path), timeout=timeout_s, isolation_level=None, check_same_thread=False
+        # synchronous=NORMAL: in WAL mode it survives a process crash and skips an fsync per
+        # commit; a power cut may lose the last few updates, which the next materialize
+        # restores.
+        self._db = SQLiteFile(
+            path,
+            name=f"SQLite online store {path}",
+            error=StoreUnavailable,
+            synchronous="NORMAL",
+            timeout_s=timeout_s,
         )
-        with self._translate():
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
-            # In WAL mode NORMAL survives a process crash and skips an fsync per commit; a
-            # power cut may lose the last few updates, which the next materialize restores.
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.execute(
-                "CREATE TABLE IF NOT EXISTS customer_state "
-                "(customer_id TEXT PRIMARY KEY, state TEXT NOT NULL) WITHOUT ROWID"
-            )
-
-    @contextmanager
-    def _translate(self) -> Iterator[None]:
-        try:
-            yield
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"SQLite online store {self.path}: {exc}") from exc
-
-    @contextmanager
-    def _locked(self) -> Iterator[sqlite3.Connection]:
-        with self._lock, self._translate():
-            if self._conn is None:
-                raise StoreUnavailable(f"SQLite online store {self.path} is closed")
-            yield self._conn
-
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction that holds SQLite's write lock from its first statement."""
-        with self._locked() as conn:
-            # IMMEDIATE takes the write lock before the read, so two processes observing one
-            # customer cannot both read the old state (DEFERRED would fail one with BUSY).
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                if conn.in_transaction:  # SQLite may already have rolled back on its own
-                    conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+        self._db.script(
+            "CREATE TABLE IF NOT EXISTS customer_state "
+            "(customer_id TEXT PRIMARY KEY, state TEXT NOT NULL) WITHOUT ROWID"
+        )
 
     @staticmethod
     def _read(conn: sqlite3.Connection, customer_id: str) -> CustomerState | None:
@@ -226,56 +203,51 @@ class SQLiteStore:
         return decode_state(row[0], customer_id) if row else None
 
     def get(self, customer_id: str) -> CustomerState | None:
-        with self._locked() as conn:
+        with self._db.read() as conn:
             return self._read(conn, customer_id)
 
     def put_many(self, states: Mapping[str, CustomerState]) -> int:
         rows = [(cid, encode_state(state)) for cid, state in states.items()]
-        with self._write() as conn:
-            conn.executemany(
-                "INSERT OR REPLACE INTO customer_state (customer_id, state) VALUES (?, ?)", rows
-            )
+        with self._db.transaction() as conn:
+            conn.executemany(_UPSERT, rows)
         return len(rows)
 
     def observe(self, txn: Transaction) -> tuple[Features, bool]:
-        with self._write() as conn:
+        # IMMEDIATE takes the write lock before the read, so two processes observing one
+        # customer cannot both read the old state.
+        with self._db.transaction() as conn:
             seen = observe_state(self._read(conn, txn.customer_id), txn)
             if seen.after is not None:  # None: a retry, the stored state stays as it is
-                conn.execute(
-                    "INSERT OR REPLACE INTO customer_state (customer_id, state) VALUES (?, ?)",
-                    (txn.customer_id, encode_state(seen.after)),
-                )
+                conn.execute(_UPSERT, (txn.customer_id, encode_state(seen.after)))
         return seen.features, seen.cold_start
 
     def peek(self, txn: Transaction) -> tuple[Features, bool]:
         return answer(txn, self.get(txn.customer_id))
 
     def count(self) -> int:
-        with self._locked() as conn:
+        with self._db.read() as conn:
             return int(conn.execute("SELECT count(*) FROM customer_state").fetchone()[0])
 
     def ping(self) -> bool:
-        try:
-            with self._locked() as conn:
-                conn.execute("SELECT 1").fetchone()
-        except StoreError:
-            return False
-        return True
+        return self._db.ping()
 
     def clear(self) -> None:
-        with self._write() as conn:
+        with self._db.transaction() as conn:
             conn.execute("DELETE FROM customer_state")
 
     def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+        self._db.close()
 
 
 # -- Redis ---------------------------------------------------------------------------------
 class RedisStore:
-    """One JSON string per customer under `prefix`; the client's pool is thread-safe."""
+    """One JSON string per customer under `prefix`; the client's pool is thread-safe.
+
+    The client is `hearth.storage.redis.connect`'s: short timeouts and one quick reconnect
+    (a pooled connection may be stale after a Redis restart), so a dead server costs a
+    request milliseconds. `observe` is `hearth.storage.redis.compare_and_set` on the
+    customer's key.
+    """
 
     backend = "redis"
 
@@ -286,34 +258,21 @@ class RedisStore:
         max_attempts: int = 100,
         timeout_s: float = 2.0,
     ) -> None:
-        # Imported here: SQLite users (the default) never pay for loading redis-py.
-        import redis
-        from redis.backoff import ExponentialBackoff
-        from redis.retry import Retry
+        # lazy: SQLite users (the default) never pay for loading redis-py.
+        from hearth.storage import redis as redis_storage
 
-        self._redis = redis
+        self._storage = redis_storage
         self.url = url
         self.prefix = prefix
         self.max_attempts = max_attempts
-        # Short timeouts and one quick retry (a pooled connection may be stale after a Redis
-        # restart): a dead server must cost a request milliseconds, not redis-py's default
-        # seconds of backoff. Options in the URL (?socket_timeout=…) still win.
-        self._client = redis.Redis.from_url(
-            url,
-            socket_connect_timeout=timeout_s,
-            socket_timeout=timeout_s,
-            retry=Retry(ExponentialBackoff(cap=0.05, base=0.005), 1),
-        )
+        self._where = f"Redis online store {redacted_url(url)}"
+        self._client = redis_storage.connect(url, timeout_s=timeout_s)
 
     def _key(self, customer_id: str) -> str:
         return self.prefix + customer_id
 
-    @contextmanager
-    def _translate(self) -> Iterator[None]:
-        try:
-            yield
-        except self._redis.RedisError as exc:
-            raise StoreUnavailable(f"Redis online store {redacted_url(self.url)}: {exc}") from exc
+    def _translate(self) -> AbstractContextManager[None]:
+        return self._storage.translate_errors(StoreUnavailable, self._where)
 
     def _read(self, customer_id: str) -> CustomerState | None:
         with self._translate():
@@ -333,36 +292,27 @@ class RedisStore:
 
     def observe(self, txn: Transaction) -> tuple[Features, bool]:
         key = self._key(txn.customer_id)
-        with self._translate():
-            for attempt in range(self.max_attempts):
-                outcome = self._try_observe(key, txn)
-                if outcome is not None:
-                    return outcome
-                # Another writer changed the customer between our read and write: back off
-                # a little (jittered, so contenders spread out) and recompute.
-                time.sleep(random.uniform(0, min(0.01, 0.0002 * 2**attempt)))
-        raise StoreUnavailable(
-            f"customer {txn.customer_id!r}: gave up after {self.max_attempts} concurrent "
-            "updates in a row (too much contention on one customer)"
+        return self._storage.compare_and_set(
+            self._client,
+            [key],
+            partial(self._plan_observe, key, txn),
+            error=StoreUnavailable,
+            where=self._where,
+            max_attempts=self.max_attempts,
         )
 
-    def _try_observe(self, key: str, txn: Transaction) -> tuple[Features, bool] | None:
-        """One optimistic attempt: None when a concurrent write invalidated it."""
-        with self._client.pipeline(transaction=True) as pipe:
-            try:
-                pipe.watch(key)
-                raw = pipe.get(key)
-                seen = observe_state(
-                    decode_state(raw, txn.customer_id) if raw is not None else None, txn
-                )
-                # A retry writes nothing: its answer came from one GET, a consistent read.
-                if seen.after is not None:
-                    pipe.multi()
-                    pipe.set(key, encode_state(seen.after))
-                    pipe.execute()
-            except self._redis.WatchError:
-                return None
-        return seen.features, seen.cold_start
+    def _plan_observe(
+        self, key: str, txn: Transaction, pipe: Pipeline
+    ) -> Update[tuple[Features, bool]]:
+        """One optimistic attempt, on the state read while `key` is watched."""
+        raw = pipe.get(key)
+        seen = observe_state(decode_state(raw, txn.customer_id) if raw is not None else None, txn)
+        reply = (seen.features, seen.cold_start)
+        if seen.after is None:
+            # A retry writes nothing: its answer came from one GET, a consistent read.
+            return self._storage.Update(reply)
+        state = encode_state(seen.after)
+        return self._storage.Update(reply, lambda p: p.set(key, state))
 
     def peek(self, txn: Transaction) -> tuple[Features, bool]:
         return answer(txn, self._read(txn.customer_id))
@@ -376,10 +326,7 @@ class RedisStore:
             return sum(1 for _ in self._keys())
 
     def ping(self) -> bool:
-        try:
-            return bool(self._client.ping())
-        except (self._redis.RedisError, OSError):
-            return False
+        return self._storage.ping(self._client)
 
     def clear(self) -> None:
         with self._translate():
