@@ -12,13 +12,17 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from hearth.config import NO_TELEMETRY_ENV, HearthContext, Params, Settings
 from hearth.serving.launch import ServerProcess
 from tests.helpers import serving_topologies, write_project
+
+if TYPE_CHECKING:
+    from hearth.registry import RegistrationDecision
+    from hearth.steps import TrainedRun
 
 REPO = Path(__file__).resolve().parents[1]
 API_KEY = "integration-key"  # the key of servers started with `server_env`
@@ -50,7 +54,7 @@ def in_project(root: Path, settings: Settings, **env: str) -> Iterator[HearthCon
         yield HearthContext(settings)
 
 
-def train(ctx: HearthContext, experiment: Path | None = None, seed_offset: int = 0) -> Any:
+def train(ctx: HearthContext, experiment: Path | None = None, seed_offset: int = 0) -> TrainedRun:
     """The first run of the experiment (the project's own by default), trained and logged.
 
     With `seed_offset`, the run's seed is moved by that much and its name says which seed.
@@ -66,7 +70,7 @@ def train(ctx: HearthContext, experiment: Path | None = None, seed_offset: int =
     return steps.train_run(ctx, name, config, plan.experiment.name, lineage)
 
 
-def train_and_register(ctx: HearthContext, experiment: Path | None = None) -> Any:
+def train_and_register(ctx: HearthContext, experiment: Path | None = None) -> RegistrationDecision:
     """Train as `train` does and register the model through the champion/challenger gate."""
     from hearth import steps
 

@@ -9,17 +9,22 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hearth.config import HearthContext
 from hearth.data.etl import EtlReport, run_etl
 from hearth.data.generate import GenerateReport, generate
+from hearth.lineage import Lineage
 from hearth.model.config import Experiment, TrainConfig, load_experiment
+
+if TYPE_CHECKING:
+    from hearth.registry import RegistrationDecision
+    from hearth.validation import ValidationResult
 
 log = logging.getLogger(__name__)
 
@@ -71,15 +76,17 @@ def etl(ctx: HearthContext) -> EtlReport:
 
 
 # -- validation ----------------------------------------------------------------------------
-def validate_raw(ctx: HearthContext) -> Any:
+def validate_raw(ctx: HearthContext) -> ValidationResult:
     """Run the raw-contract suite on every drop; returns the ValidationResult (not gated)."""
+    # lazy: Great Expectations' suites load only for the commands that validate
     from hearth.validation import validate_raw as _validate_raw
 
     return _validate_raw(ctx.settings.raw_dir, ctx.params.validation, ctx.settings.data_docs_dir)
 
 
-def validate_processed(ctx: HearthContext) -> Any:
+def validate_processed(ctx: HearthContext) -> ValidationResult:
     """Run the processed-features suite; returns the ValidationResult (not gated)."""
+    # lazy: Great Expectations' suites load only for the commands that validate
     from hearth.validation import validate_processed as _validate_processed
 
     s = ctx.settings
@@ -88,7 +95,7 @@ def validate_processed(ctx: HearthContext) -> Any:
     )
 
 
-def record_validation(ctx: HearthContext, results: list[Any]) -> str:
+def record_validation(ctx: HearthContext, results: Sequence[ValidationResult]) -> str:
     """Write `reports/validation.json` and return the one-line summary kept for lineage."""
     summary = "; ".join(
         f"{r.suite} {'passed' if r.success else 'FAILED'} "
@@ -116,8 +123,9 @@ def recorded_validation(ctx: HearthContext) -> str:
     return str(payload.get("summary", "unknown"))
 
 
-def gate(results: list[Any]) -> None:
+def gate(results: Sequence[ValidationResult]) -> None:
     """Raise `ValidationFailed` for the first failed suite (its message names the failures)."""
+    # lazy: Great Expectations' suites load only for the commands that validate
     from hearth.validation import gate as _gate
 
     for result in results:
@@ -153,9 +161,9 @@ def plan_training(ctx: HearthContext, experiment_file: Path | None = None) -> Tr
     return TrainingPlan(experiment, path, experiment.configurations())
 
 
-def lineage_for(ctx: HearthContext, experiment_file: Path, validation: str) -> Any:
+def lineage_for(ctx: HearthContext, experiment_file: Path, validation: str) -> Lineage:
     """Everything a model version must carry about where it came from."""
-    from hearth.lineage import Lineage, dvc_data_version, git_commit
+    from hearth.lineage import dvc_data_version, git_commit
 
     return Lineage(
         data_version=dvc_data_version(ctx.settings.processed_dir),
@@ -170,10 +178,11 @@ def train_run(
     run_name: str,
     config: TrainConfig,
     experiment: str,
-    lineage: Any,
+    lineage: Lineage,
     parent_run_id: str | None = None,
 ) -> TrainedRun:
     """Train one configuration and log it as one MLflow run."""
+    # lazy: torch and mlflow load only for the commands that train
     from hearth import registry
     from hearth.model.train import load_splits, train_model
 
@@ -206,8 +215,9 @@ def best_run(runs: list[TrainedRun]) -> TrainedRun:
     return max(runs, key=lambda r: r.valid_metrics.get("pr_auc", float("-inf")))
 
 
-def register(ctx: HearthContext, run: TrainedRun) -> Any:
+def register(ctx: HearthContext, run: TrainedRun) -> RegistrationDecision:
     """Register the run's model and apply the champion/challenger gate."""
+    # lazy: torch and mlflow load only for the commands that train
     from hearth import registry
     from hearth.model.train import load_splits
 
@@ -222,12 +232,32 @@ def register(ctx: HearthContext, run: TrainedRun) -> Any:
     return decision
 
 
+@dataclass(frozen=True)
+class TrainSummary:
+    """A training pass: every run, the winner on validation, and what the gate did with it."""
+
+    runs: tuple[TrainedRun, ...]
+    best: TrainedRun
+    registration: RegistrationDecision | None = None  # None when asked not to register
+
+
+@dataclass(frozen=True)
+class PipelineSummary:
+    """The pipeline end to end: data generated (if it had to be), ETL, the gates, training."""
+
+    etl: EtlReport
+    validation: str  # the one-line summary `record_validation` wrote and lineage carries
+    train: TrainSummary
+    generated: GenerateReport | None = None  # None when data/raw already had drops
+
+
 @contextmanager
 def sweep_parent(ctx: HearthContext, plan: TrainingPlan) -> Iterator[str | None]:
     """A parent MLflow run grouping a sweep's runs; no parent for a single run."""
     if len(plan.runs) < 2:
         yield None
         return
+    # lazy: mlflow loads only for the commands that train
     from hearth import registry
 
     registry.configure(ctx.settings)
