@@ -52,16 +52,16 @@ def rollout_flow(
     steps: list[float] | None = None,
     step_wait_s: float | None = None,
     max_wait_s: float | None = None,
-    analysis_overrides: dict[str, Any] | None = None,
+    analysis_profile: str | None = None,
 ) -> dict[str, Any]:
     """Roll `challenger_version` (default: the registry's challenger) out and decide.
 
     Waits `step_wait_s` (params.yaml rollout.step_wait_s) before each analysis; a rollout
-    still holding after `max_wait_s` is rolled back. `analysis_overrides` replace
-    params.yaml rollout values for this rollout's analysis only (e.g. smaller minimums).
+    still holding after `max_wait_s` is rolled back. `analysis_profile` names one of
+    params.yaml's rollout.profiles to analyse with instead of the rollout values themselves.
     """
     ctx = load_context()
-    plan = flow_steps.RolloutPlan.make(ctx.params, step_wait_s, max_wait_s, analysis_overrides)
+    plan = flow_steps.RolloutPlan.make(ctx.params, step_wait_s, max_wait_s, analysis_profile)
     state = start_task(ctx, challenger_version, cast(Mode | None, mode), steps)
     outcome = flow_steps.RolloutOutcome(state)
     began = time.monotonic()

@@ -308,6 +308,37 @@ class RolloutParams(_Frozen):
         20_000, ge=1, description="A/B ends without a clear win after this many labels/variant."
     )
     seed: int = 0
+    profiles: dict[str, RolloutParams] = Field(
+        default_factory=dict,
+        description="Named variants of these values: each states only what it changes and "
+        "takes the rest from above; a rollout picks one by name (e.g. the main job's `demo`).",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _profiles_start_from_these_values(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not data.get("profiles"):
+            return data
+        base = {k: v for k, v in data.items() if k != "profiles"}
+        profiles = {}
+        for name, changes in data["profiles"].items():
+            changes = dict(changes or {})
+            if changes.get("profiles"):
+                raise ValueError(f"rollout profile {name!r} cannot hold profiles of its own")
+            profiles[name] = {**base, **changes, "profiles": {}}
+        return {**data, "profiles": profiles}
+
+    def profile(self, name: str | None) -> RolloutParams:
+        """The values a rollout runs with: the profile `name`, or these (None); no profiles."""
+        if name is None:
+            return self.model_copy(update={"profiles": {}})
+        try:
+            return self.profiles[name]
+        except KeyError:
+            known = ", ".join(sorted(self.profiles)) or "none"
+            raise ConfigError(
+                f"params.yaml has no rollout profile {name!r} (rollout.profiles: {known})"
+            ) from None
 
     @model_validator(mode="after")
     def _steps_ascend_to_100(self) -> Self:

@@ -57,10 +57,10 @@ LIVE_DAYS = 16  # drifted days after those: replayed as live traffic, never trai
 FRAUD_WAVE = 3.0
 BROKEN_EXPERIMENT = Path("experiments/broken-shuffled.yaml")
 
-# The main job's rollout profile: params.yaml's analysis with a short clock and three
-# tolerances widened for reasons measured on this 2-core box (each explained below). Sample
-# minimums, significance and the PR-AUC tolerance stay those of params.yaml: promotion is
-# the analysis's call.
+# The main job's rollout clock; its analysis is params.yaml's rollout.profiles.demo (the
+# tolerances a few minutes of replayed traffic on a 2-core box can be judged with). Sample
+# minimums and significance stay those of params.yaml: promotion is the analysis's call.
+ANALYSIS_PROFILE = "demo"
 STEP_WAIT_S = 12.0
 # The customer-cluster bootstrap is honest about bursty fraud, so its intervals are wide:
 # at 50 % a better model needed ~100 s of traffic (~9k labelled requests a variant) before
@@ -69,29 +69,6 @@ MAX_WAIT_S = 170.0  # ~30k requests at 180 req/s; the drill needs the rest
 # 10 % first (at ~150 req/s, 5 % of a 12 s step is under the 200-request minimum), then
 # straight to the decisive 50 %, where both variants gather labels.
 CANARY_STEPS = [10.0, 50.0, 100.0]
-ANALYSIS_PROFILE: dict[str, Any] = {
-    # Latency is now the model call's own time for both variants (Score.model_ms), so the
-    # challenger lane's thread hand-off (once p99 42-243 ms against 4-5 ms, and 300 ms of
-    # slack) no longer counts. What remains is contention: on two cores shared by the
-    # replay client, the server and the challenger's worker thread, a forward pass now and
-    # then waits for the CPU or the GIL, and a p99 of a few ms doubles. 50 ms of slack
-    # absorbs that, not a slow model; the hard guard rail (more than 1 % of requests over
-    # 500 ms) is unchanged. On a machine with cores to spare, params.yaml's 20 ms fits.
-    "p99_slack_ms": 50.0,
-    # A model retrained after a drift is *meant* to score differently: measured PSI of v2's
-    # scores against v1's on the drifted test split 0.20, and 0.17-0.40 on 300-request
-    # samples. 0.5 lets that through and still stops a broken scorer (shuffled labels:
-    # PSI 8.2). Not a measurement defect: still needed.
-    "max_psi": 0.5,
-    # Each model's review threshold is picked for ~90 % recall on its own validation data,
-    # so recall at it sits near 0.9 for both variants by construction: the check is there
-    # to catch a collapse, and params.yaml's 0.05 made a 2-point wobble (0.895 vs 0.916 on
-    # ~500 frauds, bounds [-0.059, +0.012]) block a model with the higher PR-AUC.
-    "recall_tolerance": 0.1,
-    # No min_positives any more (it was 60): the quality bootstrap resamples customers, so
-    # a burst of frauds counts as one piece of evidence, and params.yaml's
-    # min_fraud_customers keeps a verdict off a handful of customers.
-}
 REPLAY_RATE_PER_S = 200.0
 REPLAY_CONCURRENCY = 8
 FEEDBACK_DELAY_S = 3.0
@@ -101,7 +78,6 @@ DRILL_STEPS = [50.0, 100.0]
 # ~30-60 labelled frauds per variant at 50 % and ~130 req/s: enough customers with a fraud
 # (min_fraud_customers) for the verdict to show quality, not only PSI.
 DRILL_STEP_WAIT_S = 40.0
-DRILL_PROFILE: dict[str, Any] = ANALYSIS_PROFILE
 
 Say = Callable[[str], None]
 
@@ -289,6 +265,7 @@ class ClosedLoopSummary:
     drill_replay: dict[str, Any] | None = None
     timings: dict[str, float] = field(default_factory=dict)
     server_log: str | None = None
+    profile: dict[str, Any] = field(default_factory=dict)  # what the analysis profile changes
 
 
 @contextmanager
@@ -304,7 +281,6 @@ def _flow_kwargs(
     challenger_version: str | None,
     steps: list[float],
     step_wait_s: float = STEP_WAIT_S,
-    profile: dict[str, Any] = ANALYSIS_PROFILE,
 ) -> dict[str, Any]:
     return {
         "challenger_version": challenger_version,
@@ -312,8 +288,14 @@ def _flow_kwargs(
         "steps": steps,
         "step_wait_s": step_wait_s,
         "max_wait_s": MAX_WAIT_S,
-        "analysis_overrides": profile,
+        "analysis_profile": ANALYSIS_PROFILE,
     }
+
+
+def _profile_changes(ctx: HearthContext) -> dict[str, Any]:
+    """The rollout values params.yaml's analysis profile changes, with their new values."""
+    base, chosen = ctx.params.rollout.profile(None), ctx.params.rollout.profile(ANALYSIS_PROFILE)
+    return {k: v for k, v in chosen.model_dump().items() if v != getattr(base, k)}
 
 
 def retrain_on_drift(ctx: HearthContext, summary: ClosedLoopSummary, say: Say) -> str | None:
@@ -353,7 +335,7 @@ def train_broken(ctx: HearthContext, summary: ClosedLoopSummary) -> str:
 def run_closed_loop(ctx: HearthContext, say: Say | None = None) -> ClosedLoopSummary:
     """Drift → retrain → canary with live traffic → drill rollback (see the module doc)."""
     say = say or (lambda line: print(line, file=sys.stderr))
-    summary = ClosedLoopSummary()
+    summary = ClosedLoopSummary(profile=_profile_changes(ctx))
     challenger = retrain_on_drift(ctx, summary, say)
     with _timed(summary, "refresh online store"):
         customers = refresh_online_store(ctx.settings)
@@ -380,7 +362,7 @@ def run_closed_loop(ctx: HearthContext, say: Say | None = None) -> ClosedLoopSum
                 server,
                 ctx.settings,
                 traffic,
-                _flow_kwargs(broken, DRILL_STEPS, DRILL_STEP_WAIT_S, DRILL_PROFILE),
+                _flow_kwargs(broken, DRILL_STEPS, DRILL_STEP_WAIT_S),
                 say,
             )
         summary.drill_replay = replayed.to_dict()
@@ -456,10 +438,10 @@ def summary_lines(summary: ClosedLoopSummary) -> list[str]:
         lines.append(f"canary   skipped: {summary.canary_skipped}")
     if summary.drill is not None:
         lines += _rollout_lines("drill", summary.drill, summary.drill_replay)
-    profile = ", ".join(f"{k}={v:g}" for k, v in ANALYSIS_PROFILE.items())
+    profile = ", ".join(f"{k}={v:g}" for k, v in summary.profile.items())
     lines.append(
-        f"profile  params.yaml rollout analysis with {profile}; step wait {STEP_WAIT_S:g}s "
-        f"(drill: wait {DRILL_STEP_WAIT_S:g}s)"
+        f"profile  params.yaml rollout.profiles.{ANALYSIS_PROFILE}: {profile}; step wait "
+        f"{STEP_WAIT_S:g}s (drill: wait {DRILL_STEP_WAIT_S:g}s)"
     )
     timings = ", ".join(f"{k} {v:.0f}s" for k, v in summary.timings.items())
     lines.append(f"timings  {timings}")

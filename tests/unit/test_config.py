@@ -68,3 +68,65 @@ def test_production_refuses_default_or_empty_secrets(secret: str) -> None:
 def test_production_accepts_real_secrets() -> None:
     s = Settings(env="production", api_key="k-123", admin_token="t-456")
     assert s.api_key.get_secret_value() == "k-123"
+
+
+# -- rollout profiles ----------------------------------------------------------------------
+def test_repo_demo_profile_changes_three_tolerances_and_keeps_the_rest() -> None:
+    rollout = load_params(Path(__file__).parents[2] / "params.yaml").rollout
+    demo = rollout.profile("demo")
+    changed = {
+        name: value
+        for name, value in demo.model_dump().items()
+        if value != getattr(rollout, name) and name != "profiles"
+    }
+    assert changed == {"p99_slack_ms": 50.0, "max_psi": 0.5, "recall_tolerance": 0.1}
+    assert demo.profiles == {}
+
+
+def _params_with(tmp_path: Path, rollout_yaml: str) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text("rollout:\n" + rollout_yaml)
+    return path
+
+
+def test_a_profile_starts_from_the_files_rollout_values(tmp_path: Path) -> None:
+    path = _params_with(
+        tmp_path,
+        "  max_psi: 0.3\n  min_samples: 50\n  profiles:\n    quick:\n      min_samples: 20\n",
+    )
+    rollout = load_params(path).rollout
+    quick = rollout.profile("quick")
+    assert (quick.min_samples, quick.max_psi) == (20, 0.3)
+    assert rollout.min_samples == 50  # the base values are untouched
+    assert rollout.profile(None).min_samples == 50 and rollout.profile(None).profiles == {}
+
+
+def test_a_typo_in_a_profile_is_an_error_naming_it(tmp_path: Path) -> None:
+    path = _params_with(tmp_path, "  profiles:\n    quick:\n      max_pis: 0.5\n")
+    with pytest.raises(ConfigError, match=r"profiles\.quick\.max_pis"):
+        load_params(path)
+
+
+def test_a_profile_is_validated_like_the_rollout_values(tmp_path: Path) -> None:
+    path = _params_with(tmp_path, "  profiles:\n    bad:\n      steps: [10, 50]\n")
+    with pytest.raises(ConfigError, match="last rollout step must be 100"):
+        load_params(path)
+    path = _params_with(tmp_path, "  profiles:\n    a:\n      profiles: {b: {max_psi: 1}}\n")
+    with pytest.raises(ConfigError, match="cannot hold profiles"):
+        load_params(path)
+
+
+def test_an_unknown_profile_name_is_an_error_listing_the_known_ones() -> None:
+    rollout = Params.model_validate({"rollout": {"profiles": {"quick": {"min_samples": 20}}}})
+    with pytest.raises(ConfigError, match=r"no rollout profile 'demo' \(rollout.profiles: quick\)"):
+        rollout.rollout.profile("demo")
+
+
+def test_a_rollout_plan_analyses_with_the_named_profile() -> None:
+    from hearth.rollout.flow_steps import RolloutPlan
+
+    params = load_params(Path(__file__).parents[2] / "params.yaml")
+    plan = RolloutPlan.make(params, step_wait_s=12, max_wait_s=170, profile="demo")
+    assert plan.analysis == params.rollout.profile("demo")
+    assert (plan.step_wait_s, plan.max_wait_s) == (12, 170)
+    assert RolloutPlan.make(params).analysis == params.rollout.profile(None)

@@ -52,12 +52,10 @@ class RolloutPlan:
         params: Params,
         step_wait_s: float | None = None,
         max_wait_s: float | None = None,
-        overrides: dict[str, Any] | None = None,
+        profile: str | None = None,
     ) -> RolloutPlan:
-        """The plan from params.yaml, with the given waits and analysis `overrides`."""
-        analysis = RolloutParams.model_validate(
-            {**params.rollout.model_dump(), **(overrides or {})}
-        )
+        """The plan from params.yaml's rollout values (or its named `profile`), given waits."""
+        analysis = params.rollout.profile(profile)
         wait = step_wait_s if step_wait_s is not None else analysis.step_wait_s
         # Default budget: each step may hold for up to three more waits before giving up.
         budget = max_wait_s if max_wait_s is not None else 4 * wait * len(analysis.steps)
@@ -232,7 +230,7 @@ def start_mlflow_run(settings: Settings, state: RolloutState, plan: RolloutPlan)
         },
     )
     run_id = str(run.info.run_id)
-    logged = {**plan.analysis.model_dump(), "step_wait_s": plan.step_wait_s}
+    logged = {**plan.analysis.model_dump(exclude={"profiles"}), "step_wait_s": plan.step_wait_s}
     logged["max_wait_s"] = plan.max_wait_s
     for key, value in logged.items():
         client.log_param(run_id, key, json.dumps(value) if isinstance(value, tuple) else value)
