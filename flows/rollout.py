@@ -15,7 +15,8 @@ from prefect.cache_policies import NO_CACHE
 from flows._context import load_context
 from hearth.config import HearthContext
 from hearth.rollout import flow_steps, rollout_report
-from hearth.rollout.state import Mode, RolloutState, StateStore, open_state_store
+from hearth.traffic.rollout_state import Mode, RolloutState, StateStore
+from hearth.traffic.stores import open_state_store
 
 
 @task(cache_policy=NO_CACHE)

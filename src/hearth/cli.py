@@ -724,7 +724,7 @@ def _actor() -> str:
 
 def _rollout_call(fn: Any) -> Any:
     """Run a control operation; a refusal becomes an error line and a hint what to do next."""
-    from hearth.rollout.state import (
+    from hearth.traffic.rollout_state import (
         InvalidRollout,
         NoActiveRollout,
         RolloutConflict,
@@ -884,7 +884,7 @@ def rollout_report(
     """Write a rollout's report (Markdown + PNG: traffic, metrics and verdict per analysis
     round) from its history, under HEARTH_HOME/reports/rollouts/<rollout_id>/."""
     from hearth.rollout import flow_steps
-    from hearth.rollout.state import open_state_store
+    from hearth.traffic.stores import open_state_store
 
     ctx = _context()
     if rollout_id is None:

@@ -26,8 +26,8 @@ from mlflow.tracking import MlflowClient
 from hearth.config import HearthContext, Params, Settings
 from hearth.rollout.analysis import TEST_QUALITY
 from hearth.rollout.replay import LabelledTransaction, ReplayConfig, load_transactions, replay
-from hearth.rollout.state import open_state_store
 from hearth.serving.launch import ServerProcess
+from hearth.traffic.stores import open_state_store
 from tests.helpers import write_project
 from tests.projects import (
     clean_environ,

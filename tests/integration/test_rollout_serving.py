@@ -27,10 +27,10 @@ import pytest
 
 from hearth.config import Params
 from hearth.rollout.analysis import analyse
-from hearth.rollout.router import assign
 from hearth.serving.faults import FAULT_TAG
-from hearth.serving.feedback import DB_FILE, PredictionLog
 from hearth.serving.launch import ServerProcess
+from hearth.traffic.assignment import assign
+from hearth.traffic.prediction_log import DB_FILE, PredictionLog
 from tests.integration import test_serving as serving
 from tests.integration.test_serving import Customers, fraud_like, normal
 from tests.projects import API_KEY as KEY

@@ -14,15 +14,11 @@ import pytest
 import redis
 
 from hearth.config import RolloutParams, Settings
-from hearth.rollout.router import CHALLENGER, CHAMPION, Router
-from hearth.rollout.state import (
-    REDIS_PREFIX,
-    RedisStateStore,
-    StateStore,
-    StateUnavailable,
-    new_rollout,
-    open_state_store,
-)
+from hearth.traffic.assignment import CHALLENGER, CHAMPION
+from hearth.traffic.follower import Follower
+from hearth.traffic.rollout_state import StateStore, StateUnavailable, new_rollout
+from hearth.traffic.state_redis import REDIS_PREFIX, RedisStateStore
+from hearth.traffic.stores import open_state_store
 from tests.helpers import REDIS_SERVER, RedisServer, free_port
 from tests.unit.test_rollout_state import CHECKS
 
@@ -71,7 +67,7 @@ def test_two_store_objects_share_the_state_and_a_router_follows(
     store: RedisStateStore, redis_url: str
 ) -> None:
     other = RedisStateStore(redis_url)
-    router = Router(other, refresh_interval=0.1)
+    router = Follower(other, refresh_interval=0.1)
     assert router.route("c1").variant == CHAMPION
     store.start(new_rollout("1", "2", RolloutParams()).with_percent(100), "admin")
     time.sleep(0.15)

@@ -16,8 +16,8 @@ from hearth.data.etl import run_etl
 from hearth.data.generate import generate
 from hearth.monitoring.drift import categorical_psi, compare, numeric_psi
 from hearth.monitoring.monitor import RetrainUnavailable, run_monitor
-from hearth.serving.feedback import DB_FILE, PredictionLog
 from hearth.serving.schemas import PredictionOut
+from hearth.traffic.prediction_log import DB_FILE, PredictionLog
 
 BASE_DAYS, LIVE_DAYS = 14, 5
 PARAMS = Params.model_validate(

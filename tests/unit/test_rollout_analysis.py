@@ -28,7 +28,7 @@ from hearth.rollout.analysis import (
     psi,
     split,
 )
-from hearth.rollout.state import HistoryEvent, new_rollout
+from hearth.traffic.rollout_state import HistoryEvent, new_rollout
 
 PARAMS = RolloutParams()
 THRESHOLD = 0.5

@@ -19,20 +19,20 @@ from hearth import registry
 from hearth.config import Params, Settings
 from hearth.rollout import control
 from hearth.rollout.analysis import analyse
-from hearth.rollout.state import (
+from hearth.serving.faults import Fault, FaultError
+from hearth.serving.gateway import Background, Gateway
+from hearth.serving.packaging import serving_state
+from hearth.serving.routing import CHAMPION_ROUTE, Routed, champion_version
+from hearth.serving.schemas import FeatureRow, Score, ScoreItem, TransactionIn
+from hearth.traffic.prediction_log import PredictionLog, PredictionRecord
+from hearth.traffic.rollout_state import (
     InvalidRollout,
     NoActiveRollout,
     RolloutConflict,
-    SQLiteStateStore,
     UnknownVersion,
-    state_path,
 )
-from hearth.serving.faults import Fault, FaultError
-from hearth.serving.feedback import PredictionLog, PredictionRecord
-from hearth.serving.gateway import Background, Gateway
-from hearth.serving.packaging import serving_state
-from hearth.serving.router import CHAMPION_ROUTE, Routed, champion_version
-from hearth.serving.schemas import FeatureRow, Score, ScoreItem, TransactionIn
+from hearth.traffic.state_sqlite import SQLiteStateStore
+from hearth.traffic.stores import state_path
 
 PARAMS = Params()
 NAME = PARAMS.registry.model_name
@@ -171,7 +171,7 @@ def test_rollback_promote_and_rollback_again_move_the_served_champion(
 
 
 def test_champion_version_takes_the_newer_write() -> None:
-    from hearth.rollout.state import new_rollout
+    from hearth.traffic.rollout_state import new_rollout
 
     running = new_rollout("1", "2", PARAMS.rollout)
     promoted = running.evolve(status="promoted", challenger_percent=0.0, revision=5)

@@ -13,14 +13,14 @@ from hearth import registry
 from hearth.config import Params, Settings
 from hearth.rollout import promotion
 from hearth.rollout.promotion import aliases, promote, repair, rollback, start_rollout
-from hearth.rollout.state import (
+from hearth.traffic.rollout_state import (
     InvalidRollout,
     NoActiveRollout,
     RolloutConflict,
-    SQLiteStateStore,
     UnknownVersion,
-    state_path,
 )
+from hearth.traffic.state_sqlite import SQLiteStateStore
+from hearth.traffic.stores import state_path
 
 PARAMS = Params()
 NAME = PARAMS.registry.model_name

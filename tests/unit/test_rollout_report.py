@@ -13,7 +13,8 @@ from hearth.config import RolloutParams, Settings
 from hearth.rollout import rollout_report
 from hearth.rollout.analysis import analyse
 from hearth.rollout.flow_steps import _history_fields
-from hearth.rollout.state import HistoryEvent, RolloutState, SQLiteStateStore, new_rollout
+from hearth.traffic.rollout_state import HistoryEvent, RolloutState, new_rollout
+from hearth.traffic.state_sqlite import SQLiteStateStore
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 

@@ -15,20 +15,19 @@ from pathlib import Path
 import pytest
 
 from hearth.config import RolloutParams, Settings
-from hearth.rollout.state import (
+from hearth.traffic.rollout_state import (
     HistoryEvent,
     InvalidRollout,
     NoActiveRollout,
     PromotionIntent,
     RolloutConflict,
     RolloutState,
-    SQLiteStateStore,
     StateStore,
     StateUnavailable,
     new_rollout,
-    open_state_store,
-    state_path,
 )
+from hearth.traffic.state_sqlite import SQLiteStateStore
+from hearth.traffic.stores import open_state_store, state_path
 
 PARAMS = RolloutParams()
 

@@ -19,10 +19,10 @@ from fastapi.testclient import TestClient
 from hearth.config import Settings
 from hearth.features.store import open_store
 from hearth.serving.errors import ModelUnavailable
-from hearth.serving.feedback import PredictionLog
 from hearth.serving.gateway import Background, Gateway, LocalFeatures
 from hearth.serving.http import HttpPolicy, create_app
 from hearth.serving.schemas import Score, ScoreItem
+from hearth.traffic.prediction_log import PredictionLog
 
 KEY = "k-123"
 TXN = {

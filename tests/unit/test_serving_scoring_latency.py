@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from hearth.serving.router import CHALLENGER, CHAMPION, Routed
+from hearth.serving.routing import CHALLENGER, CHAMPION, Routed
 from hearth.serving.schemas import Score, ScoreItem
 from hearth.serving.scoring import score_routed
 

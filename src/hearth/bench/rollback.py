@@ -176,7 +176,7 @@ def switched_at(home: Path) -> float | None:
     The command's own time is mostly Python starting and importing; this is the instant
     the gateways can see, so the report can split the two.
     """
-    from hearth.rollout.state import STATE_FILE, SQLiteStateStore
+    from hearth.traffic.state_sqlite import STATE_FILE, SQLiteStateStore
 
     store = SQLiteStateStore(home / STATE_FILE)
     try:

@@ -22,7 +22,7 @@ import pandas as pd
 from hearth.config import HearthContext, MonitoringParams, Settings
 from hearth.monitoring import drift_report
 from hearth.monitoring.drift import DriftReport, compare
-from hearth.serving.feedback import DB_FILE
+from hearth.traffic.prediction_log import DB_FILE
 
 log = logging.getLogger(__name__)
 

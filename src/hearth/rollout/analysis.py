@@ -40,8 +40,8 @@ from scipy.stats import norm
 
 from hearth.config import RolloutParams
 from hearth.model.evaluate import evaluate
-from hearth.rollout.router import CHALLENGER, CHAMPION
-from hearth.rollout.state import Mode, RolloutState, Scalar
+from hearth.traffic.assignment import CHALLENGER, CHAMPION
+from hearth.traffic.rollout_state import Mode, RolloutState, Scalar
 
 Decision = Literal["advance", "promote", "hold", "rollback"]
 Outcome = Literal["pass", "fail", "inconclusive"]

@@ -24,7 +24,7 @@ from typing import Any, cast
 from hearth.config import Params, Settings
 from hearth.rollout import promotion
 from hearth.rollout.promotion import AliasChange
-from hearth.rollout.state import (
+from hearth.traffic.rollout_state import (
     HistoryEvent,
     InvalidRollout,
     Mode,
@@ -34,8 +34,8 @@ from hearth.rollout.state import (
     StateStore,
     UnknownVersion,
     new_rollout,
-    open_state_store,
 )
+from hearth.traffic.stores import open_state_store
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def _store(settings: Settings, store: StateStore | None) -> Iterator[StateStore]
 def served_versions(state: RolloutState | None, file_champion: str | None, file_revision: int
                     ) -> dict[str, Any]:  # fmt: skip
     """What the gateways route to now: versions and the challenger's share of traffic."""
-    from hearth.serving.router import champion_version
+    from hearth.serving.routing import champion_version
 
     if state is not None and state.running:
         return {
@@ -74,7 +74,7 @@ def served_versions(state: RolloutState | None, file_champion: str | None, file_
 
 def live_counts(settings: Settings, rollout_id: str | None) -> dict[str, dict[str, int]]:
     """Requests, errors and labels per variant in the prediction log ({} without a log)."""
-    from hearth.serving.feedback import DB_FILE, PredictionLog
+    from hearth.traffic.prediction_log import DB_FILE, PredictionLog
 
     path = settings.serving_dir / DB_FILE
     if not path.exists():

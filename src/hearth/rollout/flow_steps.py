@@ -26,7 +26,8 @@ from typing import Any
 from hearth.config import HearthContext, Params, RolloutParams, Settings
 from hearth.rollout import rollout_report
 from hearth.rollout.analysis import Verdict, analyse_state
-from hearth.rollout.state import Mode, RolloutState, StateStore, open_state_store
+from hearth.traffic.rollout_state import Mode, RolloutState, StateStore
+from hearth.traffic.stores import open_state_store
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +153,7 @@ def start(
     """Start a rollout of `challenger_version` (default: the registry's challenger)."""
     from hearth import registry
     from hearth.rollout.promotion import aliases
-    from hearth.rollout.state import InvalidRollout
+    from hearth.traffic.rollout_state import InvalidRollout
 
     name = ctx.params.registry.model_name
     if challenger_version is None:
@@ -276,7 +277,7 @@ def end_mlflow_run(
 # -- one round ------------------------------------------------------------------------------
 def analysis_rows(settings: Settings, rollout_id: str) -> list[dict[str, Any]]:
     """Every logged request of `rollout_id`, joined with its label where one arrived."""
-    from hearth.serving.feedback import DB_FILE, PredictionLog
+    from hearth.traffic.prediction_log import DB_FILE, PredictionLog
 
     predictions = PredictionLog(settings.serving_dir / DB_FILE)
     try:

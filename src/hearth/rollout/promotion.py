@@ -31,7 +31,7 @@ from mlflow.tracking import MlflowClient
 
 from hearth import registry
 from hearth.config import Params, Settings
-from hearth.rollout.state import (
+from hearth.traffic.rollout_state import (
     InvalidRollout,
     Mode,
     NoActiveRollout,
@@ -42,8 +42,8 @@ from hearth.rollout.state import (
     StateStore,
     UnknownVersion,
     new_rollout,
-    open_state_store,
 )
+from hearth.traffic.stores import open_state_store
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from hearth.config import Settings
-from hearth.rollout.state import HistoryEvent, RolloutState
+from hearth.traffic.rollout_state import HistoryEvent, RolloutState
 
 REPORT_MD, REPORT_PNG = "report.md", "report.png"
 

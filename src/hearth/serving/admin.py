@@ -15,9 +15,9 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from hearth.config import HearthContext
-from hearth.rollout.state import RolloutError, StateUnavailable
 from hearth.serving.errors import Unavailable
 from hearth.serving.schemas import RolloutActionIn, RolloutStartIn, RolloutWeightIn
+from hearth.traffic.rollout_state import RolloutError, StateUnavailable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -11,7 +11,6 @@ from typing import Any
 
 from hearth.config import HearthContext, Settings
 from hearth.serving.admin import Admin
-from hearth.serving.feedback import DB_FILE, PredictionLog
 from hearth.serving.gateway import (
     Background,
     Gateway,
@@ -20,7 +19,10 @@ from hearth.serving.gateway import (
     RemoteFeatures,
     RemoteModel,
 )
-from hearth.serving.router import RolloutRouter
+from hearth.serving.routing import RolloutRouter
+from hearth.traffic.follower import Follower
+from hearth.traffic.prediction_log import DB_FILE, PredictionLog
+from hearth.traffic.stores import open_state_store
 
 
 def context() -> HearthContext:
@@ -63,12 +65,10 @@ def prediction_log(settings: Settings) -> Background[PredictionLog]:
 
 def rollout_router(ctx: HearthContext) -> RolloutRouter:
     """Routing by the shared rollout state (SQLite or Redis, as the online store)."""
-    from hearth.rollout.router import Router as StateRouter
-    from hearth.rollout.state import open_state_store
     from hearth.serving.packaging import serving_state
 
     p = ctx.params.rollout
-    router = StateRouter(open_state_store(ctx.settings), p.refresh_interval_s, p.buckets)
+    router = Follower(open_state_store(ctx.settings), p.refresh_interval_s, p.buckets)
     return RolloutRouter(router, serving_state(ctx.settings))
 
 

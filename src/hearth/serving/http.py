@@ -28,7 +28,6 @@ from pydantic import BaseModel, ValidationError
 from hearth.config import Settings
 from hearth.observability.logging import bind_request_id
 from hearth.observability.prometheus import metrics, record_predictions, record_request
-from hearth.rollout.state import RolloutError
 from hearth.serving.admin import Admin
 from hearth.serving.auth import (
     ADMIN_TOKEN_HEADER,
@@ -52,6 +51,7 @@ from hearth.serving.schemas import (
     RolloutWeightIn,
     TransactionIn,
 )
+from hearth.traffic.rollout_state import RolloutError
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)

@@ -24,7 +24,7 @@ from typing import Any
 
 from hearth.config import Settings
 from hearth.serving.faults import FAULT_METADATA, FAULT_TAG, Fault
-from hearth.serving.router import CHALLENGER, CHAMPION
+from hearth.serving.routing import CHALLENGER, CHAMPION
 from hearth.serving.state import STATE_FILE, ModelRecord, ServingState
 
 log = logging.getLogger(__name__)
@@ -187,7 +187,8 @@ def import_models(
 def rollout_revision(settings: Settings) -> int:
     """The rollout store's revision now (0 when it cannot be read): the serving-state file
     written from the registry's aliases is newer than every rollout state written so far."""
-    from hearth.rollout.state import StateUnavailable, open_state_store
+    from hearth.traffic.rollout_state import StateUnavailable
+    from hearth.traffic.stores import open_state_store
 
     try:
         store = open_state_store(settings)

@@ -28,7 +28,7 @@ from pathlib import Path
 from hearth.model.scorer import FraudScorer
 from hearth.serving.errors import ModelUnavailable
 from hearth.serving.faults import FAULT_FILE, Fault
-from hearth.serving.router import CHAMPION
+from hearth.serving.routing import CHAMPION
 from hearth.serving.schemas import Decision, Score, ScoreItem
 from hearth.serving.state import ModelCatalog, ModelRecord, ServingState
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from hearth.serving.errors import ModelUnavailable
-from hearth.serving.router import CHALLENGER, CHAMPION, Routed
+from hearth.serving.routing import CHALLENGER, CHAMPION, Routed
 from hearth.serving.schemas import Score, ScoreItem
 
 log = logging.getLogger(__name__)

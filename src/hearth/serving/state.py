@@ -46,7 +46,7 @@ class ServingState:
 
     `rollout_revision` is the rollout store's revision when the file was written: a rollout
     state written later (a promotion made by a flow, say) takes precedence over the file's
-    champion, an older one does not (see `hearth.serving.router.champion_version`).
+    champion, an older one does not (see `hearth.serving.routing.champion_version`).
     """
 
     def __init__(self, path: Path) -> None:

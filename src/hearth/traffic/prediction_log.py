@@ -15,11 +15,9 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-
-from hearth.serving.schemas import PredictionOut
+from typing import Any, Protocol
 
 DB_FILE = "serving.sqlite"
 
@@ -62,6 +60,23 @@ _LABEL = (
     "(SELECT f.is_fraud FROM feedback f WHERE f.transaction_id = p.transaction_id "
     "ORDER BY f.at DESC LIMIT 1)"
 )
+
+
+class Answered(Protocol):
+    """An answered prediction as the log needs it (the gateway's `PredictionOut` is one)."""
+
+    @property
+    def transaction_id(self) -> str: ...
+    @property
+    def request_id(self) -> str: ...
+    @property
+    def variant(self) -> str: ...
+    @property
+    def model_version(self) -> str: ...
+    @property
+    def fraud_probability(self) -> float: ...
+    @property
+    def decision(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -146,7 +161,7 @@ class PredictionLog:
 
     def record(
         self,
-        predictions: Sequence[PredictionOut],
+        predictions: Sequence[Answered],
         features: Sequence[dict[str, float | str]] | None = None,
     ) -> None:
         """Append answered predictions, with the feature rows they were scored on."""
@@ -264,6 +279,4 @@ class PredictionLog:
 
 def _epoch(at: datetime) -> float:
     """Seconds since the epoch; a naive datetime is taken as UTC (as Hearth writes them)."""
-    from datetime import UTC
-
     return (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp()

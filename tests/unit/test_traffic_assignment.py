@@ -12,22 +12,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hearth.config import RolloutParams
-from hearth.rollout.router import (
+from hearth.traffic.assignment import (
     CHALLENGER,
     CHAMPION,
     Route,
-    Router,
     assign,
     bucket,
     in_challenger,
     route_for,
 )
-from hearth.rollout.state import (
-    RolloutState,
-    SQLiteStateStore,
-    StateUnavailable,
-    new_rollout,
-)
+from hearth.traffic.follower import Follower
+from hearth.traffic.rollout_state import RolloutState, StateUnavailable, new_rollout
+from hearth.traffic.state_sqlite import SQLiteStateStore
 
 salts = st.text(min_size=1, max_size=24)
 customers = st.text(max_size=40)
@@ -146,7 +142,7 @@ def store(tmp_path: Path) -> Iterator[SQLiteStateStore]:
 
 def test_router_sees_a_rollback_within_the_refresh_interval(store: SQLiteStateStore) -> None:
     clock = Clock()
-    router = Router(store, refresh_interval=0.5, clock=clock)
+    router = Follower(store, refresh_interval=0.5, clock=clock)
     assert router.route("c1") == Route(CHAMPION, None)
 
     started = store.start(new_rollout("1", "2", RolloutParams()).with_percent(100), "test")
@@ -164,7 +160,7 @@ def test_router_sees_a_rollback_within_the_refresh_interval(store: SQLiteStateSt
 def test_router_keeps_its_snapshot_when_the_store_fails(store: SQLiteStateStore) -> None:
     clock = Clock()
     store.start(new_rollout("1", "2", RolloutParams()).with_percent(100), "test")
-    router = Router(store, refresh_interval=0.2, clock=clock)
+    router = Follower(store, refresh_interval=0.2, clock=clock)
     assert router.route("c1").variant == CHALLENGER
 
     def broken() -> RolloutState | None:
@@ -177,7 +173,7 @@ def test_router_keeps_its_snapshot_when_the_store_fails(store: SQLiteStateStore)
 
 def test_router_refuses_a_refresh_interval_over_one_second(store: SQLiteStateStore) -> None:
     with pytest.raises(ValueError, match="within a second"):
-        Router(store, refresh_interval=2.0)
+        Follower(store, refresh_interval=2.0)
 
 
 def test_router_is_thread_safe_and_reads_the_store_once_per_interval(
@@ -194,7 +190,7 @@ def test_router_is_thread_safe_and_reads_the_store_once_per_interval(
 
     store.current = counting  # type: ignore[method-assign]
     clock = Clock()
-    router = Router(store, refresh_interval=1.0, clock=clock)
+    router = Follower(store, refresh_interval=1.0, clock=clock)
     results: list[str] = []
 
     def work() -> None:

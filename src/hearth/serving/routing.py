@@ -2,7 +2,7 @@
 
 The gateway depends only on the `Router` protocol. `ChampionRouter` sends everything to the
 pool's champion (no rollout state: unit tests, a bare model). `RolloutRouter` is the thin
-adapter over `hearth.rollout.router.Router`, which holds the sticky assignment and the
+adapter over `hearth.traffic.follower.Follower`, which holds the sticky assignment and the
 shared rollout state (re-read at most every `refresh_interval`, so a rollback written by any
 process reaches every gateway replica within a second).
 
@@ -20,10 +20,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from hearth.features.online import Transaction
+from hearth.traffic.assignment import route_for
+from hearth.traffic.follower import Follower
+from hearth.traffic.rollout_state import RolloutState
 
 if TYPE_CHECKING:
-    from hearth.rollout.router import Router as StateRouter
-    from hearth.rollout.state import RolloutState
     from hearth.serving.state import ServingState
 
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -112,13 +113,11 @@ class _FileRevision:
 class RolloutRouter:
     """Routes by the shared rollout state: sticky canary/A-B split, shadow copies."""
 
-    def __init__(self, router: StateRouter, serving_state: ServingState | None = None) -> None:
+    def __init__(self, router: Follower, serving_state: ServingState | None = None) -> None:
         self.router = router
         self._file = _FileRevision(serving_state, router.refresh_interval)
 
     def route(self, txn: Transaction) -> Routed:
-        from hearth.rollout.router import route_for
-
         state = self.router.state()
         if state is None or not state.running:
             version = champion_version(state, self._file.get())

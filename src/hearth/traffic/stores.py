@@ -1,0 +1,22 @@
+"""Opening the rollout state store that `Settings` chooses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hearth.config import Settings
+from hearth.traffic.rollout_state import StateStore
+from hearth.traffic.state_redis import RedisStateStore
+from hearth.traffic.state_sqlite import STATE_FILE, SQLiteStateStore
+
+
+def state_path(settings: Settings) -> Path:
+    """Where the SQLite backend keeps the rollout state."""
+    return settings.home_abs / STATE_FILE
+
+
+def open_state_store(settings: Settings) -> StateStore:
+    """The rollout state store chosen by `settings.store_backend`; close it when done."""
+    if settings.store_backend == "redis":
+        return RedisStateStore(settings.redis_url)
+    return SQLiteStateStore(state_path(settings))
