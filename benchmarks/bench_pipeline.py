@@ -82,7 +82,7 @@ def measure_training(workdir: Path, epochs: int, rounds: int = 3) -> dict[str, A
     from hearth.config import HearthContext, Params, Settings
     from hearth.data.etl import run_etl
     from hearth.data.generate import generate
-    from hearth.model.config import TrainConfig
+    from hearth.model.experiment import TrainConfig
     from hearth.model.train import load_splits, train_model
 
     settings = Settings(home=workdir / ".hearth", data_dir=workdir / "data",

@@ -12,7 +12,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows._context import load_context
 from hearth import steps
 from hearth.config import HearthContext
-from hearth.model.config import TrainConfig
+from hearth.model.experiment import TrainConfig
 
 
 @task(cache_policy=NO_CACHE, task_run_name="train {run_name}")

@@ -17,8 +17,8 @@ import redis
 import yaml
 
 from hearth.config import Params
-from hearth.data.schema import CHANNELS, MERCHANT_CATEGORIES, RISKY_CATEGORIES
 from hearth.features.definitions import SECONDS_SINCE_LAST_CAP
+from hearth.schema import CHANNELS, MERCHANT_CATEGORIES, RISKY_CATEGORIES
 from hearth.serving.launch import ServerProcess
 
 TINY_EXPERIMENT = {

@@ -23,9 +23,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from hearth.config import RegistryParams, Settings, ThresholdParams
-from hearth.data.schema import LABEL
 from hearth.features.definitions import FEATURES
 from hearth.lineage import Lineage
+from hearth.schema import LABEL
 
 # Training, evaluation and the pyfunc (torch, scikit-learn) load where a model is logged or
 # scored, not on import: `hearth rollback` needs only the aliases, and fast.

@@ -20,7 +20,7 @@ from hearth.config import HearthContext
 from hearth.data.etl import EtlReport, run_etl
 from hearth.data.generate import GenerateReport, generate
 from hearth.lineage import Lineage
-from hearth.model.config import Experiment, TrainConfig, load_experiment
+from hearth.model.experiment import Experiment, TrainConfig, load_experiment
 
 if TYPE_CHECKING:
     from hearth.registry import RegistrationDecision

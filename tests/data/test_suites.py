@@ -16,9 +16,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hearth import validation
+from hearth import schema, validation
 from hearth.config import Settings, ValidationParams
-from hearth.data import schema
 from hearth.features import definitions
 from hearth.validation import (
     FailedExpectation,

@@ -18,7 +18,7 @@ import pandas as pd
 import psutil
 import pytest
 
-from hearth.data.schema import TIMESTAMP_FORMAT
+from hearth.schema import TIMESTAMP_FORMAT
 from hearth.stack.process import read_state
 from tests.e2e.conftest import API_KEY, user_env
 

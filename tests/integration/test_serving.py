@@ -23,9 +23,9 @@ import pandas as pd
 import pytest
 
 from hearth.config import Settings
-from hearth.data.schema import TIMESTAMP_FORMAT
 from hearth.features.online import Transaction
 from hearth.features.store import open_store
+from hearth.schema import TIMESTAMP_FORMAT
 from hearth.serving.launch import ServerProcess
 from hearth.serving.pool import decide
 from hearth.serving.state import ServingState

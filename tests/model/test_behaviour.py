@@ -13,7 +13,7 @@ import pytest
 
 from hearth.config import ThresholdParams
 from hearth.features.online import CustomerState, Transaction, online_features, update_state
-from hearth.model.config import TrainConfig
+from hearth.model.experiment import TrainConfig
 from hearth.model.scorer import FraudScorer
 from hearth.model.train import Splits, train_model
 from tests.helpers import synthetic_features

@@ -15,7 +15,7 @@ import torch
 
 from hearth.config import ThresholdParams
 from hearth.features.definitions import FEATURES
-from hearth.model.config import TrainConfig
+from hearth.model.experiment import TrainConfig
 from hearth.model.scorer import FeatureSpec, FraudScorer
 from hearth.model.train import Splits, TrainResult, load_splits, train_model
 from tests.helpers import synthetic_features

@@ -19,14 +19,6 @@ import pytest
 
 from hearth.config import Params
 from hearth.data.etl import run_etl
-from hearth.data.schema import (
-    CHANNELS,
-    CURRENCIES,
-    CUSTOMER_COLUMNS,
-    MERCHANT_CATEGORIES,
-    RAW_COLUMNS,
-    TRANSACTION_FIELDS,
-)
 from hearth.features.definitions import (
     EARTH_RADIUS_KM,
     FEATURES,
@@ -42,6 +34,14 @@ from hearth.features.online import (
     epoch_seconds,
     online_features,
     update_state,
+)
+from hearth.schema import (
+    CHANNELS,
+    CURRENCIES,
+    CUSTOMER_COLUMNS,
+    MERCHANT_CATEGORIES,
+    RAW_COLUMNS,
+    TRANSACTION_FIELDS,
 )
 
 T0 = datetime(2026, 1, 1)

@@ -17,7 +17,7 @@ from sklearn.metrics import roc_auc_score
 
 from hearth.config import DataParams, Params
 from hearth.data.generate import DRIFTS, generate
-from hearth.data.schema import (
+from hearth.schema import (
     CHANNELS,
     CURRENCIES,
     CUSTOMER_COLUMNS,

@@ -13,7 +13,7 @@ from typer.main import get_command
 
 from hearth.cli import app
 from hearth.config import load_params
-from hearth.model.config import load_experiment
+from hearth.model.experiment import load_experiment
 
 ROOT = Path(__file__).parents[2]
 EXPERIMENTS = sorted((ROOT / "experiments").glob("*.yaml"))

@@ -18,7 +18,7 @@ from hearth import registry
 from hearth.config import RegistryParams, Settings, ThresholdParams
 from hearth.features.definitions import FEATURES
 from hearth.lineage import Lineage
-from hearth.model.config import TrainConfig
+from hearth.model.experiment import TrainConfig
 from hearth.model.train import Splits, TrainResult, train_model
 from tests.helpers import synthetic_features
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from hearth.features.definitions import FEATURES
-from hearth.model.config import TrainConfig
 from hearth.model.evaluate import Thresholds
+from hearth.model.experiment import TrainConfig
 from hearth.model.scorer import FeatureSpec, FraudScorer
 from hearth.serving.errors import ModelUnavailable
 from hearth.serving.pool import DirCatalog, ModelPool, decide

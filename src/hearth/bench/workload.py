@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from hearth.data.schema import TIMESTAMP_FORMAT, TRANSACTION_FIELDS
+from hearth.schema import TIMESTAMP_FORMAT, TRANSACTION_FIELDS
 
 # Columns of the processed feature tables that are keys or the label, not model inputs.
 _NOT_FEATURES = {"transaction_id", "timestamp", "customer_id", "is_fraud"}

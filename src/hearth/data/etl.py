@@ -29,7 +29,9 @@ from pathlib import Path
 import duckdb
 
 from hearth.config import EtlParams, Params, SplitParams
-from hearth.data.schema import (
+from hearth.features.definitions import SPLITS
+from hearth.features.offline import build_feature_sql
+from hearth.schema import (
     CHANNELS,
     CUSTOMER_COLUMNS,
     EUR_RATES,
@@ -38,8 +40,6 @@ from hearth.data.schema import (
     RAW_COLUMNS,
     TIMESTAMP_FORMAT,
 )
-from hearth.features.definitions import SPLITS
-from hearth.features.offline import build_feature_sql
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Realistic synthetic card transactions, written as daily raw drops.
 
 `generate` writes ``customers.csv`` (master data) and one ``transactions/YYYY-MM-DD.csv``
-per day, both following the contract in `hearth.data.schema`. The data is built so that the
+per day, both following the contract in `hearth.schema`. The data is built so that the
 features in `hearth.features.definitions` can tell fraud from normal spending, but not
 perfectly:
 
@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from hearth.config import DataParams
-from hearth.data.schema import (
+from hearth.schema import (
     CHANNELS,
     CURRENCIES,
     CUSTOMER_COLUMNS,

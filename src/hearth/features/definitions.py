@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from hearth.data.schema import CHANNELS, MERCHANT_CATEGORIES
+from hearth.schema import CHANNELS, MERCHANT_CATEGORIES
 
 WINDOWS: dict[str, timedelta] = {
     "1h": timedelta(hours=1),

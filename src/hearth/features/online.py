@@ -23,12 +23,6 @@ from typing import Any
 
 import pandas as pd
 
-from hearth.data.schema import (
-    CHANNELS,
-    EUR_RATES,
-    MERCHANT_CATEGORIES,
-    TIMESTAMP_FORMAT,
-)
 from hearth.features.definitions import (
     AVG_WINDOW,
     EARTH_RADIUS_KM,
@@ -36,6 +30,12 @@ from hearth.features.definitions import (
     MERCHANT_WINDOW,
     SECONDS_SINCE_LAST_CAP,
     WINDOWS,
+)
+from hearth.schema import (
+    CHANNELS,
+    EUR_RATES,
+    MERCHANT_CATEGORIES,
+    TIMESTAMP_FORMAT,
 )
 
 STATE_VERSION = 1

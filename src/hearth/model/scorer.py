@@ -21,8 +21,8 @@ from mlflow.pyfunc.model import PythonModel
 from pandas.api.types import is_numeric_dtype
 
 from hearth.features.definitions import CATEGORICAL_FEATURES, NUMERIC_FEATURES
-from hearth.model.config import TrainConfig
 from hearth.model.evaluate import Thresholds
+from hearth.model.experiment import TrainConfig
 from hearth.model.net import FraudNet
 
 # Counts, sums, durations, distances and ratios span orders of magnitude and have long right

@@ -24,11 +24,11 @@ from sklearn.metrics import average_precision_score
 from torch import nn
 
 from hearth.config import ThresholdParams
-from hearth.data.schema import LABEL
 from hearth.features.definitions import FEATURES, SPLITS
-from hearth.model.config import TrainConfig
 from hearth.model.evaluate import Thresholds, evaluate, pick_thresholds
+from hearth.model.experiment import TrainConfig
 from hearth.model.scorer import FeatureSpec, FraudScorer
+from hearth.schema import LABEL
 
 log = logging.getLogger(__name__)
 

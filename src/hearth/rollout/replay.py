@@ -32,7 +32,7 @@ import httpx
 import pandas as pd
 from pydantic import ValidationError
 
-from hearth.data.schema import LABEL, RAW_COLUMNS
+from hearth.schema import LABEL, RAW_COLUMNS
 from hearth.serving.auth import API_KEY_HEADER
 from hearth.serving.schemas import TransactionIn
 

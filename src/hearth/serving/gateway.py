@@ -218,7 +218,7 @@ async def _ready(ready: Callable[[], Awaitable[bool]], timeout_s: float) -> bool
 
 def transaction_payload(txn: Transaction) -> dict[str, Any]:
     """A Transaction as the JSON-able raw fields (the inverse of Transaction.from_mapping)."""
-    from hearth.data.schema import TIMESTAMP_FORMAT, TRANSACTION_FIELDS
+    from hearth.schema import TIMESTAMP_FORMAT, TRANSACTION_FIELDS
 
     payload = {name: getattr(txn, name) for name in TRANSACTION_FIELDS}
     payload["timestamp"] = txn.timestamp.strftime(TIMESTAMP_FORMAT)

@@ -14,8 +14,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, field_validator
 
-from hearth.data.schema import CHANNELS, CURRENCIES, MERCHANT_CATEGORIES, TIMESTAMP_FORMAT
 from hearth.features.online import Transaction
+from hearth.schema import CHANNELS, CURRENCIES, MERCHANT_CATEGORIES, TIMESTAMP_FORMAT
 
 Decision = Literal["approve", "review", "decline"]
 # A batch is scored in one model call; beyond this, a client should split it.

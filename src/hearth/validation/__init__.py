@@ -3,7 +3,7 @@
 The suites are data, versioned with the code: ``hearth/expectations/raw.json`` and
 ``hearth/expectations/processed.json``, in GX's own suite format. Everything that depends on
 configuration is a GX suite parameter (``{"$PARAMETER": "1 - raw_max_bad_fraction"}``), filled
-at run time from `ValidationParams`, from the contract in `hearth.data.schema` /
+at run time from `ValidationParams`, from the contract in `hearth.schema` /
 `hearth.features.definitions` and, for the drift checks, from the reference feature profile.
 So the JSON never goes stale when a threshold in ``params.yaml`` changes.
 

@@ -26,7 +26,12 @@ LABEL = "is_fraud"
 TRANSACTION_FIELDS: tuple[str, ...] = tuple(c for c in RAW_COLUMNS if c != LABEL)
 
 # Customer master data (data/raw/customers.csv): the bank knows where its customers live.
-CUSTOMER_COLUMNS: tuple[str, ...] = ("customer_id", "home_latitude", "home_longitude", "signup_date")
+CUSTOMER_COLUMNS: tuple[str, ...] = (
+    "customer_id",
+    "home_latitude",
+    "home_longitude",
+    "signup_date",
+)
 
 CHANNELS: tuple[str, ...] = ("pos", "online", "atm")
 MERCHANT_CATEGORIES: tuple[str, ...] = (
