@@ -32,6 +32,14 @@ NO_TELEMETRY_ENV = {
 }
 
 
+def project_root() -> Path:
+    """The directory holding bentos/: the working directory, else the source checkout."""
+    here = Path.cwd()
+    if (here / "bentos").is_dir():
+        return here
+    return Path(__file__).resolve().parents[2]
+
+
 class ConfigError(ValueError):
     """A configuration file or setting is invalid; the message says which and how to fix it."""
 
