@@ -1,0 +1,79 @@
+"""What every command module shares: the console, loading the context, failing with a hint."""
+
+from __future__ import annotations
+
+import logging
+from typing import NoReturn
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+from hearth.config import ConfigError, HearthContext, Settings
+from hearth.observability.logging import configure_logging
+
+# Serving topology → the BentoML service `bentoml serve` starts (`hearth serve`, `hearth up`).
+TOPOLOGIES = {"monolith": "bentos.monolith:Monolith", "microservices": "bentos.gateway:Gateway"}
+
+console = Console(stderr=True)
+
+
+def load_context() -> HearthContext:
+    """Settings and params.yaml, validated now; a configuration error ends the command."""
+    try:
+        ctx = HearthContext()
+        ctx.params  # noqa: B018 - validate params.yaml now, not halfway through a step
+    except (ConfigError, ValueError) as exc:
+        fail(f"configuration error: {exc}")
+    ctx.settings.apply()
+    return ctx
+
+
+def fail(message: str, hint: str | None = None) -> NoReturn:
+    """Print an error line (and what to do about it) and exit 1."""
+    console.print(f"[bold red]error:[/] {message}")
+    if hint:
+        console.print(f"[yellow]hint:[/] {hint}")
+    raise typer.Exit(code=1)
+
+
+def progress_bar() -> Progress:
+    return Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
+
+
+def setup_logging(verbose: bool) -> None:
+    json_lines = _log_format() == "json"
+    # JSON lines (HEARTH_LOG_FORMAT=json, as `hearth up` runs its children) go to a plain
+    # stream: Rich would wrap each object in columns and break it over lines.
+    handler = (
+        logging.StreamHandler()
+        if json_lines
+        else RichHandler(console=console, show_path=False, rich_tracebacks=True)
+    )
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        datefmt="%H:%M:%S",
+        handlers=[handler],
+        force=True,
+    )
+    if json_lines:
+        configure_logging(Settings(log_format="json"))
+    for noisy in ("alembic", "urllib3", "mlflow.store", "great_expectations", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _log_format() -> str:
+    """HEARTH_LOG_FORMAT from the environment or .env; text when Settings cannot load (the
+    command then reports why)."""
+    try:
+        return Settings().log_format
+    except ValueError:
+        return "text"

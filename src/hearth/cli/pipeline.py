@@ -1,0 +1,222 @@
+"""The pipeline: `hearth data generate`, `etl`, `validate`, `train` (each a DVC stage, see
+dvc.yaml) and `hearth run`, the main job.
+
+Steps, flows and the main job are imported inside their command: they load pandas (~1.5 s),
+and where used Great Expectations, torch, MLflow and Prefect (~8 s), which no other command
+should pay for at start-up.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from hearth.cli._common import console, fail, load_context, progress_bar
+from hearth.config import ConfigError, HearthContext
+
+commands = typer.Typer()
+data_app = typer.Typer(help="Raw data: generate synthetic daily drops.", no_args_is_help=True)
+
+
+# -- data ----------------------------------------------------------------------------------
+@data_app.command("generate")
+def data_generate(
+    days: Annotated[int | None, typer.Option(help="Days of drops (default: params.yaml).")] = None,
+    customers: Annotated[int | None, typer.Option(help="Number of customers.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed; same seed, same files.")] = None,
+    drift: Annotated[
+        str, typer.Option(help="none | spending | fraud-pattern: a shifted later period.")
+    ] = "none",
+    start_date: Annotated[
+        str | None, typer.Option(help="First day, YYYY-MM-DD (default: params.yaml).")
+    ] = None,
+) -> None:
+    """Write synthetic daily transaction drops (dirty, like real ones) into data/raw/."""
+    from hearth import steps  # lazy: pandas, see the module docstring
+
+    ctx = load_context()
+    overrides = {k: v for k, v in {"days": days, "customers": customers, "seed": seed}.items() if v}
+    try:
+        first_day = date.fromisoformat(start_date) if start_date else None
+    except ValueError:
+        fail(f"--start-date {start_date!r} is not a date", "use YYYY-MM-DD, e.g. 2026-02-01")
+    with progress_bar() as progress:
+        bar = progress.add_task("generating drops", total=None)
+
+        def on_day(done: int, total: int) -> None:
+            progress.update(bar, completed=done, total=total)
+
+        try:
+            report = steps.generate_data(
+                ctx, overrides=overrides, drift=drift, start_date=first_day, progress=on_day
+            )
+        except ValueError as exc:
+            fail(str(exc))
+    console.print(
+        f"[green]✓[/] {report.transactions:,} transactions in {report.days} drops "
+        f"({report.fraud:,} fraud, {report.dirty_rows:,} dirty rows) → {ctx.settings.raw_dir}"
+    )
+
+
+# -- steps (DVC stages) --------------------------------------------------------------------
+@commands.command()
+def etl() -> None:
+    """Clean, dedupe and featurise data/raw/ into data/processed/; bad rows → data/quarantine/."""
+    # lazy: pandas, see the module docstring
+    from hearth import steps
+    from hearth.data.etl import EtlError
+
+    ctx = load_context()
+    try:
+        report = steps.etl(ctx)
+    except EtlError as exc:
+        fail(str(exc))
+    console.print(
+        f"[green]✓[/] {report.rows_clean:,} clean rows, {report.rows_quarantined:,} quarantined "
+        f"{dict(report.quarantine_reasons) if report.quarantine_reasons else ''}"
+    )
+    for split, rows in report.split_rows.items():
+        console.print(f"  {split:<5} {rows:>9,} rows  fraud rate {report.fraud_rate[split]:.2%}")
+
+
+@commands.command()
+def validate(
+    suite: Annotated[
+        list[str] | None, typer.Option(help="Suite to run: raw, processed (default: both).")
+    ] = None,
+) -> None:
+    """Run the Great Expectations gate; exits non-zero naming every failed expectation."""
+    # lazy: Great Expectations, see the module docstring
+    from hearth import steps
+    from hearth.validation import ValidationFailed
+
+    ctx = load_context()
+    chosen = suite or ["raw", "processed"]
+    unknown = set(chosen) - {"raw", "processed"}
+    if unknown:
+        fail(f"unknown suite(s) {sorted(unknown)}", "choose from raw, processed")
+    runners = {"raw": steps.validate_raw, "processed": steps.validate_processed}
+    results = [runners[name](ctx) for name in chosen]
+    summary = steps.record_validation(ctx, results)
+    try:
+        steps.gate(results)
+    except ValidationFailed as exc:
+        fail(str(exc), "inspect the Data Docs, fix or quarantine the drop, then re-run")
+    console.print(f"[green]✓[/] {summary}")
+    for r in results:
+        if r.docs_index:
+            console.print(f"  Data Docs: {r.docs_index}")
+
+
+@commands.command()
+def train(
+    experiment: Annotated[
+        Path | None, typer.Option(help="Experiment YAML (default: params.yaml train.experiment).")
+    ] = None,
+    register: Annotated[
+        bool, typer.Option(help="Register the best run and apply the champion gate.")
+    ] = True,
+) -> None:
+    """Train the experiment's runs (logged to MLflow) and register the best one."""
+    from hearth import steps  # lazy: pandas, see the module docstring
+
+    ctx = load_context()
+    try:
+        plan = steps.plan_training(ctx, experiment)
+    except ConfigError as exc:
+        fail(str(exc))
+    lineage = steps.lineage_for(ctx, plan.experiment_file, steps.recorded_validation(ctx))
+    with steps.sweep_parent(ctx, plan) as parent:
+        runs = [
+            steps.train_run(ctx, name, config, plan.experiment.name, lineage, parent)
+            for name, config in plan.runs
+        ]
+    best = steps.best_run(runs)
+    _print_run(best)
+    if register:
+        _print_decision(steps.register(ctx, best))
+
+
+def _print_run(run: Any) -> None:
+    m = run.test_metrics
+    console.print(
+        f"[green]✓[/] run {run.run_name} ({run.run_id[:8]}) on {run.device} in {run.seconds:.1f}s: "
+        f"test PR-AUC {m.get('pr_auc', float('nan')):.3f} vs fraud rate "
+        f"{m.get('fraud_rate', float('nan')):.3%} (chance), ROC-AUC {m.get('roc_auc', 0):.3f}"
+    )
+
+
+def _print_decision(decision: Any) -> None:
+    alias = f"alias [bold]{decision.alias}[/]" if decision.alias else "[yellow]no alias[/]"
+    console.print(f"[green]✓[/] registered version {decision.version}: {alias} — {decision.reason}")
+
+
+# -- the main job --------------------------------------------------------------------------
+@commands.command()
+def run(
+    experiment: Annotated[
+        Path | None, typer.Option(help="Experiment YAML (default: params.yaml train.experiment).")
+    ] = None,
+    rollout: Annotated[
+        bool,
+        typer.Option(
+            help="Go on after the first champion: drifted period, challenger, canary with "
+            "live traffic, broken-model drill (--no-rollout: stop after registering)."
+        ),
+    ] = True,
+) -> None:
+    """The main job: (generate) → raw gate → ETL → feature gate → train → register, then
+    drift → retrain → canary rollout on replayed traffic → drill rollback."""
+    # lazy: Prefect and the whole pipeline, see the module docstring
+    from flows.pipeline import pipeline_flow
+    from hearth.validation import ValidationFailed
+
+    ctx = load_context()
+
+    try:
+        summary = pipeline_flow(experiment=str(experiment) if experiment else None)
+    except ValidationFailed as exc:
+        fail(str(exc), "the registry is untouched; fix the data and run again")
+    _print_summary(ctx, summary)
+    if rollout:
+        _run_closed_loop(ctx)
+
+
+def _run_closed_loop(ctx: HearthContext) -> None:
+    # lazy: the main job serves and trains, see the module docstring
+    from hearth import main_job
+    from hearth.validation import ValidationFailed
+
+    console.rule("[bold]Hearth: drift → challenger → canary → drill")
+    try:
+        closed = main_job.run_closed_loop(ctx, say=console.print)
+    except ValidationFailed as exc:
+        fail(str(exc), "the drifted period failed a data gate; the champion still serves")
+    console.rule("[bold]Hearth: closed loop done")
+    for line in main_job.summary_lines(closed):
+        console.print(line, highlight=False)
+
+
+def _print_summary(ctx: HearthContext, summary: dict[str, Any]) -> None:
+    s = ctx.settings
+    trained = summary["train"]
+    best, reg = trained["best"], trained.get("registration", {})
+    m = best["test_metrics"]
+    console.rule("[bold]Hearth: main job done")
+    console.print(
+        f"model  {ctx.params.registry.model_name} v{reg.get('version')} → "
+        f"{reg.get('alias') or 'no alias'} ({reg.get('reason', '')})\n"
+        f"test   PR-AUC {m['pr_auc']:.3f} vs fraud rate {m['fraud_rate']:.3%} "
+        f"(×{m['pr_auc'] / max(m['fraud_rate'], 1e-9):.0f} over chance), "
+        f"ROC-AUC {m['roc_auc']:.3f}, trained on {best['device']}\n"
+        f"valid. {summary['validation']}\n"
+    )
+    console.print("[bold]Where to look[/]")
+    console.print(f"  MLflow UI   hearth ui mlflow   (store: {s.mlflow_uri})")
+    console.print(f"  Prefect UI  hearth ui prefect  (PREFECT_HOME={s.prefect_home})")
+    console.print(f"  Data Docs   {s.data_docs_dir}/index.html")
+    console.print(f"  data        {s.raw_dir}  {s.processed_dir}  {s.quarantine_dir}")
+    console.print(f"  reports     {s.reports_dir}/*.json")

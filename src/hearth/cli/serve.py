@@ -1,0 +1,133 @@
+"""Serving: `hearth serve` (foreground), `hearth build` (bentos), `hearth containerize`.
+
+The serving packaging and the online store are imported inside the commands: they load
+pandas and pyarrow (~1.5 s), which the other commands should not pay for at start-up.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from hearth.cli._common import TOPOLOGIES, console, fail, load_context
+from hearth.config import HearthContext, project_root
+
+commands = typer.Typer()
+
+
+def _serving_models(ctx: HearthContext, always: bool) -> list[Any]:
+    from hearth.serving import packaging  # lazy: pandas, see the module docstring
+
+    name = ctx.params.registry.model_name
+    if not always and not packaging.needs_import(ctx.settings, name):
+        return []
+    console.print(f"importing {name} from the MLflow registry into {ctx.settings.bentoml_home}")
+    try:
+        imported = packaging.import_models(ctx.settings, name)
+    except packaging.NoChampion as exc:
+        fail(str(exc), "run `hearth run` first: it trains and registers a champion")
+    for m in imported:
+        state = "imported" if m.created else "already in the store"
+        console.print(f"  {m.alias:<10} v{m.version} {m.tag} ({state}, data {m.data_version})")
+    return imported
+
+
+def _serving_store(ctx: HearthContext) -> None:
+    # lazy: pandas, see the module docstring
+    from hearth.features.store import MaterializeError, StoreError, materialize, open_store
+
+    s = ctx.settings
+    try:
+        store = open_store(s)
+        try:
+            if store.count():
+                return
+            console.print(f"the {s.store_backend} online store is empty: materialising it")
+            report = materialize(store, s.processed_dir)
+        finally:
+            store.close()
+    except MaterializeError as exc:
+        console.print(f"[yellow]warning:[/] {exc}; every customer will be a cold start")
+        return
+    except StoreError as exc:
+        fail(str(exc), "check HEARTH_STORE_BACKEND / HEARTH_REDIS_URL")
+    console.print(f"  {report.customers:,} customers in {report.seconds:.1f}s")
+
+
+@commands.command()
+def serve(
+    topology: Annotated[
+        str, typer.Option(help="monolith (one process) or microservices (gateway+features+model).")
+    ] = "monolith",
+    port: Annotated[int | None, typer.Option(help="Gateway port (default: Settings).")] = None,
+    host: Annotated[str | None, typer.Option(help="Interface (default: Settings).")] = None,
+) -> None:
+    """Serve the fraud API in the foreground (imports the champion and fills the store first)."""
+    if topology not in TOPOLOGIES:
+        fail(f"unknown topology {topology!r}", f"choose from {', '.join(TOPOLOGIES)}")
+    ctx = load_context()
+    _serving_models(ctx, always=False)
+    _serving_store(ctx)
+    s = ctx.settings
+    cmd = [
+        sys.executable, "-m", "bentoml", "serve", TOPOLOGIES[topology],
+        "--host", host or s.serving_host, "--port", str(port or s.serving_port),
+        "--working-dir", str(project_root()),
+    ]  # fmt: skip
+    console.print(f"serving {topology} on http://{host or s.serving_host}:{port or s.serving_port}")
+    sys.stderr.flush()
+    # exec: signals sent to this process (Ctrl-C, a supervisor's SIGTERM) reach BentoML.
+    os.execv(sys.executable, cmd)
+
+
+@commands.command()
+def build(
+    bento: Annotated[
+        list[str] | None, typer.Option(help="Bento to build (default: all four).")
+    ] = None,
+) -> None:
+    """Import champion/challenger into the BentoML store and build the bentos."""
+    from hearth.serving import packaging  # lazy: pandas, see the module docstring
+
+    ctx = load_context()
+    names = bento or list(packaging.BENTOS)
+    unknown = sorted(set(names) - set(packaging.BENTOS))
+    if unknown:
+        fail(f"unknown bento(s) {unknown}", f"choose from {', '.join(packaging.BENTOS)}")
+    imported = _serving_models(ctx, always=True)
+    root = project_root()
+    built = packaging.build_bentos(
+        imported, root, names, progress=lambda n: console.print(f"building {n} …")
+    )
+    for tag in built.values():
+        lines = packaging.dockerfile(tag).splitlines()
+        base = next((line for line in lines if line.startswith("FROM")), "")
+        console.print(f"[green]✓[/] {tag}  {base}".rstrip())
+    console.print(f"bentos in {ctx.settings.bentoml_home}; images: `hearth containerize`")
+
+
+@commands.command()
+def containerize(
+    bento: Annotated[
+        list[str] | None, typer.Option(help="Bento to containerize (default: all four).")
+    ] = None,
+    engine: Annotated[str, typer.Option(help="Container engine: docker or podman.")] = "docker",
+) -> None:
+    """Build container images of the latest bentos with `bentoml containerize`."""
+    from hearth.serving import packaging  # lazy: pandas, see the module docstring
+
+    load_context()
+    problem = packaging.container_engine(engine)
+    if problem:
+        fail(
+            f"no container engine: {problem}",
+            f"start the {engine} daemon (or pass --engine podman), then run this again; "
+            "`hearth build` needs no engine",
+        )
+    for name in bento or list(packaging.BENTOS):
+        code = packaging.containerize(f"{name}:latest", engine)
+        if code:
+            fail(f"containerizing {name} failed (exit {code})", "run `hearth build` first?")

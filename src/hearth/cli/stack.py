@@ -1,0 +1,88 @@
+"""The stack: `hearth up`, `hearth ps`, `hearth down`, and `hearth monitor` (drift).
+
+The stack's process handling (httpx) and the monitor flow (Prefect, ~8 s) are imported inside
+the commands, so that the other commands do not pay for them at start-up.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from hearth.cli._common import TOPOLOGIES, console, fail, load_context
+from hearth.config import project_root
+
+commands = typer.Typer()
+
+
+@commands.command()
+def up(
+    topology: Annotated[
+        str, typer.Option(help="Serving topology: monolith or microservices.")
+    ] = "monolith",
+    serve: Annotated[
+        bool, typer.Option(help="Start the serving stack too (needs a registered champion).")
+    ] = True,
+) -> None:
+    """Start Prefect (server, work pool, deployments, worker), MLflow and serving; print URLs."""
+    # lazy: httpx, see the module docstring
+    from hearth.stack.process import StackError
+    from hearth.stack.services import Stack
+    from hearth.stack.supervisor import up as stack_up
+
+    if topology not in TOPOLOGIES:
+        fail(f"unknown topology {topology!r}", f"choose from {', '.join(TOPOLOGIES)}")
+    ctx = load_context()
+    stack = Stack(ctx.settings, topology, project_root())
+    try:
+        started = stack_up(stack, serve=serve, say=console.print)
+    except StackError as exc:
+        fail(str(exc), "`hearth ps` shows what did start; `hearth down` stops it")
+    console.rule("[bold]Hearth is up")
+    for r in started:
+        console.print(f"  {r.name:<15} {r.url or '(no UI)':<28} log {r.log}")
+    console.print("stop it with `hearth down`; check it with `hearth ps`")
+
+
+@commands.command()
+def down() -> None:
+    """Stop exactly what `hearth up` started (its pid file under HEARTH_HOME)."""
+    from hearth.stack.supervisor import down as stack_down  # lazy: httpx, see the docstring
+
+    stopped = stack_down(load_context().settings.home_abs, say=console.print)
+    console.print(f"[green]✓[/] stopped {len(stopped)} service(s)" if stopped else "nothing runs")
+
+
+@commands.command()
+def ps() -> None:
+    """What `hearth up` started: running or not, healthy or not."""
+    from hearth.stack.supervisor import ps as stack_ps  # lazy: httpx, see the docstring
+
+    statuses = stack_ps(load_context().settings.home_abs)
+    if not statuses:
+        typer.echo("nothing started by `hearth up` runs")
+        return
+    for st in statuses:
+        state = "healthy" if st.healthy else ("UNHEALTHY" if st.running else "STOPPED")
+        typer.echo(f"{st.name:<15} {st.pid:>7} {state:<9} {st.url or '-':<28} {st.detail}")
+    if not all(st.healthy for st in statuses):
+        raise typer.Exit(code=1)
+
+
+@commands.command()
+def monitor(
+    trigger: Annotated[
+        bool, typer.Option(help="Start the retraining deployment when drift calls for it.")
+    ] = True,
+) -> None:
+    """Drift report of recent live traffic vs the training reference (flows/monitor.py)."""
+    from flows.monitor import monitor_flow  # lazy: Prefect, see the module docstring
+
+    load_context()
+    summary = monitor_flow(trigger_retraining=trigger)
+    console.print(
+        f"drift: {'retrain' if summary['retrain'] else 'no action'}; report {summary['report']}"
+    )
+    if summary["trigger_error"]:
+        console.print(f"[yellow]retraining not started:[/] {summary['trigger_error']}")
