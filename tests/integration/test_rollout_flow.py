@@ -24,8 +24,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from hearth.config import HearthContext, Params, Settings
-from hearth.rollout.analysis import TEST_QUALITY
 from hearth.rollout.replay import LabelledTransaction, ReplayConfig, load_transactions, replay
+from hearth.rollout.verdict import TEST_QUALITY
 from hearth.serving.launch import ServerProcess
 from hearth.traffic.stores import open_state_store
 from tests.helpers import write_project

@@ -26,7 +26,7 @@ import pandas as pd
 import pytest
 
 from hearth.config import Params
-from hearth.rollout.analysis import analyse
+from hearth.rollout.verdict import analyse
 from hearth.serving.faults import FAULT_TAG
 from hearth.serving.launch import ServerProcess
 from hearth.traffic.assignment import assign

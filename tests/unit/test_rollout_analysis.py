@@ -11,7 +11,14 @@ from sklearn.metrics import average_precision_score
 
 from hearth.config import RolloutParams
 from hearth.model.evaluate import evaluate
-from hearth.rollout.analysis import (
+from hearth.rollout.statistics import (
+    RequestRecord,
+    average_precision,
+    error_rate_p_value,
+    psi,
+    split,
+)
+from hearth.rollout.verdict import (
     TEST_ERROR_SPIKE,
     TEST_ERRORS,
     TEST_LATENCY_LIMIT,
@@ -19,14 +26,9 @@ from hearth.rollout.analysis import (
     TEST_PSI,
     TEST_QUALITY,
     TEST_SAMPLES,
-    RequestRecord,
     Verdict,
     analyse,
     analyse_state,
-    average_precision,
-    error_rate_p_value,
-    psi,
-    split,
 )
 from hearth.traffic.rollout_state import HistoryEvent, new_rollout
 

@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from hearth import registry
 from hearth.config import Params, Settings
 from hearth.rollout import control
-from hearth.rollout.analysis import analyse
+from hearth.rollout.verdict import analyse
 from hearth.serving.faults import Fault, FaultError
 from hearth.serving.gateway import Background, Gateway
 from hearth.serving.packaging import serving_state

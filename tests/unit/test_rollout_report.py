@@ -11,8 +11,8 @@ from PIL import Image
 
 from hearth.config import RolloutParams, Settings
 from hearth.rollout import rollout_report
-from hearth.rollout.analysis import analyse
 from hearth.rollout.flow_steps import _history_fields
+from hearth.rollout.verdict import analyse
 from hearth.traffic.rollout_state import HistoryEvent, RolloutState, new_rollout
 from hearth.traffic.state_sqlite import SQLiteStateStore
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from hearth.config import HearthContext, Params, RolloutParams, Settings
 from hearth.rollout import rollout_report
-from hearth.rollout.analysis import Verdict, analyse_state
+from hearth.rollout.verdict import Verdict, analyse_state
 from hearth.traffic.rollout_state import Mode, RolloutState, StateStore
 from hearth.traffic.stores import open_state_store
 

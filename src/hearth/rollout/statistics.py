@@ -1,0 +1,309 @@
+"""Canary statistics: the evidence of a rollout as columns, and the numbers computed from it.
+
+Inputs are plain per-request records (`RequestRecord`, or mappings with the same keys):
+which variant answered, whether it failed, how long it took, the score, and the fraud label
+once `/feedback` has delivered it. `split` turns them into one `VariantSample` per variant.
+The tests here return numbers, never a decision (that is `hearth.rollout.verdict`): an
+unpooled two-proportion z-test for error rates, PSI for score distributions, precision and
+recall at a threshold, PR-AUC, and the bootstrap of the challenger - champion differences.
+
+The bootstrap resamples *customers* (all of a customer's requests together), stratified by
+whether the customer had a fraud. Frauds come in bursts per customer (card testing,
+takeovers) and the variants serve disjoint customers, so rows are not independent draws: a
+row bootstrap would treat one burst of 8 as 8 pieces of evidence and give intervals far too
+narrow. Nothing here reads a database or a clock: every number is a pure function of its
+inputs (and the bootstrap's seed).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy.stats import norm
+
+from hearth.traffic.assignment import CHALLENGER, CHAMPION
+
+# Probabilities of empty PSI bins are floored here: one empty bin must not make PSI infinite.
+_PSI_FLOOR = 1e-4
+_BOOTSTRAP_CELLS = 2_000_000  # resamples x rows per bootstrap chunk: ~16 MB per matrix
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """One answered (or failed) request, as logged by the gateway and joined with labels."""
+
+    variant: str
+    ok: bool
+    latency_ms: float
+    score: float | None = None
+    label: int | None = None  # None until /feedback delivers it
+    customer_id: str | None = None  # None: unknown, the request counts as its own customer
+    transaction_id: str | None = None  # None: unknown, never taken for a retry
+
+
+def cluster_codes(customer_ids: Iterable[str | None]) -> np.ndarray:
+    """Integer codes of the customers (0, 1, ...); each None gets a code of its own."""
+    codes: dict[str, int] = {}
+    out: list[int] = []
+    anonymous = 0
+    for customer in customer_ids:
+        if customer is None:
+            # Negative codes cannot collide with the customers' 0, 1, ...
+            anonymous -= 1
+            out.append(anonymous)
+        else:
+            out.append(codes.setdefault(customer, len(codes)))
+    return np.array(out, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class VariantSample:
+    """One variant's requests, as columns. `scores`/`labels` hold the answered requests only;
+    `labels` is NaN where no label arrived yet. `clusters` codes the customer of each
+    answered request (`cluster_codes`); None: every request is a customer of its own."""
+
+    n: int
+    errors: int
+    latency_ms: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+    clusters: np.ndarray | None = None
+
+    @classmethod
+    def from_records(cls, records: Iterable[RequestRecord]) -> VariantSample:
+        rows = list(records)
+        answered = _last_answer_per_transaction([r for r in rows if r.ok])
+        return cls(
+            n=len(rows),
+            errors=sum(not r.ok for r in rows),
+            latency_ms=np.array([r.latency_ms for r in rows], dtype=np.float64),
+            scores=np.array([np.nan if r.score is None else r.score for r in answered], float),
+            labels=np.array([np.nan if r.label is None else r.label for r in answered], float),
+            clusters=cluster_codes(r.customer_id for r in answered),
+        )
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.n if self.n else math.nan
+
+    @property
+    def p99_ms(self) -> float:
+        return float(np.percentile(self.latency_ms, 99)) if self.n else math.nan
+
+    @property
+    def bad_scores(self) -> int:
+        """Answered requests whose score is missing, non-finite or outside [0, 1]."""
+        s = self.scores
+        return int(np.count_nonzero(~(np.isfinite(s) & (s >= 0) & (s <= 1))))
+
+    def _labelled_mask(self) -> np.ndarray:
+        return ~np.isnan(self.labels) & np.isfinite(self.scores)
+
+    def labelled(self) -> tuple[np.ndarray, np.ndarray]:
+        """(labels as 0/1 ints, scores) of the answered requests that have a label."""
+        keep = self._labelled_mask()
+        return self.labels[keep].astype(np.int64), self.scores[keep]
+
+    def labelled_clusters(self) -> np.ndarray:
+        """Customer codes of the rows `labelled()` returns, in the same order."""
+        keep = self._labelled_mask()
+        if self.clusters is None:
+            return np.arange(int(keep.sum()), dtype=np.int64)
+        return self.clusters[keep]
+
+    def fraud_customers(self) -> int:
+        """Distinct customers with a labelled fraud: the independent evidence on recall."""
+        y, _ = self.labelled()
+        return int(np.unique(self.labelled_clusters()[y == 1]).size)
+
+
+def _last_answer_per_transaction(answered: list[RequestRecord]) -> list[RequestRecord]:
+    """One answer per transaction: a client that retried (after a 503, a timeout) was
+    answered twice, and scores and labels must count the transaction once, as the online
+    store does. The attempts themselves still count for errors and latency."""
+    last = {r.transaction_id: i for i, r in enumerate(answered) if r.transaction_id is not None}
+    return [
+        r for i, r in enumerate(answered) if r.transaction_id is None or last[r.transaction_id] == i
+    ]
+
+
+def _as_record(row: RequestRecord | Mapping[str, Any]) -> RequestRecord:
+    if isinstance(row, RequestRecord):
+        return row
+    label = row.get("label", row.get("is_fraud"))
+    return RequestRecord(
+        variant=str(row["variant"]),
+        ok=bool(row.get("ok", True)),
+        latency_ms=float(row["latency_ms"]),
+        score=None if row.get("score") is None else float(row["score"]),
+        label=None if label is None else int(label),
+        customer_id=None if row.get("customer_id") is None else str(row["customer_id"]),
+        transaction_id=None if row.get("transaction_id") is None else str(row["transaction_id"]),
+    )
+
+
+def split(rows: Iterable[RequestRecord | Mapping[str, Any]]) -> tuple[VariantSample, VariantSample]:
+    """(champion, challenger) samples of the records; other variants are ignored."""
+    records = [_as_record(r) for r in rows]
+    return (
+        VariantSample.from_records(r for r in records if r.variant == CHAMPION),
+        VariantSample.from_records(r for r in records if r.variant == CHALLENGER),
+    )
+
+
+def error_rate_p_value(errors_a: int, n_a: int, errors_b: int, n_b: int, margin: float) -> float:
+    """One-sided p-value of H0: rate_b - rate_a <= margin against H1: it is larger.
+
+    Unpooled two-proportion z-test (a pooled variance assumes equal rates, which a margin
+    contradicts). With no variance at all, the p-value is 0 or 1 by the observed difference.
+    """
+    pa, pb = errors_a / n_a, errors_b / n_b
+    excess = pb - pa - margin
+    se = math.sqrt(pa * (1 - pa) / n_a + pb * (1 - pb) / n_b)
+    if se == 0:
+        return 0.0 if excess > 0 else 1.0
+    return float(norm.sf(excess / se))
+
+
+def psi(reference: np.ndarray, actual: np.ndarray, bins: int = 10) -> float:
+    """Population stability index of `actual` against `reference`'s quantile bins.
+
+    Bin edges are `reference` quantiles, so each bin holds ~1/bins of the reference; ties in
+    the reference merge bins rather than making empty ones. 0.1 is a small, 0.25 a large
+    shift by the usual rule of thumb.
+    """
+    edges = np.unique(np.quantile(reference, np.linspace(0, 1, bins + 1))[1:-1])
+    expected = np.bincount(np.searchsorted(edges, reference, "right"), minlength=edges.size + 1)
+    observed = np.bincount(np.searchsorted(edges, actual, "right"), minlength=edges.size + 1)
+    e = np.maximum(expected / expected.sum(), _PSI_FLOOR)
+    a = np.maximum(observed / observed.sum(), _PSI_FLOOR)
+    return float(np.sum((a - e) * np.log(a / e)))
+
+
+def at_threshold(y: np.ndarray, s: np.ndarray, threshold: float) -> tuple[float, float]:
+    """(precision, recall) of the rule ``score >= threshold``; NaN where undefined."""
+    flagged = s >= threshold
+    tp = int(np.count_nonzero(flagged & (y == 1)))
+    precision = tp / int(flagged.sum()) if flagged.any() else math.nan
+    positives = int(y.sum())
+    return precision, (tp / positives if positives else math.nan)
+
+
+class _Ranked:
+    """One variant's labelled scores sorted once, so that bootstrap resamples need no sort.
+
+    A resample is a vector of multiplicities (how often each row was drawn); with the rows
+    sorted by score, PR-AUC and recall of every resample are cumulative sums, computed for
+    many resamples at once. Tied scores form one group, i.e. one threshold, as in sklearn.
+    `clusters` (customer codes, one per row; None: a row is its own customer) are what a
+    resample draws: a customer drawn k times counts all of its rows k times.
+    """
+
+    def __init__(
+        self, y: np.ndarray, s: np.ndarray, threshold: float, clusters: np.ndarray | None = None
+    ) -> None:
+        order = np.argsort(-s, kind="mergesort")
+        self.y = y[order].astype(np.float64)
+        self.s = s[order]
+        self.group_ends = np.r_[np.flatnonzero(np.diff(self.s)), self.s.size - 1]
+        self.flagged = self.s >= threshold
+        raw = np.arange(self.y.size) if clusters is None else np.asarray(clusters)[order]
+        # row → cluster 0..k-1, and each cluster's stratum: did the customer have a fraud?
+        _, self.cluster_of_row = np.unique(raw, return_inverse=True)
+        k = int(self.cluster_of_row.max()) + 1 if self.y.size else 0
+        frauds = np.bincount(self.cluster_of_row, weights=self.y, minlength=k)
+        self.fraud_clusters = np.flatnonzero(frauds > 0)
+        self.clean_clusters = np.flatnonzero(frauds == 0)
+        self.clusters = k
+
+    def stats(self, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(PR-AUC, recall at the threshold) per row of `weights` (resamples × rows)."""
+        tps = np.cumsum(weights * self.y, axis=1)[:, self.group_ends]
+        seen = np.cumsum(weights, axis=1)[:, self.group_ends]
+        positives = tps[:, -1:]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            precision = np.where(seen > 0, tps / seen, 0.0)
+            recall = tps / positives
+            steps = np.diff(np.concatenate([np.zeros_like(positives), recall], axis=1), axis=1)
+            ap = np.sum(steps * precision, axis=1)
+            hits = (weights * self.y)[:, self.flagged].sum(axis=1)
+            return ap, hits / positives[:, 0]
+
+    def resample(self, rng: np.random.Generator, count: int) -> np.ndarray:
+        """`count` stratified cluster-bootstrap resamples as row multiplicities (count × rows).
+
+        Customers are drawn with replacement, those with a fraud and those without
+        separately: with ~1 % fraud an unstratified draw would give resamples without any
+        fraud, whose PR-AUC is undefined. A row's multiplicity is its customer's.
+        """
+        per_cluster = np.zeros((count, self.clusters))
+        for members in (self.fraud_clusters, self.clean_clusters):
+            if members.size:
+                # Draw cluster numbers, then count them per resample (bincount over offsets).
+                draws = rng.integers(0, members.size, size=(count, members.size))
+                draws += np.arange(count)[:, None] * members.size
+                counts = np.bincount(draws.ravel(), minlength=count * members.size)
+                per_cluster[:, members] = counts.reshape(count, members.size)
+        return per_cluster[:, self.cluster_of_row]
+
+
+def average_precision(y: np.ndarray, s: np.ndarray) -> float:
+    """Average precision (PR-AUC) exactly as scikit-learn computes it (ties grouped).
+
+    The bootstrap's vectorised form of it; `hearth.model.evaluate` stays the reference for
+    point estimates, and a test checks that both agree.
+    """
+    if not np.any(y == 1):
+        return math.nan
+    ranked = _Ranked(np.asarray(y), np.asarray(s, dtype=np.float64), math.inf)
+    return float(ranked.stats(np.ones((1, ranked.y.size)))[0][0])
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate with its one-sided bounds (each at the bootstrap's alpha)."""
+
+    estimate: float
+    lower: float
+    upper: float
+
+
+def bootstrap_differences(
+    champion: VariantSample,
+    challenger: VariantSample,
+    thresholds: tuple[float, float],
+    *,
+    resamples: int,
+    alpha: float,
+    seed: int,
+) -> dict[str, Interval]:
+    """One-sided (`alpha`) bounds of challenger - champion for PR-AUC and recall@threshold.
+
+    `thresholds` are (champion's, challenger's). Each variant is resampled by customer on
+    its own: the variants serve disjoint customers, so their resamples are independent.
+    """
+    rng = np.random.default_rng(seed)
+    ranked = tuple(
+        _Ranked(*sample.labelled(), threshold, sample.labelled_clusters())
+        for sample, threshold in zip((champion, challenger), thresholds, strict=True)
+    )
+    everything = [r.stats(np.ones((1, r.y.size))) for r in ranked]  # the observed data
+    point = [float(everything[1][i][0] - everything[0][i][0]) for i in (0, 1)]
+    # Chunks of resamples bound the memory: resamples × rows floats per matrix.
+    chunk = max(1, _BOOTSTRAP_CELLS // max(r.y.size for r in ranked))
+    diffs: list[np.ndarray] = []
+    for done in range(0, resamples, chunk):
+        count = min(chunk, resamples - done)
+        champion_stats, challenger_stats = (r.stats(r.resample(rng, count)) for r in ranked)
+        diffs.append(np.subtract(challenger_stats, champion_stats).T)
+    stacked = np.concatenate(diffs)
+    lower = np.quantile(stacked, alpha, axis=0)
+    upper = np.quantile(stacked, 1 - alpha, axis=0)
+    return {
+        name: Interval(float(point[i]), float(lower[i]), float(upper[i]))
+        for i, name in enumerate(("pr_auc", "recall"))
+    }
