@@ -11,6 +11,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from hearth.observability.figures import png_figure
+
 Row = dict[str, Any]
 
 FILES = ("bench.md", "bench.json", "bench_latency.png", "bench_throughput.png")
@@ -480,41 +482,33 @@ def _notes(report: dict[str, Any]) -> list[str]:
 # -- plots and files -------------------------------------------------------------------------
 def plot(report: dict[str, Any], key: str, ylabel: str, path: Path, log_y: bool) -> None:
     """One line per contender against concurrency (log-scaled x)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     f = Figures(report)
-    fig, ax = plt.subplots(figsize=(8, 5))
-    colours: dict[str, Any] = {}
-    for name in f.names:
-        levels = [c for c in f.levels if (name, c) in f.rows]
-        if len(levels) < 2:
-            continue  # the in-process floor has one level: drawn as a reference line
-        base = name.removesuffix("@base")
-        (line,) = ax.plot(
-            levels,
-            [f.get(name, c, key) for c in levels],
-            marker="o",
-            label=f.labels[name],
-            color=colours.get(base),  # a baseline in its contender's colour, dashed
-            linestyle="--" if base != name else "-",
-        )
-        colours.setdefault(base, line.get_color())
-    if ("model", 1) in f.rows and key == "p50_ms":
-        ax.axhline(f.get("model", 1, key), color="grey", linestyle=":", label="forward pass")
-    ax.set_xscale("log", base=2)
-    if log_y:
-        ax.set_yscale("log")
-    ax.set_xticks(f.levels, [str(c) for c in f.levels])
-    ax.set_xlabel("concurrency (requests in flight)")
-    ax.set_ylabel(ylabel)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with png_figure(path, save_dpi=110, figsize=(8, 5)) as (_, ax):
+        colours: dict[str, Any] = {}
+        for name in f.names:
+            levels = [c for c in f.levels if (name, c) in f.rows]
+            if len(levels) < 2:
+                continue  # the in-process floor has one level: drawn as a reference line
+            base = name.removesuffix("@base")
+            (line,) = ax.plot(
+                levels,
+                [f.get(name, c, key) for c in levels],
+                marker="o",
+                label=f.labels[name],
+                color=colours.get(base),  # a baseline in its contender's colour, dashed
+                linestyle="--" if base != name else "-",
+            )
+            colours.setdefault(base, line.get_color())
+        if ("model", 1) in f.rows and key == "p50_ms":
+            ax.axhline(f.get("model", 1, key), color="grey", linestyle=":", label="forward pass")
+        ax.set_xscale("log", base=2)
+        if log_y:
+            ax.set_yscale("log")
+        ax.set_xticks(f.levels, [str(c) for c in f.levels])
+        ax.set_xlabel("concurrency (requests in flight)")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
 
 
 def write(report: dict[str, Any], out: Path) -> list[Path]:

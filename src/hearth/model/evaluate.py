@@ -14,6 +14,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from hearth.config import ThresholdParams
+from hearth.observability.figures import png_figure
 
 # scikit-learn's metrics load where they are used: serving imports `Thresholds` from here,
 # and sklearn (with scipy) would add ~0.7 s and ~75 MiB to every model process.
@@ -144,16 +145,11 @@ def pr_curve_png(
     thresholds: Thresholds | None = None,
 ) -> Path:
     """Plot the precision-recall curve with the chance line (fraud rate) and thresholds."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # headless: flows run on servers without a display
-    import matplotlib.pyplot as plt
     from sklearn.metrics import average_precision_score, precision_recall_curve
 
     y, s = _as_arrays(y_true, scores)
     prec, rec, thr = precision_recall_curve(y, s)
-    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=100)
-    try:
+    with png_figure(path, figsize=(6, 4.5), dpi=100) as (_, ax):
         ap = average_precision_score(y, s) if y.sum() else math.nan
         ax.step(rec, prec, where="post", label=f"model (AP = {ap:.3f})")
         ax.axhline(y.mean(), color="grey", linestyle="--", label=f"chance = {y.mean():.3%}")
@@ -163,11 +159,6 @@ def pr_curve_png(
         ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1.01), ylim=(0, 1.05), title=title)
         # Lower left stays clear: a useful model keeps precision high until high recall.
         ax.legend(loc="lower left", fontsize="small")
-        fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path)
-    finally:
-        plt.close(fig)
     return path
 
 

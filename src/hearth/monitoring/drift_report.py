@@ -8,6 +8,7 @@ import numpy as np
 
 from hearth.config import MonitoringParams
 from hearth.monitoring.drift import DriftReport
+from hearth.observability.figures import png_figure
 
 
 def markdown(report: DriftReport, params: MonitoringParams) -> str:
@@ -48,29 +49,21 @@ def plot(
     out: Path,
 ) -> Path:
     """PSI bars (threshold marked) and the two score histograms, side by side."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on a server or in a flow run
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
-    names = sorted(report.psi, key=lambda n: np.nan_to_num(report.psi[n]))
-    values = [np.nan_to_num(report.psi[n]) for n in names]
-    colors = ["tab:red" if n in report.drifted_features else "tab:blue" for n in names]
-    left.barh(names, values, color=colors)
-    left.axvline(params.psi_threshold, color="tab:red", linestyle="--", label="threshold")
-    left.set_xlabel("PSI (live vs reference)")
-    left.legend(loc="lower right")
-    if reference_scores is not None and live_scores is not None and len(live_scores):
-        bins = np.linspace(0, 1, 41)
-        right.hist(reference_scores, bins=bins, alpha=0.5, density=True, label="reference")
-        right.hist(live_scores, bins=bins, alpha=0.5, density=True, label="live")
-        right.set_yscale("log")
-        right.legend()
-    right.set_xlabel("fraud probability")
-    fig.suptitle("Drift: " + ("retrain" if report.retrain else "no action"))
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=80)
-    plt.close(fig)
+    with png_figure(out, save_dpi=80, nrows=1, ncols=2, figsize=(11, 4.5)) as (fig, axes):
+        left, right = axes
+        names = sorted(report.psi, key=lambda n: np.nan_to_num(report.psi[n]))
+        values = [np.nan_to_num(report.psi[n]) for n in names]
+        colors = ["tab:red" if n in report.drifted_features else "tab:blue" for n in names]
+        left.barh(names, values, color=colors)
+        left.axvline(params.psi_threshold, color="tab:red", linestyle="--", label="threshold")
+        left.set_xlabel("PSI (live vs reference)")
+        left.legend(loc="lower right")
+        if reference_scores is not None and live_scores is not None and len(live_scores):
+            bins = np.linspace(0, 1, 41)
+            right.hist(reference_scores, bins=bins, alpha=0.5, density=True, label="reference")
+            right.hist(live_scores, bins=bins, alpha=0.5, density=True, label="live")
+            right.set_yscale("log")
+            right.legend()
+        right.set_xlabel("fraud probability")
+        fig.suptitle("Drift: " + ("retrain" if report.retrain else "no action"))
     return out

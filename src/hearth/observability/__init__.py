@@ -1,1 +1,1 @@
-"""Observability: Prometheus metrics, OpenTelemetry tracing and JSON logs, defined once."""
+"""Observability: Prometheus metrics, OpenTelemetry tracing, JSON logs, report figures."""

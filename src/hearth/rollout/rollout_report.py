@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from hearth.config import Settings
+from hearth.observability.figures import png_figure
 from hearth.traffic.rollout_state import HistoryEvent, RolloutState
 
 REPORT_MD, REPORT_PNG = "report.md", "report.png"
@@ -193,16 +194,11 @@ def _series(rounds: Sequence[AnalysisRound], key: str) -> list[float]:
 
 def plot(report: RolloutReport, path: Path) -> Path:
     """Four panels over the analysis rounds: traffic share, error rate, p99, PSI/PR-AUC."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # headless: flows run on servers without a display
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import MaxNLocator  # lazy: matplotlib loads only when a report draws
 
     rounds = report.rounds
     x = [r.round for r in rounds]
-    fig, axes = plt.subplots(2, 2, figsize=(10, 7), dpi=100)
-    try:
+    with png_figure(path, nrows=2, ncols=2, figsize=(10, 7), dpi=100) as (fig, axes):
         share, errors, p99, quality = axes.flat
         share.bar(x, [r.percent for r in rounds], color="tab:orange", width=0.6)
         share.set(title="challenger traffic share (%)", ylim=(0, 105))
@@ -230,11 +226,6 @@ def plot(report: RolloutReport, path: Path) -> Path:
         fig.suptitle(
             f"rollout {s.rollout_id}: v{s.challenger_version} vs v{s.champion_version} → {s.status}"
         )
-        fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path)
-    finally:
-        plt.close(fig)
     return path
 
 
