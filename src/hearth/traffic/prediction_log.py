@@ -4,7 +4,7 @@ The rollout analysis and monitoring join the two tables on ``transaction_id``: w
 and model version scored a transaction (for which customer, in which rollout, how fast,
 whether it failed, whether it was a shadow copy), what it decided, and (days later, via
 /feedback) whether it was fraud. `PredictionLog.analysis_rows` is the rollout analysis's
-view of it: rows that `hearth.rollout.analysis.analyse` takes as they are.
+view of it: rows that `hearth.rollout.verdict.analyse` takes as they are.
 """
 
 from __future__ import annotations
