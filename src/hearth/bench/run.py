@@ -11,9 +11,9 @@ import asyncio
 import platform
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -64,6 +64,29 @@ class BenchConfig:
     def quick(cls) -> BenchConfig:
         return cls(QUICK, (1, 32), requests=240, rounds=2, warmup=40, max_cell_s=15.0,
                    model_requests=500, rollback=("monolith",))  # fmt: skip
+
+    def choose(
+        self,
+        contenders: Sequence[str] | None = None,
+        levels: Sequence[int] | None = None,
+        requests: int | None = None,
+        baseline: Path | None = None,
+        rollback: bool = True,
+    ) -> BenchConfig:
+        """This config narrowed to what `hearth bench` was asked for; None (or empty) keeps
+        this config's value, `rollback=False` times no rollback."""
+        changes: dict[str, Any] = {}
+        if contenders:
+            changes["contenders"] = tuple(contenders)
+        if levels:
+            changes["levels"] = tuple(sorted(set(levels)))
+        if requests:
+            changes["requests"] = requests
+        if baseline:
+            changes["baseline"] = baseline.resolve()
+        if not rollback:
+            changes["rollback"] = ()
+        return replace(self, **changes)
 
 
 @dataclass

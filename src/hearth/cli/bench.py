@@ -7,7 +7,6 @@ commands should not pay for at start-up.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -65,19 +64,13 @@ def bench(
     from hearth.bench.run import BenchConfig, Progress, run_bench  # lazy: see the docstring
 
     ctx = load_context()
-    config = BenchConfig.quick() if quick else BenchConfig()
-    changes: dict[str, Any] = {}
-    if contender:
-        changes["contenders"] = tuple(contender)
-    if concurrency:
-        changes["levels"] = tuple(sorted(set(concurrency)))
-    if requests:
-        changes["requests"] = requests
-    if baseline:
-        changes["baseline"] = baseline.resolve()
-    if not rollback:
-        changes["rollback"] = ()
-    config = dataclasses.replace(config, **changes)
+    config = (BenchConfig.quick() if quick else BenchConfig()).choose(
+        contenders=contender,
+        levels=concurrency,
+        requests=requests,
+        baseline=baseline,
+        rollback=rollback,
+    )
     console.print(f"hearth bench: {', '.join(config.contenders)} at c={list(config.levels)}")
     try:
         root = code.resolve() if code else project_root()
