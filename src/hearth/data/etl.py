@@ -29,26 +29,20 @@ from pathlib import Path
 import duckdb
 
 from hearth.config import EtlParams, Params, SplitParams
+from hearth.data.row_checks import build_clean_and_quarantine, check_rows
+from hearth.data.sql import ident, lit
 from hearth.features.definitions import SPLITS
 from hearth.features.offline import build_feature_sql
 from hearth.schema import (
-    CHANNELS,
     CUSTOMER_COLUMNS,
-    EUR_RATES,
     LABEL,
-    MERCHANT_CATEGORIES,
     RAW_COLUMNS,
-    TIMESTAMP_FORMAT,
 )
 
 logger = logging.getLogger(__name__)
 
 TRANSACTIONS_SUBDIR = "transactions"
 CUSTOMERS_FILE = "customers.csv"
-# Longest raw value quoted in a quarantine reason; the full value is in its own column.
-_REASON_VALUE_CHARS = 40
-_MALFORMED_LINE = "malformed CSV line"
-_DUPLICATE = "duplicate transaction_id"
 
 
 class EtlError(ValueError):
@@ -79,30 +73,6 @@ class EtlReport:
         out = asdict(self)
         out["split_dates"] = {k: list(v) for k, v in self.split_dates.items()}
         return out
-
-
-# -- SQL helpers ---------------------------------------------------------------------------
-def _lit(value: str) -> str:
-    """A SQL string literal."""
-    return "'" + value.replace("'", "''") + "'"
-
-
-def _ident(name: str) -> str:
-    """A quoted SQL identifier (``timestamp`` is a keyword)."""
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _in_list(values: tuple[str, ...]) -> str:
-    return "(" + ", ".join(_lit(v) for v in values) + ")"
-
-
-def _quoted_value(column: str) -> str:
-    """SQL for the raw value of `column`, quoted and shortened, for a reason text."""
-    col = _ident(column)
-    return (
-        f"'''' || left({col}, {_REASON_VALUE_CHARS}) || "
-        f"CASE WHEN length({col}) > {_REASON_VALUE_CHARS} THEN '…' ELSE '' END || ''''"
-    )
 
 
 # -- Phase 1: find and check the drops -----------------------------------------------------
@@ -148,20 +118,20 @@ def find_drops(raw_dir: Path) -> list[Path]:
 # -- Phase 2: load raw text ----------------------------------------------------------------
 def _read_csv_sql(files: list[Path], columns: tuple[str, ...], rejects: str) -> str:
     """read_csv as text with fixed columns; unparseable lines go to the `rejects` tables."""
-    spec = "{" + ", ".join(f"{_lit(c)}: 'VARCHAR'" for c in columns) + "}"
-    paths = "[" + ", ".join(_lit(str(f)) for f in files) + "]"
+    spec = "{" + ", ".join(f"{lit(c)}: 'VARCHAR'" for c in columns) + "}"
+    paths = "[" + ", ".join(lit(str(f)) for f in files) + "]"
     return (
         f"read_csv({paths}, header = true, auto_detect = false, all_varchar = true, "
         f"columns = {spec}, delim = ',', quote = '\"', escape = '\"', filename = true, "
-        f"store_rejects = true, rejects_table = {_lit(rejects + '_errors')}, "
-        f"rejects_scan = {_lit(rejects + '_scans')})"
+        f"store_rejects = true, rejects_table = {lit(rejects + '_errors')}, "
+        f"rejects_scan = {lit(rejects + '_scans')})"
     )
 
 
 def _load_raw(con: duckdb.DuckDBPyConnection, drops: list[Path]) -> None:
     """Tables `raw` (one row per parsed record, with source_file and source_line) and
     `raw_rejects` (one row per line the CSV reader could not split into the columns)."""
-    columns = ", ".join(_ident(c) for c in RAW_COLUMNS)
+    columns = ", ".join(ident(c) for c in RAW_COLUMNS)
     # preserve_insertion_order keeps file order then row order in rowid, so a file's rows
     # have consecutive rowids.
     con.execute(
@@ -212,7 +182,7 @@ def _load_raw(con: duckdb.DuckDBPyConnection, drops: list[Path]) -> None:
 
 def _load_customers(con: duckdb.DuckDBPyConnection, path: Path) -> None:
     """Table `customers`: one row per customer id (first wins), home NULL unless valid."""
-    columns = ", ".join(_ident(c) for c in CUSTOMER_COLUMNS)
+    columns = ", ".join(ident(c) for c in CUSTOMER_COLUMNS)
     # Materialised first: rowid (file order) exists only on a table.
     con.execute(
         f"CREATE TABLE customers_raw AS SELECT {columns} "
@@ -252,122 +222,6 @@ def _load_customers(con: duckdb.DuckDBPyConnection, path: Path) -> None:
 def _scalar(con: duckdb.DuckDBPyConnection, sql: str) -> int:
     row = con.execute(sql).fetchone()
     return int(row[0]) if row and row[0] is not None else 0
-
-
-# -- Phase 3: check every row --------------------------------------------------------------
-def _row_checks() -> list[tuple[str, str, str | None]]:
-    """(check name, SQL condition that fails the row, column whose value the reason shows).
-
-    Evaluated in order; a row gets the first check it fails. The typed helper columns
-    (``ts_``, ``amount_``, ...) are computed in `_check_rows`.
-    """
-    checks: list[tuple[str, str, str | None]] = [
-        (f"missing {c}", f"nullif(trim({_ident(c)}), '') IS NULL", None) for c in RAW_COLUMNS
-    ]
-    checks += [
-        ("malformed timestamp", "ts_ IS NULL", "timestamp"),
-        ("malformed amount", "amount_ IS NULL", "amount"),
-        ("non-finite amount", "NOT isfinite(amount_)", "amount"),
-        ("non-positive amount", "amount_ <= 0", "amount"),
-        ("unknown currency", "rate_ IS NULL", "currency"),
-        ("unknown channel", f"channel NOT IN {_in_list(CHANNELS)}", "channel"),
-        (
-            "unknown merchant_category",
-            f"merchant_category NOT IN {_in_list(MERCHANT_CATEGORIES)}",
-            "merchant_category",
-        ),
-    ]
-    for column, bound in (("latitude", 90), ("longitude", 180)):
-        checks += [
-            (f"malformed {column}", f"{column}_ IS NULL OR NOT isfinite({column}_)", column),
-            (f"{column} out of range", f"abs({column}_) > {bound}", column),
-        ]
-    checks.append((f"malformed {LABEL}", f"{_ident(LABEL)} NOT IN ('0', '1')", LABEL))
-    return checks
-
-
-def _check_rows(con: duckdb.DuckDBPyConnection) -> None:
-    """Table `checked`: every raw row with typed helper columns, `check` and `reason`.
-
-    `check` is NULL for a clean row. Duplicates are decided among rows that pass every other
-    check: the first by (file, line) is kept, so a later corrected re-send of a rejected
-    row is not lost.
-    """
-    checks = _row_checks()
-    check_case = " ".join(f"WHEN {cond} THEN {_lit(name)}" for name, cond, _ in checks)
-    # Keyed on the check already found, so only rejected rows pay for building the text.
-    reason_case = " ".join(
-        f"WHEN {_lit(name)} THEN {_lit(name)} || ' ' || {_quoted_value(col)}"
-        for name, _, col in checks
-        if col
-    )
-    rates = ", ".join(f"({_lit(cur)}, {rate!r})" for cur, rate in EUR_RATES.items())
-    con.execute(
-        f"""
-        CREATE TABLE checked AS
-        WITH typed AS (
-            SELECT r.*,
-                   try_strptime(r."timestamp", {_lit(TIMESTAMP_FORMAT)}) AS ts_,
-                   TRY_CAST(r.amount AS DOUBLE) AS amount_,
-                   TRY_CAST(r.latitude AS DOUBLE) AS latitude_,
-                   TRY_CAST(r.longitude AS DOUBLE) AS longitude_,
-                   rates.rate AS rate_
-            FROM raw r LEFT JOIN (VALUES {rates}) AS rates(currency, rate) USING (currency)
-        ), first_pass AS (
-            SELECT *, CASE {check_case} END AS check_,
-                   {{'file': source_file, 'line': source_line}} AS position_
-            FROM typed
-        ), duplicated AS (
-            SELECT transaction_id, min(position_) AS first_position
-            FROM first_pass WHERE check_ IS NULL
-            GROUP BY transaction_id HAVING count(*) > 1
-        )
-        SELECT p.* EXCLUDE (check_, position_),
-               CASE WHEN p.position_ > d.first_position THEN {_lit(_DUPLICATE)}
-                    ELSE p.check_ END AS "check",
-               CASE WHEN p.position_ > d.first_position
-                    THEN {_lit(_DUPLICATE)} || ' (first seen in ' || d.first_position.file
-                         || ' line ' || d.first_position.line || ')'
-                    WHEN p.check_ IS NOT NULL
-                    THEN CASE p.check_ {reason_case} ELSE p.check_ END
-               END AS reason
-        FROM first_pass p
-        LEFT JOIN duplicated d ON p.check_ IS NULL AND p.transaction_id = d.transaction_id
-        """
-    )
-    con.execute("DROP TABLE raw")  # free memory early: everything lives on in `checked`
-
-
-def _build_clean_and_quarantine(con: duckdb.DuckDBPyConnection) -> None:
-    """Tables `clean_transactions` (typed, + amount_eur) and `quarantine` (text + reason)."""
-    con.execute(
-        f"""
-        CREATE TABLE clean_transactions AS
-        SELECT transaction_id, ts_ AS "timestamp", customer_id, merchant_id, merchant_category,
-               amount_ AS amount, currency, channel, device_id,
-               latitude_ AS latitude, longitude_ AS longitude,
-               CAST({_ident(LABEL)} AS BIGINT) AS {_ident(LABEL)},
-               amount_ * rate_ AS amount_eur
-        FROM checked WHERE "check" IS NULL
-        ORDER BY "timestamp", transaction_id
-        """
-    )
-    raw_columns = ", ".join(_ident(c) for c in RAW_COLUMNS)
-    null_columns = ", ".join(f"CAST(NULL AS VARCHAR) AS {_ident(c)}" for c in RAW_COLUMNS)
-    con.execute(
-        f"""
-        CREATE TABLE quarantine AS
-        SELECT {raw_columns}, source_file, source_line, "check", reason
-        FROM checked WHERE "check" IS NOT NULL
-        UNION ALL
-        SELECT {null_columns}, source_file, source_line, {_lit(_MALFORMED_LINE)} AS "check",
-               {_lit(_MALFORMED_LINE)} || ' (' || replace(error_type, '_', ' ') || '): '''
-                 || left(csv_line, 120) || '''' AS reason
-        FROM raw_rejects
-        ORDER BY source_file, source_line
-        """
-    )
-    con.execute("DROP TABLE checked")
 
 
 # -- Phase 5: time split -------------------------------------------------------------------
@@ -421,15 +275,15 @@ def _connect(etl: EtlParams, spill_dir: Path) -> duckdb.DuckDBPyConnection:
     # In-memory, but not memory-bound: beyond memory_limit DuckDB evicts table blocks and
     # operator state to temp_directory (twice as fast as a database file here).
     con = duckdb.connect(":memory:")
-    con.execute(f"SET memory_limit = {_lit(etl.memory_limit)}")
+    con.execute(f"SET memory_limit = {lit(etl.memory_limit)}")
     con.execute(f"SET threads = {int(etl.threads)}")
-    con.execute(f"SET temp_directory = {_lit(str(spill_dir))}")
+    con.execute(f"SET temp_directory = {lit(str(spill_dir))}")
     con.execute("SET preserve_insertion_order = true")
     return con
 
 
 def _copy_parquet(con: duckdb.DuckDBPyConnection, query: str, path: Path) -> None:
-    con.execute(f"COPY ({query}) TO {_lit(str(path))} (FORMAT parquet, COMPRESSION zstd)")
+    con.execute(f"COPY ({query}) TO {lit(str(path))} (FORMAT parquet, COMPRESSION zstd)")
 
 
 def _reason_counts(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
@@ -441,7 +295,7 @@ def _reason_counts(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
 
 def _split_stats(con: duckdb.DuckDBPyConnection) -> tuple[dict[str, int], dict[str, float]]:
     rows = con.execute(
-        f"SELECT split, count(*), avg({_ident(LABEL)}) FROM features GROUP BY ALL"
+        f"SELECT split, count(*), avg({ident(LABEL)}) FROM features GROUP BY ALL"
     ).fetchall()
     found = {str(s): (int(n), float(rate)) for s, n, rate in rows}
     counts = {s: found.get(s, (0, 0.0))[0] for s in SPLITS}
@@ -506,8 +360,8 @@ def _clean(con: duckdb.DuckDBPyConnection, raw_dir: Path, drops: list[Path]) -> 
         con, "SELECT count(*) FROM raw_rejects"
     )
     logger.info("etl: read %d row(s)", rows_in)
-    _check_rows(con)
-    _build_clean_and_quarantine(con)
+    check_rows(con)
+    build_clean_and_quarantine(con)
     clean = _scalar(con, "SELECT count(*) FROM clean_transactions")
     quarantined = _scalar(con, "SELECT count(*) FROM quarantine")
     if clean + quarantined != rows_in:  # an invariant, never expected to trip
@@ -543,7 +397,7 @@ def _write_outputs(
         "transactions": "FROM clean_transactions",
         "customers": "FROM customers",
         **{
-            s: f"SELECT * EXCLUDE (split) FROM features WHERE split = {_lit(s)} "
+            s: f"SELECT * EXCLUDE (split) FROM features WHERE split = {lit(s)} "
             'ORDER BY "timestamp", transaction_id'
             for s in SPLITS
         },
