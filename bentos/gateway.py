@@ -15,6 +15,7 @@ from bentos.images import cpu_image
 from bentos.model import Model
 from bentos.telemetry import service_tracing, start_telemetry
 from hearth.serving import graph
+from hearth.serving.bentoml_internals import remote_runner_mapping
 from hearth.serving.http import HttpPolicy, create_app
 
 app = create_app(
@@ -34,9 +35,7 @@ def _address(dependency: Any) -> str:
     """
     if dependency.url:
         return str(dependency.url)
-    from bentoml._internal.configuration.containers import BentoMLContainer
-
-    mapping: dict[str, str] = BentoMLContainer.remote_runner_mapping.get()
+    mapping = remote_runner_mapping()
     name = dependency.on.name
     if name not in mapping:
         raise RuntimeError(

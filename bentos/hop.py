@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, TypeVar
 
 from hearth.config import Settings
+from hearth.serving.bentoml_internals import tracer_provider
 from hearth.serving.internal import internal_first
 
 S = TypeVar("S")
@@ -33,8 +34,4 @@ def serve_internal_first(service: S, internal: Any) -> S:
 
 def _tracer_provider() -> Any:
     """BentoML's tracer provider when spans are exported (HEARTH_OTLP_ENDPOINT), else None."""
-    if not Settings().otlp_endpoint:
-        return None
-    from bentoml._internal.configuration.containers import BentoMLContainer
-
-    return BentoMLContainer.tracer_provider.get()
+    return tracer_provider() if Settings().otlp_endpoint else None

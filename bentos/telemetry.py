@@ -7,6 +7,7 @@ from typing import Any
 from hearth.config import Settings
 from hearth.observability.logging import configure_logging
 from hearth.observability.tracing import bentoml_tracing_config, configure_tracing
+from hearth.serving.bentoml_internals import tracer_provider
 
 
 def service_tracing() -> dict[str, Any]:
@@ -19,6 +20,4 @@ def start_telemetry(settings: Settings, service_name: str) -> None:
     BentoML's own tracer provider, so its request spans and Hearth's share one exporter."""
     configure_logging(settings)
     if settings.otlp_endpoint:
-        from bentoml._internal.configuration.containers import BentoMLContainer
-
-        configure_tracing(settings, service_name, BentoMLContainer.tracer_provider.get())
+        configure_tracing(settings, service_name, tracer_provider())

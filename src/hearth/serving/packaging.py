@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from hearth.config import Settings
+from hearth.serving.bentoml_internals import bento_env
 from hearth.serving.faults import FAULT_METADATA, FAULT_TAG, Fault
 from hearth.serving.routing import CHALLENGER, CHAMPION
 from hearth.serving.state import STATE_FILE, ModelRecord, ServingState
@@ -229,7 +230,6 @@ def build_bentos(
     Model-serving bentos carry the imported models and their lineage in labels.
     """
     import bentoml
-    from bentoml._internal.bento.build_config import BentoEnvSchema
 
     champion = next(m for m in imported if m.alias == CHAMPION)
     built: dict[str, str] = {}
@@ -249,7 +249,7 @@ def build_bentos(
             include=BENTO_INCLUDE,
             labels=labels,
             models=[m.tag for m in imported] if with_model else None,
-            envs=[BentoEnvSchema(name="PYTHONPATH", value=BENTO_PYTHONPATH)],
+            envs=[bento_env("PYTHONPATH", BENTO_PYTHONPATH)],
         )
         built[name] = str(bento.tag)
     return built

@@ -1,0 +1,46 @@
+"""Every use of BentoML's private API (`bentoml._internal`), in one place.
+
+Written against bentoml 1.4.40 (pinned in pyproject.toml). BentoML may move or change any of
+this in a release without notice: tests/unit/test_bentoml_internals.py imports each symbol
+and checks the attributes and signatures used here, so an upgrade that breaks one fails
+there, by name, not in a running service. Nothing else in Hearth imports `bentoml._internal`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bentoml._internal.bento.build_config import BentoEnvSchema
+    from opentelemetry.sdk.trace import TracerProvider
+
+WRITTEN_FOR = "1.4.40"  # the bentoml version these were checked against
+
+
+def bento_env(name: str, value: str) -> BentoEnvSchema:
+    """An environment variable baked into a bento: `bentoml.bentos.build(envs=[...])` takes
+    only BentoML's private `BentoEnvSchema`."""
+    # lazy: the CLI imports this module; bentoml loads only when a bento is built
+    from bentoml._internal.bento.build_config import BentoEnvSchema
+
+    return BentoEnvSchema(name=name, value=value)
+
+
+def tracer_provider() -> TracerProvider:
+    """BentoML's own OpenTelemetry tracer provider (its request spans go there), so that
+    Hearth's spans in a service share its exporter."""
+    # lazy: BentoML's DI container loads only in a service that exports spans
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    provider: TracerProvider = BentoMLContainer.tracer_provider.get()
+    return provider
+
+
+def remote_runner_mapping() -> dict[str, str]:
+    """Service name → address of each dependency that `bentoml serve` started for this
+    service: the mapping `bentoml.depends` reads (empty outside such a process)."""
+    # lazy: BentoML's DI container loads only when a gateway looks up an address
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    mapping: dict[str, str] = BentoMLContainer.remote_runner_mapping.get()
+    return mapping

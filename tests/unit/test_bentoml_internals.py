@@ -1,0 +1,105 @@
+"""BentoML's private API that Hearth uses (hearth.serving.bentoml_internals) is still there.
+
+BentoML moves `bentoml._internal` without notice. Each check names the private symbol and
+what of it Hearth uses, so an upgrade that breaks one fails here, by name, instead of in a
+bento build or a running gateway.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import sys
+from pathlib import Path
+from typing import Any
+
+import bentoml
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+
+from hearth.serving import bentoml_internals
+from hearth.serving.bentoml_internals import (
+    WRITTEN_FOR,
+    bento_env,
+    remote_runner_mapping,
+    tracer_provider,
+)
+
+VERSIONS = f"(written for bentoml {WRITTEN_FOR}, installed {bentoml.__version__})"
+CONTAINERS = "bentoml._internal.configuration.containers"
+
+
+def internal(module: str, name: str) -> Any:
+    """`module.name` from BentoML, or a failure that names what moved."""
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        pytest.fail(f"BentoML moved {module}.{name} {VERSIONS}: {e}")
+
+
+def test_the_pinned_bentoml_is_the_one_the_adapter_was_written_for() -> None:
+    pyproject = (Path(__file__).parents[2] / "pyproject.toml").read_text()
+    assert f'"bentoml=={WRITTEN_FOR}"' in pyproject, (
+        f"pyproject pins another bentoml than {WRITTEN_FOR}: check the private API in "
+        "hearth/serving/bentoml_internals.py against it, then update WRITTEN_FOR"
+    )
+
+
+def test_bento_env_schema_takes_a_name_and_a_value_and_build_takes_envs() -> None:
+    schema = internal("bentoml._internal.bento.build_config", "BentoEnvSchema")
+    params = inspect.signature(schema).parameters
+    assert {"name", "value"} <= set(params), (
+        f"BentoEnvSchema no longer takes name= and value= {VERSIONS}: {list(params)}"
+    )
+    env = bento_env("PYTHONPATH", "src")
+    assert isinstance(env, schema) and (env.name, env.value) == ("PYTHONPATH", "src")
+    assert "envs" in inspect.signature(bentoml.bentos.build).parameters, (
+        f"bentoml.bentos.build no longer takes envs= {VERSIONS}"
+    )
+
+
+def test_the_container_gives_bentomls_tracer_provider() -> None:
+    container = internal(CONTAINERS, "BentoMLContainer")
+    assert hasattr(container, "tracer_provider"), (
+        f"BentoMLContainer.tracer_provider is gone {VERSIONS}"
+    )
+    provider = tracer_provider()
+    # configure_tracing makes it the global provider; the hop's ASGI middleware traces into it.
+    assert isinstance(provider, TracerProvider), (
+        f"BentoMLContainer.tracer_provider.get() is a {type(provider)} {VERSIONS}"
+    )
+    assert provider is container.tracer_provider.get()  # one provider per process
+
+
+def test_the_runner_mapping_is_the_one_bentoml_depends_reads() -> None:
+    container = internal(CONTAINERS, "BentoMLContainer")
+    assert hasattr(container, "remote_runner_mapping"), (
+        f"BentoMLContainer.remote_runner_mapping is gone {VERSIONS}"
+    )
+    dependency = sys.modules[bentoml.depends.__module__].Dependency
+    read = inspect.signature(dependency.get).parameters.get("runner_mapping")
+    assert read is not None and read.default is container.remote_runner_mapping, (
+        f"bentoml.depends no longer resolves addresses from "
+        f"BentoMLContainer.remote_runner_mapping {VERSIONS}: bentos/gateway.py's _address "
+        "would not find the services `bentoml serve` started"
+    )
+    before = container.remote_runner_mapping.get()
+    container.remote_runner_mapping.set({"features": "http://127.0.0.1:3001"})
+    try:
+        assert remote_runner_mapping() == {"features": "http://127.0.0.1:3001"}
+    finally:
+        container.remote_runner_mapping.set(before)
+
+
+def test_nothing_else_imports_bentomls_private_api() -> None:
+    root = Path(__file__).parents[2]
+    adapter = Path(bentoml_internals.__file__).resolve()
+    users = [
+        str(path.relative_to(root))
+        for folder in ("src", "flows", "bentos", "benchmarks")
+        for path in sorted((root / folder).rglob("*.py"))
+        if "bentoml._internal" in path.read_text() and path.resolve() != adapter
+    ]
+    assert users == [], (
+        f"use hearth.serving.bentoml_internals instead of bentoml._internal in {users}"
+    )
