@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from hearth.config import Settings
@@ -11,25 +12,29 @@ from hearth.serving.internal import internal_first
 S = TypeVar("S")
 
 
-def serve_internal_first(service: S, internal: Any) -> S:
-    """Make `service` (a `@bentoml.service`) answer the internal routes with `internal`
-    ahead of its BentoML app, on the same port, wherever it runs (`bentoml serve`, a bento,
-    a container).
+def serve_internal_first(internal: Any) -> Callable[[S], S]:
+    """A decorator, above `@bentoml.service`: the service answers the internal routes with
+    `internal` ahead of its BentoML app, on the same port, wherever it runs (`bentoml
+    serve`, a bento, a container).
 
     BentoML builds a service's ASGI app in `Service.to_asgi` when a worker starts; the
     service becomes an instance of a subclass whose `to_asgi` puts `internal_first` around
     that app. (The class is slotted, so the method cannot be set on the instance.)
     """
-    base: Any = type(service)
 
-    class InternalFirst(base):  # type: ignore[misc,valid-type]
-        __slots__ = ()
+    def decorate(service: S) -> S:
+        base: Any = type(service)
 
-        def to_asgi(self, is_main: bool = True) -> Any:
-            return internal_first(super().to_asgi(is_main), internal, _tracer_provider())
+        class InternalFirst(base):
+            __slots__ = ()
 
-    service.__class__ = InternalFirst
-    return service
+            def to_asgi(self, is_main: bool = True) -> Any:
+                return internal_first(super().to_asgi(is_main), internal, _tracer_provider())
+
+        service.__class__ = InternalFirst
+        return service
+
+    return decorate
 
 
 def _tracer_provider() -> Any:

@@ -31,6 +31,8 @@ INLINE_MAX_ITEMS = 8
 CHALLENGER_SHED_S = 0.5
 
 
+# The gateway's hop answers ahead of BentoML's request stack (hearth.serving.internal).
+@serve_internal_first(internal)
 @bentoml.service(
     image=cuda_image(),
     resources={"gpu": 1},
@@ -92,7 +94,3 @@ class Model:
     @bentoml.api
     def ready(self) -> bool:
         return self.__is_ready__()
-
-
-# The gateway's hop answers ahead of BentoML's request stack (hearth.serving.internal).
-Model = serve_internal_first(Model, internal)

@@ -50,6 +50,7 @@ class Seen:
         await self.app(scope, receive, send)
 
 
+@serve_internal_first(INTERNAL)
 @bentoml.service
 class Toy:
     @bentoml.api
@@ -58,7 +59,6 @@ class Toy:
 
 
 Toy.add_asgi_middleware(Seen)
-Toy = serve_internal_first(Toy, INTERNAL)
 
 
 def test_a_bentoml_service_keeps_its_apis_and_answers_the_hop_first() -> None:
