@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CHAMPION, CHALLENGER = "champion", "challenger"
+CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
 MODEL_NAME_IN_RUN = "model"
 MODEL_URI_TAG = "hearth.model_uri"
 # What the served model needs and nothing more: MLflow's inference of requirements is slow

@@ -1,4 +1,4 @@
-"""The rollout StateStore contract on a real Redis server, plus a Router over it.
+"""The rollout StateStore contract on a real Redis server, plus a Follower over it.
 
 A throwaway, non-persistent `redis-server` runs on a free loopback port for this module; the
 checks are the ones tests/unit/test_rollout_state.py runs on SQLite.
@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from hearth.config import RolloutParams, Settings
-from hearth.traffic.assignment import CHALLENGER, CHAMPION
+from hearth.traffic.assignment import CHALLENGER, CHAMPION, Route
 from hearth.traffic.follower import Follower
 from hearth.traffic.rollout_state import StateStore, StateUnavailable, new_rollout
 from hearth.traffic.state_redis import REDIS_PREFIX, RedisStateStore
@@ -58,6 +58,7 @@ def test_keys_live_under_the_rollout_prefix(store: RedisStateStore, redis_url: s
     keys = {k.decode() for k in redis.Redis.from_url(redis_url).keys("*")}
     assert keys - {"someone-else:key"} == {
         REDIS_PREFIX + "state",
+        REDIS_PREFIX + "champion",
         REDIS_PREFIX + "revision",
         REDIS_PREFIX + "history",
     }
@@ -68,13 +69,13 @@ def test_two_store_objects_share_the_state_and_a_router_follows(
 ) -> None:
     other = RedisStateStore(redis_url)
     router = Follower(other, refresh_interval=0.1)
-    assert router.route("c1").variant == CHAMPION
+    assert router.route("c1") == Route(CHAMPION, None)
     store.start(new_rollout("1", "2", RolloutParams()).with_percent(100), "admin")
     time.sleep(0.15)
     assert router.route("c1").variant == CHALLENGER
     store.update(lambda s: s.ended("rolled_back"), "admin", "rollback")
     time.sleep(0.15)
-    assert router.route("c1").variant == CHAMPION
+    assert router.route("c1") == Route(CHAMPION, "1")
     other.close()
 
 

@@ -40,7 +40,7 @@ NAME = PARAMS.registry.model_name
 
 @pytest.fixture
 def versions(settings: Settings, tmp_path: Path) -> list[str]:
-    """Three registered versions (sources only), v1 the champion."""
+    """Three registered versions (sources only), v1 the champion (in the state too)."""
     registry.configure(settings)
     client = MlflowClient()
     client.create_registered_model(NAME)
@@ -50,6 +50,7 @@ def versions(settings: Settings, tmp_path: Path) -> list[str]:
         source.mkdir()
         made.append(str(client.create_model_version(NAME, source=str(source)).version))
     client.set_registered_model_alias(NAME, "champion", made[0])
+    control.promotion.repair(settings, PARAMS)  # the state adopts v1, as `hearth serve` does
     return made
 
 

@@ -157,9 +157,12 @@ def test_crash_between_the_two_promotion_writes_is_repaired(
     crash_on_call(monkeypatch, "set_registered_model_alias", call=2)
     with pytest.raises(Crash):
         promote(settings, PARAMS, store=store)
-    # Half done: previous is written, champion is not; still serving v1, rollout running.
+    # The state is written first: the rollout ended as promoted and v2 serves. The aliases
+    # are half done: previous is written, champion is not.
+    served = store.served()
+    assert served.champion_version == "2" and served.rollout.status == "promoted"  # type: ignore[union-attr]
     assert aliases(NAME) == {"champion": "1", "previous": "1", "challenger": "2"}
-    assert store.intent() is not None and store.current().running  # type: ignore[union-attr]
+    assert store.intent() is not None
 
     monkeypatch.undo()
     change = repair(settings, PARAMS, store)
@@ -231,15 +234,71 @@ def test_a_promotion_whose_version_vanished_is_undone(
     with pytest.raises(Crash):
         promote(settings, PARAMS, "3", store=store)
     monkeypatch.undo()
+    assert store.served().champion_version == "3"  # the state was written first
     MlflowClient().delete_model_version(NAME, "3")
     change = repair(settings, PARAMS, store)
     assert change is not None and change.action == "repair: undid promote"
     assert aliases(NAME) == {"champion": "1", "challenger": "2"}
+    assert store.served().champion_version == "1"  # serving the version that still exists
     assert store.intent() is None
 
 
 def test_repair_module_uses_no_intent_when_none_was_left(
     settings: Settings, store: SQLiteStateStore, versions: list[str]
 ) -> None:
+    assert repair(settings, PARAMS, store).action == "adopt"  # type: ignore[union-attr]
     assert repair(settings, PARAMS, store) is None
     assert promotion.check_version(NAME, 2) == "2"
+
+
+# -- the state is the authority ---------------------------------------------------------------
+def test_the_first_command_adopts_the_registry_champion(
+    settings: Settings, store: SQLiteStateStore, versions: list[str]
+) -> None:
+    assert store.served().champion_version is None
+    change = repair(settings, PARAMS, store)
+    assert change is not None and change.action == "adopt"
+    assert change.before == change.after == {"champion": "1", "challenger": "2"}
+    assert store.served().champion_version == "1"
+    assert store.history()[-1].action == "adopt"
+    assert repair(settings, PARAMS, store) is None  # adopted once
+
+
+def test_nothing_is_adopted_before_a_champion_is_registered(
+    settings: Settings, store: SQLiteStateStore, versions: list[str]
+) -> None:
+    MlflowClient().delete_registered_model_alias(NAME, "champion")
+    assert repair(settings, PARAMS, store) is None
+    assert store.served().champion_version is None
+
+
+def test_aliases_that_disagree_with_the_state_follow_the_state(
+    settings: Settings,
+    store: SQLiteStateStore,
+    versions: list[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    repair(settings, PARAMS, store)  # adopts v1
+    MlflowClient().set_registered_model_alias(NAME, "champion", "3")  # by hand, behind our back
+    change = repair(settings, PARAMS, store)
+    assert change is not None and change.action == "reconcile"
+    assert aliases(NAME) == {"champion": "1", "challenger": "2"}
+    assert store.served().champion_version == "1"
+    assert "disagree with the rollout state" in caplog.text
+
+
+def test_promotion_and_rollback_move_the_states_champion(
+    settings: Settings, store: SQLiteStateStore, versions: list[str]
+) -> None:
+    start_rollout(settings, PARAMS, store=store)
+    with pytest.raises(RolloutConflict, match="running"):
+        promote(settings, PARAMS, "3", store=store)  # another version while v2 rolls out
+    promote(settings, PARAMS, store=store)
+    assert store.served().champion_version == "2"
+    rollback(settings, PARAMS, store=store)  # after the promotion: previous again
+    assert store.served().champion_version == "1" and aliases(NAME)["champion"] == "1"
+    promote(settings, PARAMS, "3", store=store)  # no rollout running: a direct promotion
+    served = store.served()
+    assert (served.champion_version, served.running) == ("3", None)
+    assert aliases(NAME) == {"champion": "3", "previous": "1"}
+    assert store.history()[-1].changes == {"champion_version": ("1", "3")}

@@ -1,4 +1,4 @@
-"""Rollout state: the models, and the StateStore contract on SQLite.
+"""Rollout state: the models, and the StateStore contract (champion included) on SQLite.
 
 The `check_*` functions take any `StateStore`; tests/integration/test_rollout_state_redis.py
 runs the same checks against a real Redis server.
@@ -22,6 +22,7 @@ from hearth.traffic.rollout_state import (
     PromotionIntent,
     RolloutConflict,
     RolloutState,
+    Served,
     StateStore,
     StateUnavailable,
     new_rollout,
@@ -200,11 +201,66 @@ def check_intent_round_trip(store: StateStore) -> None:
     assert store.intent() is None
 
 
+def check_champion_compare_and_set(store: StateStore) -> None:
+    assert store.served() == Served()  # nothing serves before the first champion
+    adopted = store.set_champion("1", "reconcile", "adopt", "registry champion", expected=None)
+    assert adopted == Served(champion_version="1", revision=1) == store.served()
+
+    before = (store.served(), store.history())
+    with pytest.raises(RolloutConflict, match="champion is v1, not none"):
+        store.set_champion("1", "reconcile", "adopt", expected=None)
+    with pytest.raises(RolloutConflict, match="champion is v1, not v2"):
+        store.set_champion("3", "admin", "rollback", expected="2")
+    with pytest.raises(InvalidRollout, match="empty"):
+        store.set_champion("", "admin", "rollback")
+    assert store.set_champion("1", "admin", "promote") == before[0]  # already: no write
+    assert (store.served(), store.history()) == before
+
+    rolled = store.set_champion("2", "admin", "rollback", "v1 is bad", expected="1")
+    assert rolled == Served(champion_version="2", revision=2) == store.served()
+    event = store.history()[-1]
+    assert (event.rollout_id, event.actor, event.action, event.reason) == (
+        "",
+        "admin",
+        "rollback",
+        "v1 is bad",
+    )
+    assert event.changes == {"champion_version": ("1", "2")}
+
+    with pytest.raises(RolloutConflict, match="v2 is the champion"):
+        store.start(rollout(), "alice")  # compares v2 with v1, but v2 serves
+    started = store.start(new_rollout("2", "3", PARAMS), "alice")
+    with pytest.raises(RolloutConflict, match="running"):
+        store.set_champion("3", "admin", "promote")
+    served = store.served()
+    assert (served.running, served.champion_version, served.revision) == (started, "2", 3)
+    assert served.versions() == {"champion": "2", "challenger": "3"}
+
+
+def check_promotion_ends_the_rollout_and_moves_the_champion_in_one_write(
+    store: StateStore,
+) -> None:
+    started = store.start(rollout(), "alice")  # no champion yet: the rollout's is adopted
+    assert store.served() == Served(champion_version="1", rollout=started, revision=1)
+    store.update(lambda s: s.ended("promoted"), "flow", "promote", "all checks passed")
+    served = store.served()
+    assert served.rollout is not None and served.rollout.status == "promoted"
+    assert (served.champion_version, served.revision, served.rollout.revision) == ("2", 2, 2)
+    assert served.running is None and served.versions() == {"champion": "2"}
+
+    store.start(new_rollout("2", "3", PARAMS), "alice")
+    store.update(lambda s: s.ended("rolled_back"), "flow", "rollback", "errors")
+    assert store.served().champion_version == "2"  # a rollback keeps the champion
+    assert store.served().versions() == {"champion": "2"}
+
+
 CHECKS = [
     check_start_update_history,
     check_refusals_change_nothing,
     check_concurrent_updates_lose_nothing,
     check_intent_round_trip,
+    check_champion_compare_and_set,
+    check_promotion_ends_the_rollout_and_moves_the_champion_in_one_write,
 ]
 
 
@@ -232,7 +288,8 @@ def test_sqlite_is_shared_between_store_objects_and_survives_reopening(tmp_path:
     reopened = SQLiteStateStore(path)
     assert reopened.current() is not None and reopened.current().challenger_percent == 25  # type: ignore[union-attr]
     assert reopened.history()[-1].actor == "b"
-    mode = reopened._conn.execute("PRAGMA journal_mode").fetchone()[0]  # type: ignore[union-attr]
+    with reopened._file.read() as conn:
+        mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
     assert mode == "wal"
     reopened.close()
 

@@ -22,7 +22,7 @@ from hearth.traffic.assignment import (
     route_for,
 )
 from hearth.traffic.follower import Follower
-from hearth.traffic.rollout_state import RolloutState, StateUnavailable, new_rollout
+from hearth.traffic.rollout_state import RolloutState, Served, StateUnavailable, new_rollout
 from hearth.traffic.state_sqlite import SQLiteStateStore
 
 salts = st.text(min_size=1, max_size=24)
@@ -103,15 +103,21 @@ def _state(**changes: object) -> RolloutState:
     return new_rollout("1", "2", RolloutParams()).evolve(**changes)
 
 
-def test_no_rollout_or_an_ended_one_sends_everything_to_the_champion() -> None:
+def test_no_rollout_or_an_ended_one_sends_everything_to_the_champions_version() -> None:
     ended = _state().ended("rolled_back")
-    for state in (None, ended, _state(status="promoted", challenger_percent=0.0)):
-        assert {route_for(state, c) for c in IDS[:500]} == {Route(CHAMPION, None)}
+    promoted = _state(status="promoted", challenger_percent=0.0)
+    for rollout, champion in ((None, "1"), (ended, "1"), (promoted, "2")):
+        served = Served(champion_version=champion, rollout=rollout, revision=3)
+        assert {route_for(served, c) for c in IDS[:500]} == {Route(CHAMPION, champion)}
+
+
+def test_before_the_first_champion_no_version_is_named() -> None:
+    assert route_for(Served(), "c1") == Route(CHAMPION, None)
 
 
 def test_canary_routes_name_the_version_and_rollout() -> None:
     state = _state(challenger_percent=50.0)
-    routes = {route_for(state, c) for c in IDS[:200]}
+    routes = {route_for(Served(champion_version="1", rollout=state), c) for c in IDS[:200]}
     assert routes == {
         Route(CHAMPION, "1", None, state.rollout_id),
         Route(CHALLENGER, "2", None, state.rollout_id),
@@ -121,10 +127,13 @@ def test_canary_routes_name_the_version_and_rollout() -> None:
 def test_shadow_answers_with_the_champion_and_copies_to_the_challenger() -> None:
     state = new_rollout("1", "2", RolloutParams(), mode="shadow")
     assert state.challenger_percent == 0
-    assert {route_for(state, c) for c in IDS[:200]} == {Route(CHAMPION, "1", "2", state.rollout_id)}
+    served = Served(champion_version="1", rollout=state)
+    assert {route_for(served, c) for c in IDS[:200]} == {
+        Route(CHAMPION, "1", "2", state.rollout_id)
+    }
 
 
-# -- the Router over a store ---------------------------------------------------------------
+# -- the Follower over a store ---------------------------------------------------------------
 class Clock:
     def __init__(self) -> None:
         self.now = 0.0
@@ -143,18 +152,34 @@ def store(tmp_path: Path) -> Iterator[SQLiteStateStore]:
 def test_router_sees_a_rollback_within_the_refresh_interval(store: SQLiteStateStore) -> None:
     clock = Clock()
     router = Follower(store, refresh_interval=0.5, clock=clock)
-    assert router.route("c1") == Route(CHAMPION, None)
+    assert router.route("c1") == Route(CHAMPION, None)  # no champion adopted yet
+
+    store.set_champion("1", "test", "adopt")
+    clock.now = 0.5
+    assert router.route("c1") == Route(CHAMPION, "1")
 
     started = store.start(new_rollout("1", "2", RolloutParams()).with_percent(100), "test")
+    clock.now = 0.9
     assert router.route("c1").variant == CHAMPION  # the snapshot is younger than 0.5 s
-    clock.now = 0.5
+    clock.now = 1.0
     assert router.route("c1") == Route(CHALLENGER, "2", None, started.rollout_id)
 
     store.update(lambda s: s.ended("rolled_back"), "test", "rollback")
-    clock.now = 0.9
+    clock.now = 1.4
     assert router.route("c1").variant == CHALLENGER
-    clock.now = 1.0
-    assert router.route("c1") == Route(CHAMPION, None)
+    clock.now = 1.5
+    assert router.route("c1") == Route(CHAMPION, "1")
+
+
+def test_router_follows_a_promotion_to_the_new_champion(store: SQLiteStateStore) -> None:
+    clock = Clock()
+    router = Follower(store, refresh_interval=0.5, clock=clock)
+    store.start(new_rollout("1", "2", RolloutParams()).with_percent(0), "test")
+    assert router.route("c1") == Route(CHAMPION, "1", None, router.served().rollout.rollout_id)  # type: ignore[union-attr]
+    store.update(lambda s: s.ended("promoted"), "test", "promote")
+    clock.now = 0.5
+    assert router.route("c1") == Route(CHAMPION, "2")
+    assert router.served().versions() == {"champion": "2"}
 
 
 def test_router_keeps_its_snapshot_when_the_store_fails(store: SQLiteStateStore) -> None:
@@ -163,10 +188,10 @@ def test_router_keeps_its_snapshot_when_the_store_fails(store: SQLiteStateStore)
     router = Follower(store, refresh_interval=0.2, clock=clock)
     assert router.route("c1").variant == CHALLENGER
 
-    def broken() -> RolloutState | None:
+    def broken() -> Served:
         raise StateUnavailable("down")
 
-    store.current = broken  # type: ignore[method-assign]
+    store.served = broken  # type: ignore[method-assign]
     clock.now = 5.0
     assert router.route("c1").variant == CHALLENGER
 
@@ -181,14 +206,14 @@ def test_router_is_thread_safe_and_reads_the_store_once_per_interval(
 ) -> None:
     store.start(new_rollout("1", "2", RolloutParams()).with_percent(30), "test")
     reads = 0
-    real = store.current
+    real = store.served
 
-    def counting() -> RolloutState | None:
+    def counting() -> Served:
         nonlocal reads
         reads += 1
         return real()
 
-    store.current = counting  # type: ignore[method-assign]
+    store.served = counting  # type: ignore[method-assign]
     clock = Clock()
     router = Follower(store, refresh_interval=1.0, clock=clock)
     results: list[str] = []

@@ -155,7 +155,7 @@ def start(
                 "promote it or roll it back first"
             )
         version = promotion.check_version(name, challenger_version)
-        champion = promotion.aliases(name).get(promotion.CHAMPION)
+        champion = st.served().champion_version
         if champion is None:
             raise UnknownVersion(f"{name} has no champion to compare v{version} with")
         # A dry run of the state: bad steps or challenger == champion fail here, before the

@@ -1,20 +1,26 @@
-"""Promotion and rollback in the MLflow registry, crash-safe, tied to the rollout state.
+"""Promotion and rollback: the rollout state first, then the MLflow aliases, crash-safe.
 
-MLflow stays the source of truth for versions: ``champion`` serves, ``challenger`` is the
-candidate, ``previous`` is the champion before the last promotion (what a rollback
-restores). A promotion or rollback is several writes (aliases in MLflow, the rollout's end
-in the `StateStore`), and a crash can stop it half way. So each one first records a
-`PromotionIntent` in the state store, then makes its writes (each idempotent), then clears
-the intent. `repair` — run at the start of every rollout command — finds a leftover intent
-and finishes it, or undoes it when a version it names has disappeared.
+The rollout state store is the authority for what serves (`Served`: the champion and the
+running rollout); the MLflow aliases are the registry's record of it: ``champion`` serves,
+``challenger`` is the candidate, ``previous`` is the champion before the last promotion (what
+a rollback restores). A promotion or rollback is several writes (the state, then aliases),
+and a crash can stop it half way. So each one first records a `PromotionIntent` in the state
+store, then makes its writes (each idempotent), then clears the intent. `repair` — run at
+the start of every rollout command, and by `hearth serve`/`build`/`up` — finishes a leftover
+intent (or undoes it when a version it names has disappeared), adopts the registry's
+champion into a state that has none yet, and otherwise makes the aliases follow the state.
 
-Order of writes, chosen so that a crash between them never serves the wrong model:
+Order of writes — the state first, so serving follows at the first write:
 
-- promote: ``previous`` ← old champion, ``champion`` ← challenger, drop ``challenger``, then
-  end the rollout as promoted (the serving champion changes at the second write);
-- rollback during a rollout: end the rollout first (every replica routes to the champion
+- promote a running rollout: end it as promoted (the state's champion becomes the
+  challenger in the same write), then ``previous`` ← old champion, ``champion`` ← new,
+  drop ``challenger``;
+- promote with no rollout running: set the state's champion (compare-and-set), then the
+  aliases as above;
+- rollback during a rollout: end it as rolled back (every replica routes to the champion
   within a second), then drop ``challenger``;
-- rollback after a promotion: ``champion`` ← ``previous`` first, then drop ``previous``.
+- rollback after a promotion: the state's champion ← ``previous`` (compare-and-set), then
+  ``champion`` ← ``previous``, drop ``previous``.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from mlflow.tracking import MlflowClient
 
 from hearth import registry
 from hearth.config import Params, Settings
+from hearth.registry import CHALLENGER, CHAMPION, PREVIOUS
 from hearth.traffic.rollout_state import (
     InvalidRollout,
     Mode,
@@ -47,7 +54,6 @@ from hearth.traffic.stores import open_state_store
 
 log = logging.getLogger(__name__)
 
-CHAMPION, CHALLENGER, PREVIOUS = registry.CHAMPION, registry.CHALLENGER, "previous"
 ALIASES = (CHAMPION, CHALLENGER, PREVIOUS)
 
 
@@ -123,14 +129,20 @@ def _end_rollout(store: StateStore, intent: PromotionIntent) -> None:
         )
 
 
+def _set_champion(store: StateStore, intent: PromotionIntent) -> None:
+    champion = intent.champion
+    if champion is None or store.served().champion_version == champion:
+        return  # nothing to set, or an earlier attempt set it
+    store.set_champion(
+        champion, intent.actor, intent.action, intent.reason, expected=intent.expected_champion
+    )
+
+
 def _apply(store: StateStore, intent: PromotionIntent) -> None:
-    """Make every write of `intent` (each idempotent), then clear it."""
-    if intent.action == "rollback":
-        _end_rollout(store, intent)  # traffic first: the reason a rollback is urgent
-        _set_aliases(intent.model_name, intent.after)
-    else:
-        _set_aliases(intent.model_name, intent.after)
-        _end_rollout(store, intent)
+    """Make every write of `intent` (each idempotent): the state, the aliases; then clear it."""
+    _end_rollout(store, intent)
+    _set_champion(store, intent)
+    _set_aliases(intent.model_name, intent.after)
     store.set_intent(None)
 
 
@@ -161,32 +173,76 @@ def _opened(settings: Settings, store: StateStore | None) -> Iterator[StateStore
 def repair(
     settings: Settings, params: Params | None = None, store: StateStore | None = None
 ) -> AliasChange | None:
-    """Finish (or undo) a promotion or rollback that a crash interrupted; None if none was.
+    """Bring the state and the registry's aliases into agreement; None if they already were.
 
-    Finishing is preferred: every write is idempotent, and the intent was recorded only after
-    its checks passed. It is undone only if a version it would set no longer exists.
+    A promotion or rollback that a crash interrupted is finished (preferred: every write is
+    idempotent, and the intent was recorded only after its checks passed), or undone if a
+    version it would set no longer exists. With no intent pending (and `params` given): a
+    state without a champion adopts the registry's ``champion`` alias; aliases that disagree
+    with the state are set from it (the state wins; logged as a warning).
     """
-    del params  # accepted for a uniform command signature; the intent names the model
     with _opened(settings, store) as st:
         intent = st.intent()
-        if intent is None:
+        if intent is not None:
+            return _finish(st, intent)
+        if params is None:
             return None
-        before = aliases(intent.model_name)
-        targets = [v for v in intent.after.values() if v is not None]
-        if all(version_exists(intent.model_name, v) for v in targets):
-            _apply(st, intent)
-            action = f"repair: finished {intent.action}"
-        else:
-            restore = {
-                alias: v if v is not None and version_exists(intent.model_name, v) else None
-                for alias, v in intent.before.items()
-            }
-            _set_aliases(intent.model_name, restore)
-            st.set_intent(None)
-            action = f"repair: undid {intent.action}"
-        after = aliases(intent.model_name)
-        log.warning("%s interrupted at %s: %s → %s", intent.action, intent.at, before, after)
-        return AliasChange(action, before, after, f"{action} of {intent.at:%Y-%m-%d %H:%M:%S}")
+        return _align(st, params.registry.model_name)
+
+
+def _finish(st: StateStore, intent: PromotionIntent) -> AliasChange:
+    before = aliases(intent.model_name)
+    targets = [v for v in [*intent.after.values(), intent.champion] if v is not None]
+    if all(version_exists(intent.model_name, v) for v in targets):
+        _apply(st, intent)
+        action = f"repair: finished {intent.action}"
+    else:
+        restore = {
+            alias: v if v is not None and version_exists(intent.model_name, v) else None
+            for alias, v in intent.before.items()
+        }
+        _undo_champion(st, intent, restore.get(CHAMPION))
+        _set_aliases(intent.model_name, restore)
+        st.set_intent(None)
+        action = f"repair: undid {intent.action}"
+    after = aliases(intent.model_name)
+    log.warning("%s interrupted at %s: %s → %s", intent.action, intent.at, before, after)
+    return AliasChange(action, before, after, f"{action} of {intent.at:%Y-%m-%d %H:%M:%S}")
+
+
+def _undo_champion(st: StateStore, intent: PromotionIntent, restore: str | None) -> None:
+    """The state already names a version that has vanished: serve `restore` again."""
+    served = st.served()
+    champion = served.champion_version
+    if restore is None or served.running is not None or champion is None or champion == restore:
+        return
+    if not version_exists(intent.model_name, champion):
+        st.set_champion(restore, intent.actor, "repair", f"undid {intent.action}: v{champion} "
+                        "no longer exists", expected=champion)  # fmt: skip
+
+
+def _align(st: StateStore, name: str) -> AliasChange | None:
+    current = aliases(name)
+    served = st.served()
+    if served.champion_version is None:
+        if CHAMPION not in current:
+            return None  # nothing registered as champion yet: nothing serves
+        reason = f"adopted the registry's {CHAMPION} v{current[CHAMPION]}"
+        with contextlib.suppress(RolloutConflict):  # another process adopted it first
+            st.set_champion(current[CHAMPION], "hearth", "adopt", reason, expected=None)
+        log.info("%s into the rollout state", reason)
+        return AliasChange("adopt", current, current, reason)
+    champion = served.champion
+    if current.get(CHAMPION) == champion:
+        return None
+    # Only the champion: ``challenger`` may name a newer candidate registered meanwhile.
+    fix: dict[str, str | None] = {CHAMPION: champion}
+    if current.get(CHALLENGER) == champion:
+        fix[CHALLENGER] = None  # the state's champion is no longer a candidate
+    log.warning("registry aliases %s disagree with the rollout state: setting %s", current, fix)
+    _set_aliases(name, fix)
+    after = aliases(name)
+    return AliasChange("reconcile", current, after, "the aliases follow the rollout state")
 
 
 def start_rollout(
@@ -206,13 +262,14 @@ def start_rollout(
     with _opened(settings, store) as st:
         repair(settings, params, st)
         current = aliases(name)
-        if CHAMPION not in current:
+        champion = st.served().champion_version
+        if champion is None:
             raise UnknownVersion(f"{name} has no {CHAMPION} to compare a challenger with")
         version = challenger_version if challenger_version is not None else current.get(CHALLENGER)
         if version is None:
             raise InvalidRollout(f"name a challenger version: {name} has no {CHALLENGER} alias")
         version = check_version(name, version)
-        state = new_rollout(current[CHAMPION], version, params.rollout, mode=mode, steps=steps)
+        state = new_rollout(champion, version, params.rollout, mode=mode, steps=steps)
         started = st.start(
             state, actor, reason or f"v{version} against champion v{state.champion_version}"
         )
@@ -236,37 +293,44 @@ def promote(
     Default version: the running rollout's challenger, else the ``challenger`` alias. Drops
     the ``challenger`` alias when it points at the promoted version, and ends a running
     rollout of that version as promoted (with `reason`, `numbers`, `test` in its history).
+    RolloutConflict when another version's rollout is running (end it first).
     """
     name = params.registry.model_name
     with _opened(settings, store) as st:
         repair(settings, params, st)
         current = aliases(name)
-        rollout = st.current()
-        running = rollout if rollout is not None and rollout.running else None
+        served = st.served()
+        running, champion = served.running, served.champion_version
         version = challenger_version
         if version is None:
             version = running.challenger_version if running else current.get(CHALLENGER)
         if version is None:
             raise NoActiveRollout(f"nothing to promote: no running rollout and no {CHALLENGER}")
         version = check_version(name, version)
-        if current.get(CHAMPION) == version:
+        if champion == version:
             raise InvalidRollout(f"v{version} is already the {CHAMPION} of {name}")
+        if running is not None and running.challenger_version != version:
+            raise RolloutConflict(
+                f"rollout {running.rollout_id} of v{running.challenger_version} is running: "
+                f"promote or roll it back before promoting v{version}"
+            )
         after: dict[str, str | None] = {}
-        if CHAMPION in current:
-            after[PREVIOUS] = current[CHAMPION]
+        if champion is not None:
+            after[PREVIOUS] = champion
         after[CHAMPION] = version
         if current.get(CHALLENGER) == version:
             after[CHALLENGER] = None
-        ends = running if running and running.challenger_version == version else None
         intent = PromotionIntent(
             action="promote",
             model_name=name,
             before={alias: current.get(alias) for alias in ALIASES},
             after=after,
-            rollout_id=ends.rollout_id if ends else None,
-            rollout_status="promoted" if ends else None,
+            rollout_id=running.rollout_id if running else None,
+            rollout_status="promoted" if running else None,
+            champion=None if running else version,
+            expected_champion=None if running else champion,
             actor=actor,
-            reason=reason or f"v{version} promoted over v{current.get(CHAMPION)}",
+            reason=reason or f"v{version} promoted over v{champion}",
             test=test,
             numbers=numbers or {},
         )
@@ -288,7 +352,8 @@ def rollback(
     with _opened(settings, store) as st:
         repair(settings, params, st)
         current = aliases(name)
-        rollout = st.current()
+        served = st.served()
+        rollout = served.running
         before = {alias: current.get(alias) for alias in ALIASES}
         common = {
             "model_name": name,
@@ -297,7 +362,7 @@ def rollback(
             "test": test,
             "numbers": numbers or {},
         }
-        if rollout is not None and rollout.running:
+        if rollout is not None:
             after: dict[str, str | None] = {}
             if current.get(CHALLENGER) == rollout.challenger_version:
                 after[CHALLENGER] = None
@@ -310,10 +375,13 @@ def rollback(
                 **common,
             )
         elif PREVIOUS in current:
+            # After a promotion: the state's champion goes back to ``previous``.
             intent = PromotionIntent(
                 action="rollback",
                 after={CHAMPION: current[PREVIOUS], PREVIOUS: None},
-                reason=reason or f"v{current.get(CHAMPION)} rolled back to v{current[PREVIOUS]}",
+                champion=current[PREVIOUS],
+                expected_champion=served.champion_version,
+                reason=reason or f"v{served.champion_version} rolled back to v{current[PREVIOUS]}",
                 **common,
             )
         else:

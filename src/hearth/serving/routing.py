@@ -118,11 +118,12 @@ class RolloutRouter:
         self._file = _FileRevision(serving_state, router.refresh_interval)
 
     def route(self, txn: Transaction) -> Routed:
-        state = self.router.state()
-        if state is None or not state.running:
-            version = champion_version(state, self._file.get())
+        served = self.router.served()
+        state = served.running
+        if state is None:
+            version = champion_version(served.rollout, self._file.get())
             return Routed(CHAMPION, version, version) if version else CHAMPION_ROUTE
-        r = route_for(state, txn.customer_id, self.router.buckets)
+        r = route_for(served, txn.customer_id, self.router.buckets)
         return Routed(
             variant=r.variant,
             model_version=r.model_version,

@@ -16,7 +16,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Literal
 
-from hearth.traffic.rollout_state import RolloutState
+from hearth.traffic.rollout_state import Served
 
 CHAMPION: Literal["champion"] = "champion"
 CHALLENGER: Literal["challenger"] = "challenger"
@@ -57,10 +57,10 @@ def assign(
 class Route:
     """Where one request goes.
 
-    `variant` answers the request. `model_version` is the registry version behind it, or None
-    when no rollout runs (then the variant is the champion and the serving pool knows its
-    version). `shadow_version`, in shadow mode only, is the challenger that also scores a copy
-    of the request, whose answer is logged and never returned.
+    `variant` answers the request and `model_version` is the registry version behind it:
+    the champion's when no rollout runs (None only before the first champion is adopted).
+    `shadow_version`, in shadow mode only, is the challenger that also scores a copy of the
+    request, whose answer is logged and never returned.
     """
 
     variant: Variant
@@ -69,15 +69,11 @@ class Route:
     rollout_id: str | None = None
 
 
-CHAMPION_ONLY = Route(CHAMPION, None)
-
-
-def route_for(
-    state: RolloutState | None, customer_id: str, buckets: int = DEFAULT_BUCKETS
-) -> Route:
-    """The route of `customer_id` under `state` (pure: no store, no clock)."""
-    if state is None or not state.running:
-        return CHAMPION_ONLY
+def route_for(served: Served, customer_id: str, buckets: int = DEFAULT_BUCKETS) -> Route:
+    """The route of `customer_id` under `served` (pure: no store, no clock)."""
+    state = served.running
+    if state is None:
+        return Route(CHAMPION, served.champion_version)
     if state.mode == "shadow":
         return Route(CHAMPION, state.champion_version, state.challenger_version, state.rollout_id)
     variant = assign(state.salt, customer_id, state.challenger_percent, buckets)

@@ -1,8 +1,9 @@
-"""The snapshot of the shared rollout state that a serving process routes by.
+"""The snapshot of what serves that a serving process routes by and loads models for.
 
-`Follower` keeps a snapshot of the state and re-reads it at most every `refresh_interval`
-seconds (≤ 1 s): a rollback written by any process reaches every replica within that time,
-with no restart and no failed request.
+`Follower` keeps a snapshot of the shared state (`Served`: the champion and the latest
+rollout) and re-reads it at most every `refresh_interval` seconds (≤ 1 s): a promotion or a
+rollback written by any process reaches every replica within that time, with no restart and
+no failed request.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 from collections.abc import Callable
 
 from hearth.traffic.assignment import DEFAULT_BUCKETS, Route, route_for
-from hearth.traffic.rollout_state import RolloutState, StateStore, StateUnavailable
+from hearth.traffic.rollout_state import Served, StateStore, StateUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +22,7 @@ MAX_REFRESH_INTERVAL_S = 1.0
 
 
 class Follower:
-    """Routes requests by the shared rollout state, re-read at most every `refresh_interval`.
+    """Follows the shared state, re-read at most every `refresh_interval`, and routes by it.
 
     Safe to share between threads. Only one thread refreshes at a time; the others keep
     routing on the snapshot they have, so a slow store never queues requests. If the store
@@ -46,20 +47,20 @@ class Follower:
         self.buckets = buckets
         self._clock = clock
         self._lock = threading.Lock()
-        self._state: RolloutState | None = None
+        self._served = Served()  # nothing serves until the first read
         self._read_at: float | None = None  # None: never read successfully or attempted
 
-    def state(self) -> RolloutState | None:
+    def served(self) -> Served:
         """The snapshot in force, re-read first if it is older than `refresh_interval`."""
         if self._stale():
             # Only the very first read makes callers wait: before it there is no snapshot.
             self._refresh(blocking=self._read_at is None, force=False)
-        return self._state
+        return self._served
 
-    def refresh(self) -> RolloutState | None:
+    def refresh(self) -> Served:
         """Re-read the state now (tests, admin endpoints after a write)."""
         self._refresh(blocking=True, force=True)
-        return self._state
+        return self._served
 
     def _stale(self) -> bool:
         read_at = self._read_at
@@ -74,7 +75,7 @@ class Follower:
             # Stamp before reading: a write that lands during the read is seen next time.
             now = self._clock()
             try:
-                self._state = self.store.current()
+                self._served = self.store.served()
             except StateUnavailable as exc:
                 log.warning("rollout state unreadable, keeping the last snapshot: %s", exc)
             self._read_at = now
@@ -83,4 +84,4 @@ class Follower:
 
     def route(self, customer_id: str) -> Route:
         """The route of one request of `customer_id`."""
-        return route_for(self.state(), customer_id, self.buckets)
+        return route_for(self.served(), customer_id, self.buckets)

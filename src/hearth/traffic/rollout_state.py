@@ -21,7 +21,9 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import Enum
 from typing import Any, Literal, Protocol, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -199,12 +201,14 @@ class HistoryEvent(_Model):
 
 
 class PromotionIntent(_Model):
-    """A registry change about to be made, recorded first so that a crash can be repaired.
+    """A change of what serves, recorded first so that a crash can be repaired.
 
-    `after` lists the alias writes in the order they are made (a version, or None to delete
-    the alias); `before` the aliases as they were, for an undo. `rollout_id` names the
-    running rollout the change ends (as `rollout_status`), with the reason, test and numbers
-    for its history.
+    The state is written first, then the registry's aliases. State: `rollout_id` names the
+    running rollout the change ends (as `rollout_status`; ``promoted`` also moves the
+    champion), or `champion` is the champion to set outside a rollout (compare-and-set on
+    `expected_champion`). Aliases: `after` lists the alias writes in the order they are made
+    (a version, or None to delete the alias); `before` the aliases as they were, for an undo.
+    The reason, test and numbers go into the history.
     """
 
     action: Literal["promote", "rollback"]
@@ -213,6 +217,8 @@ class PromotionIntent(_Model):
     after: dict[str, str | None]
     rollout_id: str | None = None
     rollout_status: Status | None = None
+    champion: str | None = None
+    expected_champion: str | None = None
     actor: str = "hearth"
     reason: str = ""
     test: str | None = None
@@ -230,6 +236,52 @@ def diff(before: RolloutState | None, after: RolloutState) -> dict[str, tuple[An
     return {k: (old.get(k), v) for k, v in new.items() if k not in _UNTRACKED and old.get(k) != v}
 
 
+# -- what serves ------------------------------------------------------------------------------
+class Served(_Model):
+    """One consistent read of what serves: the champion and the latest rollout.
+
+    `champion_version` is None only before the first champion is adopted (see
+    `hearth.rollout.promotion.repair`). While a rollout runs, its champion is the
+    store's champion (`StateStore.start` checks it).
+    """
+
+    champion_version: str | None = None
+    rollout: RolloutState | None = None
+    revision: int = Field(0, ge=0, description="The store's write counter at this read.")
+
+    @property
+    def running(self) -> RolloutState | None:
+        """The running rollout, or None."""
+        rollout = self.rollout
+        return rollout if rollout is not None and rollout.running else None
+
+    @property
+    def champion(self) -> str | None:
+        """The version that answers every request no rollout sends to a challenger."""
+        running = self.running
+        return running.champion_version if running is not None else self.champion_version
+
+    def versions(self) -> dict[str, str]:
+        """variant → version of every version that serves now (a running rollout's
+        challenger included, in shadow mode too: it scores copies)."""
+        out: dict[str, str] = {}
+        if self.champion is not None:
+            out["champion"] = self.champion
+        if self.running is not None:
+            out["challenger"] = self.running.challenger_version
+        return out
+
+
+class Unchecked(Enum):
+    """The type of `UNCHECKED` (a sentinel: None already means "no champion")."""
+
+    UNCHECKED = "unchecked"
+
+
+UNCHECKED = Unchecked.UNCHECKED
+"""`set_champion(expected=UNCHECKED)`: replace whatever champion there is."""
+
+
 # -- the protocol ----------------------------------------------------------------------------
 Mutator = Callable[[RolloutState], RolloutState]
 
@@ -243,12 +295,18 @@ class StateStore(Protocol):
         """The latest rollout (running or ended), or None if there never was one."""
         ...
 
+    def served(self) -> Served:
+        """The champion, the latest rollout and the revision, in one consistent read."""
+        ...
+
     def revision(self) -> int:
         """A counter bumped by every state write: a cheap way to notice a change."""
         ...
 
     def start(self, state: RolloutState, actor: str, reason: str = "") -> RolloutState:
-        """Make `state` the current rollout; RolloutConflict while another one runs."""
+        """Make `state` the current rollout; RolloutConflict while another one runs, or when
+        its champion is not the store's champion. With no champion yet, the rollout's
+        champion becomes the store's (in the same write)."""
         ...
 
     def update(
@@ -266,7 +324,24 @@ class StateStore(Protocol):
         `mutator` gets the current state and returns the new one (or the same one: then only
         the history event is written). NoActiveRollout when none runs; RolloutConflict when
         `rollout_id` is given and is not the running one. A RolloutError raised by the
-        mutator propagates and nothing is written.
+        mutator propagates and nothing is written. Ending the rollout as ``promoted`` makes
+        its challenger the champion in the same transaction.
+        """
+        ...
+
+    def set_champion(
+        self,
+        version: str,
+        actor: str,
+        action: str,
+        reason: str = "",
+        expected: str | Unchecked | None = UNCHECKED,
+    ) -> Served:
+        """Compare-and-set on the champion, with a history event (rollout id ``""``).
+
+        RolloutConflict while a rollout runs (promote or roll it back instead), or when
+        `expected` is given and is not the champion now (None: "no champion yet"). Setting
+        the champion it already is writes nothing. Returns what serves afterwards.
         """
         ...
 
@@ -292,6 +367,31 @@ class StateStore(Protocol):
 
 
 # -- shared transaction logic ----------------------------------------------------------------
+@dataclass(frozen=True)
+class Write:
+    """What one store write stores, planned on a consistent read (`Served`).
+
+    `rollout`/`champion`: the new values to store (None: unchanged); `event`: the history
+    event to append (None: nothing at all is written); `revision`: the store's revision
+    after the write, which every written value carries.
+    """
+
+    rollout: RolloutState | None
+    champion: str | None
+    event: HistoryEvent | None
+    revision: int
+
+    def applied_to(self, served: Served) -> Served:
+        """What serves once this write is stored."""
+        if self.event is None:
+            return served
+        return Served(
+            champion_version=self.champion or served.champion_version,
+            rollout=self.rollout or served.rollout,
+            revision=self.revision,
+        )
+
+
 def stamp(state: RolloutState, revision: int) -> RolloutState:
     # Bookkeeping fields are set here, never by callers, so they cannot be forged or stale.
     return RolloutState.model_validate(
@@ -299,18 +399,24 @@ def stamp(state: RolloutState, revision: int) -> RolloutState:
     )
 
 
-def plan_start(
-    current: RolloutState | None, state: RolloutState, revision: int, actor: str, reason: str
-) -> tuple[RolloutState, HistoryEvent]:
-    """(state to write, event to append) for a start — or a RolloutError."""
-    if current is not None and current.running:
+def plan_start(served: Served, state: RolloutState, actor: str, reason: str) -> Write:
+    """The write that starts `state` — or a RolloutError."""
+    current = served.running
+    if current is not None:
         raise RolloutConflict(
             f"rollout {current.rollout_id} (v{current.challenger_version} at "
             f"{current.challenger_percent:g} %) is still running; end it first"
         )
     if not state.running:
         raise InvalidRollout(f"a new rollout must be running, not {state.status}")
-    new = stamp(state, revision + 1)
+    champion = served.champion_version
+    if champion is not None and champion != state.champion_version:
+        raise RolloutConflict(
+            f"the rollout compares v{state.challenger_version} with v{state.champion_version}, "
+            f"but v{champion} is the champion"
+        )
+    revision = served.revision + 1
+    new = stamp(state, revision)
     event = HistoryEvent(
         rollout_id=new.rollout_id,
         actor=actor,
@@ -318,18 +424,15 @@ def plan_start(
         changes=diff(None, new),
         reason=reason,
     )
-    return new, event
+    return Write(new, new.champion_version if champion is None else None, event, revision)
 
 
 def plan_update(
-    current: RolloutState | None,
-    revision: int,
-    mutator: Mutator,
-    rollout_id: str | None,
-    event: dict[str, Any],
-) -> tuple[RolloutState | None, HistoryEvent]:
-    """(state to write or None when unchanged, event to append) — or a RolloutError."""
-    if current is None or not current.running:
+    served: Served, mutator: Mutator, rollout_id: str | None, event: dict[str, Any]
+) -> Write:
+    """The write of a change to the running rollout — or a RolloutError."""
+    current = served.running
+    if current is None:
         raise NoActiveRollout("no rollout is running")
     if rollout_id is not None and rollout_id != current.rollout_id:
         raise RolloutConflict(f"rollout {rollout_id} is not the running one ({current.rollout_id})")
@@ -344,7 +447,51 @@ def plan_update(
         )
     changes = diff(current, after)
     history = HistoryEvent(rollout_id=current.rollout_id, changes=changes, **event)
-    return (stamp(after, revision + 1) if changes else None), history
+    if not changes:
+        return Write(None, None, history, served.revision)
+    revision = served.revision + 1
+    # A promotion's end and the new champion are one write: no reader sees one without the other.
+    champion = after.challenger_version if after.status == "promoted" else None
+    return Write(stamp(after, revision), champion, history, revision)
+
+
+def plan_set_champion(
+    served: Served,
+    version: str,
+    actor: str,
+    action: str,
+    reason: str,
+    expected: str | Unchecked | None,
+) -> Write:
+    """The write that makes `version` the champion — or a RolloutError."""
+    version = str(version)
+    if not version:
+        raise InvalidRollout("a champion version must not be empty")
+    running = served.running
+    if running is not None:
+        raise RolloutConflict(
+            f"rollout {running.rollout_id} (v{running.challenger_version}) is running: promote "
+            "it or roll it back before changing the champion"
+        )
+    current = served.champion_version
+    if expected is not UNCHECKED and expected != current:
+        raise RolloutConflict(
+            f"the champion is {_version(current)}, not {_version(expected)}: it changed meanwhile"
+        )
+    if version == current:
+        return Write(None, None, None, served.revision)
+    event = HistoryEvent(
+        rollout_id="",
+        actor=actor,
+        action=action,
+        changes={"champion_version": (current, version)},
+        reason=reason,
+    )
+    return Write(None, version, event, served.revision + 1)
+
+
+def _version(version: str | Unchecked | None) -> str:
+    return "none" if version is None else f"v{version}"
 
 
 def events_json(events: list[HistoryEvent]) -> str:

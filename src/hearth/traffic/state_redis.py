@@ -1,103 +1,110 @@
 """The rollout state in Redis: keys under ``hearth:rollout:``.
 
-Writes are ``WATCH``/``MULTI`` transactions retried on conflict.
+Writes are compare-and-set transactions (`hearth.storage.redis.compare_and_set`): WATCH the
+state, champion and revision keys, plan the write on what was read, then MULTI/EXEC the
+rollout, the champion, the revision and the history event together; a concurrent write
+aborts the EXEC and the attempt is planned again on the new state.
 """
 
 from __future__ import annotations
 
-import random
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import Any
 
+from redis.client import Pipeline
+
+from hearth.storage.redis import Update, compare_and_set, connect, translate_errors
+from hearth.storage.redis import ping as redis_ping
 from hearth.traffic.rollout_state import (
     HISTORY_LIMIT,
+    UNCHECKED,
     HistoryEvent,
     Mutator,
     PromotionIntent,
     RolloutState,
     Scalar,
+    Served,
     StateUnavailable,
+    Unchecked,
+    Write,
+    plan_set_champion,
     plan_start,
     plan_update,
 )
 
 REDIS_PREFIX = "hearth:rollout:"
+_WHERE = "rollout state on Redis"
 
 
 class RedisStateStore:
-    """The state under ``<prefix>state``/``revision``/``history``/``intent`` in Redis.
-
-    Writes WATCH the state and revision keys, compute the new state, then MULTI/EXEC the
-    state, the revision and the history event together; a concurrent write aborts the EXEC
-    and the attempt is recomputed from the new state.
-    """
+    """The state under ``<prefix>state``/``champion``/``revision``/``history``/``intent``."""
 
     backend = "redis"
 
     def __init__(
         self, url: str, prefix: str = REDIS_PREFIX, timeout_s: float = 2.0, max_attempts: int = 200
     ) -> None:
-        # Imported here: SQLite users (the default) never load redis-py.
-        import redis
-
-        self._redis = redis
         self.url = url
         self.max_attempts = max_attempts
-        self._keys = {k: prefix + k for k in ("state", "revision", "history", "intent")}
-        self._client = redis.Redis.from_url(
-            url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s
+        names = ("state", "champion", "revision", "history", "intent")
+        self._keys = {k: prefix + k for k in names}
+        self._client = connect(url, timeout_s=timeout_s)
+
+    def _read(self, client: Any) -> Served:
+        raw, champion, rev = client.mget(
+            self._keys["state"], self._keys["champion"], self._keys["revision"]
+        )
+        return Served(
+            champion_version=champion.decode() if champion is not None else None,
+            rollout=RolloutState.model_validate_json(raw) if raw is not None else None,
+            revision=int(rev or 0),
         )
 
-    @contextmanager
-    def _translate(self) -> Iterator[None]:
-        try:
-            yield
-        except self._redis.RedisError as exc:
-            raise StateUnavailable(f"rollout state on Redis: {exc}") from exc
-
-    def _read(self, client: Any) -> tuple[RolloutState | None, int]:
-        raw, rev = client.mget(self._keys["state"], self._keys["revision"])
-        state = RolloutState.model_validate_json(raw) if raw is not None else None
-        return state, int(rev or 0)
+    def served(self) -> Served:
+        with translate_errors(StateUnavailable, _WHERE):
+            return self._read(self._client)
 
     def current(self) -> RolloutState | None:
-        with self._translate():
-            return self._read(self._client)[0]
+        return self.served().rollout
 
     def revision(self) -> int:
-        with self._translate():
+        with translate_errors(StateUnavailable, _WHERE):
             return int(self._client.get(self._keys["revision"]) or 0)
 
-    def _transact(
-        self, plan: Callable[[RolloutState | None, int], tuple[RolloutState | None, HistoryEvent]]
-    ) -> tuple[RolloutState | None, RolloutState | None]:
-        """Run `plan` on a consistent read and write its result atomically; (before, after)."""
-        with self._translate():
-            for attempt in range(self.max_attempts):
-                with self._client.pipeline(transaction=True) as pipe:
-                    try:
-                        pipe.watch(self._keys["state"], self._keys["revision"])
-                        current, revision = self._read(pipe)
-                        new, event = plan(current, revision)
-                        pipe.multi()
-                        if new is not None:
-                            pipe.set(self._keys["state"], new.model_dump_json())
-                            pipe.set(self._keys["revision"], new.revision)
-                        pipe.rpush(self._keys["history"], event.model_dump_json())
-                        pipe.execute()
-                        return current, new
-                    except self._redis.WatchError:
-                        pass
-                # Jittered backoff spreads contending writers out.
-                time.sleep(random.uniform(0, min(0.02, 0.0005 * 2**attempt)))
-        raise StateUnavailable(f"gave up after {self.max_attempts} conflicting writes in a row")
+    def _queue(self, pipe: Pipeline, write: Write) -> None:
+        if write.rollout is not None:
+            pipe.set(self._keys["state"], write.rollout.model_dump_json())
+        if write.champion is not None:
+            pipe.set(self._keys["champion"], write.champion)
+        pipe.set(self._keys["revision"], write.revision)
+        assert write.event is not None  # a write without an event is not queued
+        pipe.rpush(self._keys["history"], write.event.model_dump_json())
+
+    def _transact(self, plan: Any) -> tuple[Served, Write]:
+        """Run `plan(served) -> Write` on a consistent read and store its write atomically."""
+
+        def compute(pipe: Pipeline) -> Update[tuple[Served, Write]]:
+            served = self._read(pipe)
+            write = plan(served)
+            if write.event is None:
+                return Update((served, write))
+            return Update((served, write), lambda p: self._queue(p, write))
+
+        watched = [self._keys[k] for k in ("state", "champion", "revision")]
+        return compare_and_set(
+            self._client,
+            watched,
+            compute,
+            error=StateUnavailable,
+            where=_WHERE,
+            max_attempts=self.max_attempts,
+            backoff_base_s=0.0005,
+            backoff_cap_s=0.02,
+        )
 
     def start(self, state: RolloutState, actor: str, reason: str = "") -> RolloutState:
-        _, new = self._transact(lambda cur, rev: plan_start(cur, state, rev, actor, reason))
-        assert new is not None  # plan_start always writes
-        return new
+        _, write = self._transact(lambda served: plan_start(served, state, actor, reason))
+        assert write.rollout is not None  # a start always writes its rollout
+        return write.rollout
 
     def update(
         self,
@@ -116,17 +123,30 @@ class RedisStateStore:
             "numbers": numbers or {},
             "test": test,
         }
-        before, new = self._transact(
-            lambda cur, rev: plan_update(cur, rev, mutator, rollout_id, event)
+        served, write = self._transact(
+            lambda served: plan_update(served, mutator, rollout_id, event)
         )
-        result = new or before
+        result = write.rollout or served.rollout
         assert result is not None  # plan_update refuses a missing rollout
         return result
+
+    def set_champion(
+        self,
+        version: str,
+        actor: str,
+        action: str,
+        reason: str = "",
+        expected: str | Unchecked | None = UNCHECKED,
+    ) -> Served:
+        served, write = self._transact(
+            lambda served: plan_set_champion(served, version, actor, action, reason, expected)
+        )
+        return write.applied_to(served)
 
     def history(
         self, rollout_id: str | None = None, limit: int = HISTORY_LIMIT
     ) -> list[HistoryEvent]:
-        with self._translate():
+        with translate_errors(StateUnavailable, _WHERE):
             # Histories are small (tens of events per rollout); filtering here keeps one key.
             raw = self._client.lrange(self._keys["history"], 0, -1)
         events = [HistoryEvent.model_validate_json(r) for r in raw]
@@ -135,22 +155,19 @@ class RedisStateStore:
         return events[-limit:] if limit else []
 
     def intent(self) -> PromotionIntent | None:
-        with self._translate():
+        with translate_errors(StateUnavailable, _WHERE):
             raw = self._client.get(self._keys["intent"])
         return PromotionIntent.model_validate_json(raw) if raw is not None else None
 
     def set_intent(self, intent: PromotionIntent | None) -> None:
-        with self._translate():
+        with translate_errors(StateUnavailable, _WHERE):
             if intent is None:
                 self._client.delete(self._keys["intent"])
             else:
                 self._client.set(self._keys["intent"], intent.model_dump_json())
 
     def ping(self) -> bool:
-        try:
-            return bool(self._client.ping())
-        except (self._redis.RedisError, OSError):
-            return False
+        return redis_ping(self._client)
 
     def close(self) -> None:
         self._client.close()

@@ -1,25 +1,29 @@
 """The rollout state in one SQLite file (the default backend): ``<home>/rollout.sqlite``.
 
-WAL mode; writes run in ``BEGIN IMMEDIATE`` transactions, so a read-modify-write across
-processes is atomic.
+WAL mode; writes run in ``BEGIN IMMEDIATE`` transactions (`hearth.storage.sqlite`), so a
+read-modify-write across processes is atomic. The champion has its own one-row table; the
+store's revision is the highest revision either row carries.
 """
 
 from __future__ import annotations
 
 import sqlite3
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
+from hearth.storage.sqlite import SQLiteFile
 from hearth.traffic.rollout_state import (
     HISTORY_LIMIT,
+    UNCHECKED,
     HistoryEvent,
     Mutator,
     PromotionIntent,
     RolloutState,
     Scalar,
+    Served,
     StateUnavailable,
+    Unchecked,
+    Write,
+    plan_set_champion,
     plan_start,
     plan_update,
 )
@@ -30,6 +34,9 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS rollout_state (
     id INTEGER PRIMARY KEY CHECK (id = 1), revision INTEGER NOT NULL, state TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS rollout_champion (
+    id INTEGER PRIMARY KEY CHECK (id = 1), revision INTEGER NOT NULL, version TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS rollout_history (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, rollout_id TEXT NOT NULL, event TEXT NOT NULL
 );
@@ -37,6 +44,13 @@ CREATE INDEX IF NOT EXISTS rollout_history_id ON rollout_history (rollout_id, se
 CREATE TABLE IF NOT EXISTS rollout_intent (
     id INTEGER PRIMARY KEY CHECK (id = 1), intent TEXT NOT NULL
 );
+"""
+# One statement, so one snapshot: the rollout and the champion can never come from two commits.
+_SERVED = """
+SELECT (SELECT state FROM rollout_state WHERE id = 1),
+       (SELECT version FROM rollout_champion WHERE id = 1),
+       MAX(COALESCE((SELECT revision FROM rollout_state WHERE id = 1), 0),
+           COALESCE((SELECT revision FROM rollout_champion WHERE id = 1), 0))
 """
 
 
@@ -51,75 +65,57 @@ class SQLiteStateStore:
 
     def __init__(self, path: Path, timeout_s: float = 5.0) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        # isolation_level=None: no implicit transactions; BEGIN IMMEDIATE is ours to issue.
-        self._conn: sqlite3.Connection | None = sqlite3.connect(
-            str(path), timeout=timeout_s, isolation_level=None, check_same_thread=False
+        # FULL: a rollback or promotion must survive a power cut, and writes are rare.
+        self._file = SQLiteFile(
+            path,
+            name=f"rollout state {path}",
+            error=StateUnavailable,
+            synchronous="FULL",
+            timeout_s=timeout_s,
         )
-        with self._locked() as conn:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
-            # FULL: a rollback or promotion must survive a power cut, and writes are rare.
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.executescript(_SCHEMA)
-
-    @contextmanager
-    def _locked(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            if self._conn is None:
-                raise StateUnavailable(f"rollout state {self.path} is closed")
-            try:
-                yield self._conn
-            except sqlite3.Error as exc:
-                raise StateUnavailable(f"rollout state {self.path}: {exc}") from exc
-
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._locked() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+        self._file.script(_SCHEMA)
 
     @staticmethod
-    def _read(conn: sqlite3.Connection) -> tuple[RolloutState | None, int]:
-        row = conn.execute("SELECT state, revision FROM rollout_state WHERE id = 1").fetchone()
-        if row is None:
-            return None, 0
-        return RolloutState.model_validate_json(row[0]), int(row[1])
+    def _read(conn: sqlite3.Connection) -> Served:
+        state, champion, revision = conn.execute(_SERVED).fetchone()
+        rollout = RolloutState.model_validate_json(state) if state is not None else None
+        return Served(champion_version=champion, rollout=rollout, revision=int(revision))
 
     @staticmethod
-    def _save(conn: sqlite3.Connection, state: RolloutState | None, event: HistoryEvent) -> None:
-        if state is not None:
+    def _save(conn: sqlite3.Connection, write: Write) -> None:
+        if write.event is None:
+            return
+        if write.rollout is not None:
             conn.execute(
                 "INSERT OR REPLACE INTO rollout_state (id, revision, state) VALUES (1, ?, ?)",
-                (state.revision, state.model_dump_json()),
+                (write.revision, write.rollout.model_dump_json()),
+            )
+        if write.champion is not None:
+            conn.execute(
+                "INSERT OR REPLACE INTO rollout_champion (id, revision, version) VALUES (1, ?, ?)",
+                (write.revision, write.champion),
             )
         conn.execute(
             "INSERT INTO rollout_history (rollout_id, event) VALUES (?, ?)",
-            (event.rollout_id, event.model_dump_json()),
+            (write.event.rollout_id, write.event.model_dump_json()),
         )
 
+    def served(self) -> Served:
+        with self._file.read() as conn:
+            return self._read(conn)
+
     def current(self) -> RolloutState | None:
-        with self._locked() as conn:
-            return self._read(conn)[0]
+        return self.served().rollout
 
     def revision(self) -> int:
-        with self._locked() as conn:
-            row = conn.execute("SELECT revision FROM rollout_state WHERE id = 1").fetchone()
-        return int(row[0]) if row else 0
+        return self.served().revision
 
     def start(self, state: RolloutState, actor: str, reason: str = "") -> RolloutState:
-        with self._write() as conn:
-            current, revision = self._read(conn)
-            new, event = plan_start(current, state, revision, actor, reason)
-            self._save(conn, new, event)
-        return new
+        with self._file.transaction() as conn:
+            write = plan_start(self._read(conn), state, actor, reason)
+            self._save(conn, write)
+        assert write.rollout is not None  # a start always writes its rollout
+        return write.rollout
 
     def update(
         self,
@@ -138,19 +134,33 @@ class SQLiteStateStore:
             "numbers": numbers or {},
             "test": test,
         }
-        with self._write() as conn:
-            current, revision = self._read(conn)
-            new, history = plan_update(current, revision, mutator, rollout_id, event)
-            self._save(conn, new, history)
-        result = new or current
+        with self._file.transaction() as conn:
+            served = self._read(conn)
+            write = plan_update(served, mutator, rollout_id, event)
+            self._save(conn, write)
+        result = write.rollout or served.rollout
         assert result is not None  # plan_update refuses a missing rollout
         return result
+
+    def set_champion(
+        self,
+        version: str,
+        actor: str,
+        action: str,
+        reason: str = "",
+        expected: str | Unchecked | None = UNCHECKED,
+    ) -> Served:
+        with self._file.transaction() as conn:
+            served = self._read(conn)
+            write = plan_set_champion(served, version, actor, action, reason, expected)
+            self._save(conn, write)
+        return write.applied_to(served)
 
     def history(
         self, rollout_id: str | None = None, limit: int = HISTORY_LIMIT
     ) -> list[HistoryEvent]:
         where, args = ("WHERE rollout_id = ?", (rollout_id,)) if rollout_id else ("", ())
-        with self._locked() as conn:
+        with self._file.read() as conn:
             rows = conn.execute(
                 f"SELECT event FROM rollout_history {where} ORDER BY seq DESC LIMIT ?",
                 (*args, limit),
@@ -158,12 +168,12 @@ class SQLiteStateStore:
         return [HistoryEvent.model_validate_json(r[0]) for r in reversed(rows)]
 
     def intent(self) -> PromotionIntent | None:
-        with self._locked() as conn:
+        with self._file.read() as conn:
             row = conn.execute("SELECT intent FROM rollout_intent WHERE id = 1").fetchone()
         return PromotionIntent.model_validate_json(row[0]) if row else None
 
     def set_intent(self, intent: PromotionIntent | None) -> None:
-        with self._write() as conn:
+        with self._file.transaction() as conn:
             if intent is None:
                 conn.execute("DELETE FROM rollout_intent")
             else:
@@ -173,15 +183,7 @@ class SQLiteStateStore:
                 )
 
     def ping(self) -> bool:
-        try:
-            with self._locked() as conn:
-                conn.execute("SELECT 1").fetchone()
-        except StateUnavailable:
-            return False
-        return True
+        return self._file.ping()
 
     def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+        self._file.close()

@@ -6,7 +6,6 @@ from pathlib import Path
 
 from hearth.config import Settings
 from hearth.traffic.rollout_state import StateStore
-from hearth.traffic.state_redis import RedisStateStore
 from hearth.traffic.state_sqlite import STATE_FILE, SQLiteStateStore
 
 
@@ -18,5 +17,8 @@ def state_path(settings: Settings) -> Path:
 def open_state_store(settings: Settings) -> StateStore:
     """The rollout state store chosen by `settings.store_backend`; close it when done."""
     if settings.store_backend == "redis":
+        # lazy: SQLite users (the default) never load redis-py
+        from hearth.traffic.state_redis import RedisStateStore
+
         return RedisStateStore(settings.redis_url)
     return SQLiteStateStore(state_path(settings))
