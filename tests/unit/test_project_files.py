@@ -79,6 +79,10 @@ def test_dvc_stages_call_real_hearth_commands() -> None:
             command = command.commands[word]  # type: ignore[attr-defined]
         for section in stage.get("params", []):
             assert section in params, f"stage {name} reads unknown params section {section}"
+        missing = [
+            d for d in stage.get("deps", []) if d.startswith("src/") and not (ROOT / d).exists()
+        ]
+        assert not missing, f"stage {name} depends on code that is not there: {missing}"
 
 
 def test_every_package_is_listed_in_pyproject() -> None:
