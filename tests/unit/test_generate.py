@@ -16,7 +16,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from hearth.config import DataParams, Params
-from hearth.data.generate import DRIFTS, generate
+from hearth.data.drift import DRIFTS, drift_named
+from hearth.data.fraud_patterns import PATTERNS
+from hearth.data.generate import generate
 from hearth.schema import (
     CHANNELS,
     CURRENCIES,
@@ -375,6 +377,16 @@ def test_unknown_drift_is_refused_with_the_valid_names(tmp_path: Path) -> None:
         generate(tmp_path / "out", TINY, drift="seasonal")
     assert all(name in str(info.value) for name in DRIFTS)
     assert not (tmp_path / "out").exists()
+
+
+def test_every_drift_mixes_known_fraud_patterns_and_keeps_its_seed_position() -> None:
+    # A drift's index is part of each day's seed: reordering DRIFTS would silently change
+    # every generated file.
+    assert DRIFTS == ("none", "spending", "fraud-pattern")
+    for name in DRIFTS:
+        mix = drift_named(name).fraud_mix
+        assert set(mix) <= set(PATTERNS), name
+        assert math.isclose(sum(mix.values()), 1.0), name
 
 
 # -- scale ---------------------------------------------------------------------------------------
