@@ -90,12 +90,16 @@ def corrupt(rng: np.random.Generator, cols: dict[str, pa.Array], dirt: Dirt) -> 
     for i, name in enumerate(RAW_COLUMNS):
         rows = dirt.missing[which == i]
         cols[name] = _replace(cols[name], rows, pa.array([""] * rows.size, pa.string()))
-    cols["amount"] = _replace(cols["amount"], dirt.bad_amount, _bad_amounts(rng, cols, dirt))
+    amounts = _bad_amounts(rng, _at(cols["amount"], dirt.bad_amount))
+    cols["amount"] = _replace(cols["amount"], dirt.bad_amount, amounts)
     unknown = np.array(_UNKNOWN_CURRENCIES)[rng.integers(0, 3, dirt.bad_currency.size)]
     cols["currency"] = _replace(cols["currency"], dirt.bad_currency, pa.array(unknown))
-    cols["timestamp"] = _replace(
-        cols["timestamp"], dirt.bad_timestamp, _bad_timestamps(rng, cols, dirt)
-    )
+    timestamps = _bad_timestamps(rng, _at(cols["timestamp"], dirt.bad_timestamp))
+    cols["timestamp"] = _replace(cols["timestamp"], dirt.bad_timestamp, timestamps)
+
+
+def _at(column: pa.Array, idx: IntArray) -> pa.Array:
+    return column.take(pa.array(idx, pa.int64()))
 
 
 def _replace(column: pa.Array, idx: IntArray, values: pa.Array) -> pa.Array:
@@ -107,31 +111,35 @@ def _replace(column: pa.Array, idx: IntArray, values: pa.Array) -> pa.Array:
     return pc.replace_with_mask(column, pa.array(mask), values)
 
 
-def _bad_amounts(rng: np.random.Generator, cols: dict[str, pa.Array], dirt: Dirt) -> pa.Array:
-    good = cols["amount"].take(pa.array(dirt.bad_amount, pa.int64()))
+def _one_of(rng: np.random.Generator, *variants: pa.Array) -> pa.Array:
+    """Row by row, one of the equally long `variants`, picked at random."""
+    choice = pa.array(rng.integers(0, len(variants), len(variants[0])), pa.int8())
+    return pc.choose(choice, *variants)
+
+
+def _bad_amounts(rng: np.random.Generator, good: pa.Array) -> pa.Array:
+    """Malformed versions of the well-formed amounts `good`."""
     n = len(good)
     # A decimal comma must be quoted to keep the row's field count.
     comma = pc.binary_join_element_wise('"', pc.replace_substring(good, ".", ","), '"', "")
     constant = [pa.array([v] * n, pa.string()) for v in ("abc", "-", "1e999")]
     negative = pc.binary_join_element_wise("-", good, "")
-    choice = pa.array(rng.integers(0, 5, n), pa.int8())
-    return pc.choose(choice, comma, *constant, negative)
+    return _one_of(rng, comma, *constant, negative)
 
 
-def _bad_timestamps(rng: np.random.Generator, cols: dict[str, pa.Array], dirt: Dirt) -> pa.Array:
-    good = cols["timestamp"].take(pa.array(dirt.bad_timestamp, pa.int64()))
+def _bad_timestamps(rng: np.random.Generator, good: pa.Array) -> pa.Array:
+    """Malformed versions of the well-formed timestamps `good`."""
 
     def part(start: int, stop: int | None = None) -> pa.Array:
         return pc.utf8_slice_codeunits(good, start, stop if stop is not None else 99)
 
-    n = len(good)
-    variants = (
+    return _one_of(
+        rng,
         pc.binary_join_element_wise(part(0, 11), "25", part(13), ""),  # hour 25
         pc.binary_join_element_wise(part(0, 5), "13", part(7), ""),  # month 13
         pc.binary_join_element_wise(  # a local format: 31/01/2026 10:00
             part(8, 10), "/", part(5, 7), "/", part(0, 4), " ", part(11, 16), ""
         ),
         part(0, 16),  # no seconds
-        pa.array(["not a timestamp"] * n, pa.string()),
+        pa.array(["not a timestamp"] * len(good), pa.string()),
     )
-    return pc.choose(pa.array(rng.integers(0, len(variants), n), pa.int8()), *variants)

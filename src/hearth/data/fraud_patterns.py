@@ -15,16 +15,17 @@ import numpy as np
 
 from hearth.data.population import (
     CH,
-    HOUR_P,
     RATES,
     SECONDS_PER_DAY,
     Day,
     FloatArray,
     IntArray,
     Rows,
+    daytime,
     far,
     habitual,
     near,
+    online_or_pos,
     pick,
     random_merchant,
     to_currency,
@@ -102,7 +103,7 @@ def _account_takeover(day: Day, n_events: int) -> Rows:
     base_lat = np.where(local, cs.home_lat[b.victim], far_lat)[b.event]
     base_lon = np.where(local, cs.home_lon[b.victim], far_lon)[b.event]
     lat, lon = near(rng, base_lat, base_lon, 10.0)
-    channel = np.where(rng.random(b.n) < 0.85, CH["online"], CH["pos"])
+    channel = online_or_pos(rng, b.n, 0.85)
     cat = pick(rng, ("electronics", "retail", "travel", "crypto", "entertainment"), b.n)
     amount = day.spend[b.cust] * rng.lognormal(np.log(6.0), 0.5, b.n)
     device = day.devices.fraud(rng, n_events)[b.event]
@@ -117,13 +118,12 @@ def _known_device_takeover(day: Day, n_events: int) -> Rows:
     """
     rng, cs = day.rng, day.customers
     b = _burst(rng, rng.integers(4, 9, n_events), cs.count)
-    start = day.start + rng.choice(24, n_events, p=HOUR_P) * 3600
-    ts = _burst_times(rng, b, start + rng.integers(0, 3600, n_events), rng.uniform(15, 180, b.n))
+    ts = _burst_times(rng, b, daytime(rng, day.start, n_events), rng.uniform(15, 180, b.n))
     lat, lon = near(rng, cs.home_lat[b.cust], cs.home_lon[b.cust], 6.0)
-    channel = np.where(rng.random(b.n) < 0.7, CH["online"], CH["pos"])
+    channel = online_or_pos(rng, b.n, 0.7)
     cat = pick(rng, RISKY_CATEGORIES, b.n)
     amount = day.spend[b.cust] * rng.lognormal(np.log(2.5), 0.5, b.n)
-    device = day.devices.own(b.cust, np.zeros(b.n, dtype=np.int64))
+    device = day.devices.primary(b.cust)
     return _assemble(day, b, ts, cat, amount, channel, device, lat, lon)
 
 
@@ -139,7 +139,7 @@ def _card_testing(day: Day, n_events: int) -> Rows:
     device = np.where(
         stolen[b.event],
         day.devices.fraud(rng, n_events)[b.event],
-        day.devices.own(b.cust, np.zeros(b.n, dtype=np.int64)),
+        day.devices.primary(b.cust),
     )
     far_lat, far_lon = far(rng, cs.home_lat[b.victim], cs.home_lon[b.victim], 200, 2000)
     lat, lon = near(rng, far_lat[b.event], far_lon[b.event], 25.0)
@@ -170,10 +170,10 @@ def _risky_night(day: Day, n_events: int) -> Rows:
     lat, lon = near(rng, base_lat, base_lon, 6.0)
     device = np.where(
         own[b.event],
-        day.devices.own(b.cust, np.zeros(b.n, dtype=np.int64)),
+        day.devices.primary(b.cust),
         day.devices.fraud(rng, n_events)[b.event],
     )
-    channel = np.where(rng.random(b.n) < 0.6, CH["online"], CH["pos"])
+    channel = online_or_pos(rng, b.n, 0.6)
     cat = pick(rng, RISKY_CATEGORIES, b.n)
     amount = day.spend[b.cust] * rng.lognormal(np.log(4.0), 0.6, b.n)
     return _assemble(day, b, ts, cat, amount, channel, device, lat, lon)
@@ -183,12 +183,12 @@ def _amount_outlier(day: Day, n_events: int) -> Rows:
     """One purchase 5–20× the customer's norm, otherwise ordinary: own device, home, daytime."""
     rng, cs = day.rng, day.customers
     b = _burst(rng, np.ones(n_events, dtype=np.int64), cs.count)
-    ts = day.start + rng.choice(24, b.n, p=HOUR_P) * 3600 + rng.integers(0, 3600, b.n)
+    ts = daytime(rng, day.start, b.n)
     lat, lon = near(rng, cs.home_lat[b.cust], cs.home_lon[b.cust], 6.0)
-    channel = np.where(rng.random(b.n) < 0.5, CH["online"], CH["pos"])
+    channel = online_or_pos(rng, b.n, 0.5)
     cat = pick(rng, ("retail", "electronics", "travel", "health", "restaurant"), b.n)
     amount = day.spend[b.cust] * rng.uniform(5.0, 20.0, b.n)
-    device = day.devices.own(b.cust, np.zeros(b.n, dtype=np.int64))
+    device = day.devices.primary(b.cust)
     return _assemble(day, b, ts, cat, amount, channel, device, lat, lon)
 
 

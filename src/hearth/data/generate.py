@@ -67,6 +67,11 @@ def _ids(prefix: str, values: IntArray, width: int) -> pa.Array:
     return pc.binary_join_element_wise(prefix, digits, "")
 
 
+def _customer_ids(cust: IntArray, customers: int) -> pa.Array:
+    """Ids of customers numbered 0..customers-1: the same text in customers.csv and the drops."""
+    return _ids("c", cust, max(6, len(str(customers - 1))))
+
+
 def _fixed(values: FloatArray, decimals: int) -> pa.Array:
     """Fixed-point text ("-12.50") without a Python loop or float-repr surprises."""
     scale = 10**decimals
@@ -91,7 +96,7 @@ def _format(
     return {
         "transaction_id": _ids(f"t{day:%Y%m%d}", seq, seq_width),
         "timestamp": pc.strftime(ts, format=TIMESTAMP_FORMAT),
-        "customer_id": _ids("c", rows.cust, max(6, len(str(customers - 1)))),
+        "customer_id": _customer_ids(rows.cust, customers),
         "merchant_id": _ids("m", rows.merchant, 5),
         "merchant_category": _labels(MERCHANT_CATEGORIES, rows.cat),
         "amount": _fixed(rows.amount, 2),
@@ -176,7 +181,7 @@ class _DayResult:
 def _write_customers(path: Path, cs: Customers) -> None:
     signup = pa.array(cs.signup.astype("datetime64[D]"), pa.date32())
     cols = {
-        "customer_id": _ids("c", np.arange(cs.count), max(6, len(str(cs.count - 1)))),
+        "customer_id": _customer_ids(np.arange(cs.count), cs.count),
         "home_latitude": _fixed(cs.home_lat, 5),
         "home_longitude": _fixed(cs.home_lon, 5),
         "signup_date": pc.strftime(signup, format="%Y-%m-%d"),

@@ -112,7 +112,7 @@ _HOUR_WEIGHTS = np.array(
     [0.9, 0.6, 0.45, 0.35, 0.4, 0.8, 1.5, 3, 4.5, 5, 5.5, 6,
      7, 6.5, 6, 6, 6.5, 7, 7.5, 7, 6, 4.5, 3, 1.5]
 )  # fmt: skip
-HOUR_P = _HOUR_WEIGHTS / _HOUR_WEIGHTS.sum()
+_HOUR_P = _HOUR_WEIGHTS / _HOUR_WEIGHTS.sum()
 # Monday..Sunday: Fridays and Saturdays are busier.
 _WEEKDAY_FACTOR = np.array([0.95, 0.95, 1.0, 1.0, 1.15, 1.2, 0.8])
 
@@ -246,6 +246,10 @@ class DeviceIds:
     def own(self, cust: IntArray, second: IntArray) -> IntArray:
         return 2 * cust + second
 
+    def primary(self, cust: IntArray) -> IntArray:
+        """Each customer's first own device."""
+        return self.own(cust, np.zeros(cust.size, dtype=np.int64))
+
     def fraud(self, rng: np.random.Generator, n: int) -> IntArray:
         return self.fraud_start + rng.integers(0, _FRAUD_DEVICE_POOL, n)
 
@@ -300,6 +304,16 @@ def _wrap_lon(lon: FloatArray) -> FloatArray:
     return (lon + 180.0) % 360.0 - 180.0
 
 
+def daytime(rng: np.random.Generator, start: int, n: int) -> IntArray:
+    """`n` times of the day that starts at `start`, at the hours people usually pay."""
+    return start + rng.choice(24, n, p=_HOUR_P) * 3600 + rng.integers(0, 3600, n)
+
+
+def online_or_pos(rng: np.random.Generator, n: int, online_p: float) -> IntArray:
+    """Channels: online with probability `online_p`, else a card terminal."""
+    return np.where(rng.random(n) < online_p, CH["online"], CH["pos"])
+
+
 def to_currency(amount_eur: FloatArray, ccy: IntArray) -> FloatArray:
     """EUR amounts in the currencies `ccy`, rounded to cents, at least 0.50."""
     return np.maximum(np.round(amount_eur / RATES[ccy], 2), 0.5)
@@ -317,7 +331,7 @@ def habitual(day: Day, cust: IntArray, fraud: int) -> Rows:
     """One transaction per entry of `cust`, following that customer's habits."""
     rng, cs = day.rng, day.customers
     n = cust.size
-    ts = day.start + rng.choice(24, n, p=HOUR_P) * 3600 + rng.integers(0, 3600, n)
+    ts = daytime(rng, day.start, n)
     u = rng.random(n)
     cat = np.minimum((cs.category_cdf[cust] < u[:, None]).sum(axis=1), len(_CAT_AMOUNT) - 1)
     channel = _normal_channel(rng, cat, day.online_p[cust])
