@@ -16,7 +16,8 @@ import torch
 from hearth.config import ThresholdParams
 from hearth.features.definitions import FEATURES
 from hearth.model.experiment import TrainConfig
-from hearth.model.scorer import FeatureSpec, FraudScorer
+from hearth.model.feature_spec import FeatureSpec
+from hearth.model.scorer import FraudScorer
 from hearth.model.train import Splits, TrainResult, load_splits, train_model
 from tests.helpers import synthetic_features
 

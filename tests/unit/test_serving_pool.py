@@ -12,7 +12,8 @@ import torch
 from hearth.features.definitions import FEATURES
 from hearth.model.evaluate import Thresholds
 from hearth.model.experiment import TrainConfig
-from hearth.model.scorer import FeatureSpec, FraudScorer
+from hearth.model.feature_spec import FeatureSpec
+from hearth.model.scorer import FraudScorer
 from hearth.serving.errors import ModelUnavailable
 from hearth.serving.pool import DirCatalog, ModelPool, decide
 from hearth.serving.schemas import ScoreItem

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from hearth.model.scorer import FeatureSpec
+    from hearth.model.feature_spec import FeatureSpec
 
 
 class FraudNet(nn.Module):

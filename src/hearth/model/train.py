@@ -27,7 +27,8 @@ from hearth.config import ThresholdParams
 from hearth.features.definitions import FEATURES, SPLITS
 from hearth.model.evaluate import Thresholds, evaluate, pick_thresholds
 from hearth.model.experiment import TrainConfig
-from hearth.model.scorer import FeatureSpec, FraudScorer
+from hearth.model.feature_spec import FeatureSpec
+from hearth.model.scorer import FraudScorer
 from hearth.schema import LABEL
 
 log = logging.getLogger(__name__)
