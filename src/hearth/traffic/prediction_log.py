@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
+
+from hearth.storage.sqlite import SQLiteFile
 
 DB_FILE = "serving.sqlite"
 
@@ -109,43 +110,59 @@ class PredictionRecord:
         )  # fmt: skip
 
 
+class PredictionLogUnavailable(RuntimeError):
+    """The log's file cannot be read or written (locked for too long, unwritable, closed)."""
+
+
 class PredictionLog:
-    """Append-only log of predictions and labels; safe to share between threads."""
+    """Append-only log of predictions and labels; safe to share between threads.
+
+    One `hearth.storage.sqlite.SQLiteFile`: each append is one transaction, so a batch of
+    scoring attempts is logged whole or not at all; SQLite failures are
+    `PredictionLogUnavailable`.
+    """
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         # WAL + NORMAL: a commit is an append, not an fsync, so logging stays off the
         # latency budget; a crash loses at most the last few rows, never the file.
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db = SQLiteFile(
+            path, name=f"prediction log {path}", error=PredictionLogUnavailable, timeout_s=5.0
+        )
         self._migrate()
-        self._db.executescript(_SCHEMA)
-        self._lock = threading.Lock()
+        self._db.script(_SCHEMA)
 
-    def _migrate(self) -> None:
-        """Rebuild a log made by an older Hearth (fewer columns, NOT NULL scores)."""
-        info = self._db.execute("PRAGMA table_info(predictions)").fetchall()
+    @staticmethod
+    def _outdated(conn: sqlite3.Connection) -> list[str] | None:
+        """The columns to keep when the log was made by an older Hearth (fewer columns,
+        NOT NULL scores) and needs a rebuild; None when it is current or new."""
+        info = conn.execute("PRAGMA table_info(predictions)").fetchall()
         if not info:
-            return
+            return None
         names = {row[1] for row in info}
         score_not_null = any(row[1] == "score" and row[3] for row in info)
         if set(_COLUMNS) <= names and not score_not_null:
-            return
-        keep = ", ".join(c for c in _COLUMNS if c in names)
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            self._db.execute("ALTER TABLE predictions RENAME TO predictions_old")
-            self._db.execute("DROP INDEX IF EXISTS predictions_tx")
-            self._db.execute(_PREDICTIONS)
-            self._db.execute(f"INSERT INTO predictions ({keep}) SELECT {keep} FROM predictions_old")
-            self._db.execute("DROP TABLE predictions_old")
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
+            return None
+        return [c for c in _COLUMNS if c in names]
+
+    def _migrate(self) -> None:
+        """Rebuild a log made by an older Hearth, keeping its rows."""
+        with self._db.read() as conn:
+            if self._outdated(conn) is None:  # the usual case: no write lock taken
+                return
+        with self._db.transaction() as conn:
+            # Asked again under the write lock: another process may have migrated it since.
+            keep = self._outdated(conn)
+            if keep is None:
+                return
+            columns = ", ".join(keep)
+            conn.execute("ALTER TABLE predictions RENAME TO predictions_old")
+            conn.execute("DROP INDEX IF EXISTS predictions_tx")
+            conn.execute(_PREDICTIONS)
+            conn.execute(
+                f"INSERT INTO predictions ({columns}) SELECT {columns} FROM predictions_old"
+            )
+            conn.execute("DROP TABLE predictions_old")
 
     def record_entries(self, entries: Sequence[PredictionRecord]) -> None:
         """Append scoring attempts (answers, challenger failures, shadow scores)."""
@@ -154,8 +171,8 @@ class PredictionLog:
         now = time.time()
         rows = [e.row(now) for e in entries]
         marks = ", ".join("?" * len(_COLUMNS))
-        with self._lock:
-            self._db.executemany(
+        with self._db.transaction() as conn:
+            conn.executemany(
                 f"INSERT INTO predictions ({', '.join(_COLUMNS)}) VALUES ({marks})", rows
             )
 
@@ -184,12 +201,12 @@ class PredictionLog:
 
     def feedback(self, transaction_id: str, is_fraud: bool) -> bool:
         """Store a label; True when a prediction for this transaction was logged."""
-        with self._lock:
-            self._db.execute(
+        with self._db.transaction() as conn:
+            conn.execute(
                 "INSERT INTO feedback VALUES (?, ?, ?)",
                 (transaction_id, int(is_fraud), time.time()),
             )
-            found = self._db.execute(
+            found = conn.execute(
                 "SELECT 1 FROM predictions WHERE transaction_id = ? LIMIT 1", (transaction_id,)
             ).fetchone()
         return found is not None
@@ -223,8 +240,8 @@ class PredictionLog:
             f"WHERE {' AND '.join(where)} "
             "ORDER BY p.at, p.rowid"
         )
-        with self._lock:
-            fetched = self._db.execute(query, args).fetchall()
+        with self._db.read() as conn:
+            fetched = conn.execute(query, args).fetchall()
         return [
             {
                 "variant": variant,
@@ -251,8 +268,8 @@ class PredictionLog:
             f"SUM({_LABEL} IS NOT NULL), SUM(COALESCE({_LABEL}, 0)) "
             f"FROM predictions p {where} GROUP BY p.variant, p.shadow"
         )
-        with self._lock:
-            fetched = self._db.execute(query, args).fetchall()
+        with self._db.read() as conn:
+            fetched = conn.execute(query, args).fetchall()
         return {
             f"{variant}{' (shadow)' if shadow else ''}": {
                 "requests": int(n),
@@ -267,14 +284,13 @@ class PredictionLog:
         """Every row of `predictions` or `feedback` (tests, small analyses)."""
         if table not in {"predictions", "feedback"}:
             raise ValueError(f"unknown table {table!r}")
-        with self._lock:
-            cursor = self._db.execute(f"SELECT * FROM {table}")  # table checked above
+        with self._db.read() as conn:
+            cursor = conn.execute(f"SELECT * FROM {table}")  # table checked above
             names = [d[0] for d in cursor.description]
             return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._db.close()
 
 
 def _epoch(at: datetime) -> float:
