@@ -67,7 +67,7 @@ format: install ## Apply ruff's fixes and formatting
 	$(BIN)/ruff format src flows bentos tests benchmarks
 
 .PHONY: typecheck
-typecheck: install ## mypy on src/ and bentos/
+typecheck: install ## mypy on src/, flows/ and bentos/
 	$(BIN)/mypy
 
 .PHONY: serve

@@ -2,42 +2,32 @@
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from flows._context import load_context
 from hearth.config import HearthContext
-from hearth.monitoring.monitor import MonitorResult, log_to_mlflow, run_monitor
+from hearth.monitoring.monitor import MonitorResult, log_to_mlflow, prefect_trigger, run_monitor
 
 
 @task(cache_policy=NO_CACHE)
 def monitor_task(ctx: HearthContext, trigger_retraining: bool) -> MonitorResult:
-    from hearth.monitoring.monitor import prefect_trigger
-
     return run_monitor(ctx, trigger=prefect_trigger if trigger_retraining else None)
 
 
 @flow(name="monitor", log_prints=True)
-def monitor_flow(trigger_retraining: bool = True) -> dict[str, Any]:
+def monitor_flow(trigger_retraining: bool = True) -> MonitorResult:
     """Compare, log the drift report to MLflow, start retraining when drift calls for it."""
     ctx = load_context()
     result = monitor_task(ctx, trigger_retraining)
-    run_id = log_to_mlflow(result)
+    logged = dataclasses.replace(result, mlflow_run_id=log_to_mlflow(result))
     rep = result.report
     print(f"drift: {'retrain' if rep.retrain else 'no action'}; {rep.skipped or rep.reasons}")
     if result.trigger_error:
         print(f"retraining NOT started: {result.trigger_error}")
-    return {
-        "retrain": rep.retrain,
-        "reasons": rep.reasons,
-        "skipped": rep.skipped,
-        "triggered_flow_run": result.triggered,
-        "trigger_error": result.trigger_error,
-        "mlflow_run_id": run_id,
-        "report": str(result.markdown_path),
-    }
+    return logged
 
 
 if __name__ == "__main__":

@@ -6,8 +6,8 @@ round a task run, so the Prefect UI shows the rollout's rounds with their verdic
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from typing import Any, cast
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
@@ -49,12 +49,12 @@ def report_task(
 @flow(name="rollout", log_prints=True)
 def rollout_flow(
     challenger_version: str | None = None,
-    mode: str | None = None,
+    mode: Mode | None = None,
     steps: list[float] | None = None,
     step_wait_s: float | None = None,
     max_wait_s: float | None = None,
     analysis_profile: str | None = None,
-) -> dict[str, Any]:
+) -> flow_steps.RolloutOutcome:
     """Roll `challenger_version` (default: the registry's challenger) out and decide.
 
     Waits `step_wait_s` (params.yaml rollout.step_wait_s) before each analysis; a rollout
@@ -63,22 +63,23 @@ def rollout_flow(
     """
     ctx = load_context()
     plan = flow_steps.RolloutPlan.make(ctx.params, step_wait_s, max_wait_s, analysis_profile)
-    state = start_task(ctx, challenger_version, cast(Mode | None, mode), steps)
-    outcome = flow_steps.RolloutOutcome(state)
+    state = start_task(ctx, challenger_version, mode, steps)
+    rounds: list[flow_steps.RoundResult] = []
+    thresholds: dict[str, float] = {}
+    mlflow_run_id: str | None = None
     began = time.monotonic()
     store = open_state_store(ctx.settings)
     try:
-        outcome.thresholds = flow_steps.decision_thresholds(ctx.settings, ctx.params, state)
-        outcome.mlflow_run_id = flow_steps.start_mlflow_run(ctx.settings, state, plan)
-        round_no = 0
+        thresholds = flow_steps.decision_thresholds(ctx.settings, ctx.params, state)
+        mlflow_run_id = flow_steps.start_mlflow_run(ctx.settings, state, plan)
         while state.running:
             time.sleep(plan.step_wait_s)
-            round_no += 1
+            round_no = len(rounds) + 1
             out_of_time = time.monotonic() - began >= plan.max_wait_s
-            result = round_task(ctx, store, state, plan, outcome.thresholds, round_no, out_of_time)
-            flow_steps.log_round(outcome.mlflow_run_id, result)
-            outcome.rounds.append(result)
-            state = outcome.state = result.state
+            result = round_task(ctx, store, state, plan, thresholds, round_no, out_of_time)
+            flow_steps.log_round(mlflow_run_id, result)
+            rounds.append(result)
+            state = result.state
             print(
                 f"round {round_no}: {result.verdict.decision} → {result.action} "
                 f"({result.rows} requests) — {result.verdict.reason}"
@@ -88,12 +89,13 @@ def rollout_flow(
         raise
     finally:
         store.close()
-        outcome.seconds = time.monotonic() - began
+        outcome = flow_steps.RolloutOutcome(
+            state, tuple(rounds), thresholds, mlflow_run_id, seconds=time.monotonic() - began
+        )
         flow_steps.end_mlflow_run(ctx.settings, ctx.params, outcome, failed=state.running)
-    written = report_task(ctx, state.rollout_id, outcome.mlflow_run_id)
-    outcome.report_md, outcome.report_png = written.markdown, written.png
+    written = report_task(ctx, state.rollout_id, mlflow_run_id)
     print(f"rollout {state.rollout_id} {state.status}; report: {written.markdown}")
-    return outcome.to_dict()
+    return dataclasses.replace(outcome, report_md=written.markdown, report_png=written.png)
 
 
 if __name__ == "__main__":

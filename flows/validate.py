@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Literal
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
@@ -10,15 +10,18 @@ from prefect.cache_policies import NO_CACHE
 from flows._context import load_context
 from hearth import steps
 from hearth.config import HearthContext
+from hearth.validation import ValidationResult
+
+Suite = Literal["raw", "processed"]
 
 
 @task(cache_policy=NO_CACHE)
-def validate_task(ctx: HearthContext, suite: str) -> Any:
+def validate_task(ctx: HearthContext, suite: Suite) -> ValidationResult:
     return steps.validate_raw(ctx) if suite == "raw" else steps.validate_processed(ctx)
 
 
 @flow(name="validate", log_prints=True)
-def validate_flow(suites: tuple[str, ...] = ("raw", "processed")) -> str:
+def validate_flow(suites: tuple[Suite, ...] = ("raw", "processed")) -> str:
     """Run the suites, record the result for lineage, and stop here if any failed."""
     ctx = load_context()
     results = [validate_task(ctx, suite) for suite in suites]

@@ -10,6 +10,7 @@ import pytest
 from mlflow import MlflowClient
 
 from hearth.config import Params, Settings
+from hearth.steps import PipelineSummary
 from hearth.validation import ValidationFailed
 from tests.helpers import write_project
 
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def trained_home(
     tmp_path_factory: pytest.TempPathFactory, prefect_server: None
-) -> tuple[Path, dict]:
+) -> tuple[Path, PipelineSummary]:
     """Run the whole pipeline flow once on tiny data; later tests start from a copy of it."""
     from flows.pipeline import pipeline_flow
 
@@ -45,7 +46,7 @@ def _client(root: Path) -> MlflowClient:
 
 
 def test_pipeline_registers_a_champion_with_metrics_artifacts_and_lineage(
-    trained_home: tuple[Path, dict],
+    trained_home: tuple[Path, PipelineSummary],
 ) -> None:
     root, summary = trained_home
     client = _client(root)
@@ -57,7 +58,12 @@ def test_pipeline_registers_a_champion_with_metrics_artifacts_and_lineage(
         assert name in metrics
     assert any(k.startswith("test_recall_at_p") for k in metrics)
     # Clearly better than chance: PR-AUC well above the fraud rate.
-    assert metrics["test_pr_auc"] > 3 * summary["train"]["best"]["test_metrics"]["fraud_rate"]
+    assert metrics["test_pr_auc"] > 3 * summary.train.best.test_metrics["fraud_rate"]
+    # The summary says what each step did: data generated (there was none), ETL, the gates.
+    assert summary.generated is not None and summary.generated.transactions > 0
+    assert summary.etl.rows_clean > 0 and "processed passed" in summary.validation
+    assert summary.train.registration is not None
+    assert summary.train.registration.version == 1
     tags = run.data.tags
     assert len(tags["hearth.data_version"]) >= 32
     assert tags["hearth.git_commit"]
@@ -76,7 +82,7 @@ def test_pipeline_registers_a_champion_with_metrics_artifacts_and_lineage(
     assert len(scores) == 20
 
 
-def test_flow_runs_are_recorded_in_prefect(trained_home: tuple[Path, dict]) -> None:
+def test_flow_runs_are_recorded_in_prefect(trained_home: tuple[Path, PipelineSummary]) -> None:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 
@@ -113,7 +119,7 @@ def _malform_third(path: Path) -> None:
 
 @pytest.mark.parametrize("case", list(CORRUPTIONS))
 def test_bad_drop_stops_the_flow_and_leaves_the_registry_untouched(
-    case: str, trained_home: tuple[Path, dict], tmp_path: Path
+    case: str, trained_home: tuple[Path, PipelineSummary], tmp_path: Path
 ) -> None:
     from flows.pipeline import pipeline_flow
 
@@ -138,7 +144,7 @@ def test_bad_drop_stops_the_flow_and_leaves_the_registry_untouched(
 
 
 def test_sweep_runs_variants_as_parallel_tasks_under_one_parent_run(
-    trained_home: tuple[Path, dict], tmp_path: Path
+    trained_home: tuple[Path, PipelineSummary], tmp_path: Path
 ) -> None:
     from flows.train import train_flow
 
@@ -155,7 +161,7 @@ def test_sweep_runs_variants_as_parallel_tasks_under_one_parent_run(
         mp.setenv("HEARTH_HOME", str(root / ".hearth"))
         summary = train_flow(experiment=str(sweep))
 
-    assert len(summary["runs"]) == 2
+    assert len(summary.runs) == 2
     client = _client(root)
     experiment = client.get_experiment_by_name("tiny-sweep")
     runs = client.search_runs([experiment.experiment_id])
@@ -165,6 +171,7 @@ def test_sweep_runs_variants_as_parallel_tasks_under_one_parent_run(
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
     assert len(children) == 2
     # The winner was chosen on validation, and went through the registration gate.
-    best = max(summary["runs"], key=lambda r: r["valid_metrics"]["pr_auc"])
-    assert summary["best"]["run_id"] == best["run_id"]
-    assert str(summary["registration"]["version"]) == "2"
+    best = max(summary.runs, key=lambda r: r.valid_metrics["pr_auc"])
+    assert summary.best.run_id == best.run_id
+    assert summary.registration is not None
+    assert str(summary.registration.version) == "2"

@@ -24,6 +24,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from hearth.config import HearthContext, Params, Settings
+from hearth.rollout.flow_steps import RolloutOutcome, RoundResult
 from hearth.rollout.replay import LabelledTransaction, ReplayConfig, load_transactions, replay
 from hearth.rollout.verdict import TEST_QUALITY
 from hearth.serving.launch import ServerProcess
@@ -117,7 +118,7 @@ def traffic(project: Path) -> Traffic:
 
 def _rollout_with_traffic(
     server: ServerProcess, traffic: Traffic, **flow_kwargs: Any
-) -> dict[str, Any]:
+) -> RolloutOutcome:
     from flows.rollout import rollout_flow
 
     config = ReplayConfig(url=server.url, api_key=KEY, concurrency=4, rate_per_s=100,
@@ -138,6 +139,11 @@ def _rollout_with_traffic(
         traffic.offset += sent.get("n", 0)
 
 
+def _final(outcome: RolloutOutcome) -> RoundResult:
+    assert outcome.final is not None, "the rollout ended before any analysis round"
+    return outcome.final
+
+
 def _aliases(project: Path) -> dict[str, str]:
     mlflow.set_tracking_uri(_settings(project).mlflow_uri)
     model = MlflowClient().get_registered_model("fraud-detector")
@@ -148,24 +154,26 @@ def test_a_better_challenger_is_promoted(
     project: Path, server: ServerProcess, traffic: Traffic
 ) -> None:
     outcome = _rollout_with_traffic(server, traffic, max_wait_s=60)
-    assert outcome["status"] == "promoted", outcome["reason"]
-    assert outcome["challenger_version"] == "2" and outcome["champion_version"] == "1"
-    decisions = [r["decision"] for r in outcome["rounds"]]
+    final = _final(outcome)
+    assert outcome.state.status == "promoted", final.verdict.reason
+    assert outcome.state.challenger_version == "2" and outcome.state.champion_version == "1"
+    decisions = [r.verdict.decision for r in outcome.rounds]
     assert decisions[-1] == "promote" and "advance" in decisions, decisions
-    final = outcome["numbers"]
-    assert final["challenger_pr_auc"] > final["champion_pr_auc"]
+    numbers = final.verdict.numbers
+    assert numbers["challenger_pr_auc"] > numbers["champion_pr_auc"]
     assert _aliases(project) == {"champion": "2", "previous": "1"}
     # The verdicts are in the state history, the report and MLflow.
     store = open_state_store(_settings(project))
     try:
-        events = store.history(outcome["rollout_id"])
+        events = store.history(outcome.state.rollout_id)
     finally:
         store.close()
     assert [e.action for e in events][-1] == "promote"
     assert events[-1].numbers["decision"] == "promote" and events[-1].test
-    report = Path(outcome["report_md"]).read_text()
-    assert "outcome: **promoted**" in report and Path(outcome["report_png"]).stat().st_size
-    run = MlflowClient().get_run(outcome["mlflow_run_id"])
+    assert outcome.report_md is not None and outcome.report_png is not None
+    report = outcome.report_md.read_text()
+    assert "outcome: **promoted**" in report and outcome.report_png.stat().st_size
+    run = MlflowClient().get_run(outcome.mlflow_run_id)
     assert run.data.tags["rollout.decision"] == "promote"
     assert "challenger_pr_auc" in run.data.metrics
     artifacts = {a.path for a in MlflowClient().list_artifacts(run.info.run_id, "rollout_report")}
@@ -181,9 +189,10 @@ def test_a_worse_challenger_is_rolled_back_on_quality(
     outcome = _rollout_with_traffic(
         server, traffic, challenger_version=str(broken.version), max_wait_s=60
     )
-    assert outcome["status"] == "rolled_back", outcome["reason"]
-    final = outcome["rounds"][-1]
-    assert final["decision"] == "rollback"
-    assert final["checks"]["pr_auc"] == "fail", final
-    assert outcome["test"] == TEST_QUALITY
+    final = _final(outcome)
+    assert outcome.state.status == "rolled_back", final.verdict.reason
+    assert final.verdict.decision == "rollback"
+    checks = {c.name: c.outcome for c in final.verdict.checks}
+    assert checks["pr_auc"] == "fail", final
+    assert final.verdict.test == TEST_QUALITY
     assert _aliases(project) == {"champion": "2", "previous": "1"}

@@ -171,49 +171,31 @@ def run(
     """The main job: (generate) → raw gate → ETL → feature gate → train → register, then
     drift → retrain → canary rollout on replayed traffic → drill rollback."""
     # lazy: Prefect and the whole pipeline, see the module docstring
-    from flows.pipeline import pipeline_flow
+    from flows.main_job import main_job_flow
+    from hearth.demo.closed_loop import DriftedPeriodRejected
+    from hearth.demo.summary_lines import closed_loop_lines, pipeline_lines
     from hearth.validation import ValidationFailed
 
     ctx = load_context()
-
     try:
-        summary = pipeline_flow(experiment=str(experiment) if experiment else None)
+        summary = main_job_flow(
+            experiment=str(experiment) if experiment else None, closed_loop=rollout
+        )
+    except DriftedPeriodRejected as exc:
+        fail(str(exc), "the drifted period failed a data gate; the champion still serves")
     except ValidationFailed as exc:
         fail(str(exc), "the registry is untouched; fix the data and run again")
-    _print_summary(ctx, summary)
-    if rollout:
-        _run_closed_loop(ctx)
-
-
-def _run_closed_loop(ctx: HearthContext) -> None:
-    # lazy: the main job serves and trains, see the module docstring
-    from hearth import main_job
-    from hearth.validation import ValidationFailed
-
-    console.rule("[bold]Hearth: drift → challenger → canary → drill")
-    try:
-        closed = main_job.run_closed_loop(ctx, say=console.print)
-    except ValidationFailed as exc:
-        fail(str(exc), "the drifted period failed a data gate; the champion still serves")
-    console.rule("[bold]Hearth: closed loop done")
-    for line in main_job.summary_lines(closed):
-        console.print(line, highlight=False)
-
-
-def _print_summary(ctx: HearthContext, summary: dict[str, Any]) -> None:
-    s = ctx.settings
-    trained = summary["train"]
-    best, reg = trained["best"], trained.get("registration", {})
-    m = best["test_metrics"]
     console.rule("[bold]Hearth: main job done")
-    console.print(
-        f"model  {ctx.params.registry.model_name} v{reg.get('version')} → "
-        f"{reg.get('alias') or 'no alias'} ({reg.get('reason', '')})\n"
-        f"test   PR-AUC {m['pr_auc']:.3f} vs fraud rate {m['fraud_rate']:.3%} "
-        f"(×{m['pr_auc'] / max(m['fraud_rate'], 1e-9):.0f} over chance), "
-        f"ROC-AUC {m['roc_auc']:.3f}, trained on {best['device']}\n"
-        f"valid. {summary['validation']}\n"
-    )
+    console.print("\n".join(pipeline_lines(ctx.params, summary.pipeline)) + "\n")
+    _print_where_to_look(ctx)
+    if summary.closed_loop is not None:
+        console.rule("[bold]Hearth: closed loop done")
+        for line in closed_loop_lines(ctx.params, summary.closed_loop):
+            console.print(line, highlight=False)
+
+
+def _print_where_to_look(ctx: HearthContext) -> None:
+    s = ctx.settings
     console.print("[bold]Where to look[/]")
     console.print(f"  MLflow UI   hearth ui mlflow   (store: {s.mlflow_uri})")
     console.print(f"  Prefect UI  hearth ui prefect  (PREFECT_HOME={s.prefect_home})")

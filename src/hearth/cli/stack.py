@@ -80,9 +80,10 @@ def monitor(
     from flows.monitor import monitor_flow  # lazy: Prefect, see the module docstring
 
     load_context()
-    summary = monitor_flow(trigger_retraining=trigger)
+    result = monitor_flow(trigger_retraining=trigger)
     console.print(
-        f"drift: {'retrain' if summary['retrain'] else 'no action'}; report {summary['report']}"
+        f"drift: {'retrain' if result.report.retrain else 'no action'}; "
+        f"report {result.markdown_path}"
     )
-    if summary["trigger_error"]:
-        console.print(f"[yellow]retraining not started:[/] {summary['trigger_error']}")
+    if result.trigger_error:
+        console.print(f"[yellow]retraining not started:[/] {result.trigger_error}")

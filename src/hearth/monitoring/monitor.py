@@ -46,11 +46,14 @@ class LiveData:
 
 @dataclass(frozen=True)
 class MonitorResult:
+    """One monitoring pass: the drift report, where it was written, what it started."""
+
     report: DriftReport
     markdown_path: Path
     png_path: Path
     triggered: str | None
     trigger_error: str | None = None
+    mlflow_run_id: str | None = None  # set once the pass is logged (`log_to_mlflow`)
 
 
 def load_live(settings: Settings, window_hours: float, now: float | None = None) -> LiveData:

@@ -65,7 +65,7 @@ class RolloutPlan:
         return cls(analysis, wait, budget)
 
 
-@dataclass
+@dataclass(frozen=True)
 class RoundResult:
     """One analysis round: the verdict, what was done about it, the state afterwards."""
 
@@ -97,21 +97,26 @@ class RoundResult:
         }
 
 
-@dataclass
+@dataclass(frozen=True)
 class RolloutOutcome:
     """How a rollout ended, with every round and where its report is."""
 
     state: RolloutState
-    rounds: list[RoundResult] = field(default_factory=list)
+    rounds: tuple[RoundResult, ...] = ()
     thresholds: dict[str, float] = field(default_factory=dict)
     mlflow_run_id: str | None = None
     report_md: Path | None = None
     report_png: Path | None = None
     seconds: float = 0.0
 
+    @property
+    def final(self) -> RoundResult | None:
+        """The last analysis round (its verdict ended the rollout), if there was one."""
+        return self.rounds[-1] if self.rounds else None
+
     def to_dict(self) -> dict[str, Any]:
         s = self.state
-        final = self.rounds[-1] if self.rounds else None
+        final = self.final
         return {
             "rollout_id": s.rollout_id,
             "champion_version": s.champion_version,
