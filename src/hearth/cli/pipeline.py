@@ -1,7 +1,7 @@
 """The pipeline: `hearth data generate`, `etl`, `validate`, `train` (each a DVC stage, see
 dvc.yaml) and `hearth run`, the main job.
 
-Steps, flows and the main job are imported inside their command: they load pandas (~1.5 s),
+Steps and flows (run by entrypoint) are loaded inside their command: they load pandas (~1.5 s),
 and where used Great Expectations, torch, MLflow and Prefect (~8 s), which no other command
 should pay for at start-up.
 """
@@ -171,15 +171,15 @@ def run(
     """The main job: (generate) → raw gate → ETL → feature gate → train → register, then
     drift → retrain → canary rollout on replayed traffic → drill rollback."""
     # lazy: Prefect and the whole pipeline, see the module docstring
-    from flows.main_job import main_job_flow
     from hearth.demo.closed_loop import DriftedPeriodRejected
     from hearth.demo.summary_lines import closed_loop_lines, pipeline_lines
+    from hearth.stack.entrypoints import MAIN_JOB, run_flow
     from hearth.validation import ValidationFailed
 
     ctx = load_context()
     try:
-        summary = main_job_flow(
-            experiment=str(experiment) if experiment else None, closed_loop=rollout
+        summary = run_flow(
+            MAIN_JOB, experiment=str(experiment) if experiment else None, closed_loop=rollout
         )
     except DriftedPeriodRejected as exc:
         fail(str(exc), "the drifted period failed a data gate; the champion still serves")

@@ -77,10 +77,11 @@ def monitor(
     ] = True,
 ) -> None:
     """Drift report of recent live traffic vs the training reference (flows/monitor.py)."""
-    from flows.monitor import monitor_flow  # lazy: Prefect, see the module docstring
+    # lazy: Prefect, see the module docstring
+    from hearth.stack.entrypoints import MONITOR, run_flow
 
     load_context()
-    result = monitor_flow(trigger_retraining=trigger)
+    result = run_flow(MONITOR, trigger_retraining=trigger)
     console.print(
         f"drift: {'retrain' if result.report.retrain else 'no action'}; "
         f"report {result.markdown_path}"
