@@ -16,7 +16,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from hearth.config import DataParams, Params
-from hearth.data.drift import DRIFTS, drift_named
+from hearth.data.drift_scenarios import DRIFTS, drift_named
 from hearth.data.fraud_patterns import PATTERNS
 from hearth.data.generate import generate
 from hearth.schema import (

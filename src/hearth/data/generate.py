@@ -13,7 +13,7 @@ perfectly:
   missing fields, malformed amounts and timestamps, unknown currencies), a similar fraction
   arrives a day late, and rows are written in arrival order, not sorted by time
   (`hearth.data.dirt`).
-- ``drift`` makes a shifted later period (`hearth.data.drift`).
+- ``drift`` makes a shifted later period (`hearth.data.drift_scenarios`).
 
 This module turns each day into text columns and writes them. Scale: each day is generated and
 written on its own with vectorised numpy and pyarrow, so memory holds one day at a time and
@@ -36,7 +36,7 @@ import pyarrow.compute as pc
 
 from hearth.config import DataParams
 from hearth.data.dirt import arrival_order, corrupt, make_late, plan_dirt, resent
-from hearth.data.drift import DRIFTS, Drift, drift_named
+from hearth.data.drift_scenarios import DRIFTS, Drift, drift_named
 from hearth.data.fraud_patterns import fraud_rows
 from hearth.data.population import (
     Customers,

@@ -18,7 +18,7 @@ from datetime import date
 
 import numpy as np
 
-from hearth.data.drift import Drift
+from hearth.data.drift_scenarios import Drift
 from hearth.schema import CHANNELS, CURRENCIES, EUR_RATES, MERCHANT_CATEGORIES
 
 IntArray = np.ndarray
