@@ -27,8 +27,8 @@ from hearth.features.definitions import FEATURES
 from hearth.lineage import Lineage
 from hearth.schema import LABEL
 
-# Training, evaluation and the pyfunc (torch, scikit-learn) load where a model is logged or
-# scored, not on import: `hearth rollback` needs only the aliases, and fast.
+# lazy: training, evaluation and the pyfunc (torch, scikit-learn) load where a model is logged
+# or scored, not on import: `hearth rollback` needs only the aliases, and fast.
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -171,7 +171,7 @@ def log_training_run(
     Writes its artifacts under `out_dir` first, then logs them. Test metrics are computed
     here on `test_df`, so they describe exactly the frame the gate will use.
     """
-    from hearth.model.evaluate import evaluate, pr_curve_png
+    from hearth.model.evaluate import evaluate, pr_curve_png  # lazy: see the imports above
 
     experiment_id = ensure_experiment(experiment)
     scorer = result.scorer
@@ -215,7 +215,7 @@ def _log_model(scorer_dir: Path, test_df: pd.DataFrame, test_scores: Any) -> str
     import mlflow.pyfunc
     from mlflow.models import infer_signature
 
-    from hearth.model.scorer import FraudPyfunc
+    from hearth.model.scorer import FraudPyfunc  # lazy: see the imports above
 
     example = test_df.loc[:, list(FEATURES)].head(_INPUT_EXAMPLE_ROWS).reset_index(drop=True)
     signature = infer_signature(example, test_scores[: len(example)])
@@ -268,7 +268,7 @@ def score_model(model_uri: str, test_df: pd.DataFrame, metric: str) -> float:
         raise ValueError(f"the test frame lacks columns: {', '.join(missing)}")
     import mlflow.pyfunc
 
-    from hearth.model.evaluate import evaluate
+    from hearth.model.evaluate import evaluate  # lazy: see the imports above
 
     model = mlflow.pyfunc.load_model(model_uri)
     scores = model.predict(test_df.loc[:, list(FEATURES)])

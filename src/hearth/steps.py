@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from hearth.config import HearthContext
 from hearth.data.etl import EtlReport, run_etl
 from hearth.data.generate import GenerateReport, generate
-from hearth.lineage import Lineage
+from hearth.lineage import Lineage, dvc_data_version, git_commit
 from hearth.model.experiment import Experiment, TrainConfig, load_experiment
 
 if TYPE_CHECKING:
@@ -163,8 +163,6 @@ def plan_training(ctx: HearthContext, experiment_file: Path | None = None) -> Tr
 
 def lineage_for(ctx: HearthContext, experiment_file: Path, validation: str) -> Lineage:
     """Everything a model version must carry about where it came from."""
-    from hearth.lineage import dvc_data_version, git_commit
-
     return Lineage(
         data_version=dvc_data_version(ctx.settings.processed_dir),
         git_commit=git_commit(Path.cwd()),
