@@ -1,0 +1,209 @@
+"""The one way Hearth starts a server process, waits until it is ready and stops it.
+
+`hearth up`, `hearth serve` children of the demo and of the tests, and every contender of
+`hearth bench` go through here. Each process runs in its own session (process group) with
+its output in a log file, so stopping it ends every process it started (BentoML's arbiter
+and workers, Prefect's flow-run subprocesses) and nothing else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import psutil
+
+# How a process proves it is ready: a URL that answers 200, or a check that returns True.
+Ready = str | Callable[[], bool]
+
+
+class LaunchError(RuntimeError):
+    """A launched process died or did not become ready; the message has its log's tail."""
+
+
+class ProcessExited(LaunchError):
+    """The process ended while it was waited on."""
+
+
+class NotReady(LaunchError, TimeoutError):
+    """The process still runs but was not ready in time."""
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now (loopback)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """True when something already listens on (host, port)."""
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def http_status(url: str, timeout_s: float = 5.0) -> int:
+    """The status of GET `url`; 0 when nothing answers (not listening yet, or timed out)."""
+    try:
+        return httpx.get(url, timeout=timeout_s).status_code
+    except httpx.HTTPError:
+        return 0
+
+
+def http_ok(url: str, timeout_s: float = 2.0) -> bool:
+    return http_status(url, timeout_s) == 200
+
+
+def alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie does not count)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def group_members(pid: int) -> list[psutil.Process]:
+    """The process and every descendant still running."""
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def stop_group(pid: int, timeout_s: float = 20.0) -> None:
+    """SIGTERM the process group (and stray descendants), SIGKILL what outlives `timeout_s`."""
+    members = group_members(pid)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        # Descendants that left the group (setsid) are signalled one by one.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, sig)
+        for proc in members:
+            with contextlib.suppress(psutil.Error):
+                proc.send_signal(sig)
+        _, members = psutil.wait_procs(members, timeout=timeout_s if sig == signal.SIGTERM else 5)
+        if not members:
+            return
+
+
+def tail(path: Path, chars: int = 4000) -> str:
+    """The end of a log file ("(no log)" when there is none)."""
+    try:
+        return path.read_text(errors="replace")[-chars:]
+    except FileNotFoundError:
+        return "(no log)"
+
+
+@dataclass(eq=False)
+class Launched:
+    """A process group started by `launch` (or known by its pid, from `attach`)."""
+
+    name: str
+    pid: int
+    log_path: Path
+    ready: Ready | None = None
+    popen: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    # Every status a `ready` URL answered while waited on (0: nothing answered yet).
+    statuses: list[int] = field(default_factory=list)
+
+    @classmethod
+    def attach(cls, name: str, pid: int, log_path: Path, ready: Ready | None = None) -> Launched:
+        """A group started elsewhere (e.g. by an earlier `hearth up`), to check or stop."""
+        return cls(name, pid, log_path, ready)
+
+    def alive(self) -> bool:
+        if self.popen is not None and self.popen.poll() is not None:
+            return False  # reaped here: the pid may already belong to someone else
+        return alive(self.pid)
+
+    def members(self) -> list[psutil.Process]:
+        return group_members(self.pid)
+
+    def is_ready(self) -> bool:
+        """One readiness check (a URL's status is recorded in `statuses`)."""
+        if self.ready is None:
+            raise ValueError(f"{self.name} was launched without a readiness check")
+        if callable(self.ready):
+            return self.ready()
+        status = http_status(self.ready)
+        self.statuses.append(status)
+        return status == 200
+
+    def wait_ready(self, timeout_s: float, poll_s: float = 0.2) -> None:
+        """Check readiness until it passes; ProcessExited or NotReady (with the log's tail)
+        when the process dies or the time runs out."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not self.alive():
+                code = "" if self.popen is None else f" (exit code {self.popen.returncode})"
+                raise ProcessExited(f"{self.name} exited during start-up{code}; {self._log()}")
+            if self.is_ready():
+                return
+            time.sleep(poll_s)
+        raise NotReady(f"{self.name} not ready within {timeout_s:.0f}s; {self._log()}")
+
+    def _log(self) -> str:
+        return f"its log ({self.log_path}):\n{self.log_tail()}"
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return tail(self.log_path, chars)
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        """SIGTERM the group, SIGKILL what is left after `timeout_s`; idempotent."""
+        if self.popen is not None and self.popen.poll() is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, signal.SIGKILL)  # workers the leader left behind
+            return
+        stop_group(self.pid, timeout_s)
+        if self.popen is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.popen.wait(5)
+
+
+def launch(
+    name: str,
+    cmd: list[str],
+    env: dict[str, str],
+    cwd: Path,
+    log_path: Path,
+    ready: Ready | None = None,
+    append: bool = False,
+) -> Launched:
+    """Start `cmd` in its own session, stdout and stderr into `log_path` (truncated unless
+    `append`), stdin from /dev/null; it is not waited on (see `Launched.wait_ready`)."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab" if append else "wb") as log:
+        popen = subprocess.Popen(
+            cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+    return Launched(name, popen.pid, log_path, ready, popen)
+
+
+@contextlib.contextmanager
+def launched(
+    name: str,
+    cmd: list[str],
+    env: dict[str, str],
+    cwd: Path,
+    log_path: Path,
+    ready: Ready,
+    timeout_s: float,
+    append: bool = False,
+) -> Iterator[Launched]:
+    """`launch`, wait until ready, yield; the group is stopped on the way out, however left."""
+    proc = launch(name, cmd, env, cwd, log_path, ready, append)
+    try:
+        proc.wait_ready(timeout_s)
+        yield proc
+    finally:
+        proc.stop()
