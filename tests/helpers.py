@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -19,7 +18,8 @@ import yaml
 from hearth.config import Params
 from hearth.features.definitions import SECONDS_SINCE_LAST_CAP
 from hearth.schema import CHANNELS, MERCHANT_CATEGORIES, RISKY_CATEGORIES
-from hearth.serving.launch import ServerProcess
+from hearth.stack.hearth_server import ServerProcess
+from hearth.stack.launcher import free_port
 
 TINY_EXPERIMENT = {
     "name": "tiny",
@@ -89,12 +89,6 @@ def synthetic_features(n: int, seed: int, fraud_rate: float = 0.02) -> pd.DataFr
 
 # -- a real redis-server for the Redis backends' tests ------------------------------------
 REDIS_SERVER = shutil.which("redis-server")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class RedisServer:

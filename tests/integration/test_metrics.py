@@ -20,7 +20,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from hearth.serving.launch import ServerProcess
+from hearth.stack.hearth_server import ServerProcess
 from hearth.stack.process import Running, write_state
 from hearth.stack.supervisor import ps
 from tests.projects import API_KEY as KEY
@@ -36,7 +36,7 @@ def server(project: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         srv = started["microservices"]
         assert srv.home is not None
         # `hearth ps` reads what `hearth up` would have recorded.
-        write_state(srv.home, [Running("serving", srv.proc.pid, srv.url, f"{srv.url}/readyz",
+        write_state(srv.home, [Running("serving", srv.pid, srv.url, f"{srv.url}/readyz",
                                        str(srv.log_path), time.time())])  # fmt: skip
         yield srv
 

@@ -27,7 +27,7 @@ from hearth.config import HearthContext, Params, Settings
 from hearth.rollout.flow_steps import RolloutOutcome, RoundResult
 from hearth.rollout.replay import LabelledTransaction, ReplayConfig, load_transactions, replay
 from hearth.rollout.verdict import TEST_QUALITY
-from hearth.serving.launch import ServerProcess
+from hearth.stack.hearth_server import ServerProcess, serving
 from hearth.traffic.stores import open_state_store
 from tests.helpers import write_project
 from tests.projects import (
@@ -95,12 +95,8 @@ def server(project: Path) -> Iterator[ServerProcess]:
     env = clean_environ("HEARTH_", "BENTOML_")
     env.update(_settings(project).environment())
     env.update(project_paths(project), HEARTH_API_KEY=KEY)
-    proc = ServerProcess.start("monolith", env, REPO, project / "server.log")
-    try:
-        proc.wait_ready()
+    with serving("monolith", env, REPO, project / "server.log") as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 class Traffic:

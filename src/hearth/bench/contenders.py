@@ -8,8 +8,6 @@ each get a fresh HEARTH_HOME so that their online stores see the same stream.
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -17,13 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from hearth.bench.latency_stats import ProcessTree
 from hearth.bench.load import Endpoint, Sample
 from hearth.config import NO_TELEMETRY_ENV, Settings
 from hearth.serving.internal import PREDICT, PREFIX
-from hearth.serving.launch import ServerProcess, free_port
+from hearth.stack.launcher import Launched, free_port, launch
+from hearth.stack.topologies import serve_command
 
 HOST = "127.0.0.1"
 # The model-service contenders are driven on the route the gateway calls (the lean internal
@@ -92,7 +89,7 @@ def server_env(
 
 @dataclass
 class Server:
-    """A contender served by a child process; `stop` ends its whole process group."""
+    """A contender served by a child process (see `hearth.stack.launcher`)."""
 
     spec: Spec
     cmd: list[str]
@@ -103,73 +100,51 @@ class Server:
     ready_path: str
     port: int = field(default_factory=free_port)
     headers: tuple[tuple[str, str], ...] = ()
-    proc: subprocess.Popen[bytes] | None = None
+    process: Launched | None = None
 
     def start(self) -> None:
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                [*self.cmd, *self._port_args()],
-                cwd=self.cwd,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        ready = f"http://{HOST}:{self.port}{self.ready_path}"
+        self.process = launch(self.spec.name, self.command(), self.env, self.cwd, self.log_path,
+                              ready)  # fmt: skip
 
-    def _port_args(self) -> list[str]:
-        return ["--host", HOST, "--port", str(self.port)]
+    def command(self) -> list[str]:
+        return [*self.cmd, "--host", HOST, "--port", str(self.port)]
 
     @property
     def endpoint(self) -> Endpoint:
         return Endpoint(HOST, self.port, self.path, self.headers)
 
+    def _started(self) -> Launched:
+        assert self.process is not None, "not started"
+        return self.process
+
     def tree(self) -> ProcessTree:
-        assert self.proc is not None, "not started"
-        return ProcessTree(self.proc.pid)
+        return ProcessTree(self._started().pid)
 
     def wait_ready(self, timeout_s: float) -> None:
-        """Poll the readiness path until 200; raise with the log's tail on death or timeout."""
-        assert self.proc is not None, "not started"
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.spec.name} exited:\n{self.log_tail()}")
-            try:
-                if httpx.get(f"http://{HOST}:{self.port}{self.ready_path}", timeout=5).is_success:
-                    return
-            except httpx.HTTPError:
-                pass  # not listening yet
-            time.sleep(0.3)
-        raise TimeoutError(f"{self.spec.name} not ready in {timeout_s:.0f}s:\n{self.log_tail()}")
+        """Poll the readiness path until 200; the launcher's error (a RuntimeError, with the
+        log's tail) on death or timeout."""
+        self._started().wait_ready(timeout_s, poll_s=0.3)
 
     def log_tail(self, chars: int = 3000) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:]
+        return self._started().log_tail(chars)
 
     def stop(self, timeout_s: float = 20.0) -> None:
         """SIGTERM the process group, then SIGKILL whatever is left of it."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout_s)
-        except ProcessLookupError:
-            pass
+        if self.process is not None:
+            self.process.stop(timeout_s)
 
 
 class MlflowServer(Server):
-    def _port_args(self) -> list[str]:
-        return ["-h", HOST, "-p", str(self.port)]
+    def command(self) -> list[str]:
+        return [*self.cmd, "-h", HOST, "-p", str(self.port)]
 
 
 class HearthServer(Server):
     """`hearth serve --topology …` (imports the champion, fills the store, then serves)."""
 
-    def start(self) -> None:
-        topology = self.spec.name.removesuffix(BASELINE)
-        self.proc = ServerProcess.start(topology, self.env, self.cwd, self.log_path, self.port).proc
+    def command(self) -> list[str]:
+        return serve_command(self.spec.name.removesuffix(BASELINE), self.port)
 
 
 BASELINE = "@base"

@@ -13,9 +13,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedCo
 from hearth.config import ConfigError, HearthContext, Settings
 from hearth.observability.logging import configure_logging
 
-# Serving topology → the BentoML service `bentoml serve` starts (`hearth serve`, `hearth up`).
-TOPOLOGIES = {"monolith": "bentos.monolith:Monolith", "microservices": "bentos.gateway:Gateway"}
-
 console = Console(stderr=True)
 
 

@@ -12,8 +12,9 @@ from typing import Annotated, Any
 
 import typer
 
-from hearth.cli._common import TOPOLOGIES, console, fail, load_context
+from hearth.cli._common import console, fail, load_context
 from hearth.config import HearthContext, project_root
+from hearth.stack.topologies import TOPOLOGIES
 
 commands = typer.Typer()
 

@@ -18,7 +18,7 @@ from hearth.rollout.replay import (
     load_transactions,
     replay,
 )
-from hearth.serving.launch import ServerProcess
+from hearth.stack.hearth_server import ServerProcess
 
 REPLAY_RATE_PER_S = 200.0
 REPLAY_CONCURRENCY = 8

@@ -20,7 +20,9 @@ import httpx
 
 from hearth.config import Settings
 from hearth.stack import process
+from hearth.stack.launcher import http_ok
 from hearth.stack.process import Running, StackError
+from hearth.stack.topologies import READY_PATH, serve_command
 
 WORK_POOL = "hearth-process"
 PYTHON = sys.executable
@@ -40,7 +42,7 @@ class Service:
     def check(self) -> bool:
         if self.healthy is not None:
             return self.healthy()
-        return self.health_url is not None and process.http_ok(self.health_url)
+        return self.health_url is not None and http_ok(self.health_url)
 
 
 @dataclass(frozen=True)
@@ -118,10 +120,9 @@ class Stack:
 
     def serving(self) -> Service:
         s = self.settings
-        cmd = [PYTHON, "-m", "hearth", "serve", "--topology", self.topology,
-               "--host", s.serving_host, "--port", str(s.serving_port)]  # fmt: skip
+        cmd = serve_command(self.topology, s.serving_port, s.serving_host)
         return Service(
-            "serving", cmd, self.serving_url, f"{self.serving_url}/readyz", timeout_s=300
+            "serving", cmd, self.serving_url, f"{self.serving_url}{READY_PATH}", timeout_s=300
         )
 
     def worker_online(self) -> bool:

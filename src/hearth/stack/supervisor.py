@@ -6,9 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
-
-from hearth.stack import process
+from hearth.stack import launcher, process
+from hearth.stack.hearth_server import bentoml_workers
 from hearth.stack.process import Running, StackError
 from hearth.stack.services import WORK_POOL, Service, Stack, prefect_cli, record
 
@@ -19,7 +18,7 @@ def _check_ports(stack: Stack) -> None:
     busy = [
         f"{host}:{port} ({setting})"
         for setting, (host, port) in stack.ports().items()
-        if process.port_in_use(host, port)
+        if launcher.port_in_use(host, port)
     ]
     if busy:
         raise StackError(
@@ -33,16 +32,21 @@ def _start(stack: Stack, service: Service, running: list[Running], say: Say) -> 
     home = stack.settings.home_abs
     log = home / "logs" / f"{service.name}.log"
     say(f"starting {service.name} (log: {log})")
-    pid = process.start(service.name, service.cmd, stack.env(), stack.repo_dir, log.parent)
-    record(home, running, service, pid, log)
-    process.wait_until(service.name, pid, service.check, log, service.timeout_s)
+    started = launcher.launch(
+        service.name, service.cmd, stack.env(), stack.repo_dir, log, service.check, append=True
+    )
+    record(home, running, service, started.pid, log)
+    try:
+        started.wait_ready(service.timeout_s, poll_s=0.5)
+    except launcher.LaunchError as exc:
+        raise StackError(str(exc)) from None
     say(f"  {service.name} healthy" + (f" at {service.url}" if service.url else ""))
 
 
 def up(stack: Stack, serve: bool = True, say: Say = print) -> list[Running]:
     """Start the stack; on a failure, what did start keeps running for `hearth down`."""
     home = stack.settings.home_abs
-    if any(process.alive(r.pid) for r in process.read_state(home)):
+    if any(launcher.alive(r.pid) for r in process.read_state(home)):
         raise StackError(f"the stack in {home} is already up: `hearth ps`, or `hearth down`")
     _check_ports(stack)
     (home / "logs").mkdir(parents=True, exist_ok=True)
@@ -63,9 +67,9 @@ def down(home: Path, say: Say = print) -> list[str]:
     """Stop every process `hearth up` recorded, last started first; forget them."""
     stopped = []
     for r in reversed(process.read_state(home)):
-        if process.alive(r.pid):
+        if launcher.alive(r.pid):
             say(f"stopping {r.name} (pid {r.pid})")
-            process.stop(r.pid)
+            launcher.stop_group(r.pid)
         stopped.append(r.name)
     (home / process.STATE_FILE).unlink(missing_ok=True)
     return stopped
@@ -83,23 +87,16 @@ class Status:
 
 def _serving_detail(pid: int) -> str:
     """The BentoML services under the serving process (microservices: one per service)."""
-    names = []
-    for child in process.group_members(pid):
-        try:
-            cmd = child.cmdline()
-        except psutil.Error:
-            continue
-        if "--service-name" in cmd:
-            names.append(f"{cmd[cmd.index('--service-name') + 1]}:{child.pid}")
-    return " ".join(sorted(names))
+    workers = bentoml_workers(pid)
+    return " ".join(sorted(f"{name}:{p}" for name, pids in workers.items() for p in pids))
 
 
 def ps(home: Path) -> list[Status]:
     """What the pid file lists, whether it runs and whether its health check passes."""
     out = []
     for r in process.read_state(home):
-        running = process.alive(r.pid)
-        healthy = running and (process.http_ok(r.health_url) if r.health_url else True)
+        running = launcher.alive(r.pid)
+        healthy = running and (launcher.http_ok(r.health_url) if r.health_url else True)
         detail = _serving_detail(r.pid) if r.name == "serving" and running else ""
         out.append(Status(r.name, r.pid, running, healthy, r.url, detail))
     return out
