@@ -19,7 +19,7 @@ from hearth.config import Params
 from hearth.features.definitions import SECONDS_SINCE_LAST_CAP
 from hearth.schema import CHANNELS, MERCHANT_CATEGORIES, RISKY_CATEGORIES
 from hearth.stack.hearth_server import ServerProcess
-from hearth.stack.launcher import free_port
+from hearth.stack.launcher import free_port, stop_all
 
 TINY_EXPERIMENT = {
     "name": "tiny",
@@ -149,5 +149,4 @@ def serving_topologies(
                 done.result()
         yield started
     finally:
-        for server in started.values():
-            server.stop()
+        stop_all(started.values())

@@ -4,6 +4,7 @@ the whole group (SIGTERM, then SIGKILL), and what `hearth up`/`ps` build on it."
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -136,6 +137,48 @@ def test_sigterm_ignored_means_sigkill_after_the_grace_and_strays_are_stopped(
         proc.stop(timeout_s=1.0)
     assert time.monotonic() - began >= 1.0  # SIGTERM first, and a grace period
     assert _gone(proc.pid) and _gone(stray)
+
+
+def test_a_stop_interrupted_by_a_signal_kills_at_once(tmp_path: Path) -> None:
+    """A SIGTERM (as `hearth bench` turns it into SystemExit) during the grace period:
+    nothing is left behind waiting for a SIGKILL that would never come."""
+    log = tmp_path / "stubborn.log"
+    ready = lambda: "ready" in log.read_text()  # noqa: E731 - the handler is installed by then
+    proc = launch("stubborn", [PY, str(_script(tmp_path, "stubborn", STUBBORN))], {}, tmp_path,
+                  log, ready)  # fmt: skip
+    proc.wait_ready(START_S)
+
+    def leave(signum: int, _: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGALRM, leave)
+    signal.setitimer(signal.ITIMER_REAL, 0.5)
+    began = time.monotonic()
+    try:
+        with pytest.raises(SystemExit):
+            proc.stop(timeout_s=60)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert time.monotonic() - began < 30  # not the 60 s grace period
+    assert _gone(proc.pid)
+
+
+class _Server:
+    def __init__(self, fails: bool) -> None:
+        self.fails, self.stopped = fails, False
+
+    def stop(self) -> None:
+        self.stopped = True
+        if self.fails:
+            raise SystemExit(143)
+
+
+def test_stop_all_stops_the_rest_when_one_stop_is_interrupted() -> None:
+    servers = [_Server(fails=False), _Server(fails=True), _Server(fails=False)]
+    with pytest.raises(SystemExit):
+        launcher.stop_all(servers)
+    assert all(s.stopped for s in servers)
 
 
 def test_an_exception_in_the_block_still_stops_the_group(tmp_path: Path) -> None:

@@ -28,6 +28,7 @@ from typing import Any
 from hearth.bench.contenders import BENCH_KEY, SPECS, HearthServer, server_env
 from hearth.bench.load import Connection, attempt
 from hearth.config import Settings
+from hearth.stack.launcher import stop_all
 
 TOPOLOGIES = ("monolith", "microservices")
 CONCURRENCY = 16
@@ -382,5 +383,4 @@ class Rollbacks:
         }
 
     def stop(self) -> None:
-        for rig in self.rigs.values():
-            rig.server.stop()
+        stop_all(rig.server for rig in self.rigs.values())

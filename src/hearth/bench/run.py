@@ -34,6 +34,7 @@ from hearth.bench.load import Endpoint, drive
 from hearth.bench.rollback import TOPOLOGIES, Rollbacks
 from hearth.bench.workload import Workload, load_workload
 from hearth.config import Settings, load_params
+from hearth.stack.launcher import stop_all
 
 ALL = tuple(SPECS)
 QUICK = ("model", "echo", "mlflow", "monolith", "microservices", "model-batched",
@@ -157,8 +158,7 @@ def _run_all(
             rollbacks.wait_ready(config.ready_timeout_s, say)
             cells, memory = _measure(names, servers, workload, work, config, say)
         finally:
-            for server in servers.values():
-                server.stop()
+            stop_all(servers.values())
         if rollbacks.rigs:
             say("rollback under load:")
         model_name = load_params(source.params_file).registry.model_name
@@ -219,19 +219,21 @@ def _start_all(
     }
     first = [n for n in servers if n.removesuffix(BASELINE) not in _NEEDS_MONOLITH]
     later = [n for n in servers if n not in first]
+    pool = ThreadPoolExecutor(max(1, len(servers)))
     try:
         for group in (first, later):
             for name in group:
                 servers[name].start()
             # Started together, waited on side by side: start-up is mostly waiting on imports.
-            with ThreadPoolExecutor(max(1, len(group))) as pool:
-                futures = {n: pool.submit(_wait, servers[n], config, say) for n in group}
-                for future in futures.values():
-                    future.result()
+            for future in [pool.submit(_wait, servers[n], config, say) for n in group]:
+                future.result()
     except BaseException:
-        for server in servers.values():
-            server.stop()
+        # Stopped before the pool shuts down, so the waits still running end at once: a
+        # failed start or a SIGTERM does not wait for the other servers to become ready.
+        stop_all(servers.values())
         raise
+    finally:
+        pool.shutdown()
     return servers
 
 

@@ -14,9 +14,10 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import httpx
 import psutil
@@ -80,19 +81,46 @@ def group_members(pid: int) -> list[psutil.Process]:
         return []
 
 
+def _signal_group(pid: int, members: list[psutil.Process], sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+    # Descendants that left the group (setsid, as BentoML's workers do) one by one.
+    for proc in members:
+        with contextlib.suppress(psutil.Error):
+            proc.send_signal(sig)
+
+
 def stop_group(pid: int, timeout_s: float = 20.0) -> None:
     """SIGTERM the process group (and stray descendants), SIGKILL what outlives `timeout_s`."""
     members = group_members(pid)
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        # Descendants that left the group (setsid) are signalled one by one.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, sig)
-        for proc in members:
-            with contextlib.suppress(psutil.Error):
-                proc.send_signal(sig)
-        _, members = psutil.wait_procs(members, timeout=timeout_s if sig == signal.SIGTERM else 5)
-        if not members:
-            return
+    _signal_group(pid, members, signal.SIGTERM)
+    try:
+        _, members = psutil.wait_procs(members, timeout=timeout_s)
+    except BaseException:
+        # Interrupted while waiting (a SIGTERM turned into SystemExit, Ctrl-C): no grace
+        # period is left, and nothing may be left behind.
+        _signal_group(pid, members, signal.SIGKILL)
+        raise
+    if members:
+        _signal_group(pid, members, signal.SIGKILL)
+        psutil.wait_procs(members, timeout=5)
+
+
+class Stoppable(Protocol):
+    def stop(self) -> None: ...
+
+
+def stop_all(processes: Iterable[Stoppable]) -> None:
+    """Stop every one, even when stopping one is interrupted (a SIGTERM's SystemExit while
+    cleaning up must not leave the rest running); then re-raise the first interruption."""
+    first: BaseException | None = None
+    for proc in processes:
+        try:
+            proc.stop()
+        except BaseException as exc:
+            first = first or exc
+    if first is not None:
+        raise first
 
 
 def tail(path: Path, chars: int = 4000) -> str:
