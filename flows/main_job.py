@@ -26,7 +26,7 @@ from hearth.demo.drifted_period import (
     refresh_online_store,
 )
 from hearth.demo.live_traffic import LiveTraffic, serving, with_live_traffic
-from hearth.stack.hearth_server import ServerProcess
+from hearth.launch.hearth_server import ServerProcess
 from hearth.validation import ValidationFailed
 
 

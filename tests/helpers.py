@@ -17,9 +17,9 @@ import yaml
 
 from hearth.config import Params
 from hearth.features.definitions import SECONDS_SINCE_LAST_CAP
+from hearth.launch.hearth_server import ServerProcess
+from hearth.launch.launcher import free_port, stop_all
 from hearth.schema import CHANNELS, MERCHANT_CATEGORIES, RISKY_CATEGORIES
-from hearth.stack.hearth_server import ServerProcess
-from hearth.stack.launcher import free_port, stop_all
 
 TINY_EXPERIMENT = {
     "name": "tiny",

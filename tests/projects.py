@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from hearth.config import NO_TELEMETRY_ENV, HearthContext, Params, Settings
-from hearth.stack.hearth_server import ServerProcess
+from hearth.launch.hearth_server import ServerProcess
 from tests.helpers import serving_topologies, write_project
 
 if TYPE_CHECKING:

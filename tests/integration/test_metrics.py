@@ -20,7 +20,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from hearth.stack.hearth_server import ServerProcess
+from hearth.launch.hearth_server import ServerProcess
 from hearth.stack.process import Running, write_state
 from hearth.stack.supervisor import ps
 from tests.projects import API_KEY as KEY

@@ -24,10 +24,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from hearth.config import HearthContext, Params, Settings
+from hearth.launch.hearth_server import ServerProcess, serving
 from hearth.rollout.flow_steps import RolloutOutcome, RoundResult
 from hearth.rollout.replay import LabelledTransaction, ReplayConfig, load_transactions, replay
 from hearth.rollout.verdict import TEST_QUALITY
-from hearth.stack.hearth_server import ServerProcess, serving
 from hearth.traffic.stores import open_state_store
 from tests.helpers import write_project
 from tests.projects import (

@@ -26,9 +26,9 @@ import pandas as pd
 import pytest
 
 from hearth.config import Params
+from hearth.launch.hearth_server import ServerProcess
 from hearth.rollout.verdict import analyse
 from hearth.serving.faults import FAULT_TAG
-from hearth.stack.hearth_server import ServerProcess
 from hearth.traffic.assignment import assign
 from hearth.traffic.prediction_log import DB_FILE, PredictionLog
 from tests.integration import test_serving as serving

@@ -25,10 +25,10 @@ import pytest
 from hearth.config import Settings
 from hearth.features.online import Transaction
 from hearth.features.store import open_store
+from hearth.launch.hearth_server import ServerProcess
 from hearth.schema import TIMESTAMP_FORMAT
 from hearth.serving.pool import decide
 from hearth.serving.state import ServingState
-from hearth.stack.hearth_server import ServerProcess
 from tests.projects import API_KEY as KEY
 from tests.projects import REPO, project_servers, registry_uri, server_env
 

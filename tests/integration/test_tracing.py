@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from hearth.stack.hearth_server import ServerProcess
+from hearth.launch.hearth_server import ServerProcess
 from tests.integration.test_metrics import _tx
 from tests.projects import API_KEY as KEY
 from tests.projects import project_servers

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from hearth.config import Settings
-from hearth.stack import launcher
-from hearth.stack.hearth_server import bentoml_workers
-from hearth.stack.launcher import Launched, NotReady, ProcessExited, free_port, launch, launched
+from hearth.launch import launcher
+from hearth.launch.hearth_server import bentoml_workers
+from hearth.launch.launcher import Launched, NotReady, ProcessExited, free_port, launch, launched
 from hearth.stack.process import Running, StackError, read_state
 from hearth.stack.services import Service, Stack
 from hearth.stack.supervisor import _serving_detail, _start

@@ -18,9 +18,9 @@ from typing import Any
 from hearth.bench.latency_stats import ProcessTree
 from hearth.bench.load import Endpoint, Sample
 from hearth.config import NO_TELEMETRY_ENV, Settings
+from hearth.launch.launcher import Launched, free_port, launch
+from hearth.launch.topologies import serve_command
 from hearth.serving.internal import PREDICT, PREFIX
-from hearth.stack.launcher import Launched, free_port, launch
-from hearth.stack.topologies import serve_command
 
 HOST = "127.0.0.1"
 # The model-service contenders are driven on the route the gateway calls (the lean internal
@@ -89,7 +89,7 @@ def server_env(
 
 @dataclass
 class Server:
-    """A contender served by a child process (see `hearth.stack.launcher`)."""
+    """A contender served by a child process (see `hearth.launch.launcher`)."""
 
     spec: Spec
     cmd: list[str]

@@ -28,7 +28,7 @@ from typing import Any
 from hearth.bench.contenders import BENCH_KEY, SPECS, HearthServer, server_env
 from hearth.bench.load import Connection, attempt
 from hearth.config import Settings
-from hearth.stack.launcher import stop_all
+from hearth.launch.launcher import stop_all
 
 TOPOLOGIES = ("monolith", "microservices")
 CONCURRENCY = 16

@@ -34,7 +34,7 @@ from hearth.bench.load import Endpoint, drive
 from hearth.bench.rollback import TOPOLOGIES, Rollbacks
 from hearth.bench.workload import Workload, load_workload
 from hearth.config import Settings, load_params
-from hearth.stack.launcher import stop_all
+from hearth.launch.launcher import stop_all
 
 ALL = tuple(SPECS)
 QUICK = ("model", "echo", "mlflow", "monolith", "microservices", "model-batched",

@@ -12,7 +12,7 @@ import typer
 
 from hearth.cli._common import console, fail, load_context
 from hearth.config import project_root
-from hearth.stack.topologies import TOPOLOGIES
+from hearth.launch.topologies import TOPOLOGIES
 
 commands = typer.Typer()
 

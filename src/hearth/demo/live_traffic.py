@@ -11,6 +11,7 @@ from typing import TypeVar
 
 from hearth.config import Settings, project_root
 from hearth.demo.drifted_period import DriftPeriod
+from hearth.launch.hearth_server import ServerProcess
 from hearth.rollout.replay import (
     LabelledTransaction,
     ReplayConfig,
@@ -18,7 +19,6 @@ from hearth.rollout.replay import (
     load_transactions,
     replay,
 )
-from hearth.stack.hearth_server import ServerProcess
 
 REPLAY_RATE_PER_S = 200.0
 REPLAY_CONCURRENCY = 8

@@ -1,6 +1,6 @@
 """What `hearth up` started, remembered in a pid file under HEARTH_HOME, and the stack's error.
 
-Starting, checking and stopping the processes is `hearth.stack.launcher`'s; this file is
+Starting, checking and stopping the processes is `hearth.launch.launcher`'s; this file is
 what lets a later `hearth ps` or `hearth down` (another process) find them again.
 """
 

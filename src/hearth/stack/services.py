@@ -19,10 +19,10 @@ from pathlib import Path
 import httpx
 
 from hearth.config import Settings
+from hearth.launch.launcher import http_ok
+from hearth.launch.topologies import READY_PATH, serve_command
 from hearth.stack import process
-from hearth.stack.launcher import http_ok
 from hearth.stack.process import Running, StackError
-from hearth.stack.topologies import READY_PATH, serve_command
 
 WORK_POOL = "hearth-process"
 PYTHON = sys.executable

@@ -6,8 +6,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from hearth.stack import launcher, process
-from hearth.stack.hearth_server import bentoml_workers
+from hearth.launch import launcher
+from hearth.launch.hearth_server import bentoml_workers
+from hearth.stack import process
 from hearth.stack.process import Running, StackError
 from hearth.stack.services import WORK_POOL, Service, Stack, prefect_cli, record
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import psutil
 
-from hearth.stack.launcher import Launched, free_port, group_members, launch
-from hearth.stack.topologies import READY_PATH, serve_command
+from hearth.launch.launcher import Launched, free_port, group_members, launch
+from hearth.launch.topologies import READY_PATH, serve_command
 
 HOST = "127.0.0.1"
 READY_TIMEOUT_S = 240.0
