@@ -5,7 +5,7 @@ validation verdict and the experiment file. Attached to every MLflow run and mod
 from __future__ import annotations
 
 import subprocess
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 UNKNOWN = "unknown"
@@ -68,9 +68,5 @@ class Lineage:
     experiment_file: str
 
     def as_tags(self) -> dict[str, str]:
-        return {
-            "hearth.data_version": self.data_version,
-            "hearth.git_commit": self.git_commit,
-            "hearth.validation": self.validation,
-            "hearth.experiment_file": self.experiment_file,
-        }
+        """Every field as the tag ``hearth.<field>``."""
+        return {f"hearth.{name}": value for name, value in asdict(self).items()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import NoReturn
 
 import typer
@@ -33,6 +34,16 @@ def fail(message: str, hint: str | None = None) -> NoReturn:
     if hint:
         console.print(f"[yellow]hint:[/] {hint}")
     raise typer.Exit(code=1)
+
+
+def choose(given: list[str] | None, allowed: Sequence[str], noun: str) -> list[str]:
+    """The names given to a repeatable option (all of `allowed` when none); an unknown name
+    ends the command, listing the choices."""
+    names = given or list(allowed)
+    unknown = sorted(set(names) - set(allowed))
+    if unknown:
+        fail(f"unknown {noun}(s) {unknown}", f"choose from {', '.join(allowed)}")
+    return names
 
 
 def progress_bar() -> Progress:

@@ -14,11 +14,16 @@ from typing import Annotated, Any
 
 import typer
 
-from hearth.cli._common import console, fail, load_context, progress_bar
+from hearth.cli._common import choose, console, fail, load_context, progress_bar
 from hearth.config import ConfigError, HearthContext
 
 commands = typer.Typer()
 data_app = typer.Typer(help="Raw data: generate synthetic daily drops.", no_args_is_help=True)
+
+# `hearth train` and `hearth run` read the same experiment file.
+ExperimentOption = Annotated[
+    Path | None, typer.Option(help="Experiment YAML (default: params.yaml train.experiment).")
+]
 
 
 # -- data ----------------------------------------------------------------------------------
@@ -94,12 +99,8 @@ def validate(
     from hearth.validation import ValidationFailed
 
     ctx = load_context()
-    chosen = suite or ["raw", "processed"]
-    unknown = set(chosen) - {"raw", "processed"}
-    if unknown:
-        fail(f"unknown suite(s) {sorted(unknown)}", "choose from raw, processed")
     runners = {"raw": steps.validate_raw, "processed": steps.validate_processed}
-    results = [runners[name](ctx) for name in chosen]
+    results = [runners[name](ctx) for name in choose(suite, list(runners), "suite")]
     summary = steps.record_validation(ctx, results)
     try:
         steps.gate(results)
@@ -113,9 +114,7 @@ def validate(
 
 @commands.command()
 def train(
-    experiment: Annotated[
-        Path | None, typer.Option(help="Experiment YAML (default: params.yaml train.experiment).")
-    ] = None,
+    experiment: ExperimentOption = None,
     register: Annotated[
         bool, typer.Option(help="Register the best run and apply the champion gate.")
     ] = True,
@@ -157,9 +156,7 @@ def _print_decision(decision: Any) -> None:
 # -- the main job --------------------------------------------------------------------------
 @commands.command()
 def run(
-    experiment: Annotated[
-        Path | None, typer.Option(help="Experiment YAML (default: params.yaml train.experiment).")
-    ] = None,
+    experiment: ExperimentOption = None,
     rollout: Annotated[
         bool,
         typer.Option(

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from hearth.cli._common import console, fail, load_context
+from hearth.cli._common import choose, console, fail, load_context
 from hearth.config import HearthContext, project_root
 from hearth.launch.topologies import TOPOLOGIES
 
@@ -94,10 +94,7 @@ def build(
     from hearth.serving import packaging  # lazy: pandas, see the module docstring
 
     ctx = load_context()
-    names = bento or list(packaging.BENTOS)
-    unknown = sorted(set(names) - set(packaging.BENTOS))
-    if unknown:
-        fail(f"unknown bento(s) {unknown}", f"choose from {', '.join(packaging.BENTOS)}")
+    names = choose(bento, list(packaging.BENTOS), "bento")
     imported = _serving_models(ctx, always=True)
     root = project_root()
     built = packaging.build_bentos(

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -158,16 +158,12 @@ class GenerateReport:
     customers_file: Path
 
     def to_dict(self) -> dict[str, object]:
-        """JSON-ready summary (paths as strings)."""
-        return {
-            "days": self.days,
-            "transactions": self.transactions,
-            "fraud": self.fraud,
-            "dirty_rows": self.dirty_rows,
-            "fraud_rate": self.fraud / self.transactions if self.transactions else 0.0,
-            "files": [str(p) for p in self.files],
-            "customers_file": str(self.customers_file),
-        }
+        """JSON-ready summary (paths as strings), with the fraud rate."""
+        out = asdict(self)
+        out["files"] = [str(p) for p in self.files]
+        out["customers_file"] = str(self.customers_file)
+        out["fraud_rate"] = self.fraud / self.transactions if self.transactions else 0.0
+        return out
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 
@@ -43,25 +43,13 @@ class ValidationResult:
         return "\n".join(f.line() for f in self.failed)
 
     def to_dict(self) -> dict[str, object]:
-        """A JSON-ready view, for reports and lineage tags."""
-        return {
-            "suite": self.suite,
-            "success": self.success,
-            "batches": self.batches,
-            "evaluated": self.evaluated,
-            "failed": [
-                {
-                    "batch": f.batch,
-                    "expectation": f.expectation,
-                    "column": f.column,
-                    "details": f.details,
-                }
-                for f in self.failed
-            ],
-            "docs_index": str(self.docs_index) if self.docs_index else None,
-            "seconds": round(self.seconds, 2),
-            "notes": list(self.notes),
-        }
+        """A JSON-ready view, for reports and lineage tags (a failure's suite is this one)."""
+        out = asdict(self)
+        out["failed"] = [{k: v for k, v in f.items() if k != "suite"} for f in out["failed"]]
+        out["docs_index"] = str(self.docs_index) if self.docs_index else None
+        out["seconds"] = round(self.seconds, 2)
+        out["notes"] = list(self.notes)
+        return out
 
 
 class ValidationFailed(Exception):
