@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -149,66 +150,70 @@ def _rollback_brief(row: Row) -> str:
 
 
 # -- Markdown ------------------------------------------------------------------------------
+def _row(cells: Iterable[object]) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def _table(head: Sequence[str], align: str, rows: Iterable[Iterable[object]] = ()) -> list[str]:
+    """A Markdown table: `align` has a letter per column, ``l`` (left) or ``r`` (right)."""
+    rule = "".join("|---:" if a == "r" else "|---" for a in align) + "|"
+    return [_row(head), rule, *(_row(r) for r in rows)]
+
+
 def _main_table(f: Figures) -> list[str]:
     mem = f.report.get("memory_mib", {})
-    lines = [
-        "| contender | c | p50 ms | p90 ms | p99 ms | req/s | errors | CPU s / 1000 req "
-        "| RSS MiB |",
-        "|---|---:|---:|---:|---:|---:|---|---:|---:|",
-    ]
-    for name in f.names:
-        for c in f.levels:
-            row = f.rows.get((name, c))
-            if row is None:
-                continue
-            errors = ", ".join(f"{s}: {n}" for s, n in row["errors"].items()) or "0"
-            lines.append(
-                f"| {f.labels[name]} | {c} | {_fmt(row['p50_ms'])} | {_fmt(row['p90_ms'])} "
-                f"| {_fmt(row['p99_ms'])} | {_fmt(row['rps'], 0)} | {errors} "
-                f"| {_fmt(row['cpu_s_per_1000'])} | {_fmt(mem.get(name, math.nan), 0)} |"
-            )
-    return lines
+
+    def cells(name: str, c: int, row: Row) -> list[object]:
+        errors = ", ".join(f"{s}: {n}" for s, n in row["errors"].items()) or "0"
+        return [
+            f.labels[name], c, _fmt(row["p50_ms"]), _fmt(row["p90_ms"]), _fmt(row["p99_ms"]),
+            _fmt(row["rps"], 0), errors, _fmt(row["cpu_s_per_1000"]),
+            _fmt(mem.get(name, math.nan), 0),
+        ]  # fmt: skip
+
+    return _table(
+        ["contender", "c", "p50 ms", "p90 ms", "p99 ms", "req/s", "errors", "CPU s / 1000 req",
+         "RSS MiB"],
+        "lrrrrrlrr",
+        (cells(name, c, f.rows[name, c]) for name in f.names for c in f.levels
+         if (name, c) in f.rows),
+    )  # fmt: skip
 
 
 def _ratio_table(f: Figures) -> list[str]:
     model_p50 = f.get("model", 1, "p50_ms")
-    lines = [
-        "| contender | c | p50 ÷ forward pass | p50 ÷ echo | p50 ÷ mlflow | req/s ÷ echo "
-        "| req/s ÷ mlflow |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for name in f.names:
-        if name == "model":
-            continue
-        for c in f.levels:
-            if (name, c) not in f.rows:
-                continue
-            p50, rps = f.get(name, c, "p50_ms"), f.get(name, c, "rps")
-            vs_model = _ratio(p50, model_p50) if c == 1 else math.nan
-            lines.append(
-                f"| {f.labels[name]} | {c} | {_fmt(vs_model, 1, '×')} "
-                f"| {_fmt(_ratio(p50, f.get('echo', c, 'p50_ms')), 1, '×')} "
-                f"| {_fmt(_ratio(p50, f.get('mlflow', c, 'p50_ms')), 2, '×')} "
-                f"| {_fmt(_ratio(rps, f.get('echo', c, 'rps')), 2, '×')} "
-                f"| {_fmt(_ratio(rps, f.get('mlflow', c, 'rps')), 2, '×')} |"
-            )
-    return lines
+
+    def cells(name: str, c: int) -> list[object]:
+        p50, rps = f.get(name, c, "p50_ms"), f.get(name, c, "rps")
+        vs_model = _ratio(p50, model_p50) if c == 1 else math.nan
+        return [
+            f.labels[name], c, _fmt(vs_model, 1, "×"),
+            _fmt(_ratio(p50, f.get("echo", c, "p50_ms")), 1, "×"),
+            _fmt(_ratio(p50, f.get("mlflow", c, "p50_ms")), 2, "×"),
+            _fmt(_ratio(rps, f.get("echo", c, "rps")), 2, "×"),
+            _fmt(_ratio(rps, f.get("mlflow", c, "rps")), 2, "×"),
+        ]  # fmt: skip
+
+    return _table(
+        ["contender", "c", "p50 ÷ forward pass", "p50 ÷ echo", "p50 ÷ mlflow", "req/s ÷ echo",
+         "req/s ÷ mlflow"],
+        "lrrrrrr",
+        (cells(name, c) for name in f.names if name != "model" for c in f.levels
+         if (name, c) in f.rows),
+    )  # fmt: skip
 
 
 def _hop_table(f: Figures) -> list[str]:
     rows = hop_cost(f)
     if not rows:
         return ["(not measured: needs both Hearth topologies)"]
-    lines = [
-        "| c | p50 microservices − monolith | per hop | p99 microservices − monolith "
-        "| req/s microservices ÷ monolith | microservices errors |",
-        "|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['concurrency']} | {r['p50_ms']:+.2f} ms | {r['p50_per_hop_ms']:+.2f} ms "
-            f"| {r['p99_ms']:+.2f} ms | ×{r['rps_ratio']:.2f} | {r['errors']} |"
-        )
+    lines = _table(
+        ["c", "p50 microservices − monolith", "per hop", "p99 microservices − monolith",
+         "req/s microservices ÷ monolith", "microservices errors"],
+        "rrrrrr",
+        ([r["concurrency"], f"{r['p50_ms']:+.2f} ms", f"{r['p50_per_hop_ms']:+.2f} ms",
+          f"{r['p99_ms']:+.2f} ms", f"×{r['rps_ratio']:.2f}", r["errors"]] for r in rows),
+    )  # fmt: skip
     alone = single_hop(f)
     if not math.isnan(alone):
         lines += [
@@ -225,13 +230,11 @@ def _batching_table(f: Figures) -> list[str]:
     rows = batching_effect(f)
     if not rows:
         return ["(not measured: needs model-batched and model-unbatched)"]
-    lines = [
-        "| c | req/s batched ÷ unbatched | p50 unbatched ÷ batched |",
-        "|---:|---:|---:|",
-    ]
-    for r in rows:
-        lines.append(f"| {r['concurrency']} | ×{r['rps_ratio']:.2f} | ×{r['p50_ratio']:.2f} |")
-    return lines
+    return _table(
+        ["c", "req/s batched ÷ unbatched", "p50 unbatched ÷ batched"],
+        "rrr",
+        ([r["concurrency"], f"×{r['rps_ratio']:.2f}", f"×{r['p50_ratio']:.2f}"] for r in rows),
+    )
 
 
 def before_after(f: Figures) -> list[Row]:
@@ -262,21 +265,21 @@ def _before_after_table(f: Figures) -> list[str]:
     rows = before_after(f)
     if not rows:
         return []
-    lines = [
+    return [
         "## Before and after (this checkout ÷ the baseline checkout, same run)",
         "",
         f"Baseline: `{f.report['config'].get('baseline')}`.",
         "",
-        "| contender | c | p50 after ÷ before | req/s after ÷ before | errors before → after |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {f.labels[r['contender']]} | {r['concurrency']} "
-            f"| ×{r['p50_after_over_before']:.2f} | ×{r['rps_after_over_before']:.2f} "
-            f"| {r['errors_before']} → {r['errors_after']} |"
-        )
-    return [*lines, ""]
+        *_table(
+            ["contender", "c", "p50 after ÷ before", "req/s after ÷ before",
+             "errors before → after"],
+            "lrrrr",
+            ([f.labels[r["contender"]], r["concurrency"], f"×{r['p50_after_over_before']:.2f}",
+              f"×{r['rps_after_over_before']:.2f}", f"{r['errors_before']} → {r['errors_after']}"]
+             for r in rows),
+        ),
+        "",
+    ]  # fmt: skip
 
 
 def _seconds(value: float | None, sign: str = "") -> str:
@@ -293,12 +296,12 @@ def _rollback_section(report: dict[str, Any]) -> list[str]:
     rows = rollback_rows(report)
     if not rows:
         return [*lines, "(not recorded)", ""]
-    lines += [
-        "| topology | c | requests | failed | challenger responses | `hearth rollback` s "
-        "| its state write after its start s | last challenger after its start s "
-        "| … after its state write s | … after its exit s | challenger after exit |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+    lines += _table(
+        ["topology", "c", "requests", "failed", "challenger responses", "`hearth rollback` s",
+         "its state write after its start s", "last challenger after its start s",
+         "… after its state write s", "… after its exit s", "challenger after exit"],
+        "lrrrrrrrrrr",
+    )  # fmt: skip
     for r in rows:
         if r.get("error"):
             error = str(r["error"]).splitlines()[0].replace("|", "\\|")
@@ -306,13 +309,15 @@ def _rollback_section(report: dict[str, Any]) -> list[str]:
             continue
         errors = ", ".join(f"{s}: {n}" for s, n in r["errors"].items())
         lines.append(
-            f"| {r['topology']} | {r['concurrency']} | {r['requests']} "
-            f"| {r['failed']}{f' ({errors})' if errors else ''} | {r['challenger_responses']} "
-            f"| {r['rollback_cli_s']:.2f} | {_seconds(r['state_write_after_start_s'])} "
-            f"| {r['last_challenger_after_start_s']:.2f} "
-            f"| {_seconds(r['last_challenger_after_state_write_s'], '+')} "
-            f"| {r['last_challenger_after_exit_s']:+.2f} | {r['challenger_after_exit']} |"
-        )
+            _row(
+                [r["topology"], r["concurrency"], r["requests"],
+                 f"{r['failed']}{f' ({errors})' if errors else ''}", r["challenger_responses"],
+                 f"{r['rollback_cli_s']:.2f}", _seconds(r["state_write_after_start_s"]),
+                 f"{r['last_challenger_after_start_s']:.2f}",
+                 _seconds(r["last_challenger_after_state_write_s"], "+"),
+                 f"{r['last_challenger_after_exit_s']:+.2f}", r["challenger_after_exit"]]
+            )
+        )  # fmt: skip
     return [
         *lines,
         "",
@@ -329,11 +334,12 @@ def _rollback_section(report: dict[str, Any]) -> list[str]:
 
 
 def _targets_table(f: Figures) -> list[str]:
-    lines = ["| target | measured | met |", "|---|---|---|"]
-    for t in targets(f):
-        met = {True: "yes", False: "**no**", None: "–"}[t["met"]]
-        lines.append(f"| {t['target']} | {t['measured']} | {met} |")
-    return lines
+    met = {True: "yes", False: "**no**", None: "–"}
+    return _table(
+        ["target", "measured", "met"],
+        "lll",
+        ([t["target"], t["measured"], met[t["met"]]] for t in targets(f)),
+    )
 
 
 def verdict(f: Figures) -> list[str]:
@@ -419,9 +425,11 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         "## Contenders",
         "",
-        "| contender | what it does per request |",
-        "|---|---|",
-        *(f"| {c['label']} | {c['note']} |" for c in report["contenders"]),
+        *_table(
+            ["contender", "what it does per request"],
+            "ll",
+            ([c["label"], c["note"]] for c in report["contenders"]),
+        ),
         "",
         "The bare model servers (`mlflow models serve`, plain BentoML, the model service) "
         "receive the transaction's **feature row** (offline features from the ETL), not the "
