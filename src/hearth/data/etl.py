@@ -344,16 +344,13 @@ def run_etl(raw_dir: Path, processed_dir: Path, quarantine_dir: Path, params: Pa
     return report
 
 
-@dataclass(frozen=True)
-class _Cleaned:
-    rows_in: int
-    rows_clean: int
-    rows_quarantined: int
-    reasons: dict[str, int]
+def _clean(
+    con: duckdb.DuckDBPyConnection, raw_dir: Path, drops: list[Path]
+) -> tuple[int, int, int, dict[str, int]]:
+    """Phases 2-3: load the raw text, check every row, split clean from quarantined.
 
-
-def _clean(con: duckdb.DuckDBPyConnection, raw_dir: Path, drops: list[Path]) -> _Cleaned:
-    """Phases 2-3: load the raw text, check every row, split clean from quarantined."""
+    Returns (rows in, clean rows, quarantined rows, quarantine reasons), the report's first
+    four fields."""
     _load_raw(con, drops)
     _load_customers(con, raw_dir / CUSTOMERS_FILE)
     rows_in = _scalar(con, "SELECT count(*) FROM raw") + _scalar(
@@ -368,7 +365,7 @@ def _clean(con: duckdb.DuckDBPyConnection, raw_dir: Path, drops: list[Path]) -> 
         raise EtlError(f"row accounting broken: {rows_in} in != {clean} + {quarantined}")
     reasons = _reason_counts(con)
     logger.info("etl: %d clean, %d quarantined %s", clean, quarantined, reasons)
-    return _Cleaned(rows_in, clean, quarantined, reasons)
+    return rows_in, clean, quarantined, reasons
 
 
 def _featurise_and_split(con: duckdb.DuckDBPyConnection, split: SplitParams) -> _SplitBounds:
@@ -419,16 +416,16 @@ def _run(
     quarantine_dir: Path,
     params: Params,
 ) -> EtlReport:
-    cleaned = _clean(con, raw_dir, drops)
+    rows_in, rows_clean, rows_quarantined, reasons = _clean(con, raw_dir, drops)
     bounds = _featurise_and_split(con, params.split)
     split_rows, fraud_rate = _split_stats(con)
     logger.info("etl: split %s", split_rows)
     outputs = _write_outputs(con, scratch, processed_dir, quarantine_dir)
     return EtlReport(
-        rows_in=cleaned.rows_in,
-        rows_clean=cleaned.rows_clean,
-        rows_quarantined=cleaned.rows_quarantined,
-        quarantine_reasons=cleaned.reasons,
+        rows_in=rows_in,
+        rows_clean=rows_clean,
+        rows_quarantined=rows_quarantined,
+        quarantine_reasons=reasons,
         drops=len(drops),
         split_rows=split_rows,
         split_dates=bounds.dates(),
