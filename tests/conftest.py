@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from hearth.config import NO_TELEMETRY_ENV, Params, Settings
+from tests.helpers import NO_REDIS, REDIS_SERVER, RedisServer
 from tests.projects import SMALL_DATA, build_tiny_project
 
 os.environ.update(NO_TELEMETRY_ENV)
@@ -39,3 +41,13 @@ def small_params() -> Params:
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny project with a registered champion, one per test module (~20 s)."""
     return build_tiny_project(tmp_path_factory.mktemp("project"))
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A throwaway redis-server for a module's tests; they are skipped where none is installed."""
+    if REDIS_SERVER is None:
+        pytest.skip(NO_REDIS)
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()

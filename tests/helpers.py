@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
+import pytest
 import redis
 import yaml
 
@@ -87,8 +90,37 @@ def synthetic_features(n: int, seed: int, fraud_rate: float = 0.02) -> pd.DataFr
     )
 
 
+# -- threads released at once -------------------------------------------------------------
+T = TypeVar("T")
+
+
+def run_together(work: Callable[[int], T], threads: int) -> list[T]:
+    """`work(i)` in `threads` threads released at once; their results in thread order, the
+    threads' errors re-raised (not lost in the threads)."""
+    barrier = threading.Barrier(threads)
+    results: dict[int, T] = {}
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        barrier.wait()
+        try:
+            results[i] = work(i)
+        except BaseException as exc:  # surfaced below, not lost in the thread
+            errors.append(exc)
+
+    pool = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join(timeout=60)
+    assert not errors, errors
+    return [results[i] for i in range(threads)]
+
+
 # -- a real redis-server for the Redis backends' tests ------------------------------------
 REDIS_SERVER = shutil.which("redis-server")
+NO_REDIS = "redis-server is not installed (`make system-deps`, or apt-get install redis-server)"
+needs_redis = pytest.mark.skipif(REDIS_SERVER is None, reason=NO_REDIS)
 
 
 class RedisServer:

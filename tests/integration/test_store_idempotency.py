@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -19,7 +18,7 @@ import pytest
 import redis
 
 from hearth.config import Settings
-from hearth.features.online import CustomerState, Transaction, epoch_seconds
+from hearth.features.online import CustomerState, Transaction
 from hearth.features.store import (
     REDIS_KEY_PREFIX,
     OnlineStore,
@@ -28,10 +27,9 @@ from hearth.features.store import (
     materialize,
 )
 from hearth.serving.gateway import observe_rows
-from tests.helpers import REDIS_SERVER, RedisServer
+from tests.helpers import RedisServer, run_together
+from tests.unit.test_online_idempotency import legacy_state
 from tests.unit.test_store import T0, txn, write_processed
-
-Answer = tuple[dict[str, float | str], bool]
 
 
 @dataclass
@@ -42,15 +40,6 @@ class Backend:
     another: Callable[[], OnlineStore]
     raw: Callable[[str], str | None]
     write_raw: Callable[[str, str], None]
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    if REDIS_SERVER is None:
-        pytest.skip("redis-server is not installed (`make system-deps`)")
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    yield server
-    server.stop()
 
 
 def _sqlite(settings: Settings) -> Iterator[Backend]:
@@ -149,15 +138,7 @@ def test_transactions_of_the_batch_data_are_not_counted_again(
 
 
 def test_a_state_stored_without_ids_loads_and_learns_them(backend: Backend) -> None:
-    t = epoch_seconds(T0)
-    legacy = {
-        "version": 1,
-        "home": [48.85, 2.35],
-        "history": [[t - 120, 5.0, "M0"], [t - 60, 7.5, "M1"]],
-        "devices": {"D1": t - 120},
-        "last_timestamp": t - 60,
-    }
-    backend.write_raw("OLD", json.dumps(legacy, separators=(",", ":")))
+    backend.write_raw("OLD", json.dumps(legacy_state(), separators=(",", ":")))
     first = backend.store.observe(txn("OLD", T0, tid="A"))
     assert first[0]["n_tx_1h"] == 2 and first[1] is False
     stored = backend.raw("OLD")
@@ -167,28 +148,6 @@ def test_a_state_stored_without_ids_loads_and_learns_them(backend: Backend) -> N
 
 
 # -- concurrent retries --------------------------------------------------------------------
-def run_together(work: Callable[[int], list[Answer]], threads: int) -> list[list[Answer]]:
-    """`work(i)` in `threads` threads released at once; their answers, errors re-raised."""
-    barrier = threading.Barrier(threads)
-    answers: list[list[Answer]] = [[] for _ in range(threads)]
-    errors: list[BaseException] = []
-
-    def run(i: int) -> None:
-        barrier.wait()
-        try:
-            answers[i] = work(i)
-        except BaseException as exc:  # surfaced below, not lost in the thread
-            errors.append(exc)
-
-    pool = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join(timeout=60)
-    assert not errors, errors
-    return answers
-
-
 def test_concurrent_retries_of_one_transaction_count_it_once(backend: Backend) -> None:
     other = backend.another()  # a second replica: only the backend's atomicity can help
     stores = [backend.store, other]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from hearth.config import Params, Settings
+from hearth.config import Settings
 from hearth.features.store import (
     REDIS_KEY_PREFIX,
     RedisStore,
@@ -22,29 +22,15 @@ from hearth.features.store import (
     materialize,
     open_store,
 )
-from tests.helpers import REDIS_SERVER, RedisServer, free_port
+from tests.helpers import RedisServer, free_port, needs_redis
 from tests.unit.test_store import (
+    StoreContract,
     check_concurrent_observes_lose_nothing,
-    check_materialize_then_observe_matches_offline,
-    check_peek_does_not_update,
-    check_put_get_count_clear,
-    check_unknown_customer_is_a_cold_start,
-    check_velocity_rises_over_a_burst,
-    make_processed,
     txn,
+    write_processed,
 )
 
-pytestmark = pytest.mark.skipif(
-    REDIS_SERVER is None,
-    reason="redis-server is not installed (`make system-deps`, or apt-get install redis-server)",
-)
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    yield server
-    server.stop()
+pytestmark = needs_redis
 
 
 @pytest.fixture
@@ -67,27 +53,8 @@ def test_open_store_picks_redis(store: RedisStore, redis_server: RedisServer) ->
     assert store.ping() is True
 
 
-def test_materialize_then_observe_matches_offline(
-    settings: Settings, small_params: Params, store: RedisStore
-) -> None:
-    processed = make_processed(settings, small_params)
-    check_materialize_then_observe_matches_offline(store, processed)
-
-
-def test_unknown_customer_is_a_cold_start(store: RedisStore) -> None:
-    check_unknown_customer_is_a_cold_start(store)
-
-
-def test_velocity_rises_over_a_burst(store: RedisStore) -> None:
-    check_velocity_rises_over_a_burst(store)
-
-
-def test_peek_does_not_update(store: RedisStore) -> None:
-    check_peek_does_not_update(store)
-
-
-def test_put_get_count_clear(store: RedisStore) -> None:
-    check_put_get_count_clear(store)
+class TestRedisStore(StoreContract):
+    """The store contract on Redis."""
 
 
 def test_concurrent_observes_lose_nothing(store: RedisStore, redis_settings: Settings) -> None:
@@ -119,8 +86,6 @@ def test_clear_and_count_touch_only_customer_states(
 
 
 def test_materialize_into_redis(tmp_path: Path, store: RedisStore) -> None:
-    from tests.unit.test_store import write_processed
-
     processed = write_processed(tmp_path / "p", [("C1", 1.0, 2.0), ("C2", 3.0, 4.0)], [txn()])
     report = materialize(store, processed)
     assert (report.customers, report.transactions, report.backend) == (2, 1, "redis")

@@ -183,15 +183,21 @@ def test_ids_and_the_cold_start_are_extra_keys_an_older_reader_ignores() -> None
     assert all(len(entry) == 3 for entry in data["history"])
 
 
-def test_a_state_stored_without_ids_still_loads_and_learns_new_ids() -> None:
+def legacy_state() -> dict[str, Any]:
+    """A state as stored before transaction ids (no ``ids`` key): two purchases in the hour
+    before T0, on device D1."""
     t = epoch_seconds(T0)
-    legacy = {
+    return {
         "version": 1,
         "home": [48.85, 2.35],
         "history": [[t - 60, 5.0, "M0"], [t - 30, 7.5, "M1"]],
         "devices": {"D1": t - 60},
         "last_timestamp": t - 30,
     }
+
+
+def test_a_state_stored_without_ids_still_loads_and_learns_new_ids() -> None:
+    legacy = legacy_state()
     state = decode_state(json.dumps(legacy), "C1")
     assert state.ids == ["", ""] and state.cold_start_id is None
     assert json.loads(encode_state(state)) == legacy  # no new keys until an id is known

@@ -26,7 +26,7 @@ from redis.client import Pipeline
 
 from hearth.storage.redis import Update, compare_and_set, connect, ping, translate_errors
 from hearth.storage.sqlite import SQLiteFile
-from tests.helpers import REDIS_SERVER, RedisServer, free_port
+from tests.helpers import RedisServer, free_port, needs_redis
 
 T = TypeVar("T")
 STORAGE = Path(__file__).resolve().parents[2] / "src" / "hearth" / "storage"
@@ -191,12 +191,6 @@ def test_script_runs_outside_a_transaction(db: SQLiteFile) -> None:
 
 
 # -- Redis: a client that fails fast ---------------------------------------------------------
-needs_redis = pytest.mark.skipif(
-    REDIS_SERVER is None,
-    reason="redis-server is not installed (`make system-deps`, or apt-get install redis-server)",
-)
-
-
 class DroppingServer:
     """Accepts TCP connections and closes each one after its first read; counts them."""
 
@@ -224,40 +218,49 @@ class DroppingServer:
         self.sock.close()
 
 
+@contextlib.contextmanager
+def client_within(limit_s: float, url: str, **options: Any) -> Iterator[redis.Redis]:
+    """A `connect`ed client for the block, closed after it; the block, close included, must
+    take less than `limit_s`."""
+    client = connect(url, **options)
+    started = time.perf_counter()
+    try:
+        yield client
+    finally:
+        client.close()
+    assert time.perf_counter() - started < limit_s
+
+
 @pytest.mark.parametrize("retries", [0, 1])
 def test_a_dropped_connection_is_retried_only_within_the_budget(retries: int) -> None:
     server = DroppingServer()
-    client = connect(server.url, retries=retries)
-    started = time.perf_counter()
     try:
-        with pytest.raises(redis.ConnectionError):
+        with (
+            client_within(1.0, server.url, retries=retries) as client,
+            pytest.raises(redis.ConnectionError),
+        ):
             client.get("k")
     finally:
-        client.close()
         server.close()
     # redis-py's own default would connect 11 times over about five seconds.
     assert server.connections == retries + 1
-    assert time.perf_counter() - started < 1.0
 
 
 def test_a_server_that_never_answers_costs_one_timeout() -> None:
     with socket.socket() as silent:  # listens (so connect succeeds) but never replies
         silent.bind(("127.0.0.1", 0))
         silent.listen(8)
-        client = connect(f"redis://127.0.0.1:{silent.getsockname()[1]}/0", timeout_s=0.3)
-        started = time.perf_counter()
-        try:
-            with pytest.raises(redis.TimeoutError):
-                client.get("k")
-        finally:
-            client.close()
-        assert time.perf_counter() - started < 0.55  # one timeout, never retried
+        url = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
+        # One timeout, never retried.
+        with (
+            client_within(0.55, url, timeout_s=0.3) as client,
+            pytest.raises(redis.TimeoutError),
+        ):
+            client.get("k")
 
 
 def test_nothing_listening_is_the_callers_error_fast() -> None:
-    client = connect(f"redis://127.0.0.1:{free_port()}/0")
-    started = time.perf_counter()
-    try:
+    with client_within(1.0, f"redis://127.0.0.1:{free_port()}/0") as client:
         assert ping(client) is False
         with (
             pytest.raises(Down, match=r"test redis: .*refused") as caught,
@@ -265,9 +268,6 @@ def test_nothing_listening_is_the_callers_error_fast() -> None:
         ):
             client.get("k")
         assert isinstance(caught.value.__cause__, redis.ConnectionError)
-    finally:
-        client.close()
-    assert time.perf_counter() - started < 1.0
 
 
 def test_options_in_the_url_win_over_the_defaults() -> None:
@@ -278,15 +278,6 @@ def test_options_in_the_url_win_over_the_defaults() -> None:
 
 
 # -- Redis: compare-and-set on a real server -------------------------------------------------
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    if REDIS_SERVER is None:
-        pytest.skip("redis-server is not installed (`make system-deps`)")
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    yield server
-    server.stop()
-
-
 @pytest.fixture
 def client(redis_server: RedisServer) -> Iterator[redis.Redis]:
     c = connect(redis_server.url)

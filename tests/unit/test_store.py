@@ -10,7 +10,7 @@ import dataclasses
 import json
 import math
 import sqlite3
-import threading
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -46,6 +46,7 @@ from hearth.features.store import (
     redacted_url,
     state_summary,
 )
+from tests.helpers import run_together
 
 T0 = datetime(2026, 3, 2, 12, 0, 0)
 # Features that count or flag something must match exactly; sums and ratios to rounding.
@@ -231,33 +232,47 @@ def check_concurrent_observes_lose_nothing(
 ) -> None:
     """threads x per_thread observes of one new customer, started together: every update is
     kept, and exactly one observer saw the customer as unknown."""
-    barrier = threading.Barrier(threads)
-    colds: list[bool] = []
-    errors: list[BaseException] = []
 
-    def work(worker: int) -> None:
+    def work(worker: int) -> list[bool]:
         store = stores[worker % len(stores)]
-        barrier.wait()
-        try:
-            for i in range(per_thread):
-                at = T0 + timedelta(seconds=worker * per_thread + i)
-                _, cold = store.observe(txn("HOT", at, device=f"D{worker}-{i}"))
-                colds.append(cold)
-        except BaseException as exc:  # surfaced below, not lost in the thread
-            errors.append(exc)
+        colds = []
+        for i in range(per_thread):
+            at = T0 + timedelta(seconds=worker * per_thread + i)
+            _, cold = store.observe(txn("HOT", at, device=f"D{worker}-{i}"))
+            colds.append(cold)
+        return colds
 
-    pool = [threading.Thread(target=work, args=(w,)) for w in range(threads)]
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join(timeout=60)
-    assert not errors, errors
+    colds = [cold for worker in run_together(work, threads) for cold in worker]
     state = stores[0].get("HOT")
     assert state is not None
     assert len(state.history) == threads * per_thread
     assert len(state.devices) == threads * per_thread
     assert state.times == sorted(state.times)
     assert colds.count(True) == 1
+
+
+# The checks that need nothing but an empty store.
+CHECKS = [
+    check_unknown_customer_is_a_cold_start,
+    check_velocity_rises_over_a_burst,
+    check_peek_does_not_update,
+    check_put_get_count_clear,
+]
+
+
+class StoreContract:
+    """What every backend promises. A `Test…` subclass per backend runs it on the store its
+    module's `store` fixture opens (here SQLite; tests/integration/test_store_redis.py Redis)."""
+
+    def test_materialize_then_observe_matches_offline(
+        self, settings: Settings, small_params: Params, store: OnlineStore
+    ) -> None:
+        processed = make_processed(settings, small_params)
+        check_materialize_then_observe_matches_offline(store, processed)
+
+    @pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__)
+    def test_an_empty_store(self, store: OnlineStore, check: Callable[[OnlineStore], None]) -> None:
+        check(store)
 
 
 # -- SQLite --------------------------------------------------------------------------------
@@ -288,27 +303,8 @@ def test_settings_choose_the_backend(monkeypatch: pytest.MonkeyPatch) -> None:
         Settings()
 
 
-def test_materialize_then_observe_matches_offline(
-    settings: Settings, small_params: Params, store: SQLiteStore
-) -> None:
-    processed = make_processed(settings, small_params)
-    check_materialize_then_observe_matches_offline(store, processed)
-
-
-def test_unknown_customer_is_a_cold_start(store: SQLiteStore) -> None:
-    check_unknown_customer_is_a_cold_start(store)
-
-
-def test_velocity_rises_over_a_burst(store: SQLiteStore) -> None:
-    check_velocity_rises_over_a_burst(store)
-
-
-def test_peek_does_not_update(store: SQLiteStore) -> None:
-    check_peek_does_not_update(store)
-
-
-def test_put_get_count_clear(store: SQLiteStore) -> None:
-    check_put_get_count_clear(store)
+class TestSQLiteStore(StoreContract):
+    """The store contract on SQLite."""
 
 
 def test_concurrent_observes_lose_nothing(settings: Settings, store: SQLiteStore) -> None:
