@@ -22,19 +22,28 @@ import httpx
 import pandas as pd
 import pytest
 
-from hearth.config import Settings
+from hearth.config import Params, Settings
 from hearth.features.online import Transaction
 from hearth.features.store import open_store
 from hearth.launch.hearth_server import ServerProcess
 from hearth.schema import TIMESTAMP_FORMAT
+from hearth.serving.faults import FAULT_TAG
 from hearth.serving.pool import decide
-from hearth.serving.state import ServingState
+from hearth.traffic.state_sqlite import STATE_FILE, SQLiteStateStore
 from tests.projects import API_KEY as KEY
-from tests.projects import REPO, project_servers, registry_uri, server_env
+from tests.projects import (
+    REPO,
+    in_project,
+    project_servers,
+    project_settings,
+    registry_uri,
+    server_env,
+)
 
 pytestmark = pytest.mark.slow
 
 TOPOLOGIES = ("monolith", "microservices")
+NAME = Params().registry.model_name
 
 
 # -- fixtures (the tiny `project` is tests/conftest.py's) -----------------------------------
@@ -254,21 +263,34 @@ def _wait_for(server: ServerProcess, body: dict, status: int, timeout_s: float =
     raise AssertionError(f"no {status} within {timeout_s}s; last {r.status_code}: {r.text}")
 
 
-def test_monolith_without_a_model_answers_503_then_recovers(
-    servers: dict, customers: Customers
+def test_monolith_whose_champion_cannot_answer_answers_503_then_recovers(
+    servers: dict, customers: Customers, project: Path
 ) -> None:
+    import mlflow
+
+    from hearth import registry
+
     server = servers["monolith"]
     assert server.home is not None
-    home = server.home
-    state = ServingState(home / "serving" / "state.json")
-    served = state.read()
-    last = customers.take()
-    state.write({})  # an operator takes every model out of service: no restart
-    r = _wait_for(server, normal(last, customers.after, "m503"), 503)
-    assert int(r.headers["Retry-After"]) >= 1
-    assert httpx.get(f"{server.url}/readyz").status_code != 200
-    state.write(served or {"champion": "1"})
-    _wait_for(server, normal(last, customers.after, "m200"), 200)
+    # A copy of the champion that fails every item (a drill fault), registered and made the
+    # champion in this server's rollout state: one write, no restart.
+    with in_project(project, project_settings(project)):
+        client = mlflow.tracking.MlflowClient()
+        champion = client.get_model_version_by_alias(NAME, "champion")
+        uri = registry.model_uri_of_run(str(champion.run_id))
+        broken = str(mlflow.register_model(uri, NAME).version)
+        client.set_model_version_tag(NAME, broken, FAULT_TAG, json.dumps({"error_rate": 1.0}))
+    store = SQLiteStateStore(server.home / STATE_FILE)
+    try:
+        store.set_champion(broken, "test", "drill", expected=str(champion.version))
+        last = customers.take()
+        r = _wait_for(server, normal(last, customers.after, "m503"), 503)
+        assert int(r.headers["Retry-After"]) >= 1
+        store.set_champion(str(champion.version), "test", "drill over", expected=broken)
+        r = _wait_for(server, normal(last, customers.after, "m200"), 200)
+        assert r.json()["model_version"] == str(champion.version)
+    finally:
+        store.close()
 
 
 def test_microservices_with_the_model_process_killed_answers_503(

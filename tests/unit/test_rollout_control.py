@@ -1,8 +1,8 @@
 """Rollout controls (`hearth.rollout.control`) against a real tmp_path MLflow and state store,
 and the gateway's failure semantics with a challenger that errors, hangs or is loading.
 
-Model files are not needed here: the import into the BentoML store is recorded, not made
-(the integration tests run it for real).
+Model files are not needed here: the controls only write the state and the aliases (the
+integration tests serve real models).
 """
 
 from __future__ import annotations
@@ -21,14 +21,14 @@ from hearth.rollout import control
 from hearth.rollout.verdict import analyse
 from hearth.serving.faults import Fault, FaultError
 from hearth.serving.gateway import Background, Gateway
-from hearth.serving.packaging import serving_state
-from hearth.serving.routing import CHAMPION_ROUTE, Routed, champion_version
+from hearth.serving.routing import CHAMPION_ROUTE, Routed
 from hearth.serving.schemas import FeatureRow, Score, ScoreItem, TransactionIn
 from hearth.traffic.prediction_log import PredictionLog, PredictionRecord
 from hearth.traffic.rollout_state import (
     InvalidRollout,
     NoActiveRollout,
     RolloutConflict,
+    Served,
     UnknownVersion,
 )
 from hearth.traffic.state_sqlite import SQLiteStateStore
@@ -54,14 +54,12 @@ def versions(settings: Settings, tmp_path: Path) -> list[str]:
     return made
 
 
-@pytest.fixture
-def imported(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
-    """(version, alias) of every import into the BentoML store, instead of importing."""
-    calls: list[tuple[str, str]] = []
-    monkeypatch.setattr(
-        control, "_ensure_imported", lambda s, name, v, alias: calls.append((v, alias))
-    )
-    return calls
+def _served(settings: Settings) -> Served:
+    store = SQLiteStateStore(state_path(settings))
+    try:
+        return store.served()
+    finally:
+        store.close()
 
 
 def _snapshot(settings: Settings) -> tuple[Any, ...]:
@@ -88,7 +86,6 @@ def _snapshot(settings: Settings) -> tuple[Any, ...]:
 def test_a_refused_start_changes_nothing(
     settings: Settings,
     versions: list[str],
-    imported: list[tuple[str, str]],
     kwargs: dict[str, Any],
     error: type[Exception],
 ) -> None:
@@ -96,16 +93,15 @@ def test_a_refused_start_changes_nothing(
     with pytest.raises(error):
         control.start(settings, PARAMS, **kwargs)
     assert _snapshot(settings) == before
-    assert imported == []
 
 
-def test_start_imports_the_challenger_and_a_second_start_conflicts(
-    settings: Settings, versions: list[str], imported: list[tuple[str, str]]
+def test_start_names_the_challenger_in_the_state_and_a_second_start_conflicts(
+    settings: Settings, versions: list[str]
 ) -> None:
     state = control.start(settings, PARAMS, "2", mode="canary", steps=[5, 50, 100], actor="t")
     assert (state.champion_version, state.challenger_version) == ("1", "2")
     assert state.challenger_percent == 5 and state.running
-    assert imported == [("2", "challenger")]
+    assert _served(settings).versions() == {"champion": "1", "challenger": "2"}
     before = _snapshot(settings)
     with pytest.raises(RolloutConflict, match="still running"):
         control.start(settings, PARAMS, "3")
@@ -114,7 +110,7 @@ def test_start_imports_the_challenger_and_a_second_start_conflicts(
 
 @pytest.mark.parametrize("percent", [-1, 101, math.nan, math.inf])
 def test_weights_outside_0_100_are_refused(
-    settings: Settings, versions: list[str], imported: list[tuple[str, str]], percent: float
+    settings: Settings, versions: list[str], percent: float
 ) -> None:
     control.start(settings, PARAMS, "2")
     before = _snapshot(settings)
@@ -124,7 +120,7 @@ def test_weights_outside_0_100_are_refused(
 
 
 def test_weight_moves_traffic_and_needs_a_running_non_shadow_rollout(
-    settings: Settings, versions: list[str], imported: list[tuple[str, str]]
+    settings: Settings, versions: list[str]
 ) -> None:
     with pytest.raises(NoActiveRollout):
         control.set_weight(settings, PARAMS, 30)
@@ -139,7 +135,7 @@ def test_weight_moves_traffic_and_needs_a_running_non_shadow_rollout(
 
 # -- serving follows promotions and rollbacks ---------------------------------------------------
 def test_rollback_promote_and_rollback_again_move_the_served_champion(
-    settings: Settings, versions: list[str], imported: list[tuple[str, str]]
+    settings: Settings, versions: list[str]
 ) -> None:
     control.start(settings, PARAMS, "2")
     status = control.status(settings, PARAMS)
@@ -148,41 +144,21 @@ def test_rollback_promote_and_rollback_again_move_the_served_champion(
     }  # fmt: skip
 
     control.rollback(settings, PARAMS, reason="drill")
-    assert serving_state(settings).read() == {"champion": "1"}
+    assert _served(settings).versions() == {"champion": "1"}
     assert control.status(settings, PARAMS)["rollout"]["status"] == "rolled_back"
 
     control.start(settings, PARAMS, "2")
     change = control.promote(settings, PARAMS, reason="better")
     assert change.after["champion"] == "2"
-    variants, revision = serving_state(settings).read_all()
-    assert variants == {"champion": "2"}
+    assert _served(settings).versions() == {"champion": "2"}
     status = control.status(settings, PARAMS)
     assert status["served"]["champion"] == "2" and status["aliases"]["previous"] == "1"
 
-    # After a promotion a rollback only moves aliases: the file, newer, must win.
+    # After a promotion a rollback sets the state's champion back, then the aliases.
     control.rollback(settings, PARAMS)
-    variants, revision = serving_state(settings).read_all()
-    assert variants == {"champion": "1"}
-    store = SQLiteStateStore(state_path(settings))
-    try:
-        assert champion_version(store.current(), revision) is None  # the file decides
-    finally:
-        store.close()
-    assert control.status(settings, PARAMS)["served"]["champion"] == "1"
-
-
-def test_champion_version_takes_the_newer_write() -> None:
-    from hearth.traffic.rollout_state import new_rollout
-
-    running = new_rollout("1", "2", PARAMS.rollout)
-    promoted = running.evolve(status="promoted", challenger_percent=0.0, revision=5)
-    rolled_back = running.evolve(status="rolled_back", challenger_percent=0.0, revision=5)
-    assert champion_version(None, 3) is None
-    assert champion_version(running, 0) is None  # routes name the versions themselves
-    assert champion_version(promoted, 4) == "2"  # a flow promoted after the file was written
-    assert champion_version(rolled_back, 4) == "1"
-    assert champion_version(promoted, 5) is None  # the file is as new: it decides
-    assert champion_version(promoted, None) == "2"  # no file (a container)
+    assert _served(settings).versions() == {"champion": "1"}
+    status = control.status(settings, PARAMS)
+    assert status["served"]["champion"] == "1" and status["aliases"]["champion"] == "1"
 
 
 # -- the prediction log contract ------------------------------------------------------------------

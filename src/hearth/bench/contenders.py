@@ -141,7 +141,7 @@ class MlflowServer(Server):
 
 
 class HearthServer(Server):
-    """`hearth serve --topology …` (imports the champion, fills the store, then serves)."""
+    """`hearth serve --topology …` (adopts the champion, fills the store, then serves)."""
 
     def command(self) -> list[str]:
         return serve_command(self.spec.name.removesuffix(BASELINE), self.port)
@@ -185,7 +185,7 @@ def build_server(name: str, source: Settings, root: Path, work: Path) -> Server:
         env = server_env(source, root, home)
         return HearthServer(spec, [], env, root, log, "/predict", "/readyz", headers=key)
     if name in ("model-batched", "model-unbatched"):
-        # Hearth's model service alone, on the monolith's home (its imported models).
+        # Hearth's model service alone, on the monolith's home (its state and model cache).
         batching = "false" if name == "model-unbatched" else "true"
         monolith_home = work / f"monolith{suffix}"
         env = server_env(source, root, monolith_home, HEARTH_MODEL_BATCHING=batching)

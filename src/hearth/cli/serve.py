@@ -1,7 +1,8 @@
 """Serving: `hearth serve` (foreground), `hearth build` (bentos), `hearth containerize`.
 
-The serving packaging and the online store are imported inside the commands: they load
-pandas and pyarrow (~1.5 s), which the other commands should not pay for at start-up.
+The serving packaging, the rollout promotion and the online store are imported inside the
+commands: they load pandas, pyarrow and mlflow (~1.5 s+), which the other commands should
+not pay for at start-up.
 """
 
 from __future__ import annotations
@@ -19,17 +20,34 @@ from hearth.launch.topologies import TOPOLOGIES
 commands = typer.Typer()
 
 
-def _serving_models(ctx: HearthContext, always: bool) -> list[Any]:
+def _served(ctx: HearthContext) -> dict[str, str]:
+    """variant → version that serves, from the rollout state (which first adopts the
+    registry's champion, or repairs an interrupted promotion)."""
+    from hearth.rollout import promotion  # lazy: mlflow, see the module docstring
+    from hearth.traffic.rollout_state import StateUnavailable
+
+    name = ctx.params.registry.model_name
+    try:
+        versions = promotion.reconciled(ctx.settings, ctx.params).versions()
+    except StateUnavailable as exc:
+        fail(str(exc), "check HEARTH_STORE_BACKEND / HEARTH_REDIS_URL")
+    if "champion" not in versions:
+        fail(
+            f"no {name}@champion in the MLflow registry",
+            "run `hearth run` first: it trains and registers a champion",
+        )
+    served = ", ".join(f"{variant} v{version}" for variant, version in versions.items())
+    console.print(f"{name}: {served} (the rollout state)")
+    return versions
+
+
+def _bento_models(ctx: HearthContext) -> list[Any]:
     from hearth.serving import packaging  # lazy: pandas, see the module docstring
 
     name = ctx.params.registry.model_name
-    if not always and not packaging.needs_import(ctx.settings, name):
-        return []
+    versions = _served(ctx)
     console.print(f"importing {name} from the MLflow registry into {ctx.settings.bentoml_home}")
-    try:
-        imported = packaging.import_models(ctx.settings, name)
-    except packaging.NoChampion as exc:
-        fail(str(exc), "run `hearth run` first: it trains and registers a champion")
+    imported = packaging.import_models(ctx.settings, name, versions)
     for m in imported:
         state = "imported" if m.created else "already in the store"
         console.print(f"  {m.alias:<10} v{m.version} {m.tag} ({state}, data {m.data_version})")
@@ -66,11 +84,11 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Gateway port (default: Settings).")] = None,
     host: Annotated[str | None, typer.Option(help="Interface (default: Settings).")] = None,
 ) -> None:
-    """Serve the fraud API in the foreground (imports the champion and fills the store first)."""
+    """Serve the fraud API in the foreground (adopts the champion and fills the store first)."""
     if topology not in TOPOLOGIES:
         fail(f"unknown topology {topology!r}", f"choose from {', '.join(TOPOLOGIES)}")
     ctx = load_context()
-    _serving_models(ctx, always=False)
+    _served(ctx)
     _serving_store(ctx)
     s = ctx.settings
     cmd = [
@@ -90,12 +108,12 @@ def build(
         list[str] | None, typer.Option(help="Bento to build (default: all four).")
     ] = None,
 ) -> None:
-    """Import champion/challenger into the BentoML store and build the bentos."""
+    """Import the versions that serve into the BentoML store and build the bentos."""
     from hearth.serving import packaging  # lazy: pandas, see the module docstring
 
     ctx = load_context()
     names = choose(bento, list(packaging.BENTOS), "bento")
-    imported = _serving_models(ctx, always=True)
+    imported = _bento_models(ctx)
     root = project_root()
     built = packaging.build_bentos(
         imported, root, names, progress=lambda n: console.print(f"building {n} …")

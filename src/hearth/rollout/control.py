@@ -6,11 +6,10 @@ input, and changes nothing when it refuses: `UnknownVersion` (404), `InvalidRoll
 `StateUnavailable` means the state backend is down (503). Framework-free: the CLI and the
 admin API are thin adapters over these functions.
 
-How serving follows: the gateways route by the rollout state (re-read every ≤ 1 s), naming
-the version of each request, and the model pools load a named version on first use. So a
-start only has to make sure the challenger is in the BentoML model store; a promotion or a
-rollback also rewrites the serving-state file, whose champion the pools serve when no
-rollout runs.
+How serving follows: the rollout state names what serves (`Served`: the champion and a
+running rollout). The gateways route by it (re-read every ≤ 1 s), naming the version of
+each request, and the model pools load the versions it names from the registry into their
+local cache. So every change here is one write to the state; nothing else to update.
 """
 
 from __future__ import annotations
@@ -31,6 +30,7 @@ from hearth.traffic.rollout_state import (
     RolloutConflict,
     RolloutState,
     Scalar,
+    Served,
     StateStore,
     UnknownVersion,
     new_rollout,
@@ -56,20 +56,22 @@ def _store(settings: Settings, store: StateStore | None) -> Iterator[StateStore]
 
 
 # -- reading ---------------------------------------------------------------------------------
-def served_versions(state: RolloutState | None, file_champion: str | None, file_revision: int
-                    ) -> dict[str, Any]:  # fmt: skip
+def served_versions(served: Served) -> dict[str, Any]:
     """What the gateways route to now: versions and the challenger's share of traffic."""
-    from hearth.serving.routing import champion_version
-
-    if state is not None and state.running:
+    running = served.running
+    if running is not None:
         return {
-            "champion": state.champion_version,
-            "challenger": state.challenger_version,
-            "mode": state.mode,
-            "challenger_percent": state.challenger_percent,
+            "champion": running.champion_version,
+            "challenger": running.challenger_version,
+            "mode": running.mode,
+            "challenger_percent": running.challenger_percent,
         }
-    champion = champion_version(state, file_revision) or file_champion
-    return {"champion": champion, "challenger": None, "mode": None, "challenger_percent": 0.0}
+    return {
+        "champion": served.champion_version,
+        "challenger": None,
+        "mode": None,
+        "challenger_percent": 0.0,
+    }
 
 
 def live_counts(settings: Settings, rollout_id: str | None) -> dict[str, dict[str, int]]:
@@ -95,18 +97,17 @@ def status(
     """Everything an operator looks at: the rollout state, the MLflow aliases, the versions
     served now, a pending repair, the history tail and live counts of the current rollout."""
     from hearth import registry
-    from hearth.serving.packaging import serving_state
 
     registry.configure(settings)
     with _store(settings, store) as st:
-        state = st.current()
+        served = st.served()
         intent = st.intent()
         events = st.history(limit=history_limit)
-    variants, revision = serving_state(settings).read_all()
+    state = served.rollout
     return {
         "rollout": state.model_dump(mode="json") if state else None,
         "aliases": promotion.aliases(params.registry.model_name),
-        "served": served_versions(state, (variants or {}).get("champion"), revision),
+        "served": served_versions(served),
         "pending_repair": intent.model_dump(mode="json") if intent else None,
         "history": [e.model_dump(mode="json") for e in events],
         "live": live_counts(settings, state.rollout_id if state else None),
@@ -139,8 +140,8 @@ def start(
 
     Refuses, changing nothing: a mode other than canary/ab/shadow or bad steps
     (InvalidRollout), an unregistered version (UnknownVersion), a running rollout
-    (RolloutConflict). Then imports the version into the BentoML model store, so that every
-    model pool can load it when the first request names it, and writes the state.
+    (RolloutConflict). Then writes the state: every model pool loads the challenger from
+    the registry when the state (or the first request) names it.
     """
     name = params.registry.model_name
     with _store(settings, store) as st:
@@ -159,10 +160,9 @@ def start(
         if champion is None:
             raise UnknownVersion(f"{name} has no champion to compare v{version} with")
         # A dry run of the state: bad steps or challenger == champion fail here, before the
-        # model import below, so a refused start leaves no trace.
+        # challenger alias is touched, so a refused start leaves no trace.
         chosen = cast(Mode | None, mode)
         new_rollout(champion, version, params.rollout, mode=chosen, steps=steps)
-        _ensure_imported(settings, name, version, promotion.CHALLENGER)
         return promotion.start_rollout(
             settings, params, version, mode=chosen, steps=steps, store=st, actor=actor,
             reason=reason,
@@ -206,12 +206,10 @@ def promote(
     """Make the running rollout's challenger (or `challenger_version`) the champion, keep
     the old one as ``previous``, end the rollout as promoted; serving follows at once."""
     with _store(settings, store) as st:
-        change = promotion.promote(
+        return promotion.promote(
             settings, params, challenger_version, store=st, actor=actor, reason=reason,
             numbers=numbers, test=test,
         )  # fmt: skip
-        _sync_serving_state(settings, params, st, change)
-    return change
 
 
 def rollback(
@@ -227,47 +225,6 @@ def rollback(
     drop the challenger alias. Otherwise restore ``previous`` as the champion.
     NoActiveRollout when there is nothing to roll back."""
     with _store(settings, store) as st:
-        change = promotion.rollback(
+        return promotion.rollback(
             settings, params, store=st, actor=actor, reason=reason, numbers=numbers, test=test
         )
-        _sync_serving_state(settings, params, st, change)
-    return change
-
-
-# -- serving follows -------------------------------------------------------------------------
-def _ensure_imported(settings: Settings, name: str, version: str, alias: str) -> None:
-    """Put registry version `version` into the BentoML store (once) for the model pools."""
-    from mlflow.tracking import MlflowClient
-
-    from hearth.serving.packaging import BentoCatalog, import_version
-
-    try:
-        BentoCatalog(name).record(version)
-        return
-    except KeyError:
-        pass
-    import_version(name, alias, MlflowClient().get_model_version(name, version))
-
-
-def _sync_serving_state(
-    settings: Settings, params: Params, st: StateStore, change: AliasChange
-) -> None:
-    """Point the serving-state file at the registry's champion now.
-
-    Stamped with the rollout store's revision, so the gateways take the file's champion
-    over an older rollout's end (a rollback after a promotion changes only the aliases).
-    The registry and the rollout state are already changed: a failure here is logged, not
-    raised (gateways still follow the rollout state; `hearth serve` rewrites the file).
-    """
-    from hearth.serving.packaging import serving_state
-
-    champion = change.after.get(promotion.CHAMPION)
-    if champion is None:
-        return
-    try:
-        _ensure_imported(settings, params.registry.model_name, champion, promotion.CHAMPION)
-        serving_state(settings).write(
-            {promotion.CHAMPION: champion}, rollout_revision=st.revision()
-        )
-    except Exception as exc:  # see the docstring: the change itself is done
-        log.error("serving state not updated to champion v%s: %s", champion, exc)

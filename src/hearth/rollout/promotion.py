@@ -46,6 +46,7 @@ from hearth.traffic.rollout_state import (
     RolloutConflict,
     RolloutState,
     Scalar,
+    Served,
     StateStore,
     UnknownVersion,
     new_rollout,
@@ -188,6 +189,14 @@ def repair(
         if params is None:
             return None
         return _align(st, params.registry.model_name)
+
+
+def reconciled(settings: Settings, params: Params, store: StateStore | None = None) -> Served:
+    """What serves, once `repair` has run: for `hearth serve`/`build`/`up`, the bench and the
+    demo before they serve (the first call adopts the registry's champion)."""
+    with _opened(settings, store) as st:
+        repair(settings, params, st)
+        return st.served()
 
 
 def _finish(st: StateStore, intent: PromotionIntent) -> AliasChange:

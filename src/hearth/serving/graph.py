@@ -19,6 +19,7 @@ from hearth.serving.gateway import (
     RemoteFeatures,
     RemoteModel,
 )
+from hearth.serving.model_cache import RegistryCatalog
 from hearth.serving.routing import RolloutRouter
 from hearth.traffic.follower import Follower
 from hearth.traffic.prediction_log import DB_FILE, PredictionLog
@@ -44,15 +45,25 @@ def feature_store(settings: Settings) -> Background[Any]:
     return Background("feature store", open_and_check)
 
 
-def model_pool(ctx: HearthContext, device: str | None = None) -> Background[Any]:
-    """The model pool over the BentoML store, loaded in the background."""
+def follower(ctx: HearthContext) -> Follower:
+    """What serves, followed from the shared rollout state (SQLite or Redis, as the online
+    store): the champion, a running rollout and its weight."""
+    p = ctx.params.rollout
+    return Follower(open_state_store(ctx.settings), p.refresh_interval_s, p.buckets)
+
+
+def model_pool(
+    ctx: HearthContext, device: str | None = None, source: Follower | None = None
+) -> Background[Any]:
+    """The model pool, loading the versions the state names from the registry's local
+    cache, in the background. `source`: a follower to share (the monolith's router's)."""
 
     def load() -> Any:
-        from hearth.serving.packaging import BentoCatalog, serving_state
+        # lazy: torch, loaded in the background thread, not at service import
         from hearth.serving.pool import ModelPool
 
-        catalog = BentoCatalog(ctx.params.registry.model_name)
-        pool = ModelPool(catalog, serving_state(ctx.settings), device=device)
+        catalog = RegistryCatalog(ctx.settings, ctx.params.registry.model_name)
+        pool = ModelPool(catalog, source or follower(ctx), device=device)
         pool.reload()
         return pool
 
@@ -63,13 +74,9 @@ def prediction_log(settings: Settings) -> Background[PredictionLog]:
     return Background("prediction log", lambda: PredictionLog(settings.serving_dir / DB_FILE))
 
 
-def rollout_router(ctx: HearthContext) -> RolloutRouter:
-    """Routing by the shared rollout state (SQLite or Redis, as the online store)."""
-    from hearth.serving.packaging import serving_state
-
-    p = ctx.params.rollout
-    router = Follower(open_state_store(ctx.settings), p.refresh_interval_s, p.buckets)
-    return RolloutRouter(router, serving_state(ctx.settings))
+def rollout_router(ctx: HearthContext, source: Follower | None = None) -> RolloutRouter:
+    """Routing by the shared state: every route names the version that answers."""
+    return RolloutRouter(source or follower(ctx))
 
 
 def challenger_timeout_s(ctx: HearthContext) -> float:
@@ -85,12 +92,13 @@ def admin(ctx: HearthContext, gateway: Gateway) -> Admin:
 
 def monolith(ctx: HearthContext) -> tuple[Gateway, Background[Any], Background[Any]]:
     """A gateway with the store and the model pool in this process; (gateway, store, pool)."""
-    store, pool = feature_store(ctx.settings), model_pool(ctx)
+    shared = follower(ctx)  # the router and the pool follow one snapshot
+    store, pool = feature_store(ctx.settings), model_pool(ctx, source=shared)
     gateway = Gateway(
         LocalFeatures(store),
         LocalModel(pool),
         prediction_log(ctx.settings),
-        router=rollout_router(ctx),
+        router=rollout_router(ctx, shared),
         challenger_model=LocalModel(pool, threaded=True),
         challenger_timeout_s=challenger_timeout_s(ctx),
     )

@@ -5,10 +5,11 @@ functions: importing it (or any other serving module) never imports BentoML, so 
 gateway's logic stays framework-free. BentoML reads ``BENTOML_HOME`` when it first needs
 its store, so call `Settings.apply()` before anything here.
 
-A model version enters the BentoML store once, as ``fraud-detector:<generated>``, with its
-lineage in labels (``registry_version``, ``mlflow_run``, ``data_version``, ``alias``) and
-its thresholds in metadata; its files are the FraudScorer directory. Which version serves
-which variant is then the serving-state file's business (`hearth.serving.pool`).
+The BentoML store is only for building bentos (`hearth build`): a model version enters it
+once, as ``fraud-detector:<generated>``, with its lineage in labels (``registry_version``,
+``mlflow_run``, ``data_version``, ``alias``) and its thresholds in metadata; its files are
+the FraudScorer directory. Which version serves is the rollout state's business, and the
+serving processes load versions from the registry (`hearth.serving.model_cache`).
 """
 
 from __future__ import annotations
@@ -25,13 +26,11 @@ from typing import Any
 from hearth.config import Settings
 from hearth.serving.bentoml_internals import bento_env
 from hearth.serving.faults import FAULT_METADATA, FAULT_TAG, Fault
-from hearth.serving.routing import CHALLENGER, CHAMPION
-from hearth.serving.state import STATE_FILE, ModelRecord, ServingState
+from hearth.serving.model_cache import DATA_VERSION_TAG
+from hearth.serving.routing import CHAMPION
 
 log = logging.getLogger(__name__)
 
-ALIASES = (CHAMPION, CHALLENGER)
-DATA_VERSION_TAG = "hearth.data_version"
 # Bento name → service import string, relative to the repository root.
 BENTOS: dict[str, str] = {
     "hearth-monolith": "bentos.monolith:Monolith",
@@ -54,7 +53,7 @@ BENTO_PYTHONPATH = "/home/bentoml/bento/src/src"
 
 
 class NoChampion(LookupError):
-    """The registry has no champion: nothing to serve yet."""
+    """Nothing serves yet: no champion in the registry or the rollout state."""
 
 
 @dataclass(frozen=True)
@@ -85,55 +84,6 @@ def _stored(model_name: str) -> list[Any]:
     except NotFound:
         return []
     return sorted(models, key=lambda m: m.info.creation_time, reverse=True)
-
-
-class BentoCatalog:
-    """The model versions in the BentoML store, found by their labels (newest first)."""
-
-    def __init__(self, model_name: str) -> None:
-        self.model_name = model_name
-
-    def aliases(self) -> dict[str, str]:
-        found: dict[str, str] = {}
-        for model in _stored(self.model_name):
-            labels = model.info.labels
-            alias, version = labels.get("alias"), labels.get("registry_version")
-            if alias in ALIASES and version and alias not in found:
-                found[alias] = version
-        return found
-
-    def record(self, version: str) -> ModelRecord:
-        for model in _stored(self.model_name):
-            labels = model.info.labels
-            if labels.get("registry_version") == version:
-                return ModelRecord(
-                    version=version,
-                    path=Path(model.path),
-                    run_id=labels.get("mlflow_run", ""),
-                    data_version=labels.get("data_version", "unknown"),
-                    fault=Fault.parse(model.info.metadata.get(FAULT_METADATA)),
-                )
-        raise KeyError(f"{self.model_name} version {version} is not in the BentoML store")
-
-
-def registered_aliases(settings: Settings, model_name: str) -> dict[str, Any]:
-    """alias → MLflow ModelVersion for the champion and the challenger (when set)."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    from hearth import registry
-
-    registry.configure(settings)
-    client = MlflowClient()
-    found = {}
-    for alias in ALIASES:
-        try:
-            found[alias] = client.get_model_version_by_alias(model_name, alias)
-        except MlflowException:
-            continue
-    if CHAMPION not in found:
-        raise NoChampion(f"no {model_name}@{CHAMPION} in the MLflow registry")
-    return found
 
 
 def import_version(model_name: str, alias: str, version: Any) -> ImportedModel:
@@ -173,49 +123,22 @@ def import_version(model_name: str, alias: str, version: Any) -> ImportedModel:
 
 
 def import_models(
-    settings: Settings, model_name: str, write_state: bool = True
+    settings: Settings, model_name: str, versions: dict[str, str]
 ) -> list[ImportedModel]:
-    """Import the champion (and the challenger, if any) and, by default, serve them."""
-    versions = registered_aliases(settings, model_name)
-    imported = [import_version(model_name, alias, v) for alias, v in versions.items()]
-    if write_state:
-        serving_state(settings).write(
-            {m.alias: m.version for m in imported}, rollout_revision=rollout_revision(settings)
-        )
-    return imported
+    """Import the versions that serve (variant → registry version, from the rollout state)
+    into the BentoML store, for `build_bentos`; NoChampion without a champion."""
+    from mlflow.tracking import MlflowClient
 
+    from hearth import registry
 
-def rollout_revision(settings: Settings) -> int:
-    """The rollout store's revision now (0 when it cannot be read): the serving-state file
-    written from the registry's aliases is newer than every rollout state written so far."""
-    from hearth.traffic.rollout_state import StateUnavailable
-    from hearth.traffic.stores import open_state_store
-
-    try:
-        store = open_state_store(settings)
-        try:
-            return store.revision()
-        finally:
-            store.close()
-    except (StateUnavailable, OSError) as exc:
-        log.warning("rollout state unreadable (%s): the serving state file may be overruled", exc)
-        return 0
-
-
-def serving_state(settings: Settings) -> ServingState:
-    return ServingState(settings.serving_dir / STATE_FILE)
-
-
-def needs_import(settings: Settings, model_name: str) -> bool:
-    """True when no state file exists or its champion is not in the BentoML store."""
-    served = serving_state(settings).read()
-    if not served or CHAMPION not in served:
-        return True
-    try:
-        BentoCatalog(model_name).record(served[CHAMPION])
-    except KeyError:
-        return True
-    return False
+    if CHAMPION not in versions:
+        raise NoChampion(f"nothing serves {model_name} yet: no {CHAMPION} in the rollout state")
+    registry.configure(settings)
+    client = MlflowClient()
+    return [
+        import_version(model_name, alias, client.get_model_version(model_name, version))
+        for alias, version in versions.items()
+    ]
 
 
 # -- bentos ---------------------------------------------------------------------------------

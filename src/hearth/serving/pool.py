@@ -1,18 +1,20 @@
 """Model serving: several model versions held at once, swapped without a restart.
 
-Which registry version serves which variant (``champion``, ``challenger``) is read from the
-serving-state file (`ServingState`, under ``HEARTH_HOME/serving``) or, where there is none
-(a container), from the labels the models carry in their store (`ModelCatalog.aliases`).
-`ModelPool.reload` loads what is missing and swaps the new set in with one assignment, so a
-request never sees a half-updated pool. The pool polls the state file's mtime (at most once
-a second) so that a rollout's one write takes effect without a restart.
+A pool is a cache of model versions, by registry version number (`ModelCatalog`: the
+registry's local cache in a service, plain directories in tests). It preloads what the
+shared state says serves (`Served.versions()`: the champion and a running rollout's
+challenger, read through a `hearth.traffic.follower.Follower`), and scores each item with
+the version the item names. When the state changes (at most every `_POLL_S`), versions not
+yet loaded load in the background and the new set is swapped in with one assignment, so a
+request never sees a half-updated pool and never waits for a load.
 
 During a rollout the gateway names the version of each item (`ScoreItem.model_version`).
 A named version that is not loaded is loaded in the background: meanwhile a champion item
 is scored by the pool's champion and a challenger item answers ``unavailable`` (the
-gateway then lets the champion answer), so loading never fails or stalls a request. A
-version no request has named for `idle_s` seconds, and that the state file does not name,
-is dropped: the old model stays loaded as long as any route still points at it.
+gateway then lets the champion answer), so loading never fails or stalls a request. An
+item that names no version (unit tests) gets the pool's model of its variant. A version no
+request has named for `idle_s` seconds, and that the state does not name, is dropped: the
+old model stays loaded as long as any route still points at it.
 """
 
 from __future__ import annotations
@@ -23,18 +25,18 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Protocol
 
 from hearth.model.scorer import FraudScorer
+from hearth.serving.catalog import ModelCatalog, ModelRecord
 from hearth.serving.errors import ModelUnavailable
-from hearth.serving.faults import FAULT_FILE, Fault
 from hearth.serving.routing import CHAMPION
 from hearth.serving.schemas import Decision, Score, ScoreItem
-from hearth.serving.state import ModelCatalog, ModelRecord, ServingState
+from hearth.traffic.rollout_state import Served
 
 log = logging.getLogger(__name__)
 
-_POLL_S = 0.5  # with the routers' 0.5 s, a state write serves within a second
+_POLL_S = 0.5  # with the followers' 0.5 s, a state write is seen within a second
 # Long enough for every gateway to have re-read the rollout state (<= 1 s) and for requests
 # routed before that to finish (model timeout): only then does no route point at a version.
 IDLE_S = 30.0
@@ -58,6 +60,12 @@ class LoadedModel:
     decline: float
 
 
+class ServedSource(Protocol):
+    """Where the pool reads what serves (a `hearth.traffic.follower.Follower`)."""
+
+    def served(self) -> Served: ...
+
+
 def best_device() -> str:
     """CUDA when this process sees a GPU, else the CPU."""
     import torch
@@ -66,34 +74,34 @@ def best_device() -> str:
 
 
 class ModelPool:
-    """The model versions this process serves: by variant (state file) and by version."""
+    """The model versions this process serves: by variant (the state) and by version."""
 
     def __init__(
         self,
         catalog: ModelCatalog,
-        state: ServingState,
+        source: ServedSource,
         device: str | None = None,
         idle_s: float = IDLE_S,
     ) -> None:
         self.catalog = catalog
-        self.state = state
+        self.source = source
         self.device = device or best_device()
         self.idle_s = idle_s
-        self._models: dict[str, LoadedModel] = {}  # variant → model, from the state file
+        self._models: dict[str, LoadedModel] = {}  # variant → model, from the state
         self._extra: dict[str, LoadedModel] = {}  # version → model, named by requests
         self._used: dict[str, float] = {}  # version → when a request last named it
         self._loading: set[str] = set()
         self._failed: dict[str, float] = {}  # version → when its load last failed
         self._lock = threading.Lock()
-        self._seen_mtime: float | None = None
+        self._reloading = False
+        self._seen_revision: int | None = None
         self._next_poll = 0.0
         self._rng = random.Random()
 
     # -- loading ------------------------------------------------------------------------
     def served(self) -> dict[str, str]:
-        """variant → version to serve: the state file, else the store's alias labels."""
-        state = self.state.read()
-        return state if state is not None else self.catalog.aliases()
+        """variant → version that the shared state says serves now."""
+        return self.source.served().versions()
 
     def load(self, version: str) -> LoadedModel:
         """Load registry version `version` onto this pool's device (not yet serving)."""
@@ -110,39 +118,74 @@ class ModelPool:
         return {**self._extra, **{m.record.version: m for m in self._models.values()}}
 
     def reload(self) -> dict[str, str]:
-        """Serve what `served()` says now; versions already loaded are reused."""
-        with self._lock:
-            self._seen_mtime = self.state.mtime()
-            wanted = self.served()
-            by_version = self._by_version()
-            fresh: dict[str, LoadedModel] = {}
-            for variant, version in wanted.items():
-                fresh[variant] = by_version.get(version) or self.load(version)
-            # Versions leaving the state file stay as extras until idle: a gateway whose
-            # snapshot is a moment old may still name them.
-            now = time.monotonic()
-            for model in self._models.values():
-                version = model.record.version
-                if version not in {m.record.version for m in fresh.values()}:
-                    self._extra.setdefault(version, model)
-                    self._used.setdefault(version, now)
-            self._models = fresh  # one assignment: readers see the old or the new set
+        """Serve what the state says now, loading what is missing (blocking); versions
+        already loaded are reused."""
+        served = self.source.served()
+        self._seen_revision = served.revision
+        wanted = served.versions()
+        by_version = self._by_version()
+        fresh = {v: by_version.get(version) or self.load(version) for v, version in wanted.items()}
+        self._swap(fresh)
         log.info("serving %s on %s", self.versions() or "nothing", self.device)
         return self.versions()
 
+    def _swap(self, fresh: dict[str, LoadedModel]) -> None:
+        with self._lock:
+            # Versions leaving the state stay as extras until idle: a gateway whose
+            # snapshot is a moment old may still name them.
+            now = time.monotonic()
+            kept = {m.record.version for m in fresh.values()}
+            for model in self._models.values():
+                version = model.record.version
+                if version not in kept:
+                    self._extra.setdefault(version, model)
+                    self._used.setdefault(version, now)
+            self._models = fresh  # one assignment: readers see the old or the new set
+
     def maybe_reload(self) -> None:
-        """Reload when the state file changed; cheap enough for the request path."""
+        """Follow a state change; cheap enough for the request path (it never loads here)."""
         now = time.monotonic()
         if now < self._next_poll:
             return
         self._next_poll = now + _POLL_S
         self._drop_idle(now)
-        if self.state.mtime() != self._seen_mtime:
+        served = self.source.served()  # the follower's snapshot: in memory
+        if served.revision == self._seen_revision:
+            return
+        by_version = self._by_version()
+        wanted = served.versions()
+        if all(version in by_version for version in wanted.values()):
+            self._seen_revision = served.revision
+            self._swap({v: by_version[version] for v, version in wanted.items()})
+            return
+        self._reload_in_background()
+
+    def _reload_in_background(self) -> None:
+        with self._lock:
+            if self._reloading:
+                return
+            self._reloading = True
+
+        def run() -> None:
             try:
                 self.reload()
-            except (KeyError, OSError, ValueError) as exc:
-                # A bad state write must not take serving down: keep the loaded set.
+            except Exception as exc:  # a bad state must not take serving down
                 log.error("reload failed, still serving %s: %s", self.versions(), exc)
+            finally:
+                self._reloading = False
+
+        threading.Thread(target=run, name="pool-reload", daemon=True).start()
+
+    def wait_reloaded(self, timeout_s: float = 30.0) -> bool:
+        """Block until the pool serves what the state says (tests, warm-ups)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self._next_poll = 0.0
+            self.maybe_reload()
+            if not self._reloading and self.versions() == self.served():
+                return True
+            time.sleep(0.02)
+        return False
 
     def _drop_idle(self, now: float) -> None:
         with self._lock:
@@ -197,11 +240,12 @@ class ModelPool:
         return {variant: m.record.version for variant, m in self._models.items()}
 
     def loaded_versions(self) -> list[str]:
-        """Every version held now, by the state file or by requests."""
+        """Every version held now, by the state or by requests."""
         return sorted(self._by_version())
 
     @property
     def ready(self) -> bool:
+        self.maybe_reload()  # a readiness probe follows the state too (nothing scores yet)
         return CHAMPION in self._models
 
     # -- scoring ------------------------------------------------------------------------
@@ -291,23 +335,3 @@ class ModelPool:
                 )
             )
         return scores
-
-
-class DirCatalog:
-    """Scorer directories named by version under one root (tests, plain installs)."""
-
-    def __init__(self, root: Path, aliases: dict[str, str], data_version: str = "unknown"):
-        self.root = root
-        self._aliases = aliases
-        self.data_version = data_version
-
-    def aliases(self) -> dict[str, str]:
-        return dict(self._aliases)
-
-    def record(self, version: str) -> ModelRecord:
-        path = self.root / version
-        if not path.is_dir():
-            raise KeyError(version)
-        fault_file = path / FAULT_FILE
-        fault = Fault.parse(fault_file.read_text()) if fault_file.exists() else None
-        return ModelRecord(version, path, run_id="", data_version=self.data_version, fault=fault)
