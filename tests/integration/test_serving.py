@@ -123,7 +123,8 @@ def post(server: ServerProcess, path: str, body: Any, key: str | None = KEY, **k
 def thresholds(server: ServerProcess) -> tuple[float, float]:
     assert server.home is not None
     home = server.home
-    (path,) = (home / "bentoml" / "models" / "fraud-detector").glob("*/thresholds.json")
+    # The champion's scorer, as the server cached it from the registry (hearth.serving.model_cache).
+    (path,) = (home / "model-cache" / NAME).glob("*/thresholds.json")
     t = json.loads(path.read_text())
     return t["review"], t["decline"]
 
