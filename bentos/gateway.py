@@ -10,6 +10,7 @@ from typing import Any
 
 import bentoml
 
+from bentos import rollout_admin
 from bentos.features import Features
 from bentos.images import cpu_image
 from bentos.model import Model
@@ -60,7 +61,7 @@ class Gateway:
         # Class attributes: the `Dependency` declarations themselves, not BentoML proxies.
         features, model = _address(type(self).features), _address(type(self).model)
         self.gateway, self.clients = graph.microservices_gateway(ctx, features, model)
-        self.admin = graph.admin(ctx, self.gateway)
+        self.admin = graph.admin(self.gateway, rollout_admin.controls(ctx))
 
     @bentoml.on_shutdown
     async def close_clients(self) -> None:

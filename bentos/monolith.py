@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bentoml
 
+from bentos import rollout_admin
 from bentos.images import cuda_image
 from bentos.telemetry import service_tracing, start_telemetry
 from hearth.serving import graph
@@ -28,7 +29,7 @@ class Monolith:
         start_telemetry(ctx.settings, "monolith")
         self.policy = HttpPolicy.from_settings(ctx.settings)
         self.gateway, _, _ = graph.monolith(ctx)
-        self.admin = graph.admin(ctx, self.gateway)
+        self.admin = graph.admin(self.gateway, rollout_admin.controls(ctx))
 
     async def __is_ready__(self) -> bool:
         return await self.gateway.ready()

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_API_KEY = "dev-api-key"
+API_KEY_HEADER = "X-API-Key"  # the request header that carries `Settings.api_key`
 DEFAULT_ADMIN_TOKEN = "dev-admin-token"
 
 # Nothing Hearth runs may phone home.

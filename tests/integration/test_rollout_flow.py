@@ -28,6 +28,7 @@ from hearth.launch.hearth_server import ServerProcess, serving
 from hearth.rollout.flow_steps import RolloutOutcome, RoundResult
 from hearth.rollout.replay import LabelledTransaction, ReplayConfig, load_transactions, replay
 from hearth.rollout.verdict import TEST_QUALITY
+from hearth.serving.schemas import transaction_payload
 from hearth.traffic.stores import open_state_store
 from tests.helpers import write_project
 from tests.projects import (
@@ -108,7 +109,9 @@ class Traffic:
 
 @pytest.fixture(scope="module")
 def traffic(project: Path) -> Traffic:
-    loaded = load_transactions(sorted((project / "live" / "transactions").glob("*.csv")))
+    loaded = load_transactions(
+        sorted((project / "live" / "transactions").glob("*.csv")), transaction_payload
+    )
     return Traffic(loaded.transactions)
 
 

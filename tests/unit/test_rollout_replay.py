@@ -19,6 +19,7 @@ from hearth.rollout.replay import (
     load_transactions,
     replay,
 )
+from hearth.serving.schemas import transaction_payload
 
 
 def _free_port() -> int:
@@ -147,7 +148,7 @@ def test_load_keeps_valid_first_seen_rows_in_time_order(tmp_path: Path) -> None:
         good.format(tid="t5", ts="2026-03-02T12:00:00", amount="5", label=""),  # no label
     ]
     (tmp_path / "2026-03-02.csv").write_text("\n".join([header, *rows]) + "\n")
-    loaded = load_transactions([tmp_path / "2026-03-02.csv"])
+    loaded = load_transactions([tmp_path / "2026-03-02.csv"], transaction_payload)
     assert [t.transaction_id for t in loaded.transactions] == ["t1", "t2"]
     assert [t.is_fraud for t in loaded.transactions] == [True, False]
     assert loaded.rows == 6 and loaded.skipped_invalid == 3 and loaded.skipped_duplicate == 1

@@ -19,6 +19,7 @@ from hearth.rollout.replay import (
     load_transactions,
     replay,
 )
+from hearth.serving.schemas import transaction_payload
 
 REPLAY_RATE_PER_S = 200.0
 REPLAY_CONCURRENCY = 8
@@ -56,7 +57,7 @@ class LiveTraffic:
 
     @classmethod
     def of(cls, period: DriftPeriod) -> LiveTraffic:
-        return cls(load_transactions(period.live_files).transactions)
+        return cls(load_transactions(period.live_files, transaction_payload).transactions)
 
     def rest(self) -> Sequence[LabelledTransaction]:
         return self.txns[self.offset :]

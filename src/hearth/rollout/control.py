@@ -228,3 +228,41 @@ def rollback(
         return promotion.rollback(
             settings, params, store=st, actor=actor, reason=reason, numbers=numbers, test=test
         )
+
+
+# -- bound to one process: what an admin API calls --------------------------------------------
+class Controls:
+    """The controls above for one context and actor, answering JSON-ready values: the
+    operations a gateway's admin API runs (`hearth.serving.admin.AdminOps`), injected by
+    the orchestration layer (``bentos/``)."""
+
+    def __init__(self, settings: Settings, params: Params, actor: str = "admin-api") -> None:
+        self.settings, self.params, self.actor = settings, params, actor
+
+    def status(self) -> dict[str, Any]:
+        return status(self.settings, self.params)
+
+    def history(self, limit: int = 100) -> list[dict[str, Any]]:
+        return [e.model_dump(mode="json") for e in history(self.settings, limit=limit)]
+
+    def start(
+        self, challenger_version: str | int, mode: str | None, steps: list[float] | None,
+        reason: str,
+    ) -> dict[str, Any]:  # fmt: skip
+        state = start(
+            self.settings, self.params, challenger_version, mode=mode, steps=steps,
+            actor=self.actor, reason=reason,
+        )  # fmt: skip
+        return state.model_dump(mode="json")
+
+    def weight(self, challenger_percent: float, reason: str) -> dict[str, Any]:
+        state = set_weight(
+            self.settings, self.params, challenger_percent, actor=self.actor, reason=reason
+        )
+        return state.model_dump(mode="json")
+
+    def promote(self, reason: str) -> dict[str, Any]:
+        return promote(self.settings, self.params, self.actor, reason).to_dict()
+
+    def rollback(self, reason: str) -> dict[str, Any]:
+        return rollback(self.settings, self.params, self.actor, reason).to_dict()

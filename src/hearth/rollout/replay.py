@@ -32,9 +32,8 @@ import httpx
 import pandas as pd
 from pydantic import ValidationError
 
+from hearth.config import API_KEY_HEADER
 from hearth.schema import LABEL, RAW_COLUMNS
-from hearth.serving.auth import API_KEY_HEADER
-from hearth.serving.schemas import TransactionIn
 
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
@@ -63,7 +62,13 @@ class LoadReport:
     skipped_duplicate: int
 
 
-def _row_payload(row: dict[str, Any]) -> LabelledTransaction | None:
+Accept = Callable[[dict[str, Any]], dict[str, Any]]
+"""The API's check of a request body: the body it accepts, or a ValueError
+(`hearth.serving.schemas.transaction_payload`, passed in by the caller: this module is
+the gateway's client, not part of it)."""
+
+
+def _row_payload(row: dict[str, Any], accept: Accept) -> LabelledTransaction | None:
     """The row as a valid request with its label, or None when the API would refuse it."""
     label = str(row.get(LABEL, "")).strip()
     if label not in {"0", "1"}:
@@ -72,14 +77,15 @@ def _row_payload(row: dict[str, Any]) -> LabelledTransaction | None:
     try:
         for key in ("amount", "latitude", "longitude"):
             raw[key] = float(raw[key])  # type: ignore[arg-type]
-        txn = TransactionIn.model_validate(raw)
+        payload = accept(raw)
     except (TypeError, ValueError, ValidationError):
         return None
-    return LabelledTransaction(txn.model_dump(), label == "1")
+    return LabelledTransaction(payload, label == "1")
 
 
-def load_transactions(files: Iterable[Path]) -> LoadReport:
-    """The valid, first-seen transactions of raw drop `files`, in timestamp order."""
+def load_transactions(files: Iterable[Path], accept: Accept) -> LoadReport:
+    """The valid (by `accept`), first-seen transactions of raw drop `files`, in timestamp
+    order."""
     frames = [pd.read_csv(f, dtype=str, keep_default_na=False) for f in sorted(files)]
     if not frames:
         return LoadReport((), 0, 0, 0)
@@ -88,7 +94,7 @@ def load_transactions(files: Iterable[Path]) -> LoadReport:
     kept: list[LabelledTransaction] = []
     invalid = duplicate = 0
     for row in df.to_dict("records"):
-        txn = _row_payload(row)
+        txn = _row_payload(row, accept)
         if txn is None:
             invalid += 1
         elif txn.transaction_id in seen:

@@ -1,27 +1,49 @@
-"""The gateway's admin operations: `hearth.rollout.control` run off the event loop.
+"""The gateway's admin operations, run off the event loop.
 
-Control operations talk to MLflow and the state store (blocking, tens to hundreds of ms),
-so each runs in a worker thread while the gateway keeps scoring. After a change, this
-gateway re-reads the rollout state at once (`on_change`); the others within a second.
-Failures of the registry or the state backend become `Unavailable` (503); a refused request
-keeps its `RolloutError` (4xx with its message).
+Serving does not know how a rollout is controlled: it defines the operations it needs
+(`AdminOps`) and the orchestration layer (``bentos/``) injects an implementation, the
+rollout controls (`hearth.rollout.control.Controls`). Each operation talks to MLflow and
+the state store (blocking, tens to hundreds of ms), so it runs in a worker thread while the
+gateway keeps scoring. After a change, this gateway re-reads the rollout state at once
+(`on_change`); the others within a second. Failures of the registry or the state backend
+become `Unavailable` (503); a refused request keeps its `RolloutError` (4xx with its
+message).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
-from hearth.config import HearthContext
 from hearth.serving.errors import Unavailable
 from hearth.serving.schemas import RolloutActionIn, RolloutStartIn, RolloutWeightIn
 from hearth.traffic.rollout_state import RolloutError, StateUnavailable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-ACTOR = "admin-api"
+
+
+class AdminOps(Protocol):
+    """The rollout controls an admin API calls; each returns a JSON-ready answer and raises
+    a `RolloutError` for a refused request (nothing changed)."""
+
+    def status(self) -> dict[str, Any]: ...
+
+    def history(self, limit: int) -> list[dict[str, Any]]: ...
+
+    def start(
+        self, challenger_version: str | int, mode: str | None, steps: list[float] | None,
+        reason: str,
+    ) -> dict[str, Any]: ...  # fmt: skip
+
+    def weight(self, challenger_percent: float, reason: str) -> dict[str, Any]: ...
+
+    def promote(self, reason: str) -> dict[str, Any]: ...
+
+    def rollback(self, reason: str) -> dict[str, Any]: ...
 
 
 class AdminUnavailable(Unavailable):
@@ -29,15 +51,29 @@ class AdminUnavailable(Unavailable):
 
 
 class Admin:
-    """Rollout controls for the admin HTTP API of one gateway process."""
+    """Rollout controls for the admin HTTP API of one gateway process.
 
-    def __init__(self, ctx: HearthContext, on_change: Callable[[], None] | None = None) -> None:
-        self.ctx = ctx
+    `ops` makes the operations on first use: the rollout controls load MLflow, which a
+    gateway that never sees an admin call need not import.
+    """
+
+    def __init__(
+        self, ops: Callable[[], AdminOps], on_change: Callable[[], None] | None = None
+    ) -> None:
+        self._make_ops = ops
+        self._ops: AdminOps | None = None
+        self._lock = threading.Lock()
         self.on_change = on_change
 
-    async def _run(self, fn: Callable[[], T], changes: bool) -> T:
+    def ops(self) -> AdminOps:
+        with self._lock:
+            if self._ops is None:
+                self._ops = self._make_ops()
+            return self._ops
+
+    async def _run(self, fn: Callable[[AdminOps], T], changes: bool) -> T:
         try:
-            result = await asyncio.to_thread(fn)
+            result = await asyncio.to_thread(lambda: fn(self.ops()))
         except RolloutError:
             raise
         except StateUnavailable as exc:
@@ -51,52 +87,22 @@ class Admin:
         return result
 
     async def status(self) -> dict[str, Any]:
-        from hearth.rollout import control
-
-        return await self._run(lambda: control.status(self.ctx.settings, self.ctx.params), False)
+        return await self._run(lambda ops: ops.status(), False)
 
     async def history(self, limit: int = 100) -> list[dict[str, Any]]:
-        from hearth.rollout import control
-
-        events = await self._run(lambda: control.history(self.ctx.settings, limit=limit), False)
-        return [e.model_dump(mode="json") for e in events]
+        return await self._run(lambda ops: ops.history(limit), False)
 
     async def start(self, body: RolloutStartIn) -> dict[str, Any]:
-        from hearth.rollout import control
-
-        state = await self._run(
-            lambda: control.start(
-                self.ctx.settings, self.ctx.params, body.challenger_version, mode=body.mode,
-                steps=body.steps, actor=ACTOR, reason=body.reason,
-            ),
+        return await self._run(
+            lambda ops: ops.start(body.challenger_version, body.mode, body.steps, body.reason),
             True,
-        )  # fmt: skip
-        return state.model_dump(mode="json")
+        )
 
     async def weight(self, body: RolloutWeightIn) -> dict[str, Any]:
-        from hearth.rollout import control
-
-        state = await self._run(
-            lambda: control.set_weight(
-                self.ctx.settings, self.ctx.params, body.challenger_percent, actor=ACTOR,
-                reason=body.reason,
-            ),
-            True,
-        )  # fmt: skip
-        return state.model_dump(mode="json")
+        return await self._run(lambda ops: ops.weight(body.challenger_percent, body.reason), True)
 
     async def promote(self, body: RolloutActionIn) -> dict[str, Any]:
-        from hearth.rollout import control
-
-        change = await self._run(
-            lambda: control.promote(self.ctx.settings, self.ctx.params, ACTOR, body.reason), True
-        )
-        return change.to_dict()
+        return await self._run(lambda ops: ops.promote(body.reason), True)
 
     async def rollback(self, body: RolloutActionIn) -> dict[str, Any]:
-        from hearth.rollout import control
-
-        change = await self._run(
-            lambda: control.rollback(self.ctx.settings, self.ctx.params, ACTOR, body.reason), True
-        )
-        return change.to_dict()
+        return await self._run(lambda ops: ops.rollback(body.reason), True)

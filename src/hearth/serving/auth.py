@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import hmac
 
-API_KEY_HEADER = "X-API-Key"
+from hearth.config import API_KEY_HEADER
+
 ADMIN_TOKEN_HEADER = "X-Admin-Token"
 
 

@@ -21,7 +21,7 @@ from hearth.features.online import Transaction
 from hearth.observability import tracing
 from hearth.observability.prometheus import record_feature_lookups, record_model_call
 from hearth.serving.errors import FeaturesUnavailable, ModelUnavailable, NotReady, Unavailable
-from hearth.serving.routing import CHALLENGER, ChampionRouter, Routed, Router
+from hearth.serving.routing import ChampionRouter, Routed, Router
 from hearth.serving.schemas import (
     FeatureRow,
     FeedbackIn,
@@ -32,6 +32,7 @@ from hearth.serving.schemas import (
     TransactionIn,
 )
 from hearth.serving.scoring import Answer, Attempt, score_routed, try_challenger
+from hearth.traffic.assignment import CHALLENGER
 from hearth.traffic.prediction_log import PredictionLog, PredictionRecord
 
 log = logging.getLogger(__name__)

@@ -7,10 +7,11 @@ requests; each piece loads in a background thread (`Background`), so a service a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from hearth.config import HearthContext, Settings
-from hearth.serving.admin import Admin
+from hearth.serving.admin import Admin, AdminOps
 from hearth.serving.gateway import (
     Background,
     Gateway,
@@ -84,10 +85,11 @@ def challenger_timeout_s(ctx: HearthContext) -> float:
     return min(ctx.settings.model_timeout_s, ctx.params.rollout.max_p99_latency_ms / 1000)
 
 
-def admin(ctx: HearthContext, gateway: Gateway) -> Admin:
-    """The admin API's operations; after a change this gateway re-reads the state at once."""
+def admin(gateway: Gateway, ops: Callable[[], AdminOps]) -> Admin:
+    """The admin API over `ops` (injected by the orchestration layer: the rollout controls);
+    after a change this gateway re-reads the state at once."""
     refresh = getattr(gateway.router, "refresh", None)
-    return Admin(ctx, on_change=refresh)
+    return Admin(ops, on_change=refresh)
 
 
 def monolith(ctx: HearthContext) -> tuple[Gateway, Background[Any], Background[Any]]:

@@ -25,13 +25,12 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
-from hearth.config import Settings
+from hearth.config import API_KEY_HEADER, Settings
 from hearth.observability.logging import bind_request_id
 from hearth.observability.prometheus import metrics, record_predictions, record_request
 from hearth.serving.admin import Admin
 from hearth.serving.auth import (
     ADMIN_TOKEN_HEADER,
-    API_KEY_HEADER,
     AuthError,
     check_admin_token,
     check_api_key,

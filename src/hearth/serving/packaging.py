@@ -27,7 +27,7 @@ from hearth.config import Settings
 from hearth.serving.bentoml_internals import bento_env
 from hearth.serving.faults import FAULT_METADATA, FAULT_TAG, Fault
 from hearth.serving.model_cache import DATA_VERSION_TAG
-from hearth.serving.routing import CHAMPION
+from hearth.traffic.assignment import CHAMPION
 
 log = logging.getLogger(__name__)
 

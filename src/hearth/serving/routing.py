@@ -16,10 +16,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from hearth.features.online import Transaction
-from hearth.traffic.assignment import route_for
+from hearth.traffic.assignment import CHAMPION, route_for
 from hearth.traffic.follower import Follower
-
-CHAMPION, CHALLENGER = "champion", "challenger"
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ them, in memory or over HTTP.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, field_validator
 
@@ -76,6 +76,12 @@ class TransactionIn(_Strict):
     def to_transaction(self) -> Transaction:
         """The internal, typed transaction (the feature code's input)."""
         return Transaction.from_mapping(self.model_dump())
+
+
+def transaction_payload(raw: dict[str, Any]) -> dict[str, Any]:
+    """`raw` as the body ``/predict`` accepts; a ValidationError (a ValueError) when the API
+    would refuse it. Load generators check their rows with it (see `load_transactions`)."""
+    return TransactionIn.model_validate(raw).model_dump()
 
 
 class BatchIn(_Strict):

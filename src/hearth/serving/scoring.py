@@ -25,8 +25,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from hearth.serving.errors import ModelUnavailable
-from hearth.serving.routing import CHALLENGER, CHAMPION, Routed
+from hearth.serving.routing import Routed
 from hearth.serving.schemas import Score, ScoreItem
+from hearth.traffic.assignment import CHALLENGER, CHAMPION
 
 log = logging.getLogger(__name__)
 
