@@ -57,9 +57,10 @@ test-fast: install ## Only the tests not marked slow
 	$(BIN)/pytest -m "not slow"
 
 .PHONY: lint
-lint: install ## ruff lint and format check
+lint: install ## ruff lint and format check; import-linter holds the layers
 	$(BIN)/ruff check src flows bentos tests benchmarks
 	$(BIN)/ruff format --check src flows bentos tests benchmarks
+	$(BIN)/lint-imports
 
 .PHONY: format
 format: install ## Apply ruff's fixes and formatting

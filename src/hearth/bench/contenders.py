@@ -200,7 +200,7 @@ class InProcessModel:
     spec = SPECS["model"]
 
     def __init__(self, scorer_dir: Path) -> None:
-        from hearth.model.scorer import FraudScorer
+        from hearth.model.scorer import FraudScorer  # lazy: torch, for this contender only
 
         self.scorer = FraudScorer.from_dir(scorer_dir)
 

@@ -29,6 +29,7 @@ from hearth.bench.contenders import BENCH_KEY, SPECS, HearthServer, server_env
 from hearth.bench.load import Connection, attempt
 from hearth.config import Settings
 from hearth.launch.launcher import stop_all
+from hearth.traffic.state_sqlite import STATE_FILE, SQLiteStateStore
 
 TOPOLOGIES = ("monolith", "microservices")
 CONCURRENCY = 16
@@ -177,8 +178,6 @@ def switched_at(home: Path) -> float | None:
     The command's own time is mostly Python starting and importing; this is the instant
     the gateways can see, so the report can split the two.
     """
-    from hearth.traffic.state_sqlite import STATE_FILE, SQLiteStateStore
-
     store = SQLiteStateStore(home / STATE_FILE)
     try:
         events = [e for e in store.history(limit=20) if e.action == "rollback"]

@@ -20,9 +20,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, cast
 
+from hearth import registry
 from hearth.config import Params, Settings
 from hearth.rollout import promotion
 from hearth.rollout.promotion import AliasChange
+from hearth.traffic.prediction_log import DB_FILE, PredictionLog
 from hearth.traffic.rollout_state import (
     HistoryEvent,
     InvalidRollout,
@@ -76,8 +78,6 @@ def served_versions(served: Served) -> dict[str, Any]:
 
 def live_counts(settings: Settings, rollout_id: str | None) -> dict[str, dict[str, int]]:
     """Requests, errors and labels per variant in the prediction log ({} without a log)."""
-    from hearth.traffic.prediction_log import DB_FILE, PredictionLog
-
     path = settings.serving_dir / DB_FILE
     if not path.exists():
         return {}
@@ -96,8 +96,6 @@ def status(
 ) -> dict[str, Any]:
     """Everything an operator looks at: the rollout state, the MLflow aliases, the versions
     served now, a pending repair, the history tail and live counts of the current rollout."""
-    from hearth import registry
-
     registry.configure(settings)
     with _store(settings, store) as st:
         served = st.served()

@@ -23,10 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hearth import registry
 from hearth.config import HearthContext, Params, RolloutParams, Settings
-from hearth.rollout import rollout_report
+from hearth.rollout import control, rollout_report
+from hearth.rollout.promotion import aliases
 from hearth.rollout.verdict import Verdict, analyse_state
-from hearth.traffic.rollout_state import Mode, RolloutState, StateStore
+from hearth.traffic.prediction_log import DB_FILE, PredictionLog
+from hearth.traffic.rollout_state import InvalidRollout, Mode, RolloutState, StateStore
 from hearth.traffic.stores import open_state_store
 
 log = logging.getLogger(__name__)
@@ -141,13 +144,6 @@ def _finite(numbers: dict[str, float]) -> dict[str, float | None]:
 
 
 # -- starting -------------------------------------------------------------------------------
-def _control() -> Any:
-    """`hearth.rollout.control`: starts and ends rollouts the way the serving graph expects."""
-    from hearth.rollout import control
-
-    return control
-
-
 def start(
     ctx: HearthContext,
     challenger_version: str | None = None,
@@ -156,17 +152,13 @@ def start(
     reason: str = "",
 ) -> RolloutState:
     """Start a rollout of `challenger_version` (default: the registry's challenger)."""
-    from hearth import registry
-    from hearth.rollout.promotion import aliases
-    from hearth.traffic.rollout_state import InvalidRollout
-
     name = ctx.params.registry.model_name
     if challenger_version is None:
         registry.configure(ctx.settings)
         challenger_version = aliases(name).get(registry.CHALLENGER)
         if challenger_version is None:
             raise InvalidRollout(f"name a challenger version: {name} has no challenger alias")
-    state: RolloutState = _control().start(
+    state: RolloutState = control.start(
         ctx.settings,
         ctx.params,
         challenger_version=challenger_version,
@@ -200,8 +192,6 @@ def decision_thresholds(
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from hearth import registry
-
     registry.configure(settings)
     client, name = MlflowClient(), params.registry.model_name
     out = {}
@@ -219,8 +209,6 @@ def decision_thresholds(
 def start_mlflow_run(settings: Settings, state: RolloutState, plan: RolloutPlan) -> str:
     """A dedicated MLflow run for the rollout (experiment ``rollouts``); its id."""
     from mlflow.tracking import MlflowClient
-
-    from hearth import registry
 
     registry.configure(settings)
     experiment_id = registry.ensure_experiment(MLFLOW_EXPERIMENT)
@@ -282,8 +270,6 @@ def end_mlflow_run(
 # -- one round ------------------------------------------------------------------------------
 def analysis_rows(settings: Settings, rollout_id: str) -> list[dict[str, Any]]:
     """Every logged request of `rollout_id`, joined with its label where one arrived."""
-    from hearth.traffic.prediction_log import DB_FILE, PredictionLog
-
     predictions = PredictionLog(settings.serving_dir / DB_FILE)
     try:
         rows: list[dict[str, Any]] = predictions.analysis_rows(rollout_id=rollout_id)
@@ -333,7 +319,6 @@ def act(
         return f"advance to {new.challenger_percent:g} %", new
     if verdict.decision == "hold":
         return "hold", store.update(lambda s: s, ACTOR, "hold", rollout_id=rid, **fields)
-    control = _control()
     if verdict.decision == "promote":
         control.promote(ctx.settings, ctx.params, store=store, actor=ACTOR, **fields)
     else:
@@ -366,7 +351,7 @@ def abort(ctx: HearthContext, store: StateStore, rollout_id: str, error: BaseExc
     # The first line only: some exceptions (MLflow's) carry a tutorial in their message.
     first_line = (str(error).splitlines() or [""])[0][:300]
     log.error("rollout %s: flow failed (%s), rolling back", rollout_id, first_line)
-    _control().rollback(
+    control.rollback(
         ctx.settings,
         ctx.params,
         store=store,

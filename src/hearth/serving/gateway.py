@@ -20,6 +20,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from hearth.features.online import Transaction
 from hearth.observability import tracing
 from hearth.observability.prometheus import record_feature_lookups, record_model_call
+from hearth.schema import TIMESTAMP_FORMAT, TRANSACTION_FIELDS
 from hearth.serving.errors import FeaturesUnavailable, ModelUnavailable, NotReady, Unavailable
 from hearth.serving.routing import ChampionRouter, Routed, Router
 from hearth.serving.schemas import (
@@ -106,7 +107,7 @@ class LocalFeatures:
         self.store = store
 
     async def observe(self, txns: Sequence[Transaction]) -> list[FeatureRow]:
-        from hearth.features.store import StoreError
+        from hearth.features.store import StoreError  # lazy: pandas; a remote store needs none
 
         try:
             return observe_rows(self.store.get(), txns)
@@ -219,8 +220,6 @@ async def _ready(ready: Callable[[], Awaitable[bool]], timeout_s: float) -> bool
 
 def transaction_payload(txn: Transaction) -> dict[str, Any]:
     """A Transaction as the JSON-able raw fields (the inverse of Transaction.from_mapping)."""
-    from hearth.schema import TIMESTAMP_FORMAT, TRANSACTION_FIELDS
-
     payload = {name: getattr(txn, name) for name in TRANSACTION_FIELDS}
     payload["timestamp"] = txn.timestamp.strftime(TIMESTAMP_FORMAT)
     return payload

@@ -20,6 +20,7 @@ from hearth.serving.gateway import (
     RemoteFeatures,
     RemoteModel,
 )
+from hearth.serving.internal import FeaturesCalls, InternalClient, ModelCalls
 from hearth.serving.model_cache import RegistryCatalog
 from hearth.serving.routing import RolloutRouter
 from hearth.traffic.follower import Follower
@@ -36,7 +37,7 @@ def feature_store(settings: Settings) -> Background[Any]:
     """The online store (SQLite, or Redis when configured), opened in the background."""
 
     def open_and_check() -> Any:
-        from hearth.features.store import open_store
+        from hearth.features.store import open_store  # lazy: pandas, where a store is opened
 
         store = open_store(settings)
         if not store.ping():
@@ -116,8 +117,6 @@ def microservices_gateway(
     Challenger items go to the model service's own `predict_challenger` lane: it batches
     on its own, so a slow challenger never sits in the champion's batch.
     """
-    from hearth.serving.internal import FeaturesCalls, InternalClient, ModelCalls
-
     timeout = ctx.settings.model_timeout_s
     clients = [InternalClient(features_url), InternalClient(model_url)]
     features, model = FeaturesCalls(clients[0]), ModelCalls(clients[1])  # one pool per service

@@ -343,7 +343,7 @@ def features_app(get_store: Callable[[], Any], is_ready: Callable[[], bool]) -> 
 
     `get_store` is looked up per request: the app is built at import time, the store later.
     """
-    from hearth.features.store import StoreError
+    from hearth.features.store import StoreError  # lazy: pandas, for the features service only
 
     async def observe(body: bytes) -> Reply:
         # async: a store read-modify-write takes ~0.1 ms, less than a worker thread's round trip.

@@ -127,7 +127,7 @@ def import_models(
 ) -> list[ImportedModel]:
     """Import the versions that serve (variant → registry version, from the rollout state)
     into the BentoML store, for `build_bentos`; NoChampion without a champion."""
-    from mlflow.tracking import MlflowClient
+    from mlflow.tracking import MlflowClient  # lazy: mlflow, for `hearth build` only
 
     from hearth import registry
 
