@@ -22,6 +22,14 @@ DEFAULT_API_KEY = "dev-api-key"
 API_KEY_HEADER = "X-API-Key"  # the request header that carries `Settings.api_key`
 DEFAULT_ADMIN_TOKEN = "dev-admin-token"
 
+# The registry's aliases, which are also the names of the serving variants. Defined here, in
+# the module everything imports, because hearth.registry imports MLflow and the gateway's
+# image does not install it.
+CHAMPION: Literal["champion"] = "champion"
+CHALLENGER: Literal["challenger"] = "challenger"
+PREVIOUS: Literal["previous"] = "previous"
+Variant = Literal["champion", "challenger"]
+
 # Nothing Hearth runs may phone home.
 NO_TELEMETRY_ENV = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",

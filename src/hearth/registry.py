@@ -22,7 +22,7 @@ from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from hearth.config import RegistryParams, Settings, ThresholdParams
+from hearth.config import CHALLENGER, CHAMPION, RegistryParams, Settings, ThresholdParams
 from hearth.features.definitions import FEATURES
 from hearth.lineage import Lineage
 from hearth.schema import LABEL
@@ -36,7 +36,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
 MODEL_NAME_IN_RUN = "model"
 MODEL_URI_TAG = "hearth.model_uri"
 # What the served model needs and nothing more: MLflow's inference of requirements is slow

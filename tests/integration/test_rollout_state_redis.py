@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from hearth.config import RolloutParams, Settings
-from hearth.traffic.assignment import CHALLENGER, CHAMPION, Route
+from hearth.config import CHALLENGER, CHAMPION, RolloutParams, Settings
+from hearth.traffic.assignment import Route
 from hearth.traffic.follower import Follower
 from hearth.traffic.rollout_state import StateStore, StateUnavailable, new_rollout
 from hearth.traffic.state_redis import REDIS_PREFIX, RedisStateStore

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
+from hearth.config import CHALLENGER, CHAMPION
 from hearth.serving.routing import Routed
 from hearth.serving.schemas import Score, ScoreItem
 from hearth.serving.scoring import score_routed
-from hearth.traffic.assignment import CHALLENGER, CHAMPION
 
 MODEL_MS = 3.0
 

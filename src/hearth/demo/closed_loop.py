@@ -8,8 +8,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from hearth.config import CHALLENGER
 from hearth.demo.drifted_period import DriftedData
-from hearth.registry import CHALLENGER, RegistrationDecision
+from hearth.registry import RegistrationDecision
 from hearth.rollout.flow_steps import RolloutOutcome
 from hearth.rollout.replay import ReplayReport
 from hearth.steps import PipelineSummary, TrainSummary

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from hearth import registry
-from hearth.config import HearthContext, Params, RolloutParams, Settings
+from hearth.config import CHALLENGER, HearthContext, Params, RolloutParams, Settings
 from hearth.rollout import control, rollout_report
 from hearth.rollout.promotion import aliases
 from hearth.rollout.verdict import Verdict, analyse_state
@@ -155,7 +155,7 @@ def start(
     name = ctx.params.registry.model_name
     if challenger_version is None:
         registry.configure(ctx.settings)
-        challenger_version = aliases(name).get(registry.CHALLENGER)
+        challenger_version = aliases(name).get(CHALLENGER)
         if challenger_version is None:
             raise InvalidRollout(f"name a challenger version: {name} has no challenger alias")
     state: RolloutState = control.start(

@@ -36,8 +36,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from hearth import registry
-from hearth.config import Params, Settings
-from hearth.registry import CHALLENGER, CHAMPION, PREVIOUS
+from hearth.config import CHALLENGER, CHAMPION, PREVIOUS, Params, Settings
 from hearth.traffic.rollout_state import (
     InvalidRollout,
     Mode,

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import norm
 
-from hearth.traffic.assignment import CHALLENGER, CHAMPION
+from hearth.config import CHALLENGER, CHAMPION
 
 # Probabilities of empty PSI bins are floored here: one empty bin must not make PSI infinite.
 _PSI_FLOOR = 1e-4

@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from hearth.config import RolloutParams
+from hearth.config import CHALLENGER, CHAMPION, RolloutParams
 from hearth.model.evaluate import evaluate
 from hearth.rollout.statistics import (
     Interval,
@@ -43,7 +43,6 @@ from hearth.rollout.statistics import (
     psi,
     split,
 )
-from hearth.traffic.assignment import CHALLENGER, CHAMPION
 from hearth.traffic.rollout_state import Mode, RolloutState, Scalar
 
 Decision = Literal["advance", "promote", "hold", "rollback"]

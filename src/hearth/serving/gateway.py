@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
+from hearth.config import CHALLENGER
 from hearth.features.online import Transaction
 from hearth.observability import tracing
 from hearth.observability.prometheus import record_feature_lookups, record_model_call
@@ -33,7 +34,6 @@ from hearth.serving.schemas import (
     TransactionIn,
 )
 from hearth.serving.scoring import Answer, Attempt, score_routed, try_challenger
-from hearth.traffic.assignment import CHALLENGER
 from hearth.traffic.prediction_log import PredictionLog, PredictionRecord
 
 log = logging.getLogger(__name__)

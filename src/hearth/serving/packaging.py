@@ -23,11 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hearth.config import Settings
+from hearth.config import CHAMPION, Settings
 from hearth.serving.bentoml_internals import bento_env
 from hearth.serving.faults import FAULT_METADATA, FAULT_TAG, Fault
 from hearth.serving.model_cache import DATA_VERSION_TAG
-from hearth.traffic.assignment import CHAMPION
 
 log = logging.getLogger(__name__)
 

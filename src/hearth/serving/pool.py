@@ -27,11 +27,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from hearth.config import CHAMPION
 from hearth.model.scorer import FraudScorer
 from hearth.serving.catalog import ModelCatalog, ModelRecord
 from hearth.serving.errors import ModelUnavailable
 from hearth.serving.schemas import Decision, Score, ScoreItem
-from hearth.traffic.assignment import CHAMPION
 from hearth.traffic.rollout_state import Served
 
 log = logging.getLogger(__name__)

@@ -15,8 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from hearth.config import CHAMPION
 from hearth.features.online import Transaction
-from hearth.traffic.assignment import CHAMPION, route_for
+from hearth.traffic.assignment import route_for
 from hearth.traffic.follower import Follower
 
 

@@ -24,10 +24,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from hearth.config import CHALLENGER, CHAMPION
 from hearth.serving.errors import ModelUnavailable
 from hearth.serving.routing import Routed
 from hearth.serving.schemas import Score, ScoreItem
-from hearth.traffic.assignment import CHALLENGER, CHAMPION
 
 log = logging.getLogger(__name__)
 

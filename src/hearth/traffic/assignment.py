@@ -14,16 +14,10 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Literal
 
+from hearth.config import CHALLENGER, CHAMPION, Variant
 from hearth.traffic.rollout_state import Served
 
-# The variants carry the names of the registry's aliases (`hearth.registry.CHAMPION` …). They
-# are spelt out here because hearth.registry imports MLflow at import time, which the
-# gateway's image does not install; serving takes them from here.
-CHAMPION: Literal["champion"] = "champion"
-CHALLENGER: Literal["challenger"] = "challenger"
-Variant = Literal["champion", "challenger"]
 DEFAULT_BUCKETS = 10_000
 
 
