@@ -87,22 +87,28 @@ class Admin:
         return result
 
     async def status(self) -> dict[str, Any]:
+        """The rollout state, aliases, served versions, history tail and live counts."""
         return await self._run(lambda ops: ops.status(), False)
 
     async def history(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Every change of every rollout: who, when, why, with the analysis numbers."""
         return await self._run(lambda ops: ops.history(limit), False)
 
     async def start(self, body: RolloutStartIn) -> dict[str, Any]:
+        """Start a canary, A/B or shadow rollout of a registered version."""
         return await self._run(
             lambda ops: ops.start(body.challenger_version, body.mode, body.steps, body.reason),
             True,
         )
 
     async def weight(self, body: RolloutWeightIn) -> dict[str, Any]:
+        """Set the challenger's share of customers (0-100 %)."""
         return await self._run(lambda ops: ops.weight(body.challenger_percent, body.reason), True)
 
     async def promote(self, body: RolloutActionIn) -> dict[str, Any]:
+        """Make the challenger the champion (the old one stays as `previous`)."""
         return await self._run(lambda ops: ops.promote(body.reason), True)
 
     async def rollback(self, body: RolloutActionIn) -> dict[str, Any]:
+        """End the running rollout (all traffic to the champion), or restore `previous`."""
         return await self._run(lambda ops: ops.rollback(body.reason), True)

@@ -80,6 +80,26 @@ def _overloaded(limit: int) -> JSONResponse:
     return _error(503, ErrorOut(error=error, request_id=uuid.uuid4().hex), {"Retry-After": "1"})
 
 
+def _refused(
+    exc: AuthError | _BadRequest | RolloutError | Unavailable, request_id: str, log_503_as: str
+) -> JSONResponse:
+    """The answer to a request that `exc` refused: its status, and what went wrong as ErrorOut
+    (a 503 with Retry-After, logged as `log_503_as`)."""
+    problems: list[Problem] = []
+    headers = None
+    if isinstance(exc, AuthError):
+        status, error = exc.status, exc.message
+    elif isinstance(exc, _BadRequest):
+        status, error, problems = exc.status, exc.error, exc.problems
+    elif isinstance(exc, RolloutError):
+        log.info("admin request refused (%d): %s", exc.http_status, exc)
+        status, error = exc.http_status, str(exc)
+    else:
+        log.warning("%s: %s", log_503_as, exc)
+        status, error, headers = 503, str(exc), {"Retry-After": str(exc.retry_after_s)}
+    return _error(status, ErrorOut(error=error, problems=problems, request_id=request_id), headers)
+
+
 def _field(loc: tuple[Any, ...]) -> str:
     return ".".join(str(part) for part in loc) or "body"
 
@@ -195,67 +215,48 @@ def create_app(
             policy = get_policy()
             body = await _parse(request, model, policy.api_key, policy.max_payload_bytes)
             return await run(body, request_id)
-        except AuthError as exc:
-            return _error(exc.status, ErrorOut(error=exc.message, request_id=request_id))
-        except _BadRequest as exc:
-            body_out = ErrorOut(error=exc.error, problems=exc.problems, request_id=request_id)
-            return _error(exc.status, body_out)
-        except Unavailable as exc:
-            log.warning("503: %s", exc)
-            headers = {"Retry-After": str(exc.retry_after_s)}
-            return _error(503, ErrorOut(error=str(exc), request_id=request_id), headers)
+        except (AuthError, _BadRequest, Unavailable) as exc:
+            return _refused(exc, request_id, "503")
 
     def count(predictions: list[PredictionOut], started: float | None = None) -> None:
         seconds = time.perf_counter() - started if started is not None else 0.0
         record_predictions(predictions, seconds)
 
-    @app.post(
-        "/predict",
-        response_model=PredictionOut,
-        responses=_ERRORS,
-        openapi_extra=_body_doc(TransactionIn),
-    )
-    async def predict(request: Request) -> Any:
+    def post(
+        path: str, model: type[M], out: type[BaseModel], run: Callable[[M, str], Awaitable[Any]]
+    ) -> None:
+        """Mount POST `path`: `run` on the parsed body; its name and docstring document it."""
+
+        async def endpoint(request: Request) -> Any:
+            return await handle(request, model, run)
+
+        endpoint.__doc__ = run.__doc__
+        app.add_api_route(
+            path, endpoint, methods=["POST"], name=run.__name__, response_model=out,
+            responses=_ERRORS, openapi_extra=_body_doc(model),
+        )  # fmt: skip
+
+    async def predict(txn: TransactionIn, request_id: str) -> PredictionOut:
         """Score one transaction."""
+        started = time.perf_counter()
+        (out,) = await get_gateway().predict([txn], request_id)
+        count([out], started)
+        return out
 
-        async def run(txn: TransactionIn, request_id: str) -> PredictionOut:
-            started = time.perf_counter()
-            (out,) = await get_gateway().predict([txn], request_id)
-            count([out], started)
-            return out
-
-        return await handle(request, TransactionIn, run)
-
-    @app.post(
-        "/predict_batch",
-        response_model=BatchOut,
-        responses=_ERRORS,
-        openapi_extra=_body_doc(BatchIn),
-    )
-    async def predict_batch(request: Request) -> Any:
+    async def predict_batch(batch: BatchIn, request_id: str) -> BatchOut:
         """Score transactions in order (later ones see the earlier ones in their features)."""
+        started = time.perf_counter()
+        out = await get_gateway().predict(batch.transactions, request_id)
+        count(out, started)
+        return BatchOut(predictions=out)
 
-        async def run(batch: BatchIn, request_id: str) -> BatchOut:
-            started = time.perf_counter()
-            out = await get_gateway().predict(batch.transactions, request_id)
-            count(out, started)
-            return BatchOut(predictions=out)
-
-        return await handle(request, BatchIn, run)
-
-    @app.post(
-        "/feedback",
-        response_model=FeedbackOut,
-        responses=_ERRORS,
-        openapi_extra=_body_doc(FeedbackIn),
-    )
-    async def feedback(request: Request) -> Any:
+    async def feedback(fb: FeedbackIn, request_id: str) -> FeedbackOut:
         """Record the label of a transaction scored earlier."""
+        return await get_gateway().feedback(fb)
 
-        async def run(fb: FeedbackIn, request_id: str) -> FeedbackOut:
-            return await get_gateway().feedback(fb)
-
-        return await handle(request, FeedbackIn, run)
+    post("/predict", TransactionIn, PredictionOut, predict)
+    post("/predict_batch", BatchIn, BatchOut, predict_batch)
+    post("/feedback", FeedbackIn, FeedbackOut, feedback)
 
     if get_admin is not None:
         _admin_routes(app, get_admin, get_policy)
@@ -274,6 +275,17 @@ _ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {
         (503, "The model registry or the rollout state is unavailable; retry"),
     )
 }
+AdminCall = Callable[..., Awaitable[Any]]
+# method, path, body (None: the route takes none), route name, the `Admin` method it calls
+# (whose docstring is the route's description)
+_ADMIN_ROUTES: tuple[tuple[str, str, type[BaseModel] | None, str, AdminCall], ...] = (
+    ("GET", "/admin/rollout", None, "rollout_status", Admin.status),
+    ("GET", "/admin/rollout/history", None, "rollout_history", Admin.history),
+    ("POST", "/admin/rollout/start", RolloutStartIn, "rollout_start", Admin.start),
+    ("POST", "/admin/rollout/weight", RolloutWeightIn, "rollout_weight", Admin.weight),
+    ("POST", "/admin/rollout/promote", RolloutActionIn, "rollout_promote", Admin.promote),
+    ("POST", "/admin/rollback", RolloutActionIn, "rollback", Admin.rollback),
+)
 
 
 def _admin_routes(
@@ -292,51 +304,22 @@ def _admin_routes(
             if model is not None:
                 body = await _parse_body(request, model, policy.max_payload_bytes, empty_ok=True)
             return JSONResponse(await run(body))
-        except AuthError as exc:
-            return _error(exc.status, ErrorOut(error=exc.message, request_id=request_id))
-        except _BadRequest as exc:
-            body_out = ErrorOut(error=exc.error, problems=exc.problems, request_id=request_id)
-            return _error(exc.status, body_out)
-        except RolloutError as exc:
-            log.info("admin request refused (%d): %s", exc.http_status, exc)
-            return _error(exc.http_status, ErrorOut(error=str(exc), request_id=request_id))
-        except Unavailable as exc:
-            log.warning("admin 503: %s", exc)
-            headers = {"Retry-After": str(exc.retry_after_s)}
-            return _error(503, ErrorOut(error=str(exc), request_id=request_id), headers)
+        except (AuthError, _BadRequest, RolloutError, Unavailable) as exc:
+            return _refused(exc, request_id, "admin 503")
 
-    @app.get("/admin/rollout", responses=_ADMIN_ERRORS)
-    async def rollout_status(request: Request) -> Any:
-        """The rollout state, aliases, served versions, history tail and live counts."""
-        return await admin(request, None, lambda _: get_admin().status())
+    def route(
+        method: str, path: str, model: type[BaseModel] | None, name: str, call: AdminCall
+    ) -> None:
+        async def endpoint(request: Request) -> Any:
+            if model is None:
+                return await admin(request, None, lambda _: call(get_admin()))
+            return await admin(request, model, lambda body: call(get_admin(), body))
 
-    @app.get("/admin/rollout/history", responses=_ADMIN_ERRORS)
-    async def rollout_history(request: Request) -> Any:
-        """Every change of every rollout: who, when, why, with the analysis numbers."""
-        return await admin(request, None, lambda _: get_admin().history())
+        endpoint.__doc__ = call.__doc__  # the route's description
+        app.add_api_route(
+            path, endpoint, methods=[method], name=name, responses=_ADMIN_ERRORS,
+            openapi_extra=_body_doc(model) if model is not None else None,
+        )  # fmt: skip
 
-    @app.post(
-        "/admin/rollout/start", responses=_ADMIN_ERRORS, openapi_extra=_body_doc(RolloutStartIn)
-    )
-    async def rollout_start(request: Request) -> Any:
-        """Start a canary, A/B or shadow rollout of a registered version."""
-        return await admin(request, RolloutStartIn, lambda b: get_admin().start(b))
-
-    @app.post(
-        "/admin/rollout/weight", responses=_ADMIN_ERRORS, openapi_extra=_body_doc(RolloutWeightIn)
-    )
-    async def rollout_weight(request: Request) -> Any:
-        """Set the challenger's share of customers (0-100 %)."""
-        return await admin(request, RolloutWeightIn, lambda b: get_admin().weight(b))
-
-    @app.post(
-        "/admin/rollout/promote", responses=_ADMIN_ERRORS, openapi_extra=_body_doc(RolloutActionIn)
-    )
-    async def rollout_promote(request: Request) -> Any:
-        """Make the challenger the champion (the old one stays as `previous`)."""
-        return await admin(request, RolloutActionIn, lambda b: get_admin().promote(b))
-
-    @app.post("/admin/rollback", responses=_ADMIN_ERRORS, openapi_extra=_body_doc(RolloutActionIn))
-    async def rollback(request: Request) -> Any:
-        """End the running rollout (all traffic to the champion), or restore `previous`."""
-        return await admin(request, RolloutActionIn, lambda b: get_admin().rollback(b))
+    for method, path, model, name, call in _ADMIN_ROUTES:
+        route(method, path, model, name, call)
