@@ -316,38 +316,36 @@ class Gateway:
         features: Sequence[dict[str, float | str]],
         request_id: str,
     ) -> None:
+        """Score copies of the rows routed to a shadow challenger off the response path, and
+        log them; the task never raises."""
         picked = [i for i, r in enumerate(routes) if r.shadow_version]
         if not picked:
             return
         if len(self._shadows) >= MAX_SHADOW_IN_FLIGHT:
             self.shadow_skipped += len(picked)
             return
-        task = asyncio.create_task(
-            self._shadow([txns[i] for i in picked], [routes[i] for i in picked],
-                         [features[i] for i in picked], request_id)
-        )  # fmt: skip
+        picked_txns = [txns[i] for i in picked]
+        picked_routes = [routes[i] for i in picked]
+        picked_features = [features[i] for i in picked]
+
+        async def shadow() -> None:
+            items = [
+                ScoreItem(variant=CHALLENGER, model_version=r.shadow_version, features=f)
+                for r, f in zip(picked_routes, picked_features, strict=True)
+            ]
+            try:
+                attempts = await try_challenger(
+                    self.challenger_model, items, self.challenger_timeout_s
+                )
+                records = shadow_records(picked_txns, picked_routes, attempts, request_id)
+                self.predictions.get().record_entries(records)
+            except Exception:  # off the response path: a failure here is only logged
+                log.exception("shadow scoring failed")
+
+        task = asyncio.create_task(shadow())
         # The loop keeps only weak references to tasks: hold it until it is done.
         self._shadows.add(task)
         task.add_done_callback(self._shadows.discard)
-
-    async def _shadow(
-        self,
-        txns: Sequence[Transaction],
-        routes: Sequence[Routed],
-        features: Sequence[dict[str, float | str]],
-        request_id: str,
-    ) -> None:
-        """Score copies with the shadow challenger and log them; never raises."""
-        items = [
-            ScoreItem(variant=CHALLENGER, model_version=r.shadow_version, features=f)
-            for r, f in zip(routes, features, strict=True)
-        ]
-        try:
-            attempts = await try_challenger(self.challenger_model, items, self.challenger_timeout_s)
-            records = shadow_records(txns, routes, attempts, request_id)
-            self.predictions.get().record_entries(records)
-        except Exception:  # off the response path: a failure here is only logged
-            log.exception("shadow scoring failed")
 
     async def drain_shadows(self) -> None:
         """Wait for the shadow copies in flight (tests, shutdown)."""
