@@ -13,8 +13,10 @@ id ranges and the geography helpers.
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass, fields
 from datetime import date
+from importlib import resources
 
 import numpy as np
 
@@ -28,39 +30,15 @@ SECONDS_PER_DAY = 86_400
 _KM_PER_DEGREE = 111.2
 
 # -- the world ---------------------------------------------------------------------------------
-# (latitude, longitude, relative population, currency): customers cluster around cities, and a
-# city's currency is its residents' home currency.
-_CITIES: tuple[tuple[float, float, float, str], ...] = (
-    (51.51, -0.13, 9.0, "GBP"),  # London
-    (53.48, -2.24, 2.8, "GBP"),  # Manchester
-    (48.86, 2.35, 11.0, "EUR"),  # Paris
-    (45.76, 4.84, 2.3, "EUR"),  # Lyon
-    (52.52, 13.40, 6.0, "EUR"),  # Berlin
-    (48.14, 11.58, 2.6, "EUR"),  # Munich
-    (53.55, 10.00, 2.5, "EUR"),  # Hamburg
-    (50.11, 8.68, 2.3, "EUR"),  # Frankfurt
-    (50.94, 6.96, 2.0, "EUR"),  # Cologne
-    (40.42, -3.70, 6.5, "EUR"),  # Madrid
-    (41.39, 2.17, 5.5, "EUR"),  # Barcelona
-    (41.90, 12.50, 4.3, "EUR"),  # Rome
-    (45.46, 9.19, 4.3, "EUR"),  # Milan
-    (52.37, 4.90, 2.5, "EUR"),  # Amsterdam
-    (50.85, 4.35, 2.1, "EUR"),  # Brussels
-    (48.21, 16.37, 2.9, "EUR"),  # Vienna
-    (38.72, -9.14, 2.9, "EUR"),  # Lisbon
-    (41.15, -8.61, 1.3, "EUR"),  # Porto
-    (53.35, -6.26, 1.4, "EUR"),  # Dublin
-    (60.17, 24.94, 1.5, "EUR"),  # Helsinki
-    (37.98, 23.73, 3.2, "EUR"),  # Athens
-    (47.37, 8.54, 1.4, "CHF"),  # Zurich
-    (46.20, 6.14, 0.6, "CHF"),  # Geneva
-    (59.33, 18.07, 2.4, "SEK"),  # Stockholm
-    (57.71, 11.97, 1.0, "SEK"),  # Gothenburg
-)
-_CITY_LAT = np.array([c[0] for c in _CITIES])
-_CITY_LON = np.array([c[1] for c in _CITIES])
-_CITY_P = np.array([c[2] for c in _CITIES]) / sum(c[2] for c in _CITIES)
-_CITY_CCY = np.array([CURRENCIES.index(c[3]) for c in _CITIES])
+# Customers cluster around the cities of hearth/data/cities.csv (latitude, longitude, relative
+# population, currency), and a city's currency is its residents' home currency.
+_CITIES_CSV = resources.files("hearth").joinpath("data", "cities.csv").read_text()
+_CITIES = list(csv.DictReader(_CITIES_CSV.splitlines()))
+_CITY_LAT = np.array([float(c["latitude"]) for c in _CITIES])
+_CITY_LON = np.array([float(c["longitude"]) for c in _CITIES])
+_CITY_WEIGHT = [float(c["relative_population"]) for c in _CITIES]
+_CITY_P = np.array(_CITY_WEIGHT) / sum(_CITY_WEIGHT)
+_CITY_CCY = np.array([CURRENCIES.index(c["currency"]) for c in _CITIES])
 _COUNTRYSIDE_SHARE = 0.2
 _EXPAT_USD_SHARE = 0.03  # customers whose card is in USD wherever they live
 _SIGNUP_RANGE = (date(2012, 1, 1), date(2025, 12, 1))

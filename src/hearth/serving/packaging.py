@@ -43,6 +43,7 @@ BENTO_INCLUDE = [
     "bentos/*.py",
     "src/hearth/**/*.py",
     "src/hearth/expectations/*.json",
+    "src/hearth/data/*.csv",
     "src/hearth/py.typed",
     "params.yaml",
 ]
