@@ -19,6 +19,11 @@ from hearth.launch.topologies import TOPOLOGIES
 
 commands = typer.Typer()
 
+# `hearth build` and `hearth containerize` take the same bentos.
+BentoOption = Annotated[
+    list[str] | None, typer.Option(help="A bento, by name; repeatable (default: all four).")
+]
+
 
 def _served(ctx: HearthContext) -> dict[str, str]:
     """variant → version that serves, from the rollout state (which first adopts the
@@ -103,11 +108,7 @@ def serve(
 
 
 @commands.command()
-def build(
-    bento: Annotated[
-        list[str] | None, typer.Option(help="Bento to build (default: all four).")
-    ] = None,
-) -> None:
+def build(bento: BentoOption = None) -> None:
     """Import the versions that serve into the BentoML store and build the bentos."""
     from hearth.serving import packaging  # lazy: pandas, see the module docstring
 
@@ -127,9 +128,7 @@ def build(
 
 @commands.command()
 def containerize(
-    bento: Annotated[
-        list[str] | None, typer.Option(help="Bento to containerize (default: all four).")
-    ] = None,
+    bento: BentoOption = None,
     engine: Annotated[str, typer.Option(help="Container engine: docker or podman.")] = "docker",
 ) -> None:
     """Build container images of the latest bentos with `bentoml containerize`."""
