@@ -4,7 +4,7 @@ One `RolloutState` (the latest rollout, running or ended) and an append-only lis
 `HistoryEvent`s (who changed what, when and why, with the analysis numbers). Every gateway
 replica reads the same state, so all route identically, and a rollback is one write.
 
-Two backends implement `StateStore` (`hearth.traffic.state_sqlite`,
+Two backends subclass `StateStore` (`hearth.traffic.state_sqlite`,
 `hearth.traffic.state_redis`); `hearth.traffic.stores.open_state_store` picks one by
 `Settings.store_backend` (the same switch as the online feature store).
 
@@ -12,19 +12,20 @@ Writes are compare-and-set: `update` reads the state, applies a pure mutator, an
 new state *and* its history event in one transaction, so concurrent writers lose nothing
 and the history never disagrees with the state. Invalid requests raise a `RolloutError`
 subclass (an admin API maps them to 4xx) before anything is written. The planning functions
-below (`plan_start`, `plan_update`) are that shared logic; the backends only run them inside
-their own transactions.
+below (`plan_start`, `plan_update`, `plan_set_champion`) are that shared logic, and
+`StateStore`'s writes run them; a backend only supplies the transaction they run in.
 """
 
 from __future__ import annotations
 
 import json
 import secrets
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
-from typing import Any, Literal, Protocol, Self
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -282,91 +283,10 @@ UNCHECKED = Unchecked.UNCHECKED
 """`set_champion(expected=UNCHECKED)`: replace whatever champion there is."""
 
 
-# -- the protocol ----------------------------------------------------------------------------
+# -- shared transaction logic ----------------------------------------------------------------
 Mutator = Callable[[RolloutState], RolloutState]
 
 
-class StateStore(Protocol):
-    """The shared rollout state; every method is safe to call from several threads."""
-
-    backend: str  # "sqlite" | "redis"
-
-    def current(self) -> RolloutState | None:
-        """The latest rollout (running or ended), or None if there never was one."""
-        ...
-
-    def served(self) -> Served:
-        """The champion, the latest rollout and the revision, in one consistent read."""
-        ...
-
-    def revision(self) -> int:
-        """A counter bumped by every state write: a cheap way to notice a change."""
-        ...
-
-    def start(self, state: RolloutState, actor: str, reason: str = "") -> RolloutState:
-        """Make `state` the current rollout; RolloutConflict while another one runs, or when
-        its champion is not the store's champion. With no champion yet, the rollout's
-        champion becomes the store's (in the same write)."""
-        ...
-
-    def update(
-        self,
-        mutator: Mutator,
-        actor: str,
-        action: str,
-        reason: str = "",
-        numbers: dict[str, Scalar] | None = None,
-        test: str | None = None,
-        rollout_id: str | None = None,
-    ) -> RolloutState:
-        """Compare-and-set on the running rollout: state and history in one transaction.
-
-        `mutator` gets the current state and returns the new one (or the same one: then only
-        the history event is written). NoActiveRollout when none runs; RolloutConflict when
-        `rollout_id` is given and is not the running one. A RolloutError raised by the
-        mutator propagates and nothing is written. Ending the rollout as ``promoted`` makes
-        its challenger the champion in the same transaction.
-        """
-        ...
-
-    def set_champion(
-        self,
-        version: str,
-        actor: str,
-        action: str,
-        reason: str = "",
-        expected: str | Unchecked | None = UNCHECKED,
-    ) -> Served:
-        """Compare-and-set on the champion, with a history event (rollout id ``""``).
-
-        RolloutConflict while a rollout runs (promote or roll it back instead), or when
-        `expected` is given and is not the champion now (None: "no champion yet"). Setting
-        the champion it already is writes nothing. Returns what serves afterwards.
-        """
-        ...
-
-    def history(
-        self, rollout_id: str | None = None, limit: int = HISTORY_LIMIT
-    ) -> list[HistoryEvent]:
-        """The last `limit` events (of one rollout, if given), oldest first."""
-        ...
-
-    def intent(self) -> PromotionIntent | None:
-        """The registry change in progress, if one was started and not finished."""
-        ...
-
-    def set_intent(self, intent: PromotionIntent | None) -> None:
-        """Record (or, with None, clear) the registry change in progress."""
-        ...
-
-    def ping(self) -> bool:
-        """True when the backend answers; never raises."""
-        ...
-
-    def close(self) -> None: ...
-
-
-# -- shared transaction logic ----------------------------------------------------------------
 @dataclass(frozen=True)
 class Write:
     """What one store write stores, planned on a consistent read (`Served`).
@@ -492,6 +412,115 @@ def plan_set_champion(
 
 def _version(version: str | Unchecked | None) -> str:
     return "none" if version is None else f"v{version}"
+
+
+# -- the store -------------------------------------------------------------------------------
+class StateStore(ABC):
+    """The shared rollout state; every method is safe to call from several threads.
+
+    A backend implements the reads, the intent, `ping`, `close` and `_transact`; the writes
+    (`start`, `update`, `set_champion`) are the planning functions above, run in `_transact`,
+    the same on every backend.
+    """
+
+    backend: str  # "sqlite" | "redis"
+
+    @abstractmethod
+    def served(self) -> Served:
+        """The champion, the latest rollout and the revision, in one consistent read."""
+
+    def current(self) -> RolloutState | None:
+        """The latest rollout (running or ended), or None if there never was one."""
+        return self.served().rollout
+
+    @abstractmethod
+    def revision(self) -> int:
+        """A counter bumped by every state write: a cheap way to notice a change."""
+
+    @abstractmethod
+    def _transact(self, plan: Callable[[Served], Write]) -> tuple[Served, Write]:
+        """Run `plan` on a consistent read and store its `Write` (nothing when it has no
+        event) in the same transaction; the read and the write."""
+
+    def start(self, state: RolloutState, actor: str, reason: str = "") -> RolloutState:
+        """Make `state` the current rollout; RolloutConflict while another one runs, or when
+        its champion is not the store's champion. With no champion yet, the rollout's
+        champion becomes the store's (in the same write)."""
+        _, write = self._transact(lambda served: plan_start(served, state, actor, reason))
+        assert write.rollout is not None  # a start always writes its rollout
+        return write.rollout
+
+    def update(
+        self,
+        mutator: Mutator,
+        actor: str,
+        action: str,
+        reason: str = "",
+        numbers: dict[str, Scalar] | None = None,
+        test: str | None = None,
+        rollout_id: str | None = None,
+    ) -> RolloutState:
+        """Compare-and-set on the running rollout: state and history in one transaction.
+
+        `mutator` gets the current state and returns the new one (or the same one: then only
+        the history event is written). NoActiveRollout when none runs; RolloutConflict when
+        `rollout_id` is given and is not the running one. A RolloutError raised by the
+        mutator propagates and nothing is written. Ending the rollout as ``promoted`` makes
+        its challenger the champion in the same transaction.
+        """
+        event = {
+            "actor": actor,
+            "action": action,
+            "reason": reason,
+            "numbers": numbers or {},
+            "test": test,
+        }
+        served, write = self._transact(
+            lambda served: plan_update(served, mutator, rollout_id, event)
+        )
+        result = write.rollout or served.rollout
+        assert result is not None  # plan_update refuses a missing rollout
+        return result
+
+    def set_champion(
+        self,
+        version: str,
+        actor: str,
+        action: str,
+        reason: str = "",
+        expected: str | Unchecked | None = UNCHECKED,
+    ) -> Served:
+        """Compare-and-set on the champion, with a history event (rollout id ``""``).
+
+        RolloutConflict while a rollout runs (promote or roll it back instead), or when
+        `expected` is given and is not the champion now (None: "no champion yet"). Setting
+        the champion it already is writes nothing. Returns what serves afterwards.
+        """
+        served, write = self._transact(
+            lambda served: plan_set_champion(served, version, actor, action, reason, expected)
+        )
+        return write.applied_to(served)
+
+    @abstractmethod
+    def history(
+        self, rollout_id: str | None = None, limit: int = HISTORY_LIMIT
+    ) -> list[HistoryEvent]:
+        """The last `limit` events (of one rollout, if given), oldest first."""
+
+    @abstractmethod
+    def intent(self) -> PromotionIntent | None:
+        """The registry change in progress, if one was started and not finished."""
+
+    @abstractmethod
+    def set_intent(self, intent: PromotionIntent | None) -> None:
+        """Record (or, with None, clear) the registry change in progress."""
+
+    @abstractmethod
+    def ping(self) -> bool:
+        """True when the backend answers; never raises."""
+
+    @abstractmethod
+    def close(self) -> None: ...
 
 
 def events_json(events: list[HistoryEvent]) -> str:

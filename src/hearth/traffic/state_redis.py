@@ -8,6 +8,7 @@ aborts the EXEC and the attempt is planned again on the new state.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from redis.client import Pipeline
@@ -16,26 +17,20 @@ from hearth.storage.redis import Update, compare_and_set, connect, translate_err
 from hearth.storage.redis import ping as redis_ping
 from hearth.traffic.rollout_state import (
     HISTORY_LIMIT,
-    UNCHECKED,
     HistoryEvent,
-    Mutator,
     PromotionIntent,
     RolloutState,
-    Scalar,
     Served,
+    StateStore,
     StateUnavailable,
-    Unchecked,
     Write,
-    plan_set_champion,
-    plan_start,
-    plan_update,
 )
 
 REDIS_PREFIX = "hearth:rollout:"
 _WHERE = "rollout state on Redis"
 
 
-class RedisStateStore:
+class RedisStateStore(StateStore):
     """The state under ``<prefix>state``/``champion``/``revision``/``history``/``intent``."""
 
     backend = "redis"
@@ -63,9 +58,6 @@ class RedisStateStore:
         with translate_errors(StateUnavailable, _WHERE):
             return self._read(self._client)
 
-    def current(self) -> RolloutState | None:
-        return self.served().rollout
-
     def revision(self) -> int:
         with translate_errors(StateUnavailable, _WHERE):
             return int(self._client.get(self._keys["revision"]) or 0)
@@ -79,9 +71,7 @@ class RedisStateStore:
         assert write.event is not None  # a write without an event is not queued
         pipe.rpush(self._keys["history"], write.event.model_dump_json())
 
-    def _transact(self, plan: Any) -> tuple[Served, Write]:
-        """Run `plan(served) -> Write` on a consistent read and store its write atomically."""
-
+    def _transact(self, plan: Callable[[Served], Write]) -> tuple[Served, Write]:
         def compute(pipe: Pipeline) -> Update[tuple[Served, Write]]:
             served = self._read(pipe)
             write = plan(served)
@@ -100,48 +90,6 @@ class RedisStateStore:
             backoff_base_s=0.0005,
             backoff_cap_s=0.02,
         )
-
-    def start(self, state: RolloutState, actor: str, reason: str = "") -> RolloutState:
-        _, write = self._transact(lambda served: plan_start(served, state, actor, reason))
-        assert write.rollout is not None  # a start always writes its rollout
-        return write.rollout
-
-    def update(
-        self,
-        mutator: Mutator,
-        actor: str,
-        action: str,
-        reason: str = "",
-        numbers: dict[str, Scalar] | None = None,
-        test: str | None = None,
-        rollout_id: str | None = None,
-    ) -> RolloutState:
-        event = {
-            "actor": actor,
-            "action": action,
-            "reason": reason,
-            "numbers": numbers or {},
-            "test": test,
-        }
-        served, write = self._transact(
-            lambda served: plan_update(served, mutator, rollout_id, event)
-        )
-        result = write.rollout or served.rollout
-        assert result is not None  # plan_update refuses a missing rollout
-        return result
-
-    def set_champion(
-        self,
-        version: str,
-        actor: str,
-        action: str,
-        reason: str = "",
-        expected: str | Unchecked | None = UNCHECKED,
-    ) -> Served:
-        served, write = self._transact(
-            lambda served: plan_set_champion(served, version, actor, action, reason, expected)
-        )
-        return write.applied_to(served)
 
     def history(
         self, rollout_id: str | None = None, limit: int = HISTORY_LIMIT

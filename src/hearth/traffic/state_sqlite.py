@@ -8,24 +8,19 @@ store's revision is the highest revision either row carries.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 from hearth.storage.sqlite import SQLiteFile
 from hearth.traffic.rollout_state import (
     HISTORY_LIMIT,
-    UNCHECKED,
     HistoryEvent,
-    Mutator,
     PromotionIntent,
     RolloutState,
-    Scalar,
     Served,
+    StateStore,
     StateUnavailable,
-    Unchecked,
     Write,
-    plan_set_champion,
-    plan_start,
-    plan_update,
 )
 
 STATE_FILE = "rollout.sqlite"
@@ -54,7 +49,7 @@ SELECT (SELECT state FROM rollout_state WHERE id = 1),
 """
 
 
-class SQLiteStateStore:
+class SQLiteStateStore(StateStore):
     """The state in one SQLite file (WAL); one connection per object, serialised by a lock.
 
     Within a process the lock orders calls; across processes ``BEGIN IMMEDIATE`` takes the
@@ -104,57 +99,15 @@ class SQLiteStateStore:
         with self._file.read() as conn:
             return self._read(conn)
 
-    def current(self) -> RolloutState | None:
-        return self.served().rollout
-
     def revision(self) -> int:
         return self.served().revision
 
-    def start(self, state: RolloutState, actor: str, reason: str = "") -> RolloutState:
-        with self._file.transaction() as conn:
-            write = plan_start(self._read(conn), state, actor, reason)
-            self._save(conn, write)
-        assert write.rollout is not None  # a start always writes its rollout
-        return write.rollout
-
-    def update(
-        self,
-        mutator: Mutator,
-        actor: str,
-        action: str,
-        reason: str = "",
-        numbers: dict[str, Scalar] | None = None,
-        test: str | None = None,
-        rollout_id: str | None = None,
-    ) -> RolloutState:
-        event = {
-            "actor": actor,
-            "action": action,
-            "reason": reason,
-            "numbers": numbers or {},
-            "test": test,
-        }
+    def _transact(self, plan: Callable[[Served], Write]) -> tuple[Served, Write]:
         with self._file.transaction() as conn:
             served = self._read(conn)
-            write = plan_update(served, mutator, rollout_id, event)
+            write = plan(served)
             self._save(conn, write)
-        result = write.rollout or served.rollout
-        assert result is not None  # plan_update refuses a missing rollout
-        return result
-
-    def set_champion(
-        self,
-        version: str,
-        actor: str,
-        action: str,
-        reason: str = "",
-        expected: str | Unchecked | None = UNCHECKED,
-    ) -> Served:
-        with self._file.transaction() as conn:
-            served = self._read(conn)
-            write = plan_set_champion(served, version, actor, action, reason, expected)
-            self._save(conn, write)
-        return write.applied_to(served)
+        return served, write
 
     def history(
         self, rollout_id: str | None = None, limit: int = HISTORY_LIMIT
