@@ -102,7 +102,7 @@ def test_rollback_during_a_rollout_only_drops_the_challenger(
 def test_rollback_after_a_promotion_restores_previous_once(
     settings: Settings, store: SQLiteStateStore, versions: list[str]
 ) -> None:
-    promote(settings, PARAMS, "3", store=store)
+    promote(settings, PARAMS, challenger_version="3", store=store)
     assert aliases(NAME) == {"champion": "3", "previous": "1", "challenger": "2"}
     change = rollback(settings, PARAMS, store=store)
     assert change.after == {"champion": "1", "challenger": "2"}
@@ -117,11 +117,11 @@ def test_bad_requests_are_typed_errors_and_change_nothing(
     with pytest.raises(UnknownVersion, match="99"):
         start_rollout(settings, PARAMS, "99", store=store)
     with pytest.raises(UnknownVersion):
-        promote(settings, PARAMS, "not-a-version", store=store)
+        promote(settings, PARAMS, challenger_version="not-a-version", store=store)
     with pytest.raises(InvalidRollout, match="same version"):
         start_rollout(settings, PARAMS, "1", store=store)
     with pytest.raises(InvalidRollout, match="already the champion"):
-        promote(settings, PARAMS, "1", store=store)
+        promote(settings, PARAMS, challenger_version="1", store=store)
     assert store.current() is None and aliases(NAME) == before
 
     running = start_rollout(settings, PARAMS, "2", store=store)
@@ -181,7 +181,7 @@ def test_the_next_command_repairs_first(
 ) -> None:
     crash_on_call(monkeypatch, "set_registered_model_alias", call=2)
     with pytest.raises(Crash):
-        promote(settings, PARAMS, "2", store=store)
+        promote(settings, PARAMS, challenger_version="2", store=store)
     monkeypatch.undo()
     # The rollback sees the finished promotion (v2 champion, v1 previous) and undoes it.
     change = rollback(settings, PARAMS, store=store)
@@ -214,7 +214,7 @@ def test_crash_between_the_two_rollback_writes_is_repaired(
     versions: list[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    promote(settings, PARAMS, "2", store=store)
+    promote(settings, PARAMS, challenger_version="2", store=store)
     crash_on_call(monkeypatch, "delete_registered_model_alias", call=1)
     with pytest.raises(Crash):
         rollback(settings, PARAMS, store=store)
@@ -232,7 +232,7 @@ def test_a_promotion_whose_version_vanished_is_undone(
 ) -> None:
     crash_on_call(monkeypatch, "set_registered_model_alias", call=2)
     with pytest.raises(Crash):
-        promote(settings, PARAMS, "3", store=store)
+        promote(settings, PARAMS, challenger_version="3", store=store)
     monkeypatch.undo()
     assert store.served().champion_version == "3"  # the state was written first
     MlflowClient().delete_model_version(NAME, "3")
@@ -292,12 +292,14 @@ def test_promotion_and_rollback_move_the_states_champion(
 ) -> None:
     start_rollout(settings, PARAMS, store=store)
     with pytest.raises(RolloutConflict, match="running"):
-        promote(settings, PARAMS, "3", store=store)  # another version while v2 rolls out
+        # another version while v2 rolls out
+        promote(settings, PARAMS, challenger_version="3", store=store)
     promote(settings, PARAMS, store=store)
     assert store.served().champion_version == "2"
     rollback(settings, PARAMS, store=store)  # after the promotion: previous again
     assert store.served().champion_version == "1" and aliases(NAME)["champion"] == "1"
-    promote(settings, PARAMS, "3", store=store)  # no rollout running: a direct promotion
+    # no rollout running: a direct promotion
+    promote(settings, PARAMS, challenger_version="3", store=store)
     served = store.served()
     assert (served.champion_version, served.running) == ("3", None)
     assert aliases(NAME) == {"champion": "3", "previous": "1"}

@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any, cast
 
 from hearth import registry
 from hearth.config import Params, Settings
 from hearth.rollout import promotion
-from hearth.rollout.promotion import AliasChange
+from hearth.rollout.promotion import promote, rollback
 from hearth.traffic.prediction_log import DB_FILE, PredictionLog
 from hearth.traffic.rollout_state import (
     HistoryEvent,
@@ -31,30 +29,17 @@ from hearth.traffic.rollout_state import (
     Mode,
     RolloutConflict,
     RolloutState,
-    Scalar,
     Served,
     StateStore,
     UnknownVersion,
     new_rollout,
 )
-from hearth.traffic.stores import open_state_store
+from hearth.traffic.stores import using_state_store
 
 log = logging.getLogger(__name__)
 
 MODES: tuple[Mode, ...] = ("canary", "ab", "shadow")
 HISTORY_TAIL = 10
-
-
-@contextmanager
-def _store(settings: Settings, store: StateStore | None) -> Iterator[StateStore]:
-    if store is not None:
-        yield store
-        return
-    opened = open_state_store(settings)
-    try:
-        yield opened
-    finally:
-        opened.close()
 
 
 # -- reading ---------------------------------------------------------------------------------
@@ -97,7 +82,7 @@ def status(
     """Everything an operator looks at: the rollout state, the MLflow aliases, the versions
     served now, a pending repair, the history tail and live counts of the current rollout."""
     registry.configure(settings)
-    with _store(settings, store) as st:
+    with using_state_store(settings, store) as st:
         served = st.served()
         intent = st.intent()
         events = st.history(limit=history_limit)
@@ -119,7 +104,7 @@ def history(
     store: StateStore | None = None,
 ) -> list[HistoryEvent]:
     """The last `limit` history events (of one rollout, or of all), oldest first."""
-    with _store(settings, store) as st:
+    with using_state_store(settings, store) as st:
         return st.history(rollout_id, limit=limit)
 
 
@@ -142,7 +127,7 @@ def start(
     the registry when the state (or the first request) names it.
     """
     name = params.registry.model_name
-    with _store(settings, store) as st:
+    with using_state_store(settings, store) as st:
         promotion.repair(settings, params, st)
         if mode is not None and mode not in MODES:
             raise InvalidRollout(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -181,7 +166,7 @@ def set_weight(
     percent = float(challenger_percent)
     if not math.isfinite(percent) or not 0 <= percent <= 100:
         raise InvalidRollout(f"challenger_percent must be within 0-100, got {challenger_percent}")
-    with _store(settings, store) as st:
+    with using_state_store(settings, store) as st:
         promotion.repair(settings, params, st)
         return st.update(
             lambda s: s.with_percent(percent),
@@ -191,41 +176,8 @@ def set_weight(
         )
 
 
-def promote(
-    settings: Settings,
-    params: Params,
-    actor: str = "hearth",
-    reason: str = "",
-    numbers: dict[str, Scalar] | None = None,
-    test: str | None = None,
-    challenger_version: str | int | None = None,
-    store: StateStore | None = None,
-) -> AliasChange:
-    """Make the running rollout's challenger (or `challenger_version`) the champion, keep
-    the old one as ``previous``, end the rollout as promoted; serving follows at once."""
-    with _store(settings, store) as st:
-        return promotion.promote(
-            settings, params, challenger_version, store=st, actor=actor, reason=reason,
-            numbers=numbers, test=test,
-        )  # fmt: skip
-
-
-def rollback(
-    settings: Settings,
-    params: Params,
-    actor: str = "hearth",
-    reason: str = "",
-    numbers: dict[str, Scalar] | None = None,
-    test: str | None = None,
-    store: StateStore | None = None,
-) -> AliasChange:
-    """During a rollout: end it (every gateway routes to the champion within a second) and
-    drop the challenger alias. Otherwise restore ``previous`` as the champion.
-    NoActiveRollout when there is nothing to roll back."""
-    with _store(settings, store) as st:
-        return promotion.rollback(
-            settings, params, store=st, actor=actor, reason=reason, numbers=numbers, test=test
-        )
+# `promote` and `rollback` are `hearth.rollout.promotion`'s (imported above): they open the
+# store, repair first and write the state before the aliases themselves.
 
 
 # -- bound to one process: what an admin API calls --------------------------------------------

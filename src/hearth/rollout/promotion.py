@@ -50,7 +50,7 @@ from hearth.traffic.rollout_state import (
     UnknownVersion,
     new_rollout,
 )
-from hearth.traffic.stores import open_state_store
+from hearth.traffic.stores import using_state_store
 
 log = logging.getLogger(__name__)
 
@@ -159,14 +159,8 @@ def _execute(store: StateStore, intent: PromotionIntent) -> AliasChange:
 def _opened(settings: Settings, store: StateStore | None) -> Iterator[StateStore]:
     """`store`, or one opened from `settings` (and closed afterwards)."""
     registry.configure(settings)
-    if store is not None:
-        yield store
-        return
-    opened = open_state_store(settings)
-    try:
-        yield opened
-    finally:
-        opened.close()
+    with using_state_store(settings, store) as st:
+        yield st
 
 
 # -- commands --------------------------------------------------------------------------------
@@ -289,14 +283,15 @@ def start_rollout(
 def promote(
     settings: Settings,
     params: Params,
-    challenger_version: str | int | None = None,
-    store: StateStore | None = None,
     actor: str = "hearth",
     reason: str = "",
     numbers: dict[str, Scalar] | None = None,
     test: str | None = None,
+    challenger_version: str | int | None = None,
+    store: StateStore | None = None,
 ) -> AliasChange:
-    """Make `challenger_version` the champion, keeping the old champion as ``previous``.
+    """Make `challenger_version` the champion, keeping the old champion as ``previous``;
+    serving follows at once.
 
     Default version: the running rollout's challenger, else the ``challenger`` alias. Drops
     the ``challenger`` alias when it points at the promoted version, and ends a running
@@ -348,14 +343,15 @@ def promote(
 def rollback(
     settings: Settings,
     params: Params,
-    store: StateStore | None = None,
     actor: str = "hearth",
     reason: str = "",
     numbers: dict[str, Scalar] | None = None,
     test: str | None = None,
+    store: StateStore | None = None,
 ) -> AliasChange:
-    """Undo: during a rollout, end it (all traffic back to the champion) and drop the
-    challenger; otherwise restore ``previous`` as the champion (NoActiveRollout if none)."""
+    """Undo: during a rollout, end it (every gateway routes to the champion within a second)
+    and drop the challenger; otherwise restore ``previous`` as the champion (NoActiveRollout
+    if none)."""
     name = params.registry.model_name
     with _opened(settings, store) as st:
         repair(settings, params, st)

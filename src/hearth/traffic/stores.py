@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from hearth.config import Settings
@@ -22,3 +24,16 @@ def open_state_store(settings: Settings) -> StateStore:
 
         return RedisStateStore(settings.redis_url)
     return SQLiteStateStore(state_path(settings))
+
+
+@contextmanager
+def using_state_store(settings: Settings, store: StateStore | None = None) -> Iterator[StateStore]:
+    """`store` when given (left open), else the one `settings` chooses, closed afterwards."""
+    if store is not None:
+        yield store
+        return
+    opened = open_state_store(settings)
+    try:
+        yield opened
+    finally:
+        opened.close()
