@@ -18,7 +18,7 @@ import pytest
 import redis
 import yaml
 
-from hearth.config import Params
+from hearth.config import Params, Settings
 from hearth.features.definitions import SECONDS_SINCE_LAST_CAP
 from hearth.launch.hearth_server import ServerProcess
 from hearth.launch.launcher import free_port, stop_all
@@ -88,6 +88,27 @@ def synthetic_features(n: int, seed: int, fraud_rate: float = 0.02) -> pd.DataFr
             "is_fraud": fraud.astype(np.int64),
         }
     )
+
+
+# -- registered versions without models -----------------------------------------------------
+def register_versions(settings: Settings, root: Path, name: str, count: int = 3) -> list[str]:
+    """`count` versions of `name` in the registry of `settings`, their sources empty folders
+    under `root` (enough for tests that only move aliases); the first one is the champion."""
+    # lazy: most tests never touch the registry, and mlflow takes seconds to import
+    from mlflow.tracking import MlflowClient
+
+    from hearth import registry
+
+    registry.configure(settings)
+    client = MlflowClient()
+    client.create_registered_model(name)
+    made = []
+    for i in range(count):
+        source = root / f"model-{i}"
+        source.mkdir()
+        made.append(str(client.create_model_version(name, source=str(source)).version))
+    client.set_registered_model_alias(name, "champion", made[0])
+    return made
 
 
 # -- threads released at once -------------------------------------------------------------

@@ -13,9 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mlflow.tracking import MlflowClient
 
-from hearth import registry
 from hearth.config import Params, Settings
 from hearth.rollout import control
 from hearth.rollout.verdict import analyse
@@ -33,6 +31,7 @@ from hearth.traffic.rollout_state import (
 )
 from hearth.traffic.state_sqlite import SQLiteStateStore
 from hearth.traffic.stores import state_path
+from tests.helpers import register_versions
 
 PARAMS = Params()
 NAME = PARAMS.registry.model_name
@@ -41,15 +40,7 @@ NAME = PARAMS.registry.model_name
 @pytest.fixture
 def versions(settings: Settings, tmp_path: Path) -> list[str]:
     """Three registered versions (sources only), v1 the champion (in the state too)."""
-    registry.configure(settings)
-    client = MlflowClient()
-    client.create_registered_model(NAME)
-    made = []
-    for i in range(3):
-        source = tmp_path / f"model-{i}"
-        source.mkdir()
-        made.append(str(client.create_model_version(NAME, source=str(source)).version))
-    client.set_registered_model_alias(NAME, "champion", made[0])
+    made = register_versions(settings, tmp_path, NAME)
     control.promotion.repair(settings, PARAMS)  # the state adopts v1, as `hearth serve` does
     return made
 

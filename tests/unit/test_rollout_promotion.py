@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from hearth import registry
 from hearth.config import Params, Settings
 from hearth.rollout import promotion
-from hearth.rollout.promotion import aliases, promote, repair, rollback, start_rollout
+from hearth.rollout.promotion import AliasChange, aliases, promote, repair, rollback, start_rollout
 from hearth.traffic.rollout_state import (
     InvalidRollout,
     NoActiveRollout,
@@ -21,6 +21,7 @@ from hearth.traffic.rollout_state import (
 )
 from hearth.traffic.state_sqlite import SQLiteStateStore
 from hearth.traffic.stores import state_path
+from tests.helpers import register_versions
 
 PARAMS = Params()
 NAME = PARAMS.registry.model_name
@@ -41,21 +42,15 @@ def store(settings: Settings) -> Iterator[SQLiteStateStore]:
 def versions(settings: Settings, tmp_path: Path) -> list[str]:
     """Three registered versions (no training: the registry only needs a source), v1 champion,
     v2 challenger."""
-    registry.configure(settings)
-    client = MlflowClient()
-    client.create_registered_model(NAME)
-    made = []
-    for i in range(3):
-        source = tmp_path / f"model-{i}"
-        source.mkdir()
-        made.append(str(client.create_model_version(NAME, source=str(source)).version))
-    client.set_registered_model_alias(NAME, "champion", made[0])
-    client.set_registered_model_alias(NAME, "challenger", made[1])
+    made = register_versions(settings, tmp_path, NAME)
+    MlflowClient().set_registered_model_alias(NAME, "challenger", made[1])
     return made
 
 
-def crash_on_call(monkeypatch: pytest.MonkeyPatch, method: str, call: int) -> Callable[[], int]:
-    """Make MlflowClient.`method` raise Crash on its `call`-th use; returns a call counter."""
+@contextmanager
+def crash_on_call(method: str, call: int) -> Iterator[None]:
+    """Inside the block MlflowClient.`method` raises Crash on its `call`-th use, and the block
+    must end in that Crash; the method is restored after it."""
     real = getattr(MlflowClient, method)
     calls = 0
 
@@ -66,8 +61,9 @@ def crash_on_call(monkeypatch: pytest.MonkeyPatch, method: str, call: int) -> Ca
             raise Crash(f"killed during {method} #{call}")
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(MlflowClient, method, wrapper)
-    return lambda: calls
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(Crash):
+        patch.setattr(MlflowClient, method, wrapper)
+        yield
 
 
 # -- the happy paths -------------------------------------------------------------------------
@@ -147,93 +143,82 @@ def test_commands_open_the_store_from_settings_when_given_none(
 
 
 # -- crashes between writes ------------------------------------------------------------------
-def test_crash_between_the_two_promotion_writes_is_repaired(
+@pytest.mark.parametrize(
+    ("command", "crash", "status", "champion", "halfway", "repaired"),
+    [
+        pytest.param(
+            promote, ("set_registered_model_alias", 2), "promoted", "2",
+            {"champion": "1", "previous": "1", "challenger": "2"},  # champion not yet moved
+            {"champion": "2", "previous": "1"},
+            id="promote",
+        ),
+        pytest.param(
+            rollback, ("delete_registered_model_alias", 1), "rolled_back", "1",
+            {"champion": "1", "challenger": "2"},  # the challenger alias not yet dropped
+            {"champion": "1"},
+            id="rollback",
+        ),
+    ],
+)  # fmt: skip
+def test_a_crash_after_the_traffic_switch_is_repaired(
     settings: Settings,
     store: SQLiteStateStore,
     versions: list[str],
-    monkeypatch: pytest.MonkeyPatch,
+    command: Callable[..., AliasChange],
+    crash: tuple[str, int],
+    status: str,
+    champion: str,
+    halfway: dict[str, str],
+    repaired: dict[str, str],
 ) -> None:
     start_rollout(settings, PARAMS, store=store)
-    crash_on_call(monkeypatch, "set_registered_model_alias", call=2)
-    with pytest.raises(Crash):
-        promote(settings, PARAMS, store=store)
-    # The state is written first: the rollout ended as promoted and v2 serves. The aliases
-    # are half done: previous is written, champion is not.
+    with crash_on_call(*crash):
+        command(settings, PARAMS, store=store)
+    # The state is written first: the rollout has ended and `champion` serves (no replica
+    # routes to the challenger any more). The aliases are half done.
     served = store.served()
-    assert served.champion_version == "2" and served.rollout.status == "promoted"  # type: ignore[union-attr]
-    assert aliases(NAME) == {"champion": "1", "previous": "1", "challenger": "2"}
+    assert served.rollout is not None and served.rollout.status == status
+    assert served.champion_version == champion
+    assert aliases(NAME) == halfway
     assert store.intent() is not None
 
-    monkeypatch.undo()
     change = repair(settings, PARAMS, store)
-    assert change is not None and change.action == "repair: finished promote"
-    assert aliases(NAME) == {"champion": "2", "previous": "1"}
-    assert store.current().status == "promoted"  # type: ignore[union-attr]
+    action = command.__name__  # "promote" | "rollback", as the intent and history name it
+    assert change is not None and change.action == f"repair: finished {action}"
+    assert aliases(NAME) == repaired
+    assert store.current().status == status  # type: ignore[union-attr]
     assert store.intent() is None
+    assert [e.action for e in store.history()].count(action) == 1
     assert repair(settings, PARAMS, store) is None
 
 
 def test_the_next_command_repairs_first(
-    settings: Settings,
-    store: SQLiteStateStore,
-    versions: list[str],
-    monkeypatch: pytest.MonkeyPatch,
+    settings: Settings, store: SQLiteStateStore, versions: list[str]
 ) -> None:
-    crash_on_call(monkeypatch, "set_registered_model_alias", call=2)
-    with pytest.raises(Crash):
+    with crash_on_call("set_registered_model_alias", call=2):
         promote(settings, PARAMS, challenger_version="2", store=store)
-    monkeypatch.undo()
     # The rollback sees the finished promotion (v2 champion, v1 previous) and undoes it.
     change = rollback(settings, PARAMS, store=store)
     assert change.before == {"champion": "2", "previous": "1"}
     assert aliases(NAME) == {"champion": "1"}
 
 
-def test_crash_during_a_rollback_after_the_traffic_switch_is_repaired(
-    settings: Settings,
-    store: SQLiteStateStore,
-    versions: list[str],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    start_rollout(settings, PARAMS, store=store)
-    crash_on_call(monkeypatch, "delete_registered_model_alias", call=1)
-    with pytest.raises(Crash):
-        rollback(settings, PARAMS, store=store)
-    # The urgent half happened: no replica routes to the challenger any more.
-    assert store.current().status == "rolled_back"  # type: ignore[union-attr]
-    assert aliases(NAME)["challenger"] == "2"
-    monkeypatch.undo()
-    assert repair(settings, PARAMS, store) is not None
-    assert aliases(NAME) == {"champion": "1"} and store.intent() is None
-    assert [e.action for e in store.history()].count("rollback") == 1
-
-
 def test_crash_between_the_two_rollback_writes_is_repaired(
-    settings: Settings,
-    store: SQLiteStateStore,
-    versions: list[str],
-    monkeypatch: pytest.MonkeyPatch,
+    settings: Settings, store: SQLiteStateStore, versions: list[str]
 ) -> None:
     promote(settings, PARAMS, challenger_version="2", store=store)
-    crash_on_call(monkeypatch, "delete_registered_model_alias", call=1)
-    with pytest.raises(Crash):
+    with crash_on_call("delete_registered_model_alias", call=1):
         rollback(settings, PARAMS, store=store)
     assert aliases(NAME) == {"champion": "1", "previous": "1"}  # already serving v1 again
-    monkeypatch.undo()
     repair(settings, PARAMS, store)
     assert aliases(NAME) == {"champion": "1"}
 
 
 def test_a_promotion_whose_version_vanished_is_undone(
-    settings: Settings,
-    store: SQLiteStateStore,
-    versions: list[str],
-    monkeypatch: pytest.MonkeyPatch,
+    settings: Settings, store: SQLiteStateStore, versions: list[str]
 ) -> None:
-    crash_on_call(monkeypatch, "set_registered_model_alias", call=2)
-    with pytest.raises(Crash):
+    with crash_on_call("set_registered_model_alias", call=2):
         promote(settings, PARAMS, challenger_version="3", store=store)
-    monkeypatch.undo()
     assert store.served().champion_version == "3"  # the state was written first
     MlflowClient().delete_model_version(NAME, "3")
     change = repair(settings, PARAMS, store)
