@@ -1,7 +1,8 @@
 """The rollout StateStore contract on a real Redis server, plus a Follower over it.
 
-A throwaway, non-persistent `redis-server` runs on a free loopback port for this module; the
-checks are the ones tests/unit/test_rollout_state.py runs on SQLite.
+A throwaway, non-persistent `redis-server` runs on a free loopback port for this module
+(tests/conftest.py's `redis_server`); the checks are the ones tests/unit/test_rollout_state.py
+runs on SQLite.
 """
 
 from __future__ import annotations
@@ -19,29 +20,18 @@ from hearth.traffic.follower import Follower
 from hearth.traffic.rollout_state import StateStore, StateUnavailable, new_rollout
 from hearth.traffic.state_redis import REDIS_PREFIX, RedisStateStore
 from hearth.traffic.stores import open_state_store
-from tests.helpers import REDIS_SERVER, RedisServer, free_port
+from tests.helpers import RedisServer, free_port, needs_redis
 from tests.unit.test_rollout_state import CHECKS
 
-pytestmark = pytest.mark.skipif(
-    REDIS_SERVER is None,
-    reason="redis-server is not installed (`make system-deps`, or apt-get install redis-server)",
-)
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real, empty redis-server on loopback (no persistence), killed at teardown."""
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    yield server.url
-    server.stop()
+pytestmark = needs_redis
 
 
 @pytest.fixture
-def store(redis_url: str) -> Iterator[RedisStateStore]:
-    client = redis.Redis.from_url(redis_url)
+def store(redis_server: RedisServer) -> Iterator[RedisStateStore]:
+    client = redis.Redis.from_url(redis_server.url)
     client.flushdb()
     client.set("someone-else:key", "kept")  # a shared database: only our keys are ours
-    s = RedisStateStore(redis_url)
+    s = RedisStateStore(redis_server.url)
     yield s
     s.close()
     assert client.get("someone-else:key") == b"kept"
@@ -53,9 +43,11 @@ def test_redis_store(store: RedisStateStore, check: Callable[[StateStore], None]
     check(store)
 
 
-def test_keys_live_under_the_rollout_prefix(store: RedisStateStore, redis_url: str) -> None:
+def test_keys_live_under_the_rollout_prefix(
+    store: RedisStateStore, redis_server: RedisServer
+) -> None:
     store.start(new_rollout("1", "2", RolloutParams()), "test")
-    keys = {k.decode() for k in redis.Redis.from_url(redis_url).keys("*")}
+    keys = {k.decode() for k in redis.Redis.from_url(redis_server.url).keys("*")}
     assert keys - {"someone-else:key"} == {
         REDIS_PREFIX + "state",
         REDIS_PREFIX + "champion",
@@ -65,9 +57,9 @@ def test_keys_live_under_the_rollout_prefix(store: RedisStateStore, redis_url: s
 
 
 def test_two_store_objects_share_the_state_and_a_router_follows(
-    store: RedisStateStore, redis_url: str
+    store: RedisStateStore, redis_server: RedisServer
 ) -> None:
-    other = RedisStateStore(redis_url)
+    other = RedisStateStore(redis_server.url)
     router = Follower(other, refresh_interval=0.1)
     assert router.route("c1") == Route(CHAMPION, None)
     store.start(new_rollout("1", "2", RolloutParams()).with_percent(100), "admin")
@@ -79,8 +71,12 @@ def test_two_store_objects_share_the_state_and_a_router_follows(
     other.close()
 
 
-def test_open_state_store_picks_redis_from_settings(settings: Settings, redis_url: str) -> None:
-    redis_settings = settings.model_copy(update={"store_backend": "redis", "redis_url": redis_url})
+def test_open_state_store_picks_redis_from_settings(
+    settings: Settings, redis_server: RedisServer
+) -> None:
+    redis_settings = settings.model_copy(
+        update={"store_backend": "redis", "redis_url": redis_server.url}
+    )
     s = open_state_store(redis_settings)
     try:
         assert s.backend == "redis" and s.ping()
