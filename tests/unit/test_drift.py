@@ -16,8 +16,7 @@ from hearth.data.etl import run_etl
 from hearth.data.generate import generate
 from hearth.monitoring.drift import categorical_psi, compare, numeric_psi
 from hearth.monitoring.monitor import RetrainUnavailable, run_monitor
-from hearth.serving.schemas import PredictionOut
-from hearth.traffic.prediction_log import DB_FILE, PredictionLog
+from hearth.traffic.prediction_log import DB_FILE, PredictionLog, PredictionRecord
 
 BASE_DAYS, LIVE_DAYS = 14, 5
 PARAMS = Params.model_validate(
@@ -94,15 +93,15 @@ def _project(settings: Settings, reference: pd.DataFrame, live: pd.DataFrame) ->
     scores = toy_score(live)
     keys = ("transaction_id", "timestamp", "customer_id", "is_fraud")
     features = live.loc[:, [c for c in live.columns if c not in keys]]
+    rows = features.to_dict("records")
     preds = [
-        PredictionOut(
-            transaction_id=str(tid), fraud_probability=float(p), decision="approve",
-            variant="champion", model_version="1", data_version="d", request_id="r",
-            cold_start=False,
+        PredictionRecord(
+            transaction_id=str(tid), request_id="r", variant="champion", model_version="1",
+            score=float(p), decision="approve", latency_ms=None, features=row,
         )
-        for tid, p in zip(live["transaction_id"], scores, strict=True)
+        for tid, p, row in zip(live["transaction_id"], scores, rows, strict=True)
     ]  # fmt: skip
-    log.record(preds, features.to_dict("records"))
+    log.record_entries(preds)
     log.close()
     return HearthContext(settings, PARAMS)
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from hearth.storage.sqlite import SQLiteFile
 
@@ -61,23 +61,6 @@ _LABEL = (
     "(SELECT f.is_fraud FROM feedback f WHERE f.transaction_id = p.transaction_id "
     "ORDER BY f.at DESC LIMIT 1)"
 )
-
-
-class Answered(Protocol):
-    """An answered prediction as the log needs it (the gateway's `PredictionOut` is one)."""
-
-    @property
-    def transaction_id(self) -> str: ...
-    @property
-    def request_id(self) -> str: ...
-    @property
-    def variant(self) -> str: ...
-    @property
-    def model_version(self) -> str: ...
-    @property
-    def fraud_probability(self) -> float: ...
-    @property
-    def decision(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -175,29 +158,6 @@ class PredictionLog:
             conn.executemany(
                 f"INSERT INTO predictions ({', '.join(_COLUMNS)}) VALUES ({marks})", rows
             )
-
-    def record(
-        self,
-        predictions: Sequence[Answered],
-        features: Sequence[dict[str, float | str]] | None = None,
-    ) -> None:
-        """Append answered predictions, with the feature rows they were scored on."""
-        rows: Sequence[dict[str, float | str] | None] = features or [None] * len(predictions)
-        self.record_entries(
-            [
-                PredictionRecord(
-                    transaction_id=p.transaction_id,
-                    request_id=p.request_id,
-                    variant=p.variant,
-                    model_version=p.model_version,
-                    score=p.fraud_probability,
-                    decision=p.decision,
-                    latency_ms=None,
-                    features=f,
-                )
-                for p, f in zip(predictions, rows, strict=True)
-            ]
-        )
 
     def feedback(self, transaction_id: str, is_fraud: bool) -> bool:
         """Store a label; True when a prediction for this transaction was logged."""
