@@ -92,6 +92,12 @@ def servers(
         yield started
 
 
+@pytest.fixture(params=TOPOLOGIES)
+def server(request: pytest.FixtureRequest, servers: dict[str, ServerProcess]) -> ServerProcess:
+    """Each topology's server in turn: a test that takes it runs once per topology."""
+    return servers[request.param]
+
+
 # -- helpers --------------------------------------------------------------------------------
 def admin(
     server: ServerProcess,
@@ -183,12 +189,10 @@ def hearth(project: Path, server: ServerProcess, *args: str) -> subprocess.Compl
 
 
 # -- shadow mode never changes a response ---------------------------------------------------------
-@pytest.mark.parametrize("topology", TOPOLOGIES)
 def test_shadow_never_changes_a_response(
-    servers: dict[str, ServerProcess], customers: Customers, versions: dict[str, str],
-    topology: str,
-) -> None:  # fmt: skip
-    server = servers[topology]
+    server: ServerProcess, customers: Customers, versions: dict[str, str]
+) -> None:
+    topology = server.topology
     sequence = [(i % 4, i % 5 == 0) for i in range(20)]  # (customer, fraud-like?)
     template = customers.take()
 
@@ -326,12 +330,10 @@ def _load(server: ServerProcess, traffic: Traffic, ids: list[str], stop: threadi
     return client_loop
 
 
-@pytest.mark.parametrize("topology", TOPOLOGIES)
 def test_rollback_under_load_fails_nothing_and_takes_effect_within_a_second(
-    servers: dict[str, ServerProcess], customers: Customers, versions: dict[str, str],
-    topology: str,
-) -> None:  # fmt: skip
-    server = servers[topology]
+    server: ServerProcess, customers: Customers, versions: dict[str, str]
+) -> None:
+    topology = server.topology
     traffic = Traffic(customers, f"load-{topology}")
     state = start(server, versions["better"], steps=[50, 100])
     wait_for_challenger(server, traffic, state)
