@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ import pandas as pd
 from hearth.config import HearthContext, MonitoringParams, Settings
 from hearth.monitoring import drift_report
 from hearth.monitoring.drift import DriftReport, compare
-from hearth.traffic.prediction_log import DB_FILE
+from hearth.traffic.prediction_log import DB_FILE, PredictionLog
 
 log = logging.getLogger(__name__)
 
@@ -63,18 +62,11 @@ def load_live(settings: Settings, window_hours: float, now: float | None = None)
     if not path.exists():
         return empty
     since = (now or time.time()) - window_hours * 3600
-    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    predictions = PredictionLog(path)
     try:
-        rows = con.execute(
-            # Answers only: challenger failures and shadow copies would count traffic twice.
-            "SELECT features, score, model_version FROM predictions"
-            " WHERE at >= ? AND features IS NOT NULL AND ok = 1 AND shadow = 0",
-            (since,),
-        ).fetchall()
-    except sqlite3.OperationalError:  # a log from before features were recorded
-        return empty
+        rows = predictions.answered_since(since)
     finally:
-        con.close()
+        predictions.close()
     if not rows:
         return empty
     features = pd.DataFrame([json.loads(r[0]) for r in rows])

@@ -240,6 +240,18 @@ class PredictionLog:
             for variant, shadow, n, errors, labelled, frauds in fetched
         }
 
+    def answered_since(self, since: float) -> list[tuple[str, float, str]]:
+        """(features JSON, score, model version) of every answer logged at or after `since`
+        (epoch seconds) that carries its feature row: what the drift monitor compares."""
+        with self._db.read() as conn:
+            rows = conn.execute(
+                # Answers only: challenger failures and shadow copies would count traffic twice.
+                "SELECT features, score, model_version FROM predictions"
+                " WHERE at >= ? AND features IS NOT NULL AND ok = 1 AND shadow = 0",
+                (since,),
+            ).fetchall()
+        return [(str(f), float(s), str(v)) for f, s, v in rows]
+
     def rows(self, table: str) -> list[dict[str, Any]]:
         """Every row of `predictions` or `feedback` (tests, small analyses)."""
         if table not in {"predictions", "feedback"}:
