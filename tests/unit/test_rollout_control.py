@@ -130,26 +130,27 @@ def test_rollback_promote_and_rollback_again_move_the_served_champion(
 ) -> None:
     control.start(settings, PARAMS, "2")
     status = control.status(settings, PARAMS)
-    assert status["served"] == {
+    assert status.served.model_dump() == {
         "champion": "1", "challenger": "2", "mode": "canary", "challenger_percent": 5.0
     }  # fmt: skip
 
     control.rollback(settings, PARAMS, reason="drill")
     assert _served(settings).versions() == {"champion": "1"}
-    assert control.status(settings, PARAMS)["rollout"]["status"] == "rolled_back"
+    ended = control.status(settings, PARAMS).rollout
+    assert ended is not None and ended.status == "rolled_back"
 
     control.start(settings, PARAMS, "2")
     change = control.promote(settings, PARAMS, reason="better")
     assert change.after["champion"] == "2"
     assert _served(settings).versions() == {"champion": "2"}
     status = control.status(settings, PARAMS)
-    assert status["served"]["champion"] == "2" and status["aliases"]["previous"] == "1"
+    assert status.served.champion == "2" and status.aliases["previous"] == "1"
 
     # After a promotion a rollback sets the state's champion back, then the aliases.
     control.rollback(settings, PARAMS)
     assert _served(settings).versions() == {"champion": "1"}
     status = control.status(settings, PARAMS)
-    assert status["served"]["champion"] == "1" and status["aliases"]["champion"] == "1"
+    assert status.served.champion == "1" and status.aliases["champion"] == "1"
 
 
 # -- the prediction log contract ------------------------------------------------------------------

@@ -6,10 +6,9 @@ pandas and scipy (~5 s), which the other commands should not pay for at start-up
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 from rich.console import Console
@@ -24,6 +23,9 @@ from hearth.traffic.rollout_state import (
     UnknownVersion,
 )
 from hearth.traffic.stores import open_state_store
+
+if TYPE_CHECKING:
+    from hearth.rollout.control import RolloutStatus
 
 T = TypeVar("T")
 
@@ -115,38 +117,38 @@ def rollout_status(
     ctx = load_context()
     status = _rollout_call(lambda: control.status(ctx.settings, ctx.params))
     if as_json:
-        typer.echo(json.dumps(status, indent=2, default=str))
+        typer.echo(status.model_dump_json(indent=2))
         return
     _print_rollout_status(status)
 
 
-def _print_rollout_status(status: dict[str, Any]) -> None:
+def _print_rollout_status(status: RolloutStatus) -> None:
     out = Console()
-    r, served = status["rollout"], status["served"]
+    r, served = status.rollout, status.served
     if r is None:
         out.print("no rollout yet; start one with `hearth rollout start --challenger VERSION`")
     else:
         out.print(
-            f"[bold]rollout {r['rollout_id']}[/]  {r['status']}  {r['mode']}  "
-            f"v{r['challenger_version']} vs champion v{r['champion_version']}  "
-            f"challenger {r['challenger_percent']:g} %  step {r['step_index'] + 1}/"
-            f"{len(r['steps'])}  updated {r['updated_at']}"
+            f"[bold]rollout {r.rollout_id}[/]  {r.status}  {r.mode}  "
+            f"v{r.challenger_version} vs champion v{r.champion_version}  "
+            f"challenger {r.challenger_percent:g} %  step {r.step_index + 1}/"
+            f"{len(r.steps)}  updated {r.updated_at.isoformat()}"
         )
-    aliases = ", ".join(f"{k}=v{v}" for k, v in sorted(status["aliases"].items())) or "none"
+    aliases = ", ".join(f"{k}=v{v}" for k, v in sorted(status.aliases.items())) or "none"
     out.print(f"registry aliases: {aliases}")
-    out.print(f"served now: champion v{served['champion']}" + (
-        f", challenger v{served['challenger']} ({served['mode']}, "
-        f"{served['challenger_percent']:g} %)" if served["challenger"] else ""))  # fmt: skip
-    if status["pending_repair"]:
+    out.print(f"served now: champion v{served.champion}" + (
+        f", challenger v{served.challenger} ({served.mode}, "
+        f"{served.challenger_percent:g} %)" if served.challenger else ""))  # fmt: skip
+    if status.pending_repair:
         out.print("[yellow]an interrupted promotion/rollback is pending: the next rollout "
                   "command repairs it[/]")  # fmt: skip
     live = Table("variant", "requests", "errors", "labelled", "frauds", title="live (this rollout)")
-    for variant, c in sorted(status["live"].items()):
-        live.add_row(variant, *(str(c[k]) for k in ("requests", "errors", "labelled", "frauds")))
+    for variant, c in sorted(status.live.items()):
+        live.add_row(variant, *(str(n) for n in (c.requests, c.errors, c.labelled, c.frauds)))
     out.print(live)
     events = Table("at", "actor", "action", "reason", title="history (latest)")
-    for e in status["history"]:
-        events.add_row(str(e["at"])[:19], e["actor"], e["action"], e["reason"])
+    for e in status.history:
+        events.add_row(e.at.isoformat()[:19], e.actor, e.action, e.reason)
     out.print(events)
 
 

@@ -18,6 +18,8 @@ import logging
 import math
 from typing import Any, cast
 
+from pydantic import BaseModel, ConfigDict
+
 from hearth import registry
 from hearth.config import Params, Settings
 from hearth.rollout import promotion
@@ -27,6 +29,7 @@ from hearth.traffic.rollout_state import (
     HistoryEvent,
     InvalidRollout,
     Mode,
+    PromotionIntent,
     RolloutConflict,
     RolloutState,
     Served,
@@ -43,34 +46,63 @@ HISTORY_TAIL = 10
 
 
 # -- reading ---------------------------------------------------------------------------------
-def served_versions(served: Served) -> dict[str, Any]:
+class _View(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ServedVersions(_View):
     """What the gateways route to now: versions and the challenger's share of traffic."""
+
+    champion: str | None
+    challenger: str | None = None
+    mode: Mode | None = None
+    challenger_percent: float = 0.0
+
+
+class LiveCounts(_View):
+    """One variant's requests, errors and labels in the prediction log."""
+
+    requests: int
+    errors: int
+    labelled: int
+    frauds: int
+
+
+class RolloutStatus(_View):
+    """Everything an operator looks at (`hearth rollout status`, `GET /admin/rollout`)."""
+
+    rollout: RolloutState | None
+    aliases: dict[str, str]
+    served: ServedVersions
+    pending_repair: PromotionIntent | None
+    history: tuple[HistoryEvent, ...]
+    live: dict[str, LiveCounts]
+
+
+def served_versions(served: Served) -> ServedVersions:
+    """What the gateways route to now, from one read of the rollout state."""
     running = served.running
-    if running is not None:
-        return {
-            "champion": running.champion_version,
-            "challenger": running.challenger_version,
-            "mode": running.mode,
-            "challenger_percent": running.challenger_percent,
-        }
-    return {
-        "champion": served.champion_version,
-        "challenger": None,
-        "mode": None,
-        "challenger_percent": 0.0,
-    }
+    if running is None:
+        return ServedVersions(champion=served.champion_version)
+    return ServedVersions(
+        champion=running.champion_version,
+        challenger=running.challenger_version,
+        mode=running.mode,
+        challenger_percent=running.challenger_percent,
+    )
 
 
-def live_counts(settings: Settings, rollout_id: str | None) -> dict[str, dict[str, int]]:
+def live_counts(settings: Settings, rollout_id: str | None) -> dict[str, LiveCounts]:
     """Requests, errors and labels per variant in the prediction log ({} without a log)."""
     path = settings.serving_dir / DB_FILE
     if not path.exists():
         return {}
     log_ = PredictionLog(path)
     try:
-        return log_.counts(rollout_id)
+        counts = log_.counts(rollout_id)
     finally:
         log_.close()
+    return {variant: LiveCounts(**c) for variant, c in counts.items()}
 
 
 def status(
@@ -78,7 +110,7 @@ def status(
     params: Params,
     store: StateStore | None = None,
     history_limit: int = HISTORY_TAIL,
-) -> dict[str, Any]:
+) -> RolloutStatus:
     """Everything an operator looks at: the rollout state, the MLflow aliases, the versions
     served now, a pending repair, the history tail and live counts of the current rollout."""
     registry.configure(settings)
@@ -87,14 +119,14 @@ def status(
         intent = st.intent()
         events = st.history(limit=history_limit)
     state = served.rollout
-    return {
-        "rollout": state.model_dump(mode="json") if state else None,
-        "aliases": promotion.aliases(params.registry.model_name),
-        "served": served_versions(served),
-        "pending_repair": intent.model_dump(mode="json") if intent else None,
-        "history": [e.model_dump(mode="json") for e in events],
-        "live": live_counts(settings, state.rollout_id if state else None),
-    }
+    return RolloutStatus(
+        rollout=state,
+        aliases=promotion.aliases(params.registry.model_name),
+        served=served_versions(served),
+        pending_repair=intent,
+        history=tuple(events),
+        live=live_counts(settings, state.rollout_id if state else None),
+    )
 
 
 def history(
@@ -190,7 +222,7 @@ class Controls:
         self.settings, self.params, self.actor = settings, params, actor
 
     def status(self) -> dict[str, Any]:
-        return status(self.settings, self.params)
+        return status(self.settings, self.params).model_dump(mode="json")
 
     def history(self, limit: int = 100) -> list[dict[str, Any]]:
         return [e.model_dump(mode="json") for e in history(self.settings, limit=limit)]
