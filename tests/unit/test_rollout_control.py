@@ -19,8 +19,9 @@ from hearth.rollout import control
 from hearth.rollout.verdict import analyse
 from hearth.serving.faults import Fault, FaultError
 from hearth.serving.gateway import Background, Gateway
-from hearth.serving.routing import CHAMPION_ROUTE, Routed
+from hearth.serving.routing import CHAMPION_ROUTE
 from hearth.serving.schemas import FeatureRow, Score, ScoreItem, TransactionIn
+from hearth.traffic.assignment import Route
 from hearth.traffic.prediction_log import PredictionLog, PredictionRecord
 from hearth.traffic.rollout_state import (
     InvalidRollout,
@@ -279,14 +280,14 @@ class FakeModel:
 
 
 class FixedRouter:
-    def __init__(self, route: Routed) -> None:
+    def __init__(self, route: Route) -> None:
         self.r = route
 
-    def route(self, txn: Any) -> Routed:
+    def route(self, txn: Any) -> Route:
         return self.r
 
 
-def _gateway(tmp_path: Path, route: Routed, challenger_mode: str) -> Gateway:
+def _gateway(tmp_path: Path, route: Route, challenger_mode: str) -> Gateway:
     log: Background[PredictionLog] = Background("log", lambda: PredictionLog(tmp_path / "s.db"))
     log.join()
     return Gateway(
@@ -295,7 +296,7 @@ def _gateway(tmp_path: Path, route: Routed, challenger_mode: str) -> Gateway:
     )  # fmt: skip
 
 
-TO_CHALLENGER = Routed("challenger", "2", fallback_version="1", rollout_id="r1")
+TO_CHALLENGER = Route("challenger", "2", fallback_version="1", rollout_id="r1")
 
 
 @pytest.mark.parametrize(
@@ -318,7 +319,7 @@ def test_a_challenger_fault_is_answered_by_the_champion_and_logged(
 
 
 def test_shadow_copies_are_logged_never_returned(tmp_path: Path) -> None:
-    route = Routed("champion", "1", "1", shadow_version="2", rollout_id="r1")
+    route = Route("champion", "1", fallback_version="1", shadow_version="2", rollout_id="r1")
     gateway = _gateway(tmp_path, route, "ok")
 
     async def run() -> Any:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 
 from hearth.config import CHALLENGER, CHAMPION
-from hearth.serving.routing import Routed
 from hearth.serving.schemas import Score, ScoreItem
 from hearth.serving.scoring import score_routed
+from hearth.traffic.assignment import Route
 
 MODEL_MS = 3.0
 
@@ -28,7 +28,7 @@ class Lane:
 
 
 def _answers(champion: Lane, challenger: Lane, timeout_s: float = 1.0) -> list[float]:
-    routes = [Routed(CHAMPION), Routed(CHALLENGER, model_version="v2")]
+    routes = [Route(CHAMPION), Route(CHALLENGER, model_version="v2")]
     answers = asyncio.run(
         score_routed(routes, [{"x": 1.0}, {"x": 2.0}], champion, challenger, timeout_s)
     )
@@ -43,7 +43,7 @@ def test_lane_wait_does_not_count_against_the_challenger() -> None:
 def test_without_a_model_time_the_lane_time_is_used_and_a_timeout_is_a_slow_failure() -> None:
     champion_ms, challenger_ms = _answers(Lane(0.0, None), Lane(0.02, None))
     assert challenger_ms >= 20 and champion_ms < 20
-    routes = [Routed(CHALLENGER, model_version="v2")]
+    routes = [Route(CHALLENGER, model_version="v2")]
     (answer,) = asyncio.run(score_routed(routes, [{"x": 1.0}], Lane(0.0), Lane(1.0), 0.05))
     assert answer.failure is not None and answer.failure.latency_ms >= 50
     assert answer.latency_ms == MODEL_MS  # the champion's answer, timed as usual

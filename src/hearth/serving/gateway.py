@@ -23,7 +23,7 @@ from hearth.observability import tracing
 from hearth.observability.prometheus import record_feature_lookups, record_model_call
 from hearth.schema import TIMESTAMP_FORMAT, TRANSACTION_FIELDS
 from hearth.serving.errors import FeaturesUnavailable, ModelUnavailable, NotReady, Unavailable
-from hearth.serving.routing import ChampionRouter, Routed, Router
+from hearth.serving.routing import ChampionRouter, Router
 from hearth.serving.schemas import (
     FeatureRow,
     FeedbackIn,
@@ -34,6 +34,7 @@ from hearth.serving.schemas import (
     TransactionIn,
 )
 from hearth.serving.scoring import Answer, Attempt, score_routed, try_challenger
+from hearth.traffic.assignment import Route
 from hearth.traffic.prediction_log import PredictionLog, PredictionRecord
 
 log = logging.getLogger(__name__)
@@ -312,7 +313,7 @@ class Gateway:
     def _start_shadows(
         self,
         txns: Sequence[Transaction],
-        routes: Sequence[Routed],
+        routes: Sequence[Route],
         features: Sequence[dict[str, float | str]],
         request_id: str,
     ) -> None:
@@ -361,7 +362,7 @@ class Gateway:
 
 def answer_records(
     txns: Sequence[Transaction],
-    routes: Sequence[Routed],
+    routes: Sequence[Route],
     features: Sequence[dict[str, float | str]],
     answers: Sequence[Answer],
     request_id: str,
@@ -391,7 +392,7 @@ def answer_records(
 
 def shadow_records(
     txns: Sequence[Transaction],
-    routes: Sequence[Routed],
+    routes: Sequence[Route],
     attempts: Sequence[Attempt],
     request_id: str,
 ) -> list[PredictionRecord]:

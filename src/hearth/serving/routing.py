@@ -12,38 +12,19 @@ the version that answers (None only before the first champion is adopted).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import replace
 from typing import Protocol
 
 from hearth.config import CHAMPION
 from hearth.features.online import Transaction
-from hearth.traffic.assignment import route_for
+from hearth.traffic.assignment import Route, route_for
 from hearth.traffic.follower import Follower
 
-
-@dataclass(frozen=True)
-class Routed:
-    """Where one transaction goes.
-
-    `variant` answers; `model_version` is the registry version behind it (None: whatever
-    the pool serves as that variant). `fallback_version` answers instead when a challenger
-    fails (the champion's version, or None for the pool's champion). `shadow_version` also
-    scores a copy, logged and never returned (shadow mode). `rollout_id` ties the answer
-    to a rollout in the prediction log.
-    """
-
-    variant: str
-    model_version: str | None = None
-    fallback_version: str | None = None
-    shadow_version: str | None = None
-    rollout_id: str | None = None
-
-
-CHAMPION_ROUTE = Routed(CHAMPION)
+CHAMPION_ROUTE = Route(CHAMPION)
 
 
 class Router(Protocol):
-    def route(self, txn: Transaction) -> Routed:
+    def route(self, txn: Transaction) -> Route:
         """Where `txn` goes."""
         ...
 
@@ -51,7 +32,7 @@ class Router(Protocol):
 class ChampionRouter:
     """Every transaction to the pool's champion."""
 
-    def route(self, txn: Transaction) -> Routed:
+    def route(self, txn: Transaction) -> Route:
         return CHAMPION_ROUTE
 
 
@@ -62,20 +43,12 @@ class RolloutRouter:
     def __init__(self, router: Follower) -> None:
         self.router = router
 
-    def route(self, txn: Transaction) -> Routed:
+    def route(self, txn: Transaction) -> Route:
         served = self.router.served()
-        state = served.running
-        if state is None:
-            version = served.champion_version
-            return Routed(CHAMPION, version, version) if version else CHAMPION_ROUTE
-        r = route_for(served, txn.customer_id, self.router.buckets)
-        return Routed(
-            variant=r.variant,
-            model_version=r.model_version,
-            fallback_version=state.champion_version,
-            shadow_version=r.shadow_version,
-            rollout_id=r.rollout_id,
-        )
+        route = route_for(served, txn.customer_id, self.router.buckets)
+        running = served.running
+        champion = running.champion_version if running else served.champion_version
+        return replace(route, fallback_version=champion) if champion else CHAMPION_ROUTE
 
     def refresh(self) -> None:
         """Re-read the state now (after this process changed it)."""

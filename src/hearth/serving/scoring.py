@@ -26,8 +26,8 @@ from typing import Protocol
 
 from hearth.config import CHALLENGER, CHAMPION
 from hearth.serving.errors import ModelUnavailable
-from hearth.serving.routing import Routed
 from hearth.serving.schemas import Score, ScoreItem
+from hearth.traffic.assignment import Route
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ async def try_challenger(
 
 
 async def score_routed(
-    routes: Sequence[Routed],
+    routes: Sequence[Route],
     features: Sequence[dict[str, float | str]],
     main: ScoreClient,
     challenger: ScoreClient,

@@ -57,13 +57,16 @@ class Route:
     `variant` answers the request and `model_version` is the registry version behind it:
     the champion's when no rollout runs (None only before the first champion is adopted).
     `shadow_version`, in shadow mode only, is the challenger that also scores a copy of the
-    request, whose answer is logged and never returned.
+    request, whose answer is logged and never returned. `rollout_id` ties the answer to a
+    rollout in the prediction log. `fallback_version` answers instead when the named version
+    fails: a gateway sets it to the champion's (`route_for` leaves it to the caller).
     """
 
     variant: Variant
-    model_version: str | None
+    model_version: str | None = None
     shadow_version: str | None = None
     rollout_id: str | None = None
+    fallback_version: str | None = None
 
 
 def route_for(served: Served, customer_id: str, buckets: int = DEFAULT_BUCKETS) -> Route:
