@@ -21,6 +21,8 @@ from hearth.config import NO_TELEMETRY_ENV, Settings
 from hearth.launch.launcher import Launched, free_port, launch
 from hearth.launch.topologies import serve_command
 from hearth.serving.internal import PREDICT, PREFIX
+from hearth.serving.model_cache import CACHE_DIR
+from hearth.traffic.state_sqlite import STATE_FILE, SQLiteStateStore
 
 HOST = "127.0.0.1"
 # The model-service contenders are driven on the route the gateway calls (the lean internal
@@ -218,8 +220,14 @@ class InProcessModel:
 
 
 def scorer_dir(home: Path) -> Path:
-    """The champion's scorer directory in a Hearth home's BentoML model store."""
-    found = sorted((home / "bentoml" / "models").glob("*/*/model.pt"))
+    """The champion's scorer directory in a Hearth home's model cache: the version the
+    rollout state of that home names, as its server loaded it."""
+    store = SQLiteStateStore(home / STATE_FILE)
+    try:
+        champion = store.served().champion_version
+    finally:
+        store.close()
+    found = sorted((home / CACHE_DIR).glob(f"*/{champion}/model.pt")) if champion else []
     if not found:
-        raise FileNotFoundError(f"no model in {home / 'bentoml' / 'models'}")
-    return found[-1].parent
+        raise FileNotFoundError(f"no champion (v{champion}) in {home / CACHE_DIR}")
+    return found[0].parent
