@@ -414,6 +414,25 @@ def _version(version: str | Unchecked | None) -> str:
     return "none" if version is None else f"v{version}"
 
 
+@dataclass(frozen=True)
+class StoredServed:
+    """What a backend stores for `Served`: the champion, the rollout's JSON document (None
+    before the first rollout) and the store's revision, as read."""
+
+    champion: str | bytes | None
+    rollout: str | bytes | None
+    revision: int | str | bytes | None
+
+    def decoded(self) -> Served:
+        champion = self.champion.decode() if isinstance(self.champion, bytes) else self.champion
+        rollout = self.rollout
+        return Served(
+            champion_version=champion,
+            rollout=RolloutState.model_validate_json(rollout) if rollout is not None else None,
+            revision=int(self.revision or 0),
+        )
+
+
 # -- the store -------------------------------------------------------------------------------
 class StateStore(ABC):
     """The shared rollout state; every method is safe to call from several threads.
@@ -425,9 +444,15 @@ class StateStore(ABC):
 
     backend: str  # "sqlite" | "redis"
 
+    # Reads: a backend returns what it stored (the JSON documents below) and this base
+    # decodes it, so both backends store the same documents and decode them alike.
     @abstractmethod
+    def _read_served(self) -> StoredServed:
+        """The stored champion, rollout document and revision, in one consistent read."""
+
     def served(self) -> Served:
         """The champion, the latest rollout and the revision, in one consistent read."""
+        return self._read_served().decoded()
 
     def current(self) -> RolloutState | None:
         """The latest rollout (running or ended), or None if there never was one."""
@@ -502,18 +527,37 @@ class StateStore(ABC):
         return write.applied_to(served)
 
     @abstractmethod
+    def _read_history(self, rollout_id: str | None, limit: int) -> list[str | bytes]:
+        """History event documents, oldest first; a backend may return more than asked
+        (all of them, or of other rollouts): `history` filters and keeps the last `limit`."""
+
     def history(
         self, rollout_id: str | None = None, limit: int = HISTORY_LIMIT
     ) -> list[HistoryEvent]:
         """The last `limit` events (of one rollout, if given), oldest first."""
+        events = [
+            HistoryEvent.model_validate_json(d) for d in self._read_history(rollout_id, limit)
+        ]
+        if rollout_id is not None:
+            events = [e for e in events if e.rollout_id == rollout_id]
+        return events[-limit:] if limit else []
 
     @abstractmethod
+    def _read_intent(self) -> str | bytes | None:
+        """The stored intent document, if any."""
+
+    @abstractmethod
+    def _write_intent(self, document: str | None) -> None:
+        """Store (or, with None, delete) the intent document."""
+
     def intent(self) -> PromotionIntent | None:
         """The registry change in progress, if one was started and not finished."""
+        document = self._read_intent()
+        return PromotionIntent.model_validate_json(document) if document is not None else None
 
-    @abstractmethod
     def set_intent(self, intent: PromotionIntent | None) -> None:
         """Record (or, with None, clear) the registry change in progress."""
+        self._write_intent(intent.model_dump_json() if intent is not None else None)
 
     @abstractmethod
     def ping(self) -> bool:

@@ -15,16 +15,7 @@ from redis.client import Pipeline
 
 from hearth.storage.redis import Update, compare_and_set, connect, translate_errors
 from hearth.storage.redis import ping as redis_ping
-from hearth.traffic.rollout_state import (
-    HISTORY_LIMIT,
-    HistoryEvent,
-    PromotionIntent,
-    RolloutState,
-    Served,
-    StateStore,
-    StateUnavailable,
-    Write,
-)
+from hearth.traffic.rollout_state import Served, StateStore, StateUnavailable, StoredServed, Write
 
 REDIS_PREFIX = "hearth:rollout:"
 _WHERE = "rollout state on Redis"
@@ -44,19 +35,15 @@ class RedisStateStore(StateStore):
         self._keys = {k: prefix + k for k in names}
         self._client = connect(url, timeout_s=timeout_s)
 
-    def _read(self, client: Any) -> Served:
-        raw, champion, rev = client.mget(
+    def _stored(self, client: Any) -> StoredServed:
+        rollout, champion, revision = client.mget(
             self._keys["state"], self._keys["champion"], self._keys["revision"]
         )
-        return Served(
-            champion_version=champion.decode() if champion is not None else None,
-            rollout=RolloutState.model_validate_json(raw) if raw is not None else None,
-            revision=int(rev or 0),
-        )
+        return StoredServed(champion, rollout, revision)
 
-    def served(self) -> Served:
+    def _read_served(self) -> StoredServed:
         with translate_errors(StateUnavailable, _WHERE):
-            return self._read(self._client)
+            return self._stored(self._client)
 
     def revision(self) -> int:
         with translate_errors(StateUnavailable, _WHERE):
@@ -73,7 +60,7 @@ class RedisStateStore(StateStore):
 
     def _transact(self, plan: Callable[[Served], Write]) -> tuple[Served, Write]:
         def compute(pipe: Pipeline) -> Update[tuple[Served, Write]]:
-            served = self._read(pipe)
+            served = self._stored(pipe).decoded()
             write = plan(served)
             if write.event is None:
                 return Update((served, write))
@@ -91,28 +78,22 @@ class RedisStateStore(StateStore):
             backoff_cap_s=0.02,
         )
 
-    def history(
-        self, rollout_id: str | None = None, limit: int = HISTORY_LIMIT
-    ) -> list[HistoryEvent]:
+    def _read_history(self, rollout_id: str | None, limit: int) -> list[str | bytes]:
+        # Histories are small (tens of events per rollout): one list, filtered by the base.
         with translate_errors(StateUnavailable, _WHERE):
-            # Histories are small (tens of events per rollout); filtering here keeps one key.
-            raw = self._client.lrange(self._keys["history"], 0, -1)
-        events = [HistoryEvent.model_validate_json(r) for r in raw]
-        if rollout_id is not None:
-            events = [e for e in events if e.rollout_id == rollout_id]
-        return events[-limit:] if limit else []
+            return list(self._client.lrange(self._keys["history"], 0, -1))
 
-    def intent(self) -> PromotionIntent | None:
+    def _read_intent(self) -> str | bytes | None:
         with translate_errors(StateUnavailable, _WHERE):
-            raw = self._client.get(self._keys["intent"])
-        return PromotionIntent.model_validate_json(raw) if raw is not None else None
+            document: str | bytes | None = self._client.get(self._keys["intent"])
+            return document
 
-    def set_intent(self, intent: PromotionIntent | None) -> None:
+    def _write_intent(self, document: str | None) -> None:
         with translate_errors(StateUnavailable, _WHERE):
-            if intent is None:
+            if document is None:
                 self._client.delete(self._keys["intent"])
             else:
-                self._client.set(self._keys["intent"], intent.model_dump_json())
+                self._client.set(self._keys["intent"], document)
 
     def ping(self) -> bool:
         return redis_ping(self._client)

@@ -12,16 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from hearth.storage.sqlite import SQLiteFile
-from hearth.traffic.rollout_state import (
-    HISTORY_LIMIT,
-    HistoryEvent,
-    PromotionIntent,
-    RolloutState,
-    Served,
-    StateStore,
-    StateUnavailable,
-    Write,
-)
+from hearth.traffic.rollout_state import Served, StateStore, StateUnavailable, StoredServed, Write
 
 STATE_FILE = "rollout.sqlite"
 
@@ -71,10 +62,9 @@ class SQLiteStateStore(StateStore):
         self._file.script(_SCHEMA)
 
     @staticmethod
-    def _read(conn: sqlite3.Connection) -> Served:
-        state, champion, revision = conn.execute(_SERVED).fetchone()
-        rollout = RolloutState.model_validate_json(state) if state is not None else None
-        return Served(champion_version=champion, rollout=rollout, revision=int(revision))
+    def _stored(conn: sqlite3.Connection) -> StoredServed:
+        rollout, champion, revision = conn.execute(_SERVED).fetchone()
+        return StoredServed(champion, rollout, revision)
 
     @staticmethod
     def _save(conn: sqlite3.Connection, write: Write) -> None:
@@ -95,44 +85,41 @@ class SQLiteStateStore(StateStore):
             (write.event.rollout_id, write.event.model_dump_json()),
         )
 
-    def served(self) -> Served:
+    def _read_served(self) -> StoredServed:
         with self._file.read() as conn:
-            return self._read(conn)
+            return self._stored(conn)
 
     def revision(self) -> int:
         return self.served().revision
 
     def _transact(self, plan: Callable[[Served], Write]) -> tuple[Served, Write]:
         with self._file.transaction() as conn:
-            served = self._read(conn)
+            served = self._stored(conn).decoded()
             write = plan(served)
             self._save(conn, write)
         return served, write
 
-    def history(
-        self, rollout_id: str | None = None, limit: int = HISTORY_LIMIT
-    ) -> list[HistoryEvent]:
+    def _read_history(self, rollout_id: str | None, limit: int) -> list[str | bytes]:
         where, args = ("WHERE rollout_id = ?", (rollout_id,)) if rollout_id else ("", ())
         with self._file.read() as conn:
             rows = conn.execute(
                 f"SELECT event FROM rollout_history {where} ORDER BY seq DESC LIMIT ?",
                 (*args, limit),
             ).fetchall()
-        return [HistoryEvent.model_validate_json(r[0]) for r in reversed(rows)]
+        return [r[0] for r in reversed(rows)]
 
-    def intent(self) -> PromotionIntent | None:
+    def _read_intent(self) -> str | bytes | None:
         with self._file.read() as conn:
             row = conn.execute("SELECT intent FROM rollout_intent WHERE id = 1").fetchone()
-        return PromotionIntent.model_validate_json(row[0]) if row else None
+        return row[0] if row else None
 
-    def set_intent(self, intent: PromotionIntent | None) -> None:
+    def _write_intent(self, document: str | None) -> None:
         with self._file.transaction() as conn:
-            if intent is None:
+            if document is None:
                 conn.execute("DELETE FROM rollout_intent")
             else:
                 conn.execute(
-                    "INSERT OR REPLACE INTO rollout_intent (id, intent) VALUES (1, ?)",
-                    (intent.model_dump_json(),),
+                    "INSERT OR REPLACE INTO rollout_intent (id, intent) VALUES (1, ?)", (document,)
                 )
 
     def ping(self) -> bool:
