@@ -20,6 +20,7 @@ def serve_internal_first(internal: Any) -> Callable[[S], S]:
     BentoML builds a service's ASGI app in `Service.to_asgi` when a worker starts; the
     service becomes an instance of a subclass whose `to_asgi` puts `internal_first` around
     that app. (The class is slotted, so the method cannot be set on the instance.)
+    Every request to the service but its probes must then carry HEARTH_INTERNAL_TOKEN.
     """
 
     def decorate(service: S) -> S:
@@ -29,7 +30,13 @@ def serve_internal_first(internal: Any) -> Callable[[S], S]:
             __slots__ = ()
 
             def to_asgi(self, is_main: bool = True) -> Any:
-                return internal_first(super().to_asgi(is_main), internal, _tracer_provider())
+                settings = Settings()
+                return internal_first(
+                    super().to_asgi(is_main),
+                    internal,
+                    _tracer_provider(settings),
+                    token=settings.internal_token.get_secret_value(),
+                )
 
         service.__class__ = InternalFirst
         return service
@@ -37,6 +44,6 @@ def serve_internal_first(internal: Any) -> Callable[[S], S]:
     return decorate
 
 
-def _tracer_provider() -> Any:
+def _tracer_provider(settings: Settings) -> Any:
     """BentoML's tracer provider when spans are exported (HEARTH_OTLP_ENDPOINT), else None."""
-    return tracer_provider() if Settings().otlp_endpoint else None
+    return tracer_provider() if settings.otlp_endpoint else None

@@ -8,7 +8,10 @@ keys, so a typo is an error at start rather than a silent default.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import secrets
+import socket
 from datetime import date
 from functools import cached_property
 from pathlib import Path
@@ -16,11 +19,25 @@ from typing import Any, Literal, Self
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 DEFAULT_API_KEY = "dev-api-key"
 API_KEY_HEADER = "X-API-Key"  # the request header that carries `Settings.api_key`
 DEFAULT_ADMIN_TOKEN = "dev-admin-token"
+# The token the features and model services require of their callers (the gateway).
+DEFAULT_INTERNAL_TOKEN = "dev-internal-token"
+# Production secrets are at least this long (`secrets.token_urlsafe(32)` gives 43 characters).
+MIN_SECRET_LENGTH = 32
+# `hearth up` writes random secrets here (under HEARTH_HOME, mode 0600) on its first start;
+# Settings read them from there, below the environment and .env.
+SECRETS_FILE = "secrets.env"
+# The user MLflow's basic-auth app makes its admin, and Prefect's API auth user.
+STACK_ADMIN_USER = "hearth"
 
 # The registry's aliases, which are also the names of the serving variants. Defined here, in
 # the module everything imports, because hearth.registry imports MLflow and the gateway's
@@ -73,6 +90,20 @@ class Settings(BaseSettings):
     )
     api_key: SecretStr = SecretStr(DEFAULT_API_KEY)
     admin_token: SecretStr = SecretStr(DEFAULT_ADMIN_TOKEN)
+    internal_token: SecretStr = Field(
+        default=SecretStr(DEFAULT_INTERNAL_TOKEN),
+        description="Shared by the gateway and the features and model services it calls.",
+    )
+    mlflow_admin_password: SecretStr | None = Field(
+        default=None,
+        description="Password of MLflow's basic-auth admin (user `hearth`), used when "
+        "`hearth up` binds MLflow beyond loopback.",
+    )
+    prefect_auth_string: SecretStr | None = Field(
+        default=None,
+        description="`user:password` of Prefect's API auth, used when `hearth up` binds "
+        "Prefect beyond loopback.",
+    )
     store_backend: Literal["sqlite", "redis"] = Field(
         default="sqlite", description="Online feature store: embedded SQLite or a Redis server."
     )
@@ -80,20 +111,87 @@ class Settings(BaseSettings):
         default="redis://127.0.0.1:6379/0", description="Used when store_backend is redis."
     )
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Arguments, the environment and .env win over what `hearth up` generated.
+        home_secrets = _HomeSecrets(settings_cls, init_settings)
+        return init_settings, env_settings, dotenv_settings, home_secrets, file_secret_settings
+
+    def _secrets(self) -> dict[str, tuple[str, str]]:
+        """The shared secrets: variable → (value, development default)."""
+        return {
+            "HEARTH_API_KEY": (self.api_key.get_secret_value(), DEFAULT_API_KEY),
+            "HEARTH_ADMIN_TOKEN": (self.admin_token.get_secret_value(), DEFAULT_ADMIN_TOKEN),
+            "HEARTH_INTERNAL_TOKEN": (
+                self.internal_token.get_secret_value(),
+                DEFAULT_INTERNAL_TOKEN,
+            ),
+        }
+
+    def development_defaults(self) -> list[str]:
+        """The secrets (by variable) still at their development default, or empty."""
+        return [
+            name for name, (value, default) in self._secrets().items() if value in ("", default)
+        ]
+
     @model_validator(mode="after")
-    def _no_default_secrets_in_production(self) -> Self:
-        if self.env == "production":
-            for name, value, default in (
-                ("HEARTH_API_KEY", self.api_key, DEFAULT_API_KEY),
-                ("HEARTH_ADMIN_TOKEN", self.admin_token, DEFAULT_ADMIN_TOKEN),
-            ):
-                secret = value.get_secret_value()
-                if not secret or secret == default:
+    def _real_secrets_in_production(self) -> Self:
+        if self.env != "production":
+            return self
+        secrets_ = self._secrets()
+        if defaults := self.development_defaults():
+            raise ValueError(
+                f"{', '.join(defaults)}: empty or the development default; set real secrets "
+                f"before running with HEARTH_ENV=production ({_HOW_TO_SET})"
+            )
+        for name, (value, _) in secrets_.items():
+            if len(value) < MIN_SECRET_LENGTH:
+                raise ValueError(
+                    f"{name} has {len(value)} characters; HEARTH_ENV=production needs at least "
+                    f"{MIN_SECRET_LENGTH} ({_HOW_TO_SET})"
+                )
+        names = list(secrets_)
+        for i, first in enumerate(names):
+            for second in names[i + 1 :]:
+                if secrets_[first][0] == secrets_[second][0]:
                     raise ValueError(
-                        f"{name} is empty or the development default; set a real secret "
-                        "before running with HEARTH_ENV=production"
+                        f"{first} and {second} are the same secret; HEARTH_ENV=production "
+                        "needs a distinct one for each (a key that scores must not open the "
+                        "admin API or the internal services)"
                     )
         return self
+
+    def bind_problem(self, host: str) -> str | None:
+        """Why serving on `host` is refused (a development default secret on a non-loopback
+        interface), or None."""
+        defaults = self.development_defaults()
+        if not defaults or is_loopback(host):
+            return None
+        return (
+            f"refusing to serve on {host}, beyond loopback, while {', '.join(defaults)} "
+            f"{'is' if len(defaults) == 1 else 'are'} the development default: anyone who can "
+            f"reach the port could use {'it' if len(defaults) == 1 else 'them'}. Run "
+            f"`hearth secrets` (random secrets into {self.home_abs / SECRETS_FILE}, which "
+            f"`hearth up` also does), or set them yourself ({_HOW_TO_SET}), or serve on "
+            "127.0.0.1"
+        )
+
+    @property
+    def mlflow_auth(self) -> bool:
+        """Whether `hearth up`'s MLflow runs its basic-auth app: it binds beyond loopback."""
+        return not is_loopback(self.mlflow_host)
+
+    @property
+    def prefect_auth(self) -> bool:
+        """Whether `hearth up`'s Prefect requires its API auth string: beyond loopback."""
+        return not is_loopback(self.prefect_host)
 
     # -- derived locations -------------------------------------------------------------
     @property
@@ -214,6 +312,12 @@ class Settings(BaseSettings):
         env["BENTOML_HOME"] = str(self.bentoml_home)
         if self.prefect_api_url:
             env["PREFECT_API_URL"] = self.prefect_api_url
+        # Clients of `hearth up`'s servers when those require auth (bound beyond loopback).
+        if self.mlflow_auth and self.mlflow_admin_password is not None:
+            env["MLFLOW_TRACKING_USERNAME"] = STACK_ADMIN_USER
+            env["MLFLOW_TRACKING_PASSWORD"] = self.mlflow_admin_password.get_secret_value()
+        if self.prefect_auth and self.prefect_auth_string is not None:
+            env["PREFECT_API_AUTH_STRING"] = self.prefect_auth_string.get_secret_value()
         return env
 
     def apply(self) -> None:
@@ -221,6 +325,104 @@ class Settings(BaseSettings):
         self.home_abs.mkdir(parents=True, exist_ok=True)
         for key, value in self.environment().items():
             os.environ[key] = value
+
+
+_HOW_TO_SET = (
+    "HEARTH_API_KEY, HEARTH_ADMIN_TOKEN, HEARTH_INTERNAL_TOKEN; e.g. "
+    "`python -c 'import secrets; print(secrets.token_urlsafe(32))'` for each"
+)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` names only this machine: ``localhost``, 127.0.0.0/8, ``::1``; a name
+    counts when every address it resolves to is loopback. ``0.0.0.0`` and ``::`` do not."""
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except (OSError, UnicodeError):
+        return False
+    return bool(infos) and all(
+        ipaddress.ip_address(str(info[4][0]).split("%")[0]).is_loopback for info in infos
+    )
+
+
+# -- the secrets file ----------------------------------------------------------------------
+# Setting → variable in SECRETS_FILE, and how a fresh value is made.
+_GENERATED: dict[str, tuple[str, Any]] = {
+    "api_key": ("HEARTH_API_KEY", lambda: secrets.token_urlsafe(32)),
+    "admin_token": ("HEARTH_ADMIN_TOKEN", lambda: secrets.token_urlsafe(32)),
+    "internal_token": ("HEARTH_INTERNAL_TOKEN", lambda: secrets.token_urlsafe(32)),
+    "mlflow_admin_password": ("HEARTH_MLFLOW_ADMIN_PASSWORD", lambda: secrets.token_urlsafe(32)),
+    "prefect_auth_string": (
+        "HEARTH_PREFECT_AUTH_STRING",
+        lambda: f"{STACK_ADMIN_USER}:{secrets.token_urlsafe(32)}",
+    ),
+}
+
+
+class _Home(BaseSettings):
+    """HEARTH_HOME alone, from the same environment and .env as Settings."""
+
+    model_config = SettingsConfigDict(env_prefix="HEARTH_", env_file=".env", extra="ignore")
+    home: Path = Path(".hearth")
+
+
+def secrets_path(home: Path | None = None) -> Path:
+    """Where `hearth up` keeps the secrets of `home` (default: HEARTH_HOME)."""
+    return (home or _Home().home).expanduser().resolve() / SECRETS_FILE
+
+
+def read_secrets(path: Path) -> dict[str, str]:
+    """The variables of a secrets file (``NAME=value`` lines); empty when there is none."""
+    from dotenv import dotenv_values  # pydantic-settings' own .env reader
+
+    if not path.is_file():
+        return {}
+    return {k: v for k, v in dotenv_values(path).items() if v}
+
+
+def ensure_secrets(home: Path | None = None) -> tuple[Path, list[str]]:
+    """The secrets file of `home`, created with random secrets (mode 0600) if missing, and
+    completed if a secret is missing from it; (its path, the variables just generated).
+
+    An existing file is reused as it is: its secrets never change under a running stack."""
+    path = secrets_path(home)
+    known = read_secrets(path)
+    fresh = {var: make() for var, make in _GENERATED.values() if var not in known}
+    if fresh or (path.exists() and path.stat().st_mode & 0o077):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lines = [f"{k}={v}" for k, v in {**known, **fresh}.items()]
+        header = "# Hearth's secrets (`hearth up`); the environment and .env override them.\n"
+        tmp = path.with_name(f".{SECRETS_FILE}.tmp")
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never readable by others
+        with os.fdopen(fd, "w") as f:
+            f.write(header + "\n".join(lines) + "\n")
+        tmp.replace(path)
+    return path, list(fresh)
+
+
+class _HomeSecrets(PydanticBaseSettingsSource):
+    """Settings' secrets from `<home>/secrets.env` (home as Settings will have it)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], init: PydanticBaseSettingsSource):
+        super().__init__(settings_cls)
+        self.init = init
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ reads the file once
+
+    def __call__(self) -> dict[str, Any]:
+        given = (
+            self.init.init_kwargs.get("home") if isinstance(self.init, InitSettingsSource) else None
+        )
+        found = read_secrets(secrets_path(Path(given) if given is not None else None))
+        return {field: found[var] for field, (var, _) in _GENERATED.items() if var in found}
 
 
 # -- params.yaml ---------------------------------------------------------------------------

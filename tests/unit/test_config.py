@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
-from hearth.config import ConfigError, Params, Settings, load_params
+from hearth.config import (
+    ConfigError,
+    Params,
+    Settings,
+    ensure_secrets,
+    is_loopback,
+    load_params,
+    read_secrets,
+)
 
 
 def test_params_yaml_in_repo_is_valid() -> None:
@@ -59,15 +68,134 @@ def test_settings_read_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path
     assert s.mlflow_uri == "http://127.0.0.1:5000"
 
 
-@pytest.mark.parametrize("secret", ["", "dev-api-key"])
-def test_production_refuses_default_or_empty_secrets(secret: str) -> None:
-    with pytest.raises(ValidationError, match="HEARTH_API_KEY"):
-        Settings(env="production", api_key=secret, admin_token="a-real-token")
+# -- secrets ------------------------------------------------------------------------------
+A, B, C = "a" * 32, "b" * 40, "c" * 43  # long enough for production, and distinct
 
 
-def test_production_accepts_real_secrets() -> None:
-    s = Settings(env="production", api_key="k-123", admin_token="t-456")
-    assert s.api_key.get_secret_value() == "k-123"
+@pytest.mark.parametrize(
+    ("name", "change"),
+    [
+        ("HEARTH_API_KEY", {"api_key": ""}),
+        ("HEARTH_API_KEY", {"api_key": "dev-api-key"}),
+        ("HEARTH_ADMIN_TOKEN", {"admin_token": "dev-admin-token"}),
+        ("HEARTH_INTERNAL_TOKEN", {"internal_token": "dev-internal-token"}),
+    ],
+)
+def test_production_refuses_default_or_empty_secrets(name: str, change: dict) -> None:
+    given = {"api_key": A, "admin_token": B, "internal_token": C} | change
+    with pytest.raises(ValidationError, match=f"{name}.*development default"):
+        Settings(env="production", **given)
+
+
+def test_production_refuses_a_short_secret() -> None:
+    with pytest.raises(ValidationError, match=r"HEARTH_ADMIN_TOKEN has 31 characters.*32"):
+        Settings(env="production", api_key=A, admin_token="t" * 31, internal_token=C)
+
+
+@pytest.mark.parametrize(
+    ("same", "given"),
+    [
+        ("HEARTH_API_KEY and HEARTH_ADMIN_TOKEN", (A, A, C)),
+        ("HEARTH_API_KEY and HEARTH_INTERNAL_TOKEN", (A, B, A)),
+        ("HEARTH_ADMIN_TOKEN and HEARTH_INTERNAL_TOKEN", (A, B, B)),
+    ],
+)
+def test_production_refuses_a_secret_used_twice(same: str, given: tuple[str, ...]) -> None:
+    key, admin, internal = given
+    with pytest.raises(ValidationError, match=f"{same} are the same secret"):
+        Settings(env="production", api_key=key, admin_token=admin, internal_token=internal)
+
+
+def test_production_accepts_long_distinct_secrets() -> None:
+    s = Settings(env="production", api_key=A, admin_token=B, internal_token=C)
+    assert s.api_key.get_secret_value() == A and s.development_defaults() == []
+
+
+def test_development_accepts_anything_but_names_its_defaults() -> None:
+    s = Settings(home=Path("/nonexistent"), api_key="short")
+    assert s.development_defaults() == ["HEARTH_ADMIN_TOKEN", "HEARTH_INTERNAL_TOKEN"]
+
+
+def test_the_secrets_file_is_created_0600_and_reused(tmp_path: Path) -> None:
+    path, made = ensure_secrets(tmp_path / "home")
+    assert path == tmp_path / "home" / "secrets.env"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert set(made) == {
+        "HEARTH_API_KEY", "HEARTH_ADMIN_TOKEN", "HEARTH_INTERNAL_TOKEN",
+        "HEARTH_MLFLOW_ADMIN_PASSWORD", "HEARTH_PREFECT_AUTH_STRING",
+    }  # fmt: skip
+    first = path.read_text()
+    assert ensure_secrets(tmp_path / "home") == (path, [])  # reused: nothing new
+    assert path.read_text() == first
+    s = Settings(home=tmp_path / "home")
+    values = [s.api_key, s.admin_token, s.internal_token, s.mlflow_admin_password]
+    secrets = [v.get_secret_value() for v in values if v is not None]
+    assert len(set(secrets)) == 4 and all(len(v) >= 43 for v in secrets)
+    assert s.development_defaults() == []
+    # What `hearth up` generated passes production's rules as it is.
+    assert Settings(home=tmp_path / "home", env="production").api_key == s.api_key
+
+
+def test_the_environment_overrides_the_secrets_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ensure_secrets(tmp_path)
+    monkeypatch.setenv("HEARTH_HOME", str(tmp_path))
+    monkeypatch.setenv("HEARTH_API_KEY", "from-the-environment")
+    s = Settings()
+    assert s.api_key.get_secret_value() == "from-the-environment"
+    assert (
+        s.admin_token.get_secret_value()
+        == read_secrets(tmp_path / "secrets.env")["HEARTH_ADMIN_TOKEN"]
+    )
+
+
+def test_a_missing_secret_is_added_and_a_loose_mode_tightened(tmp_path: Path) -> None:
+    path = tmp_path / "secrets.env"
+    path.write_text("HEARTH_API_KEY=mine-and-long-enough-for-anything-really\n")
+    path.chmod(0o644)
+    _, made = ensure_secrets(tmp_path)
+    assert "HEARTH_API_KEY" not in made and "HEARTH_ADMIN_TOKEN" in made
+    assert read_secrets(path)["HEARTH_API_KEY"] == "mine-and-long-enough-for-anything-really"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [("127.0.0.1", True), ("127.1.2.3", True), ("::1", True), ("[::1]", True),
+     ("localhost", True), ("0.0.0.0", False), ("::", False), ("192.168.1.10", False),
+     ("no-such-host.invalid", False)],
+)  # fmt: skip
+def test_is_loopback(host: str, loopback: bool) -> None:
+    assert is_loopback(host) is loopback
+
+
+def test_a_non_loopback_bind_is_refused_with_development_defaults(tmp_path: Path) -> None:
+    dev = Settings(home=tmp_path)
+    problem = dev.bind_problem("0.0.0.0")
+    assert problem is not None
+    assert "0.0.0.0" in problem
+    assert "HEARTH_API_KEY, HEARTH_ADMIN_TOKEN, HEARTH_INTERNAL_TOKEN are" in problem
+    assert "hearth secrets" in problem and str(tmp_path / "secrets.env") in problem
+    assert dev.bind_problem("127.0.0.1") is None and dev.bind_problem("localhost") is None
+    ensure_secrets(tmp_path)
+    assert Settings(home=tmp_path).bind_problem("0.0.0.0") is None
+    one_left = Settings(home=tmp_path, internal_token="dev-internal-token")
+    assert "while HEARTH_INTERNAL_TOKEN is the development default" in str(
+        one_left.bind_problem("0.0.0.0")
+    )
+
+
+def test_clients_get_the_stacks_credentials_only_beyond_loopback(tmp_path: Path) -> None:
+    ensure_secrets(tmp_path)
+    local = Settings(home=tmp_path).environment()
+    assert "MLFLOW_TRACKING_PASSWORD" not in local and "PREFECT_API_AUTH_STRING" not in local
+    wide = Settings(home=tmp_path, mlflow_host="0.0.0.0", prefect_host="0.0.0.0")
+    env, found = wide.environment(), read_secrets(tmp_path / "secrets.env")
+    assert env["MLFLOW_TRACKING_USERNAME"] == "hearth"
+    assert env["MLFLOW_TRACKING_PASSWORD"] == found["HEARTH_MLFLOW_ADMIN_PASSWORD"]
+    assert env["PREFECT_API_AUTH_STRING"] == found["HEARTH_PREFECT_AUTH_STRING"]
+    assert env["PREFECT_API_AUTH_STRING"].startswith("hearth:")
 
 
 # -- rollout profiles ----------------------------------------------------------------------

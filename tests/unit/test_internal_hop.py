@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import bentoml
+import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
@@ -12,7 +13,10 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from bentos.hop import serve_internal_first
+from hearth.serving.auth import INTERNAL_TOKEN_HEADER
 from hearth.serving.internal import PREFIX, InternalApp, Reply, internal_first
+
+TOKEN = {INTERNAL_TOKEN_HEADER: "t0ken"}
 
 
 async def _internal(request: Request) -> PlainTextResponse:
@@ -28,7 +32,7 @@ INTERNAL = Starlette(routes=[Route(PREFIX + "/ping", _internal)])
 
 def test_internal_paths_go_to_the_internal_app_and_the_rest_to_the_app() -> None:
     app = Starlette(routes=[Route("/{path:path}", _app)])
-    with TestClient(internal_first(app, INTERNAL)) as client:
+    with TestClient(internal_first(app, INTERNAL, token="t0ken"), headers=TOKEN) as client:
         assert client.get(f"{PREFIX}/ping").text == f"internal {PREFIX}/ping"
         assert client.get("/predict").text == "app /predict"
         # Only the prefix as a path segment counts: /internalx is the app's.
@@ -61,14 +65,22 @@ class Toy:
 Toy.add_asgi_middleware(Seen)
 
 
-def test_a_bentoml_service_keeps_its_apis_and_answers_the_hop_first() -> None:
+def test_a_bentoml_service_keeps_its_apis_and_answers_the_hop_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     assert isinstance(Toy, bentoml.Service)
+    monkeypatch.setenv("HEARTH_INTERNAL_TOKEN", "t0ken")  # what the service requires
     with TestClient(Toy.to_asgi()) as client:  # the app a BentoML worker serves
+        # Without the internal token neither the hop nor the APIs answer; the probes do.
+        assert client.get(f"{PREFIX}/ping").status_code == 401
+        assert client.post("/hello", json={"name": "x"}).status_code == 401
+        assert client.get("/livez").status_code == 200
+        client.headers.update(TOKEN)
         assert client.get(f"{PREFIX}/ping").text == f"internal {PREFIX}/ping"
         # BentoML's own stack still serves its APIs.
         assert client.post("/hello", json={"name": "hearth"}).text == "hello hearth"
     # The hop never entered BentoML's stack; the API call did.
-    assert Seen.paths == ["/hello"]
+    assert Seen.paths == ["/livez", "/hello"]
 
 
 def test_internal_app_routes_by_method_and_path_and_reads_the_whole_body() -> None:

@@ -20,6 +20,7 @@ from hearth.bench.load import Endpoint, Sample
 from hearth.config import NO_TELEMETRY_ENV, Settings
 from hearth.launch.launcher import Launched, free_port, launch
 from hearth.launch.topologies import serve_command
+from hearth.serving.auth import INTERNAL_TOKEN_HEADER
 from hearth.serving.internal import PREDICT, PREFIX
 from hearth.serving.model_cache import CACHE_DIR
 from hearth.traffic.state_sqlite import STATE_FILE, SQLiteStateStore
@@ -29,6 +30,7 @@ HOST = "127.0.0.1"
 # hop), not on the BentoML API of the same lane, whose per-request work would hide batching.
 MODEL_ROUTE = PREFIX + PREDICT
 BENCH_KEY = "bench-key"
+BENCH_INTERNAL_TOKEN = "bench-internal-token"  # what the model-service contenders require
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,7 @@ def server_env(
         HEARTH_DATA_DIR=str(source.data_dir.resolve()),
         HEARTH_PARAMS_FILE=str(source.params_file.resolve()),
         HEARTH_API_KEY=BENCH_KEY,
+        HEARTH_INTERNAL_TOKEN=BENCH_INTERNAL_TOKEN,
         MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false",
         # mlflow models serve execs `uvicorn` by name: this interpreter's scripts come first.
         PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
@@ -192,7 +195,8 @@ def build_server(name: str, source: Settings, root: Path, work: Path) -> Server:
         monolith_home = work / f"monolith{suffix}"
         env = server_env(source, root, monolith_home, HEARTH_MODEL_BATCHING=batching)
         cmd = [*bentoml_serve, "bentos.model:Model"]
-        return Server(spec, cmd, env, root, log, MODEL_ROUTE, "/readyz")
+        token = ((INTERNAL_TOKEN_HEADER, BENCH_INTERNAL_TOKEN),)
+        return Server(spec, cmd, env, root, log, MODEL_ROUTE, "/readyz", headers=token)
     raise KeyError(name)
 
 

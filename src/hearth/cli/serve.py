@@ -93,9 +93,12 @@ def serve(
     if topology not in TOPOLOGIES:
         fail(f"unknown topology {topology!r}", f"choose from {', '.join(TOPOLOGIES)}")
     ctx = load_context()
+    s = ctx.settings
+    # No development default secret serves beyond loopback (before any slow work).
+    if problem := s.bind_problem(host or s.serving_host):
+        fail(problem)
     _served(ctx)
     _serving_store(ctx)
-    s = ctx.settings
     cmd = [
         sys.executable, "-m", "bentoml", "serve", TOPOLOGIES[topology],
         "--host", host or s.serving_host, "--port", str(port or s.serving_port),

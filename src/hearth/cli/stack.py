@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from hearth.cli._common import console, fail, load_context
-from hearth.config import project_root
+from hearth.config import ensure_secrets, project_root
 from hearth.launch.topologies import TOPOLOGIES
 
 commands = typer.Typer()
@@ -34,8 +34,13 @@ def up(
 
     if topology not in TOPOLOGIES:
         fail(f"unknown topology {topology!r}", f"choose from {', '.join(TOPOLOGIES)}")
+    _secrets()  # before Settings: they read the file (and production requires real secrets)
     ctx = load_context()
     stack = Stack(ctx.settings, topology, project_root())
+    if serve and (problem := ctx.settings.bind_problem(ctx.settings.serving_host)):
+        fail(problem)
+    for line in stack.auth_notes():
+        console.print(line)
     try:
         started = stack_up(stack, serve=serve, say=console.print)
     except StackError as exc:
@@ -44,6 +49,24 @@ def up(
     for r in started:
         console.print(f"  {r.name:<15} {r.url or '(no UI)':<28} log {r.log}")
     console.print("stop it with `hearth down`; check it with `hearth ps`")
+
+
+@commands.command("secrets")
+def secrets_() -> None:
+    """Write random secrets into HEARTH_HOME/secrets.env (mode 0600) unless there; say where."""
+    _secrets()
+
+
+def _secrets() -> None:
+    path, made = ensure_secrets()
+    if made:
+        console.print(f"secrets: generated {', '.join(made)} into {path} (mode 0600)")
+    else:
+        console.print(f"secrets: {path} (reused)")
+    console.print(
+        f"  the environment and .env override them; for your shell or clients: "
+        f"`set -a; . {path}; set +a`"
+    )
 
 
 @commands.command()

@@ -1,7 +1,10 @@
-"""Secrets checked by the gateway: missing → 401, wrong → 403, compared in constant time.
+"""Secrets checked by Hearth's servers: missing → 401, wrong → 403, compared in constant time.
 
 The API key (``X-API-Key``) scores transactions; the admin token (``X-Admin-Token``)
-controls rollouts. They are distinct: the API key never opens the admin API.
+controls rollouts. They are distinct: the API key never opens the admin API. The internal
+token (``X-Internal-Token``, or ``Authorization: Bearer`` as BentoML's own clients send it)
+is what the features and model services require of the gateway: nobody else on their
+network may rewrite a customer's state or call a model.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import hmac
 from hearth.config import API_KEY_HEADER
 
 ADMIN_TOKEN_HEADER = "X-Admin-Token"
+INTERNAL_TOKEN_HEADER = "X-Internal-Token"
 
 
 class AuthError(Exception):
@@ -40,3 +44,23 @@ def check_api_key(presented: str | None, expected: str) -> None:
 def check_admin_token(presented: str | None, expected: str) -> None:
     """Raise `AuthError` (401 or 403) unless `presented` is the admin token."""
     check_secret(ADMIN_TOKEN_HEADER, presented, expected)
+
+
+def check_internal_token(presented: str | None, expected: str) -> None:
+    """Raise `AuthError` (401 or 403) unless `presented` is the internal token."""
+    check_secret(INTERNAL_TOKEN_HEADER, presented, expected)
+
+
+def presented_internal_token(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """The internal token an ASGI request carries: its ``X-Internal-Token`` header, else the
+    credentials of an ``Authorization: Bearer`` header (``bentoml.SyncHTTPClient(token=…)``)."""
+    bearer = None
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered == b"x-internal-token":
+            return value.decode("latin-1")
+        if lowered == b"authorization":
+            scheme, _, credentials = value.decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer":
+                bearer = credentials.strip()
+    return bearer

@@ -118,7 +118,8 @@ def microservices_gateway(
     on its own, so a slow challenger never sits in the champion's batch.
     """
     timeout = ctx.settings.model_timeout_s
-    clients = [InternalClient(features_url), InternalClient(model_url)]
+    token = ctx.settings.internal_token.get_secret_value()  # the services require it
+    clients = [InternalClient(url, token=token) for url in (features_url, model_url)]
     features, model = FeaturesCalls(clients[0]), ModelCalls(clients[1])  # one pool per service
     remote_features = RemoteFeatures(features.observe, features.ready, timeout_s=timeout)
     remote_model = RemoteModel(model.predict, model.ready, timeout_s=timeout)

@@ -13,6 +13,10 @@ under load, that stack and the Starlette app it mounted took ~65 % of the model 
 samples, the handler itself ~6 %.
 BentoML's API client and IO descriptors are not on this path either (~6 ms of CPU per hop).
 
+Every request to such a service, on the hop or on its BentoML APIs, must carry the shared
+internal token (``X-Internal-Token``, HEARTH_INTERNAL_TOKEN; `internal_first` checks it in
+constant time before anything else runs); only the probes in `OPEN_PATHS` answer without.
+
 Trace context (``traceparent``, and ``baggage`` with the request id) travels in the headers;
 with tracing on, `internal_first` wraps the internal app in OpenTelemetry's ASGI middleware
 on BentoML's tracer provider, so the trace continues in the service as it did before.
@@ -35,6 +39,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from hearth.features.online import Transaction
 from hearth.observability import tracing
+from hearth.serving.auth import (
+    INTERNAL_TOKEN_HEADER,
+    AuthError,
+    check_internal_token,
+    presented_internal_token,
+)
 from hearth.serving.batching import Batcher
 from hearth.serving.errors import Unavailable
 from hearth.serving.gateway import observe_rows
@@ -49,6 +59,9 @@ JSON = "application/json"
 # Connections per target service: enough for the gateway's concurrency (c=128 in the bench)
 # without a queue in the pool, bounded so a flood cannot exhaust file descriptors.
 MAX_CONNECTIONS = 256
+# BentoML's probes and metrics: a service's only paths that answer without the internal token
+# (an orchestrator's health checks carry no secret; the metrics hold no customer data).
+OPEN_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/metrics"})
 
 _ROWS = TypeAdapter(list[FeatureRow])
 _ITEMS = TypeAdapter(list[ScoreItem])
@@ -129,15 +142,20 @@ class InternalClient:
 
     `url`: ``http(s)://host:port`` (HEARTH_FEATURES_URL / HEARTH_MODEL_URL), or the address
     `bentoml serve` gave a local dependency: ``tcp://host:port`` or a ``file://`` Unix socket.
+    `token`: the internal token, sent with every request (HEARTH_INTERNAL_TOKEN).
     Connections are opened on demand (at most `max_connections` at once; more callers wait
     for one) and belong to the event loop that opened them. No timeout here: callers bound
     each call (gateway `_call` → 503 + Retry-After); a cancelled call closes its connection,
     whose response would otherwise arrive for the next request.
     """
 
-    def __init__(self, url: str, max_connections: int = MAX_CONNECTIONS) -> None:
+    def __init__(self, url: str, max_connections: int = MAX_CONNECTIONS, token: str = "") -> None:
         self.url = url
         self.target = _target(url)
+        # Host and token lines of every request head, formatted once.
+        self._fixed = f"Host: {self.target.host}\r\n" + (
+            f"{INTERNAL_TOKEN_HEADER}: {token}\r\n" if token else ""
+        )
         self.max_connections = max_connections
         self._idle: list[_Connection] = []
         self._slots: asyncio.Semaphore | None = None
@@ -146,7 +164,7 @@ class InternalClient:
         """POST a JSON body to PREFIX + path; the response body (InternalError unless 200)."""
         headers = "".join(f"{k}: {v}\r\n" for k, v in tracing.propagation_headers().items())
         head = (
-            f"POST {PREFIX}{path} HTTP/1.1\r\nHost: {self.target.host}\r\n"
+            f"POST {PREFIX}{path} HTTP/1.1\r\n{self._fixed}"
             f"Content-Type: {JSON}\r\nContent-Length: {len(body)}\r\n{headers}\r\n"
         )
         status, raw = await self._send(head.encode() + body)
@@ -157,7 +175,7 @@ class InternalClient:
 
     async def ok(self, path: str) -> bool:
         """Whether GET PREFIX + path answers 200."""
-        head = f"GET {PREFIX}{path} HTTP/1.1\r\nHost: {self.target.host}\r\n\r\n"
+        head = f"GET {PREFIX}{path} HTTP/1.1\r\n{self._fixed}\r\n"
         status, _ = await self._send(head.encode())
         return status == 200
 
@@ -393,9 +411,14 @@ def model_app(get_lane: Callable[[str], Batcher], is_ready: Callable[[], bool]) 
 
 
 # -- in front of BentoML ----------------------------------------------------------------------
-def internal_first(app: ASGIApp, internal: ASGIApp, tracer_provider: Any = None) -> ASGIApp:
+def internal_first(
+    app: ASGIApp, internal: ASGIApp, tracer_provider: Any = None, *, token: str
+) -> ASGIApp:
     """`app` (a service's BentoML app), except that HTTP requests under PREFIX go straight
-    to `internal`. `tracer_provider`: trace those requests too (OpenTelemetry ASGI)."""
+    to `internal`. `tracer_provider`: trace those requests too (OpenTelemetry ASGI).
+
+    Every HTTP request but the probes (`OPEN_PATHS`) must carry `token`, the internal token:
+    401 without it, 403 with another (an empty `token` refuses them all), as JSON."""
     if tracer_provider is not None:
         from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 
@@ -403,9 +426,25 @@ def internal_first(app: ASGIApp, internal: ASGIApp, tracer_provider: Any = None)
     prefix = PREFIX + "/"
 
     async def dispatch(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] not in OPEN_PATHS:
+            try:
+                check_internal_token(presented_internal_token(scope["headers"]), token)
+            except AuthError as exc:
+                await _refuse(send, exc)
+                return
         if scope["type"] == "http" and scope["path"].startswith(prefix):
             await internal(scope, receive, send)
         else:
             await app(scope, receive, send)
 
     return dispatch
+
+
+async def _refuse(send: Send, exc: AuthError) -> None:
+    """Answer a request that `exc` refused, as the gateway does: ``{"error": …}``."""
+    body = pydantic_core.to_json({"error": exc.message})
+    headers = [(b"content-type", JSON.encode()), (b"content-length", str(len(body)).encode())]
+    if exc.status == 401:
+        headers.append((b"www-authenticate", b"Bearer"))
+    await send({"type": "http.response.start", "status": exc.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -4,10 +4,19 @@ MLflow first (flows log through it), then Prefect's server, the work pool and th
 deployments, the worker, and last the serving stack. Every service gets the same
 environment: Hearth's Settings exported, the Prefect API and the MLflow server as URLs, and
 JSON logs.
+
+MLflow or Prefect bound beyond loopback turn on their own auth: MLflow's basic-auth app
+(admin `hearth`, its password HEARTH_MLFLOW_ADMIN_PASSWORD) and Prefect's API auth string
+(HEARTH_PREFECT_AUTH_STRING), both from the secrets file that `hearth up` writes; every
+client the stack starts gets the credentials (Settings.environment). On loopback both stay
+as they are by default, without auth.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import importlib.util
 import os
 import subprocess
 import sys
@@ -18,7 +27,7 @@ from pathlib import Path
 
 import httpx
 
-from hearth.config import Settings
+from hearth.config import STACK_ADMIN_USER, Settings
 from hearth.launch.launcher import http_ok
 from hearth.launch.topologies import READY_PATH, serve_command
 from hearth.stack import process
@@ -26,6 +35,7 @@ from hearth.stack.process import Running, StackError
 
 WORK_POOL = "hearth-process"
 PYTHON = sys.executable
+MLFLOW_AUTH_INI = "mlflow-auth.ini"  # under HEARTH_HOME: where the basic-auth app keeps users
 
 
 @dataclass(frozen=True)
@@ -38,6 +48,7 @@ class Service:
     health_url: str | None  # 200 means healthy; None: `healthy` decides
     timeout_s: float = 120.0
     healthy: Callable[[], bool] | None = field(default=None, compare=False)
+    env: dict[str, str] = field(default_factory=dict)  # this service's own, over the stack's
 
     def check(self) -> bool:
         if self.healthy is not None:
@@ -91,6 +102,23 @@ class Stack:
         )
         return env
 
+    def auth_notes(self) -> list[str]:
+        """What `hearth up` says about the auth of MLflow and Prefect (on only beyond loopback)."""
+        s, notes = self.settings, []
+        for name, on, host, how in (
+            ("MLflow", s.mlflow_auth, s.mlflow_host,
+             f"basic auth, user {STACK_ADMIN_USER}, password HEARTH_MLFLOW_ADMIN_PASSWORD"),
+            ("Prefect", s.prefect_auth, s.prefect_host,
+             "its API auth string, HEARTH_PREFECT_AUTH_STRING"),
+        ):  # fmt: skip
+            where = f"{name} binds {host}"
+            notes.append(
+                f"{where}, beyond loopback: auth on ({how}; in the secrets file)"
+                if on
+                else f"{where} (loopback): no auth"
+            )
+        return notes
+
     # -- the services ---------------------------------------------------------------------
     def mlflow(self) -> Service:
         s = self.settings
@@ -104,14 +132,69 @@ class Stack:
             "--default-artifact-root", str(s.mlflow_artifact_root),
             "--host", s.mlflow_host, "--port", str(s.mlflow_port), "--workers", "1",
         ]  # fmt: skip
-        return Service("mlflow", cmd, self.mlflow_url, f"{self.mlflow_url}/health")
+        env = {}
+        if s.mlflow_auth:
+            cmd += ["--app-name", "basic-auth"]
+            env = self.mlflow_auth_env()
+        # /health answers without credentials in the basic-auth app too.
+        return Service("mlflow", cmd, self.mlflow_url, f"{self.mlflow_url}/health", env=env)
+
+    def mlflow_auth_env(self) -> dict[str, str]:
+        """The basic-auth app's configuration (users in HEARTH_HOME), and its admin."""
+        s = self.settings
+        if importlib.util.find_spec("flask_wtf") is None:
+            raise StackError(
+                f"MLflow binds {s.mlflow_host}, beyond loopback, so `hearth up` runs its "
+                "basic-auth app, which needs Flask-WTF: `pip install 'mlflow[auth]'` (or bind "
+                "HEARTH_MLFLOW_HOST=127.0.0.1)"
+            )
+        if s.mlflow_admin_password is None:
+            raise StackError("HEARTH_MLFLOW_ADMIN_PASSWORD is not set: run `hearth secrets`")
+        password = s.mlflow_admin_password.get_secret_value()
+        ini = s.home_abs / MLFLOW_AUTH_INI
+        ini.parent.mkdir(parents=True, exist_ok=True)
+        ini.write_text(
+            "[mlflow]\n"
+            "default_permission = NO_PERMISSIONS\n"
+            f"database_uri = sqlite:///{s.home_abs / 'mlflow-auth.db'}\n"
+            f"admin_username = {STACK_ADMIN_USER}\n"
+            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        )
+        return {
+            "MLFLOW_AUTH_CONFIG_PATH": str(ini),
+            # The admin is made with this password on the first start (not in the ini: the
+            # secret stays in the 0600 secrets file).
+            "MLFLOW_AUTH_ADMIN_USERNAME": STACK_ADMIN_USER,
+            "MLFLOW_AUTH_ADMIN_PASSWORD": password,
+            # Flask's session/CSRF key: static across restarts, derived from the password.
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": hashlib.sha256(
+                f"hearth-mlflow-flask:{password}".encode()
+            ).hexdigest(),
+        }
 
     def prefect_server(self) -> Service:
         s = self.settings
         cmd = [PYTHON, "-m", "prefect", "server", "start",
                "--host", s.prefect_host, "--port", str(s.prefect_port)]  # fmt: skip
         ui = self.prefect_api.removesuffix("/api")
-        return Service("prefect-server", cmd, ui, f"{self.prefect_api}/health")
+        env = {}
+        if s.prefect_auth:
+            env["PREFECT_SERVER_API_AUTH_STRING"] = self._prefect_auth_string()
+        # /api/health answers without the auth string.
+        return Service("prefect-server", cmd, ui, f"{self.prefect_api}/health", env=env)
+
+    def _prefect_auth_string(self) -> str:
+        auth = self.settings.prefect_auth_string
+        if auth is None:
+            raise StackError("HEARTH_PREFECT_AUTH_STRING is not set: run `hearth secrets`")
+        return auth.get_secret_value()
+
+    def prefect_headers(self) -> dict[str, str]:
+        """Headers of a request to the stack's Prefect API (its auth string, when on)."""
+        if not self.settings.prefect_auth:
+            return {}
+        token = base64.b64encode(self._prefect_auth_string().encode()).decode()
+        return {"Authorization": f"Basic {token}"}
 
     def worker(self) -> Service:
         cmd = [PYTHON, "-m", "prefect", "worker", "start", "--pool", WORK_POOL,
@@ -129,7 +212,7 @@ class Stack:
         """True when the work pool has a worker that Prefect sees as online."""
         try:
             r = httpx.post(f"{self.prefect_api}/work_pools/{WORK_POOL}/workers/filter", json={},
-                           timeout=5)  # fmt: skip
+                           headers=self.prefect_headers(), timeout=5)  # fmt: skip
         except httpx.HTTPError:
             return False
         return r.status_code == 200 and any(w.get("status") == "ONLINE" for w in r.json())

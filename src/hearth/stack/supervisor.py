@@ -34,7 +34,13 @@ def _start(stack: Stack, service: Service, running: list[Running], say: Say) -> 
     log = home / "logs" / f"{service.name}.log"
     say(f"starting {service.name} (log: {log})")
     started = launcher.launch(
-        service.name, service.cmd, stack.env(), stack.repo_dir, log, service.check, append=True
+        service.name,
+        service.cmd,
+        {**stack.env(), **service.env},
+        stack.repo_dir,
+        log,
+        service.check,
+        append=True,
     )
     record(home, running, service, started.pid, log)
     try:
