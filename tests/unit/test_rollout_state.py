@@ -23,11 +23,13 @@ from hearth.traffic.rollout_state import (
     RolloutConflict,
     RolloutState,
     Served,
-    StateStore,
     StateUnavailable,
     new_rollout,
 )
 from hearth.traffic.state_sqlite import SQLiteStateStore
+from hearth.traffic.state_store import (
+    StateStore,
+)
 from hearth.traffic.stores import open_state_store, state_path
 
 PARAMS = RolloutParams()

@@ -33,9 +33,11 @@ from hearth.traffic.rollout_state import (
     RolloutConflict,
     RolloutState,
     Served,
-    StateStore,
     UnknownVersion,
     new_rollout,
+)
+from hearth.traffic.state_store import (
+    StateStore,
 )
 from hearth.traffic.stores import using_state_store
 

@@ -29,7 +29,14 @@ from hearth.rollout import control, rollout_report
 from hearth.rollout.promotion import aliases
 from hearth.rollout.verdict import Verdict, analyse_state
 from hearth.traffic.prediction_log import DB_FILE, PredictionLog
-from hearth.traffic.rollout_state import InvalidRollout, Mode, RolloutState, StateStore
+from hearth.traffic.rollout_state import (
+    InvalidRollout,
+    Mode,
+    RolloutState,
+)
+from hearth.traffic.state_store import (
+    StateStore,
+)
 from hearth.traffic.stores import open_state_store
 
 log = logging.getLogger(__name__)

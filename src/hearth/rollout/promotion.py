@@ -46,9 +46,11 @@ from hearth.traffic.rollout_state import (
     RolloutState,
     Scalar,
     Served,
-    StateStore,
     UnknownVersion,
     new_rollout,
+)
+from hearth.traffic.state_store import (
+    StateStore,
 )
 from hearth.traffic.stores import using_state_store
 

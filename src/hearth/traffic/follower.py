@@ -14,7 +14,13 @@ import time
 from collections.abc import Callable
 
 from hearth.traffic.assignment import DEFAULT_BUCKETS, Route, route_for
-from hearth.traffic.rollout_state import Served, StateStore, StateUnavailable
+from hearth.traffic.rollout_state import (
+    Served,
+    StateUnavailable,
+)
+from hearth.traffic.state_store import (
+    StateStore,
+)
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,15 @@ from redis.client import Pipeline
 
 from hearth.storage.redis import Update, compare_and_set, connect, translate_errors
 from hearth.storage.redis import ping as redis_ping
-from hearth.traffic.rollout_state import Served, StateStore, StateUnavailable, StoredServed, Write
+from hearth.traffic.rollout_state import (
+    Served,
+    StateUnavailable,
+)
+from hearth.traffic.state_store import (
+    StateStore,
+    StoredServed,
+    Write,
+)
 
 REDIS_PREFIX = "hearth:rollout:"
 _WHERE = "rollout state on Redis"

@@ -12,7 +12,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from hearth.storage.sqlite import SQLiteFile
-from hearth.traffic.rollout_state import Served, StateStore, StateUnavailable, StoredServed, Write
+from hearth.traffic.rollout_state import (
+    Served,
+    StateUnavailable,
+)
+from hearth.traffic.state_store import (
+    StateStore,
+    StoredServed,
+    Write,
+)
 
 STATE_FILE = "rollout.sqlite"
 

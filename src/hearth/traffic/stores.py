@@ -7,8 +7,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from hearth.config import Settings
-from hearth.traffic.rollout_state import StateStore
 from hearth.traffic.state_sqlite import STATE_FILE, SQLiteStateStore
+from hearth.traffic.state_store import (
+    StateStore,
+)
 
 
 def state_path(settings: Settings) -> Path:
