@@ -6,6 +6,8 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+# pip's own version: `make lock` locks it (with its hash); `make install` installs it first.
+PIP_VERSION := 26.3
 # Nothing Hearth runs may phone home.
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export GX_ANALYTICS_ENABLED := false
@@ -25,9 +27,12 @@ help: ## Show this help
 $(STAMP): requirements.lock pyproject.toml
 	@echo "==> creating $(VENV) with $(PYTHON) and installing the locked dependencies (a few minutes the first time)"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@set -o pipefail; $(BIN)/pip install -q --upgrade pip $(PIP_QUIET)
-	@set -o pipefail; $(BIN)/pip install -q -r requirements.lock $(PIP_QUIET)
-	@set -o pipefail; $(BIN)/pip install -q --no-deps -e . $(PIP_QUIET)
+	@# pip first, at the locked version and hash; then every package by hash, none unhashed.
+	@grep -E '^pip==' requirements.lock > $(VENV)/pip.lock
+	@set -o pipefail; $(BIN)/pip install -q --require-hashes -r $(VENV)/pip.lock $(PIP_QUIET)
+	@set -o pipefail; $(BIN)/pip install -q --require-hashes -r requirements.lock $(PIP_QUIET)
+	@# Hearth itself, editable, built by the locked setuptools (no isolated, unhashed build env).
+	@set -o pipefail; $(BIN)/pip install -q --no-deps --no-build-isolation -e . $(PIP_QUIET)
 	@touch $@
 
 .PHONY: install
@@ -58,14 +63,14 @@ test-fast: install ## Only the tests not marked slow
 
 .PHONY: lint
 lint: install ## ruff lint and format check; import-linter holds the layers
-	$(BIN)/ruff check src flows bentos tests benchmarks
-	$(BIN)/ruff format --check src flows bentos tests benchmarks
+	$(BIN)/ruff check src flows bentos tests benchmarks tools
+	$(BIN)/ruff format --check src flows bentos tests benchmarks tools
 	$(BIN)/lint-imports
 
 .PHONY: format
 format: install ## Apply ruff's fixes and formatting
-	$(BIN)/ruff check --fix src flows bentos tests benchmarks
-	$(BIN)/ruff format src flows bentos tests benchmarks
+	$(BIN)/ruff check --fix src flows bentos tests benchmarks tools
+	$(BIN)/ruff format src flows bentos tests benchmarks tools
 
 .PHONY: typecheck
 typecheck: install ## mypy on src/, flows/ and bentos/
@@ -112,12 +117,12 @@ prefect-ui: install ## Prefect UI on http://127.0.0.1:4200 over Hearth's Prefect
 	$(BIN)/hearth ui prefect
 
 .PHONY: lock
-lock: ## Re-resolve requirements.lock from pyproject.toml in a scratch venv
+lock: ## Re-lock requirements.lock with sha256 hashes (keeps locked versions; UPGRADE=1 re-resolves all)
 	rm -rf /tmp/hearth-lock && $(PYTHON) -m venv /tmp/hearth-lock
-	/tmp/hearth-lock/bin/pip install -q --upgrade pip
-	/tmp/hearth-lock/bin/pip install -q -e '.[dev]' $(PIP_QUIET)
-	( sed -n '1,2p' requirements.lock; /tmp/hearth-lock/bin/pip freeze --exclude-editable | sed 's/^torch==\(.*\)+cpu/torch==\1/' ) > requirements.lock.new
-	mv requirements.lock.new requirements.lock
+	@set -o pipefail; /tmp/hearth-lock/bin/pip install -q pip==$(PIP_VERSION) $(PIP_QUIET)
+	@set -o pipefail; $(PYTHON) tools/lock.py --pip /tmp/hearth-lock/bin/pip \
+		--pip-version $(PIP_VERSION) $(if $(UPGRADE),--upgrade) $(PIP_QUIET)
+	rm -rf /tmp/hearth-lock
 
 .PHONY: clean
 clean: ## Remove Hearth's state (.hearth), generated data and reports; keeps .venv

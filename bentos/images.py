@@ -34,7 +34,8 @@ def pins(names: tuple[str, ...]) -> list[str]:
         for line in _LOCK.read_text().splitlines():
             name, sep, version = line.partition("==")
             if sep:
-                locked[name.strip().lower()] = version.strip()
+                # "2.13.0+cpu --hash=sha256:…" → "2.13.0": no hash, no local build label.
+                locked[name.strip().lower()] = version.split()[0].split("+")[0]
     return [f"{n}=={locked[n.lower()]}" if n.lower() in locked else n for n in names]
 
 

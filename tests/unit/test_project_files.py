@@ -97,3 +97,29 @@ def test_every_package_is_listed_in_pyproject() -> None:
         if p.suffix in {".py", ".json"} and "__pycache__" not in p.parts
     }
     assert on_disk <= listed, f"add to [tool.setuptools] packages: {sorted(on_disk - listed)}"
+
+
+def test_lock_pins_every_package_with_a_hash() -> None:
+    """`make install` runs `pip install --require-hashes -r requirements.lock`: one unhashed or
+    unpinned line and the whole install stops, so catch it here. pip pins itself from the lock
+    and setuptools (the build backend) is there for the editable install."""
+    import re
+    import tomllib
+
+    line_re = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)( --hash=sha256:[0-9a-f]{64})+$")
+    canonical = lambda name: re.sub(r"[-_.]+", "-", name).lower()  # noqa: E731
+    locked = {}
+    for line in (ROOT / "requirements.lock").read_text().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        match = line_re.match(line)
+        assert match, f"requirements.lock: not `name==version --hash=sha256:…`: {line!r}"
+        locked[canonical(match[1])] = match[2]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    direct = [*project["dependencies"], *project["optional-dependencies"]["dev"]]
+    names = {canonical(re.split(r"[<>=!~\[; ]", d, maxsplit=1)[0]) for d in direct}
+    assert names | {"pip", "setuptools"} <= set(locked), sorted(names - set(locked))
+    assert "hearth" not in locked, "Hearth itself is installed editable, not from the lock"
+    makefile = (ROOT / "Makefile").read_text()
+    assert "--require-hashes -r requirements.lock" in makefile
+    assert f"PIP_VERSION := {locked['pip']}" in makefile, "Makefile's PIP_VERSION ≠ the lock's pip"
