@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import bentoml
@@ -43,12 +44,12 @@ class Features:
     def __is_ready__(self) -> bool:
         return self.store.ready
 
-    # The same as /internal/observe, as a BentoML API for other clients. async: a store
-    # read-modify-write takes ~0.1 ms, less than a worker thread's round trip.
+    # The same as /internal/observe, as a BentoML API for other clients; the store call runs
+    # in a worker thread (it may wait on SQLite's busy timeout or Redis), not on the loop.
     @bentoml.api
     async def observe(self, transactions: list[dict[str, Any]]) -> list[FeatureRow]:
         txns = [Transaction.from_mapping(t) for t in transactions]
-        return observe_rows(self.store.get(), txns)
+        return await asyncio.to_thread(observe_rows, self.store.get(), txns)
 
     @bentoml.api
     def ready(self) -> bool:

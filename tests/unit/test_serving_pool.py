@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 import torch
+from prometheus_client import REGISTRY
 
-from hearth.config import RolloutParams
+from hearth.config import CHALLENGER, CHAMPION, RolloutParams
 from hearth.features.definitions import FEATURES
+from hearth.features.online import Transaction
 from hearth.model.evaluate import Thresholds
 from hearth.model.experiment import TrainConfig
 from hearth.model.feature_spec import FeatureSpec
 from hearth.model.scorer import FraudScorer
-from hearth.serving.catalog import DirCatalog
+from hearth.serving.catalog import DirCatalog, ModelRecord
 from hearth.serving.errors import ModelUnavailable
 from hearth.serving.pool import ModelPool, decide
+from hearth.serving.routing import RolloutRouter
 from hearth.serving.schemas import ScoreItem
+from hearth.traffic.assignment import assign
 from hearth.traffic.rollout_state import Served, new_rollout
 from tests.helpers import synthetic_features
 
@@ -143,3 +149,91 @@ def test_an_unserved_variant_is_unavailable(models_root: Path, rows: list[dict])
     pool.reload()
     with pytest.raises(ModelUnavailable):
         pool.score([ScoreItem(variant="challenger", features=rows[0])])
+
+
+# -- a rollout takes effect in a process once that process has loaded its challenger ------
+class GatedCatalog(DirCatalog):
+    """Loading `gated` waits until the test opens the gate (a slow download, a big model)."""
+
+    def __init__(self, root: Path, gated: str) -> None:
+        super().__init__(root, "dv")
+        self.gated, self.gate = gated, threading.Event()
+
+    def record(self, version: str) -> ModelRecord:
+        if version == self.gated:
+            assert self.gate.wait(30), "the test never opened the gate"
+        return super().record(version)
+
+
+class Snapshot:
+    """A follower's face for `RolloutRouter`: the state the test sets, in memory."""
+
+    buckets = 10_000
+
+    def __init__(self, served: Served) -> None:
+        self.now = served
+
+    def served(self) -> Served:
+        return self.now
+
+
+def _ready_gauge(variant: str, version: str) -> float | None:
+    return REGISTRY.get_sample_value("hearth_model_ready", {"variant": variant, "version": version})
+
+
+def test_a_challenger_takes_customers_only_once_this_process_has_loaded_it(
+    models_root: Path, rows: list[dict]
+) -> None:
+    catalog = GatedCatalog(models_root, gated="2")
+    state = Snapshot(_served("1"))
+    pool = ModelPool(catalog, state, device="cpu")
+    pool.reload()
+    router = RolloutRouter(state, loaded=pool.has)  # type: ignore[arg-type]
+    rollout = new_rollout("1", "2", RolloutParams()).with_percent(50)
+    state.now = Served(champion_version="1", rollout=rollout, revision=2)
+    txns = [_txn(f"c{i}") for i in range(40)]
+    bucketed = [c for c in txns if assign(rollout.salt, c.customer_id, 50) == CHALLENGER]
+    assert bucketed, "some customers fall in the challenger's half"
+
+    pool._next_poll = 0.0
+    pool.maybe_reload()  # the state names version 2: it starts loading in the background
+    # While it loads, this process routes everyone to the champion, as if the rollout had
+    # not started here yet; the readiness gauge says so.
+    for txn in txns:
+        route = router.route(txn)
+        assert (route.variant, route.model_version) == (CHAMPION, "1")
+        assert route.rollout_id == rollout.rollout_id  # logged as the rollout's champion
+    assert _ready_gauge("challenger", "2") == 0
+    assert _ready_gauge("champion", "1") == 1
+    assert pool.readiness() == {"champion": True, "challenger": False}
+
+    catalog.gate.set()
+    _settle(pool)
+    assert pool.readiness() == {"champion": True, "challenger": True}
+    assert _ready_gauge("challenger", "2") == 1
+    # From now on the split is the rollout's, and each customer keeps its variant.
+    for txn in txns:
+        route = router.route(txn)
+        expected = CHALLENGER if txn in bucketed else CHAMPION
+        assert route.variant == expected
+        assert route.model_version == ("2" if expected == CHALLENGER else "1")
+    items = [ScoreItem(variant=CHALLENGER, model_version="2", features=rows[0])]
+    assert pool.score(items)[0].model_version == "2"
+
+
+def test_a_state_that_names_no_champion_never_unloads_the_serving_one(models_root: Path) -> None:
+    state = StateSource(_served("1"))
+    pool = ModelPool(DirCatalog(models_root, "dv"), state, device="cpu")
+    pool.reload()
+    state.now = Served(revision=7)  # e.g. Redis restarted without its data
+    pool._next_poll = 0.0
+    pool.maybe_reload()
+    assert pool.versions() == {"champion": "1"} and pool.ready
+
+
+def _txn(customer_id: str) -> Transaction:
+    return Transaction(
+        transaction_id=f"t-{customer_id}", timestamp=datetime(2026, 2, 1, 12),
+        customer_id=customer_id, merchant_id="m1", merchant_category="grocery", amount=10.0,
+        currency="EUR", channel="pos", device_id="d1", latitude=48.1, longitude=11.6,
+    )  # fmt: skip

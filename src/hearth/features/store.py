@@ -256,7 +256,7 @@ class RedisStore:
         url: str,
         prefix: str = REDIS_KEY_PREFIX,
         max_attempts: int = 100,
-        timeout_s: float = 2.0,
+        timeout_s: float = 0.5,
     ) -> None:
         # lazy: SQLite users (the default) never pay for loading redis-py.
         from hearth.storage import redis as redis_storage

@@ -28,12 +28,16 @@ class Metrics:
     feature_lookups: Any  # Counter: result (hit | miss)
     batch_size: Any  # Histogram: variant, model_version
     model_latency: Any  # Histogram: variant, model_version
+    log_dropped: Any  # Counter: prediction-log entries given up on
+    log_write_failures: Any  # Counter: failed prediction-log writes (retried)
+    log_pending: Any  # Gauge: prediction-log entries waiting to be written
+    model_ready: Any  # Gauge: version, variant (1: this process routes to it)
 
 
 @functools.cache
 def metrics() -> Metrics:
     """The process's metrics, created once."""
-    from prometheus_client import Counter, Histogram
+    from prometheus_client import Counter, Gauge, Histogram
 
     per_variant = ["variant", "model_version"]
     return Metrics(
@@ -58,6 +62,21 @@ def metrics() -> Metrics:
         model_latency=Histogram("hearth_model_inference_duration_seconds",
                                 "Model scoring time per call.", per_variant,
                                 buckets=LATENCY_BUCKETS),
+        log_dropped=Counter("hearth_prediction_log_dropped",
+                            "Prediction-log entries that could not be written and were given "
+                            "up on (each is also logged)."),
+        log_write_failures=Counter("hearth_prediction_log_write_failures",
+                                   "Failed prediction-log writes (the entries stay buffered "
+                                   "and are retried)."),
+        # Gauges per process (BentoML's multiprocess mode): a pid label on each series.
+        log_pending=Gauge("hearth_prediction_log_pending",
+                          "Prediction-log entries buffered, not yet written.",
+                          multiprocess_mode="livesum"),
+        model_ready=Gauge("hearth_model_ready",
+                          "1 when this serving process has loaded the version the rollout "
+                          "state names for this variant and routes customers to it; 0 while "
+                          "it loads, or once the state no longer names it.", ["variant", "version"],
+                          multiprocess_mode="liveall"),
     )  # fmt: skip
 
 
@@ -96,3 +115,29 @@ def record_model_call(scores: Sequence[_Scored], seconds: float) -> None:
     for (variant, version), size in groups.items():
         m.batch_size.labels(variant, version).observe(size)
         m.model_latency.labels(variant, version).observe(seconds)
+
+
+def record_log_dropped(n: int) -> None:
+    metrics().log_dropped.inc(n)
+
+
+def record_log_write_failure() -> None:
+    metrics().log_write_failures.inc()
+
+
+def set_log_pending(n: int) -> None:
+    metrics().log_pending.set(n)
+
+
+def set_model_ready(ready: dict[tuple[str, str], bool]) -> None:
+    """This process's readiness per (variant, version) the state names; a pair no longer
+    named drops to 0 (multiprocess gauges cannot remove a series)."""
+    gauge = metrics().model_ready
+    for variant, version in _model_ready_labels - set(ready):
+        gauge.labels(variant, version).set(0)
+    for (variant, version), ok in ready.items():
+        gauge.labels(variant, version).set(1 if ok else 0)
+    _model_ready_labels.update(ready)
+
+
+_model_ready_labels: set[tuple[str, str]] = set()

@@ -67,6 +67,7 @@ class Batcher:
         self._queue: deque[_Pending] = deque()
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         # One thread per lane: its forward passes run one after another, which is what lets
         # the next batch fill up. A slow challenger lane never holds the champion's thread.
         self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"batch-{name}")
@@ -84,10 +85,18 @@ class Batcher:
         return await pending.future
 
     def _ensure_worker(self) -> asyncio.Event:
-        # Created on first use: both belong to the server's event loop, not the importer's.
-        if self._wakeup is None or self._worker is None or self._worker.done():
+        # Created on first use: both belong to the server's event loop, not the importer's
+        # (and again if this lane is used from another loop: tests run one per client).
+        loop = asyncio.get_running_loop()
+        if (
+            self._wakeup is None
+            or self._worker is None
+            or self._worker.done()
+            or self._loop is not loop
+        ):
+            self._loop = loop
             self._wakeup = asyncio.Event()
-            self._worker = asyncio.create_task(self._run(self._wakeup), name=f"batch-{self.name}")
+            self._worker = loop.create_task(self._run(self._wakeup), name=f"batch-{self.name}")
         return self._wakeup
 
     async def _run(self, wakeup: asyncio.Event) -> None:

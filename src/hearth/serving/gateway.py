@@ -10,11 +10,13 @@ Nothing here imports torch or BentoML: the gateway's image stays small.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Generic, Protocol, TypeVar
 
 from hearth.config import CHALLENGER
@@ -35,10 +37,16 @@ from hearth.serving.schemas import (
 )
 from hearth.serving.scoring import Answer, Attempt, score_routed, try_challenger
 from hearth.traffic.assignment import Route
-from hearth.traffic.prediction_log import PredictionLog, PredictionRecord
+from hearth.traffic.prediction_log import (
+    PredictionLog,
+    PredictionLogUnavailable,
+    PredictionLogWriter,
+    PredictionRecord,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+DEFAULT_TIMEOUT_S = 2.0  # Settings.model_timeout_s's default
 
 
 class FeatureClient(Protocol):
@@ -101,17 +109,53 @@ def observe_rows(store: Any, txns: Sequence[Transaction]) -> list[FeatureRow]:
     return rows
 
 
-class LocalFeatures:
-    """The online store in this process."""
+class OffLoop:
+    """Blocking calls (a store, a log) in a small thread pool of their own, each bounded by
+    a timeout, so that the event loop never waits on SQLite's busy timeout or a slow Redis.
 
-    def __init__(self, store: Background[Any]) -> None:
+    A call that does not answer within `timeout_s` raises the caller's `Unavailable` type
+    (→ 503 + Retry-After); its thread finishes on its own. A call still queued behind
+    stalled ones when its deadline passes is not started at all: its caller has given up,
+    and running it later would only lengthen the backlog.
+    """
+
+    def __init__(self, name: str, timeout_s: float = DEFAULT_TIMEOUT_S, workers: int = 8) -> None:
+        self.name, self.timeout_s = name, timeout_s
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix=name)
+
+    async def run(self, unavailable: type[Unavailable], fn: Callable[..., T], *args: Any) -> T:
+        deadline = time.monotonic() + self.timeout_s
+        context = contextvars.copy_context()  # spans, baggage and the request id follow
+
+        def call() -> T:
+            if time.monotonic() > deadline:
+                raise unavailable(f"{self.name}: not started, its caller gave up")
+            return context.run(fn, *args)
+
+        future = asyncio.get_running_loop().run_in_executor(self._pool, call)
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                return await future
+        except TimeoutError as exc:
+            raise unavailable(f"{self.name} did not answer within {self.timeout_s:g}s") from exc
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class LocalFeatures:
+    """The online store in this process, called off the event loop (`OffLoop`)."""
+
+    def __init__(self, store: Background[Any], timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         self.store = store
+        self.calls = OffLoop("feature-store", timeout_s)
 
     async def observe(self, txns: Sequence[Transaction]) -> list[FeatureRow]:
         from hearth.features.store import StoreError  # lazy: pandas; a remote store needs none
 
         try:
-            return observe_rows(self.store.get(), txns)
+            store = self.store.get()
+            return await self.calls.run(FeaturesUnavailable, observe_rows, store, txns)
         except (NotReady, StoreError) as exc:
             raise FeaturesUnavailable(str(exc)) from exc
 
@@ -120,27 +164,45 @@ class LocalFeatures:
 
 
 class LocalModel:
-    """The model pool in this process.
+    """The model pool in this process; a forward pass never runs on the event loop.
 
-    `threaded`: score in a worker thread. The challenger lane is, so that a slow challenger
-    (or a drill's injected latency) neither blocks the event loop nor escapes its timeout.
+    By default items go through a batching lane (`hearth.serving.batching.Batcher`: one
+    thread; what queues during a forward pass goes into the next), as in the model service.
+    `threaded`: every call in a worker thread of its own instead. The challenger lane is, so
+    that a slow challenger (or a drill's injected latency) never holds the champion's lane.
+    Either way a call slower than `timeout_s` answers `ModelUnavailable` (→ 503).
     """
 
-    def __init__(self, pool: Background[Any], threaded: bool = False) -> None:
+    def __init__(
+        self, pool: Background[Any], threaded: bool = False, timeout_s: float = DEFAULT_TIMEOUT_S
+    ) -> None:
+        from hearth.serving.batching import Batcher  # lazy: only where a pool scores here
+
         self.pool = pool
         self.threaded = threaded
+        self.timeout_s = timeout_s
+        self.lane = None if threaded else Batcher("champion", self._score, shed_after_s=timeout_s)
+
+    def _score(self, items: list[ScoreItem]) -> list[Score]:
+        scores: list[Score] = self.pool.get().score(items)
+        return scores
 
     async def score(self, items: list[ScoreItem]) -> list[Score]:
-        try:
-            pool = self.pool.get()
-        except NotReady as exc:
-            raise ModelUnavailable(str(exc)) from exc
+        if not self.pool.ready:
+            try:
+                self.pool.get()
+            except NotReady as exc:
+                raise ModelUnavailable(str(exc)) from exc
         started = time.perf_counter()
         with tracing.span("model.score", {tracing.ATTR_ITEMS: len(items)}) as current:
-            if self.threaded:
-                result: list[Score] = await asyncio.to_thread(pool.score, items)
-            else:
-                result = pool.score(items)
+            try:
+                async with asyncio.timeout(self.timeout_s):
+                    if self.lane is not None:
+                        result = await self.lane.submit(items)
+                    else:
+                        result = await asyncio.to_thread(self._score, items)
+            except TimeoutError as exc:
+                raise ModelUnavailable(f"model did not answer within {self.timeout_s:g}s") from exc
             tracing.set_score_attributes(current, result)
         record_model_call(result, time.perf_counter() - started)
         return result
@@ -231,6 +293,13 @@ def transaction_payload(txn: Transaction) -> dict[str, Any]:
 # copies are skipped (and counted) so that a slow challenger cannot pile up memory.
 MAX_SHADOW_IN_FLIGHT = 256
 DEFAULT_CHALLENGER_TIMEOUT_S = 0.5
+# A response waits this long at most for its prediction-log entries to be committed (the
+# usual commit takes well under a millisecond); a log that fails is never waited for.
+LOG_WAIT_S = 0.05
+
+
+class PredictionLogDown(Unavailable):
+    """The prediction log cannot take a label now (feedback answers 503)."""
 
 
 class Gateway:
@@ -248,12 +317,16 @@ class Gateway:
         router: Router | None = None,
         challenger_model: ModelClient | None = None,
         challenger_timeout_s: float = DEFAULT_CHALLENGER_TIMEOUT_S,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
     ) -> None:
         self.features = features
         self.model = model
         self.challenger_model = challenger_model or model
         self.challenger_timeout_s = challenger_timeout_s
         self.predictions = predictions
+        # Scored requests log through the writer: a failing log never fails them.
+        self.log_writer = PredictionLogWriter(predictions.get)
+        self._log_calls = OffLoop("prediction-log", timeout_s, workers=2)
         self.router = router or ChampionRouter()
         self._shadows: set[asyncio.Task[None]] = set()
         self.shadow_skipped = 0
@@ -304,9 +377,7 @@ class Gateway:
             )
             for t, r, a in zip(txns, rows, answers, strict=True)
         ]
-        self.predictions.get().record_entries(
-            answer_records(txns, routes, features, answers, request_id)
-        )
+        await self._log(answer_records(txns, routes, features, answers, request_id))
         self._start_shadows(txns, routes, features, request_id)
         return out
 
@@ -339,7 +410,7 @@ class Gateway:
                     self.challenger_model, items, self.challenger_timeout_s
                 )
                 records = shadow_records(picked_txns, picked_routes, attempts, request_id)
-                self.predictions.get().record_entries(records)
+                self.log_writer.submit(records)
             except Exception:  # off the response path: a failure here is only logged
                 log.exception("shadow scoring failed")
 
@@ -348,13 +419,33 @@ class Gateway:
         self._shadows.add(task)
         task.add_done_callback(self._shadows.discard)
 
+    async def _log(self, records: list[PredictionRecord]) -> None:
+        """Hand `records` to the writer and wait (briefly) for the commit, so that what a
+        client was answered is in the log when the answer leaves; never raises."""
+        future = self.log_writer.submit(records)
+        if future is None:
+            return
+        try:
+            async with asyncio.timeout(LOG_WAIT_S):
+                await asyncio.wrap_future(future)
+        except TimeoutError:
+            pass
+
     async def drain_shadows(self) -> None:
-        """Wait for the shadow copies in flight (tests, shutdown)."""
+        """Wait for the shadow copies in flight, and their log entries (tests, shutdown)."""
         while self._shadows:
             await asyncio.gather(*list(self._shadows), return_exceptions=True)
+        await asyncio.to_thread(self.log_writer.flush, 5.0)
 
     async def feedback(self, fb: FeedbackIn) -> FeedbackOut:
-        matched = self.predictions.get().feedback(fb.transaction_id, fb.is_fraud)
+        def store() -> bool:
+            self.log_writer.flush(LOG_WAIT_S)  # a prediction just answered is matched
+            try:
+                return self.predictions.get().feedback(fb.transaction_id, fb.is_fraud)
+            except PredictionLogUnavailable as exc:
+                raise PredictionLogDown(str(exc)) from exc
+
+        matched = await self._log_calls.run(PredictionLogDown, store)
         return FeedbackOut(
             transaction_id=fb.transaction_id, is_fraud=fb.is_fraud, matched_prediction=matched
         )

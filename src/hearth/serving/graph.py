@@ -47,11 +47,17 @@ def feature_store(settings: Settings) -> Background[Any]:
     return Background("feature store", open_and_check)
 
 
+# How long a model pool waits for the rollout state's first read before loading what it
+# knows (nothing): a state store that is down at start must not keep the pool from trying.
+FIRST_READ_WAIT_S = 10.0
+
+
 def follower(ctx: HearthContext) -> Follower:
     """What serves, followed from the shared rollout state (SQLite or Redis, as the online
-    store): the champion, a running rollout and its weight."""
+    store): the champion, a running rollout and its weight. Re-read by a thread of its own,
+    so routing never waits on the store on the event loop."""
     p = ctx.params.rollout
-    return Follower(open_state_store(ctx.settings), p.refresh_interval_s, p.buckets)
+    return Follower(open_state_store(ctx.settings), p.refresh_interval_s, p.buckets).start()
 
 
 def model_pool(
@@ -65,7 +71,9 @@ def model_pool(
         from hearth.serving.pool import ModelPool
 
         catalog = RegistryCatalog(ctx.settings, ctx.params.registry.model_name)
-        pool = ModelPool(catalog, source or follower(ctx), device=device)
+        shared = source or follower(ctx)
+        shared.wait_first_read(FIRST_READ_WAIT_S)
+        pool = ModelPool(catalog, shared, device=device)
         pool.reload()
         return pool
 
@@ -76,9 +84,17 @@ def prediction_log(settings: Settings) -> Background[PredictionLog]:
     return Background("prediction log", lambda: PredictionLog(settings.serving_dir / DB_FILE))
 
 
-def rollout_router(ctx: HearthContext, source: Follower | None = None) -> RolloutRouter:
-    """Routing by the shared state: every route names the version that answers."""
-    return RolloutRouter(source or follower(ctx))
+def rollout_router(
+    ctx: HearthContext, source: Follower | None = None, pool: Background[Any] | None = None
+) -> RolloutRouter:
+    """Routing by the shared state: every route names the version that answers. With this
+    process's `pool`, a challenger is routed to only once the pool has loaded it."""
+
+    def loaded(version: str) -> bool:
+        assert pool is not None
+        return pool.ready and bool(pool.get().has(version))
+
+    return RolloutRouter(source or follower(ctx), loaded if pool is not None else None)
 
 
 def challenger_timeout_s(ctx: HearthContext) -> float:
@@ -97,13 +113,15 @@ def monolith(ctx: HearthContext) -> tuple[Gateway, Background[Any], Background[A
     """A gateway with the store and the model pool in this process; (gateway, store, pool)."""
     shared = follower(ctx)  # the router and the pool follow one snapshot
     store, pool = feature_store(ctx.settings), model_pool(ctx, source=shared)
+    timeout = ctx.settings.model_timeout_s
     gateway = Gateway(
-        LocalFeatures(store),
-        LocalModel(pool),
+        LocalFeatures(store, timeout_s=timeout),
+        LocalModel(pool, timeout_s=timeout),
         prediction_log(ctx.settings),
-        router=rollout_router(ctx, shared),
-        challenger_model=LocalModel(pool, threaded=True),
+        router=rollout_router(ctx, shared, pool),
+        challenger_model=LocalModel(pool, threaded=True, timeout_s=timeout),
         challenger_timeout_s=challenger_timeout_s(ctx),
+        timeout_s=timeout,
     )
     return gateway, store, pool
 
@@ -131,6 +149,7 @@ def microservices_gateway(
         router=rollout_router(ctx),
         challenger_model=remote_challenger,
         challenger_timeout_s=challenger_timeout_s(ctx),
+        timeout_s=timeout,
     )
     return gateway, clients
 

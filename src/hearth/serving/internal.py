@@ -47,7 +47,7 @@ from hearth.serving.auth import (
 )
 from hearth.serving.batching import Batcher
 from hearth.serving.errors import Unavailable
-from hearth.serving.gateway import observe_rows
+from hearth.serving.gateway import OffLoop, observe_rows
 from hearth.serving.schemas import FeatureRow, Score, ScoreItem
 
 log = logging.getLogger(__name__)
@@ -363,14 +363,17 @@ def features_app(get_store: Callable[[], Any], is_ready: Callable[[], bool]) -> 
     """
     from hearth.features.store import StoreError  # lazy: pandas, for the features service only
 
+    # Off the event loop, with a timeout: a store call can wait on SQLite's busy timeout or
+    # a slow Redis, and the loop must keep answering the other requests meanwhile.
+    calls = OffLoop("feature-store")
+
     async def observe(body: bytes) -> Reply:
-        # async: a store read-modify-write takes ~0.1 ms, less than a worker thread's round trip.
         try:
             txns = [Transaction.from_mapping(t) for t in pydantic_core.from_json(body)]
         except (ValueError, KeyError, TypeError) as exc:
             return _bad_request(exc)
         try:
-            rows = observe_rows(get_store(), txns)
+            rows = await calls.run(Unavailable, observe_rows, get_store(), txns)
         except Unavailable as exc:
             return _unavailable(exc)
         except StoreError as exc:

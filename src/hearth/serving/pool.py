@@ -29,6 +29,7 @@ from typing import Protocol
 
 from hearth.config import CHAMPION
 from hearth.model.scorer import FraudScorer
+from hearth.observability.prometheus import set_model_ready
 from hearth.serving.catalog import ModelCatalog, ModelRecord
 from hearth.serving.errors import ModelUnavailable
 from hearth.serving.schemas import Decision, Score, ScoreItem
@@ -130,6 +131,15 @@ class ModelPool:
         return self.versions()
 
     def _swap(self, fresh: dict[str, LoadedModel]) -> None:
+        current = self._models.get(CHAMPION)
+        if CHAMPION not in fresh and current is not None:
+            # A state that names no champion (a Redis restarted without its data) never
+            # unloads the one serving: answering with it beats answering nothing.
+            log.warning(
+                "the rollout state names no champion; still serving version %s",
+                current.record.version,
+            )
+            fresh = {**fresh, CHAMPION: current}
         with self._lock:
             # Versions leaving the state stay as extras until idle: a gateway whose
             # snapshot is a moment old may still name them.
@@ -141,6 +151,7 @@ class ModelPool:
                     self._extra.setdefault(version, model)
                     self._used.setdefault(version, now)
             self._models = fresh  # one assignment: readers see the old or the new set
+        self._publish_readiness()
 
     def maybe_reload(self) -> None:
         """Follow a state change; cheap enough for the request path (it never loads here)."""
@@ -158,6 +169,7 @@ class ModelPool:
             self._seen_revision = served.revision
             self._swap({v: by_version[version] for v, version in wanted.items()})
             return
+        self._publish_readiness(wanted)
         self._reload_in_background()
 
     def _reload_in_background(self) -> None:
@@ -225,6 +237,7 @@ class ModelPool:
             self._failed.pop(version, None)
             self._loading.discard(version)
         log.info("loaded version %s on request", version)
+        self._publish_readiness()
 
     def wait_loaded(self, version: str, timeout_s: float = 30.0) -> bool:
         """Block until `version` is loaded (tests, warm-ups); False on timeout."""
@@ -238,6 +251,27 @@ class ModelPool:
 
     def versions(self) -> dict[str, str]:
         return {variant: m.record.version for variant, m in self._models.items()}
+
+    def has(self, version: str) -> bool:
+        """Whether `version` is loaded here (cheap: the request path asks it)."""
+        if version in self._extra:
+            return True
+        return any(m.record.version == version for m in self._models.values())
+
+    def readiness(self, wanted: dict[str, str] | None = None) -> dict[str, bool]:
+        """variant → whether this process has loaded the version the state names for it."""
+        if wanted is None:
+            wanted = self.source.served().versions()
+        return {variant: self.has(version) for variant, version in wanted.items()}
+
+    def _publish_readiness(self, wanted: dict[str, str] | None = None) -> None:
+        """`hearth_model_ready{variant, version}` of this process (its pid in BentoML)."""
+        try:
+            if wanted is None:
+                wanted = self.source.served().versions()
+            set_model_ready({(v, version): self.has(version) for v, version in wanted.items()})
+        except Exception:  # metrics must never break loading or scoring
+            log.debug("cannot publish model readiness", exc_info=True)
 
     def loaded_versions(self) -> list[str]:
         """Every version held now, by the state or by requests."""

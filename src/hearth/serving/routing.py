@@ -8,14 +8,20 @@ process reaches every gateway replica within a second).
 
 The shared state names the champion's version too: every route of a `RolloutRouter` names
 the version that answers (None only before the first champion is adopted).
+
+With `loaded` (the monolith: its own model pool), a rollout's challenger takes effect in this
+process only once this process has loaded it: until then its customers stay on the champion
+(and shadow copies wait), so no customer is answered by the champion *because* the challenger
+is still loading and then by the challenger a moment later, within one process.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Protocol
 
-from hearth.config import CHAMPION
+from hearth.config import CHALLENGER, CHAMPION
 from hearth.features.online import Transaction
 from hearth.traffic.assignment import Route, route_for
 from hearth.traffic.follower import Follower
@@ -40,15 +46,33 @@ class RolloutRouter:
     """Routes by the shared state: the champion's version, sticky canary/A-B split, shadow
     copies. The snapshot is in memory (re-read at most every `refresh_interval`)."""
 
-    def __init__(self, router: Follower) -> None:
+    def __init__(self, router: Follower, loaded: Callable[[str], bool] | None = None) -> None:
         self.router = router
+        self.loaded = loaded
 
     def route(self, txn: Transaction) -> Route:
         served = self.router.served()
         route = route_for(served, txn.customer_id, self.router.buckets)
         running = served.running
         champion = running.champion_version if running else served.champion_version
-        return replace(route, fallback_version=champion) if champion else CHAMPION_ROUTE
+        if not champion:
+            return CHAMPION_ROUTE
+        if self.loaded is not None and running is not None:
+            route = self._ready_only(route, champion)
+        return replace(route, fallback_version=champion)
+
+    def _ready_only(self, route: Route, champion: str) -> Route:
+        """`route` without the challenger this process has not loaded yet."""
+        assert self.loaded is not None
+        if (
+            route.variant == CHALLENGER
+            and route.model_version
+            and not self.loaded(route.model_version)
+        ):
+            return Route(CHAMPION, champion, None, route.rollout_id)
+        if route.shadow_version and not self.loaded(route.shadow_version):
+            return replace(route, shadow_version=None)
+        return route
 
     def refresh(self) -> None:
         """Re-read the state now (after this process changed it)."""

@@ -30,7 +30,7 @@ from redis.retry import Retry
 T = TypeVar("T")
 
 
-def connect(url: str, *, timeout_s: float = 2.0, retries: int = 1) -> redis.Redis:
+def connect(url: str, *, timeout_s: float = 0.5, retries: int = 1) -> redis.Redis:
     """A client for `url` that fails fast: `timeout_s` to connect and per reply, at most
     `retries` quick reconnects after a connection error (5-50 ms apart), none on timeout."""
     policy = Retry(

@@ -4,6 +4,11 @@
 rollout) and re-reads it at most every `refresh_interval` seconds (≤ 1 s): a promotion or a
 rollback written by any process reaches every replica within that time, with no restart and
 no failed request.
+
+A serving process calls `start()`: a daemon thread then re-reads the state every interval,
+so `served()` and `route()` only read memory and never wait on the store (Redis or SQLite)
+on the caller's thread, an event loop. Without `start()` (tools, tests), the caller that
+finds the snapshot stale re-reads it itself.
 """
 
 from __future__ import annotations
@@ -55,10 +60,56 @@ class Follower:
         self._lock = threading.Lock()
         self._served = Served()  # nothing serves until the first read
         self._read_at: float | None = None  # None: never read successfully or attempted
+        self._first_read = threading.Event()
+        self._stop = threading.Event()
+        self._start_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    # -- the background refresher (serving processes) -------------------------------------
+    def start(self) -> Follower:
+        """Re-read the state every `refresh_interval` in a daemon thread from now on; the
+        first read starts at once. Idempotent; returns self."""
+        with self._start_lock:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._follow, name="rollout-follower", daemon=True
+                )
+                self._thread.start()
+        return self
+
+    @property
+    def following(self) -> bool:
+        """Whether a background thread keeps the snapshot fresh (`start()`)."""
+        return self._thread is not None
+
+    def _follow(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                self._refresh(blocking=True, force=True)
+            except Exception:  # never let the refresher die: the snapshot would freeze
+                log.exception("rollout state refresh failed")
+            # Interval measured from the start of the read: a slow read is not added to it.
+            self._stop.wait(max(0.0, self.refresh_interval - (time.monotonic() - started)))
+
+    def wait_first_read(self, timeout_s: float) -> bool:
+        """Block until the state has been read (or found unreadable) once; False on timeout."""
+        if not self.following:
+            self.served()
+            return True
+        return self._first_read.wait(timeout_s)
+
+    def stop(self) -> None:
+        """Stop the background refresher (tests, shutdown)."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout=5)
 
     def served(self) -> Served:
-        """The snapshot in force, re-read first if it is older than `refresh_interval`."""
-        if self._stale():
+        """The snapshot in force, re-read first if it is older than `refresh_interval` (by
+        the caller only without `start()`: with it, this never touches the store)."""
+        if self._thread is None and self._stale():
             # Only the very first read makes callers wait: before it there is no snapshot.
             self._refresh(blocking=self._read_at is None, force=False)
         return self._served
@@ -85,6 +136,7 @@ class Follower:
             except StateUnavailable as exc:
                 log.warning("rollout state unreadable, keeping the last snapshot: %s", exc)
             self._read_at = now
+            self._first_read.set()
         finally:
             self._lock.release()
 

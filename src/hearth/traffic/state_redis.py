@@ -35,7 +35,7 @@ class RedisStateStore(StateStore):
     backend = "redis"
 
     def __init__(
-        self, url: str, prefix: str = REDIS_PREFIX, timeout_s: float = 2.0, max_attempts: int = 200
+        self, url: str, prefix: str = REDIS_PREFIX, timeout_s: float = 1.0, max_attempts: int = 200
     ) -> None:
         self.url = url
         self.max_attempts = max_attempts

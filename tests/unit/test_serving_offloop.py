@@ -1,0 +1,152 @@
+"""Nothing blocks the event loop: a stalled store call, a stalled state read.
+
+The assertions are structural, not wall-clock thresholds: an unrelated request must be
+answered *while* the stalled call is still pending (on the loop, it could not even start).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from hearth.config import Settings
+from hearth.features.online import Transaction
+from hearth.features.store import open_store
+from hearth.serving.gateway import Gateway, LocalFeatures
+from hearth.serving.http import HttpPolicy, create_app
+from hearth.traffic.follower import Follower
+from hearth.traffic.prediction_log import PredictionLog
+from hearth.traffic.rollout_state import Served
+from tests.unit.test_serving_http import KEY, TXN, FakeModel, _loaded
+
+STUCK = "stuck-customer"
+
+
+class StallingStore:
+    """The real SQLite store, except that observing STUCK's transactions waits for `release`
+    (a store call stuck on a lock, a busy timeout, a hung Redis)."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.stalled = threading.Event()
+        self.release = threading.Event()
+
+    def observe(self, txn: Transaction) -> Any:
+        if txn.customer_id == STUCK:
+            self.stalled.set()
+            self.release.wait(30)
+        return self.real.observe(txn)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+@pytest.fixture
+def stalling(settings: Settings) -> Iterator[StallingStore]:
+    store = StallingStore(open_store(settings))
+    yield store
+    store.release.set()
+    store.real.close()
+
+
+def _app(settings: Settings, store: StallingStore, timeout_s: float) -> Any:
+    log = PredictionLog(settings.serving_dir / "serving.sqlite")
+    features = LocalFeatures(_loaded(store), timeout_s=timeout_s)
+    gateway = Gateway(features, FakeModel(), _loaded(log), timeout_s=timeout_s)
+    return create_app(lambda: gateway, lambda: HttpPolicy(KEY, max_payload_bytes=4096))
+
+
+async def _client(app: Any) -> httpx.AsyncClient:
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
+    client.headers["X-API-Key"] = KEY
+    return client
+
+
+def test_a_stalled_store_call_does_not_delay_an_unrelated_request(
+    settings: Settings, stalling: StallingStore
+) -> None:
+    app = _app(settings, stalling, timeout_s=30.0)
+
+    async def scenario() -> tuple[int, bool, int]:
+        async with await _client(app) as client:
+            stuck = asyncio.create_task(
+                client.post("/predict", json={**TXN, "customer_id": STUCK, "transaction_id": "s"})
+            )
+            assert await asyncio.to_thread(stalling.stalled.wait, 10), "never reached the store"
+            async with asyncio.timeout(10):  # a guard against a hang, not the measure
+                other = await client.post("/predict", json={**TXN, "transaction_id": "o"})
+            still_pending = not stuck.done()
+            stalling.release.set()
+            return other.status_code, still_pending, (await stuck).status_code
+
+    other, still_pending, stuck = asyncio.run(scenario())
+    assert other == 200
+    assert still_pending, "the unrelated request was answered only after the stall ended"
+    assert stuck == 200  # the stalled one completes once the store answers
+
+
+def test_a_store_call_past_its_timeout_is_503_with_retry_after(
+    settings: Settings, stalling: StallingStore
+) -> None:
+    app = _app(settings, stalling, timeout_s=0.2)
+
+    async def scenario() -> tuple[httpx.Response, bool, int]:
+        async with await _client(app) as client:
+            async with asyncio.timeout(10):
+                stuck = await client.post(
+                    "/predict", json={**TXN, "customer_id": STUCK, "transaction_id": "s"}
+                )
+                still_stalled = not stalling.release.is_set()
+                after = await client.post("/predict", json={**TXN, "transaction_id": "o"})
+        return stuck, still_stalled, after.status_code
+
+    stuck, still_stalled, after = asyncio.run(scenario())
+    assert still_stalled  # answered while the store call was still stuck: no hang
+    assert stuck.status_code == 503, stuck.text
+    assert stuck.headers["Retry-After"] == "1"
+    assert "did not answer within 0.2s" in stuck.json()["error"]
+    assert after == 200  # other customers are served meanwhile
+
+
+class SlowState:
+    """A rollout state store whose reads block until released (a hung Redis)."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.reads = 0
+        self.now = Served(champion_version="1", revision=1)
+
+    def served(self) -> Served:
+        self.reads += 1
+        if self.reads > 1:
+            self.release.wait(30)
+        return self.now
+
+
+def test_a_started_follower_never_reads_the_state_on_the_callers_thread() -> None:
+    state = SlowState()
+    follower = Follower(state, refresh_interval=0.05).start()  # type: ignore[arg-type]
+    try:
+        assert follower.wait_first_read(5)
+        assert follower.served().champion_version == "1"
+        state.now = Served(champion_version="2", revision=2)
+        deadline = threading.Event()
+        while state.reads < 2:  # the refresher is now stuck in its second read
+            deadline.wait(0.01)
+        # Stale and its refresh stuck: the caller still gets the snapshot at once.
+        for _ in range(100):
+            assert follower.served().champion_version == "1"
+        state.release.set()
+        for _ in range(500):
+            if follower.served().champion_version == "2":
+                break
+            deadline.wait(0.01)
+        assert follower.served().champion_version == "2"  # followed once the store answers
+    finally:
+        state.release.set()
+        follower.stop()
