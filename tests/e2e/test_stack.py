@@ -41,6 +41,7 @@ class Up:
         self.mlflow = f"http://127.0.0.1:{env['HEARTH_MLFLOW_PORT']}"
         self.gateway = f"http://127.0.0.1:{env['HEARTH_SERVING_PORT']}"
         self.pids: set[int] = set()
+        self.output = ""  # what `hearth up` printed
 
     def remember_pids(self) -> None:
         """Every process of the stack now: the recorded ones and all their descendants."""
@@ -59,7 +60,8 @@ def stack(project: Path) -> Iterator[Up]:
     try:
         done = hearth(["up", "--topology", "monolith"], env, project)
         assert done.returncode == 0, done.stdout + done.stderr
-        assert up.gateway in done.stdout + done.stderr  # the URLs are printed
+        up.output = done.stdout + done.stderr
+        assert up.gateway in up.output  # the URLs are printed
         up.remember_pids()
         yield up
     finally:
@@ -85,6 +87,13 @@ def test_the_gateway_scores_a_transaction(stack: Up) -> None:
                    headers={"X-API-Key": API_KEY}, timeout=30)  # fmt: skip
     assert r.status_code == 200, r.text
     assert r.json()["variant"] == "champion" and r.json()["model_version"] == "1"
+
+
+def test_up_wrote_random_secrets_readable_by_the_user_only(stack: Up) -> None:
+    secrets = stack.project / ".hearth" / "secrets.env"
+    assert secrets.stat().st_mode & 0o777 == 0o600
+    assert str(secrets) in stack.output and "(loopback): no auth" in stack.output
+    assert "HEARTH_ADMIN_TOKEN=" in secrets.read_text()
 
 
 def test_a_deployment_runs_on_the_worker_and_logs_to_the_mlflow_server(stack: Up) -> None:

@@ -1,0 +1,74 @@
+"""A real Prefect server started as `hearth up` starts it beyond loopback requires its auth
+string, and a real Prefect client with the stack's environment gets in.
+
+The command and environment are the ones built for a bind on 0.0.0.0; only the interface is
+swapped for 127.0.0.1, so the test opens nothing beyond this machine.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from hearth.config import Settings, ensure_secrets
+from hearth.launch.launcher import free_port, launched
+from hearth.stack.services import Stack
+
+pytestmark = pytest.mark.slow
+
+LOOPBACK = "127.0.0.1"
+
+
+def test_prefect_beyond_loopback_requires_the_auth_string(tmp_path: Path) -> None:
+    ensure_secrets(tmp_path)
+    port = free_port()
+    settings = Settings(home=tmp_path, prefect_host="0.0.0.0", prefect_port=port)
+    stack = Stack(settings, repo_dir=tmp_path)
+    service = stack.prefect_server()
+    cmd = [LOOPBACK if arg == "0.0.0.0" else arg for arg in service.cmd]
+    api = f"http://{LOOPBACK}:{port}/api"
+    env = {**stack.env(), **service.env, "PREFECT_API_URL": api}
+    log = tmp_path / "prefect.log"
+    with launched("prefect", cmd, env, tmp_path, log, f"{api}/health", timeout_s=180):
+        # The probe stays open; the API does not.
+        assert httpx.get(f"{api}/health", timeout=10).status_code == 200
+        assert httpx.post(f"{api}/flows/filter", json={}, timeout=10).status_code == 401
+        wrong = {"Authorization": "Basic aGVhcnRoOm5vcGU="}  # hearth:nope
+        assert httpx.post(f"{api}/flows/filter", json={}, headers=wrong).status_code == 401
+        ok = httpx.post(f"{api}/flows/filter", json={}, headers=stack.prefect_headers())
+        assert ok.status_code == 200, ok.text
+        # Prefect's own client, with the environment the stack gives its processes (the
+        # server's variable removed: a client must do with PREFECT_API_AUTH_STRING).
+        client_env = {k: v for k, v in env.items() if k != "PREFECT_SERVER_API_AUTH_STRING"}
+        done = subprocess.run(
+            [sys.executable, "-m", "prefect", "--no-prompt", "work-pool", "ls"],
+            env=client_env, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_mlflow_beyond_loopback_runs_its_basic_auth_app(tmp_path: Path) -> None:
+    pytest.importorskip("flask_wtf", reason="MLflow's basic-auth app needs mlflow[auth]")
+    ensure_secrets(tmp_path)
+    port = free_port()
+    settings = Settings(home=tmp_path, mlflow_host="0.0.0.0", mlflow_port=port)
+    stack = Stack(settings, repo_dir=tmp_path)
+    service = stack.mlflow()
+    cmd = [LOOPBACK if arg == "0.0.0.0" else arg for arg in service.cmd]
+    url = f"http://{LOOPBACK}:{port}"
+    env = {**stack.env(), **service.env}
+    log = tmp_path / "mlflow.log"
+    search = f"{url}/api/2.0/mlflow/experiments/search"
+    with launched("mlflow", cmd, env, tmp_path, log, f"{url}/health", timeout_s=180):
+        assert httpx.get(f"{url}/health", timeout=10).status_code == 200
+        assert httpx.post(search, json={"max_results": 1}, timeout=10).status_code == 401
+        wrong = httpx.post(search, json={"max_results": 1}, auth=("hearth", "nope"), timeout=10)
+        assert wrong.status_code == 401
+        # The credentials every process of the stack gets (MLflow's client reads them).
+        creds = (env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"])
+        ok = httpx.post(search, json={"max_results": 1}, auth=creds, timeout=10)
+        assert ok.status_code == 200, ok.text + log.read_text()[-3000:]
