@@ -65,3 +65,15 @@ def test_cli_passes_its_options_to_the_bench(
     assert seen["data"] == {"fake": True}
     assert "hearth bench: echo at c=[1, 8]" in result.output
     assert "bench.md" in result.output
+
+
+def test_the_model_service_contenders_carry_the_internal_token(tmp_path: Path) -> None:
+    from hearth.bench.contenders import build_server
+    from hearth.serving.auth import INTERNAL_TOKEN_HEADER
+
+    source = Settings(home=tmp_path)
+    for name in ("model-batched", "monolith", "microservices"):
+        server = build_server(name, source, tmp_path, tmp_path / "work")
+        token = server.env["HEARTH_INTERNAL_TOKEN"]  # what the services require…
+        if name == "model-batched":  # …and what the load sends to the model service alone
+            assert (INTERNAL_TOKEN_HEADER, token) in server.endpoint.headers

@@ -108,6 +108,9 @@ def _hearth(args: list[str], home: Path, monkeypatch: pytest.MonkeyPatch) -> tup
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HEARTH_HOME", str(home / ".hearth"))
     monkeypatch.setenv("COLUMNS", "400")  # one line per message, whatever the terminal
+    # The CLI exports Settings' environment into this process: restored after the test.
+    for key, value in Settings().environment().items():
+        monkeypatch.setenv(key, value)
     result = CliRunner().invoke(app, args)
     return result.exit_code, result.output
 
@@ -132,3 +135,15 @@ def test_hearth_secrets_writes_the_file_once(
     code, out = _hearth(["secrets"], tmp_path, monkeypatch)
     assert code == 0 and f"{path} (reused)" in out and path.read_text() == before
     assert Settings(home=path.parent).bind_problem("0.0.0.0") is None
+
+
+def test_the_bare_mlflow_ui_stays_on_loopback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code, out = _hearth(["ui", "mlflow", "--host", "0.0.0.0"], tmp_path, monkeypatch)
+    assert code == 1 and "only on loopback" in out and "HEARTH_MLFLOW_HOST=0.0.0.0" in out
+
+
+def test_info_says_where_the_secrets_are(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    code, out = _hearth(["info"], tmp_path, monkeypatch)
+    assert code == 0 and str(tmp_path / ".hearth" / "secrets.env") in out

@@ -9,7 +9,8 @@ from typing import Annotated
 
 import typer
 
-from hearth.cli._common import console, load_context
+from hearth.cli._common import console, fail, load_context
+from hearth.config import is_loopback, secrets_path
 
 commands = typer.Typer()
 ui_app = typer.Typer(help="Open the Prefect or MLflow UI on Hearth's state.", no_args_is_help=True)
@@ -20,7 +21,13 @@ def ui_mlflow(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 5000,
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
 ) -> None:
-    """MLflow's UI over Hearth's tracking store and artifacts."""
+    """MLflow's UI over Hearth's tracking store and artifacts (loopback only: no auth here)."""
+    if not is_loopback(host):
+        fail(
+            f"`hearth ui mlflow` serves without auth, so only on loopback, not {host}",
+            f"for MLflow beyond loopback run `HEARTH_MLFLOW_HOST={host} hearth up`: it turns "
+            "on MLflow's basic auth",
+        )
     ctx = load_context()
     s = ctx.settings
     cmd = [
@@ -50,6 +57,7 @@ def info() -> None:
     s = ctx.settings
     for label, value in (
         ("HEARTH_HOME", s.home_abs),
+        ("secrets", secrets_path(s.home_abs)),
         ("MLflow tracking", s.mlflow_uri),
         ("MLflow artifacts", s.mlflow_artifact_root),
         ("Prefect home", s.prefect_home),
