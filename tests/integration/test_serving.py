@@ -356,6 +356,15 @@ def test_model_images_use_cuda(built: Path, name: str) -> None:
     assert any(line.startswith("torch==") for line in requirements.splitlines())
 
 
+@pytest.mark.parametrize(
+    "name", ["hearth-monolith", "hearth-gateway", "hearth-features", "hearth-model"]
+)
+def test_images_run_in_production_mode(built: Path, name: str) -> None:
+    # A container serves on every interface: no development default secret may serve there.
+    dockerfile = _bento_file(built, name, "env", "docker", "Dockerfile")
+    assert "HEARTH_ENV=production" in dockerfile
+
+
 @pytest.mark.parametrize("name", ["hearth-gateway", "hearth-features"])
 def test_gateway_and_features_images_are_small_and_cpu_only(built: Path, name: str) -> None:
     dockerfile = _bento_file(built, name, "env", "docker", "Dockerfile")

@@ -50,6 +50,10 @@ BENTO_INCLUDE = [
 # Inside a container the bento's files sit under /home/bentoml/bento/src; hearth is not
 # installed there (its pipeline dependencies would bloat every image), only put on the path.
 BENTO_PYTHONPATH = "/home/bentoml/bento/src/src"
+# Baked into every image. A container serves on all its interfaces, so it runs in production
+# mode: it refuses to start on a development default secret, or a short or shared one (pass
+# HEARTH_API_KEY, HEARTH_ADMIN_TOKEN, HEARTH_INTERNAL_TOKEN; or HEARTH_ENV=development).
+BENTO_ENV = {"PYTHONPATH": BENTO_PYTHONPATH, "HEARTH_ENV": "production"}
 
 
 class NoChampion(LookupError):
@@ -172,7 +176,7 @@ def build_bentos(
             include=BENTO_INCLUDE,
             labels=labels,
             models=[m.tag for m in imported] if with_model else None,
-            envs=[bento_env("PYTHONPATH", BENTO_PYTHONPATH)],
+            envs=[bento_env(name, value) for name, value in BENTO_ENV.items()],
         )
         built[name] = str(bento.tag)
     return built
