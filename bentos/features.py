@@ -9,6 +9,7 @@ import bentoml
 
 from bentos.hop import serve_internal_first
 from bentos.images import cpu_image
+from bentos.openapi30 import openapi30
 from bentos.telemetry import service_tracing, start_telemetry
 from hearth.features.online import Transaction
 from hearth.serving import graph
@@ -26,6 +27,7 @@ internal = features_app(
 # An internal service: the gateway already logs every request, so no access-log line here
 # (formatting one cost ~8% of this service's CPU in `hearth bench`'s profile). The gateway's
 # hop answers ahead of BentoML's request stack (hearth.serving.internal).
+@openapi30  # /docs.json as valid OpenAPI 3.0
 @serve_internal_first(internal)
 @bentoml.service(
     image=cpu_image(),

@@ -14,6 +14,7 @@ from bentos import rollout_admin
 from bentos.features import Features
 from bentos.images import cpu_image
 from bentos.model import Model
+from bentos.openapi30 import openapi30
 from bentos.telemetry import service_tracing, start_telemetry
 from hearth.serving import graph
 from hearth.serving.bentoml_internals import remote_runner_mapping
@@ -46,6 +47,7 @@ def _address(dependency: Any) -> str:
     return mapping[name]
 
 
+@openapi30  # /docs.json as valid OpenAPI 3.0
 @bentoml.asgi_app(app, path="/")
 @bentoml.service(image=cpu_image(), traffic={"timeout": 30}, tracing=service_tracing())
 class Gateway:

@@ -9,6 +9,7 @@ from bentoml.exceptions import ServiceUnavailable
 
 from bentos.hop import serve_internal_first
 from bentos.images import cuda_image
+from bentos.openapi30 import openapi30
 from bentos.telemetry import service_tracing, start_telemetry
 from hearth.observability.prometheus import record_model_call
 from hearth.observability.tracing import record_model_spans
@@ -32,6 +33,7 @@ CHALLENGER_SHED_S = 0.5
 
 
 # The gateway's hop answers ahead of BentoML's request stack (hearth.serving.internal).
+@openapi30  # /docs.json as valid OpenAPI 3.0
 @serve_internal_first(internal)
 @bentoml.service(
     image=cuda_image(),

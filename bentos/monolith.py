@@ -6,6 +6,7 @@ import bentoml
 
 from bentos import rollout_admin
 from bentos.images import cuda_image
+from bentos.openapi30 import openapi30
 from bentos.telemetry import service_tracing, start_telemetry
 from hearth.serving import graph
 from hearth.serving.http import HttpPolicy, create_app
@@ -17,6 +18,7 @@ app = create_app(
 )
 
 
+@openapi30  # /docs.json as valid OpenAPI 3.0
 @bentoml.asgi_app(app, path="/")
 @bentoml.service(
     image=cuda_image(), resources={"gpu": 1}, traffic={"timeout": 30}, tracing=service_tracing()

@@ -256,6 +256,31 @@ class Settings(BaseSettings):
     max_payload_bytes: int = Field(
         default=65_536, gt=0, description="Larger request bodies are refused with 413."
     )
+    # The input domain at the gate (hearth.features.online.InputDomain); every service and
+    # the online store enforce the same.
+    max_amount: float = Field(
+        default=1e9,
+        gt=0,
+        allow_inf_nan=False,
+        description="Largest amount accepted, in the transaction's currency (larger: 422).",
+    )
+    max_clock_skew_s: float = Field(
+        default=300.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="How far a timestamp may be ahead of the server's clock (further: 422).",
+    )
+    max_transaction_age_s: float | None = Field(
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description="How far a timestamp may be behind the server's clock; default: the "
+        "online store's window (30 days) in production, unbounded in development, where "
+        "demos replay past periods.",
+    )
+    max_batch: int = Field(
+        default=1000, ge=1, description="Transactions in one /predict_batch (more: 413)."
+    )
     model_timeout_s: float = Field(
         default=2.0, gt=0, description="A model call slower than this answers 503."
     )

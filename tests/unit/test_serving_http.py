@@ -255,3 +255,188 @@ def test_past_max_in_flight_answers_503_at_once_and_recovers(settings: Settings)
     assert "HEARTH_MAX_IN_FLIGHT" in refused.json()["error"]
     assert done == [200, 200]
     assert after == 200  # the slots were given back
+
+
+# -- the input domain at the gate (issue #11) ---------------------------------------------------
+def _app_client(settings: Settings, policy: HttpPolicy, model: Any = None) -> TestClient:
+    store = open_store(settings)
+    log = PredictionLog(settings.serving_dir / "serving.sqlite")
+    gateway = Gateway(LocalFeatures(_loaded(store)), model or FakeModel(), _loaded(log))
+    client = TestClient(create_app(lambda: gateway, lambda: policy), raise_server_exceptions=False)
+    client.headers["X-API-Key"] = KEY
+    return client
+
+
+def _nested(depth: int) -> bytes:
+    return b'{"a":' * depth + b"1" + b"}" * depth
+
+
+@pytest.mark.parametrize("body", [_nested(40), b"[" * 2000 + b"]" * 2000, b"[" * 4000])
+def test_json_nested_too_deep_is_400_not_500(client: TestClient, body: bytes) -> None:
+    r = client.post("/predict", content=body)  # 2000 levels: RecursionError in json
+    assert r.status_code == 400, r.text
+    assert "nested deeper than 32" in r.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"customer_id": "   "}, "customer_id"),  # whitespace only: was a 500 from the store
+        ({"merchant_id": "m 1"}, "merchant_id"),
+        ({"device_id": "d\n1"}, "device_id"),
+        ({"transaction_id": "t" * 129}, "transaction_id"),
+        ({"customer_id": ""}, "customer_id"),
+        ({"amount": 1e308}, "amount"),  # was stored, and overflowed float32 sums later
+        ({"amount": 1e9 + 1}, "amount"),
+        ({"timestamp": "9999-12-31T23:59:59"}, "timestamp"),  # was the customer's "newest"
+        ({"timestamp": "2026-2-01T12:00:00"}, "timestamp"),
+    ],
+)
+def test_out_of_domain_is_422_naming_the_field(
+    client: TestClient, change: dict, field: str
+) -> None:
+    r = _post(client, {**TXN, **change})
+    assert r.status_code == 422, r.text
+    assert [p["field"] for p in r.json()["problems"]] == [field]
+
+
+def test_the_domain_is_configurable(settings: Settings) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from hearth.features.online import InputDomain
+
+    now = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
+    domain = InputDomain(max_amount=100, max_ahead_s=60, max_behind_s=3600)
+    client = _app_client(settings, HttpPolicy(KEY, 4096, domain=domain))
+
+    def at(when: datetime, **change: Any) -> dict[str, Any]:
+        return {**TXN, **change, "timestamp": when.strftime("%Y-%m-%dT%H:%M:%S")}
+
+    assert _post(client, at(now, amount=100.0)).status_code == 200
+    for body, field in (
+        (at(now, amount=100.5, transaction_id="t2"), "amount"),
+        (at(now + timedelta(minutes=5), transaction_id="t3"), "timestamp"),
+        (at(now - timedelta(hours=2), transaction_id="t4"), "timestamp"),
+    ):
+        r = _post(client, body)
+        assert r.status_code == 422, r.text
+        assert r.json()["problems"][0]["field"] == field
+        assert "server's clock" in r.text or "<= 100" in r.text
+    batch = {"transactions": [at(now, transaction_id="t5"), at(now, amount=1e6)]}
+    r = _post(client, batch, "/predict_batch")
+    assert r.status_code == 422 and r.json()["problems"][0]["field"] == "transactions.1.amount"
+
+
+def test_settings_configure_the_domain(settings: Settings) -> None:
+    policy = HttpPolicy.from_settings(
+        settings.model_copy(update={"max_amount": 5.0, "max_clock_skew_s": 1.0, "max_batch": 7})
+    )
+    assert (policy.domain.max_amount, policy.domain.max_ahead_s) == (5.0, 1.0)
+    assert policy.max_batch == 7
+    assert policy.domain.max_behind_s is None  # development: demos replay past periods
+    prod = settings.model_copy(update={"env": "production"})
+    assert HttpPolicy.from_settings(prod).domain.max_behind_s == 30 * 86400  # the store's
+
+
+def test_a_batch_over_the_limit_is_413_before_validation(settings: Settings) -> None:
+    client = _app_client(settings, HttpPolicy(KEY, 4096, max_batch=3))
+    r = _post(client, {"transactions": [{"x": i} for i in range(4)]}, "/predict_batch")
+    assert r.status_code == 413, r.text
+    assert "HEARTH_MAX_BATCH" in r.json()["error"]
+
+
+def test_a_body_far_over_the_limit_is_read_and_answered_413(client: TestClient) -> None:
+    r = client.post("/predict_batch", content=b"x" * (4 * 1024 * 1024))
+    assert r.status_code == 413
+    assert "HEARTH_MAX_PAYLOAD_BYTES" in r.json()["error"]
+
+
+def test_an_unexpected_error_is_a_json_500_with_the_request_id(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Broken(FakeModel):
+        async def score(self, items: list[ScoreItem]) -> list[Score]:
+            raise KeyError("a bug")
+
+    client = _app_client(settings, HttpPolicy(KEY, 4096), Broken())
+    with caplog.at_level("ERROR"):
+        r = _post(client, TXN)
+    assert r.status_code == 500
+    body = r.json()
+    assert len(body["request_id"]) == 32 and body["request_id"] in body["error"]
+    logged = [rec for rec in caplog.records if body["request_id"] in rec.getMessage()]
+    assert logged and logged[0].exc_info is not None  # with its traceback
+
+
+def test_the_store_refuses_what_the_gate_let_through(settings: Settings) -> None:
+    """Defence in depth: a gate configured wider than its store still writes nothing."""
+    from hearth.features.online import InputDomain
+
+    client = _app_client(settings, HttpPolicy(KEY, 4096, domain=InputDomain(max_amount=1e12)))
+    r = _post(client, {**TXN, "amount": 1e10})
+    assert r.status_code == 422, r.text
+    assert r.json()["problems"][0]["field"] == "amount"
+    store = open_store(settings)
+    assert store.get("c1") is None
+    store.close()
+
+
+def _refs(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        own = [node["$ref"]] if isinstance(node.get("$ref"), str) else []
+        return own + [r for v in node.values() for r in _refs(v)]
+    if isinstance(node, list):
+        return [r for v in node for r in _refs(v)]
+    return []
+
+
+def _resolve(doc: dict[str, Any], ref: str) -> Any:
+    assert ref.startswith("#/"), ref
+    node: Any = doc
+    for part in ref[2:].split("/"):
+        node = node[part.replace("~1", "/").replace("~0", "~")]
+    return node
+
+
+def _assert_valid_openapi(doc: dict[str, Any]) -> None:
+    from openapi_spec_validator import validate
+
+    doc = json.loads(json.dumps(doc))  # as served
+    assert doc["openapi"].startswith("3.0.")
+    validate(doc)  # as the version it declares
+    for ref in _refs(doc):
+        _resolve(doc, ref)  # every reference resolves
+
+
+def test_openapi_json_validates_as_its_version(client: TestClient) -> None:
+    doc = client.get("/openapi.json").json()
+    _assert_valid_openapi(doc)
+    batch = doc["paths"]["/predict_batch"]["post"]
+    items = batch["requestBody"]["content"]["application/json"]["schema"]["properties"]
+    assert items["transactions"]["items"]["properties"]["amount"]["exclusiveMinimum"] is True
+    assert {"400", "413", "422", "500", "503"} <= set(batch["responses"])
+
+
+@pytest.mark.parametrize(
+    ("module", "name"),
+    [
+        ("monolith", "Monolith"),
+        ("gateway", "Gateway"),
+        ("features", "Features"),
+        ("model", "Model"),
+    ],
+)
+def test_bentoml_docs_json_validates_as_its_version(module: str, name: str) -> None:
+    import importlib
+
+    service = getattr(importlib.import_module(f"bentos.{module}"), name)
+    _assert_valid_openapi(service.openapi_spec.asdict())
+
+
+def test_decide_never_approves_a_non_finite_probability() -> None:
+    from hearth.serving.pool import decide
+
+    for bad in (float("nan"), float("inf"), -0.1, 1.5):
+        with pytest.raises(ValueError, match="not a number in"):
+            decide(bad, 0.3, 0.7)
+    assert decide(0.0, 0.3, 0.7) == "approve"

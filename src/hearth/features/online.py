@@ -16,13 +16,16 @@ from __future__ import annotations
 import bisect
 import calendar
 import math
-from collections.abc import Iterator, Mapping
+import re
+import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 import pandas as pd
 
+from hearth.config import Settings
 from hearth.features.definitions import (
     AVG_WINDOW,
     EARTH_RADIUS_KM,
@@ -39,6 +42,98 @@ from hearth.schema import (
 )
 
 STATE_VERSION = 1
+
+# -- the input domain: what serving accepts and the online store writes -------------------
+# Ids are keys (Redis keys, log columns): a letter or digit, then letters, digits and
+# ``_ . : @ -``; no whitespace, no control characters, at most MAX_ID_LENGTH characters.
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@-]*$"
+MAX_ID_LENGTH = 128
+ID_FIELDS = ("transaction_id", "customer_id", "merchant_id", "device_id")
+# Defaults of Settings.max_amount and Settings.max_clock_skew_s.
+MAX_AMOUNT = 1e9
+MAX_CLOCK_SKEW_S = 300.0
+_ID = re.compile(ID_PATTERN)
+
+
+def id_problem(value: object) -> str | None:
+    """Why `value` is not an acceptable id, or None when it is."""
+    if not isinstance(value, str):
+        return f"must be a string, got {type(value).__name__}"
+    if not value or len(value) > MAX_ID_LENGTH:
+        return f"must be 1 to {MAX_ID_LENGTH} characters long, got {len(value)}"
+    if not _ID.fullmatch(value):
+        return f"must match {ID_PATTERN} (letters, digits, _ . : @ -), got {value[:40]!r}"
+    return None
+
+
+class InvalidTransaction(ValueError):
+    """A transaction outside the input domain; `problems` are (field, message) pairs."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        super().__init__("; ".join(f"{field}: {message}" for field, message in problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class InputDomain:
+    """The transactions serving accepts and the online store writes, beyond `Transaction`'s
+    own rules: ids by ID_PATTERN, amount at most `max_amount` (in its currency), timestamp
+    at most `max_ahead_s` ahead of `clock` and, when `max_behind_s` is set, at most that far
+    behind it. A far-future timestamp would become the customer's newest entry and empty
+    every later transaction's velocity windows; a huge amount overflows the model's sums.
+    """
+
+    max_amount: float = MAX_AMOUNT
+    max_ahead_s: float = MAX_CLOCK_SKEW_S
+    max_behind_s: float | None = None
+    clock: Callable[[], float] = time.time
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> InputDomain:
+        """The domain `settings` configure (HEARTH_MAX_AMOUNT, HEARTH_MAX_CLOCK_SKEW_S,
+        HEARTH_MAX_TRANSACTION_AGE_S; see there for the default behind the clock)."""
+        behind = settings.max_transaction_age_s
+        if behind is None and settings.env == "production":
+            behind = float(_HORIZON_S)
+        return cls(settings.max_amount, settings.max_clock_skew_s, behind)
+
+    def problems(self, txn: Transaction) -> list[tuple[str, str]]:
+        found = [(name, p) for name in ID_FIELDS if (p := id_problem(getattr(txn, name)))]
+        if not (math.isfinite(txn.amount) and 0 < txn.amount <= self.max_amount):
+            found.append(("amount", f"must be > 0 and <= {self.max_amount:g}, got {txn.amount!r}"))
+        now, ts = self.clock(), epoch_seconds(txn.timestamp)
+        if ts > now + self.max_ahead_s:
+            found.append(
+                ("timestamp", f"more than {self.max_ahead_s:g} s ahead of the server's clock")
+            )
+        elif self.max_behind_s is not None and ts < now - self.max_behind_s:
+            found.append(
+                ("timestamp", f"more than {self.max_behind_s:g} s behind the server's clock")
+            )
+        return found
+
+    def state_problems(self, state: CustomerState) -> list[str]:
+        """Why `state` must not be stored (a value non-finite or out of the domain), or []."""
+        found = []
+        max_eur = self.max_amount * max(EUR_RATES.values())
+        if not all(math.isfinite(a) and 0 < a <= max_eur for a in state.amounts):
+            found.append(f"history amounts must be finite, > 0 and <= {max_eur:g} EUR")
+        latest = self.clock() + self.max_ahead_s
+        times = [*state.times, *state.devices.values()]
+        if state.last_timestamp is not None:
+            times.append(state.last_timestamp)
+        if any(t > latest for t in times):
+            found.append(f"a timestamp is more than {self.max_ahead_s:g} s ahead of the clock")
+        if state.home is not None and home_location(*state.home) is None:
+            found.append(f"home {state.home!r} is not a finite latitude/longitude")
+        return found
+
+    def check(self, txn: Transaction) -> Transaction:
+        """`txn` when it is inside the domain, else InvalidTransaction naming each problem."""
+        found = self.problems(txn)
+        if found:
+            raise InvalidTransaction(found)
+        return txn
 
 
 def window_seconds(window: timedelta) -> int:
@@ -100,28 +195,29 @@ class Transaction:
     longitude: float
 
     def __post_init__(self) -> None:
-        for problem in self._problems():
-            raise ValueError(problem)
+        problems = list(self._problems())
+        if problems:
+            raise InvalidTransaction(problems)
 
-    def _problems(self) -> Iterator[str]:
-        for name in ("transaction_id", "customer_id", "merchant_id", "device_id"):
+    def _problems(self) -> Iterator[tuple[str, str]]:
+        for name in ID_FIELDS:
             value = getattr(self, name)
             if not isinstance(value, str) or not value.strip():
-                yield f"{name}: must be a non-empty string"
+                yield name, "must be a non-empty string"
         if not isinstance(self.timestamp, datetime):
-            yield "timestamp: must be a datetime"
+            yield "timestamp", "must be a datetime"
         if not (math.isfinite(self.amount) and self.amount > 0):
-            yield f"amount: must be a finite positive number, got {self.amount!r}"
+            yield "amount", f"must be a finite positive number, got {self.amount!r}"
         if self.currency not in EUR_RATES:
-            yield f"currency: unknown {self.currency!r}, expected one of {sorted(EUR_RATES)}"
+            yield "currency", f"unknown {self.currency!r}, expected one of {sorted(EUR_RATES)}"
         if self.channel not in _CHANNELS:
-            yield f"channel: unknown {self.channel!r}, expected one of {list(CHANNELS)}"
+            yield "channel", f"unknown {self.channel!r}, expected one of {list(CHANNELS)}"
         if self.merchant_category not in _CATEGORIES:
-            yield f"merchant_category: unknown {self.merchant_category!r}"
+            yield "merchant_category", f"unknown {self.merchant_category!r}"
         for name, bound in (("latitude", 90), ("longitude", 180)):
             value = getattr(self, name)
             if not (math.isfinite(value) and abs(value) <= bound):
-                yield f"{name}: must be a finite number within ±{bound}, got {value!r}"
+                yield name, f"must be a finite number within ±{bound}, got {value!r}"
 
     @property
     def amount_eur(self) -> float:

@@ -47,9 +47,11 @@ from hearth.config import Settings
 from hearth.features.definitions import HISTORY_HORIZON
 from hearth.features.online import (
     CustomerState,
+    InputDomain,
     Transaction,
     answer,
     build_states,
+    id_problem,
     observe_state,
     window_seconds,
 )
@@ -84,6 +86,21 @@ class StoreError(RuntimeError):
 
 class StoreUnavailable(StoreError):
     """The backend is unreachable, locked for too long, or failing (a service answers 503)."""
+
+
+class InvalidState(ValueError):
+    """A state the store refuses to write (a bad customer id, a value out of the domain)."""
+
+
+def check_states(states: Mapping[str, CustomerState], domain: InputDomain) -> None:
+    """Refuse (InvalidState) to write any of `states` when one of them is out of `domain`:
+    the store's own check, whoever calls it (defence in depth behind the gate)."""
+    for customer_id, state in states.items():
+        problems = domain.state_problems(state)
+        if (bad_id := id_problem(customer_id)) is not None:
+            problems.insert(0, f"customer_id {bad_id}")
+        if problems:
+            raise InvalidState(f"state of customer {customer_id!r}: {'; '.join(problems)}")
 
 
 class MaterializeError(FileNotFoundError):
@@ -149,7 +166,7 @@ def encode_state(state: CustomerState) -> str:
             data["history"] = data["history"][keep_from:]
             if "ids" in data:
                 data["ids"] = data["ids"][keep_from:]
-    return json.dumps(data, separators=(",", ":"))
+    return json.dumps(data, separators=(",", ":"), allow_nan=False)
 
 
 def decode_state(raw: str | bytes, customer_id: str) -> CustomerState:
@@ -178,8 +195,11 @@ class SQLiteStore:
 
     backend = "sqlite"
 
-    def __init__(self, path: Path, timeout_s: float = 5.0) -> None:
+    def __init__(
+        self, path: Path, timeout_s: float = 5.0, domain: InputDomain | None = None
+    ) -> None:
         self.path = path
+        self.domain = domain or InputDomain()
         # synchronous=NORMAL: in WAL mode it survives a process crash and skips an fsync per
         # commit; a power cut may lose the last few updates, which the next materialize
         # restores.
@@ -207,12 +227,14 @@ class SQLiteStore:
             return self._read(conn, customer_id)
 
     def put_many(self, states: Mapping[str, CustomerState]) -> int:
+        check_states(states, self.domain)
         rows = [(cid, encode_state(state)) for cid, state in states.items()]
         with self._db.transaction() as conn:
             conn.executemany(_UPSERT, rows)
         return len(rows)
 
     def observe(self, txn: Transaction) -> tuple[Features, bool]:
+        self.domain.check(txn)  # InvalidTransaction: nothing out of the domain is written
         # IMMEDIATE takes the write lock before the read, so two processes observing one
         # customer cannot both read the old state.
         with self._db.transaction() as conn:
@@ -257,6 +279,7 @@ class RedisStore:
         prefix: str = REDIS_KEY_PREFIX,
         max_attempts: int = 100,
         timeout_s: float = 0.5,
+        domain: InputDomain | None = None,
     ) -> None:
         # lazy: SQLite users (the default) never pay for loading redis-py.
         from hearth.storage import redis as redis_storage
@@ -265,6 +288,7 @@ class RedisStore:
         self.url = url
         self.prefix = prefix
         self.max_attempts = max_attempts
+        self.domain = domain or InputDomain()
         self._where = f"Redis online store {redacted_url(url)}"
         self._client = redis_storage.connect(url, timeout_s=timeout_s)
 
@@ -285,12 +309,14 @@ class RedisStore:
     def put_many(self, states: Mapping[str, CustomerState]) -> int:
         if not states:
             return 0
+        check_states(states, self.domain)
         payload = {self._key(cid): encode_state(state) for cid, state in states.items()}
         with self._translate():
             self._client.mset(payload)
         return len(payload)
 
     def observe(self, txn: Transaction) -> tuple[Features, bool]:
+        self.domain.check(txn)  # InvalidTransaction: nothing out of the domain is written
         key = self._key(txn.customer_id)
         return self._storage.compare_and_set(
             self._client,
@@ -363,9 +389,10 @@ def store_location(settings: Settings) -> str:
 
 def open_store(settings: Settings) -> OnlineStore:
     """The online store chosen by `settings.store_backend`; close it when done."""
+    domain = InputDomain.from_settings(settings)
     if settings.store_backend == "redis":
-        return RedisStore(settings.redis_url)
-    return SQLiteStore(settings.online_store_path)
+        return RedisStore(settings.redis_url, domain=domain)
+    return SQLiteStore(settings.online_store_path, domain=domain)
 
 
 def state_summary(customer_id: str, state: CustomerState) -> dict[str, Any]:

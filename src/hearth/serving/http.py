@@ -2,9 +2,12 @@
 
 Mounting an app (rather than declaring BentoML APIs) gives full control of status codes
 and headers; BentoML keeps serving /livez, /readyz, /metrics and its OpenAPI document
-(/docs.json, which includes these routes) next to it. Each request is checked in the order
-that costs the server least: API key (401/403) → size (413) → JSON (400) → fields (422).
-A dependency that cannot answer gives 503 with Retry-After, never a 500.
+(/docs.json, which includes these routes) next to it; both documents are OpenAPI 3.0
+(`hearth.serving.openapi`). Each request is checked in the order that costs the server
+least: API key (401/403) → size (413) → JSON and its depth (400) → batch size (413) →
+fields (422) → the input domain (422: `hearth.features.online.InputDomain`, the same in
+every service and in the online store). A dependency that cannot answer gives 503 with
+Retry-After; anything unexpected a JSON 500 carrying the request id, logged with its trace.
 
 The admin routes (``/admin/…``, rollout controls) take the ``X-Admin-Token`` header instead
 of the API key, and answer a refused change with the status its `RolloutError` carries
@@ -18,14 +21,16 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hearth.config import API_KEY_HEADER, Settings
+from hearth.features.online import InputDomain, InvalidTransaction
 from hearth.observability.logging import bind_request_id
 from hearth.observability.prometheus import metrics, record_predictions, record_request
 from hearth.serving.admin import Admin
@@ -37,7 +42,9 @@ from hearth.serving.auth import (
 )
 from hearth.serving.errors import Unavailable
 from hearth.serving.gateway import Gateway
+from hearth.serving.openapi import OPENAPI_VERSION, body_doc, response_doc
 from hearth.serving.schemas import (
+    MAX_BATCH,
     BatchIn,
     BatchOut,
     ErrorOut,
@@ -54,6 +61,12 @@ from hearth.traffic.rollout_state import RolloutError
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
+# Request bodies are a few levels deep (a batch: 3); deeper is refused before validation.
+MAX_JSON_DEPTH = 32
+# A body over the limit is still read (and dropped) up to this size, so that the client
+# gets its 413 rather than a connection reset while it is still sending; beyond, the
+# connection is closed after the 413.
+DRAIN_BYTES = 32 * 1024 * 1024
 
 
 class _BadRequest(Exception):
@@ -105,31 +118,60 @@ def _field(loc: tuple[Any, ...]) -> str:
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, refusing (413) one over `limit` bytes without reading all of it."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _BadRequest(413, f"request body over {limit} bytes")
+    """The body, refusing (413) one over `limit` bytes without keeping more than that: the
+    rest is read and dropped (up to DRAIN_BYTES), so the client can read its answer."""
     body = bytearray()
+    seen = 0
     async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise _BadRequest(413, f"request body over {limit} bytes")
+        seen += len(chunk)
+        if seen <= limit:
+            body += chunk
+        elif seen > DRAIN_BYTES:
+            break
+    if seen > limit:
+        raise _BadRequest(413, f"request body over {limit} bytes (HEARTH_MAX_PAYLOAD_BYTES)")
     return bytes(body)
 
 
-async def _parse(request: Request, model: type[M], api_key: str, limit: int) -> M:
-    check_api_key(request.headers.get(API_KEY_HEADER), api_key)
-    return await _parse_body(request, model, limit)
+def _depth(value: Any, limit: int) -> bool:
+    """Whether `value` nests no deeper than `limit` levels (iteratively: no recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        node, level = stack.pop()
+        if isinstance(node, dict | list):
+            if level > limit:
+                return False
+            children = node.values() if isinstance(node, dict) else node
+            stack.extend((child, level + 1) for child in children)
+    return True
 
 
-async def _parse_body(request: Request, model: type[M], limit: int, empty_ok: bool = False) -> M:
-    raw = await _read_body(request, limit)
-    if empty_ok and not raw.strip():
-        raw = b"{}"
+def _loads(raw: bytes) -> Any:
+    """The JSON of a body; 400 for invalid JSON or JSON nested deeper than MAX_JSON_DEPTH."""
+    too_deep = _BadRequest(400, f"invalid JSON: nested deeper than {MAX_JSON_DEPTH} levels")
     try:
         payload = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise _BadRequest(400, f"invalid JSON: {exc}") from None
+    except RecursionError:  # the parser's own limit (~1000 levels)
+        raise too_deep from None
+    if not _depth(payload, MAX_JSON_DEPTH):
+        raise too_deep
+    return payload
+
+
+async def _parse_body(
+    request: Request, model: type[M], limit: int, empty_ok: bool = False, max_batch: int = 0
+) -> M:
+    raw = await _read_body(request, limit)
+    if empty_ok and not raw.strip():
+        raw = b"{}"
+    payload = _loads(raw)
+    if max_batch and isinstance(payload, dict):
+        items = payload.get("transactions")
+        if isinstance(items, list) and len(items) > max_batch:
+            error = f"batch of {len(items)} transactions, over {max_batch} (HEARTH_MAX_BATCH)"
+            raise _BadRequest(413, error, [Problem(field="transactions", message=error)])
     try:
         return model.model_validate(payload)
     except ValidationError as exc:
@@ -137,21 +179,29 @@ async def _parse_body(request: Request, model: type[M], limit: int, empty_ok: bo
         raise _BadRequest(422, "invalid request", problems) from None
 
 
-def _body_doc(model: type[BaseModel]) -> dict[str, Any]:
-    """OpenAPI requestBody for a route that parses its body by hand."""
-    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+def _domain_problems(domain: InputDomain, txns: list[TransactionIn], prefix: str) -> None:
+    """422 naming each field of `txns` outside the input domain (`prefix`: where they are)."""
+    problems = [
+        Problem(field=f"{prefix}{i}.{name}" if prefix else name, message=message)
+        for i, txn in enumerate(txns)
+        for name, message in domain.problems(txn.to_transaction())
+    ]
+    if problems:
+        raise _BadRequest(422, "invalid request", problems)
 
 
+_body_doc = body_doc
+_INTERNAL_ERROR = "Unexpected server error; the log has its trace under `request_id`"
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorOut, "description": text}
+    code: response_doc(ErrorOut, text)
     for code, text in (
-        (400, "Body is not JSON"),
+        (400, "Body is not JSON, or JSON nested too deep"),
         (401, "No API key"),
         (403, "Wrong API key"),
-        (413, "Body too large"),
-        (422, "A field is missing or invalid; `problems` names it"),
-        (503, "Model or feature store unavailable; retry after Retry-After seconds"),
+        (413, "Body, or the batch's number of transactions, too large"),
+        (422, "A field is missing, invalid or out of range; `problems` names it"),
+        (500, _INTERNAL_ERROR),
+        (503, "Model or feature store unavailable (or overloaded); retry after Retry-After"),
     )
 }
 
@@ -166,6 +216,8 @@ class HttpPolicy:
     # Requests this process works on at once; past it, 503 + Retry-After at once instead of
     # a queue that only grows (HEARTH_MAX_IN_FLIGHT).
     max_in_flight: int = 512
+    domain: InputDomain = field(default_factory=InputDomain)
+    max_batch: int = MAX_BATCH
 
     @classmethod
     def from_settings(cls, settings: Settings) -> HttpPolicy:
@@ -174,6 +226,8 @@ class HttpPolicy:
             settings.max_payload_bytes,
             settings.admin_token.get_secret_value(),
             settings.max_in_flight,
+            InputDomain.from_settings(settings),
+            settings.max_batch,
         )
 
 
@@ -188,7 +242,14 @@ def create_app(
     at import time reads no settings and loads nothing. With `get_admin`, the admin routes
     (rollout controls) are mounted too.
     """
-    app = FastAPI(title="Hearth fraud scoring", version="1", docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="Hearth fraud scoring",
+        version="1",
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.openapi_version = OPENAPI_VERSION  # set after: not a constructor argument
+    app.add_middleware(_CatchAll)
 
     in_flight = 0  # requests between `handle`'s start and end, in this process
 
@@ -209,14 +270,27 @@ def create_app(
         return response
 
     async def _handle(request: Request, model: type[M], run: Callable[[M, str], Any]) -> Any:
-        request_id = uuid.uuid4().hex
+        request_id = _request_id(request.scope)
         bind_request_id(request_id)  # this request's task only: its log lines carry the id
         try:
             policy = get_policy()
-            body = await _parse(request, model, policy.api_key, policy.max_payload_bytes)
+            check_api_key(request.headers.get(API_KEY_HEADER), policy.api_key)
+            body = await _parse_body(
+                request, model, policy.max_payload_bytes, max_batch=policy.max_batch
+            )
+            if isinstance(body, TransactionIn):
+                _domain_problems(policy.domain, [body], "")
+            elif isinstance(body, BatchIn):
+                _domain_problems(policy.domain, list(body.transactions), "transactions.")
             return await run(body, request_id)
+        except InvalidTransaction as exc:  # refused further in (a store's own check)
+            problems = [Problem(field=f, message=m) for f, m in exc.problems]
+            return _refused(_BadRequest(422, "invalid request", problems), request_id, "")
         except (AuthError, _BadRequest, Unavailable) as exc:
             return _refused(exc, request_id, "503")
+        except Exception:
+            log.exception("%s failed (request %s)", request.url.path, request_id)
+            return _error(500, _internal_error(request_id))
 
     def count(predictions: list[PredictionOut], started: float | None = None) -> None:
         seconds = time.perf_counter() - started if started is not None else 0.0
@@ -231,9 +305,10 @@ def create_app(
             return await handle(request, model, run)
 
         endpoint.__doc__ = run.__doc__
+        responses = {200: response_doc(out, "Successful Response"), **_ERRORS}
         app.add_api_route(
-            path, endpoint, methods=["POST"], name=run.__name__, response_model=out,
-            responses=_ERRORS, openapi_extra=_body_doc(model),
+            path, endpoint, methods=["POST"], name=run.__name__, responses=responses,
+            openapi_extra=_body_doc(model),
         )  # fmt: skip
 
     async def predict(txn: TransactionIn, request_id: str) -> PredictionOut:
@@ -264,14 +339,16 @@ def create_app(
 
 
 _ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorOut, "description": text}
+    code: response_doc(ErrorOut, text)
     for code, text in (
         (400, "Body is not JSON"),
         (401, f"No {ADMIN_TOKEN_HEADER}"),
         (403, f"Wrong {ADMIN_TOKEN_HEADER}"),
         (404, "Unknown model version"),
         (409, "A rollout is running already, or none is"),
+        (413, "Body too large"),
         (422, "An invalid value (mode, steps, weight outside 0-100)"),
+        (500, _INTERNAL_ERROR),
         (503, "The model registry or the rollout state is unavailable; retry"),
     )
 }
@@ -323,3 +400,49 @@ def _admin_routes(
 
     for method, path, model, name, call in _ADMIN_ROUTES:
         route(method, path, model, name, call)
+
+
+# -- anything unexpected ----------------------------------------------------------------------
+_REQUEST_ID = "hearth.request_id"
+
+
+def _request_id(scope: Scope) -> str:
+    """This request's id: made once per request (by `_CatchAll`), shared by its handler."""
+    request_id: str = scope.setdefault(_REQUEST_ID, uuid.uuid4().hex)
+    return request_id
+
+
+def _internal_error(request_id: str) -> ErrorOut:
+    return ErrorOut(
+        error=f"internal error; the server's log has its trace under request id {request_id}",
+        request_id=request_id,
+    )
+
+
+class _CatchAll:
+    """An exception no handler answered becomes a JSON 500 carrying the request id, logged
+    with its trace (Starlette's own would be a plain-text 500 with no id)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = _request_id(scope)
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception:
+            log.exception("%s %s failed (request %s)", scope["method"], scope["path"], request_id)
+            if started:  # too late for a 500: the status is out; the server closes it
+                raise
+            response = _error(500, _internal_error(request_id))
+            await response(scope, receive, send)

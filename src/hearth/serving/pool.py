@@ -45,7 +45,13 @@ _RETRY_LOAD_S = 5.0  # a version that failed to load is not retried more often t
 
 
 def decide(probability: float, review: float, decline: float) -> Decision:
-    """decline if p >= decline, review if p >= review, else approve."""
+    """decline if p >= decline, review if p >= review, else approve.
+
+    A probability that is not a finite number in [0, 1] (NaN from a faulty model: every
+    comparison with it is False) is an error, never an "approve".
+    """
+    if not 0.0 <= probability <= 1.0:
+        raise ValueError(f"model returned probability {probability!r}, not a number in [0, 1]")
     if probability >= decline:
         return "decline"
     if probability >= review:
@@ -358,13 +364,18 @@ class ModelPool:
             if fault is not None and fault.fails(self._rng):
                 scores.append(failed(item, "drill fault: injected error"))
                 continue
+            try:
+                decision = decide(p, model.review, model.decline)
+            except ValueError as exc:  # NaN or out of [0, 1]: this item failed
+                scores.append(failed(item, str(exc)))
+                continue
             scores.append(
                 Score(
                     variant=item.variant,
                     model_version=record.version,
                     data_version=record.data_version,
                     probability=p,
-                    decision=decide(p, model.review, model.decline),
+                    decision=decision,
                     model_ms=model_ms,
                 )
             )

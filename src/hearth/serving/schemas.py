@@ -14,12 +14,20 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, field_validator
 
-from hearth.features.online import Transaction
+from hearth.features.online import ID_PATTERN, MAX_AMOUNT, MAX_ID_LENGTH, Transaction
 from hearth.schema import CHANNELS, CURRENCIES, MERCHANT_CATEGORIES, TIMESTAMP_FORMAT
 
 Decision = Literal["approve", "review", "decline"]
-# A batch is scored in one model call; beyond this, a client should split it.
+# A batch is scored in one model call; beyond this (HEARTH_MAX_BATCH), a client should split
+# it: the gateway answers 413 before it validates a single item.
 MAX_BATCH = 1000
+TIMESTAMP_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}$"
+
+
+def _id(description: str) -> Any:
+    return Field(
+        min_length=1, max_length=MAX_ID_LENGTH, pattern=ID_PATTERN, description=description
+    )
 
 
 class _Strict(BaseModel):
@@ -35,15 +43,27 @@ def _one_of(value: str, allowed: tuple[str, ...], what: str) -> str:
 class TransactionIn(_Strict):
     """A transaction to score: the raw fields of the data contract, without the label."""
 
-    transaction_id: StrictStr = Field(min_length=1, max_length=128)
-    timestamp: StrictStr = Field(description="UTC, YYYY-MM-DDTHH:MM:SS")
-    customer_id: StrictStr = Field(min_length=1, max_length=128)
-    merchant_id: StrictStr = Field(min_length=1, max_length=128)
+    transaction_id: StrictStr = _id("Unique per customer; a retry with it is counted once.")
+    timestamp: StrictStr = Field(
+        pattern=TIMESTAMP_PATTERN,
+        description="UTC, YYYY-MM-DDTHH:MM:SS; at most HEARTH_MAX_CLOCK_SKEW_S (300 s) ahead "
+        "of the server's clock",
+    )
+    customer_id: StrictStr = _id("The customer whose features this transaction updates.")
+    merchant_id: StrictStr = _id("The merchant.")
     merchant_category: StrictStr
-    amount: float = Field(gt=0, strict=True, allow_inf_nan=False, description="In `currency`; > 0.")
+    # The configured bound (HEARTH_MAX_AMOUNT) is checked by the gateway (InputDomain); the
+    # document states its default.
+    amount: float = Field(
+        gt=0,
+        strict=True,
+        allow_inf_nan=False,
+        json_schema_extra={"maximum": MAX_AMOUNT},
+        description="In `currency`; > 0 and at most HEARTH_MAX_AMOUNT (default 1e9).",
+    )
     currency: StrictStr
     channel: StrictStr
-    device_id: StrictStr = Field(min_length=1, max_length=128)
+    device_id: StrictStr = _id("The device the customer used.")
     latitude: float = Field(ge=-90, le=90, strict=True, allow_inf_nan=False)
     longitude: float = Field(ge=-180, le=180, strict=True, allow_inf_nan=False)
 
@@ -85,13 +105,16 @@ def transaction_payload(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 class BatchIn(_Strict):
-    transactions: list[TransactionIn] = Field(min_length=1, max_length=MAX_BATCH)
+    # The count is checked (413) before validation, against HEARTH_MAX_BATCH.
+    transactions: list[TransactionIn] = Field(
+        min_length=1, json_schema_extra={"maxItems": MAX_BATCH}
+    )
 
 
 class FeedbackIn(_Strict):
     """A delayed label: was this transaction fraud after all?"""
 
-    transaction_id: StrictStr = Field(min_length=1, max_length=128)
+    transaction_id: StrictStr = _id("A transaction scored earlier.")
     is_fraud: StrictBool
 
 
