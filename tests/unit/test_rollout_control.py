@@ -24,6 +24,7 @@ from hearth.serving.schemas import FeatureRow, Score, ScoreItem, TransactionIn
 from hearth.traffic.assignment import Route
 from hearth.traffic.prediction_log import PredictionLog, PredictionRecord
 from hearth.traffic.rollout_state import (
+    Decision,
     InvalidRollout,
     NoActiveRollout,
     RolloutConflict,
@@ -135,20 +136,23 @@ def test_rollback_promote_and_rollback_again_move_the_served_champion(
         "champion": "1", "challenger": "2", "mode": "canary", "challenger_percent": 5.0
     }  # fmt: skip
 
-    control.rollback(settings, PARAMS, reason="drill")
+    control.rollback(settings, PARAMS, Decision(reason="drill"))
     assert _served(settings).versions() == {"champion": "1"}
     ended = control.status(settings, PARAMS).rollout
     assert ended is not None and ended.status == "rolled_back"
 
     control.start(settings, PARAMS, "2")
-    change = control.promote(settings, PARAMS, reason="better")
+    change = control.promote(settings, PARAMS, Decision(reason="better"))
     assert change.after["champion"] == "2"
     assert _served(settings).versions() == {"champion": "2"}
     status = control.status(settings, PARAMS)
     assert status.served.champion == "2" and status.aliases["previous"] == "1"
 
-    # After a promotion a rollback sets the state's champion back, then the aliases.
-    control.rollback(settings, PARAMS)
+    # After a promotion a rollback changes nothing; reverting is its own, explicit action
+    # that sets the state's champion back, then the aliases.
+    assert not control.rollback(settings, PARAMS).changed
+    assert _served(settings).versions() == {"champion": "2"}
+    control.rollback_to_previous(settings, PARAMS, "2")
     assert _served(settings).versions() == {"champion": "1"}
     status = control.status(settings, PARAMS)
     assert status.served.champion == "1" and status.aliases["champion"] == "1"
@@ -339,3 +343,30 @@ def test_the_default_route_is_the_pools_champion(tmp_path: Path) -> None:
     gateway = _gateway(tmp_path, CHAMPION_ROUTE, "ok")
     (out,) = asyncio.run(gateway.predict([TXN]))
     assert (out.variant, out.model_version) == ("champion", "1")
+
+
+# -- status without the registry ---------------------------------------------------------------
+def test_status_degrades_when_the_registry_does_not_answer(
+    settings: Settings, versions: list[str]
+) -> None:
+    control.start(settings, PARAMS, "2")
+    fast = control.status(settings, PARAMS)  # a SQLite registry: read without MLflow's client
+    assert fast.aliases == control.promotion.aliases(NAME) == {"champion": "1", "challenger": "2"}
+    down = settings.model_copy(update={"mlflow_tracking_uri": "http://127.0.0.1:9"})
+    status = control.status(down, PARAMS)
+    assert status.aliases == {} and status.aliases_error is not None
+    assert "unavailable" in status.aliases_error
+    assert status.served.challenger == "2" and status.rollout is not None  # the state still
+
+
+def test_the_admin_controls_answer_a_repeated_rollback_with_changed_false(
+    settings: Settings, versions: list[str]
+) -> None:
+    ops = control.Controls(settings, PARAMS, actor="admin-test")
+    control.start(settings, PARAMS, "2")
+    first, second = ops.rollback("drill"), ops.rollback("drill again")
+    assert (first["changed"], first["status"]) == (True, "rolled_back")
+    assert (second["changed"], second["aliases"]) == (False, "unchanged")
+    assert "nothing changed" in second["message"]
+    with pytest.raises(RolloutConflict, match="nothing to revert"):
+        ops.rollback_to_previous("1", "no promotion yet")

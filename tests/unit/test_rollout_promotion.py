@@ -12,10 +12,17 @@ from mlflow.tracking import MlflowClient
 
 from hearth.config import Params, Settings
 from hearth.rollout import promotion
-from hearth.rollout.promotion import AliasChange, aliases, promote, repair, rollback, start_rollout
+from hearth.rollout.promotion import (
+    aliases,
+    promote,
+    repair,
+    rollback,
+    rollback_to_previous,
+    start_rollout,
+)
 from hearth.traffic.rollout_state import (
+    Decision,
     InvalidRollout,
-    NoActiveRollout,
     RolloutConflict,
     UnknownVersion,
 )
@@ -27,8 +34,9 @@ PARAMS = Params()
 NAME = PARAMS.registry.model_name
 
 
-class Crash(RuntimeError):
-    """The simulated process death between two registry writes."""
+class Crash(BaseException):
+    """The simulated process death between two registry writes (a BaseException, as
+    SystemExit: no `except Exception` may survive it)."""
 
 
 @pytest.fixture
@@ -73,7 +81,7 @@ def test_a_rollout_promoted_moves_champion_keeps_previous_and_ends_the_rollout(
     started = start_rollout(settings, PARAMS, store=store, actor="alice")
     assert (started.champion_version, started.challenger_version) == ("1", "2")
 
-    change = promote(settings, PARAMS, store=store, actor="flow", numbers={"psi": 0.02})
+    change = promote(settings, PARAMS, Decision("flow", numbers={"psi": 0.02}), store=store)
     assert change.before == {"champion": "1", "challenger": "2"}
     assert change.after == aliases(NAME) == {"champion": "2", "previous": "1"}
     ended = store.current()
@@ -87,23 +95,38 @@ def test_rollback_during_a_rollout_only_drops_the_challenger(
     settings: Settings, store: SQLiteStateStore, versions: list[str]
 ) -> None:
     started = start_rollout(settings, PARAMS, store=store)
-    change = rollback(settings, PARAMS, store=store, reason="errors", test="guard")
-    assert change.after == aliases(NAME) == {"champion": "1"}
+    decision = Decision(reason="errors", test="guard")
+    end = rollback(settings, PARAMS, decision, store=store, sync_aliases=True)
+    assert (end.changed, end.aliases, end.champion) == (True, "updated", "1")
+    assert aliases(NAME) == {"champion": "1"}
     ended = store.current()
     assert ended is not None and (ended.status, ended.challenger_percent) == ("rolled_back", 0)
     last = store.history(started.rollout_id)[-1]
     assert (last.action, last.reason, last.test) == ("rollback", "errors", "guard")
 
 
-def test_rollback_after_a_promotion_restores_previous_once(
+def test_after_a_promotion_rollback_changes_nothing_and_to_previous_reverts_once(
     settings: Settings, store: SQLiteStateStore, versions: list[str]
 ) -> None:
     promote(settings, PARAMS, challenger_version="3", store=store)
     assert aliases(NAME) == {"champion": "3", "previous": "1", "challenger": "2"}
-    change = rollback(settings, PARAMS, store=store)
-    assert change.after == {"champion": "1", "challenger": "2"}
-    with pytest.raises(NoActiveRollout, match="nothing to roll back"):
-        rollback(settings, PARAMS, store=store)
+    events = len(store.history())
+    # No rollout runs: a rollback (or its retry) must not demote the champion.
+    for _ in range(2):
+        end = rollback(settings, PARAMS, store=store)
+        assert (end.changed, end.champion, end.aliases) == (False, "3", "unchanged")
+        assert "nothing changed" in end.message
+    assert store.served().champion_version == "3" and len(store.history()) == events
+
+    with pytest.raises(RolloutConflict, match="v2 is not the champion"):
+        rollback_to_previous(settings, PARAMS, "2", store=store)
+    change = rollback_to_previous(settings, PARAMS, "3", store=store)
+    assert change.after == aliases(NAME) == {"champion": "1", "challenger": "2"}
+    assert store.served().champion_version == "1"
+    # The same request again (a retry): v3 is no longer the champion, nothing changes.
+    with pytest.raises(RolloutConflict, match="v3 is not the champion"):
+        rollback_to_previous(settings, PARAMS, "3", store=store)
+    assert store.served().champion_version == "1" and aliases(NAME)["champion"] == "1"
 
 
 def test_bad_requests_are_typed_errors_and_change_nothing(
@@ -164,7 +187,7 @@ def test_a_crash_after_the_traffic_switch_is_repaired(
     settings: Settings,
     store: SQLiteStateStore,
     versions: list[str],
-    command: Callable[..., AliasChange],
+    command: Callable[..., object],
     crash: tuple[str, int],
     status: str,
     champion: str,
@@ -173,7 +196,10 @@ def test_a_crash_after_the_traffic_switch_is_repaired(
 ) -> None:
     start_rollout(settings, PARAMS, store=store)
     with crash_on_call(*crash):
-        command(settings, PARAMS, store=store)
+        if command is rollback:
+            rollback(settings, PARAMS, store=store, sync_aliases=True)
+        else:
+            command(settings, PARAMS, store=store)
     # The state is written first: the rollout has ended and `champion` serves (no replica
     # routes to the challenger any more). The aliases are half done.
     served = store.served()
@@ -197,8 +223,8 @@ def test_the_next_command_repairs_first(
 ) -> None:
     with crash_on_call("set_registered_model_alias", call=2):
         promote(settings, PARAMS, challenger_version="2", store=store)
-    # The rollback sees the finished promotion (v2 champion, v1 previous) and undoes it.
-    change = rollback(settings, PARAMS, store=store)
+    # The revert sees the finished promotion (v2 champion, v1 previous) and undoes it.
+    change = rollback_to_previous(settings, PARAMS, "2", store=store)
     assert change.before == {"champion": "2", "previous": "1"}
     assert aliases(NAME) == {"champion": "1"}
 
@@ -208,7 +234,7 @@ def test_crash_between_the_two_rollback_writes_is_repaired(
 ) -> None:
     promote(settings, PARAMS, challenger_version="2", store=store)
     with crash_on_call("delete_registered_model_alias", call=1):
-        rollback(settings, PARAMS, store=store)
+        rollback_to_previous(settings, PARAMS, "2", store=store)
     assert aliases(NAME) == {"champion": "1", "previous": "1"}  # already serving v1 again
     repair(settings, PARAMS, store)
     assert aliases(NAME) == {"champion": "1"}
@@ -281,7 +307,7 @@ def test_promotion_and_rollback_move_the_states_champion(
         promote(settings, PARAMS, challenger_version="3", store=store)
     promote(settings, PARAMS, store=store)
     assert store.served().champion_version == "2"
-    rollback(settings, PARAMS, store=store)  # after the promotion: previous again
+    rollback_to_previous(settings, PARAMS, "2", store=store)
     assert store.served().champion_version == "1" and aliases(NAME)["champion"] == "1"
     # no rollout running: a direct promotion
     promote(settings, PARAMS, challenger_version="3", store=store)
@@ -289,3 +315,127 @@ def test_promotion_and_rollback_move_the_states_champion(
     assert (served.champion_version, served.running) == ("3", None)
     assert aliases(NAME) == {"champion": "3", "previous": "1"}
     assert store.history()[-1].changes == {"champion_version": ("1", "3")}
+
+
+# -- rollback without MLflow; compare-and-set on the rollout id (issue #11) -------------------
+def _registry_down(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every MLflow client call fails as with the tracking server stopped."""
+
+    def refused(*args: Any, **kwargs: Any) -> Any:
+        raise ConnectionRefusedError("MLflow is down")
+
+    for method in ("get_registered_model", "set_registered_model_alias",
+                   "delete_registered_model_alias", "get_model_version"):  # fmt: skip
+        monkeypatch.setattr(MlflowClient, method, refused)
+
+
+def test_a_rollback_takes_effect_with_mlflow_down_and_the_aliases_follow_later(
+    settings: Settings,
+    store: SQLiteStateStore,
+    versions: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    started = start_rollout(settings, PARAMS, store=store)
+    with pytest.MonkeyPatch.context() as down:
+        _registry_down(down)
+        end = rollback(settings, PARAMS, Decision("ops", "bad canary"), store=store,
+                       sync_aliases=True)  # fmt: skip
+        assert (end.changed, end.status, end.aliases) == (True, "rolled_back", "pending")
+        assert store.served().versions() == {"champion": "1"}  # serving follows now
+        pending = store.intent()
+        assert pending is not None and pending.rollout_id == started.rollout_id
+        assert (pending.after, pending.only_if) == ({"challenger": None}, {"challenger": "2"})
+        with pytest.raises(ConnectionRefusedError):
+            repair(settings, PARAMS, store)  # still down: the intent stays
+        assert store.intent() == pending
+    assert aliases(NAME) == {"champion": "1", "challenger": "2"}  # not yet followed
+    change = repair(settings, PARAMS, store)  # MLflow is back
+    assert change is not None and change.action == "repair: finished rollback"
+    assert aliases(NAME) == {"champion": "1"} and store.intent() is None
+    last = store.history(started.rollout_id)[-1]
+    assert (last.actor, last.action, last.reason) == ("ops", "rollback", "bad canary")
+
+
+def test_a_rollback_never_drops_a_challenger_alias_that_moved_on(
+    settings: Settings, store: SQLiteStateStore, versions: list[str]
+) -> None:
+    start_rollout(settings, PARAMS, store=store)
+    rollback(settings, PARAMS, store=store)  # aliases left for repair
+    MlflowClient().set_registered_model_alias(NAME, "challenger", "3")  # the next candidate
+    repair(settings, PARAMS, store)
+    assert aliases(NAME) == {"champion": "1", "challenger": "3"} and store.intent() is None
+
+
+def test_a_stale_promote_after_a_human_rollback_is_refused(
+    settings: Settings, store: SQLiteStateStore, versions: list[str]
+) -> None:
+    judged = start_rollout(settings, PARAMS, store=store)  # the flow judges this one …
+    rollback(settings, PARAMS, Decision("cli:alice", "looks wrong"), store=store)  # … a human
+    events = len(store.history())
+    with pytest.raises(RolloutConflict, match="already ended as rolled_back"):
+        promote(settings, PARAMS, Decision("rollout-flow"), rollout_id=judged.rollout_id,
+                store=store)  # fmt: skip
+    served = store.served()
+    assert (served.champion_version, served.rollout.status) == ("1", "rolled_back")  # type: ignore[union-attr]
+    assert len(store.history()) == events
+    assert aliases(NAME)["champion"] == "1"
+
+
+def test_a_stale_rollback_after_a_human_promote_is_refused(
+    settings: Settings, store: SQLiteStateStore, versions: list[str]
+) -> None:
+    judged = start_rollout(settings, PARAMS, store=store)
+    promote(settings, PARAMS, Decision("cli:alice"), store=store)
+    events = len(store.history())
+    with pytest.raises(RolloutConflict, match="already ended as promoted"):
+        rollback(settings, PARAMS, Decision("rollout-flow"), rollout_id=judged.rollout_id,
+                 store=store)  # fmt: skip
+    assert store.served().champion_version == "2" and len(store.history()) == events
+    # A human rollback without a rollout id is a no-op that says what happened.
+    end = rollback(settings, PARAMS, store=store)
+    assert not end.changed and "already ended as promoted" in end.message
+    assert store.served().champion_version == "2" and aliases(NAME)["champion"] == "2"
+
+
+def test_a_decision_on_the_rollout_it_judged_applies_and_repeats_are_no_ops(
+    settings: Settings, store: SQLiteStateStore, versions: list[str]
+) -> None:
+    judged = start_rollout(settings, PARAMS, store=store)
+    end = rollback(settings, PARAMS, rollout_id=judged.rollout_id, store=store)
+    assert end.changed and end.rollout_id == judged.rollout_id
+    again = rollback(settings, PARAMS, rollout_id=judged.rollout_id, store=store)
+    assert not again.changed and "already ended as rolled_back" in again.message
+    with pytest.raises(RolloutConflict, match="not the running one"):
+        rollback(settings, PARAMS, rollout_id="r-unknown", store=store)
+
+
+def test_rollback_to_previous_is_refused_while_a_rollout_runs(
+    settings: Settings, store: SQLiteStateStore, versions: list[str]
+) -> None:
+    promote(settings, PARAMS, challenger_version="2", store=store)
+    start_rollout(settings, PARAMS, "3", store=store)
+    with pytest.raises(RolloutConflict, match="is running"):
+        rollback_to_previous(settings, PARAMS, "2", store=store)
+    assert store.served().running is not None and store.served().champion_version == "2"
+
+
+def test_a_pending_intent_is_never_overwritten_blindly(
+    settings: Settings, store: SQLiteStateStore, versions: list[str]
+) -> None:
+    promote(settings, PARAMS, challenger_version="2", store=store)  # aliases done
+    start_rollout(settings, PARAMS, "3", store=store)
+    rollback(settings, PARAMS, store=store)  # drop challenger v3: pending (no sync)
+    pending = store.intent()
+    assert pending is not None
+    with pytest.raises(RolloutConflict, match="pending registry change"):
+        store.set_intent(pending.model_copy(update={"after": {"champion": "1"}}), expected=None)
+    # A second change recorded over a pending one keeps both's alias writes.
+    start_rollout(settings, PARAMS, "1", store=store)
+    rollback(settings, PARAMS, store=store)
+    merged = store.intent()
+    assert merged is not None and merged.before == pending.before
+    assert merged.only_if == {"challenger": "1"}  # the newer write of the same alias wins
+    # A repair that read the older intent never clears the newer one.
+    with pytest.raises(RolloutConflict):
+        store.set_intent(None, expected=pending)
+    assert store.intent() == merged

@@ -256,6 +256,40 @@ def check_promotion_ends_the_rollout_and_moves_the_champion_in_one_write(
     assert store.served().versions() == {"champion": "2"}
 
 
+def check_an_intent_is_recorded_in_the_write_it_follows_and_compared_on(
+    store: StateStore,
+) -> None:
+    store.set_champion("1", "t", "adopt", expected=None)
+    running = store.start(rollout(), "t")
+    drop = PromotionIntent(
+        action="rollback", model_name="m", before={}, after={"challenger": None},
+        only_if={"challenger": "2"}, rollout_id=running.rollout_id, rollout_status="rolled_back",
+    )  # fmt: skip
+    # A refused write records no intent either.
+    with pytest.raises(RolloutConflict):
+        store.update(lambda s: s.ended("rolled_back"), "t", "rollback", rollout_id="other",
+                     intent=drop)  # fmt: skip
+    assert store.intent() is None
+    store.update(lambda s: s.ended("rolled_back"), "t", "rollback",
+                 rollout_id=running.rollout_id, intent=drop)  # fmt: skip
+    assert store.intent() == drop and store.served().versions() == {"champion": "1"}
+    # Compare-and-set on the pending intent.
+    with pytest.raises(RolloutConflict, match="pending registry change"):
+        store.set_intent(None, expected=None)
+    revert = drop.model_copy(update={"after": {"champion": "1"}, "only_if": {}})
+    with pytest.raises(RolloutConflict):
+        store.set_intent(revert, expected=None)
+    assert store.intent() == drop
+    # A champion change recorded over the pending intent makes both's alias writes.
+    store.set_champion("3", "t", "rollback", expected="1", intent=revert)
+    merged = store.intent()
+    assert merged is not None
+    assert merged.after == {"challenger": None, "champion": "1"}
+    assert merged.only_if == {"challenger": "2"}
+    store.set_intent(None, expected=merged)
+    assert store.intent() is None
+
+
 CHECKS = [
     check_start_update_history,
     check_refusals_change_nothing,
@@ -263,6 +297,7 @@ CHECKS = [
     check_intent_round_trip,
     check_champion_compare_and_set,
     check_promotion_ends_the_rollout_and_moves_the_champion_in_one_write,
+    check_an_intent_is_recorded_in_the_write_it_follows_and_compared_on,
 ]
 
 

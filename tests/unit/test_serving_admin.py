@@ -4,14 +4,16 @@ and a change makes this gateway re-read the state at once."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 from mlflow.exceptions import MlflowException
 
-from hearth.serving.admin import Admin, AdminUnavailable
+from hearth.serving.admin import Admin, AdminUnavailable, RollbackToPreviousIn
 from hearth.serving.schemas import RolloutActionIn, RolloutStartIn, RolloutWeightIn
-from hearth.traffic.rollout_state import NoActiveRollout, StateUnavailable
+from hearth.traffic.rollout_state import NoActiveRollout, RolloutConflict, StateUnavailable
 
 
 class FakeOps:
@@ -48,6 +50,9 @@ class FakeOps:
     def rollback(self, reason: str) -> dict[str, Any]:
         return self._call("rollback", reason)
 
+    def rollback_to_previous(self, expect_champion: str, reason: str) -> dict[str, Any]:
+        return self._call("rollback_to_previous", expect_champion, reason)
+
 
 def test_ops_are_made_once_on_first_use_and_changes_refresh_the_router() -> None:
     ops, made, refreshed = FakeOps(), [], []
@@ -66,10 +71,11 @@ def test_ops_are_made_once_on_first_use_and_changes_refresh_the_router() -> None
     asyncio.run(admin.weight(RolloutWeightIn(challenger_percent=30, reason="w")))
     asyncio.run(admin.promote(RolloutActionIn(reason="p")))
     asyncio.run(admin.rollback(RolloutActionIn(reason="b")))
-    assert made == [1] and len(refreshed) == 4
+    asyncio.run(admin.rollback_to_previous(RollbackToPreviousIn(expect_champion=2, reason="v")))
+    assert made == [1] and len(refreshed) == 5
     assert ops.calls == [
         ("status",), ("history", 5), ("start", "2", "shadow", None, "r"), ("weight", 30.0, "w"),
-        ("promote", "p"), ("rollback", "b"),
+        ("promote", "p"), ("rollback", "b"), ("rollback_to_previous", "2", "v"),
     ]  # fmt: skip
 
 
@@ -89,3 +95,48 @@ def test_failures_keep_or_get_their_status(error: BaseException, raised: type) -
     with pytest.raises(raised):
         asyncio.run(admin.promote(RolloutActionIn(reason="p")))
     assert refreshed == []  # nothing changed: no re-read
+
+
+# -- over HTTP: a rollback that did not take effect is never a 2xx -------------------------------
+ADMIN = "admin-test-token"
+
+
+@pytest.fixture
+def http() -> Iterator[tuple[TestClient, FakeOps]]:
+    from hearth.serving.http import HttpPolicy, create_app
+
+    ops = FakeOps()
+    admin = Admin(lambda: ops)
+    policy = HttpPolicy("api-key", max_payload_bytes=4096, admin_token=ADMIN)
+    app = create_app(lambda: None, lambda: policy, lambda: admin)  # type: ignore[arg-type,return-value]
+    with TestClient(app) as client:
+        client.headers["X-Admin-Token"] = ADMIN
+        yield client, ops
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [("/admin/rollback", {"reason": "r"}),
+     ("/admin/rollback-to-previous", {"expect_champion": "2", "reason": "r"})],
+)  # fmt: skip
+def test_a_state_write_that_failed_answers_503(
+    http: tuple[TestClient, FakeOps], path: str, body: dict[str, Any]
+) -> None:
+    client, ops = http
+    ops.fail = StateUnavailable("rollout state on Redis: connection refused")
+    r = client.post(path, json=body)
+    assert r.status_code == 503, r.text
+    assert "rollout state unavailable" in r.json()["error"]
+
+
+def test_rollback_routes_answer_what_happened(http: tuple[TestClient, FakeOps]) -> None:
+    client, ops = http
+    r = client.post("/admin/rollback", json={})
+    assert r.status_code == 200 and r.json() == {"call": "rollback"}
+    ops.fail = RolloutConflict("v2 is not the champion (v1 is): nothing reverted")
+    r = client.post("/admin/rollback-to-previous", json={"expect_champion": 2})
+    assert r.status_code == 409 and "not the champion" in r.json()["error"]
+    ops.fail = None
+    for bad in ({}, {"expect_champion": "2", "extra": 1}, {"expect_champion": 2.5}):
+        assert client.post("/admin/rollback-to-previous", json=bad).status_code in {400, 422}
+    assert ops.calls[-1] == ("rollback_to_previous", "2", "")

@@ -1,7 +1,10 @@
-"""`hearth rollout start|status|weight|promote|report` and `hearth rollback`.
+"""`hearth rollout start|status|weight|promote|repair|report` and `hearth rollback`.
 
 The rollout control and report modules are imported inside the commands: they load MLflow,
-pandas and scipy (~5 s), which the other commands should not pay for at start-up.
+pandas and scipy (~5 s), which the other commands should not pay for at start-up. `hearth
+rollback` imports none of them (`hearth.rollout.promotion` loads MLflow only to touch the
+registry): it is one write to the rollout state and must answer in well under a second,
+with MLflow up or down.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from rich.table import Table
 
 from hearth.cli._common import console, fail, load_context
 from hearth.traffic.rollout_state import (
+    Decision,
     InvalidRollout,
     NoActiveRollout,
     RolloutConflict,
@@ -25,6 +29,7 @@ from hearth.traffic.rollout_state import (
 from hearth.traffic.stores import open_state_store
 
 if TYPE_CHECKING:
+    from hearth.config import Params, Settings
     from hearth.rollout.control import RolloutStatus
 
 T = TypeVar("T")
@@ -135,13 +140,17 @@ def _print_rollout_status(status: RolloutStatus) -> None:
             f"{len(r.steps)}  updated {r.updated_at.isoformat()}"
         )
     aliases = ", ".join(f"{k}=v{v}" for k, v in sorted(status.aliases.items())) or "none"
+    if status.aliases_error:
+        aliases = f"[yellow]unavailable[/] ({status.aliases_error})"
     out.print(f"registry aliases: {aliases}")
     out.print(f"served now: champion v{served.champion}" + (
         f", challenger v{served.challenger} ({served.mode}, "
         f"{served.challenger_percent:g} %)" if served.challenger else ""))  # fmt: skip
     if status.pending_repair:
-        out.print("[yellow]an interrupted promotion/rollback is pending: the next rollout "
-                  "command repairs it[/]")  # fmt: skip
+        intent = status.pending_repair
+        out.print(f"[yellow]the aliases of a {intent.action} are not written yet (MLflow did "
+                  "not answer, or a crash): `hearth rollout repair` or the next rollout "
+                  "command makes them[/]")  # fmt: skip
     live = Table("variant", "requests", "errors", "labelled", "frauds", title="live (this rollout)")
     for variant, c in sorted(status.live.items()):
         live.add_row(variant, *(str(n) for n in (c.requests, c.errors, c.labelled, c.frauds)))
@@ -178,9 +187,34 @@ def rollout_promote(
     from hearth.rollout import control  # lazy: MLflow, see the module docstring
 
     ctx = load_context()
-    change = _rollout_call(lambda: control.promote(ctx.settings, ctx.params, _actor(), reason))
-    console.print(f"[green]✓[/] promoted: aliases {change.before} → {change.after}")
-    console.print("  undo with `hearth rollback` (restores `previous`)")
+    change = _rollout_call(
+        lambda: control.promote(ctx.settings, ctx.params, Decision(_actor(), reason))
+    )
+    console.print(f"[green]✓[/] promoted: aliases {change.before} → {change.after}"
+                  + _pending(change.aliases))  # fmt: skip
+    champion = change.after.get("champion", "N")
+    console.print(f"  undo with `hearth rollback --to-previous --expect-champion {champion}`")
+
+
+def _pending(aliases: str) -> str:
+    if aliases != "pending":
+        return ""
+    return (" [yellow](MLflow did not answer: the aliases follow at `hearth rollout repair` "
+            "or the next rollout command)[/]")  # fmt: skip
+
+
+@rollout_app.command("repair")
+def rollout_repair() -> None:
+    """Make the MLflow aliases follow the rollout state: finish the alias writes of a
+    promotion or rollback that MLflow did not take (it was down, or a crash)."""
+    from hearth.rollout import promotion  # lazy: MLflow, see the module docstring
+
+    ctx = load_context()
+    change = _rollout_call(lambda: promotion.repair(ctx.settings, ctx.params))
+    if change is None:
+        console.print("[green]✓[/] the aliases already follow the rollout state")
+    else:
+        console.print(f"[green]✓[/] {change.action}: aliases {change.before} → {change.after}")
 
 
 @rollout_app.command("report")
@@ -214,12 +248,57 @@ def rollout_report(
 @commands.command()
 def rollback(
     reason: Annotated[str, typer.Option(help="Why: recorded in the rollout's history.")] = "",
+    to_previous: Annotated[
+        bool,
+        typer.Option(
+            "--to-previous",
+            help="Instead: undo the last promotion, making the `previous` version the "
+            "champion again (needs --expect-champion and MLflow).",
+        ),
+    ] = False,
+    expect_champion: Annotated[
+        str | None,
+        typer.Option(
+            help="With --to-previous: the champion version you mean to replace; refused if "
+            "it is no longer the champion."
+        ),
+    ] = None,
 ) -> None:
-    """Roll back now: end the running rollout (all traffic to the champion within a second),
-    or, with none running, restore the `previous` champion."""
-    from hearth.rollout import control  # lazy: MLflow, see the module docstring
+    """Roll back now: end the running rollout (all traffic to the champion within a second;
+    works with MLflow down, the aliases follow when it answers). With no rollout running it
+    changes nothing and says so, so running it twice is safe. To undo a promotion, use
+    `--to-previous --expect-champion N`."""
 
     ctx = load_context()
-    change = _rollout_call(lambda: control.rollback(ctx.settings, ctx.params, _actor(), reason))
-    console.print(f"[green]✓[/] rolled back: {change.reason}; aliases {change.before} → "
-                  f"{change.after}")  # fmt: skip
+    decision = Decision(_actor(), reason)
+    if to_previous:
+        if expect_champion is None:
+            fail("--to-previous needs --expect-champion VERSION",
+                 "the champion you mean to replace: see `hearth rollout status`")  # fmt: skip
+        _rollback_to_previous(ctx.settings, ctx.params, expect_champion, decision)
+        return
+    if expect_champion is not None:
+        fail("--expect-champion goes with --to-previous")
+    from hearth.rollout import promotion  # lazy; imports no MLflow (see the module docstring)
+
+    ended = _rollout_call(lambda: promotion.rollback(ctx.settings, ctx.params, decision))
+    if not ended.changed:
+        console.print(f"[green]✓[/] {ended.message}")
+        console.print("  to undo a promotion: `hearth rollback --to-previous "
+                      f"--expect-champion {ended.champion or 'N'}`")  # fmt: skip
+        return
+    console.print(f"[green]✓[/] {ended.message}")
+    console.print("  the `challenger` alias is dropped at `hearth rollout repair` or the next "
+                  "rollout command (MLflow is not needed for the rollback itself)")  # fmt: skip
+
+
+def _rollback_to_previous(
+    settings: Settings, params: Params, expect_champion: str, decision: Decision
+) -> None:
+    from hearth.rollout import promotion  # lazy: MLflow, see the module docstring
+
+    change = _rollout_call(
+        lambda: promotion.rollback_to_previous(settings, params, expect_champion, decision)
+    )
+    console.print(f"[green]✓[/] {change.reason}; aliases {change.before} → {change.after}"
+                  + _pending(change.aliases))  # fmt: skip

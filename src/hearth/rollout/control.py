@@ -1,10 +1,12 @@
 """The operator's rollout controls, shared by `hearth rollout …` and the gateway's admin API.
 
-Each operation finishes an interrupted promotion first (`promotion.repair`), validates its
-input, and changes nothing when it refuses: `UnknownVersion` (404), `InvalidRollout` (422),
-`RolloutConflict` / `NoActiveRollout` (409) carry the HTTP status an API answers with,
-`StateUnavailable` means the state backend is down (503). Framework-free: the CLI and the
-admin API are thin adapters over these functions.
+Each operation but `rollback` finishes an interrupted promotion first (`promotion.repair`),
+validates its input, and changes nothing when it refuses: `UnknownVersion` (404),
+`InvalidRollout` (422), `RolloutConflict` / `NoActiveRollout` (409) carry the HTTP status an
+API answers with, `StateUnavailable` means the state backend is down (503: nothing took
+effect). `rollback` reads nothing from MLflow: it is one write to the state, so it works
+with the registry down, and the aliases follow later (`promotion.repair`). Framework-free:
+the CLI and the admin API are thin adapters over these functions.
 
 How serving follows: the rollout state names what serves (`Served`: the champion and a
 running rollout). The gateways route by it (re-read every ≤ 1 s), naming the version of
@@ -16,16 +18,18 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
+import time
 from typing import Any, cast
 
 from pydantic import BaseModel, ConfigDict
 
-from hearth import registry
 from hearth.config import Params, Settings
 from hearth.rollout import promotion
-from hearth.rollout.promotion import promote, rollback
+from hearth.rollout.promotion import promote, rollback, rollback_to_previous
 from hearth.traffic.prediction_log import DB_FILE, PredictionLog
 from hearth.traffic.rollout_state import (
+    Decision,
     HistoryEvent,
     InvalidRollout,
     Mode,
@@ -71,10 +75,12 @@ class LiveCounts(_View):
 
 
 class RolloutStatus(_View):
-    """Everything an operator looks at (`hearth rollout status`, `GET /admin/rollout`)."""
+    """Everything an operator looks at (`hearth rollout status`, `GET /admin/rollout`).
+    `aliases_error` says why `aliases` is empty when the registry did not answer."""
 
     rollout: RolloutState | None
     aliases: dict[str, str]
+    aliases_error: str | None = None
     served: ServedVersions
     pending_repair: PromotionIntent | None
     history: tuple[HistoryEvent, ...]
@@ -114,16 +120,26 @@ def status(
     history_limit: int = HISTORY_TAIL,
 ) -> RolloutStatus:
     """Everything an operator looks at: the rollout state, the MLflow aliases, the versions
-    served now, a pending repair, the history tail and live counts of the current rollout."""
-    registry.configure(settings)
+    served now, a pending repair, the history tail and live counts of the current rollout.
+
+    The aliases are read without MLflow's client where the registry allows it (fast), and
+    a registry that does not answer leaves them empty with `aliases_error` saying why: the
+    rest of the status comes from the state store alone."""
     with using_state_store(settings, store) as st:
         served = st.served()
         intent = st.intent()
         events = st.history(limit=history_limit)
     state = served.rollout
+    aliases, error = {}, None
+    try:
+        aliases = promotion.read_aliases(settings, params.registry.model_name)
+    except Exception as exc:  # any failure of the registry: the status degrades, never fails
+        error = f"model registry unavailable: {type(exc).__name__}: {exc}"[:300]
+        log.warning("rollout status: %s", error)
     return RolloutStatus(
         rollout=state,
-        aliases=promotion.aliases(params.registry.model_name),
+        aliases=aliases,
+        aliases_error=error,
         served=served_versions(served),
         pending_repair=intent,
         history=tuple(events),
@@ -210,8 +226,27 @@ def set_weight(
         )
 
 
-# `promote` and `rollback` are `hearth.rollout.promotion`'s (imported above): they open the
-# store, repair first and write the state before the aliases themselves.
+# `promote`, `rollback` and `rollback_to_previous` are `hearth.rollout.promotion`'s
+# (imported above): they open the store and write the state before the aliases themselves.
+__all__ = ["promote", "rollback", "rollback_to_previous"]
+
+
+def sync_aliases(
+    settings: Settings, params: Params, attempts: int = 8, wait_s: float = 2.0
+) -> bool:
+    """Finish a pending registry change (`promotion.repair`), retrying while MLflow does not
+    answer (`attempts`, `wait_s` doubling up to 60 s); True once nothing is pending."""
+    for attempt in range(attempts):
+        try:
+            promotion.repair(settings, params)
+            with using_state_store(settings) as st:
+                if st.intent() is None:  # else one was recorded meanwhile: go again
+                    return True
+            continue
+        except Exception as exc:  # MLflow down, or slow: the intent stays recorded
+            log.warning("alias repair failed (attempt %d): %s", attempt + 1, exc)
+        time.sleep(min(60.0, wait_s * 2**attempt))
+    return False
 
 
 # -- bound to one process: what an admin API calls --------------------------------------------
@@ -222,6 +257,7 @@ class Controls:
 
     def __init__(self, settings: Settings, params: Params, actor: str = "admin-api") -> None:
         self.settings, self.params, self.actor = settings, params, actor
+        self._syncing = threading.Lock()
 
     def status(self) -> dict[str, Any]:
         return status(self.settings, self.params).model_dump(mode="json")
@@ -246,7 +282,31 @@ class Controls:
         return state.model_dump(mode="json")
 
     def promote(self, reason: str) -> dict[str, Any]:
-        return promote(self.settings, self.params, self.actor, reason).to_dict()
+        return promote(self.settings, self.params, Decision(self.actor, reason)).to_dict()
 
     def rollback(self, reason: str) -> dict[str, Any]:
-        return rollback(self.settings, self.params, self.actor, reason).to_dict()
+        """End the running rollout (one state write, no MLflow), then let the aliases follow
+        in the background; a no-op (``changed`` false) when none runs."""
+        ended = rollback(self.settings, self.params, Decision(self.actor, reason))
+        if ended.changed:
+            self._sync_in_background()
+        return ended.to_dict()
+
+    def rollback_to_previous(self, expect_champion: str, reason: str) -> dict[str, Any]:
+        change = rollback_to_previous(
+            self.settings, self.params, expect_champion, Decision(self.actor, reason)
+        )
+        return change.to_dict()
+
+    def _sync_in_background(self) -> None:
+        """One thread at a time repairs the aliases until the registry has followed."""
+        if not self._syncing.acquire(blocking=False):
+            return  # a sync is running; it re-reads the pending intent on each attempt
+
+        def run() -> None:
+            try:
+                sync_aliases(self.settings, self.params)
+            finally:
+                self._syncing.release()
+
+        threading.Thread(target=run, name="hearth-alias-sync", daemon=True).start()

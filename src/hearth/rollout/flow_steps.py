@@ -30,8 +30,11 @@ from hearth.rollout.promotion import aliases
 from hearth.rollout.verdict import Verdict, analyse_state
 from hearth.traffic.prediction_log import DB_FILE, PredictionLog
 from hearth.traffic.rollout_state import (
+    Decision,
     InvalidRollout,
     Mode,
+    NoActiveRollout,
+    RolloutConflict,
     RolloutState,
 )
 from hearth.traffic.state_store import (
@@ -315,24 +318,36 @@ def act(
     verdict: Verdict,
     round_no: int,
 ) -> tuple[str, RolloutState]:
-    """Record `verdict` in the history together with what it causes; (action, new state)."""
-    fields = _history_fields(verdict, state, round_no)
+    """Record `verdict` in the history together with what it causes; (action, new state).
+
+    Every write names the rollout judged (compare-and-set on its id): when an operator ended
+    it meanwhile, their decision stands and this one is dropped (action ``superseded``)."""
+    decision = Decision(ACTOR, **_history_fields(verdict, state, round_no))
     rid = state.rollout_id
-    if verdict.decision == "advance":
-        if state.last_step:  # the analysis advances only before the last step; be safe
-            new = store.update(lambda s: s, ACTOR, "hold", rollout_id=rid, **fields)
-            return "hold", new
-        new = store.update(lambda s: s.next_step(), ACTOR, "advance", rollout_id=rid, **fields)
-        return f"advance to {new.challenger_percent:g} %", new
-    if verdict.decision == "hold":
-        return "hold", store.update(lambda s: s, ACTOR, "hold", rollout_id=rid, **fields)
-    if verdict.decision == "promote":
-        control.promote(ctx.settings, ctx.params, store=store, actor=ACTOR, **fields)
-    else:
-        control.rollback(ctx.settings, ctx.params, store=store, actor=ACTOR, **fields)
+    try:
+        if verdict.decision in {"advance", "hold"}:
+            # The analysis advances only before the last step; be safe.
+            advance = verdict.decision == "advance" and not state.last_step
+            action = "advance" if advance else "hold"
+            new = store.update(
+                (lambda s: s.next_step()) if advance else (lambda s: s), action=action,
+                rollout_id=rid, **decision.fields(),
+            )  # fmt: skip
+            return (f"advance to {new.challenger_percent:g} %" if advance else "hold"), new
+        if verdict.decision == "promote":
+            control.promote(ctx.settings, ctx.params, decision, rollout_id=rid, store=store)
+        else:
+            control.rollback(
+                ctx.settings, ctx.params, decision, rollout_id=rid, store=store,
+                sync_aliases=True,
+            )  # fmt: skip
+        action = verdict.decision
+    except (RolloutConflict, NoActiveRollout) as exc:
+        log.warning("rollout %s: %s not applied: %s", rid, verdict.decision, exc)
+        action = "superseded"
     ended = store.current()
     assert ended is not None  # it existed a moment ago and states are never deleted
-    return verdict.decision, ended
+    return action, ended
 
 
 def give_up(
@@ -358,14 +373,14 @@ def abort(ctx: HearthContext, store: StateStore, rollout_id: str, error: BaseExc
     # The first line only: some exceptions (MLflow's) carry a tutorial in their message.
     first_line = (str(error).splitlines() or [""])[0][:300]
     log.error("rollout %s: flow failed (%s), rolling back", rollout_id, first_line)
-    control.rollback(
-        ctx.settings,
-        ctx.params,
-        store=store,
-        actor=ACTOR,
-        reason=f"rollout flow failed: {type(error).__name__}: {first_line}",
-        test="flow failure",
-    )
+    reason = f"rollout flow failed: {type(error).__name__}: {first_line}"
+    decision = Decision(ACTOR, reason, test="flow failure")
+    # One state write (no MLflow first: the flow may have failed because MLflow is down);
+    # the aliases follow at the next repair.
+    try:
+        control.rollback(ctx.settings, ctx.params, decision, rollout_id=rollout_id, store=store)
+    except RolloutConflict as exc:  # promoted meanwhile by an operator: that stands
+        log.warning("rollout %s: not rolled back: %s", rollout_id, exc)
 
 
 def run_round(

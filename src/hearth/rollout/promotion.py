@@ -1,50 +1,61 @@
-"""Promotion and rollback: the rollout state first, then the MLflow aliases, crash-safe.
+"""Promotion and rollback: one write to the rollout state, then the MLflow aliases.
 
 The rollout state store is the authority for what serves (`Served`: the champion and the
 running rollout); the MLflow aliases are the registry's record of it: ``champion`` serves,
 ``challenger`` is the candidate, ``previous`` is the champion before the last promotion (what
-a rollback restores). A promotion or rollback is several writes (the state, then aliases),
-and a crash can stop it half way. So each one first records a `PromotionIntent` in the state
-store, then makes its writes (each idempotent), then clears the intent. `repair` — run at
-the start of every rollout command, and by `hearth serve`/`build`/`up` — finishes a leftover
-intent (or undoes it when a version it names has disappeared), adopts the registry's
-champion into a state that has none yet, and otherwise makes the aliases follow the state.
+`rollback_to_previous` restores).
 
-Order of writes — the state first, so serving follows at the first write:
+A promotion or rollback is one compare-and-set write to the state that also records the
+alias writes still to be made (a `PromotionIntent`): serving follows at that write, whether
+or not MLflow answers. The aliases follow afterwards (each write idempotent), and the intent
+is cleared. `repair` — run at the start of every rollout command, by `hearth serve`/`build`/
+`up`, by `hearth rollout repair`, and by the admin API after a rollback — finishes a
+leftover intent (or undoes it when a version it names has disappeared), adopts the
+registry's champion into a state that has none yet, and otherwise makes the aliases follow
+the state.
+
+The writes, each a compare-and-set on the rollout id or the champion:
 
 - promote a running rollout: end it as promoted (the state's champion becomes the
-  challenger in the same write), then ``previous`` ← old champion, ``champion`` ← new,
+  challenger in the same write); then ``previous`` ← old champion, ``champion`` ← new,
   drop ``challenger``;
-- promote with no rollout running: set the state's champion (compare-and-set), then the
-  aliases as above;
-- rollback during a rollout: end it as rolled back (every replica routes to the champion
-  within a second), then drop ``challenger``;
-- rollback after a promotion: the state's champion ← ``previous`` (compare-and-set), then
-  ``champion`` ← ``previous``, drop ``previous``.
+- promote with no rollout running: set the state's champion; then the aliases as above;
+- rollback: end the running rollout as rolled back (every replica routes to the champion
+  within a second); then drop ``challenger`` (if it still names the rolled-back version).
+  Nothing reads MLflow before the write, so it works with the registry down. With no
+  rollout running it changes nothing and says so (a retry is harmless);
+- rollback to previous (explicit, naming the champion it expects to replace): the state's
+  champion ← ``previous``; then ``champion`` ← ``previous``, drop ``previous``.
+
+A decision that carries the rollout id it judged (the rollout flow's) is refused with
+RolloutConflict when that rollout has already ended another way, so a stale automatic
+promote never undoes a human rollback, nor a stale rollback a promotion.
+
+This module imports MLflow only inside the functions that talk to the registry: `hearth
+rollback` must start in well under a second.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import os
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
-
-from hearth import registry
 from hearth.config import CHALLENGER, CHAMPION, PREVIOUS, Params, Settings
 from hearth.traffic.rollout_state import (
+    Decision,
     InvalidRollout,
     Mode,
     NoActiveRollout,
     PromotionIntent,
     RolloutConflict,
     RolloutState,
-    Scalar,
     Served,
     UnknownVersion,
     new_rollout,
@@ -57,24 +68,48 @@ from hearth.traffic.stores import using_state_store
 log = logging.getLogger(__name__)
 
 ALIASES = (CHAMPION, CHALLENGER, PREVIOUS)
+AliasSync = Literal["updated", "pending", "unchanged"]
+HEARTH = Decision()  # the default decision: by "hearth", no reason given
 
 
 @dataclass(frozen=True)
 class AliasChange:
-    """What a registry command did: the aliases before and after, and why."""
+    """What a registry command did: the aliases before and after, and why. `aliases`:
+    ``pending`` when the state changed but the registry did not answer (repaired later)."""
 
     action: str
     before: dict[str, str]
     after: dict[str, str]
     reason: str = ""
+    aliases: AliasSync = "updated"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class RolloutEnd:
+    """What `rollback` did. `changed` is False when no rollout was running (a repeated
+    rollback: nothing changed, `message` says why); `aliases` says whether the registry
+    follows yet (``pending``: recorded, made when MLflow answers)."""
+
+    changed: bool
+    message: str
+    rollout_id: str | None
+    status: str | None
+    champion: str | None
+    aliases: AliasSync
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"action": "rollback", **asdict(self)}
+
+
 # -- registry reads --------------------------------------------------------------------------
 def aliases(model_name: str) -> dict[str, str]:
     """alias → version of our three aliases (absent ones left out); {} for an unknown model."""
+    from mlflow.exceptions import MlflowException  # lazy: MLflow, see the module docstring
+    from mlflow.tracking import MlflowClient
+
     try:
         model = MlflowClient().get_registered_model(model_name)
     except MlflowException as exc:
@@ -84,7 +119,57 @@ def aliases(model_name: str) -> dict[str, str]:
     return {k: str(v) for k, v in model.aliases.items() if k in ALIASES}
 
 
+def read_aliases(settings: Settings, model_name: str, timeout_s: float = 2.0) -> dict[str, str]:
+    """Our aliases as `aliases` reads them, without importing MLflow where the store allows
+    it (a SQLite registry: its table; a tracking server: its REST API, `timeout_s`, no
+    retries); OSError/sqlite3.Error (or MLflow's error) when the registry does not answer."""
+    uri = settings.mlflow_uri
+    if uri.startswith("sqlite:///"):
+        path = uri.removeprefix("sqlite:///")
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=timeout_s)
+        try:
+            rows = db.execute(
+                "SELECT alias, version FROM registered_model_aliases WHERE name = ?",
+                (model_name,),
+            ).fetchall()
+        finally:
+            db.close()
+        return {a: str(v) for a, v in rows if a in ALIASES}
+    if uri.startswith(("http://", "https://")):
+        import urllib.error  # lazy: ~70 ms that `hearth rollback` does not need
+        import urllib.parse
+        import urllib.request
+
+        query = urllib.parse.urlencode({"name": model_name})
+        request = urllib.request.Request(
+            f"{uri.rstrip('/')}/api/2.0/mlflow/registered-models/get?{query}"
+        )
+        user, password = (os.environ.get(f"MLFLOW_TRACKING_{k}") for k in ("USERNAME", "PASSWORD"))
+        if user and password:
+            import base64
+
+            token = base64.b64encode(f"{user}:{password}".encode()).decode()
+            request.add_header("Authorization", f"Basic {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout_s) as answer:
+                model = json.load(answer).get("registered_model", {})
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return {}
+            raise
+        return {
+            a["alias"]: str(a["version"])
+            for a in model.get("aliases", [])
+            if a.get("alias") in ALIASES
+        }
+    configure_registry(settings)
+    return aliases(model_name)
+
+
 def version_exists(model_name: str, version: str) -> bool:
+    from mlflow.exceptions import MlflowException  # lazy: MLflow, see the module docstring
+    from mlflow.tracking import MlflowClient
+
     if not str(version).isdigit():
         return False
     try:
@@ -103,10 +188,23 @@ def check_version(model_name: str, version: str | int) -> str:
     return str(version)
 
 
+def configure_registry(settings: Settings) -> None:
+    from hearth import registry  # lazy: MLflow, see the module docstring
+
+    registry.configure(settings)
+
+
 # -- applying an intent ----------------------------------------------------------------------
-def _set_aliases(model_name: str, after: dict[str, str | None]) -> None:
+def _set_aliases(
+    model_name: str, after: dict[str, str | None], only_if: dict[str, str] | None = None
+) -> None:
+    from mlflow.tracking import MlflowClient  # lazy: MLflow, see the module docstring
+
     client = MlflowClient()
+    current = aliases(model_name) if only_if else {}
     for alias, version in after.items():
+        if only_if and alias in only_if and current.get(alias) != only_if[alias]:
+            continue  # the alias moved on meanwhile: this write is no longer wanted
         if version is None:
             # Deleting an absent alias succeeds in MLflow: safe to repeat in a repair.
             client.delete_registered_model_alias(model_name, alias)
@@ -114,53 +212,35 @@ def _set_aliases(model_name: str, after: dict[str, str | None]) -> None:
             client.set_registered_model_alias(model_name, alias, version)
 
 
-def _end_rollout(store: StateStore, intent: PromotionIntent) -> None:
-    if intent.rollout_id is None or intent.rollout_status is None:
-        return
-    status = intent.rollout_status
-    # Already ended (an earlier attempt got this far): nothing is left to do.
-    with contextlib.suppress(NoActiveRollout, RolloutConflict):
-        store.update(
-            lambda s: s.ended(status),
-            actor=intent.actor,
-            action=intent.action,
-            reason=intent.reason,
-            numbers=intent.numbers,
-            test=intent.test,
-            rollout_id=intent.rollout_id,
-        )
-
-
-def _set_champion(store: StateStore, intent: PromotionIntent) -> None:
-    champion = intent.champion
-    if champion is None or store.served().champion_version == champion:
-        return  # nothing to set, or an earlier attempt set it
-    store.set_champion(
-        champion, intent.actor, intent.action, intent.reason, expected=intent.expected_champion
-    )
+def _clear(store: StateStore, intent: PromotionIntent) -> None:
+    """Clear `intent` unless a newer one was recorded meanwhile (it has our writes too)."""
+    with contextlib.suppress(RolloutConflict):
+        store.set_intent(None, expected=intent)
 
 
 def _apply(store: StateStore, intent: PromotionIntent) -> None:
-    """Make every write of `intent` (each idempotent): the state, the aliases; then clear it."""
-    _end_rollout(store, intent)
-    _set_champion(store, intent)
-    _set_aliases(intent.model_name, intent.after)
-    store.set_intent(None)
+    """Make the alias writes of `intent` (each idempotent), then clear it."""
+    _set_aliases(intent.model_name, intent.after, intent.only_if)
+    _clear(store, intent)
 
 
-def _execute(store: StateStore, intent: PromotionIntent) -> AliasChange:
-    before = aliases(intent.model_name)
-    store.set_intent(intent)  # from here on, a crash is repaired by finishing this intent
-    _apply(store, intent)
-    after = aliases(intent.model_name)
-    log.info("%s: %s → %s (%s)", intent.action, before, after, intent.reason)
-    return AliasChange(intent.action, before, after, intent.reason)
+def _follow(settings: Settings, store: StateStore, intent: PromotionIntent | None) -> AliasSync:
+    """Make the aliases of a change just written follow it, if the registry answers now."""
+    if intent is None:
+        return "unchanged"
+    try:
+        configure_registry(settings)
+        _apply(store, intent)
+    except Exception as exc:  # the state is written: the registry is repaired later
+        log.warning("%s: aliases not updated (%s); recorded for repair", intent.action, exc)
+        return "pending"
+    return "updated"
 
 
 @contextmanager
 def _opened(settings: Settings, store: StateStore | None) -> Iterator[StateStore]:
-    """`store`, or one opened from `settings` (and closed afterwards)."""
-    registry.configure(settings)
+    """`store`, or one opened from `settings` (and closed afterwards); MLflow configured."""
+    configure_registry(settings)
     with using_state_store(settings, store) as st:
         yield st
 
@@ -171,11 +251,11 @@ def repair(
 ) -> AliasChange | None:
     """Bring the state and the registry's aliases into agreement; None if they already were.
 
-    A promotion or rollback that a crash interrupted is finished (preferred: every write is
-    idempotent, and the intent was recorded only after its checks passed), or undone if a
-    version it would set no longer exists. With no intent pending (and `params` given): a
-    state without a champion adopts the registry's ``champion`` alias; aliases that disagree
-    with the state are set from it (the state wins; logged as a warning).
+    A pending intent (the alias writes of a promotion or rollback the state already made) is
+    finished, or undone if a version it would set no longer exists. With no intent pending
+    (and `params` given): a state without a champion adopts the registry's ``champion``
+    alias; aliases that disagree with the state are set from it (the state wins; logged as
+    a warning).
     """
     with _opened(settings, store) as st:
         intent = st.intent()
@@ -207,10 +287,10 @@ def _finish(st: StateStore, intent: PromotionIntent) -> AliasChange:
         }
         _undo_champion(st, intent, restore.get(CHAMPION))
         _set_aliases(intent.model_name, restore)
-        st.set_intent(None)
+        _clear(st, intent)
         action = f"repair: undid {intent.action}"
     after = aliases(intent.model_name)
-    log.warning("%s interrupted at %s: %s → %s", intent.action, intent.at, before, after)
+    log.warning("%s of %s repaired: %s → %s", intent.action, intent.at, before, after)
     return AliasChange(action, before, after, f"{action} of {intent.at:%Y-%m-%d %H:%M:%S}")
 
 
@@ -278,18 +358,16 @@ def start_rollout(
             state, actor, reason or f"v{version} against champion v{state.champion_version}"
         )
         if current.get(CHALLENGER) != version:
-            MlflowClient().set_registered_model_alias(name, CHALLENGER, version)
+            _set_aliases(name, {CHALLENGER: version})
         return started
 
 
 def promote(
     settings: Settings,
     params: Params,
-    actor: str = "hearth",
-    reason: str = "",
-    numbers: dict[str, Scalar] | None = None,
-    test: str | None = None,
+    decision: Decision = HEARTH,
     challenger_version: str | int | None = None,
+    rollout_id: str | None = None,
     store: StateStore | None = None,
 ) -> AliasChange:
     """Make `challenger_version` the champion, keeping the old champion as ``previous``;
@@ -297,8 +375,10 @@ def promote(
 
     Default version: the running rollout's challenger, else the ``challenger`` alias. Drops
     the ``challenger`` alias when it points at the promoted version, and ends a running
-    rollout of that version as promoted (with `reason`, `numbers`, `test` in its history).
-    RolloutConflict when another version's rollout is running (end it first).
+    rollout of that version as promoted (with the `decision` in its history).
+    RolloutConflict when another version's rollout is running (end it first), or when
+    `rollout_id` (the rollout this decision judged) is not the running one: it ended
+    meanwhile, and a stale promotion must not override that.
     """
     name = params.registry.model_name
     with _opened(settings, store) as st:
@@ -306,6 +386,7 @@ def promote(
         current = aliases(name)
         served = st.served()
         running, champion = served.running, served.champion_version
+        _check_judged(served, rollout_id, "promoted")
         version = challenger_version
         if version is None:
             version = running.challenger_version if running else current.get(CHALLENGER)
@@ -325,6 +406,7 @@ def promote(
         after[CHAMPION] = version
         if current.get(CHALLENGER) == version:
             after[CHALLENGER] = None
+        decision = decision.because(f"v{version} promoted over v{champion}")
         intent = PromotionIntent(
             action="promote",
             model_name=name,
@@ -334,62 +416,173 @@ def promote(
             rollout_status="promoted" if running else None,
             champion=None if running else version,
             expected_champion=None if running else champion,
-            actor=actor,
-            reason=reason or f"v{version} promoted over v{champion}",
-            test=test,
-            numbers=numbers or {},
+            **decision.fields(),
         )
-        return _execute(st, intent)
+        if running is not None:
+            st.update(
+                lambda s: s.ended("promoted"), action="promote",
+                rollout_id=running.rollout_id, intent=intent, **decision.fields(),
+            )  # fmt: skip
+        else:
+            st.set_champion(
+                version, decision.actor, "promote", decision.reason, expected=champion,
+                intent=intent,
+            )  # fmt: skip
+        synced = _follow(settings, st, intent)
+        log.info("promote: %s → %s (%s)", current, intent.after, decision.reason)
+        return AliasChange("promote", current, _after(name, current, intent, synced),
+                           decision.reason, synced)  # fmt: skip
+
+
+def _after(
+    name: str, before: dict[str, str], intent: PromotionIntent, synced: AliasSync
+) -> dict[str, str]:
+    if synced == "updated":
+        return aliases(name)
+    planned = {k: v for k, v in (before | intent.after).items() if v is not None}
+    return dict(planned)
+
+
+def _check_judged(served: Served, rollout_id: str | None, ending: str) -> None:
+    """RolloutConflict when a decision on rollout `rollout_id` comes after it has ended."""
+    if rollout_id is None:
+        return
+    running, latest = served.running, served.rollout
+    if running is not None and running.rollout_id == rollout_id:
+        return
+    if latest is not None and latest.rollout_id == rollout_id:
+        raise RolloutConflict(
+            f"rollout {rollout_id} already ended as {latest.status}: not {ending} (a newer "
+            "decision stands)"
+        )
+    raise RolloutConflict(f"rollout {rollout_id} is not the running one: not {ending}")
 
 
 def rollback(
     settings: Settings,
     params: Params,
-    actor: str = "hearth",
-    reason: str = "",
-    numbers: dict[str, Scalar] | None = None,
-    test: str | None = None,
+    decision: Decision = HEARTH,
+    rollout_id: str | None = None,
+    store: StateStore | None = None,
+    sync_aliases: bool = False,
+) -> RolloutEnd:
+    """End the running rollout as rolled back: one write to the state, and every gateway
+    routes all traffic to the champion within a second. MLflow is not read before it.
+
+    The ``challenger`` alias is dropped (if it still names the rolled-back version) when
+    `sync_aliases` and the registry answers; otherwise that write is left recorded for
+    `repair`. With no rollout running this changes nothing and says so (`changed` False),
+    so a repeated rollback never demotes a champion: undoing a promotion is
+    `rollback_to_previous`. With `rollout_id` (the rollout the decision judged): a no-op if
+    it already ended as rolled back, RolloutConflict if it ended another way (promoted).
+    StateUnavailable when the write could not be made (nothing took effect).
+    """
+    name = params.registry.model_name
+    with using_state_store(settings, store) as st:
+        served = st.served()
+        running = served.running
+        if rollout_id is not None and not (running and running.rollout_id == rollout_id):
+            latest = served.rollout
+            if latest is None or latest.rollout_id != rollout_id or latest.status == "promoted":
+                _check_judged(served, rollout_id, "rolled back")
+            running = None  # it already ended as rolled back or aborted: nothing to do
+        if running is None:
+            return _nothing_to_end(served)
+        decision = decision.because(f"rollout of v{running.challenger_version} rolled back")
+        intent = PromotionIntent(
+            action="rollback",
+            model_name=name,
+            before={},
+            after={CHALLENGER: None},
+            only_if={CHALLENGER: running.challenger_version},
+            rollout_id=running.rollout_id,
+            rollout_status="rolled_back",
+            **decision.fields(),
+        )
+        try:
+            ended = st.update(
+                lambda s: s.ended("rolled_back"), action="rollback",
+                rollout_id=running.rollout_id, intent=intent, **decision.fields(),
+            )  # fmt: skip
+        except (NoActiveRollout, RolloutConflict):
+            # Ended by someone else between the read and the write: the same as a repeat.
+            if rollout_id is None:
+                return _nothing_to_end(st.served())
+            raise
+        log.info("rollout %s rolled back: %s", ended.rollout_id, decision.reason)
+        synced = _follow(settings, st, st.intent()) if sync_aliases else "pending"
+        return RolloutEnd(
+            changed=True,
+            message=f"rollout {ended.rollout_id} rolled back: all traffic to champion "
+            f"v{ended.champion_version}",
+            rollout_id=ended.rollout_id,
+            status=ended.status,
+            champion=ended.champion_version,
+            aliases=synced,
+        )
+
+
+def _nothing_to_end(served: Served) -> RolloutEnd:
+    latest: RolloutState | None = served.rollout
+    if latest is None:
+        message = "no rollout has run yet; nothing changed"
+    else:
+        message = f"rollout {latest.rollout_id} already ended as {latest.status}; nothing changed"
+    return RolloutEnd(
+        changed=False,
+        message=message,
+        rollout_id=latest.rollout_id if latest else None,
+        status=latest.status if latest else None,
+        champion=served.champion_version,
+        aliases="unchanged",
+    )
+
+
+def rollback_to_previous(
+    settings: Settings,
+    params: Params,
+    expect_champion: str | int,
+    decision: Decision = HEARTH,
     store: StateStore | None = None,
 ) -> AliasChange:
-    """Undo: during a rollout, end it (every gateway routes to the champion within a second)
-    and drop the challenger; otherwise restore ``previous`` as the champion (NoActiveRollout
-    if none)."""
+    """Undo the last promotion: the ``previous`` version becomes the champion again, in
+    place of `expect_champion` (compare-and-set: RolloutConflict when that is no longer the
+    champion, so a retry or a stale request never demotes a newer champion). Also refused
+    while a rollout runs (`rollback` ends it) and when there is no ``previous``."""
     name = params.registry.model_name
+    expected = str(expect_champion)
     with _opened(settings, store) as st:
         repair(settings, params, st)
         current = aliases(name)
         served = st.served()
-        rollout = served.running
-        before = {alias: current.get(alias) for alias in ALIASES}
-        common = {
-            "model_name": name,
-            "before": before,
-            "actor": actor,
-            "test": test,
-            "numbers": numbers or {},
-        }
-        if rollout is not None:
-            after: dict[str, str | None] = {}
-            if current.get(CHALLENGER) == rollout.challenger_version:
-                after[CHALLENGER] = None
-            intent = PromotionIntent(
-                action="rollback",
-                after=after,
-                rollout_id=rollout.rollout_id,
-                rollout_status="rolled_back",
-                reason=reason or f"rollout of v{rollout.challenger_version} rolled back",
-                **common,
+        if served.running is not None:
+            raise RolloutConflict(
+                f"rollout {served.running.rollout_id} is running: end it with `hearth "
+                "rollback` (POST /admin/rollback) first"
             )
-        elif PREVIOUS in current:
-            # After a promotion: the state's champion goes back to ``previous``.
-            intent = PromotionIntent(
-                action="rollback",
-                after={CHAMPION: current[PREVIOUS], PREVIOUS: None},
-                champion=current[PREVIOUS],
-                expected_champion=served.champion_version,
-                reason=reason or f"v{served.champion_version} rolled back to v{current[PREVIOUS]}",
-                **common,
+        champion = served.champion_version
+        if champion != expected:
+            raise RolloutConflict(
+                f"v{expected} is not the champion (v{champion} is): nothing reverted"
             )
-        else:
-            raise NoActiveRollout(f"nothing to roll back: no running rollout, no {PREVIOUS}")
-        return _execute(st, intent)
+        previous = current.get(PREVIOUS)
+        if previous is None or previous == champion:
+            raise RolloutConflict(f"nothing to revert to: {name} has no {PREVIOUS} version")
+        decision = decision.because(f"v{champion} rolled back to v{previous}")
+        intent = PromotionIntent(
+            action="rollback",
+            model_name=name,
+            before={alias: current.get(alias) for alias in ALIASES},
+            after={CHAMPION: previous, PREVIOUS: None},
+            champion=previous,
+            expected_champion=champion,
+            **decision.fields(),
+        )
+        st.set_champion(
+            previous, decision.actor, "rollback", decision.reason, expected=champion,
+            intent=intent,
+        )  # fmt: skip
+        synced = _follow(settings, st, intent)
+        log.info("rollback to previous: v%s → v%s (%s)", champion, previous, decision.reason)
+        return AliasChange("rollback", current, _after(name, current, intent, synced),
+                           decision.reason, synced)  # fmt: skip

@@ -6,8 +6,13 @@ rollout controls (`hearth.rollout.control.Controls`). Each operation talks to ML
 the state store (blocking, tens to hundreds of ms), so it runs in a worker thread while the
 gateway keeps scoring. After a change, this gateway re-reads the rollout state at once
 (`on_change`); the others within a second. Failures of the registry or the state backend
-become `Unavailable` (503); a refused request keeps its `RolloutError` (4xx with its
-message).
+become `Unavailable` (503): a change that could not be written never answers 2xx. A refused
+request keeps its `RolloutError` (4xx with its message).
+
+`POST /admin/rollback` ends the running rollout and is idempotent: with none running it
+answers 200 with ``"changed": false`` and a message saying so. Undoing a promotion is its
+own route, `POST /admin/rollback-to-previous`, whose body names the champion it expects to
+replace (409 when that is no longer the champion).
 """
 
 from __future__ import annotations
@@ -18,12 +23,26 @@ import threading
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
+from pydantic import BaseModel, ConfigDict, Field, StrictStr
+
 from hearth.serving.errors import Unavailable
 from hearth.serving.schemas import RolloutActionIn, RolloutStartIn, RolloutWeightIn
 from hearth.traffic.rollout_state import RolloutError, StateUnavailable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+class RollbackToPreviousIn(BaseModel):
+    """Undo the last promotion: `previous` becomes the champion again, if `expect_champion`
+    is still the champion (else 409: a retry or a stale request never demotes a newer one)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    expect_champion: StrictStr | int = Field(
+        description="The champion version this request means to replace."
+    )
+    reason: str = ""
 
 
 class AdminOps(Protocol):
@@ -44,6 +63,8 @@ class AdminOps(Protocol):
     def promote(self, reason: str) -> dict[str, Any]: ...
 
     def rollback(self, reason: str) -> dict[str, Any]: ...
+
+    def rollback_to_previous(self, expect_champion: str, reason: str) -> dict[str, Any]: ...
 
 
 class AdminUnavailable(Unavailable):
@@ -110,5 +131,13 @@ class Admin:
         return await self._run(lambda ops: ops.promote(body.reason), True)
 
     async def rollback(self, body: RolloutActionIn) -> dict[str, Any]:
-        """End the running rollout (all traffic to the champion), or restore `previous`."""
+        """End the running rollout: all traffic to the champion within a second, MLflow not
+        needed (its aliases follow when it answers). Idempotent: with no rollout running,
+        200 with `"changed": false` and a message; nothing changes."""
         return await self._run(lambda ops: ops.rollback(body.reason), True)
+
+    async def rollback_to_previous(self, body: RollbackToPreviousIn) -> dict[str, Any]:
+        """Undo the last promotion: the `previous` version becomes the champion again, if
+        `expect_champion` is still the champion (409 otherwise, or while a rollout runs)."""
+        expected = str(body.expect_champion)
+        return await self._run(lambda ops: ops.rollback_to_previous(expected, body.reason), True)

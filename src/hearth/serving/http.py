@@ -33,7 +33,7 @@ from hearth.config import API_KEY_HEADER, Settings
 from hearth.features.online import InputDomain, InvalidTransaction
 from hearth.observability.logging import bind_request_id
 from hearth.observability.prometheus import metrics, record_predictions, record_request
-from hearth.serving.admin import Admin
+from hearth.serving.admin import Admin, RollbackToPreviousIn
 from hearth.serving.auth import (
     ADMIN_TOKEN_HEADER,
     AuthError,
@@ -345,7 +345,7 @@ _ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {
         (401, f"No {ADMIN_TOKEN_HEADER}"),
         (403, f"Wrong {ADMIN_TOKEN_HEADER}"),
         (404, "Unknown model version"),
-        (409, "A rollout is running already, or none is"),
+        (409, "A rollout is running already, or none is; or not the expected champion"),
         (413, "Body too large"),
         (422, "An invalid value (mode, steps, weight outside 0-100)"),
         (500, _INTERNAL_ERROR),
@@ -362,13 +362,16 @@ _ADMIN_ROUTES: tuple[tuple[str, str, type[BaseModel] | None, str, AdminCall], ..
     ("POST", "/admin/rollout/weight", RolloutWeightIn, "rollout_weight", Admin.weight),
     ("POST", "/admin/rollout/promote", RolloutActionIn, "rollout_promote", Admin.promote),
     ("POST", "/admin/rollback", RolloutActionIn, "rollback", Admin.rollback),
-)
+    ("POST", "/admin/rollback-to-previous", RollbackToPreviousIn, "rollback_to_previous",
+     Admin.rollback_to_previous),
+)  # fmt: skip
 
 
 def _admin_routes(
     app: FastAPI, get_admin: Callable[[], Admin], get_policy: Callable[[], HttpPolicy]
 ) -> None:
-    """GET /admin/rollout[/history], POST /admin/rollout/{start,weight,promote}, /admin/rollback."""
+    """GET /admin/rollout[/history], POST /admin/rollout/{start,weight,promote},
+    /admin/rollback, /admin/rollback-to-previous."""
 
     async def admin(
         request: Request, model: type[M] | None, run: Callable[[Any], Awaitable[Any]]

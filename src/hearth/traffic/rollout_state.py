@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, Self
 
@@ -175,6 +177,32 @@ def new_rollout(
         raise InvalidRollout(_first_error(exc)) from exc
 
 
+@dataclass(frozen=True)
+class Decision:
+    """Who decided a change of what serves, and why: the actor, a reason, and the test and
+    numbers that justified it (an analysis verdict's). A promotion or rollback carries one;
+    its history event and its `PromotionIntent` are built from it."""
+
+    actor: str = "hearth"
+    reason: str = ""
+    test: str | None = None
+    numbers: Mapping[str, Scalar] = field(default_factory=dict)
+
+    def because(self, reason: str) -> Decision:
+        """This decision, with `reason` when it gave none."""
+        return self if self.reason else Decision(self.actor, reason, self.test, self.numbers)
+
+    def fields(self) -> dict[str, Any]:
+        """actor, reason, test and numbers as keyword arguments (`StateStore.update`, the
+        models below)."""
+        return {
+            "actor": self.actor,
+            "reason": self.reason,
+            "test": self.test,
+            "numbers": dict(self.numbers),
+        }
+
+
 class HistoryEvent(_Model):
     """One entry of a rollout's history: who did what, when, why, and on which numbers."""
 
@@ -191,20 +219,25 @@ class HistoryEvent(_Model):
 
 
 class PromotionIntent(_Model):
-    """A change of what serves, recorded first so that a crash can be repaired.
+    """The registry half of a change of what serves, still to be made.
 
-    The state is written first, then the registry's aliases. State: `rollout_id` names the
-    running rollout the change ends (as `rollout_status`; ``promoted`` also moves the
-    champion), or `champion` is the champion to set outside a rollout (compare-and-set on
+    It is stored in the same write as the state change it follows (`StateStore.update` /
+    `set_champion` with ``intent=``), so what serves changes at once and the MLflow aliases
+    follow when the registry answers (`hearth.rollout.promotion.repair`). State: `rollout_id`
+    names the rollout the change ended (as `rollout_status`; ``promoted`` also moved the
+    champion), or `champion` is the champion it set outside a rollout (in place of
     `expected_champion`). Aliases: `after` lists the alias writes in the order they are made
-    (a version, or None to delete the alias); `before` the aliases as they were, for an undo.
-    The reason, test and numbers go into the history.
+    (a version, or None to delete the alias); `only_if` keeps an alias write only while the
+    alias still names that version (a rollback drops ``challenger`` only if it still names
+    the rolled-back version); `before` the aliases as they were, for an undo ({} when they
+    were not read). The decision (who, why, on which numbers) goes into the history.
     """
 
     action: Literal["promote", "rollback"]
     model_name: str
     before: dict[str, str | None]
     after: dict[str, str | None]
+    only_if: dict[str, str] = Field(default_factory=dict)
     rollout_id: str | None = None
     rollout_status: Status | None = None
     champion: str | None = None
@@ -214,6 +247,25 @@ class PromotionIntent(_Model):
     test: str | None = None
     numbers: dict[str, Scalar] = Field(default_factory=dict)
     at: datetime = Field(default_factory=utcnow)
+
+    @property
+    def decision(self) -> Decision:
+        return Decision(self.actor, self.reason, self.test, self.numbers)
+
+    def after_pending(self, pending: PromotionIntent | None) -> PromotionIntent:
+        """This intent recorded over a `pending` one whose aliases were never written: one
+        intent that makes both's alias writes, the newer last (`before` stays the older's)."""
+        if pending is None:
+            return self
+        after = {k: v for k, v in pending.after.items() if k not in self.after}
+        only_if = {k: v for k, v in pending.only_if.items() if k not in self.after}
+        return self.model_copy(
+            update={
+                "before": pending.before or self.before,
+                "after": after | self.after,
+                "only_if": only_if | self.only_if,
+            }
+        )
 
 
 _UNTRACKED = {"revision", "updated_at"}

@@ -9,7 +9,7 @@ aborts the EXEC and the attempt is planned again on the new state.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from redis.client import Pipeline
 
@@ -20,11 +20,14 @@ from hearth.traffic.rollout_state import (
     StateUnavailable,
 )
 from hearth.traffic.state_store import (
+    Plan,
     StateStore,
     StoredServed,
     Write,
+    decode_intent,
 )
 
+T = TypeVar("T")
 REDIS_PREFIX = "hearth:rollout:"
 _WHERE = "rollout state on Redis"
 
@@ -65,19 +68,13 @@ class RedisStateStore(StateStore):
         pipe.set(self._keys["revision"], write.revision)
         assert write.event is not None  # a write without an event is not queued
         pipe.rpush(self._keys["history"], write.event.model_dump_json())
+        if write.intent is not None:
+            pipe.set(self._keys["intent"], write.intent.model_dump_json())
 
-    def _transact(self, plan: Callable[[Served], Write]) -> tuple[Served, Write]:
-        def compute(pipe: Pipeline) -> Update[tuple[Served, Write]]:
-            served = self._stored(pipe).decoded()
-            write = plan(served)
-            if write.event is None:
-                return Update((served, write))
-            return Update((served, write), lambda p: self._queue(p, write))
-
-        watched = [self._keys[k] for k in ("state", "champion", "revision")]
+    def _cas(self, watched: tuple[str, ...], compute: Callable[[Pipeline], Update[T]]) -> T:
         return compare_and_set(
             self._client,
-            watched,
+            [self._keys[k] for k in watched],
             compute,
             error=StateUnavailable,
             where=_WHERE,
@@ -85,6 +82,16 @@ class RedisStateStore(StateStore):
             backoff_base_s=0.0005,
             backoff_cap_s=0.02,
         )
+
+    def _transact(self, plan: Plan) -> tuple[Served, Write]:
+        def compute(pipe: Pipeline) -> Update[tuple[Served, Write]]:
+            served = self._stored(pipe).decoded()
+            write = plan(served, decode_intent(pipe.get(self._keys["intent"])))
+            if write.event is None:
+                return Update((served, write))
+            return Update((served, write), lambda p: self._queue(p, write))
+
+        return self._cas(("state", "champion", "revision", "intent"), compute)
 
     def _read_history(self, rollout_id: str | None, limit: int) -> list[str | bytes]:
         # Histories are small (tens of events per rollout): one list, filtered by the base.
@@ -96,12 +103,18 @@ class RedisStateStore(StateStore):
             document: str | bytes | None = self._client.get(self._keys["intent"])
             return document
 
-    def _write_intent(self, document: str | None) -> None:
-        with translate_errors(StateUnavailable, _WHERE):
+    def _write_intent(
+        self, document: str | None, check: Callable[[str | bytes | None], None]
+    ) -> None:
+        key = self._keys["intent"]
+
+        def compute(pipe: Pipeline) -> Update[None]:
+            check(pipe.get(key))
             if document is None:
-                self._client.delete(self._keys["intent"])
-            else:
-                self._client.set(self._keys["intent"], document)
+                return Update(None, lambda p: p.delete(key))
+            return Update(None, lambda p: p.set(key, document))
+
+        self._cas(("intent",), compute)
 
     def ping(self) -> bool:
         return redis_ping(self._client)

@@ -17,9 +17,11 @@ from hearth.traffic.rollout_state import (
     StateUnavailable,
 )
 from hearth.traffic.state_store import (
+    Plan,
     StateStore,
     StoredServed,
     Write,
+    decode_intent,
 )
 
 STATE_FILE = "rollout.sqlite"
@@ -92,6 +94,8 @@ class SQLiteStateStore(StateStore):
             "INSERT INTO rollout_history (rollout_id, event) VALUES (?, ?)",
             (write.event.rollout_id, write.event.model_dump_json()),
         )
+        if write.intent is not None:
+            _store_intent(conn, write.intent.model_dump_json())
 
     def _read_served(self) -> StoredServed:
         with self._file.read() as conn:
@@ -100,10 +104,10 @@ class SQLiteStateStore(StateStore):
     def revision(self) -> int:
         return self.served().revision
 
-    def _transact(self, plan: Callable[[Served], Write]) -> tuple[Served, Write]:
+    def _transact(self, plan: Plan) -> tuple[Served, Write]:
         with self._file.transaction() as conn:
             served = self._stored(conn).decoded()
-            write = plan(served)
+            write = plan(served, decode_intent(_stored_intent(conn)))
             self._save(conn, write)
         return served, write
 
@@ -118,20 +122,29 @@ class SQLiteStateStore(StateStore):
 
     def _read_intent(self) -> str | bytes | None:
         with self._file.read() as conn:
-            row = conn.execute("SELECT intent FROM rollout_intent WHERE id = 1").fetchone()
-        return row[0] if row else None
+            return _stored_intent(conn)
 
-    def _write_intent(self, document: str | None) -> None:
+    def _write_intent(
+        self, document: str | None, check: Callable[[str | bytes | None], None]
+    ) -> None:
         with self._file.transaction() as conn:
+            check(_stored_intent(conn))
             if document is None:
                 conn.execute("DELETE FROM rollout_intent")
             else:
-                conn.execute(
-                    "INSERT OR REPLACE INTO rollout_intent (id, intent) VALUES (1, ?)", (document,)
-                )
+                _store_intent(conn, document)
 
     def ping(self) -> bool:
         return self._file.ping()
 
     def close(self) -> None:
         self._file.close()
+
+
+def _stored_intent(conn: sqlite3.Connection) -> str | None:
+    row = conn.execute("SELECT intent FROM rollout_intent WHERE id = 1").fetchone()
+    return str(row[0]) if row else None
+
+
+def _store_intent(conn: sqlite3.Connection, document: str) -> None:
+    conn.execute("INSERT OR REPLACE INTO rollout_intent (id, intent) VALUES (1, ?)", (document,))

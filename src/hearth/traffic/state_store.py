@@ -54,13 +54,15 @@ class Write:
 
     `rollout`/`champion`: the new values to store (None: unchanged); `event`: the history
     event to append (None: nothing at all is written); `revision`: the store's revision
-    after the write, which every written value carries.
+    after the write, which every written value carries; `intent`: the registry change to
+    record with it (None: the pending one, if any, is left as it is).
     """
 
     rollout: RolloutState | None
     champion: str | None
     event: HistoryEvent | None
     revision: int
+    intent: PromotionIntent | None = None
 
     def applied_to(self, served: Served) -> Served:
         """What serves once this write is stored."""
@@ -71,6 +73,24 @@ class Write:
             rollout=self.rollout or served.rollout,
             revision=self.revision,
         )
+
+
+Plan = Callable[[Served, PromotionIntent | None], Write]
+"""Plans a write on a consistent read: what serves and the pending intent."""
+
+
+def decode_intent(document: str | bytes | None) -> PromotionIntent | None:
+    """The stored intent document as its model (None: none is pending)."""
+    return PromotionIntent.model_validate_json(document) if document is not None else None
+
+
+def check_pending(
+    pending: PromotionIntent | None, expected: PromotionIntent | Unchecked | None
+) -> None:
+    """RolloutConflict unless the `pending` intent is the `expected` one (`set_intent`)."""
+    if expected is not UNCHECKED and pending != expected:
+        what = f"a {pending.action} of {pending.at:%H:%M:%S}" if pending else "none"
+        raise RolloutConflict(f"the pending registry change is {what}: it changed meanwhile")
 
 
 def stamp(state: RolloutState, revision: int) -> RolloutState:
@@ -109,9 +129,16 @@ def plan_start(served: Served, state: RolloutState, actor: str, reason: str) -> 
 
 
 def plan_update(
-    served: Served, mutator: Mutator, rollout_id: str | None, event: dict[str, Any]
+    served: Served,
+    mutator: Mutator,
+    rollout_id: str | None,
+    event: dict[str, Any],
+    intent: PromotionIntent | None = None,
+    pending: PromotionIntent | None = None,
 ) -> Write:
-    """The write of a change to the running rollout — or a RolloutError."""
+    """The write of a change to the running rollout — or a RolloutError. With `intent`, the
+    registry change that follows it is recorded in the same write (over the `pending` one,
+    see `PromotionIntent.after_pending`)."""
     current = served.running
     if current is None:
         raise NoActiveRollout("no rollout is running")
@@ -133,7 +160,8 @@ def plan_update(
     revision = served.revision + 1
     # A promotion's end and the new champion are one write: no reader sees one without the other.
     champion = after.challenger_version if after.status == "promoted" else None
-    return Write(stamp(after, revision), champion, history, revision)
+    recorded = intent.after_pending(pending) if intent is not None else None
+    return Write(stamp(after, revision), champion, history, revision, recorded)
 
 
 def plan_set_champion(
@@ -143,8 +171,11 @@ def plan_set_champion(
     action: str,
     reason: str,
     expected: str | Unchecked | None,
+    intent: PromotionIntent | None = None,
+    pending: PromotionIntent | None = None,
 ) -> Write:
-    """The write that makes `version` the champion — or a RolloutError."""
+    """The write that makes `version` the champion — or a RolloutError (with `intent`, as
+    `plan_update`)."""
     version = str(version)
     if not version:
         raise InvalidRollout("a champion version must not be empty")
@@ -168,7 +199,8 @@ def plan_set_champion(
         changes={"champion_version": (current, version)},
         reason=reason,
     )
-    return Write(None, version, event, served.revision + 1)
+    recorded = intent.after_pending(pending) if intent is not None else None
+    return Write(None, version, event, served.revision + 1, recorded)
 
 
 def _version(version: str | Unchecked | None) -> str:
@@ -224,15 +256,16 @@ class StateStore(ABC):
         """A counter bumped by every state write: a cheap way to notice a change."""
 
     @abstractmethod
-    def _transact(self, plan: Callable[[Served], Write]) -> tuple[Served, Write]:
-        """Run `plan` on a consistent read and store its `Write` (nothing when it has no
-        event) in the same transaction; the read and the write."""
+    def _transact(self, plan: Plan) -> tuple[Served, Write]:
+        """Run `plan` on a consistent read (what serves, the pending intent: see
+        `decode_intent`) and store its `Write` (nothing when it has no event; its intent
+        document when it has one) in the same transaction; the read and the write."""
 
     def start(self, state: RolloutState, actor: str, reason: str = "") -> RolloutState:
         """Make `state` the current rollout; RolloutConflict while another one runs, or when
         its champion is not the store's champion. With no champion yet, the rollout's
         champion becomes the store's (in the same write)."""
-        _, write = self._transact(lambda served: plan_start(served, state, actor, reason))
+        _, write = self._transact(lambda served, _: plan_start(served, state, actor, reason))
         assert write.rollout is not None  # a start always writes its rollout
         return write.rollout
 
@@ -245,6 +278,7 @@ class StateStore(ABC):
         numbers: dict[str, Scalar] | None = None,
         test: str | None = None,
         rollout_id: str | None = None,
+        intent: PromotionIntent | None = None,
     ) -> RolloutState:
         """Compare-and-set on the running rollout: state and history in one transaction.
 
@@ -252,7 +286,8 @@ class StateStore(ABC):
         the history event is written). NoActiveRollout when none runs; RolloutConflict when
         `rollout_id` is given and is not the running one. A RolloutError raised by the
         mutator propagates and nothing is written. Ending the rollout as ``promoted`` makes
-        its challenger the champion in the same transaction.
+        its challenger the champion in the same transaction. `intent` (a promotion's or
+        rollback's alias writes) is recorded in that transaction too.
         """
         event = {
             "actor": actor,
@@ -262,7 +297,7 @@ class StateStore(ABC):
             "test": test,
         }
         served, write = self._transact(
-            lambda served: plan_update(served, mutator, rollout_id, event)
+            lambda served, pending: plan_update(served, mutator, rollout_id, event, intent, pending)
         )
         result = write.rollout or served.rollout
         assert result is not None  # plan_update refuses a missing rollout
@@ -275,15 +310,19 @@ class StateStore(ABC):
         action: str,
         reason: str = "",
         expected: str | Unchecked | None = UNCHECKED,
+        intent: PromotionIntent | None = None,
     ) -> Served:
         """Compare-and-set on the champion, with a history event (rollout id ``""``).
 
         RolloutConflict while a rollout runs (promote or roll it back instead), or when
         `expected` is given and is not the champion now (None: "no champion yet"). Setting
-        the champion it already is writes nothing. Returns what serves afterwards.
+        the champion it already is writes nothing. Returns what serves afterwards. `intent`
+        is recorded in the same write, as in `update`.
         """
         served, write = self._transact(
-            lambda served: plan_set_champion(served, version, actor, action, reason, expected)
+            lambda served, pending: plan_set_champion(
+                served, version, actor, action, reason, expected, intent, pending
+            )
         )
         return write.applied_to(served)
 
@@ -308,17 +347,29 @@ class StateStore(ABC):
         """The stored intent document, if any."""
 
     @abstractmethod
-    def _write_intent(self, document: str | None) -> None:
-        """Store (or, with None, delete) the intent document."""
+    def _write_intent(
+        self, document: str | None, check: Callable[[str | bytes | None], None]
+    ) -> None:
+        """Store (or, with None, delete) the intent document, in one transaction with a read
+        of the stored one that `check` gets first (it raises to write nothing)."""
 
     def intent(self) -> PromotionIntent | None:
         """The registry change in progress, if one was started and not finished."""
-        document = self._read_intent()
-        return PromotionIntent.model_validate_json(document) if document is not None else None
+        return decode_intent(self._read_intent())
 
-    def set_intent(self, intent: PromotionIntent | None) -> None:
-        """Record (or, with None, clear) the registry change in progress."""
-        self._write_intent(intent.model_dump_json() if intent is not None else None)
+    def set_intent(
+        self,
+        intent: PromotionIntent | None,
+        expected: PromotionIntent | Unchecked | None = UNCHECKED,
+    ) -> None:
+        """Record (or, with None, clear) the registry change in progress. Compare-and-set
+        with `expected` (None: "none is pending"): RolloutConflict when the pending intent is
+        another one, so a repair never clears (or a writer never overwrites) an intent that
+        was recorded after it read."""
+        self._write_intent(
+            intent.model_dump_json() if intent is not None else None,
+            lambda stored: check_pending(decode_intent(stored), expected),
+        )
 
     @abstractmethod
     def ping(self) -> bool:
