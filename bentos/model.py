@@ -23,6 +23,7 @@ from hearth.serving.schemas import Score, ScoreItem
 internal = model_app(
     lambda path: bentoml.get_current_service().lanes[path],
     lambda: bentoml.get_current_service().__is_ready__(),
+    lambda: bentoml.get_current_service().loaded_versions(),
 )
 MAX_BATCH_SIZE = 256
 # The champion lane scores batches this small on the event loop (see Batcher): a lone
@@ -68,6 +69,10 @@ class Model:
 
     def __is_ready__(self) -> bool:
         return self.pool.ready and self.pool.get().ready
+
+    def loaded_versions(self) -> list[str]:
+        """The model versions this process holds (the gateway routes only to these)."""
+        return self.pool.get().loaded_versions() if self.pool.ready else []
 
     def _score(self, items: list[ScoreItem]) -> list[Score]:
         """Score one (batched) call and record its size and time per variant."""

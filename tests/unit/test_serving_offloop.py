@@ -13,12 +13,14 @@ from typing import Any
 
 import httpx
 import pytest
+from starlette.testclient import TestClient
 
 from hearth.config import Settings
 from hearth.features.online import Transaction
 from hearth.features.store import open_store
-from hearth.serving.gateway import Gateway, LocalFeatures
+from hearth.serving.gateway import Gateway, LocalFeatures, RemoteVersions
 from hearth.serving.http import HttpPolicy, create_app
+from hearth.serving.internal import PREFIX, VERSIONS, model_app
 from hearth.traffic.follower import Follower
 from hearth.traffic.prediction_log import PredictionLog
 from hearth.traffic.rollout_state import Served
@@ -150,3 +152,41 @@ def test_a_started_follower_never_reads_the_state_on_the_callers_thread() -> Non
     finally:
         state.release.set()
         follower.stop()
+
+
+# -- microservices: the gateway routes to a challenger once the model service holds it ------
+def test_remote_versions_count_only_what_the_model_service_has_loaded() -> None:
+    answers: list[list[str] | Exception | None] = [["1"], RuntimeError("down"), ["1", "2"], None]
+    calls = 0
+
+    async def fetch() -> list[str] | None:
+        nonlocal calls
+        answer = answers[min(calls, len(answers) - 1)]
+        calls += 1
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    async def scenario() -> list[tuple[bool, bool]]:
+        versions = RemoteVersions(fetch, interval_s=0.01)
+        seen = [(versions.has("1"), versions.has("2"))]  # nothing said yet: nothing loaded
+        for expected_calls in (1, 2, 3, 4):
+            while calls < expected_calls:
+                await asyncio.sleep(0.005)
+            await asyncio.sleep(0)  # let the poll store its answer
+            seen.append((versions.has("1"), versions.has("2")))
+        return seen
+
+    seen = asyncio.run(scenario())
+    assert seen[0] == (False, False)
+    assert seen[1] == (True, False)  # the service holds v1 only
+    assert seen[2] == (True, False)  # a failed poll keeps the last answer
+    assert seen[3] == (True, True)  # v2 loaded
+    assert seen[4] == (True, True)  # a service that cannot say (older): as before, all
+
+
+def test_the_model_services_versions_route_lists_what_it_holds() -> None:
+    app = model_app(lambda path: None, lambda: True, lambda: ["1", "2"])  # type: ignore[arg-type, return-value]
+    with TestClient(app) as client:
+        r = client.get(PREFIX + VERSIONS)
+    assert r.status_code == 200 and r.json() == ["1", "2"]

@@ -274,6 +274,52 @@ class RemoteModel:
         return await _ready(self._ready, self.timeout_s)
 
 
+class RemoteVersions:
+    """The model versions a model service has loaded, polled every `interval_s` on the
+    serving loop: the microservices gateway's `RolloutRouter(loaded=...)`.
+
+    `has` answers from memory: no version counts as loaded until the service has said so.
+    A service that cannot say (one from before this route) has every version count as
+    loaded, as before; when a poll fails, the last answer stays in force.
+    """
+
+    def __init__(
+        self,
+        fetch: Callable[[], Awaitable[list[str] | None]],
+        interval_s: float = 0.5,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+    ) -> None:
+        self._fetch, self.interval_s, self.timeout_s = fetch, interval_s, timeout_s
+        self._loaded: frozenset[str] = frozenset()
+        self._supported = True
+        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def has(self, version: str) -> bool:
+        self._ensure_polling()
+        return version in self._loaded or not self._supported
+
+    def _ensure_polling(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not on a loop (a tool): nothing to poll from
+            return
+        if self._task is None or self._task.done() or self._loop is not loop:
+            self._loop = loop
+            self._task = loop.create_task(self._poll(), name="model-versions")
+
+    async def _poll(self) -> None:
+        while True:
+            try:
+                async with asyncio.timeout(self.timeout_s):
+                    versions = await self._fetch()
+                self._supported = versions is not None
+                self._loaded = frozenset(versions or ())
+            except Exception as exc:  # the service is down or busy: keep the last answer
+                log.debug("model versions unknown: %s", exc)
+            await asyncio.sleep(self.interval_s)
+
+
 async def _ready(ready: Callable[[], Awaitable[bool]], timeout_s: float) -> bool:
     try:
         return bool(await asyncio.wait_for(ready(), timeout_s))

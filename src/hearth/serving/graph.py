@@ -19,6 +19,7 @@ from hearth.serving.gateway import (
     LocalModel,
     RemoteFeatures,
     RemoteModel,
+    RemoteVersions,
 )
 from hearth.serving.internal import FeaturesCalls, InternalClient, ModelCalls
 from hearth.serving.model_cache import RegistryCatalog
@@ -85,16 +86,20 @@ def prediction_log(settings: Settings) -> Background[PredictionLog]:
 
 
 def rollout_router(
-    ctx: HearthContext, source: Follower | None = None, pool: Background[Any] | None = None
+    ctx: HearthContext,
+    source: Follower | None = None,
+    pool: Background[Any] | None = None,
+    loaded: Callable[[str], bool] | None = None,
 ) -> RolloutRouter:
     """Routing by the shared state: every route names the version that answers. With this
-    process's `pool`, a challenger is routed to only once the pool has loaded it."""
+    process's `pool` (or `loaded`: what the model service holds), a challenger is routed to
+    only once it is loaded."""
 
-    def loaded(version: str) -> bool:
+    def in_pool(version: str) -> bool:
         assert pool is not None
         return pool.ready and bool(pool.get().has(version))
 
-    return RolloutRouter(source or follower(ctx), loaded if pool is not None else None)
+    return RolloutRouter(source or follower(ctx), in_pool if pool is not None else loaded)
 
 
 def challenger_timeout_s(ctx: HearthContext) -> float:
@@ -142,11 +147,12 @@ def microservices_gateway(
     remote_features = RemoteFeatures(features.observe, features.ready, timeout_s=timeout)
     remote_model = RemoteModel(model.predict, model.ready, timeout_s=timeout)
     remote_challenger = RemoteModel(model.predict_challenger, model.ready, timeout_s=timeout)
+    loaded = RemoteVersions(model.versions, timeout_s=timeout)
     gateway = Gateway(
         remote_features,
         remote_model,
         prediction_log(ctx.settings),
-        router=rollout_router(ctx),
+        router=rollout_router(ctx, loaded=loaded.has),
         challenger_model=remote_challenger,
         challenger_timeout_s=challenger_timeout_s(ctx),
         timeout_s=timeout,

@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 PREFIX = "/internal"
 OBSERVE, READY = "/observe", "/ready"
 PREDICT, PREDICT_CHALLENGER = "/predict", "/predict_challenger"
+VERSIONS = "/versions"  # the model versions a model service has loaded (JSON list)
 JSON = "application/json"
 # Connections per target service: enough for the gateway's concurrency (c=128 in the bench)
 # without a queue in the pool, bounded so a flood cannot exhaust file descriptors.
@@ -175,9 +176,13 @@ class InternalClient:
 
     async def ok(self, path: str) -> bool:
         """Whether GET PREFIX + path answers 200."""
-        head = f"GET {PREFIX}{path} HTTP/1.1\r\n{self._fixed}\r\n"
-        status, _ = await self._send(head.encode())
+        status, _ = await self.get(path)
         return status == 200
+
+    async def get(self, path: str) -> tuple[int, bytes]:
+        """GET PREFIX + path: (status, body)."""
+        head = f"GET {PREFIX}{path} HTTP/1.1\r\n{self._fixed}\r\n"
+        return await self._send(head.encode())
 
     async def _send(self, raw: bytes) -> tuple[int, bytes]:
         if self._slots is None:  # made on first use, in the serving loop
@@ -273,6 +278,16 @@ class ModelCalls:
 
     async def ready(self) -> bool:
         return await self.client.ok(READY)
+
+    async def versions(self) -> list[str] | None:
+        """The versions the model service has loaded; None when it cannot say (a service
+        from before this route answers 404)."""
+        status, raw = await self.client.get(VERSIONS)
+        if status == 404:
+            return None
+        if status != 200:
+            raise InternalError(f"{self.client.url}{PREFIX}{VERSIONS}: {status}")
+        return [str(v) for v in pydantic_core.from_json(raw)]
 
 
 # -- servers (features and model services) ----------------------------------------------------
@@ -386,9 +401,18 @@ def features_app(get_store: Callable[[], Any], is_ready: Callable[[], bool]) -> 
     )
 
 
-def model_app(get_lane: Callable[[str], Batcher], is_ready: Callable[[], bool]) -> InternalApp:
+def model_app(
+    get_lane: Callable[[str], Batcher],
+    is_ready: Callable[[], bool],
+    loaded_versions: Callable[[], list[str]] = list,
+) -> InternalApp:
     """POST /predict and /predict_challenger (score items → scores, each in its own batching
-    lane), GET /ready. `get_lane(path)` is looked up per request, as in `features_app`."""
+    lane), GET /ready, GET /versions (what `loaded_versions` says: the gateway routes to a
+    challenger only once it is loaded). `get_lane(path)` is looked up per request, as in
+    `features_app`."""
+
+    async def versions(_: bytes) -> Reply:
+        return Reply(200, pydantic_core.to_json(loaded_versions()), JSON)
 
     def lane(path: str) -> Handler:
         async def predict(body: bytes) -> Reply:
@@ -409,6 +433,7 @@ def model_app(get_lane: Callable[[str], Batcher], is_ready: Callable[[], bool]) 
             ("POST", PREFIX + PREDICT): lane(PREDICT),
             ("POST", PREFIX + PREDICT_CHALLENGER): lane(PREDICT_CHALLENGER),
             ("GET", PREFIX + READY): _ready(is_ready),
+            ("GET", PREFIX + VERSIONS): versions,
         }
     )
 
