@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -27,6 +28,7 @@ import pytest
 
 from hearth.config import Params
 from hearth.launch.hearth_server import ServerProcess
+from hearth.launch.launcher import free_port, http_ok, stop_group
 from hearth.rollout.verdict import analyse
 from hearth.serving.faults import FAULT_TAG
 from hearth.traffic.assignment import assign
@@ -36,9 +38,11 @@ from tests.integration.test_serving import Customers, fraud_like, normal
 from tests.projects import API_KEY as KEY
 from tests.projects import (
     REPO,
+    clean_environ,
     in_project,
     project_servers,
     project_settings,
+    registry_uri,
     server_env,
     train,
 )
@@ -180,10 +184,12 @@ def analysis_rows(server: ServerProcess, rollout_id: str) -> list[dict[str, Any]
         log.close()
 
 
-def hearth(project: Path, server: ServerProcess, *args: str) -> subprocess.CompletedProcess[str]:
+def hearth(
+    project: Path, server: ServerProcess, *args: str, **env: str
+) -> subprocess.CompletedProcess[str]:
     assert server.home is not None
     return subprocess.run(
-        [sys.executable, "-m", "hearth", *args], cwd=REPO, env=_env(project, server.home),
+        [sys.executable, "-m", "hearth", *args], cwd=REPO, env=_env(project, server.home) | env,
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
 
@@ -433,3 +439,108 @@ def test_cli_status_and_start_errors(
     assert bad.returncode == 1 and "no version" in bad.stderr and "hint" in bad.stderr
     weight = hearth(project, server, "rollout", "weight", "101")
     assert weight.returncode == 1 and "hint" in weight.stderr
+
+
+# -- MLflow stopped during a canary: the rollback needs only the rollout state -------------------
+@contextmanager
+def mlflow_server(project: Path, port: int, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A real MLflow tracking server over the project's registry on loopback `port`; stopped
+    (its whole process group) when the block ends, if it is still running."""
+    settings = project_settings(project)
+    cmd = [
+        sys.executable, "-m", "mlflow", "server", "--backend-store-uri", registry_uri(project),
+        "--default-artifact-root", str(settings.mlflow_artifact_root),
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+    ]  # fmt: skip
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            cmd, cwd=project, env=clean_environ("HEARTH_", "MLFLOW_"), stdout=out,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not http_ok(f"http://127.0.0.1:{port}/health"):
+            assert process.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "MLflow did not answer /health in 120 s"
+            time.sleep(0.3)
+        yield process
+    finally:
+        if process.poll() is None:
+            stop_group(process.pid, timeout_s=10)
+
+
+def _registry_aliases(url: str) -> dict[str, str]:
+    r = httpx.get(f"{url}/api/2.0/mlflow/registered-models/get", params={"name": NAME}, timeout=10)
+    r.raise_for_status()
+    return {a["alias"]: str(a["version"]) for a in r.json()["registered_model"].get("aliases", [])}
+
+
+def test_rollback_with_mlflow_stopped_takes_effect_within_a_second_and_fails_nothing(
+    project: Path,
+    versions: dict[str, str],
+    customers: Customers,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    logs = tmp_path_factory.mktemp("mlflow-stopped")
+    with (
+        mlflow_server(project, port, logs / "mlflow.log") as mlflow_process,
+        project_servers(project, tmp_path_factory, "no-mlflow", ("monolith",),
+                        HEARTH_ADMIN_TOKEN=ADMIN, HEARTH_MLFLOW_TRACKING_URI=url) as started,
+    ):  # fmt: skip
+        server = started["monolith"]
+        traffic = Traffic(customers, "no-mlflow")
+        state = start(server, versions["better"], steps=[50, 100])
+        assert _registry_aliases(url)["challenger"] == versions["better"]
+        wait_for_challenger(server, traffic, state)
+        ids = [f"no-mlflow-{i}" for i in range(200)]
+        sent: list[Sent] = []
+        stop = threading.Event()
+        loop = _load(server, traffic, ids, stop, sent)
+        with ThreadPoolExecutor(4) as pool:
+            clients = [pool.submit(loop, k) for k in range(4)]
+            time.sleep(2)
+            stop_group(mlflow_process.pid, timeout_s=10)  # the registry is gone
+            assert not http_ok(f"{url}/health", timeout_s=0.5)
+            time.sleep(1)
+            called = time.monotonic()
+            r = admin(server, "POST", "/admin/rollback", {"reason": "MLflow down, bad canary"})
+            answered = time.monotonic()
+            time.sleep(4)
+            stop.set()
+            for c in clients:
+                c.result()
+        assert r.status_code == 200, r.text
+        assert (r.json()["changed"], r.json()["aliases"]) == (True, "pending")
+
+        # The operator's CLI works on the state alone too: status says the registry is down.
+        cli = {"HEARTH_MLFLOW_TRACKING_URI": url}
+        shown = hearth(project, server, "rollout", "status", "--json", **cli)
+        assert shown.returncode == 0, shown.stderr
+        status = json.loads(shown.stdout)
+        assert status["aliases"] == {} and "unavailable" in status["aliases_error"]
+        assert status["rollout"]["status"] == "rolled_back"
+        assert status["pending_repair"]["after"] == {"challenger": None}
+        again = hearth(project, server, "rollback", **cli)
+        assert again.returncode == 0 and "nothing changed" in again.stderr, again.stderr
+
+        failed = [s for s in sent if s.status != 200]
+        last_challenger = max(s.at for s in sent if s.variant == "challenger")
+        print(
+            f"\n[MLflow stopped] {len(sent)} requests, {len(failed)} failed; rollback call "
+            f"took {answered - called:.3f} s; last challenger response "
+            f"{last_challenger - called:.3f} s after the call"
+        )
+        assert failed == []
+        assert last_challenger - called < 1.0
+        assert all(s.variant == "champion" for s in sent if s.at > called + 1.0)
+
+        # MLflow back: the recorded alias write is made (the challenger alias dropped).
+        with mlflow_server(project, port, logs / "mlflow.log"):
+            repaired = hearth(project, server, "rollout", "repair", **cli)
+            assert repaired.returncode == 0, repaired.stderr
+            assert _registry_aliases(url) == {"champion": "1"}
+            shown = hearth(project, server, "rollout", "status", "--json", **cli)
+            status = json.loads(shown.stdout)
+            assert status["pending_repair"] is None and status["aliases"] == {"champion": "1"}

@@ -7,6 +7,7 @@ command imports (no MLflow, torch, Prefect, BentoML or pandas on this path).
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -93,3 +94,21 @@ def test_a_rollback_that_could_not_be_written_exits_non_zero(settings: Settings)
 def test_to_previous_needs_the_expected_champion(settings: Settings) -> None:
     done, _ = _hearth(settings, "rollback", "--to-previous")
     assert done.returncode == 1 and "--expect-champion" in done.stderr
+
+
+def test_rollout_status_shows_the_state_when_the_registry_is_down(settings: Settings) -> None:
+    store = SQLiteStateStore(state_path(settings))
+    try:
+        store.set_champion("1", "test", "adopt", expected=None)
+        store.start(new_rollout("1", "2", Params().rollout), "test")
+    finally:
+        store.close()
+    done, wall = _hearth(settings, "rollout", "status", "--json")
+    print(f"\n`hearth rollout status` (with -X importtime) took {wall:.2f} s of wall time")
+    assert done.returncode == 0, done.stderr[-2000:]
+    status = json.loads(done.stdout)
+    assert status["served"] == {
+        "champion": "1", "challenger": "2", "mode": "canary", "challenger_percent": 5.0
+    }  # fmt: skip
+    assert status["aliases"] == {} and "unavailable" in status["aliases_error"]
+    assert not _imported(done.stderr) & set(HEAVY), _imported(done.stderr) & set(HEAVY)

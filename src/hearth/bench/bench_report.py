@@ -325,10 +325,10 @@ def _rollback_section(report: dict[str, Any]) -> list[str]:
         "the rollout history's rollback event) or its exit to the last response naming the "
         "challenger, as the load generator received it. Most of the command's time is Python "
         "starting and importing; the switch is the state write, which every gateway picks up "
-        "within a second. After it the command still drops the challenger alias, so the "
-        "last challenger response can come before the exit (a negative figure). Failed: "
-        "non-200 answers and "
-        "connection errors over the whole window, ramp-up included.",
+        "within a second. The command writes nothing after it (the challenger alias is "
+        "dropped at the next repair), so the last challenger response can come before the "
+        "exit (a negative figure). Failed: non-200 answers and connection errors over the "
+        "whole window, ramp-up included.",
         "",
     ]
 

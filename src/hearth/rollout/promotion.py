@@ -126,6 +126,8 @@ def read_aliases(settings: Settings, model_name: str, timeout_s: float = 2.0) ->
     uri = settings.mlflow_uri
     if uri.startswith("sqlite:///"):
         path = uri.removeprefix("sqlite:///")
+        if not os.path.exists(path):
+            return {}  # nothing registered yet (MLflow creates the file on first use)
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=timeout_s)
         try:
             rows = db.execute(
