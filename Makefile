@@ -92,6 +92,10 @@ containerize: build ## Container images of the bentos (needs a running docker or
 bench: install ## Full serving benchmark (hearth bench, ~5 min on 2 cores): floor, mlflow, BentoML, monolith, microservices, batching, rollback → reports/bench.*
 	$(BIN)/hearth bench
 
+.PHONY: soak
+soak: install ## Soak test (hearth soak, ~11 min): the monolith at 80 % of its measured capacity for 10 min → reports/soak.*
+	$(BIN)/hearth soak --duration $(or $(DURATION),600)
+
 .PHONY: repro
 repro: install ## Reproduce the DVC pipeline (dvc repro)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import signal
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -80,6 +81,52 @@ def bench(
         fail(str(exc), "run `hearth run` first: the benchmark serves the registered champion")
     for path in bench_report.write(data, out or ctx.settings.reports_dir):
         console.print(f"[green]✓[/] {path}")
+
+
+@commands.command(
+    epilog="Starts the monolith on loopback (a fresh home, this project's registry and data), "
+    "measures its capacity closed loop, then sends a new transaction every 1/rate seconds "
+    "(open loop) and prints p50/p99, errors and RSS per window. Passes with zero errors, the "
+    "last window's p99 within 1.5x the first's and RSS growth under 10 %. Writes "
+    "reports/soak.md, soak.json and soak.png; exits 1 when a criterion fails. `make soak` runs "
+    "the full ten minutes."
+)
+def soak(
+    duration: Annotated[float, typer.Option(help="Seconds at the constant rate.")] = 600.0,
+    fraction: Annotated[
+        float, typer.Option(help="The rate, as a fraction of the measured capacity.")
+    ] = 0.8,
+    window: Annotated[
+        float | None,
+        typer.Option(help="Seconds per reported window (default: 60, or half a short run)."),
+    ] = None,
+    rate: Annotated[
+        float | None, typer.Option(help="A fixed rate in req/s (skips using the capacity).")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Report directory (default: reports/).")] = None,
+) -> None:
+    """Soak the monolith at 80 % of its measured capacity: errors, p99 drift, RSS growth."""
+    from hearth.bench.soak import SoakConfig, run_soak  # lazy: see the docstring
+    from hearth.bench.soak_report import verdict_line, write
+
+    ctx = load_context()
+    # Under two minutes, the in-suite shape: two windows (halves), a shorter capacity run.
+    short = window is None and duration < 120
+    base = SoakConfig.short(duration) if short else SoakConfig(duration_s=duration)
+    config = replace(base, fraction=fraction, rate=rate, window_s=window or base.window_s)
+    console.print(
+        f"hearth soak: the monolith for {duration:.0f} s, windows of {config.window_s:.0f} s"
+    )
+    try:
+        with _sigterm_as_exit():  # a killed soak still stops its server
+            data = run_soak(config, ctx.settings, project_root(), console.print)
+    except (ValueError, FileNotFoundError, RuntimeError, TimeoutError) as exc:
+        fail(str(exc), "run `hearth run` first: the soak serves the registered champion")
+    for path in write(data, out or ctx.settings.reports_dir):
+        console.print(f"[green]✓[/] {path}")
+    console.print(verdict_line(data))
+    if not data["passed"]:
+        raise typer.Exit(1)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,351 @@
+"""The soak test: the monolith at a constant 80 % of its measured capacity for ten minutes.
+
+It starts `hearth serve --topology monolith` on loopback (a fresh home, the project's
+registry and data, as `hearth bench` does), measures its capacity with a short closed-loop
+run, then drives it open loop: request *i* is sent at ``start + i / rate`` whether or not
+the earlier ones have answered, each one a new transaction (a fresh id, the timestamp of its
+send time, the fields of a real transaction from ``data/processed``). Latency counts from
+the scheduled send time, so a server that falls behind shows it (no coordinated omission).
+
+Per window (a minute in the full run) it reports p50/p99, errors and the serving process
+tree's RSS; the verdict needs zero errors, the last window's p99 within `max_p99_ratio` of
+the first's, and RSS growth from the end of the first window to the end of the last under
+`max_rss_growth`. The report (`soak.md`, `soak.json`, `soak.png`) goes to the reports dir.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from hearth.bench.contenders import Server, build_server
+from hearth.bench.latency_stats import percentile
+from hearth.bench.load import REQUEST_TIMEOUT_S, Connection, Endpoint, attempt, drive
+from hearth.bench.run import machine
+from hearth.bench.workload import load_workload
+from hearth.config import Settings
+from hearth.launch.launcher import stop_all
+from hearth.schema import TIMESTAMP_FORMAT
+
+
+@dataclass(frozen=True)
+class SoakConfig:
+    """How long, how hard, and what passes."""
+
+    duration_s: float = 600.0
+    fraction: float = 0.8  # of the measured capacity
+    window_s: float = 60.0  # the per-window figures ("per minute")
+    capacity_s: float = 20.0  # the closed-loop capacity run
+    capacity_concurrency: int = 16
+    warmup_requests: int = 300  # before the capacity run: first calls allocate
+    rate: float | None = None  # a fixed rate (req/s) instead of fraction × capacity
+    max_connections: int = 256  # open loop: connections it may open when answers lag
+    preconnect: int = 16  # open loop: connections opened before the clock starts
+    rss_every_s: float = 5.0
+    pool: int = 5000  # real transactions the stream cycles through (fresh id and time each)
+    max_p99_ratio: float = 1.5  # last window's p99 / first window's
+    max_rss_growth: float = 0.10  # end of the last window vs end of the first
+    ready_timeout_s: float = 300.0
+
+    @classmethod
+    def short(cls, duration_s: float = 60.0) -> SoakConfig:
+        """The in-suite version: two windows (halves) and a shorter capacity run."""
+        return cls(duration_s=duration_s, window_s=duration_s / 2, capacity_s=8.0,
+                   warmup_requests=200, pool=2000)  # fmt: skip
+
+
+class TransactionStream:
+    """Each body a new transaction: a real one's fields, id ``soak-<run>-<n>``, the time given."""
+
+    def __init__(self, transactions: list[dict[str, Any]]) -> None:
+        self.transactions = transactions
+        self.run = uuid.uuid4().hex[:8]
+        self.sent = 0
+
+    def body(self, when: float) -> bytes:
+        txn = dict(self.transactions[self.sent % len(self.transactions)])
+        txn["transaction_id"] = f"soak-{self.run}-{self.sent}"
+        txn["timestamp"] = datetime.fromtimestamp(when, UTC).strftime(TIMESTAMP_FORMAT)
+        self.sent += 1
+        return json.dumps(txn).encode()
+
+
+@dataclass
+class Window:
+    """What the requests scheduled in one window saw."""
+
+    index: int
+    latencies_s: list[float] = field(default_factory=list)
+    lags_s: list[float] = field(default_factory=list)  # send time − scheduled (client lag)
+    statuses: dict[str, int] = field(default_factory=dict)
+    rss_mib: float = math.nan  # the serving tree's RSS at the window's end (by the clock)
+    server_cores: float = math.nan  # the serving tree's CPU seconds per second in the window
+
+    @property
+    def errors(self) -> int:
+        return sum(n for status, n in self.statuses.items() if status != "200")
+
+    def summary(self, window_s: float) -> dict[str, Any]:
+        lat, lag = sorted(self.latencies_s), sorted(self.lags_s)
+        ms = lambda seq, q: round(percentile(seq, q) * 1000, 2)  # noqa: E731
+        return {
+            "window": self.index + 1,
+            "requests": sum(self.statuses.values()),
+            "rps": round(sum(self.statuses.values()) / window_s, 1),
+            "p50_ms": ms(lat, 0.50),
+            "p99_ms": ms(lat, 0.99),
+            "max_ms": ms(lat, 1.0),
+            "client_lag_p99_ms": ms(lag, 0.99),
+            "errors": self.errors,
+            "statuses": dict(sorted(self.statuses.items())),
+            "rss_mib": round(self.rss_mib, 1),
+            "server_cores": round(self.server_cores, 2),
+        }
+
+
+def _rss_mib(server: Server) -> float:
+    return server.tree().rss_bytes() / 2**20
+
+
+# uvicorn closes a keep-alive connection idle for 5 s; one idle for longer than this is
+# closed here instead of being reused (a request written to a connection the server has
+# just closed would fail without the server ever seeing it).
+MAX_IDLE_S = 2.0
+
+
+async def _reuse(idle: list[tuple[Connection, float]]) -> Connection | None:
+    """The most recently used idle connection still fresh; stale ones are closed."""
+    while idle:
+        conn, last = idle.pop()
+        if time.perf_counter() - last < MAX_IDLE_S:
+            return conn
+        await conn.close()
+    return None
+
+
+async def open_loop(
+    stream: TransactionStream,
+    endpoint: Endpoint,
+    server: Server,
+    rate: float,
+    config: SoakConfig,
+    say: Callable[[str], None],
+) -> tuple[list[Window], list[tuple[float, float]]]:
+    """Send `rate` requests a second for `config.duration_s`; the windows and RSS samples."""
+    n_windows = max(1, math.ceil(config.duration_s / config.window_s))
+    windows = [Window(i) for i in range(n_windows)]
+    pending = [0] * n_windows
+    closed = [asyncio.Event() for _ in range(n_windows)]  # every request of the window ended
+    reported = [asyncio.Event() for _ in range(n_windows)]  # its line printed (in order)
+    sampled = [asyncio.Event() for _ in range(n_windows)]  # its RSS and CPU measured
+    idle: list[tuple[Connection, float]] = []  # with when each was last used
+    slots = asyncio.Semaphore(config.max_connections)
+    rss: list[tuple[float, float]] = []
+    t0, wall0 = time.perf_counter(), time.time()  # reset when the connections are open
+
+    async def one(scheduled: float, w: Window) -> None:
+        """One request; "timeout" when it has no answer REQUEST_TIMEOUT_S after its
+        scheduled time (waiting for a free connection included)."""
+
+        def left() -> float:
+            return max(0.001, REQUEST_TIMEOUT_S - (time.perf_counter() - scheduled))
+
+        try:
+            await asyncio.wait_for(slots.acquire(), left())
+        except TimeoutError:
+            w.statuses["timeout"] = w.statuses.get("timeout", 0) + 1
+            return
+        try:
+            conn = await _reuse(idle) or Connection(endpoint.host, endpoint.port)
+            w.lags_s.append(time.perf_counter() - scheduled)
+            raw = endpoint.request(stream.body(wall0 + scheduled - t0))
+            try:
+                status, response = await asyncio.wait_for(attempt(conn, raw), left())
+            except TimeoutError:  # the connection closed itself (Connection.send)
+                status, response = "timeout", None
+            if response is not None:
+                w.latencies_s.append(time.perf_counter() - scheduled)
+            w.statuses[status] = w.statuses.get(status, 0) + 1
+            idle.append((conn, time.perf_counter()))  # a failed one reconnects on next send
+        finally:
+            slots.release()
+
+    async def at_boundaries() -> None:
+        """RSS and CPU of the serving tree at each window's end (by the clock), and RSS every
+        `rss_every_s` in between."""
+        cpu = server.tree().cpu_s()
+        for k in range(n_windows):
+            end = t0 + min(config.duration_s, (k + 1) * config.window_s)
+            while (now := time.perf_counter()) < end - 1e-3:
+                await asyncio.sleep(min(config.rss_every_s, end - now))
+                rss.append((time.perf_counter() - t0, _rss_mib(server)))
+            windows[k].rss_mib = rss[-1][1]
+            cpu, before = server.tree().cpu_s(), cpu
+            span = time.perf_counter() - t0 - (k * config.window_s)
+            windows[k].server_cores = (cpu - before) / span if span > 0 else math.nan
+            sampled[k].set()
+
+    async def report(k: int) -> None:
+        await closed[k].wait()
+        await sampled[k].wait()
+        if k:
+            await reported[k - 1].wait()
+        s = windows[k].summary(config.window_s)
+        say(
+            f"  window {k + 1:>2}/{n_windows}  {s['rps']:6.0f} req/s  p50 {s['p50_ms']:7.2f} ms"
+            f"  p99 {s['p99_ms']:7.2f} ms  errors {s['errors']}  RSS {s['rss_mib']:6.0f} MiB"
+            f"  server CPU {s['server_cores']:.2f} cores"
+        )
+        reported[k].set()
+
+    def done(k: int) -> Callable[[asyncio.Task[None]], None]:
+        def callback(_: asyncio.Task[None]) -> None:
+            pending[k] -= 1
+            if pending[k] == 0 and k < current:
+                closed[k].set()
+
+        return callback
+
+    # Connected before the clock starts, as a long-lived client would be (fresh: see _reuse).
+    for conn in [Connection(endpoint.host, endpoint.port) for _ in range(config.preconnect)]:
+        await conn.connect()
+        idle.append((conn, time.perf_counter()))
+    rss.append((0.0, _rss_mib(server)))
+    t0, wall0 = time.perf_counter(), time.time()
+    sampler = asyncio.create_task(at_boundaries())
+    reporters, tasks = [], set()
+    current = 0
+    total = int(config.duration_s * rate)
+    for i in range(total):
+        scheduled = t0 + i / rate
+        k = min(n_windows - 1, int((i / rate) // config.window_s))
+        while k > current:  # the previous window has all its requests: close when answered
+            current += 1
+            if pending[current - 1] == 0:
+                closed[current - 1].set()
+            reporters.append(asyncio.create_task(report(current - 1)))
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        pending[k] += 1
+        task = asyncio.create_task(one(scheduled, windows[k]))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        task.add_done_callback(done(k))
+    current = n_windows
+    for k in range(n_windows):
+        if pending[k] == 0:
+            closed[k].set()
+    reporters += [asyncio.create_task(report(k)) for k in range(len(reporters), n_windows)]
+    try:
+        # Every request ends by REQUEST_TIMEOUT_S after its scheduled time (see `one`).
+        await asyncio.wait_for(asyncio.gather(*reporters), REQUEST_TIMEOUT_S + 15)
+    finally:
+        sampler.cancel()
+        for task in list(tasks):
+            task.cancel()
+        for conn, _ in idle:
+            await conn.close()
+    return windows, sorted(rss)
+
+
+def measure_capacity(
+    stream: TransactionStream, server: Server, config: SoakConfig, say: Callable[[str], None]
+) -> dict[str, Any]:
+    """Closed loop at `capacity_concurrency` for `capacity_s`: the requests a second it
+    answered with 200 (after a warm-up)."""
+    now, c, endpoint = time.time(), config.capacity_concurrency, server.endpoint
+    warm = [stream.body(now) for _ in range(config.warmup_requests)]
+    asyncio.run(drive(endpoint, warm, c, 60.0))
+    # More bodies than the monolith can answer in capacity_s: the run ends on the clock.
+    bodies = [stream.body(now) for _ in range(int(config.capacity_s * 3000))]
+    cpu0 = server.tree().cpu_s()
+    sample = asyncio.run(drive(endpoint, bodies, c, config.capacity_s))
+    cores = (server.tree().cpu_s() - cpu0) / sample.elapsed_s if sample.elapsed_s else math.nan
+    ok = sample.statuses.get("200", 0)
+    lat = sorted(sample.latencies_s)
+    result = {
+        "rps": round(ok / sample.elapsed_s, 1) if sample.elapsed_s else 0.0,
+        "concurrency": c,
+        "seconds": round(sample.elapsed_s, 1),
+        "requests": sample.requests,
+        "errors": sample.requests - ok,
+        "p50_ms": round(percentile(lat, 0.5) * 1000, 2),
+        "p99_ms": round(percentile(lat, 0.99) * 1000, 2),
+        "server_cores": round(cores, 2),
+    }
+    say(
+        f"  capacity: {result['rps']:.0f} req/s closed loop at c={c} (p50 {result['p50_ms']} ms,"
+        f" p99 {result['p99_ms']} ms, errors {result['errors']}, server CPU {cores:.2f} cores)"
+    )
+    return result
+
+
+def criteria(windows: list[dict[str, Any]], config: SoakConfig) -> list[dict[str, Any]]:
+    """The verdict's criteria: each with its value, its limit and whether it is met."""
+    first, last = windows[0], windows[-1]
+    errors = sum(w["errors"] for w in windows)
+    p99_ratio = last["p99_ms"] / first["p99_ms"] if first["p99_ms"] else math.nan
+    growth = last["rss_mib"] / first["rss_mib"] - 1 if first["rss_mib"] else math.nan
+    return [
+        {"criterion": "errors", "value": errors, "limit": "= 0", "met": errors == 0},
+        {"criterion": "p99 last window / first window", "value": round(p99_ratio, 3),
+         "limit": f"≤ {config.max_p99_ratio}", "met": p99_ratio <= config.max_p99_ratio},
+        {"criterion": "RSS growth, end of first window → end of last", "value": round(growth, 4),
+         "limit": f"< {config.max_rss_growth:.0%}", "met": growth < config.max_rss_growth},
+    ]  # fmt: skip
+
+
+def run_soak(
+    config: SoakConfig, source: Settings, root: Path, say: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """Start the monolith, measure its capacity, soak it; the report's data."""
+    created = datetime.now(UTC).isoformat(timespec="seconds")
+    before = machine()
+    pool = load_workload(source.processed_dir, config.pool).transactions
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="hearth-soak-") as tmp:
+        server = build_server("monolith", source, root, Path(tmp))
+        server.start()
+        try:
+            server.wait_ready(config.ready_timeout_s)
+            say(f"  monolith ready in {time.monotonic() - started:.1f}s on :{server.port}")
+            stream, endpoint = TransactionStream(pool), server.endpoint
+            capacity = measure_capacity(stream, server, config, say)
+            rate = config.rate or config.fraction * capacity["rps"]
+            if rate <= 0:
+                raise RuntimeError(f"the monolith answered no request: {server.log_tail()}")
+            how = "as asked" if config.rate else f"{config.fraction:.0%} of capacity"
+            say(f"  soak: {rate:.0f} req/s ({how}) open loop for {config.duration_s:.0f} s")
+            windows, rss = asyncio.run(open_loop(stream, endpoint, server, rate, config, say))
+            processes = server.tree().count()
+        finally:
+            stop_all([server])
+    rows = [w.summary(config.window_s) for w in windows]
+    checks = criteria(rows, config)
+    return {
+        "created": created,
+        "machine": before,
+        "load_average_after": [round(x, 2) for x in psutil.getloadavg()],
+        "config": asdict(config),
+        "capacity": capacity,
+        "rate_rps": round(rate, 1),
+        "serving_processes": processes,
+        "windows": rows,
+        "rss_series": [[round(t, 1), round(m, 1)] for t, m in rss],
+        "rss_start_mib": rss[0][1] if rss else math.nan,
+        "criteria": checks,
+        "passed": all(c["met"] for c in checks),
+        "seconds": round(time.monotonic() - started, 1),
+    }
