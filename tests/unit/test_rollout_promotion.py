@@ -439,3 +439,34 @@ def test_a_pending_intent_is_never_overwritten_blindly(
     with pytest.raises(RolloutConflict):
         store.set_intent(None, expected=pending)
     assert store.intent() == merged
+
+
+@pytest.mark.parametrize(
+    ("human", "verdict", "status", "champion"),
+    [("rollback", "promote", "rolled_back", "1"), ("promote", "rollback", "promoted", "2")],
+)
+def test_the_flow_drops_a_verdict_on_a_rollout_an_operator_already_ended(
+    settings: Settings,
+    store: SQLiteStateStore,
+    versions: list[str],
+    human: str,
+    verdict: str,
+    status: str,
+    champion: str,
+) -> None:
+    from hearth.config import HearthContext
+    from hearth.rollout import flow_steps
+    from hearth.rollout.verdict import Verdict
+
+    judged = start_rollout(settings, PARAMS, store=store)
+    if human == "rollback":
+        rollback(settings, PARAMS, Decision("cli:alice"), store=store)
+    else:
+        promote(settings, PARAMS, Decision("cli:alice"), store=store)
+    events = len(store.history())
+    ctx = HearthContext(settings, PARAMS)
+    stale = Verdict(verdict, "judged on the traffic so far", "test")  # type: ignore[arg-type]
+    action, state = flow_steps.act(ctx, store, judged, stale, round_no=3)
+    assert (action, state.status) == ("superseded", status)
+    assert store.served().champion_version == champion and len(store.history()) == events
+    assert aliases(NAME)["champion"] == champion

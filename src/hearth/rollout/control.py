@@ -1,12 +1,12 @@
 """The operator's rollout controls, shared by `hearth rollout …` and the gateway's admin API.
 
-Each operation but `rollback` finishes an interrupted promotion first (`promotion.repair`),
-validates its input, and changes nothing when it refuses: `UnknownVersion` (404),
-`InvalidRollout` (422), `RolloutConflict` / `NoActiveRollout` (409) carry the HTTP status an
-API answers with, `StateUnavailable` means the state backend is down (503: nothing took
-effect). `rollback` reads nothing from MLflow: it is one write to the state, so it works
-with the registry down, and the aliases follow later (`promotion.repair`). Framework-free:
-the CLI and the admin API are thin adapters over these functions.
+Each operation validates its input and changes nothing when it refuses: `UnknownVersion`
+(404), `InvalidRollout` (422), `RolloutConflict` / `NoActiveRollout` (409) carry the HTTP
+status an API answers with, `StateUnavailable` means the state backend is down (503: nothing
+took effect). Those that touch the registry finish an interrupted promotion first
+(`promotion.repair`); `rollback` and `set_weight` read nothing from MLflow: each is one
+write to the state, so it works with the registry down, and the aliases follow later.
+Framework-free: the CLI and the admin API are thin adapters over these functions.
 
 How serving follows: the rollout state names what serves (`Served`: the champion and a
 running rollout). The gateways route by it (re-read every ≤ 1 s), naming the version of
@@ -212,12 +212,12 @@ def set_weight(
 ) -> RolloutState:
     """Send `challenger_percent` % of customers to the challenger (sticky: raising it only
     adds customers). InvalidRollout outside 0-100 or in shadow mode, NoActiveRollout when
-    none runs."""
+    none runs. One state write, like `rollback`: nothing is read from MLflow (`params` is
+    kept for the controls' common signature)."""
     percent = float(challenger_percent)
     if not math.isfinite(percent) or not 0 <= percent <= 100:
         raise InvalidRollout(f"challenger_percent must be within 0-100, got {challenger_percent}")
     with using_state_store(settings, store) as st:
-        promotion.repair(settings, params, st)
         return st.update(
             lambda s: s.with_percent(percent),
             actor=actor,
