@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+from http import HTTPStatus
 from typing import Any
 
 import bentoml
+from bentoml.exceptions import BentoMLException
 
 from bentos.hop import serve_internal_first
 from bentos.images import cpu_image
 from bentos.openapi30 import openapi30
 from bentos.telemetry import service_tracing, start_telemetry
-from hearth.features.online import Transaction
-from hearth.serving import graph
+from hearth.features.online import InvalidTransaction
+from hearth.serving import graph, limits
 from hearth.serving.gateway import observe_rows
 from hearth.serving.internal import features_app
 from hearth.serving.schemas import FeatureRow
@@ -50,8 +52,16 @@ class Features:
     # in a worker thread (it may wait on SQLite's busy timeout or Redis), not on the loop.
     @bentoml.api
     async def observe(self, transactions: list[dict[str, Any]]) -> list[FeatureRow]:
-        txns = [Transaction.from_mapping(t) for t in transactions]
-        return await asyncio.to_thread(observe_rows, self.store.get(), txns)
+        # Checked as the hop checks them (hearth.serving.limits): 413/422, never a 500.
+        try:
+            txns = limits.transactions(transactions, limits.default_limits())
+            return await asyncio.to_thread(observe_rows, self.store.get(), txns)
+        except limits.Refused as exc:
+            raise BentoMLException(
+                exc.to_json().decode(), error_code=HTTPStatus(exc.status)
+            ) from None
+        except InvalidTransaction as exc:  # the store's own check
+            raise BentoMLException(str(exc), error_code=HTTPStatus(422)) from None
 
     @bentoml.api
     def ready(self) -> bool:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import time
+from http import HTTPStatus
 
 import bentoml
-from bentoml.exceptions import ServiceUnavailable
+from bentoml.exceptions import BentoMLException, ServiceUnavailable
 
 from bentos.hop import serve_internal_first
 from bentos.images import cuda_image
@@ -17,6 +18,7 @@ from hearth.serving import graph
 from hearth.serving.batching import Batcher
 from hearth.serving.errors import Unavailable
 from hearth.serving.internal import PREDICT, PREDICT_CHALLENGER, model_app
+from hearth.serving.limits import Refused, default_limits, score_items
 from hearth.serving.schemas import Score, ScoreItem
 
 # The gateway's hop: /internal/predict, /internal/predict_challenger, /internal/ready.
@@ -83,8 +85,12 @@ class Model:
         return scores
 
     async def _submit(self, lane: str, items: list[ScoreItem]) -> list[Score]:
-        try:
-            return await self.lanes[lane].submit(items)
+        try:  # checked as the hop checks them (hearth.serving.limits): 413/422, never a 500
+            return await self.lanes[lane].submit(score_items(items, default_limits()))
+        except Refused as exc:
+            raise BentoMLException(
+                exc.to_json().decode(), error_code=HTTPStatus(exc.status)
+            ) from None
         except Unavailable as exc:
             raise ServiceUnavailable(str(exc)) from exc
 

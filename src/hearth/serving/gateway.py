@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Generic, Protocol, TypeVar
 
 from hearth.config import CHALLENGER
-from hearth.features.online import Transaction
+from hearth.features.online import InvalidTransaction, Transaction
 from hearth.observability import tracing
 from hearth.observability.prometheus import record_feature_lookups, record_model_call
 from hearth.schema import TIMESTAMP_FORMAT, TRANSACTION_FIELDS
@@ -219,7 +219,7 @@ async def _call(
     try:
         async with asyncio.timeout(timeout_s):  # no extra task per call, unlike wait_for
             return await call
-    except Unavailable:
+    except (Unavailable, InvalidTransaction):  # the service refused the input: 422, not 503
         raise
     except TimeoutError as exc:
         raise unavailable(f"{what} did not answer within {timeout_s:g}s") from exc

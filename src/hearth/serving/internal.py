@@ -17,6 +17,12 @@ Every request to such a service, on the hop or on its BentoML APIs, must carry t
 internal token (``X-Internal-Token``, HEARTH_INTERNAL_TOKEN; `internal_first` checks it in
 constant time before anything else runs); only the probes in `OPEN_PATHS` answer without.
 
+Every request is checked as the gateway checks its own (`hearth.serving.limits`): a body or
+a batch over the limit gets 413, a body that is not JSON 400, a transaction outside the
+input domain or a non-finite feature 422 naming the field (JSON, as the gateway answers);
+anything unexpected a 500 that is logged with its trace. Nothing is trusted for having
+come from a gateway.
+
 Trace context (``traceparent``, and ``baggage`` with the request id) travels in the headers;
 with tracing on, `internal_first` wraps the internal app in OpenTelemetry's ASGI middleware
 on BentoML's tracer provider, so the trace continues in the service as it did before.
@@ -35,9 +41,9 @@ from urllib.parse import unquote, urlparse
 import httptools
 import pydantic_core
 from pydantic import TypeAdapter, ValidationError
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from hearth.features.online import Transaction
+from hearth.features.online import InvalidTransaction
 from hearth.observability import tracing
 from hearth.serving.auth import (
     INTERNAL_TOKEN_HEADER,
@@ -48,6 +54,14 @@ from hearth.serving.auth import (
 from hearth.serving.batching import Batcher
 from hearth.serving.errors import Unavailable
 from hearth.serving.gateway import OffLoop, observe_rows
+from hearth.serving.limits import (
+    InternalLimits,
+    Refused,
+    default_limits,
+    read_capped,
+    score_items,
+    transactions_json,
+)
 from hearth.serving.schemas import FeatureRow, Score, ScoreItem
 
 log = logging.getLogger(__name__)
@@ -71,7 +85,12 @@ _SCORES = TypeAdapter(list[Score])
 
 # -- client (gateway) -------------------------------------------------------------------------
 class InternalError(RuntimeError):
-    """A service answered with a status other than 200, or the connection failed."""
+    """A service answered with a status other than 200 (`status`, its `body`), or the
+    connection failed (status 0)."""
+
+    def __init__(self, message: str, status: int = 0, body: bytes = b"") -> None:
+        super().__init__(message)
+        self.status, self.body = status, body
 
 
 class _Connection(asyncio.Protocol):
@@ -171,7 +190,7 @@ class InternalClient:
         status, raw = await self._send(head.encode() + body)
         if status != 200:
             text = raw[:200].decode(errors="replace")
-            raise InternalError(f"{self.url}{PREFIX}{path}: {status} {text}")
+            raise InternalError(f"{self.url}{PREFIX}{path}: {status} {text}", status, raw)
         return raw
 
     async def ok(self, path: str) -> bool:
@@ -256,11 +275,26 @@ class FeaturesCalls:
         self.client = client
 
     async def observe(self, transactions: list[dict[str, Any]]) -> list[FeatureRow]:
-        raw = await self.client.post(OBSERVE, pydantic_core.to_json(transactions))
+        """Feature rows; InvalidTransaction when the service refuses a transaction (422:
+        its own input domain, e.g. its clock), as the gateway would have."""
+        try:
+            raw = await self.client.post(OBSERVE, pydantic_core.to_json(transactions))
+        except InternalError as exc:
+            if exc.status != 422:
+                raise
+            problems = pydantic_core.from_json(exc.body).get("problems", [])
+            raise InvalidTransaction(
+                [(_item_field(p["field"]), p["message"]) for p in problems]
+            ) from None
         return _ROWS.validate_json(raw)
 
     async def ready(self) -> bool:
         return await self.client.ok(READY)
+
+
+def _item_field(field: str) -> str:
+    """ "0.amount" (the service's name for it) → "amount" (a field of the request)."""
+    return field.partition(".")[2] or field
 
 
 class ModelCalls:
@@ -312,8 +346,13 @@ class InternalApp:
     under load (`hearth bench`'s profile), for routes that need none of them.
     """
 
-    def __init__(self, routes: dict[tuple[str, str], Handler]) -> None:
+    def __init__(
+        self,
+        routes: dict[tuple[str, str], Handler],
+        limits: Callable[[], InternalLimits] = default_limits,
+    ) -> None:
         self.routes = routes
+        self.limits = limits
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":  # nothing to start: the service owns the state
@@ -321,18 +360,22 @@ class InternalApp:
             return
         handler = self.routes.get((scope["method"], scope["path"]))
         if handler is not None:
-            reply = await handler(await _body(receive))
+            reply = await _answer(handler, receive, self.limits().max_body_bytes, scope["path"])
         elif any(path == scope["path"] for _, path in self.routes):
             reply = Reply(405, b"method not allowed")
         else:
             reply = Reply(404, f"no internal route {scope['path']}".encode())
-        headers = [
-            (b"content-type", reply.content_type.encode()),
-            (b"content-length", str(len(reply.body)).encode()),
-            *((k.encode(), v.encode()) for k, v in reply.headers),
-        ]
-        await send({"type": "http.response.start", "status": reply.status, "headers": headers})
-        await send({"type": "http.response.body", "body": reply.body})
+        await _send_reply(send, reply)
+
+
+async def _send_reply(send: Send, reply: Reply) -> None:
+    headers = [
+        (b"content-type", reply.content_type.encode()),
+        (b"content-length", str(len(reply.body)).encode()),
+        *((k.encode(), v.encode()) for k, v in reply.headers),
+    ]
+    await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+    await send({"type": "http.response.body", "body": reply.body})
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:
@@ -345,23 +388,50 @@ async def _lifespan(receive: Receive, send: Send) -> None:
             return
 
 
-async def _body(receive: Receive) -> bytes:
-    chunks = []
-    while True:
+def _chunks(receive: Receive) -> Callable[[], Awaitable[bytes | None]]:
+    """The body's chunks from `receive`, then None (for `read_capped`)."""
+    done = False
+
+    async def next_chunk() -> bytes | None:
+        nonlocal done
+        if done:
+            return None
         message = await receive()
         if message["type"] == "http.disconnect":
             raise ConnectionResetError("the caller went away")
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return b"".join(chunks)
+        done = not message.get("more_body", False)
+        return bytes(message.get("body", b""))
+
+    return next_chunk
+
+
+async def _answer(handler: Handler, receive: Receive, limit: int, path: str) -> Reply:
+    """`handler`'s reply to the body (capped at `limit`): a refusal as JSON with its status,
+    an unexpected error as a logged 500 carrying the request id."""
+    try:
+        return await handler(await read_capped(_chunks(receive), limit))
+    except Refused as exc:
+        return Reply(exc.status, exc.to_json(), JSON)
+    except ConnectionResetError:
+        raise
+    except Exception:
+        request_id = tracing.baggage_request_id() or ""
+        log.exception("internal %s failed (request %s)", path, request_id or "unknown")
+        error = "internal error; the service's log has its trace"
+        return Reply(500, pydantic_core.to_json({"error": error, "request_id": request_id}), JSON)
 
 
 def _unavailable(exc: Unavailable) -> Reply:
     return Reply(503, str(exc).encode(), headers=(("Retry-After", str(exc.retry_after_s)),))
 
 
-def _bad_request(exc: Exception) -> Reply:
-    return Reply(400, f"invalid body: {exc}".encode())
+def _invalid(exc: ValidationError) -> Refused:
+    """400 for a body that is not JSON, else 422 naming each invalid field."""
+    errors = exc.errors()
+    if any(e["type"] == "json_invalid" for e in errors):
+        return Refused(400, f"invalid JSON: {errors[0]['msg']}")
+    problems = [(".".join(str(p) for p in e["loc"]), e["msg"]) for e in errors]
+    return Refused(422, "invalid items", problems[:20])
 
 
 def _ready(is_ready: Callable[[], bool]) -> Handler:
@@ -371,10 +441,15 @@ def _ready(is_ready: Callable[[], bool]) -> Handler:
     return ready
 
 
-def features_app(get_store: Callable[[], Any], is_ready: Callable[[], bool]) -> InternalApp:
+def features_app(
+    get_store: Callable[[], Any],
+    is_ready: Callable[[], bool],
+    limits: Callable[[], InternalLimits] = default_limits,
+) -> InternalApp:
     """POST /observe (transactions → feature rows, updating the store), GET /ready.
 
     `get_store` is looked up per request: the app is built at import time, the store later.
+    Transactions are checked as the gateway checks them (`limits`).
     """
     from hearth.features.store import StoreError  # lazy: pandas, for the features service only
 
@@ -383,12 +458,11 @@ def features_app(get_store: Callable[[], Any], is_ready: Callable[[], bool]) -> 
     calls = OffLoop("feature-store")
 
     async def observe(body: bytes) -> Reply:
-        try:
-            txns = [Transaction.from_mapping(t) for t in pydantic_core.from_json(body)]
-        except (ValueError, KeyError, TypeError) as exc:
-            return _bad_request(exc)
+        txns = transactions_json(body, limits())
         try:
             rows = await calls.run(Unavailable, observe_rows, get_store(), txns)
+        except InvalidTransaction as exc:  # the store's own check
+            raise Refused(422, "invalid transactions", exc.problems) from None
         except Unavailable as exc:
             return _unavailable(exc)
         except StoreError as exc:
@@ -397,7 +471,7 @@ def features_app(get_store: Callable[[], Any], is_ready: Callable[[], bool]) -> 
         return Reply(200, _ROWS.dump_json(rows), JSON)
 
     return InternalApp(
-        {("POST", PREFIX + OBSERVE): observe, ("GET", PREFIX + READY): _ready(is_ready)}
+        {("POST", PREFIX + OBSERVE): observe, ("GET", PREFIX + READY): _ready(is_ready)}, limits
     )
 
 
@@ -405,11 +479,12 @@ def model_app(
     get_lane: Callable[[str], Batcher],
     is_ready: Callable[[], bool],
     loaded_versions: Callable[[], list[str]] = list,
+    limits: Callable[[], InternalLimits] = default_limits,
 ) -> InternalApp:
     """POST /predict and /predict_challenger (score items → scores, each in its own batching
     lane), GET /ready, GET /versions (what `loaded_versions` says: the gateway routes to a
     challenger only once it is loaded). `get_lane(path)` is looked up per request, as in
-    `features_app`."""
+    `features_app`; items are checked by `limits` (count, finite features)."""
 
     async def versions(_: bytes) -> Reply:
         return Reply(200, pydantic_core.to_json(loaded_versions()), JSON)
@@ -417,9 +492,9 @@ def model_app(
     def lane(path: str) -> Handler:
         async def predict(body: bytes) -> Reply:
             try:
-                items = _ITEMS.validate_json(body)
+                items = score_items(_ITEMS.validate_json(body), limits())
             except ValidationError as exc:
-                return _bad_request(exc)
+                raise _invalid(exc) from None
             try:
                 scores = await get_lane(path).submit(items)
             except Unavailable as exc:
@@ -434,7 +509,8 @@ def model_app(
             ("POST", PREFIX + PREDICT_CHALLENGER): lane(PREDICT_CHALLENGER),
             ("GET", PREFIX + READY): _ready(is_ready),
             ("GET", PREFIX + VERSIONS): versions,
-        }
+        },
+        limits,
     )
 
 
@@ -446,7 +522,11 @@ def internal_first(
     to `internal`. `tracer_provider`: trace those requests too (OpenTelemetry ASGI).
 
     Every HTTP request but the probes (`OPEN_PATHS`) must carry `token`, the internal token:
-    401 without it, 403 with another (an empty `token` refuses them all), as JSON."""
+    401 without it, 403 with another (an empty `token` refuses them all), as JSON. The
+    body of a request to the BentoML app (its APIs) is capped as the internal routes' are
+    (413), before BentoML reads it whole.
+    """
+    limits = getattr(internal, "limits", default_limits)
     if tracer_provider is not None:
         from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 
@@ -462,10 +542,32 @@ def internal_first(
                 return
         if scope["type"] == "http" and scope["path"].startswith(prefix):
             await internal(scope, receive, send)
-        else:
-            await app(scope, receive, send)
+            return
+        if scope["type"] == "http" and scope["method"] in ("POST", "PUT", "PATCH"):
+            try:
+                body = await read_capped(_chunks(receive), limits().max_body_bytes)
+            except Refused as exc:
+                await _send_reply(send, Reply(exc.status, exc.to_json(), JSON))
+                return
+            receive = _replay(body, receive)
+        await app(scope, receive, send)
 
     return dispatch
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A `receive` that gives `body` (already read) once, then what `receive` gives (the
+    disconnect)."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
 
 
 async def _refuse(send: Send, exc: AuthError) -> None:
