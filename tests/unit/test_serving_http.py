@@ -440,3 +440,25 @@ def test_decide_never_approves_a_non_finite_probability() -> None:
         with pytest.raises(ValueError, match="not a number in"):
             decide(bad, 0.3, 0.7)
     assert decide(0.0, 0.3, 0.7) == "approve"
+
+
+def test_an_unexpected_error_on_an_admin_route_is_a_json_500_too(settings: Settings) -> None:
+    from hearth.serving.admin import Admin
+
+    class Ops:
+        def status(self) -> dict[str, Any]:
+            raise KeyError("a bug in the rollout controls")
+
+    store = open_store(settings)
+    log = PredictionLog(settings.serving_dir / "serving.sqlite")
+    gateway = Gateway(LocalFeatures(_loaded(store)), FakeModel(), _loaded(log))
+    admin = Admin(Ops)  # type: ignore[arg-type]
+    policy = HttpPolicy(KEY, 4096, admin_token="adm")
+    app = create_app(lambda: gateway, lambda: policy, lambda: admin)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        r = client.get("/admin/rollout", headers={"X-Admin-Token": "adm"})
+        unknown = client.get("/no/such/route")
+    store.close()
+    assert r.status_code == 500, r.text
+    assert len(r.json()["request_id"]) == 32
+    assert unknown.status_code == 404  # not an error: Starlette's own answer

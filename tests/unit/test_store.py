@@ -251,12 +251,45 @@ def check_concurrent_observes_lose_nothing(
     assert colds.count(True) == 1
 
 
+def check_nothing_out_of_the_domain_is_written(store: OnlineStore) -> None:
+    """Defence in depth (issue #11): whoever calls it, the store itself refuses a transaction
+    or a state outside the input domain, and writes nothing."""
+    from hearth.features.online import InvalidTransaction
+    from hearth.features.store import InvalidState
+
+    store.observe(txn("OK", T0))
+    before = store.get("OK")
+    for bad, field in (
+        (txn("OK", T0 + timedelta(seconds=1), amount=1e308), "amount"),
+        (txn("OK", datetime(9999, 1, 1)), "timestamp"),
+        (txn("OK bad", T0, tid="t2"), "customer_id"),
+        (txn("OK", T0, tid="t 1"), "transaction_id"),
+        (txn("OK", T0, tid="t3", device="d\x00"), "device_id"),
+    ):
+        with pytest.raises(InvalidTransaction) as refused:
+            store.observe(bad)
+        assert [f for f, _ in refused.value.problems] == [field]
+    assert store.get("OK") == before and store.get("OK bad") is None
+    now = epoch_seconds(T0)
+    for states in (
+        {"X": CustomerState(times=[now], amounts=[float("nan")], merchants=["M"])},
+        {"X": CustomerState(times=[now], amounts=[1e300], merchants=["M"])},
+        {"X": CustomerState(times=[253402300799], amounts=[1.0], merchants=["M"])},
+        {"X": CustomerState(home=(float("inf"), 0.0))},
+        {"   ": CustomerState()},
+    ):
+        with pytest.raises(InvalidState):
+            store.put_many({"Y": CustomerState(), **states})
+    assert store.count() == 1  # not even the valid "Y" of a refused batch
+
+
 # The checks that need nothing but an empty store.
 CHECKS = [
     check_unknown_customer_is_a_cold_start,
     check_velocity_rises_over_a_burst,
     check_peek_does_not_update,
     check_put_get_count_clear,
+    check_nothing_out_of_the_domain_is_written,
 ]
 
 
