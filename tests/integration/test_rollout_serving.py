@@ -336,41 +336,66 @@ def _load(server: ServerProcess, traffic: Traffic, ids: list[str], stop: threadi
     return client_loop
 
 
-def test_rollback_under_load_fails_nothing_and_takes_effect_within_a_second(
-    server: ServerProcess, customers: Customers, versions: dict[str, str]
-) -> None:
-    topology = server.topology
-    traffic = Traffic(customers, f"load-{topology}")
-    state = start(server, versions["better"], steps=[50, 100])
-    wait_for_challenger(server, traffic, state)
-    ids = [f"load-{topology}-{i}" for i in range(200)]
+@dataclass
+class UnderLoad:
+    """What 4 clients saw around one POST /admin/rollback."""
+
+    sent: list[Sent]
+    called: float
+    answered: float
+    response: httpx.Response
+
+    def check(self, label: str) -> None:
+        """Nothing failed, and no challenger answered a second after the call."""
+        failed = [s for s in self.sent if s.status != 200]
+        last_challenger = max(s.at for s in self.sent if s.variant == "challenger")
+        effect_s = last_challenger - self.called
+        print(
+            f"\n[{label}] {len(self.sent)} requests (4 clients), {len(failed)} failed; "
+            f"rollback call took {self.answered - self.called:.3f} s; last challenger "
+            f"response {effect_s:.3f} s after the call"
+        )
+        assert self.response.status_code == 200, self.response.text
+        assert failed == []
+        before = [s for s in self.sent if s.at < self.called]
+        assert any(s.variant == "challenger" for s in before)  # switched under load
+        assert effect_s < 1.0
+        assert all(s.variant == "champion" for s in self.sent if s.at > self.called + 1.0)
+
+
+def rollback_under_load(
+    server: ServerProcess, traffic: Traffic, reason: str, lead_s: float = 5.0,
+    before_call: Callable[[], None] | None = None,
+) -> UnderLoad:  # fmt: skip
+    """4 clients for `lead_s` (then `before_call`), POST /admin/rollback, 4 s more load."""
+    ids = [f"{traffic.tag}-{i}" for i in range(200)]
     sent: list[Sent] = []
     stop = threading.Event()
     loop = _load(server, traffic, ids, stop, sent)
     with ThreadPoolExecutor(4) as pool:
         clients = [pool.submit(loop, k) for k in range(4)]
-        time.sleep(5)
-        called = time.monotonic()
-        r = admin(server, "POST", "/admin/rollback", {"reason": "rollback under load"})
-        answered = time.monotonic()
-        time.sleep(5)
-        stop.set()
-        for c in clients:
-            c.result()
-    assert r.status_code == 200, r.text
-    failed = [s for s in sent if s.status != 200]
-    before = [s for s in sent if s.at < called]
-    last_challenger = max(s.at for s in sent if s.variant == "challenger")
-    effect_s = last_challenger - called
-    print(
-        f"\n[{topology}] {len(sent)} requests in ~10 s (4 clients), {len(failed)} failed; "
-        f"rollback call took {answered - called:.3f} s; last challenger response "
-        f"{effect_s:.3f} s after the call"
-    )
-    assert failed == []
-    assert any(s.variant == "challenger" for s in before)  # the switch happened under load
-    assert effect_s < 1.0
-    assert all(s.variant == "champion" for s in sent if s.at > called + 1.0)
+        try:
+            time.sleep(lead_s)
+            if before_call is not None:
+                before_call()
+            called = time.monotonic()
+            r = admin(server, "POST", "/admin/rollback", {"reason": reason})
+            answered = time.monotonic()
+            time.sleep(4)
+        finally:
+            stop.set()
+            for c in clients:
+                c.result()
+    return UnderLoad(sent, called, answered, r)
+
+
+def test_rollback_under_load_fails_nothing_and_takes_effect_within_a_second(
+    server: ServerProcess, customers: Customers, versions: dict[str, str]
+) -> None:
+    traffic = Traffic(customers, f"load-{server.topology}")
+    state = start(server, versions["better"], steps=[50, 100])
+    wait_for_challenger(server, traffic, state)
+    rollback_under_load(server, traffic, "rollback under load").check(server.topology)
 
 
 # -- admin API: bad input gets a clear 4xx and changes nothing -------------------------------------
@@ -494,24 +519,15 @@ def test_rollback_with_mlflow_stopped_takes_effect_within_a_second_and_fails_not
         state = start(server, versions["better"], steps=[50, 100])
         assert _registry_aliases(url)["challenger"] == versions["better"]
         wait_for_challenger(server, traffic, state)
-        ids = [f"no-mlflow-{i}" for i in range(200)]
-        sent: list[Sent] = []
-        stop = threading.Event()
-        loop = _load(server, traffic, ids, stop, sent)
-        with ThreadPoolExecutor(4) as pool:
-            clients = [pool.submit(loop, k) for k in range(4)]
-            time.sleep(2)
-            stop_group(mlflow_process.pid, timeout_s=10)  # the registry is gone
+
+        def stop_mlflow() -> None:  # the registry is gone before the rollback
+            stop_group(mlflow_process.pid, timeout_s=10)
             assert not http_ok(f"{url}/health", timeout_s=0.5)
             time.sleep(1)
-            called = time.monotonic()
-            r = admin(server, "POST", "/admin/rollback", {"reason": "MLflow down, bad canary"})
-            answered = time.monotonic()
-            time.sleep(4)
-            stop.set()
-            for c in clients:
-                c.result()
-        assert r.status_code == 200, r.text
+
+        seen = rollback_under_load(server, traffic, "MLflow down, bad canary", 2.0, stop_mlflow)
+        seen.check("MLflow stopped")
+        r = seen.response
         assert (r.json()["changed"], r.json()["aliases"]) == (True, "pending")
 
         # The operator's CLI works on the state alone too: status says the registry is down.
@@ -524,17 +540,6 @@ def test_rollback_with_mlflow_stopped_takes_effect_within_a_second_and_fails_not
         assert status["pending_repair"]["after"] == {"challenger": None}
         again = hearth(project, server, "rollback", **cli)
         assert again.returncode == 0 and "nothing changed" in again.stderr, again.stderr
-
-        failed = [s for s in sent if s.status != 200]
-        last_challenger = max(s.at for s in sent if s.variant == "challenger")
-        print(
-            f"\n[MLflow stopped] {len(sent)} requests, {len(failed)} failed; rollback call "
-            f"took {answered - called:.3f} s; last challenger response "
-            f"{last_challenger - called:.3f} s after the call"
-        )
-        assert failed == []
-        assert last_challenger - called < 1.0
-        assert all(s.variant == "champion" for s in sent if s.at > called + 1.0)
 
         # MLflow back: the recorded alias write is made (the challenger alias dropped).
         with mlflow_server(project, port, logs / "mlflow.log"):
