@@ -28,8 +28,8 @@ pytestmark = pytest.mark.slow
 
 TOPOLOGIES = ("monolith", "microservices")
 ADMIN_TOKEN = "fuzz-admin-token"
-# Per route and phase; keeps one topology's run around 20 s on the 2-core machine.
-MAX_EXAMPLES = 20
+# Per route and phase; keeps one topology's three runs around 30 s on the 2-core machine.
+MAX_EXAMPLES = 10
 SCHEMATHESIS = str(Path(sys.executable).with_name("schemathesis"))
 CHECKS = ",".join(
     (
@@ -65,6 +65,9 @@ def _schemathesis(server: ServerProcess, tmp_path: Path, *args: str) -> None:
     out = subprocess.run(command, capture_output=True, text=True, timeout=240, cwd=tmp_path)
     print(out.stdout[-1500:])  # the summary, shown with -s
     assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-2000:]
+    # The document is precise enough that generated valid requests are accepted (scored),
+    # so the run reaches the model and the store, not only the validation.
+    assert "Schema validation mismatch" not in out.stdout, out.stdout[-3000:]
 
 
 @pytest.mark.parametrize("topology", TOPOLOGIES)

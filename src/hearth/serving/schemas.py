@@ -21,7 +21,12 @@ Decision = Literal["approve", "review", "decline"]
 # A batch is scored in one model call; beyond this (HEARTH_MAX_BATCH), a client should split
 # it: the gateway answers 413 before it validates a single item.
 MAX_BATCH = 1000
-TIMESTAMP_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}$"
+# Years 1900-2099, months 01-12, days 01-31, hours 00-23 (the day's validity is checked too):
+# a document precise enough that a client generating from it (schemathesis) gets accepted.
+TIMESTAMP_PATTERN = (
+    r"^(19|20)[0-9]{2}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
+    r"T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]$"
+)
 
 
 def _id(description: str) -> Any:
@@ -51,7 +56,7 @@ class TransactionIn(_Strict):
     )
     customer_id: StrictStr = _id("The customer whose features this transaction updates.")
     merchant_id: StrictStr = _id("The merchant.")
-    merchant_category: StrictStr
+    merchant_category: StrictStr = Field(json_schema_extra={"enum": list(MERCHANT_CATEGORIES)})
     # The configured bound (HEARTH_MAX_AMOUNT) is checked by the gateway (InputDomain); the
     # document states its default.
     amount: float = Field(
@@ -61,8 +66,8 @@ class TransactionIn(_Strict):
         json_schema_extra={"maximum": MAX_AMOUNT},
         description="In `currency`; > 0 and at most HEARTH_MAX_AMOUNT (default 1e9).",
     )
-    currency: StrictStr
-    channel: StrictStr
+    currency: StrictStr = Field(json_schema_extra={"enum": list(CURRENCIES)})
+    channel: StrictStr = Field(json_schema_extra={"enum": list(CHANNELS)})
     device_id: StrictStr = _id("The device the customer used.")
     latitude: float = Field(ge=-90, le=90, strict=True, allow_inf_nan=False)
     longitude: float = Field(ge=-180, le=180, strict=True, allow_inf_nan=False)
