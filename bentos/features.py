@@ -57,9 +57,7 @@ class Features:
             txns = limits.transactions(transactions, limits.default_limits())
             return await asyncio.to_thread(observe_rows, self.store.get(), txns)
         except limits.Refused as exc:
-            raise BentoMLException(
-                exc.to_json().decode(), error_code=HTTPStatus(exc.status)
-            ) from None
+            raise BentoMLException(exc.message(), error_code=HTTPStatus(exc.status)) from None
         except InvalidTransaction as exc:  # the store's own check
             raise BentoMLException(str(exc), error_code=HTTPStatus(422)) from None
 

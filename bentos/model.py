@@ -88,9 +88,7 @@ class Model:
         try:  # checked as the hop checks them (hearth.serving.limits): 413/422, never a 500
             return await self.lanes[lane].submit(score_items(items, default_limits()))
         except Refused as exc:
-            raise BentoMLException(
-                exc.to_json().decode(), error_code=HTTPStatus(exc.status)
-            ) from None
+            raise BentoMLException(exc.message(), error_code=HTTPStatus(exc.status)) from None
         except Unavailable as exc:
             raise ServiceUnavailable(str(exc)) from exc
 

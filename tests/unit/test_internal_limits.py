@@ -191,3 +191,26 @@ def test_a_refusal_by_the_features_service_is_a_422_at_the_gateway(tmp_path: Pat
     with _Uvicorn(app) as url:
         asyncio.run(go(url))
     store.close()
+
+
+def test_the_features_services_bentoml_api_checks_as_its_hop_does(
+    settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real Features service (its BentoML app behind `internal_first`)."""
+    import time
+
+    from bentos.features import Features
+
+    token = "t" * 32
+    monkeypatch.setenv("HEARTH_INTERNAL_TOKEN", token)
+    with TestClient(Features.to_asgi(), headers={INTERNAL_TOKEN_HEADER: token}) as client:
+        deadline = time.monotonic() + 30
+        while client.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, "the store did not load"
+            time.sleep(0.1)
+        assert client.post("/observe", json={"transactions": [TXN]}).status_code == 200
+        bad = client.post("/observe", json={"transactions": [{**TXN, "amount": 1e308}]})
+        assert bad.status_code == 422 and "0.amount: must be > 0" in bad.text
+        many = client.post("/observe", json={"transactions": [TXN] * 1001})
+        assert many.status_code == 413 and "HEARTH_MAX_BATCH" in many.text
+        assert client.post("/observe", content=b"x" * 2_000_000).status_code == 413

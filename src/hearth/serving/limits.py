@@ -39,6 +39,10 @@ class Refused(ValueError):
         super().__init__(error)
         self.status, self.error, self.problems = status, error, list(problems)
 
+    def message(self) -> str:
+        """One line: the error, then each field and its problem."""
+        return "; ".join([self.error, *(f"{f}: {m}" for f, m in self.problems)])
+
     def to_json(self) -> bytes:
         """The gateway's error body: ``{"error": …, "problems": [{"field", "message"}]}``."""
         problems = [{"field": f, "message": m} for f, m in self.problems]
