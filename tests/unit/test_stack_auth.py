@@ -1,7 +1,7 @@
 """`hearth up`'s MLflow and Prefect: their own auth beyond loopback, none on loopback.
 
 What the stack builds for each bind (commands and environments) is checked here; a real
-Prefect server run with that environment is in tests/integration/test_stack_auth.py.
+Prefect server run with that environment is in tests/integration/test_stack_auth_servers.py.
 """
 
 from __future__ import annotations
