@@ -69,6 +69,7 @@ class Gateway:
     async def close_clients(self) -> None:
         for client in self.clients:
             await client.close()
+        await self.gateway.close()  # what the prediction log still buffers is written
 
     async def __is_ready__(self) -> bool:
         return await self.gateway.ready()

@@ -33,5 +33,9 @@ class Monolith:
         self.gateway, _, _ = graph.monolith(ctx)
         self.admin = graph.admin(self.gateway, rollout_admin.controls(ctx))
 
+    @bentoml.on_shutdown
+    async def close_gateway(self) -> None:
+        await self.gateway.close()  # what the prediction log still buffers is written
+
     async def __is_ready__(self) -> bool:
         return await self.gateway.ready()

@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from hearth.launch.hearth_server import ServerProcess
 from tests.helpers import REDIS_SERVER, RedisServer, needs_redis
@@ -169,8 +170,24 @@ def test_redis_killed_mid_load_gives_503_with_retry_after_and_recovers(
         assert recovered[topology] is not None, f"{topology}: never recovered\n{log}"
         after = [a for a in load.since(recovered[topology] + 0.5)]  # type: ignore[operator]
         assert after and all(a.status == 200 for a in after), f"{topology}: {after[:3]}"
+        if topology == "monolith":  # the process that loads models says it is ready
+            ready = _samples(servers[topology].url, "hearth_model_ready")
+            assert any(
+                labels.get("variant") == "champion" and "pid" in labels and value == 1
+                for labels, value in ready
+            ), ready
         print(  # the figures, with -s
             f"{topology}: {len(outage)} answers while Redis was down ({len(refused)} x 503), "
             f"first 200 {recovered[topology] - back:.2f} s after restart, "  # type: ignore[operator]
             f"{len(after)} x 200 after"
         )
+
+
+def _samples(url: str, name: str) -> list[tuple[dict[str, str], float]]:
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return [
+        (s.labels, s.value)
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name
+    ]

@@ -173,6 +173,20 @@ def test_a_full_buffer_drops_the_oldest_counted_and_logged(
     writer.close()
 
 
+def test_what_cannot_be_written_by_shutdown_is_counted_and_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    flaky = FlakyLog()
+    writer = PredictionLogWriter(lambda: flaky, retry_first_s=0.01, retry_max_s=0.05)  # type: ignore[arg-type, return-value]
+    dropped = _sample("hearth_prediction_log_dropped_total")
+    writer.submit([record("s1"), record("s2")])
+    with caplog.at_level("ERROR", logger="hearth.traffic.prediction_log"):
+        writer.close(timeout_s=0.3)
+    assert writer.dropped == 2 and writer.pending == 0
+    assert _sample("hearth_prediction_log_dropped_total") == dropped + 2
+    assert "2 entries not written at shutdown" in caplog.text and "s1, s2" in caplog.text
+
+
 @pytest.fixture
 def tiny_disk(tmp_path: Path) -> Iterator[Path]:
     """A 512 KiB tmpfs: a real 'disk full' for SQLite (ENOSPC → SQLITE_FULL)."""

@@ -20,7 +20,7 @@ from hearth.features.online import Transaction
 from hearth.features.store import open_store
 from hearth.serving.gateway import Gateway, LocalFeatures, RemoteVersions
 from hearth.serving.http import HttpPolicy, create_app
-from hearth.serving.internal import PREFIX, VERSIONS, model_app
+from hearth.serving.internal import OBSERVE, PREFIX, VERSIONS, features_app, model_app
 from hearth.traffic.follower import Follower
 from hearth.traffic.prediction_log import PredictionLog
 from hearth.traffic.rollout_state import Served
@@ -190,3 +190,25 @@ def test_the_model_services_versions_route_lists_what_it_holds() -> None:
     with TestClient(app) as client:
         r = client.get(PREFIX + VERSIONS)
     assert r.status_code == 200 and r.json() == ["1", "2"]
+
+
+def test_the_features_service_answers_while_a_store_call_is_stalled(
+    settings: Settings, stalling: StallingStore
+) -> None:
+    app = features_app(lambda: stalling, lambda: True)
+
+    async def scenario() -> tuple[int, bool, int]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            url = PREFIX + OBSERVE
+            body = [{**TXN, "customer_id": STUCK, "transaction_id": "s"}]
+            stuck = asyncio.create_task(client.post(url, json=body))
+            assert await asyncio.to_thread(stalling.stalled.wait, 10), "never reached the store"
+            async with asyncio.timeout(10):
+                other = await client.post(url, json=[{**TXN, "transaction_id": "o"}])
+            still_pending = not stuck.done()
+            stalling.release.set()
+            return other.status_code, still_pending, (await stuck).status_code
+
+    other, still_pending, stuck = asyncio.run(scenario())
+    assert other == 200 and still_pending and stuck == 200

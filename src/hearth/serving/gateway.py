@@ -477,6 +477,12 @@ class Gateway:
         except TimeoutError:
             pass
 
+    async def close(self) -> None:
+        """At shutdown: wait for shadow copies, write what the log buffers (a few seconds at
+        most; what cannot be written is logged by the writer)."""
+        await self.drain_shadows()
+        await asyncio.to_thread(self.log_writer.close)
+
     async def drain_shadows(self) -> None:
         """Wait for the shadow copies in flight, and their log entries (tests, shutdown)."""
         while self._shadows:

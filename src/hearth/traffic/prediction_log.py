@@ -374,12 +374,27 @@ class PredictionLogWriter:
         return True
 
     def close(self, timeout_s: float = 5.0) -> None:
-        """Write what is buffered (up to `timeout_s`), then stop the thread."""
+        """Write what is buffered (up to `timeout_s`), then stop the thread; what is still
+        unwritten then is counted as dropped and logged."""
         self.flush(timeout_s)
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
         self._thread.join(timeout_s)
+        with self._cond:
+            lost = list(self._queue)
+            self._queue.clear()
+            self._head += len(lost)
+        if lost:
+            self.dropped += len(lost)
+            record_log_dropped(len(lost))
+            ids = ", ".join(e.transaction_id for e in lost[:_IDS_IN_REPORT])
+            log.error(
+                "prediction log: %d entries not written at shutdown (last error: %s); "
+                "transaction ids: %s%s", len(lost), self._last_error, ids,
+                " …" if len(lost) > _IDS_IN_REPORT else "",
+            )  # fmt: skip
+        set_log_pending(0)
 
     # -- the writer thread ------------------------------------------------------------------
     def _drop_overflow(self) -> None:
@@ -424,6 +439,8 @@ class PredictionLogWriter:
             except Exception as exc:  # disk full, locked, read-only, not open yet: retry
                 self._failed(batch, exc)
                 self._report()
+                if self._stopping:  # closing: close() counts and logs what is left
+                    return
                 delay = min(self.retry_max_s, self.retry_first_s * 2 ** (self._failures - 1))
                 with self._cond:
                     if not self._stopping:
