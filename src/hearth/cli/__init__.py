@@ -32,6 +32,7 @@ def _typer() -> typer.Typer:
 def full_app() -> typer.Typer:
     """Every command: top-level commands first, then the groups (`hearth --help` lists them
     in this order)."""
+    # lazy: `hearth rollback` must start in well under a second; the full CLI imports a lot.
     from hearth.cli import bench, features, pipeline, rollout, serve, stack, ui
 
     app = _typer()
@@ -45,7 +46,7 @@ def full_app() -> typer.Typer:
 
 
 def _fast_app() -> typer.Typer:
-    from hearth.cli import rollout
+    from hearth.cli import rollout  # lazy: only the rollback command's imports, for speed
 
     app = _typer()
     app.add_typer(rollout.commands)
