@@ -277,6 +277,25 @@ def test_options_in_the_url_win_over_the_defaults() -> None:
     client.close()
 
 
+def test_every_redis_client_of_hearth_fails_fast() -> None:
+    """The online store's and the rollout state's clients: short timeouts, at most one
+    reconnect on a connection error, no retry on a timeout (redis-py's default: several
+    retries with backoff, on both)."""
+    from hearth.features.store import RedisStore
+    from hearth.traffic.state_redis import RedisStateStore
+
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    for store, limit_s in ((RedisStore(url), 0.5), (RedisStateStore(url), 1.0)):
+        client = store._client
+        kwargs = client.get_connection_kwargs()
+        assert kwargs["socket_timeout"] <= limit_s and kwargs["socket_connect_timeout"] <= limit_s
+        retry = client.connection_pool.make_connection().retry
+        assert retry.get_retries() <= 1
+        assert redis.TimeoutError not in retry._supported_errors
+        assert store.ping() is False  # nothing listens: an answer, not a wait
+        store.close()
+
+
 # -- Redis: compare-and-set on a real server -------------------------------------------------
 @pytest.fixture
 def client(redis_server: RedisServer) -> Iterator[redis.Redis]:
