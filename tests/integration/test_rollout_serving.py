@@ -427,10 +427,17 @@ def test_admin_refusals_change_nothing(
         ("/admin/rollout/start", b"{nope", 400),
         ("/admin/rollout/weight", {"challenger_percent": 10}, 409),  # no rollout runs
         ("/admin/rollout/promote", {}, 409),
+        # v1 is the champion: reverting "v2" is refused; with no previous, so is v1.
+        ("/admin/rollback-to-previous", {"expect_champion": versions["better"]}, 409),
+        ("/admin/rollback-to-previous", {"expect_champion": "1"}, 409),
+        ("/admin/rollback-to-previous", {}, 422),
     ):
         r = admin(server, "POST", path, payload)
         assert r.status_code == status, (path, payload, r.text)
         assert r.json()["error"]
+    # Ending a rollout when none runs is a no-op that says so (a client may retry it).
+    r = admin(server, "POST", "/admin/rollback", {"reason": "to be sure"})
+    assert r.status_code == 200 and r.json()["changed"] is False, r.text
     assert snapshot() == before
 
     start(server, versions["better"])
