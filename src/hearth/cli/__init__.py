@@ -1,9 +1,9 @@
 """`hearth …`: the command line. Each step command is also a DVC stage (see dvc.yaml).
 
 One module per command group; each command parses its options, calls the library and prints.
-The command modules are imported when the app is built, except for `hearth rollback`: an
-operator runs it when seconds matter, so `main` builds an app of that command alone and
-skips importing the others (see `hearth.cli.rollout`).
+The command modules are imported when the app is built, except for `hearth rollback` and
+`hearth rollout …`: an operator runs them when seconds matter, so `main` builds an app of
+`hearth.cli.rollout`'s commands alone and skips importing the others.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import typer
 from hearth.cli._common import setup_logging
 
 HELP = "Hearth: generate → ETL → validate → train → register, on your own hardware."
-FAST_COMMANDS = ("rollback",)  # each one lives in hearth.cli.rollout's `commands`
+FAST_COMMANDS = ("rollback", "rollout")  # hearth.cli.rollout's `commands` and `rollout_app`
 
 
 def _typer() -> typer.Typer:
@@ -50,6 +50,7 @@ def _fast_app() -> typer.Typer:
 
     app = _typer()
     app.add_typer(rollout.commands)
+    app.add_typer(rollout.rollout_app, name="rollout")
     return app
 
 
