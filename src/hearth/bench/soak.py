@@ -87,7 +87,9 @@ class Window:
 
     index: int
     latencies_s: list[float] = field(default_factory=list)
-    lags_s: list[float] = field(default_factory=list)  # send time − scheduled (client lag)
+    # How late the load generator started each request (it shares the machine); waiting for
+    # a free connection is not in it (that is the server's backlog, in the latency).
+    lags_s: list[float] = field(default_factory=list)
     statuses: dict[str, int] = field(default_factory=dict)
     rss_mib: float = math.nan  # the serving tree's RSS at the window's end (by the clock)
     server_cores: float = math.nan  # the serving tree's CPU seconds per second in the window
@@ -161,6 +163,7 @@ async def open_loop(
         def left() -> float:
             return max(0.001, REQUEST_TIMEOUT_S - (time.perf_counter() - scheduled))
 
+        w.lags_s.append(time.perf_counter() - scheduled)  # the load generator's own lateness
         try:
             await asyncio.wait_for(slots.acquire(), left())
         except TimeoutError:
@@ -168,7 +171,6 @@ async def open_loop(
             return
         try:
             conn = await _reuse(idle) or Connection(endpoint.host, endpoint.port)
-            w.lags_s.append(time.perf_counter() - scheduled)
             raw = endpoint.request(stream.body(wall0 + scheduled - t0))
             try:
                 status, response = await asyncio.wait_for(attempt(conn, raw), left())

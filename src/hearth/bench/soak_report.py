@@ -18,6 +18,13 @@ def verdict_line(report: dict[str, Any]) -> str:
     return "PASS: every criterion met" if not failed else f"FAIL: {'; '.join(failed)}"
 
 
+def _errors(window: dict[str, Any]) -> str:
+    """`0`, or the count and what they were: `3 (503: 2, timeout: 1)`."""
+    bad = {k: v for k, v in window["statuses"].items() if k != "200"}
+    detail = ", ".join(f"{k}: {v}" for k, v in bad.items())
+    return f"{window['errors']} ({detail})" if bad else "0"
+
+
 def markdown(report: dict[str, Any]) -> str:
     m, cap, cfg = report["machine"], report["capacity"], report["config"]
     lines = [
@@ -47,7 +54,7 @@ def markdown(report: dict[str, Any]) -> str:
     for w in report["windows"]:
         lines.append(
             f"| {w['window']} | {w['requests']} | {w['rps']:.0f} | {w['p50_ms']} | "
-            f"{w['p99_ms']} | {w['max_ms']} | {w['client_lag_p99_ms']} | {w['errors']} | "
+            f"{w['p99_ms']} | {w['max_ms']} | {w['client_lag_p99_ms']} | {_errors(w)} | "
             f"{w['rss_mib']:.0f} | {w['server_cores']} |"
         )
     lines += ["", "## Criteria", "", "| criterion | value | limit | met |", "|---|---:|---|---|"]
@@ -61,8 +68,12 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"**{verdict_line(report)}** ({report['seconds']:.0f} s in all).",
         "",
-        "Client lag is how late the load generator sent requests (it shares the machine); a "
-        "large lag inflates the latencies, which count from the scheduled time.",
+        "Client lag is how late the load generator started requests (it shares the machine); "
+        "a large lag inflates the latencies, which count from the scheduled time. Waiting for "
+        f"a free connection (at most {report['config']['max_connections']} in flight) is the "
+        "server's backlog and counts in the latency, not in the lag. A request unanswered "
+        "30 s after its scheduled time is a `timeout` error; the monolith itself answers 503 "
+        "when a model call takes longer than HEARTH_MODEL_TIMEOUT_S.",
         "",
     ]
     return "\n".join(lines)
