@@ -237,3 +237,31 @@ def _txn(customer_id: str) -> Transaction:
         customer_id=customer_id, merchant_id="m1", merchant_category="grocery", amount=10.0,
         currency="EUR", channel="pos", device_id="d1", latitude=48.1, longitude=11.6,
     )  # fmt: skip
+
+
+class FlakyCatalog(DirCatalog):
+    """The registry does not answer the first time `flaky` is asked for."""
+
+    def __init__(self, root: Path, flaky: str) -> None:
+        super().__init__(root, "dv")
+        self.flaky, self.asked = flaky, 0
+
+    def record(self, version: str) -> ModelRecord:
+        if version == self.flaky:
+            self.asked += 1
+            if self.asked == 1:
+                raise ConnectionError("registry did not answer")
+        return super().record(version)
+
+
+def test_a_challenger_that_failed_to_load_is_retried(
+    models_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("hearth.serving.pool._RETRY_LOAD_S", 0.05)
+    state = StateSource(_served("1"))
+    catalog = FlakyCatalog(models_root, flaky="2")
+    pool = ModelPool(catalog, state, device="cpu")
+    pool.reload()
+    state.now = _served("1", "2", revision=2)
+    assert pool.wait_reloaded(30), "the challenger was never loaded"
+    assert catalog.asked == 2 and pool.has("2")

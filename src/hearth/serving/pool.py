@@ -120,6 +120,7 @@ class ModelPool:
         self._failed: dict[str, float] = {}  # version → when its load last failed
         self._lock = threading.Lock()
         self._reloading = False
+        self._reload_failed_at: float | None = None
         self._seen_revision: int | None = None
         self._next_poll = 0.0
         self._rng = random.Random()
@@ -195,6 +196,9 @@ class ModelPool:
             self._swap({v: by_version[version] for v, version in wanted.items()})
             return
         self._publish_readiness(wanted)
+        failed = self._reload_failed_at
+        if failed is not None and now - failed < _RETRY_LOAD_S:
+            return  # retried later: routes keep the versions already loaded meanwhile
         self._reload_in_background()
 
     def _reload_in_background(self) -> None:
@@ -206,8 +210,16 @@ class ModelPool:
         def run() -> None:
             try:
                 self.reload()
+                self._reload_failed_at = None
             except Exception as exc:  # a bad state must not take serving down
-                log.error("reload failed, still serving %s: %s", self.versions(), exc)
+                log.error(
+                    "reload failed, still serving %s (retried in %gs): %s",
+                    self.versions(), _RETRY_LOAD_S, exc,
+                )  # fmt: skip
+                # Retried: a challenger that failed to load once (a registry that did not
+                # answer) must not stay unserved for the rest of its rollout.
+                self._seen_revision = None
+                self._reload_failed_at = time.monotonic()
             finally:
                 self._reloading = False
 
