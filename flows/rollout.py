@@ -15,13 +15,8 @@ from prefect.cache_policies import NO_CACHE
 from flows._context import load_context
 from hearth.config import HearthContext
 from hearth.rollout import flow_steps, rollout_report
-from hearth.traffic.rollout_state import (
-    Mode,
-    RolloutState,
-)
-from hearth.traffic.state_store import (
-    StateStore,
-)
+from hearth.traffic.rollout_state import Mode, RolloutState
+from hearth.traffic.state_store import StateStore
 from hearth.traffic.stores import open_state_store
 
 

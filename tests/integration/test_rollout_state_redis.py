@@ -17,14 +17,9 @@ import redis
 from hearth.config import CHALLENGER, CHAMPION, RolloutParams, Settings
 from hearth.traffic.assignment import Route
 from hearth.traffic.follower import Follower
-from hearth.traffic.rollout_state import (
-    StateUnavailable,
-    new_rollout,
-)
+from hearth.traffic.rollout_state import StateUnavailable, new_rollout
 from hearth.traffic.state_redis import REDIS_PREFIX, RedisStateStore
-from hearth.traffic.state_store import (
-    StateStore,
-)
+from hearth.traffic.state_store import StateStore
 from hearth.traffic.stores import open_state_store
 from tests.helpers import RedisServer, free_port, needs_redis
 from tests.unit.test_rollout_state import CHECKS

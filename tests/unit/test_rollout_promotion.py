@@ -20,12 +20,7 @@ from hearth.rollout.promotion import (
     rollback_to_previous,
     start_rollout,
 )
-from hearth.traffic.rollout_state import (
-    Decision,
-    InvalidRollout,
-    RolloutConflict,
-    UnknownVersion,
-)
+from hearth.traffic.rollout_state import Decision, InvalidRollout, RolloutConflict, UnknownVersion
 from hearth.traffic.state_sqlite import SQLiteStateStore
 from hearth.traffic.stores import state_path
 from tests.helpers import register_versions

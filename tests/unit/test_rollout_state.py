@@ -27,9 +27,7 @@ from hearth.traffic.rollout_state import (
     new_rollout,
 )
 from hearth.traffic.state_sqlite import SQLiteStateStore
-from hearth.traffic.state_store import (
-    StateStore,
-)
+from hearth.traffic.state_store import StateStore
 from hearth.traffic.stores import open_state_store, state_path
 
 PARAMS = RolloutParams()

@@ -34,15 +34,10 @@ from hearth.traffic.rollout_state import (
     InvalidRollout,
     Mode,
     PromotionIntent,
-    RolloutConflict,
     RolloutState,
     Served,
-    UnknownVersion,
-    new_rollout,
 )
-from hearth.traffic.state_store import (
-    StateStore,
-)
+from hearth.traffic.state_store import StateStore
 from hearth.traffic.stores import using_state_store
 
 log = logging.getLogger(__name__)
@@ -176,30 +171,12 @@ def start(
     (RolloutConflict). Then writes the state: every model pool loads the challenger from
     the registry when the state (or the first request) names it.
     """
-    name = params.registry.model_name
-    with using_state_store(settings, store) as st:
-        promotion.repair(settings, params, st)
-        if mode is not None and mode not in MODES:
-            raise InvalidRollout(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-        current = st.current()
-        if current is not None and current.running:
-            raise RolloutConflict(
-                f"rollout {current.rollout_id} (v{current.challenger_version}, "
-                f"{current.mode} at {current.challenger_percent:g} %) is still running: "
-                "promote it or roll it back first"
-            )
-        version = promotion.check_version(name, challenger_version)
-        champion = st.served().champion_version
-        if champion is None:
-            raise UnknownVersion(f"{name} has no champion to compare v{version} with")
-        # A dry run of the state: bad steps or challenger == champion fail here, before the
-        # challenger alias is touched, so a refused start leaves no trace.
-        chosen = cast(Mode | None, mode)
-        new_rollout(champion, version, params.rollout, mode=chosen, steps=steps)
-        return promotion.start_rollout(
-            settings, params, version, mode=chosen, steps=steps, store=st, actor=actor,
-            reason=reason,
-        )  # fmt: skip
+    if mode is not None and mode not in MODES:
+        raise InvalidRollout(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    return promotion.start_rollout(
+        settings, params, challenger_version, mode=cast(Mode | None, mode), steps=steps,
+        store=store, actor=actor, reason=reason,
+    )  # fmt: skip
 
 
 def set_weight(

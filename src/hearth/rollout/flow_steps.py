@@ -37,9 +37,7 @@ from hearth.traffic.rollout_state import (
     RolloutConflict,
     RolloutState,
 )
-from hearth.traffic.state_store import (
-    StateStore,
-)
+from hearth.traffic.state_store import StateStore
 from hearth.traffic.stores import open_state_store
 
 log = logging.getLogger(__name__)

@@ -60,9 +60,7 @@ from hearth.traffic.rollout_state import (
     UnknownVersion,
     new_rollout,
 )
-from hearth.traffic.state_store import (
-    StateStore,
-)
+from hearth.traffic.state_store import StateStore
 from hearth.traffic.stores import using_state_store
 
 log = logging.getLogger(__name__)

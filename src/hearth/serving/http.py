@@ -42,6 +42,7 @@ from hearth.serving.auth import (
 )
 from hearth.serving.errors import Unavailable
 from hearth.serving.gateway import Gateway
+from hearth.serving.limits import Refused, read_capped
 from hearth.serving.openapi import OPENAPI_VERSION, body_doc, response_doc
 from hearth.serving.schemas import (
     MAX_BATCH,
@@ -63,10 +64,6 @@ log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
 # Request bodies are a few levels deep (a batch: 3); deeper is refused before validation.
 MAX_JSON_DEPTH = 32
-# A body over the limit is still read (and dropped) up to this size, so that the client
-# gets its 413 rather than a connection reset while it is still sending; beyond, the
-# connection is closed after the 413.
-DRAIN_BYTES = 32 * 1024 * 1024
 
 
 class _BadRequest(Exception):
@@ -118,19 +115,13 @@ def _field(loc: tuple[Any, ...]) -> str:
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, refusing (413) one over `limit` bytes without keeping more than that: the
-    rest is read and dropped (up to DRAIN_BYTES), so the client can read its answer."""
-    body = bytearray()
-    seen = 0
-    async for chunk in request.stream():
-        seen += len(chunk)
-        if seen <= limit:
-            body += chunk
-        elif seen > DRAIN_BYTES:
-            break
-    if seen > limit:
-        raise _BadRequest(413, f"request body over {limit} bytes (HEARTH_MAX_PAYLOAD_BYTES)")
-    return bytes(body)
+    """The body, refusing (413) one over `limit` bytes without keeping more than that (the
+    rest is read and dropped, so the client can read its answer: `limits.read_capped`)."""
+    chunks = request.stream()
+    try:
+        return await read_capped(lambda: anext(chunks, None), limit)
+    except Refused as exc:
+        raise _BadRequest(exc.status, f"{exc.error} (HEARTH_MAX_PAYLOAD_BYTES)") from None
 
 
 def _depth(value: Any, limit: int) -> bool:

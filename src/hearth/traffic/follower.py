@@ -19,13 +19,8 @@ import time
 from collections.abc import Callable
 
 from hearth.traffic.assignment import DEFAULT_BUCKETS, Route, route_for
-from hearth.traffic.rollout_state import (
-    Served,
-    StateUnavailable,
-)
-from hearth.traffic.state_store import (
-    StateStore,
-)
+from hearth.traffic.rollout_state import Served, StateUnavailable
+from hearth.traffic.state_store import StateStore
 
 log = logging.getLogger(__name__)
 

@@ -15,17 +15,8 @@ from redis.client import Pipeline
 
 from hearth.storage.redis import Update, compare_and_set, connect, translate_errors
 from hearth.storage.redis import ping as redis_ping
-from hearth.traffic.rollout_state import (
-    Served,
-    StateUnavailable,
-)
-from hearth.traffic.state_store import (
-    Plan,
-    StateStore,
-    StoredServed,
-    Write,
-    decode_intent,
-)
+from hearth.traffic.rollout_state import Served, StateUnavailable
+from hearth.traffic.state_store import Plan, StateStore, StoredServed, Write, decode_intent
 
 T = TypeVar("T")
 REDIS_PREFIX = "hearth:rollout:"

@@ -12,17 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from hearth.storage.sqlite import SQLiteFile
-from hearth.traffic.rollout_state import (
-    Served,
-    StateUnavailable,
-)
-from hearth.traffic.state_store import (
-    Plan,
-    StateStore,
-    StoredServed,
-    Write,
-    decode_intent,
-)
+from hearth.traffic.rollout_state import Served, StateUnavailable
+from hearth.traffic.state_store import Plan, StateStore, StoredServed, Write, decode_intent
 
 STATE_FILE = "rollout.sqlite"
 

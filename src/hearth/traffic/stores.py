@@ -8,9 +8,7 @@ from pathlib import Path
 
 from hearth.config import Settings
 from hearth.traffic.state_sqlite import STATE_FILE, SQLiteStateStore
-from hearth.traffic.state_store import (
-    StateStore,
-)
+from hearth.traffic.state_store import StateStore
 
 
 def state_path(settings: Settings) -> Path:
