@@ -16,20 +16,27 @@ import pytest
 
 from hearth.config import Settings, ensure_secrets
 from hearth.launch.launcher import free_port, launched
-from hearth.stack.services import Stack
+from hearth.stack.services import Service, Stack
 
 pytestmark = pytest.mark.slow
 
 LOOPBACK = "127.0.0.1"
 
 
-def test_prefect_beyond_loopback_requires_the_auth_string(tmp_path: Path) -> None:
-    ensure_secrets(tmp_path)
+def beyond_loopback(home: Path, server: str) -> tuple[Stack, Service, list[str], int]:
+    """The stack, `server` ("prefect" or "mlflow") as `hearth up` builds it for a bind on
+    0.0.0.0, its command with that interface swapped for 127.0.0.1, and its port."""
+    ensure_secrets(home)
     port = free_port()
-    settings = Settings(home=tmp_path, prefect_host="0.0.0.0", prefect_port=port)
-    stack = Stack(settings, repo_dir=tmp_path)
-    service = stack.prefect_server()
+    settings = Settings(home=home, **{f"{server}_host": "0.0.0.0", f"{server}_port": port})
+    stack = Stack(settings, repo_dir=home)
+    service = stack.prefect_server() if server == "prefect" else stack.mlflow()
     cmd = [LOOPBACK if arg == "0.0.0.0" else arg for arg in service.cmd]
+    return stack, service, cmd, port
+
+
+def test_prefect_beyond_loopback_requires_the_auth_string(tmp_path: Path) -> None:
+    stack, service, cmd, port = beyond_loopback(tmp_path, "prefect")
     api = f"http://{LOOPBACK}:{port}/api"
     env = {**stack.env(), **service.env, "PREFECT_API_URL": api}
     log = tmp_path / "prefect.log"
@@ -53,12 +60,7 @@ def test_prefect_beyond_loopback_requires_the_auth_string(tmp_path: Path) -> Non
 
 def test_mlflow_beyond_loopback_runs_its_basic_auth_app(tmp_path: Path) -> None:
     pytest.importorskip("flask_wtf", reason="MLflow's basic-auth app needs mlflow[auth]")
-    ensure_secrets(tmp_path)
-    port = free_port()
-    settings = Settings(home=tmp_path, mlflow_host="0.0.0.0", mlflow_port=port)
-    stack = Stack(settings, repo_dir=tmp_path)
-    service = stack.mlflow()
-    cmd = [LOOPBACK if arg == "0.0.0.0" else arg for arg in service.cmd]
+    stack, service, cmd, port = beyond_loopback(tmp_path, "mlflow")
     url = f"http://{LOOPBACK}:{port}"
     env = {**stack.env(), **service.env}
     log = tmp_path / "mlflow.log"
