@@ -192,6 +192,8 @@ def test_a_worse_challenger_is_rolled_back_on_quality(
     assert outcome.state.status == "rolled_back", final.verdict.reason
     assert final.verdict.decision == "rollback"
     checks = {c.name: c.outcome for c in final.verdict.checks}
-    assert checks["pr_auc"] == "fail", final
+    # Either quality check may be the one whose bound excludes non-inferiority first (the
+    # broken model loses both PR-AUC and recall; which one a round's sample shows is chance).
+    assert "fail" in (checks["pr_auc"], checks["recall"]), final
     assert final.verdict.test == TEST_QUALITY
     assert _aliases(project) == {"champion": "2", "previous": "1"}
