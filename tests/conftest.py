@@ -16,6 +16,19 @@ os.environ.update(NO_TELEMETRY_ENV)
 
 
 @pytest.fixture
+def bentoml_app_metrics() -> Iterator[None]:
+    """For a test that builds a BentoML service's ASGI app in this process: BentoML registers
+    its request metrics in prometheus_client's global registry when it builds one, so a second
+    app in the same process fails (DuplicateTimeseries). Unregister what the test added."""
+    from prometheus_client import REGISTRY
+
+    before = set(REGISTRY._collector_to_names)
+    yield
+    for collector in set(REGISTRY._collector_to_names) - before:
+        REGISTRY.unregister(collector)
+
+
+@pytest.fixture
 def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     """Settings rooted in tmp_path, exported to the environment like the CLI does."""
     monkeypatch.chdir(tmp_path)

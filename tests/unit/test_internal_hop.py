@@ -67,6 +67,7 @@ Toy.add_asgi_middleware(Seen)
 
 def test_a_bentoml_service_keeps_its_apis_and_answers_the_hop_first(
     monkeypatch: pytest.MonkeyPatch,
+    bentoml_app_metrics: None,
 ) -> None:
     assert isinstance(Toy, bentoml.Service)
     monkeypatch.setenv("HEARTH_INTERNAL_TOKEN", "t0ken")  # what the service requires

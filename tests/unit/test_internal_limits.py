@@ -194,7 +194,7 @@ def test_a_refusal_by_the_features_service_is_a_422_at_the_gateway(tmp_path: Pat
 
 
 def test_the_features_services_bentoml_api_checks_as_its_hop_does(
-    settings: Any, monkeypatch: pytest.MonkeyPatch
+    settings: Any, monkeypatch: pytest.MonkeyPatch, bentoml_app_metrics: None
 ) -> None:
     """The real Features service (its BentoML app behind `internal_first`)."""
     import time
