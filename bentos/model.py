@@ -17,7 +17,8 @@ from hearth.observability.tracing import record_model_spans
 from hearth.serving import graph
 from hearth.serving.batching import Batcher
 from hearth.serving.errors import Unavailable
-from hearth.serving.internal import PREDICT, PREDICT_CHALLENGER, model_app
+from hearth.serving.internal import model_app
+from hearth.serving.internal_client import PREDICT, PREDICT_CHALLENGER
 from hearth.serving.limits import Refused, default_limits, score_items
 from hearth.serving.schemas import Score, ScoreItem
 

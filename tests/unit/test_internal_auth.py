@@ -23,16 +23,8 @@ from starlette.testclient import TestClient
 
 from hearth.serving import auth
 from hearth.serving.auth import INTERNAL_TOKEN_HEADER
-from hearth.serving.internal import (
-    PREFIX,
-    InternalApp,
-    InternalClient,
-    InternalError,
-    Reply,
-    features_app,
-    internal_first,
-    model_app,
-)
+from hearth.serving.internal import InternalApp, Reply, features_app, internal_first, model_app
+from hearth.serving.internal_client import PREFIX, InternalClient, InternalError
 from tests.helpers import free_port
 
 TOKEN = "s3cret-internal-token"

@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from hearth.serving.internal import PREFIX, InternalClient, InternalError
+from hearth.serving.internal_client import PREFIX, InternalClient, InternalError
 
 PEERS: list[tuple[str, int] | str] = []  # the client address of every request served
 

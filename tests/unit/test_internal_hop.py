@@ -14,7 +14,8 @@ from starlette.testclient import TestClient
 
 from bentos.hop import serve_internal_first
 from hearth.serving.auth import INTERNAL_TOKEN_HEADER
-from hearth.serving.internal import PREFIX, InternalApp, Reply, internal_first
+from hearth.serving.internal import InternalApp, Reply, internal_first
+from hearth.serving.internal_client import PREFIX
 
 TOKEN = {INTERNAL_TOKEN_HEADER: "t0ken"}
 

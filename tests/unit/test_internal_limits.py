@@ -23,14 +23,8 @@ from starlette.testclient import TestClient
 from hearth.features.online import InputDomain, InvalidTransaction
 from hearth.features.store import SQLiteStore
 from hearth.serving.auth import INTERNAL_TOKEN_HEADER
-from hearth.serving.internal import (
-    PREFIX,
-    FeaturesCalls,
-    InternalClient,
-    features_app,
-    internal_first,
-    model_app,
-)
+from hearth.serving.internal import features_app, internal_first, model_app
+from hearth.serving.internal_client import PREFIX, FeaturesCalls, InternalClient
 from hearth.serving.limits import InternalLimits
 from hearth.serving.schemas import Score, ScoreItem
 from tests.unit.test_internal_auth import _Uvicorn

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from hearth.serving.batching import Batcher, Overloaded
-from hearth.serving.internal import _target
+from hearth.serving.internal_client import _target
 from hearth.serving.schemas import Score, ScoreItem
 
 

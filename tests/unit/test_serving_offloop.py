@@ -20,7 +20,8 @@ from hearth.features.online import Transaction
 from hearth.features.store import open_store
 from hearth.serving.gateway import Gateway, LocalFeatures, RemoteVersions
 from hearth.serving.http import HttpPolicy, create_app
-from hearth.serving.internal import OBSERVE, PREFIX, VERSIONS, features_app, model_app
+from hearth.serving.internal import features_app, model_app
+from hearth.serving.internal_client import OBSERVE, PREFIX, VERSIONS
 from hearth.traffic.follower import Follower
 from hearth.traffic.prediction_log import PredictionLog
 from hearth.traffic.rollout_state import Served

@@ -21,7 +21,7 @@ from hearth.config import NO_TELEMETRY_ENV, Settings
 from hearth.launch.launcher import Launched, free_port, launch
 from hearth.launch.topologies import serve_command
 from hearth.serving.auth import INTERNAL_TOKEN_HEADER
-from hearth.serving.internal import PREDICT, PREFIX
+from hearth.serving.internal_client import PREDICT, PREFIX
 from hearth.serving.model_cache import CACHE_DIR
 from hearth.traffic.state_sqlite import STATE_FILE, SQLiteStateStore
 

@@ -3,7 +3,7 @@
 `Gateway` holds the logic both topologies share. It talks to features and models through
 two small async protocols, so the monolith plugs in the store and the model pool directly
 (`LocalFeatures`, `LocalModel`) and the microservices plug in calls to other processes
-(`RemoteFeatures`, `RemoteModel`, over async callables; `hearth.serving.internal` has them).
+(`RemoteFeatures`, `RemoteModel`, over async callables; `hearth.serving.internal_client` has them).
 Nothing here imports torch or BentoML: the gateway's image stays small.
 """
 
@@ -242,7 +242,7 @@ class RemoteFeatures:
 
     async def observe(self, txns: Sequence[Transaction]) -> list[FeatureRow]:
         payload = [transaction_payload(t) for t in txns]
-        # The hop's client parses and validates the answer (hearth.serving.internal).
+        # The hop's client parses and validates the answer (hearth.serving.internal_client).
         rows: list[FeatureRow] = await _call(
             self._observe(payload), self.timeout_s, FeaturesUnavailable, "features service"
         )

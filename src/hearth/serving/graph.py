@@ -21,7 +21,7 @@ from hearth.serving.gateway import (
     RemoteModel,
     RemoteVersions,
 )
-from hearth.serving.internal import FeaturesCalls, InternalClient, ModelCalls
+from hearth.serving.internal_client import FeaturesCalls, InternalClient, ModelCalls
 from hearth.serving.model_cache import RegistryCatalog
 from hearth.serving.routing import RolloutRouter
 from hearth.traffic.follower import Follower
