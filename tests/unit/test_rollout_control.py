@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from hearth.config import Params, Settings
-from hearth.rollout import control
+from hearth.rollout import control, registry_reads
 from hearth.rollout.verdict import analyse
 from hearth.serving.faults import Fault, FaultError
 from hearth.serving.gateway import Background, Gateway
@@ -61,7 +61,7 @@ def _snapshot(settings: Settings) -> tuple[Any, ...]:
         state, events = store.current(), store.history()
     finally:
         store.close()
-    return state, len(events), control.promotion.aliases(NAME)
+    return state, len(events), registry_reads.aliases(NAME)
 
 
 # -- refusals change nothing -----------------------------------------------------------------
@@ -351,7 +351,7 @@ def test_status_degrades_when_the_registry_does_not_answer(
 ) -> None:
     control.start(settings, PARAMS, "2")
     fast = control.status(settings, PARAMS)  # a SQLite registry: read without MLflow's client
-    assert fast.aliases == control.promotion.aliases(NAME) == {"champion": "1", "challenger": "2"}
+    assert fast.aliases == registry_reads.aliases(NAME) == {"champion": "1", "challenger": "2"}
     down = settings.model_copy(update={"mlflow_tracking_uri": "http://127.0.0.1:9"})
     status = control.status(down, PARAMS)
     assert status.aliases == {} and status.aliases_error is not None

@@ -11,15 +11,15 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from hearth.config import Params, Settings
-from hearth.rollout import promotion
+from hearth.rollout import registry_reads
 from hearth.rollout.promotion import (
-    aliases,
     promote,
     repair,
     rollback,
     rollback_to_previous,
     start_rollout,
 )
+from hearth.rollout.registry_reads import aliases
 from hearth.traffic.rollout_state import Decision, InvalidRollout, RolloutConflict, UnknownVersion
 from hearth.traffic.state_sqlite import SQLiteStateStore
 from hearth.traffic.stores import state_path
@@ -254,7 +254,7 @@ def test_repair_module_uses_no_intent_when_none_was_left(
 ) -> None:
     assert repair(settings, PARAMS, store).action == "adopt"  # type: ignore[union-attr]
     assert repair(settings, PARAMS, store) is None
-    assert promotion.check_version(NAME, 2) == "2"
+    assert registry_reads.check_version(NAME, 2) == "2"
 
 
 # -- the state is the authority ---------------------------------------------------------------

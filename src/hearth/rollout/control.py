@@ -25,7 +25,7 @@ from typing import Any, cast
 from pydantic import BaseModel, ConfigDict
 
 from hearth.config import Params, Settings
-from hearth.rollout import promotion
+from hearth.rollout import promotion, registry_reads
 from hearth.rollout.promotion import promote, rollback, rollback_to_previous
 from hearth.traffic.prediction_log import DB_FILE, PredictionLog
 from hearth.traffic.rollout_state import (
@@ -127,7 +127,7 @@ def status(
     state = served.rollout
     aliases, error = {}, None
     try:
-        aliases = promotion.read_aliases(settings, params.registry.model_name)
+        aliases = registry_reads.read_aliases(settings, params.registry.model_name)
     except Exception as exc:  # any failure of the registry: the status degrades, never fails
         error = f"model registry unavailable: {type(exc).__name__}: {exc}"[:300]
         log.warning("rollout status: %s", error)

@@ -26,7 +26,7 @@ from typing import Any
 from hearth import registry
 from hearth.config import CHALLENGER, HearthContext, Params, RolloutParams, Settings
 from hearth.rollout import control, rollout_report
-from hearth.rollout.promotion import aliases
+from hearth.rollout.registry_reads import aliases
 from hearth.rollout.verdict import Verdict, analyse_state
 from hearth.traffic.prediction_log import DB_FILE, PredictionLog
 from hearth.traffic.rollout_state import (
