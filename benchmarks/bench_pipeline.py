@@ -31,7 +31,7 @@ TX_PER_CUSTOMER_DAY = 1.5
 
 
 def _data_params(rows: int) -> Any:
-    from hearth.config import DataParams
+    from hearth.params import DataParams
 
     customers = max(50, round(rows / (DAYS * TX_PER_CUSTOMER_DAY)))
     return DataParams(days=DAYS, customers=customers, tx_per_customer_day=TX_PER_CUSTOMER_DAY)
@@ -39,9 +39,9 @@ def _data_params(rows: int) -> Any:
 
 def measure_size(rows: int, workdir: Path) -> dict[str, Any]:
     """Generate then ETL about `rows` transactions in `workdir`; runs in a child process."""
-    from hearth.config import Params
     from hearth.data.etl import run_etl
     from hearth.data.generate import generate
+    from hearth.params import Params
 
     params = Params(data=_data_params(rows))
     raw, processed, quarantine = workdir / "raw", workdir / "processed", workdir / "quarantine"
@@ -79,11 +79,12 @@ def run_size_in_child(rows: int) -> dict[str, Any]:
 
 def measure_training(workdir: Path, epochs: int, rounds: int = 3) -> dict[str, Any]:
     """The same training three ways on the same features; ratios against the bare loop."""
-    from hearth.config import HearthContext, Params, Settings
+    from hearth.config import HearthContext, Settings
     from hearth.data.etl import run_etl
     from hearth.data.generate import generate
     from hearth.model.experiment import TrainConfig
     from hearth.model.train import load_splits, train_model
+    from hearth.params import Params
 
     settings = Settings(home=workdir / ".hearth", data_dir=workdir / "data",
                         reports_dir=workdir / "reports")  # fmt: skip

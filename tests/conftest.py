@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from hearth.config import NO_TELEMETRY_ENV, Params, Settings
+from hearth.config import NO_TELEMETRY_ENV, Settings
+from hearth.params import Params
 from tests.helpers import NO_REDIS, REDIS_SERVER, RedisServer
 from tests.projects import SMALL_DATA, build_tiny_project
 

@@ -18,10 +18,11 @@ import pytest
 import redis
 import yaml
 
-from hearth.config import Params, Settings
+from hearth.config import Settings
 from hearth.features.definitions import SECONDS_SINCE_LAST_CAP
 from hearth.launch.hearth_server import ServerProcess
 from hearth.launch.launcher import free_port, stop_all
+from hearth.params import Params
 from hearth.schema import CHANNELS, MERCHANT_CATEGORIES, RISKY_CATEGORIES
 
 TINY_EXPERIMENT = {

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from hearth.config import NO_TELEMETRY_ENV, HearthContext, Params, Settings
+from hearth.config import NO_TELEMETRY_ENV, HearthContext, Settings
 from hearth.launch.hearth_server import ServerProcess
+from hearth.params import Params
 from tests.helpers import serving_topologies, write_project
 
 if TYPE_CHECKING:

@@ -22,9 +22,10 @@ from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from hearth.config import CHALLENGER, CHAMPION, RegistryParams, Settings, ThresholdParams
+from hearth.config import CHALLENGER, CHAMPION, Settings
 from hearth.features.definitions import FEATURES
 from hearth.lineage import Lineage
+from hearth.params import RegistryParams, ThresholdParams
 from hearth.schema import LABEL
 
 # lazy: training, evaluation and the pyfunc (torch, scikit-learn) load where a model is logged

@@ -17,8 +17,9 @@ import pandas as pd
 import pytest
 
 from hearth import schema, validation
-from hearth.config import Settings, ValidationParams
+from hearth.config import Settings
 from hearth.features import definitions
+from hearth.params import ValidationParams
 from hearth.validation import (
     FailedExpectation,
     ValidationFailed,

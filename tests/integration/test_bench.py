@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from hearth.bench.bench_report import FILES, _rollback_section
 from hearth.bench.run import BenchConfig
 from hearth.cli import app
-from hearth.config import Params
+from hearth.params import Params
 from tests.projects import project_paths, registry_uri
 
 pytestmark = pytest.mark.slow

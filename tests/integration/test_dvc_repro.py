@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from hearth.config import Params
+from hearth.params import Params
 from tests.helpers import write_project
 
 pytestmark = pytest.mark.slow

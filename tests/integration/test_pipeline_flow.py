@@ -9,7 +9,8 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from hearth.config import Params, Settings
+from hearth.config import Settings
+from hearth.params import Params
 from hearth.steps import PipelineSummary
 from hearth.validation import ValidationFailed
 from tests.helpers import write_project

@@ -23,8 +23,9 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from hearth.config import HearthContext, Params, Settings
+from hearth.config import HearthContext, Settings
 from hearth.launch.hearth_server import ServerProcess, serving
+from hearth.params import Params
 from hearth.rollout.flow_steps import RolloutOutcome, RoundResult
 from hearth.rollout.replay import LabelledTransaction, ReplayConfig, load_transactions, replay
 from hearth.rollout.verdict import TEST_QUALITY

@@ -26,9 +26,9 @@ import httpx
 import pandas as pd
 import pytest
 
-from hearth.config import Params
 from hearth.launch.hearth_server import ServerProcess
 from hearth.launch.launcher import free_port, http_ok, stop_group
+from hearth.params import Params
 from hearth.rollout.verdict import analyse
 from hearth.serving.faults import FAULT_TAG
 from hearth.traffic.assignment import assign

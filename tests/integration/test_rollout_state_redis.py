@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from hearth.config import CHALLENGER, CHAMPION, RolloutParams, Settings
+from hearth.config import CHALLENGER, CHAMPION, Settings
+from hearth.params import RolloutParams
 from hearth.traffic.assignment import Route
 from hearth.traffic.follower import Follower
 from hearth.traffic.rollout_state import StateUnavailable, new_rollout

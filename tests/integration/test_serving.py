@@ -22,10 +22,11 @@ import httpx
 import pandas as pd
 import pytest
 
-from hearth.config import Params, Settings
+from hearth.config import Settings
 from hearth.features.online import Transaction
 from hearth.features.store import open_store
 from hearth.launch.hearth_server import ServerProcess
+from hearth.params import Params
 from hearth.schema import TIMESTAMP_FORMAT
 from hearth.serving.faults import FAULT_TAG
 from hearth.serving.pool import decide

@@ -11,11 +11,11 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from hearth.config import ThresholdParams
 from hearth.features.online import CustomerState, Transaction, online_features, update_state
 from hearth.model.experiment import TrainConfig
 from hearth.model.scorer import FraudScorer
 from hearth.model.train import Splits, train_model
+from hearth.params import ThresholdParams
 from tests.helpers import synthetic_features
 
 FAST = TrainConfig(epochs=6, batch_size=256, learning_rate=0.003, patience=3, seed=3)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, log_loss, precision_score, roc_auc_score
 
-from hearth.config import ThresholdParams
 from hearth.model.evaluate import evaluate, pick_thresholds, pr_curve_png, recall_at_precision
+from hearth.params import ThresholdParams
 
 
 @pytest.fixture

@@ -13,12 +13,12 @@ import pandas as pd
 import pytest
 import torch
 
-from hearth.config import ThresholdParams
 from hearth.features.definitions import FEATURES
 from hearth.model.experiment import TrainConfig
 from hearth.model.feature_spec import FeatureSpec
 from hearth.model.scorer import FraudScorer
 from hearth.model.train import Splits, TrainResult, load_splits, train_model
+from hearth.params import ThresholdParams
 from tests.helpers import synthetic_features
 
 FAST = TrainConfig(epochs=6, batch_size=256, learning_rate=0.003, patience=3, seed=3)

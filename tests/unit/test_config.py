@@ -8,15 +8,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from hearth.config import (
-    ConfigError,
-    Params,
-    Settings,
-    ensure_secrets,
-    is_loopback,
-    load_params,
-    read_secrets,
-)
+from hearth.config import Settings, ensure_secrets, is_loopback, read_secrets
+from hearth.params import ConfigError, Params, load_params
 
 
 def test_params_yaml_in_repo_is_valid() -> None:

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from hearth.config import HearthContext, Params, Settings, load_params
+from hearth.config import HearthContext, Settings
 from hearth.data.etl import EtlReport
 from hearth.data.generate import GenerateReport
 from hearth.demo import closed_loop as loop
 from hearth.demo.drifted_period import DriftedData, drift_period
 from hearth.demo.summary_lines import closed_loop_lines, pipeline_lines, profile_changes
+from hearth.params import Params, load_params
 from hearth.registry import RegistrationDecision
 from hearth.rollout.flow_steps import RolloutOutcome, RoundResult
 from hearth.rollout.replay import ReplayReport

@@ -11,11 +11,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hearth.config import HearthContext, MonitoringParams, Params, Settings
+from hearth.config import HearthContext, Settings
 from hearth.data.etl import run_etl
 from hearth.data.generate import generate
 from hearth.monitoring.drift import categorical_psi, compare, numeric_psi
 from hearth.monitoring.monitor import RetrainUnavailable, run_monitor
+from hearth.params import MonitoringParams, Params
 from hearth.traffic.prediction_log import DB_FILE, PredictionLog, PredictionRecord
 
 BASE_DAYS, LIVE_DAYS = 14, 5

@@ -10,10 +10,10 @@ import duckdb
 import pandas as pd
 import pytest
 
-from hearth.config import Params
 from hearth.data.etl import DropError, EtlError, EtlReport, run_etl
 from hearth.features.definitions import FEATURES, KEY_COLUMNS, NUMERIC_FEATURES, SPLITS
 from hearth.features.offline import compute_offline_features
+from hearth.params import Params
 from hearth.schema import CUSTOMER_COLUMNS, EUR_RATES, RAW_COLUMNS
 
 HEADER = ",".join(RAW_COLUMNS)

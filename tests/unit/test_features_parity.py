@@ -17,7 +17,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from hearth.config import Params
 from hearth.data.etl import run_etl
 from hearth.features.definitions import (
     EARTH_RADIUS_KM,
@@ -35,6 +34,7 @@ from hearth.features.online import (
     online_features,
     update_state,
 )
+from hearth.params import Params
 from hearth.schema import (
     CHANNELS,
     CURRENCIES,

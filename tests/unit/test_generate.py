@@ -15,10 +15,10 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-from hearth.config import DataParams, Params
 from hearth.data.drift_scenarios import DRIFTS, drift_named
 from hearth.data.fraud_patterns import PATTERNS
 from hearth.data.generate import generate
+from hearth.params import DataParams, Params
 from hearth.schema import (
     CHANNELS,
     CURRENCIES,

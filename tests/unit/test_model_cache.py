@@ -13,12 +13,13 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from hearth import registry
-from hearth.config import Params, Settings
+from hearth.config import Settings
 from hearth.features.definitions import FEATURES
 from hearth.model.evaluate import Thresholds
 from hearth.model.experiment import TrainConfig
 from hearth.model.feature_spec import FeatureSpec
 from hearth.model.scorer import FraudScorer
+from hearth.params import Params
 from hearth.serving.faults import FAULT_TAG, Fault
 from hearth.serving.model_cache import RECORD_FILE, RegistryCatalog, cache_root
 from hearth.serving.pool import ModelPool

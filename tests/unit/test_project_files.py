@@ -12,8 +12,8 @@ from prefect.flows import load_flow_from_entrypoint
 from typer.main import get_command
 
 from hearth.cli import app
-from hearth.config import load_params
 from hearth.model.experiment import load_experiment
+from hearth.params import load_params
 
 ROOT = Path(__file__).parents[2]
 EXPERIMENTS = sorted((ROOT / "experiments").glob("*.yaml"))

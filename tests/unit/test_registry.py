@@ -15,11 +15,12 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from hearth import registry
-from hearth.config import RegistryParams, Settings, ThresholdParams
+from hearth.config import Settings
 from hearth.features.definitions import FEATURES
 from hearth.lineage import Lineage
 from hearth.model.experiment import TrainConfig
 from hearth.model.train import Splits, TrainResult, train_model
+from hearth.params import RegistryParams, ThresholdParams
 from tests.helpers import synthetic_features
 
 LINEAGE = Lineage("0123abcd.dir", "deadbeef", "passed: raw 3/3, processed 3/3", "exp.yaml")

@@ -12,7 +12,8 @@ import subprocess
 import sys
 import time
 
-from hearth.config import Params, Settings
+from hearth.config import Settings
+from hearth.params import Params
 from hearth.traffic.rollout_state import new_rollout
 from hearth.traffic.state_sqlite import SQLiteStateStore
 from hearth.traffic.stores import state_path

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
 
-from hearth.config import RolloutParams
 from hearth.model.evaluate import evaluate
+from hearth.params import RolloutParams
 from hearth.rollout.statistics import (
     RequestRecord,
     average_precision,

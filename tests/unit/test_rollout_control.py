@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from hearth.config import Params, Settings
+from hearth.config import Settings
+from hearth.params import Params
 from hearth.rollout import control, registry_reads
 from hearth.rollout.verdict import analyse
 from hearth.serving.faults import Fault, FaultError

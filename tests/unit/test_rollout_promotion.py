@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 from mlflow.tracking import MlflowClient
 
-from hearth.config import Params, Settings
+from hearth.config import Settings
+from hearth.params import Params
 from hearth.rollout import registry_reads
 from hearth.rollout.promotion import (
     promote,

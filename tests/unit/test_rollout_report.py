@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from hearth.config import RolloutParams, Settings
+from hearth.config import Settings
+from hearth.params import RolloutParams
 from hearth.rollout import rollout_report
 from hearth.rollout.flow_steps import _history_fields
 from hearth.rollout.verdict import analyse

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from hearth.config import RolloutParams, Settings
+from hearth.config import Settings
+from hearth.params import RolloutParams
 from hearth.traffic.rollout_state import (
     HistoryEvent,
     InvalidRollout,

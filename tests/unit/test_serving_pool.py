@@ -11,13 +11,14 @@ import pytest
 import torch
 from prometheus_client import REGISTRY
 
-from hearth.config import CHALLENGER, CHAMPION, RolloutParams
+from hearth.config import CHALLENGER, CHAMPION
 from hearth.features.definitions import FEATURES
 from hearth.features.online import Transaction
 from hearth.model.evaluate import Thresholds
 from hearth.model.experiment import TrainConfig
 from hearth.model.feature_spec import FeatureSpec
 from hearth.model.scorer import FraudScorer
+from hearth.params import RolloutParams
 from hearth.serving.catalog import DirCatalog, ModelRecord
 from hearth.serving.errors import ModelUnavailable
 from hearth.serving.pool import ModelPool, decide

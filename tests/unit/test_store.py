@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from hearth.config import Params, Settings
+from hearth.config import Settings
 from hearth.data.etl import run_etl
 from hearth.data.generate import generate
 from hearth.features.definitions import (
@@ -46,6 +46,7 @@ from hearth.features.store import (
     redacted_url,
     state_summary,
 )
+from hearth.params import Params
 from tests.helpers import run_together
 
 T0 = datetime(2026, 3, 2, 12, 0, 0)

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hearth.config import RolloutParams
+from hearth.params import RolloutParams
 from hearth.traffic.assignment import (
     CHALLENGER,
     CHAMPION,

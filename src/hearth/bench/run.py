@@ -33,8 +33,9 @@ from hearth.bench.latency_stats import Cell
 from hearth.bench.load import Endpoint, drive
 from hearth.bench.rollback import TOPOLOGIES, Rollbacks
 from hearth.bench.workload import Workload, load_workload
-from hearth.config import Settings, load_params
+from hearth.config import Settings
 from hearth.launch.launcher import stop_all
+from hearth.params import load_params
 
 ALL = tuple(SPECS)
 QUICK = ("model", "echo", "mlflow", "monolith", "microservices", "model-batched",

@@ -10,8 +10,9 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-from hearth.config import ConfigError, HearthContext, Settings
+from hearth.config import HearthContext, Settings
 from hearth.observability.logging import configure_logging
+from hearth.params import ConfigError
 
 if TYPE_CHECKING:
     from rich.progress import Progress

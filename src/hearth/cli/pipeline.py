@@ -15,7 +15,8 @@ from typing import Annotated, Any
 import typer
 
 from hearth.cli._common import choose, console, fail, load_context, progress_bar
-from hearth.config import ConfigError, HearthContext
+from hearth.config import HearthContext
+from hearth.params import ConfigError
 
 commands = typer.Typer()
 data_app = typer.Typer(help="Raw data: generate synthetic daily drops.", no_args_is_help=True)

@@ -29,7 +29,8 @@ from hearth.traffic.rollout_state import (
 from hearth.traffic.stores import open_state_store
 
 if TYPE_CHECKING:
-    from hearth.config import Params, Settings
+    from hearth.config import Settings
+    from hearth.params import Params
     from hearth.rollout.control import RolloutStatus
 
 T = TypeVar("T")

@@ -28,11 +28,11 @@ from pathlib import Path
 
 import duckdb
 
-from hearth.config import EtlParams, Params, SplitParams
 from hearth.data.row_checks import build_clean_and_quarantine, check_rows
 from hearth.data.sql import ident, lit
 from hearth.features.definitions import SPLITS
 from hearth.features.offline import build_feature_sql
+from hearth.params import EtlParams, Params, SplitParams
 from hearth.schema import (
     CUSTOMER_COLUMNS,
     LABEL,

@@ -34,7 +34,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from hearth.config import DataParams
 from hearth.data.dirt import arrival_order, corrupt, make_late, plan_dirt, resent
 from hearth.data.drift_scenarios import DRIFTS, Drift, drift_named
 from hearth.data.fraud_patterns import fraud_rows
@@ -49,6 +48,7 @@ from hearth.data.population import (
     normal_rows,
     seed_entropy,
 )
+from hearth.params import DataParams
 from hearth.schema import (
     CHANNELS,
     CURRENCIES,

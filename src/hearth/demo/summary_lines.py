@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from hearth.config import Params
 from hearth.demo.closed_loop import ClosedLoopSummary, TrafficRollout
+from hearth.params import Params
 from hearth.rollout.flow_steps import RolloutOutcome
 from hearth.steps import PipelineSummary
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import ArrayLike
 
-from hearth.config import ThresholdParams
 from hearth.observability.figures import png_figure
+from hearth.params import ThresholdParams
 
 # scikit-learn's metrics load where they are used: serving imports `Thresholds` from here,
 # and sklearn (with scipy) would add ~0.7 s and ~75 MiB to every model process.

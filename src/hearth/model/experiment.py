@@ -8,7 +8,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from hearth.config import ConfigError
+from hearth.params import ConfigError
 
 
 class TrainConfig(BaseModel):

@@ -23,12 +23,12 @@ import torch
 from sklearn.metrics import average_precision_score
 from torch import nn
 
-from hearth.config import ThresholdParams
 from hearth.features.definitions import FEATURES, SPLITS
 from hearth.model.evaluate import Thresholds, evaluate, pick_thresholds
 from hearth.model.experiment import TrainConfig
 from hearth.model.feature_spec import FeatureSpec
 from hearth.model.scorer import FraudScorer
+from hearth.params import ThresholdParams
 from hearth.schema import LABEL
 
 log = logging.getLogger(__name__)

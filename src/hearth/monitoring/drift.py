@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from hearth.config import MonitoringParams
 from hearth.features.definitions import CATEGORICAL_FEATURES, NUMERIC_FEATURES
+from hearth.params import MonitoringParams
 
 # A bin that is empty on one side would make PSI infinite; this floor keeps it finite while
 # still scoring "appeared from nowhere" as a large shift.

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from hearth.config import MonitoringParams
 from hearth.monitoring.drift import DriftReport
 from hearth.observability.figures import png_figure
+from hearth.params import MonitoringParams
 
 
 def markdown(report: DriftReport, params: MonitoringParams) -> str:

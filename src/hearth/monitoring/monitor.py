@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hearth.config import HearthContext, MonitoringParams, Settings
+from hearth.config import HearthContext, Settings
 from hearth.monitoring import drift_report
 from hearth.monitoring.drift import DriftReport, compare
+from hearth.params import MonitoringParams
 from hearth.traffic.prediction_log import DB_FILE, PredictionLog
 
 log = logging.getLogger(__name__)

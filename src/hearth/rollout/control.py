@@ -24,7 +24,8 @@ from typing import Any, cast
 
 from pydantic import BaseModel, ConfigDict
 
-from hearth.config import Params, Settings
+from hearth.config import Settings
+from hearth.params import Params
 from hearth.rollout import promotion, registry_reads
 from hearth.rollout.promotion import promote, rollback, rollback_to_previous
 from hearth.traffic.prediction_log import DB_FILE, PredictionLog

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from hearth import registry
-from hearth.config import CHALLENGER, HearthContext, Params, RolloutParams, Settings
+from hearth.config import CHALLENGER, HearthContext, Settings
+from hearth.params import Params, RolloutParams
 from hearth.rollout import control, rollout_report
 from hearth.rollout.registry_reads import aliases
 from hearth.rollout.verdict import Verdict, analyse_state

@@ -44,7 +44,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from hearth.config import CHALLENGER, CHAMPION, PREVIOUS, Params, Settings
+from hearth.config import CHALLENGER, CHAMPION, PREVIOUS, Settings
+from hearth.params import Params
 from hearth.rollout.registry_reads import (
     ALIASES,
     aliases,

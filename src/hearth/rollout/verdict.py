@@ -31,8 +31,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from hearth.config import CHALLENGER, CHAMPION, RolloutParams
+from hearth.config import CHALLENGER, CHAMPION
 from hearth.model.evaluate import evaluate
+from hearth.params import RolloutParams
 from hearth.rollout.statistics import (
     Interval,
     RequestRecord,

@@ -20,7 +20,7 @@ from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from hearth.config import RolloutParams
+from hearth.params import RolloutParams
 
 Mode = Literal["canary", "ab", "shadow"]
 Status = Literal["running", "promoted", "rolled_back", "aborted"]

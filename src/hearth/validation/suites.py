@@ -13,8 +13,8 @@ from typing import Any
 import pandas as pd
 
 from hearth import schema
-from hearth.config import ValidationParams
 from hearth.features import definitions
+from hearth.params import ValidationParams
 from hearth.validation.gx_runner import Runner, Tally
 from hearth.validation.reference import REFERENCE_SPLIT, load_or_build_reference, split_path
 from hearth.validation.results import ValidationResult
