@@ -15,7 +15,7 @@ from bentos.openapi30 import openapi30
 from bentos.telemetry import service_tracing, start_telemetry
 from hearth.features.online import InvalidTransaction
 from hearth.serving import graph, limits
-from hearth.serving.gateway import observe_rows
+from hearth.serving.dependencies import observe_rows
 from hearth.serving.internal import features_app
 from hearth.serving.schemas import FeatureRow
 

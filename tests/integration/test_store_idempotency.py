@@ -26,7 +26,7 @@ from hearth.features.store import (
     SQLiteStore,
     materialize,
 )
-from hearth.serving.gateway import observe_rows
+from hearth.serving.dependencies import observe_rows
 from tests.helpers import RedisServer, run_together
 from tests.unit.test_online_idempotency import legacy_state
 from tests.unit.test_store import T0, txn, write_processed

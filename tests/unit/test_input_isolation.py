@@ -23,7 +23,8 @@ from hypothesis import strategies as st
 
 from hearth.features.online import InputDomain
 from hearth.features.store import SQLiteStore, decode_state
-from hearth.serving.gateway import Gateway, LocalFeatures
+from hearth.serving.dependencies import LocalFeatures
+from hearth.serving.gateway import Gateway
 from hearth.serving.http import HttpPolicy, create_app
 from hearth.traffic.prediction_log import PredictionLog
 from tests.unit.test_serving_http import KEY, TXN, FakeModel, _loaded

@@ -20,7 +20,8 @@ from prometheus_client import REGISTRY
 
 from hearth.config import Settings
 from hearth.features.store import open_store
-from hearth.serving.gateway import Gateway, LocalFeatures
+from hearth.serving.dependencies import LocalFeatures
+from hearth.serving.gateway import Gateway
 from hearth.serving.http import HttpPolicy, create_app
 from hearth.traffic.prediction_log import (
     PredictionLog,

@@ -18,8 +18,9 @@ from hearth.config import Settings
 from hearth.params import Params
 from hearth.rollout import control, registry_reads
 from hearth.rollout.verdict import analyse
+from hearth.serving.dependencies import Background
 from hearth.serving.faults import Fault, FaultError
-from hearth.serving.gateway import Background, Gateway
+from hearth.serving.gateway import Gateway
 from hearth.serving.routing import CHAMPION_ROUTE
 from hearth.serving.schemas import FeatureRow, Score, ScoreItem, TransactionIn
 from hearth.traffic.assignment import Route

@@ -18,8 +18,9 @@ from fastapi.testclient import TestClient
 
 from hearth.config import Settings
 from hearth.features.store import open_store
+from hearth.serving.dependencies import Background, LocalFeatures
 from hearth.serving.errors import ModelUnavailable
-from hearth.serving.gateway import Background, Gateway, LocalFeatures
+from hearth.serving.gateway import Gateway
 from hearth.serving.http import HttpPolicy, create_app
 from hearth.serving.schemas import Score, ScoreItem
 from hearth.traffic.prediction_log import PredictionLog

@@ -18,7 +18,8 @@ from starlette.testclient import TestClient
 from hearth.config import Settings
 from hearth.features.online import Transaction
 from hearth.features.store import open_store
-from hearth.serving.gateway import Gateway, LocalFeatures, RemoteVersions
+from hearth.serving.dependencies import LocalFeatures, RemoteVersions
+from hearth.serving.gateway import Gateway
 from hearth.serving.http import HttpPolicy, create_app
 from hearth.serving.internal import features_app, model_app
 from hearth.serving.internal_client import OBSERVE, PREFIX, VERSIONS

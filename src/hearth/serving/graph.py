@@ -12,15 +12,15 @@ from typing import Any
 
 from hearth.config import HearthContext, Settings
 from hearth.serving.admin import Admin, AdminOps
-from hearth.serving.gateway import (
+from hearth.serving.dependencies import (
     Background,
-    Gateway,
     LocalFeatures,
     LocalModel,
     RemoteFeatures,
     RemoteModel,
     RemoteVersions,
 )
+from hearth.serving.gateway import Gateway
 from hearth.serving.internal_client import FeaturesCalls, InternalClient, ModelCalls
 from hearth.serving.model_cache import RegistryCatalog
 from hearth.serving.routing import RolloutRouter

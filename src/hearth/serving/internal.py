@@ -47,8 +47,8 @@ from hearth.serving.auth import (
     presented_internal_token,
 )
 from hearth.serving.batching import Batcher
+from hearth.serving.dependencies import OffLoop, observe_rows
 from hearth.serving.errors import Unavailable
-from hearth.serving.gateway import OffLoop, observe_rows
 from hearth.serving.internal_client import (
     JSON,
     OBSERVE,
