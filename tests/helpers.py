@@ -10,12 +10,13 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
 import pytest
 import redis
+import uvicorn
 import yaml
 
 from hearth.config import Settings
@@ -204,3 +205,33 @@ def serving_topologies(
         yield started
     finally:
         stop_all(started.values())
+
+
+class UvicornThread:
+    """An ASGI `app` served by uvicorn in a thread, from enter to exit: on a free loopback
+    port, or where `where` says (``host=…, port=…`` or ``uds=…``). Keep-alive connections
+    close after 1 s idle. `url` is what `hearth.serving.internal_client` dials."""
+
+    def __init__(self, app: Any, **where: Any) -> None:
+        self.where = where or {"host": "127.0.0.1", "port": free_port()}
+        config = uvicorn.Config(app, log_level="warning", timeout_keep_alive=1, **self.where)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        if "uds" in self.where:
+            return f"unix://{self.where['uds']}"
+        return f"tcp://{self.where['host']}:{self.where['port']}"
+
+    def __enter__(self) -> UvicornThread:
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)

@@ -9,13 +9,10 @@ open; the gateway's client sends the token; the comparison is `hmac.compare_dige
 from __future__ import annotations
 
 import asyncio
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
@@ -25,7 +22,7 @@ from hearth.serving import auth
 from hearth.serving.auth import INTERNAL_TOKEN_HEADER
 from hearth.serving.internal import InternalApp, Reply, features_app, internal_first, model_app
 from hearth.serving.internal_client import PREFIX, InternalClient, InternalError
-from tests.helpers import free_port
+from tests.helpers import UvicornThread
 
 TOKEN = "s3cret-internal-token"
 CALLED: list[str] = []  # every handler or store that a request reached
@@ -120,28 +117,6 @@ async def _pong() -> Reply:
     return Reply(200, b"pong")
 
 
-class _Uvicorn:
-    """`app` served by uvicorn in a thread on a free loopback port."""
-
-    def __init__(self, app: Any) -> None:
-        self.port = free_port()
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> str:
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.02)
-        return f"tcp://127.0.0.1:{self.port}"
-
-    def __exit__(self, *_: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
-
-
 async def _echo(body: bytes) -> Reply:
     return Reply(200, body)
 
@@ -163,5 +138,5 @@ def test_the_gateways_client_sends_the_token() -> None:
             await right.close()
             await wrong.close()
 
-    with _Uvicorn(internal_first(BENTOML_APP, internal, token=TOKEN)) as url:
-        asyncio.run(go(url))
+    with UvicornThread(internal_first(BENTOML_APP, internal, token=TOKEN)) as server:
+        asyncio.run(go(server.url))

@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from hearth.serving.internal_client import PREFIX, InternalClient, InternalError
+from tests.helpers import UvicornThread, free_port
 
 PEERS: list[tuple[str, int] | str] = []  # the client address of every request served
 
@@ -47,37 +44,10 @@ APP = Starlette(
 )
 
 
-class Server:
-    """uvicorn in a thread; keep-alive connections closed after 1 s idle."""
-
-    def __init__(self, **where: object) -> None:
-        config = uvicorn.Config(APP, log_level="warning", timeout_keep_alive=1, **where)  # type: ignore[arg-type]
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> Server:
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def tcp_url() -> Iterator[str]:
-    port = _free_port()
-    with Server(host="127.0.0.1", port=port):
+    port = free_port()
+    with UvicornThread(APP, host="127.0.0.1", port=port):
         yield f"tcp://127.0.0.1:{port}"
 
 
@@ -151,7 +121,7 @@ def test_errors_name_the_status_and_a_dead_service(tcp_url: str) -> None:
             assert await client.ok("/ready")
         finally:
             await client.close()
-        dead = InternalClient(f"tcp://127.0.0.1:{_free_port()}")
+        dead = InternalClient(f"tcp://127.0.0.1:{free_port()}")
         with pytest.raises(InternalError, match="cannot connect"):
             await dead.post("/echo", b"")
 
@@ -168,7 +138,7 @@ def test_unix_socket_addresses_as_bentoml_gives_them(tmp_path: Path) -> None:
         finally:
             await client.close()
 
-    with Server(uds=str(path)):
+    with UvicornThread(APP, uds=str(path)):
         assert run(go()) == b"over a socket|application/json"
 
 

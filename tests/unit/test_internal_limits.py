@@ -27,7 +27,7 @@ from hearth.serving.internal import features_app, internal_first, model_app
 from hearth.serving.internal_client import PREFIX, FeaturesCalls, InternalClient
 from hearth.serving.limits import InternalLimits
 from hearth.serving.schemas import Score, ScoreItem
-from tests.unit.test_internal_auth import _Uvicorn
+from tests.helpers import UvicornThread
 
 TOKEN = "t0ken"
 LIMITS = InternalLimits(max_body_bytes=8192, max_items=3)
@@ -182,8 +182,8 @@ def test_a_refusal_by_the_features_service_is_a_422_at_the_gateway(tmp_path: Pat
             await client.close()
         assert [f for f, _ in refused.value.problems] == ["amount"]
 
-    with _Uvicorn(app) as url:
-        asyncio.run(go(url))
+    with UvicornThread(app) as server:
+        asyncio.run(go(server.url))
     store.close()
 
 
