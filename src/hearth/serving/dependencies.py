@@ -33,6 +33,7 @@ from hearth.serving.schemas import (
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+R = TypeVar("R")
 DEFAULT_TIMEOUT_S = 2.0  # Settings.model_timeout_s's default
 
 
@@ -199,25 +200,39 @@ class LocalModel:
 
 
 # -- other processes (microservices) ------------------------------------------------------
-async def _call(
-    call: Awaitable[Any], timeout_s: float, unavailable: type[Unavailable], what: str
-) -> Any:
-    """Await a remote call; any failure to answer becomes `unavailable` (→ 503)."""
-    try:
-        async with asyncio.timeout(timeout_s):  # no extra task per call, unlike wait_for
-            return await call
-    except (Unavailable, InvalidTransaction):  # the service refused the input: 422, not 503
-        raise
-    except TimeoutError as exc:
-        raise unavailable(f"{what} did not answer within {timeout_s:g}s") from exc
-    except Exception as exc:  # connection refused, 5xx, a dying process: all "down"
-        # The details are for the log; the client learns only that it should retry.
-        log.warning("%s failed: %s: %s", what, type(exc).__name__, exc)
-        raise unavailable(f"{what} unavailable") from exc
+class _RemoteService:
+    """A service in another process, reached through async callables: every call is bounded
+    by `timeout_s`, and any failure to answer becomes `unavailable` (→ 503)."""
+
+    unavailable: type[Unavailable]
+    what: str
+
+    def __init__(self, ready: Callable[[], Awaitable[bool]], timeout_s: float) -> None:
+        self._ready, self.timeout_s = ready, timeout_s
+
+    async def _call(self, call: Awaitable[R]) -> R:
+        try:
+            async with asyncio.timeout(self.timeout_s):  # no extra task, unlike wait_for
+                return await call
+        except (Unavailable, InvalidTransaction):  # the service refused the input: 422
+            raise
+        except TimeoutError as exc:
+            raise self.unavailable(
+                f"{self.what} did not answer within {self.timeout_s:g}s"
+            ) from exc
+        except Exception as exc:  # connection refused, 5xx, a dying process: all "down"
+            # The details are for the log; the client learns only that it should retry.
+            log.warning("%s failed: %s: %s", self.what, type(exc).__name__, exc)
+            raise self.unavailable(f"{self.what} unavailable") from exc
+
+    async def ready(self) -> bool:
+        return await _ready(self._ready, self.timeout_s)
 
 
-class RemoteFeatures:
-    """A features service in another process, called through async callables."""
+class RemoteFeatures(_RemoteService):
+    """A features service in another process."""
+
+    unavailable, what = FeaturesUnavailable, "features service"
 
     def __init__(
         self,
@@ -225,22 +240,19 @@ class RemoteFeatures:
         ready: Callable[[], Awaitable[bool]],
         timeout_s: float,
     ) -> None:
-        self._observe, self._ready, self.timeout_s = observe, ready, timeout_s
+        super().__init__(ready, timeout_s)
+        self._observe = observe
 
     async def observe(self, txns: Sequence[Transaction]) -> list[FeatureRow]:
         payload = [transaction_payload(t) for t in txns]
         # The hop's client parses and validates the answer (hearth.serving.internal_client).
-        rows: list[FeatureRow] = await _call(
-            self._observe(payload), self.timeout_s, FeaturesUnavailable, "features service"
-        )
-        return rows
-
-    async def ready(self) -> bool:
-        return await _ready(self._ready, self.timeout_s)
+        return await self._call(self._observe(payload))
 
 
-class RemoteModel:
-    """A model service in another process, called through async callables."""
+class RemoteModel(_RemoteService):
+    """A model service in another process."""
+
+    unavailable, what = ModelUnavailable, "model service"
 
     def __init__(
         self,
@@ -248,17 +260,12 @@ class RemoteModel:
         ready: Callable[[], Awaitable[bool]],
         timeout_s: float,
     ) -> None:
-        self._score, self._ready, self.timeout_s = score, ready, timeout_s
+        super().__init__(ready, timeout_s)
+        self._score = score
 
     async def score(self, items: list[ScoreItem]) -> list[Score]:
         items = tracing.stamp_items(items)  # the model service parents its spans by these
-        scores: list[Score] = await _call(
-            self._score(items), self.timeout_s, ModelUnavailable, "model service"
-        )
-        return scores
-
-    async def ready(self) -> bool:
-        return await _ready(self._ready, self.timeout_s)
+        return await self._call(self._score(items))
 
 
 class RemoteVersions:
