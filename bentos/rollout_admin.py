@@ -6,10 +6,16 @@ the services here, the orchestration layer, wire the two together.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 from hearth.config import HearthContext
 from hearth.serving.admin import AdminOps
+
+# An admin call should answer within seconds: with the registry down, a 503 to retry, not
+# minutes of MLflow's own retries (its defaults: 7 retries, exponential backoff, 120 s per
+# request). Set for the serving process on the first admin call, unless set already.
+MLFLOW_FAIL_FAST = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 
 
 def controls(ctx: HearthContext) -> Callable[[], AdminOps]:
@@ -19,6 +25,8 @@ def controls(ctx: HearthContext) -> Callable[[], AdminOps]:
         # lazy: the rollout controls load MLflow, which a gateway without admin calls never needs
         from hearth.rollout.control import Controls
 
+        for name, value in MLFLOW_FAIL_FAST.items():
+            os.environ.setdefault(name, value)
         return Controls(ctx.settings, ctx.params)
 
     return make

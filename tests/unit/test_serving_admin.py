@@ -4,6 +4,8 @@ and a change makes this gateway re-read the state at once."""
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,6 +13,8 @@ import pytest
 from fastapi.testclient import TestClient
 from mlflow.exceptions import MlflowException
 
+from hearth.config import HearthContext, Settings
+from hearth.launch.launcher import free_port
 from hearth.serving.admin import Admin, AdminUnavailable, RollbackToPreviousIn
 from hearth.serving.schemas import RolloutActionIn, RolloutStartIn, RolloutWeightIn
 from hearth.traffic.rollout_state import NoActiveRollout, RolloutConflict, StateUnavailable
@@ -140,3 +144,39 @@ def test_rollback_routes_answer_what_happened(http: tuple[TestClient, FakeOps]) 
     for bad in ({}, {"expect_champion": "2", "extra": 1}, {"expect_champion": 2.5}):
         assert client.post("/admin/rollback-to-previous", json=bad).status_code in {400, 422}
     assert ops.calls[-1] == ("rollback_to_previous", "2", "")
+
+
+def test_a_change_re_reads_the_state_off_the_event_loop_and_status_shows_this_process() -> None:
+    loop_threads, refresh_threads = [], []
+    serving = {"pid": 1, "versions": {"champion": {"version": "1", "loaded": True}}}
+    admin = Admin(
+        FakeOps, on_change=lambda: refresh_threads.append(threading.get_ident()),
+        serving=lambda: serving,
+    )  # fmt: skip
+
+    async def go() -> dict[str, Any]:
+        loop_threads.append(threading.get_ident())
+        await admin.rollback(RolloutActionIn(reason="b"))
+        return await admin.status()
+
+    status = asyncio.run(go())
+    # The re-read (a store read, maybe slow) ran in the worker thread, not on the loop.
+    assert len(refresh_threads) == 1 and refresh_threads != loop_threads
+    assert status == {"call": "status", "serving_process": serving}
+
+
+def test_an_admin_call_with_the_registry_down_is_a_503_not_minutes_of_retries(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real controls against a tracking server that is not there: MLflow's defaults
+    would retry for minutes; the serving process fails fast and answers 503 (the bound
+    below is for liveness only: minutes would fail it, seconds pass)."""
+    from bentos.rollout_admin import MLFLOW_FAIL_FAST, controls
+
+    for name in MLFLOW_FAIL_FAST:
+        monkeypatch.delenv(name, raising=False)
+    down = settings.model_copy(update={"mlflow_tracking_uri": f"http://127.0.0.1:{free_port()}"})
+    admin = Admin(controls(HearthContext(down)))
+    with pytest.raises(AdminUnavailable, match="model registry unavailable"):
+        asyncio.run(asyncio.wait_for(admin.promote(RolloutActionIn(reason="p")), 90))
+    assert {name: os.environ[name] for name in MLFLOW_FAIL_FAST} == MLFLOW_FAIL_FAST

@@ -207,10 +207,17 @@ def test_a_challenger_takes_customers_only_once_this_process_has_loaded_it(
     assert _ready_gauge("challenger", "2") == 0
     assert _ready_gauge("champion", "1") == 1
     assert pool.readiness() == {"champion": True, "challenger": False}
+    # The admin API's status shows the same for the process that answers it.
+    versions = router.readiness()["versions"]
+    assert versions == {
+        "champion": {"version": "1", "loaded": True},
+        "challenger": {"version": "2", "loaded": False},
+    }
 
     catalog.gate.set()
     _settle(pool)
     assert pool.readiness() == {"champion": True, "challenger": True}
+    assert router.readiness()["versions"]["challenger"] == {"version": "2", "loaded": True}
     assert _ready_gauge("challenger", "2") == 1
     # From now on the split is the rollout's, and each customer keeps its variant.
     for txn in txns:

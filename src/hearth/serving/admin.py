@@ -79,9 +79,13 @@ class Admin:
     """
 
     def __init__(
-        self, ops: Callable[[], AdminOps], on_change: Callable[[], None] | None = None
+        self,
+        ops: Callable[[], AdminOps],
+        on_change: Callable[[], None] | None = None,
+        serving: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self._make_ops = ops
+        self.serving = serving
         self._ops: AdminOps | None = None
         self._lock = threading.Lock()
         self.on_change = on_change
@@ -92,9 +96,15 @@ class Admin:
                 self._ops = self._make_ops()
             return self._ops
 
+    def _call(self, fn: Callable[[AdminOps], T], changes: bool) -> T:
+        result = fn(self.ops())
+        if changes and self.on_change is not None:
+            self.on_change()  # a re-read of the state: here, off the event loop too
+        return result
+
     async def _run(self, fn: Callable[[AdminOps], T], changes: bool) -> T:
         try:
-            result = await asyncio.to_thread(lambda: fn(self.ops()))
+            return await asyncio.to_thread(self._call, fn, changes)
         except RolloutError:
             raise
         except StateUnavailable as exc:
@@ -103,13 +113,16 @@ class Admin:
             if type(exc).__module__.startswith("mlflow"):
                 raise AdminUnavailable(f"model registry unavailable: {exc}") from exc
             raise
-        if changes and self.on_change is not None:
-            self.on_change()
-        return result
 
     async def status(self) -> dict[str, Any]:
-        """The rollout state, aliases, served versions, history tail and live counts."""
-        return await self._run(lambda ops: ops.status(), False)
+        """The rollout state, aliases, served versions, history tail and live counts; and
+        `serving_process`: the versions the process that answers has loaded (its pid, each
+        variant's version and whether it is loaded there: a challenger takes a process's
+        customers only once it is)."""
+        status = await self._run(lambda ops: ops.status(), False)
+        if self.serving is not None:
+            status = {**status, "serving_process": self.serving()}
+        return status
 
     async def history(self, limit: int = 100) -> list[dict[str, Any]]:
         """Every change of every rollout: who, when, why, with the analysis numbers."""

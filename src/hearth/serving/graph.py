@@ -109,9 +109,12 @@ def challenger_timeout_s(ctx: HearthContext) -> float:
 
 def admin(gateway: Gateway, ops: Callable[[], AdminOps]) -> Admin:
     """The admin API over `ops` (injected by the orchestration layer: the rollout controls);
-    after a change this gateway re-reads the state at once."""
-    refresh = getattr(gateway.router, "refresh", None)
-    return Admin(ops, on_change=refresh)
+    after a change this gateway re-reads the state at once, and its status says which
+    versions this process has loaded."""
+    router = gateway.router
+    return Admin(
+        ops, on_change=getattr(router, "refresh", None), serving=getattr(router, "readiness", None)
+    )
 
 
 def monolith(ctx: HearthContext) -> tuple[Gateway, Background[Any], Background[Any]]:

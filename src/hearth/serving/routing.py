@@ -17,9 +17,10 @@ is still loading and then by the challenger a moment later, within one process.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Protocol
+from typing import Any, Protocol
 
 from hearth.config import CHALLENGER, CHAMPION
 from hearth.features.online import Transaction
@@ -77,3 +78,20 @@ class RolloutRouter:
     def refresh(self) -> None:
         """Re-read the state now (after this process changed it)."""
         self.router.refresh()
+
+    def readiness(self) -> dict[str, Any]:
+        """What this process serves: each version the state names, and whether this process
+        has it loaded (``loaded``: None when this router does not know, without `loaded`).
+        A challenger takes this process's customers only once it is loaded here. From
+        memory: no store or model call."""
+        versions = self.router.served().versions()
+        return {
+            "pid": os.getpid(),
+            "versions": {
+                variant: {
+                    "version": version,
+                    "loaded": self.loaded(version) if self.loaded is not None else None,
+                }
+                for variant, version in versions.items()
+            },
+        }
