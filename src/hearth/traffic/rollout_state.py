@@ -11,7 +11,6 @@ backends, are `hearth.traffic.state_store`, `state_sqlite` and `state_redis`.
 
 from __future__ import annotations
 
-import json
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -312,8 +311,3 @@ class Served(_Model):
         if self.running is not None:
             out["challenger"] = self.running.challenger_version
         return out
-
-
-def events_json(events: list[HistoryEvent]) -> str:
-    """The events as a JSON array (for `hearth rollout status --json` and reports)."""
-    return json.dumps([e.model_dump(mode="json") for e in events], indent=2)
