@@ -8,6 +8,7 @@ shows what that service did. Per-variant series carry `variant` and `model_versi
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -34,9 +35,21 @@ class Metrics:
     model_ready: Any  # Gauge: version, variant (1: this process routes to it)
 
 
-@functools.cache
+_CREATING = threading.Lock()
+
+
 def metrics() -> Metrics:
-    """The process's metrics, created once."""
+    """The process's metrics, created once. The first calls can come from several threads at
+    once (the event loop, the prediction-log writer, the model pool): without the lock two of
+    them could both register the metrics, and the second fails (DuplicateTimeseries)."""
+    if _created.cache_info().currsize:
+        return _created()
+    with _CREATING:
+        return _created()
+
+
+@functools.cache
+def _created() -> Metrics:
     from prometheus_client import Counter, Gauge, Histogram
 
     per_variant = ["variant", "model_version"]
