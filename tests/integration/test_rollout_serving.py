@@ -292,6 +292,8 @@ def test_a_faulty_challenger_never_fails_a_request_and_the_guard_rails_roll_it_b
     traffic = Traffic(customers, f"drill-{drill}")
     state = start(server, versions[drill], steps=[50, 100])
     try:
+        # The challenger is routed only once loaded: the burst is sent when it answers.
+        wait_for_challenger(server, traffic, state)
         ids = [f"drill-{drill}-{i}" for i in range(60)]
         with httpx.Client() as client, ThreadPoolExecutor(6) as pool:
             done = list(pool.map(lambda c: predict(client, server, traffic.body(c)), ids))

@@ -11,12 +11,15 @@ flake. Half the capacity is load the monolith must carry without a single error.
 What always holds, busy machine or not: no 4xx, no 500, no connection error (a new
 transaction is always valid and always scored or shed), every scheduled request answered,
 and RSS growth under 10 % between the ends of the two halves. On a machine that is not
-oversubscribed by other work, also zero errors of any kind and the second half's p99 within
-a generous 3× of the first's (a 30-second half's p99 is a few hundred samples deep). When
-other processes take the CPU (load average above twice the core count, e.g. several test
-suites at once on a 2-core box), the monolith sheds load as designed (503 after
-HEARTH_MODEL_TIMEOUT_S, or no answer in 30 s): the test then skips the zero-error and p99
-judgement and says so, with the figures, instead of failing on the neighbours' load.
+oversubscribed by other work, also zero errors of any kind. When other processes take the
+CPU (load average above twice the core count, e.g. several test suites at once on a 2-core
+box), the monolith sheds load as designed (503 after HEARTH_MODEL_TIMEOUT_S, or no answer in
+30 s): the test then skips the zero-error judgement and says so, with the figures, instead
+of failing on the neighbours' load.
+
+Latency is not judged here: the suite does not assert on timings (a shared machine is
+noisy). The p99 of each half is printed, and the report's "p99 growth" criterion is checked
+to be computed from the windows; whether it is met is `make soak`'s verdict to report.
 """
 
 from __future__ import annotations
@@ -35,7 +38,6 @@ from tests.projects import project_settings, registry_uri
 pytestmark = pytest.mark.slow
 
 IN_SUITE_FRACTION = 0.5  # of the measured capacity (`make soak`: 0.8)
-IN_SUITE_P99_RATIO = 3.0
 # How a request may end: scored, or shed by a loaded monolith (503 after
 # HEARTH_MODEL_TIMEOUT_S, or no answer within 30 s).
 ENDINGS = {"200", "503", "timeout"}
@@ -69,13 +71,14 @@ def test_a_minute_at_half_the_capacity_has_no_error_and_no_growth(soak: dict) ->
     growth = second["rss_mib"] / first["rss_mib"] - 1
     assert growth < 0.10, f"RSS grew {growth:.1%} in 30 s"
     assert soak["serving_processes"] >= 1
-    errors = first["errors"] + second["errors"]
-    if load > 2 * soak["machine"]["cpus"] and (errors or second["p99_ms"] > 3 * first["p99_ms"]):
-        pytest.skip(f"machine oversubscribed by other work, errors and p99 not judged: {figures}")
-    assert errors == 0, figures
-    assert second["p99_ms"] <= IN_SUITE_P99_RATIO * first["p99_ms"], figures
     checks = {c["criterion"]: c for c in soak["criteria"]}
+    errors = first["errors"] + second["errors"]
+    if load > 2 * soak["machine"]["cpus"] and errors:
+        pytest.skip(f"machine oversubscribed by other work, errors not judged: {figures}")
+    assert errors == 0, figures
     assert checks["errors"]["met"] and checks["errors"]["value"] == 0
+    ratio = checks["p99 last window / first window"]
+    assert ratio["value"] == pytest.approx(second["p99_ms"] / first["p99_ms"], rel=0.01)
 
 
 def test_the_report_is_written(soak: dict, tmp_path: Path) -> None:
