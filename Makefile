@@ -43,14 +43,18 @@ run: install ## Set up, then run the main job: pipeline → champion → drift �
 	$(BIN)/hearth run
 
 .PHONY: system-deps
-system-deps: ## Install redis-server (Debian package) for the Redis store tests, if missing
-	@if command -v redis-server >/dev/null 2>&1; then :; \
+system-deps: ## Install redis-server and postgresql (Debian packages) for the store tests, if missing
+	@missing=""; \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	{ command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; } \
+		|| missing="$$missing postgresql"; \
+	if [ -z "$$missing" ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		echo "==> installing redis-server (Debian package) for the Redis online-store tests"; \
-		apt-get update -qq && apt-get install -y -qq redis-server; \
+		echo "==> installing$$missing (Debian packages) for the Redis and PostgreSQL store tests"; \
+		apt-get update -qq && apt-get install -y -qq $$missing; \
 	else \
-		echo "note: redis-server is missing; install it (e.g. sudo apt-get install redis-server)" \
-		     "or the Redis online-store tests are skipped"; \
+		echo "note: missing$$missing; install (e.g. sudo apt-get install$$missing)" \
+		     "or the Redis / PostgreSQL store tests are skipped"; \
 	fi
 
 .PHONY: test

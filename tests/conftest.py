@@ -11,6 +11,7 @@ import pytest
 from hearth.config import NO_TELEMETRY_ENV, Settings
 from hearth.params import Params
 from tests.helpers import NO_REDIS, REDIS_SERVER, RedisServer
+from tests.postgres_server import PostgresServer, postgres_missing, start_postgres
 from tests.projects import SMALL_DATA, build_tiny_project
 
 os.environ.update(NO_TELEMETRY_ENV)
@@ -65,3 +66,20 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server = RedisServer(tmp_path_factory.mktemp("redis"))
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A throwaway PostgreSQL server for the session (tests/postgres_server.py); the tests
+    that use it are skipped where PostgreSQL is not installed."""
+    if reason := postgres_missing():
+        pytest.skip(reason)
+    server = start_postgres()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """The URL of a fresh, empty database on the session's PostgreSQL server."""
+    return postgres_server.create_database()

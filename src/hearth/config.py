@@ -106,6 +106,17 @@ class Settings(BaseSettings):
     redis_url: str = Field(
         default="redis://127.0.0.1:6379/0", description="Used when store_backend is redis."
     )
+    database_url: str | None = Field(
+        default=None,
+        description="PostgreSQL (postgresql://user:password@host:port/db) shared by every "
+        "serving process: the prediction log, its labels and the rollout state live there. "
+        "Unset: SQLite files under home.",
+    )
+    state_backend: Literal["auto", "sqlite", "redis", "postgres"] = Field(
+        default="auto",
+        description="Where the rollout state lives. auto: PostgreSQL when database_url is "
+        "set, else Redis when store_backend is redis, else SQLite.",
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -136,6 +147,27 @@ class Settings(BaseSettings):
         return [
             name for name, (value, default) in self._secrets().items() if value in ("", default)
         ]
+
+    @model_validator(mode="after")
+    def _database_url_is_postgres(self) -> Self:
+        url = self.database_url
+        if url is not None and not url.startswith(("postgresql://", "postgres://")):
+            raise ValueError(
+                "HEARTH_DATABASE_URL must be a PostgreSQL URL (postgresql://user:password@host:"
+                "port/database), or unset for SQLite files under HEARTH_HOME"
+            )
+        if self.state_backend == "postgres" and url is None:
+            raise ValueError("HEARTH_STATE_BACKEND=postgres needs HEARTH_DATABASE_URL")
+        return self
+
+    @property
+    def rollout_state_backend(self) -> Literal["sqlite", "redis", "postgres"]:
+        """Where the rollout state lives (`state_backend`, with auto resolved)."""
+        if self.state_backend != "auto":
+            return self.state_backend
+        if self.database_url is not None:
+            return "postgres"
+        return "redis" if self.store_backend == "redis" else "sqlite"
 
     @model_validator(mode="after")
     def _real_secrets_in_production(self) -> Self:

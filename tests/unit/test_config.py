@@ -251,3 +251,15 @@ def test_a_rollout_plan_analyses_with_the_named_profile() -> None:
     assert plan.analysis == params.rollout.profile("demo")
     assert (plan.step_wait_s, plan.max_wait_s) == (12, 170)
     assert RolloutPlan.make(params).analysis == params.rollout.profile(None)
+
+
+def test_database_url_chooses_where_the_rollout_state_lives() -> None:
+    assert Settings().database_url is None and Settings().rollout_state_backend == "sqlite"
+    assert Settings(store_backend="redis").rollout_state_backend == "redis"
+    url = "postgresql://hearth:pw@db.home:5432/hearth"
+    assert Settings(database_url=url, store_backend="redis").rollout_state_backend == "postgres"
+    assert Settings(database_url=url, state_backend="redis").rollout_state_backend == "redis"
+    with pytest.raises(ValidationError, match="PostgreSQL URL"):
+        Settings(database_url="sqlite:///x.db")
+    with pytest.raises(ValidationError, match="needs HEARTH_DATABASE_URL"):
+        Settings(state_backend="postgres")

@@ -3,7 +3,10 @@
 - `hearth.storage.sqlite`: `SQLiteFile`, one SQLite state file (WAL, busy timeout, one
   locked connection, ``BEGIN IMMEDIATE`` transactions, errors in the caller's type);
 - `hearth.storage.redis`: `connect` (a client that fails fast) and `compare_and_set`
-  (WATCH, read, compute, MULTI/EXEC, retried on conflict), errors in the caller's type.
+  (WATCH, read, compute, MULTI/EXEC, retried on conflict), errors in the caller's type;
+- `hearth.storage.postgres`: `PostgresDatabase`, one PostgreSQL database (a psycopg 3
+  connection pool, transactions, numbered migrations applied under an advisory lock),
+  errors in the caller's type.
 
-The two are separate modules so that a SQLite-only process never loads redis-py.
+They are separate modules so that a SQLite-only process never loads redis-py or psycopg.
 """

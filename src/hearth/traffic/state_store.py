@@ -235,7 +235,7 @@ class StateStore(ABC):
     the same on every backend.
     """
 
-    backend: str  # "sqlite" | "redis"
+    backend: str  # "sqlite" | "redis" | "postgres"
 
     # Reads: a backend returns what it stored (the JSON documents below) and this base
     # decodes it, so both backends store the same documents and decode them alike.

@@ -1,4 +1,5 @@
-"""Opening the rollout state store that `Settings` chooses."""
+"""Opening the stores of shared traffic state that `Settings` chooses: the rollout state and
+the prediction log (SQLite files under HEARTH_HOME, or PostgreSQL / Redis servers)."""
 
 from __future__ import annotations
 
@@ -17,9 +18,17 @@ def state_path(settings: Settings) -> Path:
 
 
 def open_state_store(settings: Settings) -> StateStore:
-    """The rollout state store chosen by `settings.store_backend`; close it when done."""
-    if settings.store_backend == "redis":
-        # lazy: SQLite users (the default) never load redis-py
+    """The rollout state store `settings.rollout_state_backend` names (PostgreSQL when
+    HEARTH_DATABASE_URL is set, Redis with the Redis online store, else SQLite); close it
+    when done."""
+    backend = settings.rollout_state_backend
+    # lazy imports: SQLite users (the default) never load redis-py or psycopg
+    if backend == "postgres":
+        from hearth.traffic.state_postgres import PostgresStateStore
+
+        assert settings.database_url is not None  # Settings refuse postgres without it
+        return PostgresStateStore(settings.database_url)
+    if backend == "redis":
         from hearth.traffic.state_redis import RedisStateStore
 
         return RedisStateStore(settings.redis_url)

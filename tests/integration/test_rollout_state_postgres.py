@@ -1,0 +1,108 @@
+"""The rollout StateStore contract on a real PostgreSQL server, plus CAS across processes.
+
+A throwaway cluster runs for the session (tests/conftest.py's `postgres_server`), each test
+gets a fresh database (`postgres_url`); the checks are the ones
+tests/unit/test_rollout_state.py runs on SQLite.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from hearth.config import CHALLENGER, CHAMPION, Settings
+from hearth.params import RolloutParams
+from hearth.traffic.assignment import Route
+from hearth.traffic.follower import Follower
+from hearth.traffic.rollout_state import StateUnavailable, new_rollout
+from hearth.traffic.state_postgres import PostgresStateStore
+from hearth.traffic.state_store import StateStore
+from hearth.traffic.stores import open_state_store
+from tests.helpers import free_port
+from tests.unit.test_rollout_state import CHECKS, rollout
+
+
+@pytest.fixture
+def store(postgres_url: str) -> Iterator[PostgresStateStore]:
+    s = PostgresStateStore(postgres_url)
+    yield s
+    s.close()
+
+
+@pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__)
+def test_postgres_store(store: PostgresStateStore, check: Callable[[StateStore], None]) -> None:
+    check(store)
+
+
+def test_two_store_objects_share_the_state_and_a_router_follows(postgres_url: str) -> None:
+    store, other = PostgresStateStore(postgres_url), PostgresStateStore(postgres_url)
+    router = Follower(other, refresh_interval=0.1)
+    assert router.route("c1") == Route(CHAMPION, None)
+    store.start(new_rollout("1", "2", RolloutParams()).with_percent(100), "admin")
+    time.sleep(0.15)
+    assert router.route("c1").variant == CHALLENGER
+    store.update(lambda s: s.ended("rolled_back"), "admin", "rollback")
+    time.sleep(0.15)
+    assert router.route("c1") == Route(CHAMPION, "1")
+    assert [e.action for e in other.history()] == ["start", "rollback"]
+    store.close()
+    other.close()
+
+
+def test_compare_and_set_holds_across_store_objects(store: PostgresStateStore) -> None:
+    """Three store objects (three pools, as three machines would have) bump one counter
+    from three threads each: the row lock orders them, nothing is lost."""
+    store.start(rollout(steps=[100]).with_percent(0), "test")
+    others = [PostgresStateStore(store.url) for _ in range(3)]
+    errors: list[BaseException] = []
+
+    def bump(other: PostgresStateStore) -> None:
+        try:
+            for _ in range(10):
+                other.update(lambda s: s.with_percent(s.challenger_percent + 1), "t", "bump")
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=bump, args=(o,)) for o in others for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for other in others:
+        other.close()
+    assert errors == []
+    final = store.current()
+    assert final is not None and final.challenger_percent == 90 and final.revision == 91
+    assert len(store.history(final.rollout_id, limit=1000)) == 91
+
+
+def test_open_state_store_follows_settings(settings: Settings, postgres_url: str) -> None:
+    shared = settings.model_copy(update={"database_url": postgres_url})
+    for chosen, backend in [
+        (shared, "postgres"),
+        (shared.model_copy(update={"store_backend": "redis"}), "postgres"),
+        (shared.model_copy(update={"state_backend": "redis"}), "redis"),
+        (shared.model_copy(update={"state_backend": "sqlite"}), "sqlite"),
+    ]:
+        s = open_state_store(chosen)
+        try:
+            assert s.backend == backend
+            if backend == "postgres":
+                assert s.ping()
+        finally:
+            s.close()
+
+
+def test_a_dead_server_is_unavailable_not_a_hang() -> None:
+    s = PostgresStateStore(f"postgresql://postgres@127.0.0.1:{free_port()}/none", timeout_s=1.0)
+    started = time.monotonic()
+    assert s.ping() is False
+    with pytest.raises(StateUnavailable, match="rollout state"):
+        s.current()
+    assert time.monotonic() - started < 10
+    s.close()
+    with pytest.raises(StateUnavailable, match="closed"):
+        s.current()
