@@ -317,6 +317,19 @@ class Settings(BaseSettings):
         ge=1,
         description="Requests a gateway process works on at once; beyond, 503 + Retry-After.",
     )
+    heartbeat_interval_s: float = Field(
+        default=10.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="How often each serving process reports itself into the shared state.",
+    )
+    heartbeat_window_s: float = Field(
+        default=60.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="A serving process not heard from for longer is quiet "
+        "(`hearth rollout status` names it).",
+    )
     features_url: str | None = Field(
         default=None, description="A remote features service; default: a local dependency."
     )

@@ -10,12 +10,14 @@ import itertools
 import multiprocessing
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from hearth.config import Settings
 from hearth.params import RolloutParams
+from hearth.traffic.heartbeat import Heartbeat, LoadedVersion, process_key
 from hearth.traffic.rollout_state import (
     HistoryEvent,
     InvalidRollout,
@@ -289,7 +291,32 @@ def check_an_intent_is_recorded_in_the_write_it_follows_and_compared_on(
     assert store.intent() is None
 
 
+def check_heartbeats_replace_their_process_and_old_ones_are_forgotten(store: StateStore) -> None:
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def beat(host: str, pid: int, at_s: float, version: str = "1") -> Heartbeat:
+        hb = Heartbeat(
+            process=process_key(host, pid), host=host, pid=pid, home=f"/h/{host}",
+            role="monolith", versions={"champion": LoadedVersion(version=version, loaded=True)},
+            started_at=start, seen_at=start + timedelta(seconds=at_s),
+        )  # fmt: skip
+        store.beat(hb, forget_before=hb.seen_at - timedelta(seconds=100))
+        return hb
+
+    assert store.heartbeats() == []
+    a = beat("a", 1, 0)
+    b = beat("b", 7, 5)
+    assert store.heartbeats() == [b, a]  # most recently seen first
+    a2 = beat("a", 1, 10, version="2")  # the same process: replaced, not added
+    assert store.heartbeats() == [a2, b]
+    assert a2.versions["champion"].version == "2"
+    c = beat("c", 3, 106)  # b (seen at 5) is forgotten; a (seen at 10) is kept
+    assert [h.process for h in store.heartbeats()] == [c.process, a2.process]
+    assert store.served().revision == 0  # heartbeats are not rollout state
+
+
 CHECKS = [
+    check_heartbeats_replace_their_process_and_old_ones_are_forgotten,
     check_start_update_history,
     check_refusals_change_nothing,
     check_concurrent_updates_lose_nothing,

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from hearth.cli._common import console, fail, load_context
+from hearth.traffic.fleet import FleetStatus, ServingProcess
 from hearth.traffic.rollout_state import (
     Decision,
     InvalidRollout,
@@ -152,6 +153,8 @@ def _print_rollout_status(status: RolloutStatus) -> None:
         out.print(f"[yellow]the aliases of a {intent.action} are not written yet (MLflow did "
                   "not answer, or a crash): `hearth rollout repair` or the next rollout "
                   "command makes them[/]")  # fmt: skip
+    if status.fleet is not None:
+        _print_fleet(out, status.fleet)
     live = Table("variant", "requests", "errors", "labelled", "frauds", title="live (this rollout)")
     for variant, c in sorted(status.live.items()):
         live.add_row(variant, *(str(n) for n in (c.requests, c.errors, c.labelled, c.frauds)))
@@ -160,6 +163,34 @@ def _print_rollout_status(status: RolloutStatus) -> None:
     for e in status.history:
         events.add_row(e.at.isoformat()[:19], e.actor, e.action, e.reason)
     out.print(events)
+
+
+def _print_fleet(out: Console, fleet: FleetStatus) -> None:
+    """How many serving processes reported within the window, each one, and the quiet ones."""
+    window = f"{fleet.window_s:g} s"
+    if fleet.error:
+        out.print(f"serving processes: [yellow]unknown[/] ({fleet.error})")
+        return
+    out.print(f"serving processes: {len(fleet.live)} reported in the last {window}"
+              + (f", [red]{len(fleet.quiet)} quiet[/]" if fleet.quiet else ""))  # fmt: skip
+    for p in fleet.live:
+        out.print(f"  {p.process:<24} {p.role:<8} {_versions(p)}  seen {p.age_s:g} s ago  "
+                  f"home {p.home}", highlight=False)  # fmt: skip
+    for p in fleet.quiet:
+        out.print(f"  [red]quiet[/] {p.process} ({p.role}, home {p.home}): not heard from "
+                  f"for {p.age_s:g} s, last seen {p.seen_at.isoformat()[:19]}",
+                  highlight=False)  # fmt: skip
+
+
+def _versions(process: ServingProcess) -> str:
+    """`champion v1, challenger v2 (loading)`: what a process serves."""
+    return (
+        ", ".join(
+            f"{variant} v{v.version}" + (" (loading)" if v.loaded is False else "")
+            for variant, v in sorted(process.versions.items())
+        )
+        or "nothing yet"
+    )
 
 
 @rollout_app.command("weight")

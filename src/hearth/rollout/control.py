@@ -28,6 +28,7 @@ from hearth.config import Settings
 from hearth.params import Params
 from hearth.rollout import promotion, registry_reads
 from hearth.rollout.promotion import promote, rollback, rollback_to_previous
+from hearth.traffic.fleet import FleetStatus, fleet_status
 from hearth.traffic.prediction_log import DB_FILE, PredictionLog
 from hearth.traffic.rollout_state import (
     Decision,
@@ -72,7 +73,8 @@ class LiveCounts(_View):
 
 class RolloutStatus(_View):
     """Everything an operator looks at (`hearth rollout status`, `GET /admin/rollout`).
-    `aliases_error` says why `aliases` is empty when the registry did not answer."""
+    `aliases_error` says why `aliases` is empty when the registry did not answer; `fleet`:
+    the serving processes heard from in the last `heartbeat_window_s`, and the quiet ones."""
 
     rollout: RolloutState | None
     aliases: dict[str, str]
@@ -81,6 +83,7 @@ class RolloutStatus(_View):
     pending_repair: PromotionIntent | None
     history: tuple[HistoryEvent, ...]
     live: dict[str, LiveCounts]
+    fleet: FleetStatus | None = None
 
 
 def served_versions(served: Served) -> ServedVersions:
@@ -125,6 +128,7 @@ def status(
         served = st.served()
         intent = st.intent()
         events = st.history(limit=history_limit)
+        fleet = fleet_status(st, settings.heartbeat_window_s)
     state = served.rollout
     aliases, error = {}, None
     try:
@@ -140,6 +144,7 @@ def status(
         pending_repair=intent,
         history=tuple(events),
         live=live_counts(settings, state.rollout_id if state else None),
+        fleet=fleet,
     )
 
 

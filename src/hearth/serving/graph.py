@@ -24,7 +24,9 @@ from hearth.serving.gateway import Gateway
 from hearth.serving.internal_client import FeaturesCalls, InternalClient, ModelCalls
 from hearth.serving.model_cache import RegistryCatalog
 from hearth.serving.routing import RolloutRouter
+from hearth.traffic.fleet import HeartbeatReporter
 from hearth.traffic.follower import Follower
+from hearth.traffic.heartbeat import LoadedVersion
 from hearth.traffic.prediction_log import DB_FILE, PredictionLog
 from hearth.traffic.stores import open_state_store
 
@@ -102,6 +104,23 @@ def rollout_router(
     return RolloutRouter(source or follower(ctx), in_pool if pool is not None else loaded)
 
 
+def heartbeat(ctx: HearthContext, router: RolloutRouter, role: str) -> HeartbeatReporter:
+    """This process's heartbeat (its versions as `router` serves them), written into the
+    shared state every `heartbeat_interval_s` from now on by a thread of its own."""
+
+    def versions() -> dict[str, LoadedVersion]:
+        ready = router.readiness()["versions"]
+        return {variant: LoadedVersion(**v) for variant, v in ready.items()}
+
+    return HeartbeatReporter(
+        router.router.store,
+        versions,
+        role=role,
+        home=str(ctx.settings.home_abs),
+        interval_s=ctx.settings.heartbeat_interval_s,
+    ).start()
+
+
 def challenger_timeout_s(ctx: HearthContext) -> float:
     """A challenger answer later than the guard rails' hard latency limit is a failure."""
     return min(ctx.settings.model_timeout_s, ctx.params.rollout.max_p99_latency_ms / 1000)
@@ -122,11 +141,13 @@ def monolith(ctx: HearthContext) -> tuple[Gateway, Background[Any], Background[A
     shared = follower(ctx)  # the router and the pool follow one snapshot
     store, pool = feature_store(ctx.settings), model_pool(ctx, source=shared)
     timeout = ctx.settings.model_timeout_s
+    router = rollout_router(ctx, shared, pool)
+    heartbeat(ctx, router, "monolith")
     gateway = Gateway(
         LocalFeatures(store, timeout_s=timeout),
         LocalModel(pool, timeout_s=timeout),
         prediction_log(ctx.settings),
-        router=rollout_router(ctx, shared, pool),
+        router=router,
         challenger_model=LocalModel(pool, threaded=True, timeout_s=timeout),
         challenger_timeout_s=challenger_timeout_s(ctx),
         timeout_s=timeout,
@@ -151,11 +172,13 @@ def microservices_gateway(
     remote_model = RemoteModel(model.predict, model.ready, timeout_s=timeout)
     remote_challenger = RemoteModel(model.predict_challenger, model.ready, timeout_s=timeout)
     loaded = RemoteVersions(model.versions, timeout_s=timeout)
+    router = rollout_router(ctx, loaded=loaded.has)
+    heartbeat(ctx, router, "gateway")
     gateway = Gateway(
         remote_features,
         remote_model,
         prediction_log(ctx.settings),
-        router=rollout_router(ctx, loaded=loaded.has),
+        router=router,
         challenger_model=remote_challenger,
         challenger_timeout_s=challenger_timeout_s(ctx),
         timeout_s=timeout,

@@ -15,6 +15,7 @@ from redis.client import Pipeline
 
 from hearth.storage.redis import Update, compare_and_set, connect, translate_errors
 from hearth.storage.redis import ping as redis_ping
+from hearth.traffic.heartbeat import Heartbeat
 from hearth.traffic.rollout_state import Served, StateUnavailable
 from hearth.traffic.state_store import Plan, StateStore, StoredServed, Write, decode_intent
 
@@ -24,7 +25,8 @@ _WHERE = "rollout state on Redis"
 
 
 class RedisStateStore(StateStore):
-    """The state under ``<prefix>state``/``champion``/``revision``/``history``/``intent``."""
+    """The state under ``<prefix>state``/``champion``/``revision``/``history``/``intent``;
+    the serving processes' heartbeats in the hash ``<prefix>heartbeats`` (process → JSON)."""
 
     backend = "redis"
 
@@ -33,7 +35,7 @@ class RedisStateStore(StateStore):
     ) -> None:
         self.url = url
         self.max_attempts = max_attempts
-        names = ("state", "champion", "revision", "history", "intent")
+        names = ("state", "champion", "revision", "history", "intent", "heartbeats")
         self._keys = {k: prefix + k for k in names}
         self._client = connect(url, timeout_s=timeout_s)
 
@@ -106,6 +108,25 @@ class RedisStateStore(StateStore):
             return Update(None, lambda p: p.set(key, document))
 
         self._cas(("intent",), compute)
+
+    def _write_heartbeat(
+        self, process: str, document: str, seen_at: float, forget_before: float
+    ) -> None:
+        key = self._keys["heartbeats"]
+        with translate_errors(StateUnavailable, _WHERE):
+            self._client.hset(key, process, document)
+            # A handful of processes: finding the forgotten ones by reading them all is cheap.
+            stale = [
+                name
+                for name, stored in self._client.hgetall(key).items()
+                if Heartbeat.model_validate_json(stored).seen_at.timestamp() < forget_before
+            ]
+            if stale:
+                self._client.hdel(key, *stale)
+
+    def _read_heartbeats(self) -> list[str | bytes]:
+        with translate_errors(StateUnavailable, _WHERE):
+            return list(self._client.hvals(self._keys["heartbeats"]))
 
     def ping(self) -> bool:
         return redis_ping(self._client)

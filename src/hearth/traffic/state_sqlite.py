@@ -31,6 +31,9 @@ CREATE INDEX IF NOT EXISTS rollout_history_id ON rollout_history (rollout_id, se
 CREATE TABLE IF NOT EXISTS rollout_intent (
     id INTEGER PRIMARY KEY CHECK (id = 1), intent TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS serving_heartbeats (
+    process TEXT PRIMARY KEY, seen_at REAL NOT NULL, heartbeat TEXT NOT NULL
+);
 """
 # One statement, so one snapshot: the rollout and the champion can never come from two commits.
 _SERVED = """
@@ -124,6 +127,22 @@ class SQLiteStateStore(StateStore):
                 conn.execute("DELETE FROM rollout_intent")
             else:
                 _store_intent(conn, document)
+
+    def _write_heartbeat(
+        self, process: str, document: str, seen_at: float, forget_before: float
+    ) -> None:
+        with self._file.transaction() as conn:
+            conn.execute("DELETE FROM serving_heartbeats WHERE seen_at < ?", (forget_before,))
+            conn.execute(
+                "INSERT OR REPLACE INTO serving_heartbeats (process, seen_at, heartbeat) "
+                "VALUES (?, ?, ?)",
+                (process, seen_at, document),
+            )
+
+    def _read_heartbeats(self) -> list[str | bytes]:
+        with self._file.read() as conn:
+            rows = conn.execute("SELECT heartbeat FROM serving_heartbeats").fetchall()
+        return [r[0] for r in rows]
 
     def ping(self) -> bool:
         return self._file.ping()

@@ -15,9 +15,11 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from enum import Enum
 from typing import Any
 
+from hearth.traffic.heartbeat import Heartbeat
 from hearth.traffic.rollout_state import (
     HISTORY_LIMIT,
     HistoryEvent,
@@ -232,7 +234,8 @@ class StateStore(ABC):
 
     A backend implements the reads, the intent, `ping`, `close` and `_transact`; the writes
     (`start`, `update`, `set_champion`) are the planning functions above, run in `_transact`,
-    the same on every backend.
+    the same on every backend. The serving processes' heartbeats (`beat`, `heartbeats`) are
+    kept beside the state: a backend implements `_write_heartbeat` and `_read_heartbeats`.
     """
 
     backend: str  # "sqlite" | "redis" | "postgres"
@@ -370,6 +373,35 @@ class StateStore(ABC):
             intent.model_dump_json() if intent is not None else None,
             lambda stored: check_pending(decode_intent(stored), expected),
         )
+
+    # Heartbeats of the serving processes (`hearth.traffic.heartbeat`): one document per
+    # process, replaced by its next beat; not part of the rollout's transactions.
+    def _write_heartbeat(
+        self, process: str, document: str, seen_at: float, forget_before: float
+    ) -> None:
+        """Store `document` as `process`'s heartbeat (seen at `seen_at`, epoch seconds) over
+        its previous one, and drop the heartbeats last seen before `forget_before`."""
+        raise NotImplementedError(f"the {self.backend} rollout state keeps no heartbeats yet")
+
+    def _read_heartbeats(self) -> list[str | bytes]:
+        """Every stored heartbeat document, in any order."""
+        raise NotImplementedError(f"the {self.backend} rollout state keeps no heartbeats yet")
+
+    def beat(self, heartbeat: Heartbeat, forget_before: datetime) -> None:
+        """Record `heartbeat` (over the process's previous one); forget every process last
+        seen before `forget_before`. StateUnavailable when the backend does not answer."""
+        self._write_heartbeat(
+            heartbeat.process,
+            heartbeat.model_dump_json(),
+            heartbeat.seen_at.timestamp(),
+            forget_before.timestamp(),
+        )
+
+    def heartbeats(self) -> list[Heartbeat]:
+        """The last heartbeat of every process that reported (and is not forgotten yet),
+        most recently seen first."""
+        beats = [Heartbeat.model_validate_json(d) for d in self._read_heartbeats()]
+        return sorted(beats, key=lambda b: (b.seen_at, b.process), reverse=True)
 
     @abstractmethod
     def ping(self) -> bool:
