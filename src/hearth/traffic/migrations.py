@@ -67,4 +67,17 @@ PREDICTION_LOG = Migration(
     """,
 )
 
-MIGRATIONS = (ROLLOUT_STATE, PREDICTION_LOG)
+SERVING_HEARTBEATS = Migration(
+    3,
+    "serving heartbeats",
+    """
+    -- The last heartbeat of each serving process (hearth.traffic.heartbeat), by "host:pid".
+    CREATE TABLE serving_heartbeats (
+        process   TEXT PRIMARY KEY,
+        seen_at   DOUBLE PRECISION NOT NULL,
+        heartbeat TEXT NOT NULL
+    );
+    """,
+)
+
+MIGRATIONS = (ROLLOUT_STATE, PREDICTION_LOG, SERVING_HEARTBEATS)

@@ -83,6 +83,23 @@ class PostgresStateStore(StateStore):
             check(self._read(conn, lock=True)[1])
             conn.execute("UPDATE rollout_served SET intent = %s WHERE id = 1", (document,))
 
+    def _write_heartbeat(
+        self, process: str, document: str, seen_at: float, forget_before: float
+    ) -> None:
+        with self._db.transaction() as conn:
+            conn.execute("DELETE FROM serving_heartbeats WHERE seen_at < %s", (forget_before,))
+            conn.execute(
+                "INSERT INTO serving_heartbeats (process, seen_at, heartbeat) VALUES (%s, %s, %s) "
+                "ON CONFLICT (process) DO UPDATE SET seen_at = EXCLUDED.seen_at, "
+                "heartbeat = EXCLUDED.heartbeat",
+                (process, seen_at, document),
+            )
+
+    def _read_heartbeats(self) -> list[str | bytes]:
+        with self._db.read() as conn:
+            rows = conn.execute("SELECT heartbeat FROM serving_heartbeats").fetchall()
+        return [r[0] for r in rows]
+
     def ping(self) -> bool:
         return self._db.ping()
 
