@@ -400,22 +400,6 @@ def test_rollback_under_load_fails_nothing_and_takes_effect_within_a_second(
     rollback_under_load(server, traffic, "rollback under load").check(server.topology)
 
 
-# -- heartbeats: every serving process reports itself into the shared state ----------------------
-def test_the_status_counts_the_serving_process_that_answers(server: ServerProcess) -> None:
-    deadline = time.monotonic() + 30
-    while True:  # the first heartbeat is written once the service has started
-        status = admin(server, "GET", "/admin/rollout").json()
-        answering, fleet = status["serving_process"]["pid"], status["fleet"]
-        mine = [p for p in fleet["live"] if p["pid"] == answering]
-        if mine or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
-    assert mine, fleet
-    assert mine[0]["home"] == str(server.home)
-    assert mine[0]["role"] == ("monolith" if server.topology == "monolith" else "gateway")
-    assert mine[0]["versions"]["champion"]["version"] == status["served"]["champion"]
-
-
 # -- admin API: bad input gets a clear 4xx and changes nothing -------------------------------------
 def test_admin_refusals_change_nothing(
     servers: dict[str, ServerProcess], versions: dict[str, str]
