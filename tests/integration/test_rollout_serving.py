@@ -175,6 +175,22 @@ def wait_for_challenger(server: ServerProcess, traffic: Traffic, state: dict) ->
     raise AssertionError(f"the challenger never answered:\n{server.log_tail()}")
 
 
+def wait_until_loaded(server: ServerProcess, traffic: Traffic) -> None:
+    """Send requests until the answering process says it has loaded the challenger (GET
+    /admin/rollout's `serving_process`; the pool looks at the state when requests come): from
+    then on the challenger takes its customers. For a challenger that never answers in time
+    (the slow drill), where `wait_for_challenger` cannot tell."""
+    variant = "challenger"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert predict(None, server, traffic.body(f"{traffic.tag}-warm")).status_code == 200
+        serving = admin(server, "GET", "/admin/rollout").json().get("serving_process") or {}
+        if (serving.get("versions") or {}).get(variant, {}).get("loaded"):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"the {variant} was never loaded:\n{server.log_tail()}")
+
+
 def analysis_rows(server: ServerProcess, rollout_id: str) -> list[dict[str, Any]]:
     assert server.home is not None
     log = PredictionLog(server.home / "serving" / DB_FILE)
@@ -292,8 +308,8 @@ def test_a_faulty_challenger_never_fails_a_request_and_the_guard_rails_roll_it_b
     traffic = Traffic(customers, f"drill-{drill}")
     state = start(server, versions[drill], steps=[50, 100])
     try:
-        # The challenger is routed only once loaded: the burst is sent when it answers.
-        wait_for_challenger(server, traffic, state)
+        # The challenger is routed only once loaded: the burst is sent when it is.
+        wait_until_loaded(server, traffic)
         ids = [f"drill-{drill}-{i}" for i in range(60)]
         with httpx.Client() as client, ThreadPoolExecutor(6) as pool:
             done = list(pool.map(lambda c: predict(client, server, traffic.body(c)), ids))
