@@ -16,7 +16,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -38,11 +37,10 @@ from tests.integration.test_serving import Customers, fraud_like, normal
 from tests.projects import API_KEY as KEY
 from tests.projects import (
     REPO,
-    clean_environ,
     in_project,
+    mlflow_server,
     project_servers,
     project_settings,
-    registry_uri,
     server_env,
     train,
 )
@@ -492,33 +490,6 @@ def test_cli_status_and_start_errors(
 
 
 # -- MLflow stopped during a canary: the rollback needs only the rollout state -------------------
-@contextmanager
-def mlflow_server(project: Path, port: int, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """A real MLflow tracking server over the project's registry on loopback `port`; stopped
-    (its whole process group) when the block ends, if it is still running."""
-    settings = project_settings(project)
-    cmd = [
-        sys.executable, "-m", "mlflow", "server", "--backend-store-uri", registry_uri(project),
-        "--default-artifact-root", str(settings.mlflow_artifact_root),
-        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-    ]  # fmt: skip
-    with log.open("ab") as out:
-        process = subprocess.Popen(
-            cmd, cwd=project, env=clean_environ("HEARTH_", "MLFLOW_"), stdout=out,
-            stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 120
-        while not http_ok(f"http://127.0.0.1:{port}/health"):
-            assert process.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, "MLflow did not answer /health in 120 s"
-            time.sleep(0.3)
-        yield process
-    finally:
-        if process.poll() is None:
-            stop_group(process.pid, timeout_s=10)
-
-
 def _registry_aliases(url: str) -> dict[str, str]:
     r = httpx.get(f"{url}/api/2.0/mlflow/registered-models/get", params={"name": NAME}, timeout=10)
     r.raise_for_status()

@@ -3,7 +3,8 @@
 Mounting an app (rather than declaring BentoML APIs) gives full control of status codes
 and headers; BentoML keeps serving /livez, /readyz, /metrics and its OpenAPI document
 (/docs.json, which includes these routes) next to it; both documents are OpenAPI 3.0
-(`hearth.serving.openapi`). Each request is checked in the order that costs the server
+(`hearth.serving.openapi`). ``/`` and ``/docs`` are Hearth's API page over /openapi.json
+(`hearth.serving.docs_page`), not BentoML's stock index. Each request is checked in the order that costs the server
 least: API key (401/403) → size (413) → JSON and its depth (400) → batch size (413) →
 fields (422) → the input domain (422: `hearth.features.online.InputDomain`, the same in
 every service and in the online store). A dependency that cannot answer gives 503 with
@@ -29,6 +30,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from hearth import __version__
 from hearth.config import API_KEY_HEADER, Settings
 from hearth.features.online import InputDomain, InvalidTransaction
 from hearth.observability.logging import bind_request_id
@@ -40,10 +42,18 @@ from hearth.serving.auth import (
     check_admin_token,
     check_api_key,
 )
+from hearth.serving.docs_page import add_docs_routes
 from hearth.serving.errors import Unavailable
 from hearth.serving.gateway import Gateway
 from hearth.serving.limits import Refused, read_capped
-from hearth.serving.openapi import OPENAPI_VERSION, body_doc, response_doc
+from hearth.serving.openapi import (
+    ADMIN_SECURITY,
+    API_KEY_SECURITY,
+    OPENAPI_VERSION,
+    body_doc,
+    response_doc,
+    with_security_schemes,
+)
 from hearth.serving.schemas import (
     MAX_BATCH,
     BatchIn,
@@ -234,12 +244,14 @@ def create_app(
     (rollout controls) are mounted too.
     """
     app = FastAPI(
-        title="Hearth fraud scoring",
-        version="1",
-        docs_url=None,
+        title="Hearth fraud scoring API",
+        version=__version__,
+        docs_url=None,  # Hearth's own page instead (hearth.serving.docs_page)
         redoc_url=None,
     )
     app.openapi_version = OPENAPI_VERSION  # set after: not a constructor argument
+    with_security_schemes(app)
+    add_docs_routes(app)
     app.add_middleware(_CatchAll)
 
     in_flight = 0  # requests between `handle`'s start and end, in this process
@@ -299,7 +311,7 @@ def create_app(
         responses = {200: response_doc(out, "Successful Response"), **_ERRORS}
         app.add_api_route(
             path, endpoint, methods=["POST"], name=run.__name__, responses=responses,
-            openapi_extra=_body_doc(model),
+            openapi_extra={**_body_doc(model), **API_KEY_SECURITY},
         )  # fmt: skip
 
     async def predict(txn: TransactionIn, request_id: str) -> PredictionOut:
@@ -389,7 +401,7 @@ def _admin_routes(
         endpoint.__doc__ = call.__doc__  # the route's description
         app.add_api_route(
             path, endpoint, methods=[method], name=name, responses=_ADMIN_ERRORS,
-            openapi_extra=_body_doc(model) if model is not None else None,
+            openapi_extra={**(_body_doc(model) if model is not None else {}), **ADMIN_SECURITY},
         )  # fmt: skip
 
     for method, path, model, name, call in _ADMIN_ROUTES:

@@ -11,12 +11,39 @@ declares 3.0.3: one document that validates as the version it names, in both pla
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
+from hearth.config import API_KEY_HEADER
+from hearth.serving.auth import ADMIN_TOKEN_HEADER
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
 OPENAPI_VERSION = "3.0.3"
 JSON = "application/json"
+# The two secrets, as the API page's "Authorize" dialog asks for them; each route names its
+# own (`openapi_extra`). BentoML's /docs.json drops both (its model has no `security`).
+SECURITY_SCHEMES = {
+    "ApiKey": {"type": "apiKey", "in": "header", "name": API_KEY_HEADER},
+    "AdminToken": {"type": "apiKey", "in": "header", "name": ADMIN_TOKEN_HEADER},
+}
+API_KEY_SECURITY: dict[str, Any] = {"security": [{"ApiKey": []}]}
+ADMIN_SECURITY: dict[str, Any] = {"security": [{"AdminToken": []}]}
+
+
+def with_security_schemes(app: FastAPI) -> None:
+    """`app`'s document declares `SECURITY_SCHEMES` (FastAPI adds only those its security
+    dependencies declare, and the routes check the headers themselves)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        doc = build()  # built once, then FastAPI's cached copy
+        doc.setdefault("components", {}).setdefault("securitySchemes", SECURITY_SCHEMES)
+        return doc
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def schema30(model: type[BaseModel], mode: str = "validation") -> dict[str, Any]:

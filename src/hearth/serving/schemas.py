@@ -29,6 +29,15 @@ TIMESTAMP_PATTERN = (
 )
 
 
+# The API page's request examples: valid as they are (the page moves the timestamp to the
+# current minute, for a gateway that refuses old ones).
+EXAMPLE_TRANSACTION: dict[str, Any] = {
+    "transaction_id": "tx-docs-1", "timestamp": "2026-01-15T12:00:00", "customer_id": "c-docs-1",
+    "merchant_id": "m-1042", "merchant_category": "grocery", "amount": 42.5, "currency": "EUR",
+    "channel": "pos", "device_id": "d-docs-1", "latitude": 48.14, "longitude": 11.58,
+}  # fmt: skip
+
+
 def _id(description: str) -> Any:
     return Field(
         min_length=1, max_length=MAX_ID_LENGTH, pattern=ID_PATTERN, description=description
@@ -47,6 +56,8 @@ def _one_of(value: str, allowed: tuple[str, ...], what: str) -> str:
 
 class TransactionIn(_Strict):
     """A transaction to score: the raw fields of the data contract, without the label."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [EXAMPLE_TRANSACTION]})
 
     transaction_id: StrictStr = _id("Unique per customer; a retry with it is counted once.")
     timestamp: StrictStr = Field(
@@ -110,6 +121,18 @@ def transaction_payload(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 class BatchIn(_Strict):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "transactions": [
+                        {**EXAMPLE_TRANSACTION, "transaction_id": "tx-docs-2"},
+                        {**EXAMPLE_TRANSACTION, "transaction_id": "tx-docs-3", "amount": 980.0},
+                    ]
+                }
+            ]
+        }
+    )
     # The count is checked (413) before validation, against HEARTH_MAX_BATCH.
     transactions: list[TransactionIn] = Field(
         min_length=1, json_schema_extra={"maxItems": MAX_BATCH}
@@ -118,6 +141,10 @@ class BatchIn(_Strict):
 
 class FeedbackIn(_Strict):
     """A delayed label: was this transaction fraud after all?"""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"transaction_id": "tx-docs-1", "is_fraud": False}]}
+    )
 
     transaction_id: StrictStr = _id("A transaction scored earlier.")
     is_fraud: StrictBool

@@ -1,0 +1,112 @@
+"""Browser checks: headless Chromium (Debian's `chromium`) driven by Selenium through
+Debian's `chromium-driver`, against real servers. Skipped, with the reason, where either is
+missing (`make system-deps` installs both). One browser and one tiny project per session.
+
+Each test saves what it shows under its tmp_path (`screenshot`); with
+HEARTH_SCREENSHOTS_DIR set (`make screenshots`) the picture is copied there too, under the
+name the README uses.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.options import Options
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.remote.webdriver import WebDriver
+
+from tests.projects import build_tiny_project
+
+CHROMIUM = shutil.which("chromium")
+CHROMEDRIVER = shutil.which("chromedriver")
+NO_BROWSER = (
+    "chromium and chromedriver are not both installed (`make system-deps`, or "
+    "apt-get install chromium chromium-driver)"
+)
+# No first-run, sync, component updates or other background calls to Google's servers.
+CHROMIUM_FLAGS = (
+    "--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+    "--window-size=1280,1400", "--hide-scrollbars", "--force-device-scale-factor=1",
+    "--no-first-run", "--no-default-browser-check", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--disable-default-apps",
+    "--disable-extensions", "--disable-domain-reliability", "--metrics-recording-only",
+)  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tiny project with a registered champion for every browser test (~20 s)."""
+    return build_tiny_project(tmp_path_factory.mktemp("browser-project"))
+
+
+@pytest.fixture(scope="session")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
+    """Headless Chromium through /usr/bin/chromedriver; Selenium Manager never downloads."""
+    if CHROMIUM is None or CHROMEDRIVER is None:
+        pytest.skip(NO_BROWSER)
+    os.environ["SE_OFFLINE"] = "true"
+
+    options = Options()
+    options.binary_location = CHROMIUM
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
+    log = tmp_path_factory.mktemp("chromedriver") / "chromedriver.log"
+    driver = webdriver.Chrome(
+        options=options, service=Service(executable_path=CHROMEDRIVER, log_output=str(log))
+    )
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def screenshot(driver: WebDriver, tmp_path: Path, name: str, down_to: str = "") -> Path:
+    """`name`.png under `tmp_path` (and in HEARTH_SCREENSHOTS_DIR): the window as it shows,
+    or with `down_to` (a CSS selector) the page from its top to that element's bottom."""
+    path = tmp_path / f"{name}.png"
+    if down_to:
+        bottom = driver.execute_script(
+            "const r = document.querySelector(arguments[0]).getBoundingClientRect();"
+            "return Math.ceil(r.bottom + window.scrollY) + 16;",
+            down_to,
+        )
+        width = driver.execute_script("return document.documentElement.clientWidth;")
+        clip = {"x": 0, "y": 0, "width": width, "height": bottom, "scale": 1}
+        shot = driver.execute_cdp_cmd(  # type: ignore[attr-defined]
+            "Page.captureScreenshot", {"clip": clip, "captureBeyondViewport": True}
+        )
+        path.write_bytes(base64.b64decode(shot["data"]))
+    else:
+        assert driver.save_screenshot(str(path)), path
+    target = os.environ.get("HEARTH_SCREENSHOTS_DIR")
+    if target:
+        Path(target).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, Path(target) / path.name)
+    return path
+
+
+def requested_urls(driver: WebDriver) -> list[str]:
+    """The URLs the browser requested since the last call (Chrome's performance log)."""
+    urls = []
+    for entry in driver.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message["method"] == "Network.requestWillBeSent":
+            urls.append(message["params"]["request"]["url"])
+    return urls
+
+
+def foreign(urls: list[str], origin: str) -> list[str]:
+    """Those of `urls` that leave `origin` (data: and about: URLs stay in the page)."""
+    here = urlsplit(origin).netloc
+    return [u for u in urls if urlsplit(u).scheme not in ("data", "about", "blob")
+            and urlsplit(u).netloc != here]  # fmt: skip

@@ -1,0 +1,48 @@
+"""The MLflow UI in a real browser, served by a real `mlflow server` over the project's
+registry: the registered model's champion version shows its `champion` alias."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.ui import WebDriverWait
+
+from hearth.launch.launcher import free_port
+from hearth.params import Params
+from tests.browser.conftest import foreign, requested_urls, screenshot
+from tests.projects import mlflow_server, registry_uri
+
+pytestmark = pytest.mark.slow
+
+NAME = Params().registry.model_name
+
+
+@pytest.fixture(scope="module")
+def mlflow_url(project: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    log = tmp_path_factory.mktemp("browser-mlflow") / "mlflow.log"
+    with mlflow_server(project, port, log):
+        yield f"http://127.0.0.1:{port}"
+
+
+def test_the_mlflow_ui_shows_the_champion_alias(
+    browser: WebDriver, project: Path, mlflow_url: str, tmp_path: Path
+) -> None:
+    champion = MlflowClient(registry_uri(project)).get_model_version_by_alias(NAME, "champion")
+    requested_urls(browser)
+    browser.get(f"{mlflow_url}/#/models/{NAME}/versions/{champion.version}")
+    # The version page names the model and version, and shows its aliases as tags.
+    WebDriverWait(browser, 60).until(
+        lambda d: f"Version {champion.version}" in d.find_element(By.TAG_NAME, "body").text
+    )
+    alias = WebDriverWait(browser, 30).until(
+        lambda d: [e for e in d.find_elements(By.XPATH, "//*[text()='champion']") if e.is_displayed()]
+    )
+    assert alias
+    screenshot(browser, tmp_path, "mlflow-model-version")
+    assert foreign(requested_urls(browser), mlflow_url) == []
