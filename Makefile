@@ -43,23 +43,29 @@ run: install ## Set up, then run the main job: pipeline → champion → drift �
 	$(BIN)/hearth run
 
 .PHONY: system-deps
-system-deps: ## Install redis-server and postgresql (Debian packages) for the store tests, if missing
+system-deps: ## Install redis-server, postgresql (store tests), chromium and chromium-driver (browser tests): Debian packages, if missing
 	@missing=""; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
 	{ command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; } \
 		|| missing="$$missing postgresql"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null 2>&1 || missing="$$missing chromium-driver"; \
 	if [ -z "$$missing" ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		echo "==> installing$$missing (Debian packages) for the Redis and PostgreSQL store tests"; \
+		echo "==> installing$$missing (Debian packages) for the store and browser tests"; \
 		apt-get update -qq && apt-get install -y -qq $$missing; \
 	else \
 		echo "note: missing$$missing; install (e.g. sudo apt-get install$$missing)" \
-		     "or the Redis / PostgreSQL store tests are skipped"; \
+		     "or the Redis / PostgreSQL store tests and the browser tests are skipped"; \
 	fi
 
 .PHONY: test
 test: install system-deps lint typecheck ## Set up, then run ruff, mypy and the whole test suite
 	$(BIN)/pytest
+
+.PHONY: screenshots
+screenshots: install system-deps ## Regenerate the README's screenshots (docs/*.png) with the browser tests (tests/browser)
+	HEARTH_SCREENSHOTS_DIR=$(CURDIR)/docs $(BIN)/pytest tests/browser -q
 
 .PHONY: test-fast
 test-fast: install ## Only the tests not marked slow
