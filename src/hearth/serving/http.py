@@ -1,14 +1,15 @@
 """The gateway's HTTP surface: a FastAPI app both topologies mount on their BentoML service.
 
-Mounting an app (rather than declaring BentoML APIs) gives full control of status codes
-and headers; BentoML keeps serving /livez, /readyz, /metrics and its OpenAPI document
+Mounting an app (rather than declaring BentoML APIs) gives full control of status codes and
+headers; BentoML keeps serving /livez, /readyz, /metrics and its OpenAPI document
 (/docs.json, which includes these routes) next to it; both documents are OpenAPI 3.0
 (`hearth.serving.openapi`). ``/`` and ``/docs`` are Hearth's API page over /openapi.json
-(`hearth.serving.docs_page`), not BentoML's stock index. Each request is checked in the order that costs the server
-least: API key (401/403) → size (413) → JSON and its depth (400) → batch size (413) →
-fields (422) → the input domain (422: `hearth.features.online.InputDomain`, the same in
-every service and in the online store). A dependency that cannot answer gives 503 with
-Retry-After; anything unexpected a JSON 500 carrying the request id, logged with its trace.
+(`hearth.serving.docs_page`), not BentoML's stock index. Each request is checked in the
+order that costs the server least: API key (401/403) → size (413) → JSON and its depth (400)
+→ batch size (413) → fields (422) → the input domain (422:
+`hearth.features.online.InputDomain`, the same in every service and in the online store). A
+dependency that cannot answer gives 503 with Retry-After; anything unexpected a JSON 500
+carrying the request id, logged with its trace.
 
 The admin routes (``/admin/…``, rollout controls) take the ``X-Admin-Token`` header instead
 of the API key, and answer a refused change with the status its `RolloutError` carries
