@@ -19,6 +19,7 @@ from bentos.telemetry import service_tracing, start_telemetry
 from hearth.serving import graph
 from hearth.serving.bentoml_internals import remote_runner_mapping
 from hearth.serving.http import HttpPolicy, create_app
+from hearth.serving.workers import WorkerReadiness, configured_workers
 
 app = create_app(
     lambda: bentoml.get_current_service().gateway,
@@ -49,7 +50,12 @@ def _address(dependency: Any) -> str:
 
 @openapi30  # /docs.json as valid OpenAPI 3.0
 @bentoml.asgi_app(app, path="/")
-@bentoml.service(image=cpu_image(), traffic={"timeout": 30}, tracing=service_tracing())
+@bentoml.service(
+    image=cpu_image(),
+    traffic={"timeout": 30},
+    tracing=service_tracing(),
+    workers=configured_workers(),  # `hearth serve --workers N`: gateways; features, model: 1
+)
 class Gateway:
     """POST /predict, /predict_batch, /feedback, /admin/…; /readyz once store and model load."""
 
@@ -64,9 +70,15 @@ class Gateway:
         features, model = _address(type(self).features), _address(type(self).model)
         self.gateway, self.clients = graph.microservices_gateway(ctx, features, model)
         self.admin = graph.admin(self.gateway, rollout_admin.controls(ctx))
+        self.readiness = WorkerReadiness()
+
+    @bentoml.on_startup
+    async def publish_readiness(self) -> None:
+        self.readiness.start(self.gateway.ready)  # hearth_worker_ready, for N workers
 
     @bentoml.on_shutdown
     async def close_clients(self) -> None:
+        await self.readiness.stop()
         for client in self.clients:
             await client.close()
         await self.gateway.close()  # what the prediction log still buffers is written

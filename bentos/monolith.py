@@ -10,6 +10,7 @@ from bentos.openapi30 import openapi30
 from bentos.telemetry import service_tracing, start_telemetry
 from hearth.serving import graph
 from hearth.serving.http import HttpPolicy, create_app
+from hearth.serving.workers import WorkerReadiness, configured_workers
 
 app = create_app(
     lambda: bentoml.get_current_service().gateway,
@@ -21,7 +22,11 @@ app = create_app(
 @openapi30  # /docs.json as valid OpenAPI 3.0
 @bentoml.asgi_app(app, path="/")
 @bentoml.service(
-    image=cuda_image(), resources={"gpu": 1}, traffic={"timeout": 30}, tracing=service_tracing()
+    image=cuda_image(),
+    resources={"gpu": 1},
+    traffic={"timeout": 30},
+    tracing=service_tracing(),
+    workers=configured_workers(),  # `hearth serve --workers N`
 )
 class Monolith:
     """POST /predict, /predict_batch, /feedback, /admin/…; /readyz once store and model load."""
@@ -32,9 +37,15 @@ class Monolith:
         self.policy = HttpPolicy.from_settings(ctx.settings)
         self.gateway, _, _ = graph.monolith(ctx)
         self.admin = graph.admin(self.gateway, rollout_admin.controls(ctx))
+        self.readiness = WorkerReadiness()
+
+    @bentoml.on_startup
+    async def publish_readiness(self) -> None:
+        self.readiness.start(self.gateway.ready)  # hearth_worker_ready, for N workers
 
     @bentoml.on_shutdown
     async def close_gateway(self) -> None:
+        await self.readiness.stop()
         await self.gateway.close()  # what the prediction log still buffers is written
 
     async def __is_ready__(self) -> bool:

@@ -22,7 +22,9 @@ from hearth.serving.bentoml_internals import (
     WRITTEN_FOR,
     bento_env,
     remote_runner_mapping,
+    set_prometheus_multiproc_dir,
     tracer_provider,
+    worker_index,
 )
 
 VERSIONS = f"(written for bentoml {WRITTEN_FOR}, installed {bentoml.__version__})"
@@ -103,3 +105,29 @@ def test_nothing_else_imports_bentomls_private_api() -> None:
     assert users == [], (
         f"use hearth.serving.bentoml_internals instead of bentoml._internal in {users}"
     )
+
+
+def test_bentoml_serve_takes_its_prometheus_directory_from_the_container() -> None:
+    container = internal(CONTAINERS, "BentoMLContainer")
+    assert hasattr(container, "prometheus_multiproc_dir"), (
+        f"BentoMLContainer.prometheus_multiproc_dir is gone {VERSIONS}"
+    )
+    ensure = internal("bentoml.serving", "ensure_prometheus_dir")
+    default = inspect.signature(ensure).parameters["directory"].default
+    assert getattr(default, "provider", default) is container.prometheus_multiproc_dir, (
+        f"bentoml serve no longer creates PROMETHEUS_MULTIPROC_DIR from "
+        f"BentoMLContainer.prometheus_multiproc_dir {VERSIONS}: `hearth serve` could not put "
+        "it under HEARTH_HOME"
+    )
+    before = container.prometheus_multiproc_dir.get()
+    set_prometheus_multiproc_dir("/tmp/hearth-prom-test")
+    try:
+        assert container.prometheus_multiproc_dir.get() == "/tmp/hearth-prom-test"
+    finally:
+        container.prometheus_multiproc_dir.set(before)
+
+
+def test_a_worker_knows_its_index_from_the_server_context() -> None:
+    context = internal("bentoml._internal.context", "server_context")
+    assert hasattr(context, "worker_index"), f"server_context.worker_index is gone {VERSIONS}"
+    assert worker_index() == context.worker_index  # None outside a worker

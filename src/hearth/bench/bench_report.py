@@ -95,6 +95,25 @@ def batching_effect(f: Figures) -> list[Row]:
     ]
 
 
+WORKERS = "monolith-w2"  # the monolith served by two workers (`hearth serve --workers 2`)
+
+
+def workers_scaling(f: Figures) -> list[Row]:
+    """The monolith with two workers ÷ with one: throughput and p50, per concurrency."""
+    return [
+        {
+            "concurrency": c,
+            "rps_1": f.get("monolith", c, "rps"),
+            "rps_2": f.get(WORKERS, c, "rps"),
+            "rps_ratio": _ratio(f.get(WORKERS, c, "rps"), f.get("monolith", c, "rps")),
+            "p50_ratio": _ratio(f.get(WORKERS, c, "p50_ms"), f.get("monolith", c, "p50_ms")),
+            "errors": f.errors(WORKERS, c),
+        }
+        for c in f.levels
+        if (WORKERS, c) in f.rows and ("monolith", c) in f.rows
+    ]
+
+
 def targets(f: Figures) -> list[Row]:
     """The issue's targets: what was measured and whether it is met (None: not measured)."""
     out: list[Row] = []
@@ -128,6 +147,15 @@ def targets(f: Figures) -> list[Row]:
         if b["concurrency"] == 128:
             r = b["rps_ratio"]
             add("adaptive batching ≥ 3× faster at c=128", f"×{r:.2f} req/s", r >= 3.0)
+    for w in workers_scaling(f):
+        if w["concurrency"] == 32:
+            r, n = w["rps_ratio"], w["errors"]
+            add("`--workers 2` ≥ 1.6× one worker's req/s at c=32", f"×{r:.2f}, {n} errors",
+                r >= 1.6 and n == 0)  # fmt: skip
+    counted = (f.report.get("metrics_counted") or {}).get(WORKERS)
+    if counted is not None:
+        add("`--workers 2`: /metrics counts every answer once", _counted_brief(counted),
+            bool(counted["exact"]))  # fmt: skip
     for row in rollback_rows(f.report):
         # Information, not a target: the issue asks for the figure, not for a bound.
         add(f"rollback under load, {row['topology']} (information)", _rollback_brief(row), None)
@@ -333,6 +361,44 @@ def _rollback_section(report: dict[str, Any]) -> list[str]:
     ]
 
 
+def _counted_brief(counted: Row) -> str:
+    variants = ", ".join(f"{v} {n:,}" for v, n in sorted(counted["counted"].items()))
+    return f"counted {variants or 'nothing'}; the load got {counted['answered']:,} answers"
+
+
+def _workers_section(f: Figures) -> list[str]:
+    rows = workers_scaling(f)
+    if not rows:
+        return []
+    lines = [
+        "## All cores: the monolith with `hearth serve --workers 2`",
+        "",
+        "Two monolith processes accept on one port and share the online store, the rollout "
+        "state and the prediction log; /metrics sums both (Prometheus multiprocess mode).",
+        "",
+        *_table(
+            ["c", "req/s 1 worker", "req/s 2 workers", "req/s 2 ÷ 1", "p50 2 ÷ 1", "errors"],
+            "rrrrrr",
+            (
+                [
+                    r["concurrency"],
+                    _fmt(r["rps_1"], 0),
+                    _fmt(r["rps_2"], 0),
+                    _fmt(r["rps_ratio"], 2, "×"),
+                    _fmt(r["p50_ratio"], 2, "×"),
+                    r["errors"],
+                ]
+                for r in rows
+            ),
+        ),
+        "",
+    ]
+    for name, counted in sorted((f.report.get("metrics_counted") or {}).items()):
+        mark = "exact" if counted["exact"] else "**differs**"
+        lines.append(f"- {f.labels.get(name, name)}: /metrics {_counted_brief(counted)} ({mark}).")
+    return [*lines, ""]
+
+
 def _targets_table(f: Figures) -> list[str]:
     met = {True: "yes", False: "**no**", None: "–"}
     return _table(
@@ -459,6 +525,7 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         *_batching_table(f),
         "",
+        *_workers_section(f),
         "## Overload limits",
         "",
         *_limits(report),

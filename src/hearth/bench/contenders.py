@@ -15,9 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from hearth.bench.latency_stats import ProcessTree
 from hearth.bench.load import Endpoint, Sample
 from hearth.config import NO_TELEMETRY_ENV, Settings
+from hearth.launch.hearth_server import wait_workers
 from hearth.launch.launcher import Launched, free_port, launch
 from hearth.launch.topologies import serve_command
 from hearth.serving.auth import INTERNAL_TOKEN_HEADER
@@ -39,9 +42,10 @@ class Spec:
 
     name: str
     label: str
-    group: str  # floor | peer | hearth | batching
+    group: str  # floor | peer | hearth | batching | workers
     body: str  # a workload body kind
     note: str
+    workers: int = 1  # serving processes (`hearth serve --workers N`) of a Hearth contender
 
 
 SPECS: dict[str, Spec] = {
@@ -59,6 +63,9 @@ SPECS: dict[str, Spec] = {
              "auth, validation, online features, routing, model, lineage log, one process"),
         Spec("microservices", "Hearth microservices", "hearth", "transaction",
              "the same path across gateway, features and model services"),
+        Spec("monolith-w2", "Hearth monolith, 2 workers", "workers", "transaction",
+             "the monolith served by two processes on one port (`hearth serve --workers 2`), "
+             "sharing the online store, the rollout state and the prediction log", workers=2),
         Spec("model-batched", "model service, batched", "batching", "score_items",
              "Hearth's model service alone, adaptive batching on (the default)"),
         Spec("model-unbatched", "model service, unbatched", "batching", "score_items",
@@ -146,10 +153,49 @@ class MlflowServer(Server):
 
 
 class HearthServer(Server):
-    """`hearth serve --topology …` (adopts the champion, fills the store, then serves)."""
+    """`hearth serve --topology … --workers N` (adopts the champion, fills the store, then
+    serves); ready once /readyz answers and all N workers say they are ready."""
+
+    @property
+    def topology(self) -> str:
+        return self.spec.name.removesuffix(BASELINE).split("-w")[0]
 
     def command(self) -> list[str]:
-        return serve_command(self.spec.name.removesuffix(BASELINE), self.port)
+        workers = self.spec.workers
+        if workers == 1 and not takes_workers(self.cwd):
+            return serve_command(self.topology, self.port)  # a checkout from before --workers
+        return serve_command(self.topology, self.port, workers=workers)
+
+    def wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        super().wait_ready(timeout_s)
+        if self.spec.workers > 1:
+            url = f"http://{HOST}:{self.port}"
+            wait_workers(self._started(), url, self.spec.workers, deadline - time.monotonic())
+
+    def predictions_counted(self) -> dict[str, int]:
+        """variant → predictions its /metrics counted (all workers together)."""
+        return predictions_counted(f"http://{HOST}:{self.port}")
+
+
+def takes_workers(root: Path) -> bool:
+    """Whether the checkout at `root` has `hearth serve --workers` (a baseline may not)."""
+    serve = root / "src" / "hearth" / "cli" / "serve.py"
+    return not serve.exists() or "workers" in serve.read_text()
+
+
+def predictions_counted(url: str) -> dict[str, int]:
+    """variant → `hearth_predictions_total` at `url`/metrics, summed over its other labels."""
+    from prometheus_client.parser import text_string_to_metric_families  # lazy: bench only
+
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    counted: dict[str, int] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "hearth_predictions_total":
+                variant = sample.labels["variant"]
+                counted[variant] = counted.get(variant, 0) + int(sample.value)
+    return counted
 
 
 BASELINE = "@base"
@@ -161,7 +207,7 @@ def spec_of(name: str) -> Spec:
     spec = SPECS[base]
     if not suffix:
         return spec
-    return Spec(name, f"{spec.label} (baseline)", spec.group, spec.body, spec.note)
+    return Spec(name, f"{spec.label} (baseline)", spec.group, spec.body, spec.note, spec.workers)
 
 
 def build_server(name: str, source: Settings, root: Path, work: Path) -> Server:
@@ -185,7 +231,7 @@ def build_server(name: str, source: Settings, root: Path, work: Path) -> Server:
     if name == "bentoml":
         cmd = [*bentoml_serve, "bentos.bench_plain:Plain"]
         return Server(spec, cmd, server_env(source, root, home), root, log, "/predict", "/readyz")
-    if name in ("monolith", "microservices"):
+    if name in ("monolith", "microservices", "monolith-w2"):
         key = (("X-API-Key", BENCH_KEY),)
         env = server_env(source, root, home)
         return HearthServer(spec, [], env, root, log, "/predict", "/readyz", headers=key)

@@ -23,6 +23,7 @@ import psutil
 from hearth.bench.contenders import (
     BASELINE,
     SPECS,
+    HearthServer,
     InProcessModel,
     Server,
     build_server,
@@ -124,7 +125,8 @@ def run_bench(config: BenchConfig, source: Settings, root: Path, say: Progress) 
     workload = load_workload(source.processed_dir, n_levels * (config.warmup + config.requests))
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="hearth-bench-") as tmp:
-        cells, memory, rollback = _run_all(names, source, root, Path(tmp), workload, config, say)
+        measured = _run_all(names, source, root, Path(tmp), workload, config, say)
+    cells, memory, counted, rollback = measured
     return {
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
@@ -132,6 +134,7 @@ def run_bench(config: BenchConfig, source: Settings, root: Path, say: Progress) 
         "contenders": [asdict(spec_of(n)) for n in names],
         "results": [c.summary() for c in cells],
         "memory_mib": memory,
+        "metrics_counted": counted,
         "limits": overload_limits(source),
         "rollback": rollback,
         "notes": _notes(config),
@@ -147,7 +150,7 @@ def _run_all(
     workload: Workload,
     config: BenchConfig,
     say: Progress,
-) -> tuple[list[Cell], dict[str, float], dict[str, Any]]:
+) -> tuple[list[Cell], dict[str, float], dict[str, Any], dict[str, Any]]:
     """Throughput first, rollback after; the rollback servers start with the others (start-up
     is mostly imports) and are ready before any round, so they disturb none."""
     topologies = [t for t in config.rollback if t in names]
@@ -157,7 +160,8 @@ def _run_all(
         servers = _start_all(names, source, root, work, config, say)
         try:
             rollbacks.wait_ready(config.ready_timeout_s, say)
-            cells, memory = _measure(names, servers, workload, work, config, say)
+            cells, memory, answered = _measure(names, servers, workload, work, config, say)
+            counted = _metrics_counted(servers, answered)
         finally:
             stop_all(servers.values())
         if rollbacks.rigs:
@@ -166,7 +170,22 @@ def _run_all(
         rollback = rollbacks.measure(model_name, workload.bodies("transaction"), say)
     finally:
         rollbacks.stop()
-    return cells, memory, rollback
+    return cells, memory, counted, rollback
+
+
+def _metrics_counted(servers: dict[str, Server], answered: dict[str, int]) -> dict[str, Any]:
+    """Per Hearth contender: the predictions its /metrics counted per variant (every worker
+    together) and the 200s the load generator got, which they must equal."""
+    out: dict[str, Any] = {}
+    for name, server in servers.items():
+        if isinstance(server, HearthServer):
+            counted = server.predictions_counted()
+            out[name] = {
+                "answered": answered.get(name, 0),
+                "counted": counted,
+                "exact": sum(counted.values()) == answered.get(name, 0),
+            }
+    return out
 
 
 def overload_limits(settings: Settings) -> dict[str, Any]:
@@ -255,21 +274,23 @@ def _measure(
     work: Path,
     config: BenchConfig,
     say: Progress,
-) -> tuple[list[Cell], dict[str, float]]:
+) -> tuple[list[Cell], dict[str, float], dict[str, int]]:
+    """The cells, each server's largest RSS, and the 200s each server answered."""
     bodies = {n: workload.bodies(spec_of(n).body) for n in names}
     cells: list[Cell] = []
     memory: dict[str, float] = {}
+    answered: dict[str, int] = {}
     if "model" in names:
         cells.append(_floor_model(work / "monolith", workload, config, say))
         memory["model"] = psutil.Process().memory_info().rss / 2**20
     per_level = config.warmup + config.requests
     for i, level in enumerate(config.levels):
         chunk = {n: b[i * per_level : (i + 1) * per_level] for n, b in bodies.items()}
-        cells += _level(level, servers, chunk, config, say)
+        cells += _level(level, servers, chunk, config, say, answered)
         for name, server in servers.items():
             rss = server.tree().rss_bytes() / 2**20
             memory[name] = max(memory.get(name, 0.0), rss)
-    return cells, memory
+    return cells, memory, answered
 
 
 def _floor_model(home: Path, workload: Workload, config: BenchConfig, say: Progress) -> Cell:
@@ -290,11 +311,19 @@ def _level(
     bodies: dict[str, list[bytes]],
     config: BenchConfig,
     say: Progress,
+    answered: dict[str, int],
 ) -> list[Cell]:
-    """Every server at one concurrency: warm-up, then `rounds` interleaved rounds."""
+    """Every server at one concurrency: warm-up, then `rounds` interleaved rounds (the 200s
+    each answered added to `answered`)."""
     order = list(servers)
+
+    def count(name: str, sample: Any) -> Any:
+        answered[name] = answered.get(name, 0) + sample.statuses.get("200", 0)
+        return sample
+
     for name in order:
-        _drive(servers[name].endpoint, bodies[name][: config.warmup], level, config.max_cell_s)
+        warmup = bodies[name][: config.warmup]
+        count(name, _drive(servers[name].endpoint, warmup, level, config.max_cell_s))
     cells = {name: Cell.empty(name, level) for name in order}
     per_round = max(1, config.requests // config.rounds)
     for r in range(config.rounds):
@@ -304,7 +333,7 @@ def _level(
             tree = servers[name].tree()
             cpu0 = tree.cpu_s()
             batch = bodies[name][lo : lo + per_round]
-            sample = _drive(servers[name].endpoint, batch, level, config.max_cell_s)
+            sample = count(name, _drive(servers[name].endpoint, batch, level, config.max_cell_s))
             cells[name].add(sample, tree.cpu_s() - cpu0)
     for cell in cells.values():
         s = cell.summary()

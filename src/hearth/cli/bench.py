@@ -36,7 +36,8 @@ def bench(
         list[str] | None,
         typer.Option(
             help="Contender to run (repeatable): model, echo, mlflow, bentoml, monolith, "
-            "microservices, model-batched, model-unbatched."
+            "microservices, monolith-w2 (the monolith, --workers 2), model-batched, "
+            "model-unbatched."
         ),
     ] = None,
     concurrency: Annotated[

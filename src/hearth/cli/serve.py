@@ -15,7 +15,9 @@ import typer
 
 from hearth.cli._common import choose, console, fail, load_context
 from hearth.config import HearthContext, project_root
-from hearth.launch.topologies import TOPOLOGIES
+from hearth.launch.bentoml_main import multiproc_dir
+from hearth.launch.topologies import TOPOLOGIES, default_workers
+from hearth.serving.workers import WORKERS_ENV
 
 commands = typer.Typer()
 
@@ -88,10 +90,19 @@ def serve(
     ] = "monolith",
     port: Annotated[int | None, typer.Option(help="Gateway port (default: Settings).")] = None,
     host: Annotated[str | None, typer.Option(help="Interface (default: Settings).")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Serving processes (the monolith, or the microservices' gateway) sharing the "
+            "port, the stores and the rollout state (default: one per core).",
+        ),
+    ] = None,
 ) -> None:
     """Serve the fraud API in the foreground (adopts the champion and fills the store first)."""
     if topology not in TOPOLOGIES:
         fail(f"unknown topology {topology!r}", f"choose from {', '.join(TOPOLOGIES)}")
+    n_workers = workers or default_workers()
     ctx = load_context()
     s = ctx.settings
     # No development default secret serves beyond loopback (before any slow work).
@@ -99,12 +110,22 @@ def serve(
         fail(problem)
     _served(ctx)
     _serving_store(ctx)
+    # `bentoml serve` with its metrics directory under HEARTH_HOME (hearth.launch.bentoml_main)
     cmd = [
-        sys.executable, "-m", "bentoml", "serve", TOPOLOGIES[topology],
+        sys.executable, "-m", "hearth.launch.bentoml_main", str(multiproc_dir(s)),
+        "serve", TOPOLOGIES[topology],
         "--host", host or s.serving_host, "--port", str(port or s.serving_port),
         "--working-dir", str(project_root()),
     ]  # fmt: skip
-    console.print(f"serving {topology} on http://{host or s.serving_host}:{port or s.serving_port}")
+    # The services read their number of workers from it (bentos/monolith.py, gateway.py).
+    os.environ[WORKERS_ENV] = str(n_workers)
+    # libuv (uvloop, under uvicorn) accepts one connection at a time: the workers share one
+    # listening socket, and a worker that drained the accept queue on each wake-up would take
+    # every keep-alive connection of a burst, leaving the others idle.
+    os.environ["UV_TCP_SINGLE_ACCEPT"] = "1"
+    where = f"http://{host or s.serving_host}:{port or s.serving_port}"
+    plural = "s" if n_workers > 1 else ""
+    console.print(f"serving {topology} on {where} ({n_workers} worker{plural})")
     sys.stderr.flush()
     # exec: signals sent to this process (Ctrl-C, a supervisor's SIGTERM) reach BentoML.
     os.execv(sys.executable, cmd)

@@ -2,19 +2,23 @@
 
 For the closed-loop demo, the integration tests and the benchmark: the server gets its own
 process group, so `stop` ends BentoML's arbiter and every worker it started, and nothing
-else.
+else. With N workers it is ready once /readyz answers 200 and N workers say they are
+ready (`hearth_worker_ready` in /metrics): a probe of /readyz reaches one worker only.
 """
 
 from __future__ import annotations
 
+import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import psutil
 
-from hearth.launch.launcher import Launched, free_port, group_members, launch
+from hearth.launch.launcher import Launched, NotReady, free_port, group_members, launch
 from hearth.launch.topologies import READY_PATH, serve_command
 
 HOST = "127.0.0.1"
@@ -35,6 +39,20 @@ def bentoml_workers(pid: int) -> dict[str, list[int]]:
     return workers
 
 
+# One worker's readiness, as each worker publishes it (hearth.serving.workers).
+_WORKER_READY = re.compile(r'^hearth_worker_ready\{[^}]*pid="(\d+)"[^}]*\} (\S+)$', re.M)
+
+
+def ready_workers(url: str, timeout_s: float = 5.0) -> set[int]:
+    """Pids of the workers of the server at `url` that say they are ready (its /metrics);
+    empty when it does not answer."""
+    try:
+        text = httpx.get(f"{url}/metrics", timeout=timeout_s).text
+    except httpx.HTTPError:
+        return set()
+    return {int(pid) for pid, value in _WORKER_READY.findall(text) if float(value) == 1}
+
+
 @dataclass(eq=False)
 class ServerProcess:
     """A `hearth serve` child; `readyz` is every /readyz status seen while waiting."""
@@ -43,17 +61,26 @@ class ServerProcess:
     port: int
     process: Launched
     home: Path | None = None
+    workers: int = 1
 
     @classmethod
     def start(
-        cls, topology: str, env: dict[str, str], cwd: Path, log_path: Path, port: int | None = None
+        cls,
+        topology: str,
+        env: dict[str, str],
+        cwd: Path,
+        log_path: Path,
+        port: int | None = None,
+        workers: int = 1,
     ) -> ServerProcess:
-        """Start `topology` on `port` (a free one by default); not waited on."""
+        """Start `topology` on `port` (a free one by default) with `workers` serving
+        processes; not waited on."""
         port = port or free_port()
         url = f"http://{HOST}:{port}{READY_PATH}"
-        process = launch(topology, serve_command(topology, port), env, cwd, log_path, url)
+        cmd = serve_command(topology, port, workers=workers)
+        process = launch(topology, cmd, env, cwd, log_path, url)
         home = Path(env["HEARTH_HOME"]) if "HEARTH_HOME" in env else None
-        return cls(topology, port, process, home)
+        return cls(topology, port, process, home, workers)
 
     @property
     def url(self) -> str:
@@ -72,9 +99,12 @@ class ServerProcess:
         return self.process.statuses
 
     def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
-        """Poll /readyz until 200; the launcher's error, with the server's log, if it dies or
-        times out."""
+        """Poll /readyz until 200, then (several workers) until every worker is ready; the
+        launcher's error, with the server's log, if it dies or times out."""
+        deadline = time.monotonic() + timeout_s
         self.process.wait_ready(timeout_s)
+        if self.workers > 1:
+            wait_workers(self.process, self.url, self.workers, deadline - time.monotonic())
 
     def log_tail(self, chars: int = 4000) -> str:
         return self.process.log_tail(chars)
@@ -88,6 +118,20 @@ class ServerProcess:
         self.process.stop(timeout_s)
 
 
+def wait_workers(process: Launched, url: str, workers: int, timeout_s: float) -> None:
+    """Wait until `workers` workers of the server at `url` say they are ready."""
+
+    def enough() -> bool:
+        return len(ready_workers(url)) >= workers
+
+    check = Launched(process.name, process.pid, process.log_path, enough, process.popen)
+    try:
+        check.wait_ready(max(timeout_s, 0.0), poll_s=0.2)
+    except NotReady as exc:
+        seen = sorted(ready_workers(url))
+        raise NotReady(f"{workers} workers wanted, ready: {seen}; {exc}") from None
+
+
 @contextmanager
 def serving(
     topology: str,
@@ -96,9 +140,11 @@ def serving(
     log_path: Path,
     port: int | None = None,
     timeout_s: float = READY_TIMEOUT_S,
+    workers: int = 1,
 ) -> Iterator[ServerProcess]:
-    """`topology` served, ready; stopped on the way out, however left."""
-    server = ServerProcess.start(topology, env, cwd, log_path, port)
+    """`topology` served by `workers` processes, ready; stopped on the way out, however
+    left."""
+    server = ServerProcess.start(topology, env, cwd, log_path, port, workers)
     try:
         server.wait_ready(timeout_s)
         yield server

@@ -1,16 +1,30 @@
 """Every Prometheus metric Hearth exports, defined once; services only call the recorders.
 
 Created on first use, not at import (prometheus registries are global, and BentoML sets up
-its multiprocess directory before a worker records anything), so /metrics of each service
-shows what that service did. Per-variant series carry `variant` and `model_version`.
+its multiprocess directory before a worker records anything). Per-variant series carry
+`variant` and `model_version`.
+
+Multiprocess mode: every process of one `hearth serve` (its N workers, and in the
+microservices topology the features and model services) writes its series to files in one
+directory, ``PROMETHEUS_MULTIPROC_DIR`` (`hearth serve` puts it under HEARTH_HOME and
+empties it at start), and /metrics of any of them sums the counters and histograms of all,
+so counts stay exact whichever worker answered, and across a worker's restart. Gauges are
+per process (a ``pid`` label). A process that died leaves its gauge files behind:
+`sweep_dead_processes` (run by every serving worker each second) removes them, so a dead
+worker's `hearth_model_ready` and `hearth_worker_ready` vanish instead of staying 1.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import glob
+import os
+import re
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -33,6 +47,7 @@ class Metrics:
     log_write_failures: Any  # Counter: failed prediction-log writes (retried)
     log_pending: Any  # Gauge: prediction-log entries waiting to be written
     model_ready: Any  # Gauge: version, variant (1: this process routes to it)
+    worker_ready: Any  # Gauge (per pid): 1 once this serving worker answers ready
 
 
 _CREATING = threading.Lock()
@@ -90,6 +105,10 @@ def _created() -> Metrics:
                           "state names for this variant and routes customers to it; 0 while "
                           "it loads, or once the state no longer names it.", ["variant", "version"],
                           multiprocess_mode="liveall"),
+        worker_ready=Gauge("hearth_worker_ready",
+                           "1 when this serving worker (one of `hearth serve --workers N`) has "
+                           "its store, model and prediction log loaded: what its /readyz "
+                           "answers, published each second.", multiprocess_mode="liveall"),
     )  # fmt: skip
 
 
@@ -154,3 +173,81 @@ def set_model_ready(ready: dict[tuple[str, str], bool]) -> None:
 
 
 _model_ready_labels: set[tuple[str, str]] = set()
+
+
+def set_worker_ready(ready: bool) -> None:
+    """`hearth_worker_ready` of this process (its pid, in multiprocess mode)."""
+    metrics().worker_ready.set(1 if ready else 0)
+
+
+# -- multiprocess mode ------------------------------------------------------------------
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_LIVE_FILE = re.compile(r"^gauge_live[a-z]*_(\d+)\.db$")
+
+
+def multiproc_dir() -> Path | None:
+    """This process's multiprocess directory; None outside multiprocess mode."""
+    path = os.environ.get(MULTIPROC_ENV)
+    return Path(path) if path else None
+
+
+def _alive(pid: int) -> bool:
+    import psutil  # lazy: only where a directory is swept
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def sweep_dead_processes(directory: Path | None = None) -> list[int]:
+    """Remove the live-gauge files of processes that no longer run (a worker killed or
+    crashed, which never got to clean up): their gauges would otherwise stay in /metrics,
+    e.g. `hearth_model_ready` 1 for a process that serves nothing. Counters and histograms
+    stay: what a dead worker counted did happen. The pids swept (none outside multiprocess
+    mode)."""
+    from prometheus_client import multiprocess  # lazy: see the module docstring
+
+    directory = directory or multiproc_dir()
+    if directory is None:
+        return []
+    pids = set()
+    with contextlib.suppress(OSError):
+        for name in os.listdir(directory):
+            if m := _LIVE_FILE.match(name):
+                pids.add(int(m.group(1)))
+    dead = sorted(pid for pid in pids if not _alive(pid))
+    for pid in dead:
+        with contextlib.suppress(OSError):  # another worker may sweep it at the same time
+            multiprocess.mark_process_dead(pid, str(directory))
+    return dead
+
+
+def live_gauges(
+    names: Iterable[str], directory: Path | None = None
+) -> dict[int, dict[str, list[tuple[dict[str, str], float]]]]:
+    """pid → gauge name → [(labels, value)] of the per-process gauges `names` that the live
+    processes of this server published (their files in the multiprocess directory); empty
+    outside multiprocess mode."""
+    from prometheus_client.multiprocess import MultiProcessCollector  # lazy: module docstring
+
+    directory = directory or multiproc_dir()
+    if directory is None:
+        return {}
+    wanted = set(names)
+    files = glob.glob(os.path.join(directory, "gauge_liveall_*.db"))
+    out: dict[int, dict[str, list[tuple[dict[str, str], float]]]] = {}
+    try:
+        families = MultiProcessCollector.merge(files, accumulate=False)
+    except (OSError, ValueError):  # a file removed (swept) while read: next time
+        return {}
+    for family in families:
+        if family.name not in wanted:
+            continue
+        for sample in family.samples:
+            labels = dict(sample.labels)
+            pid = labels.pop("pid", None)
+            if pid is None or not pid.isdigit() or not _alive(int(pid)):
+                continue
+            out.setdefault(int(pid), {}).setdefault(family.name, []).append((labels, sample.value))
+    return out

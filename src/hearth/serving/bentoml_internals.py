@@ -44,3 +44,23 @@ def remote_runner_mapping() -> dict[str, str]:
 
     mapping: dict[str, str] = BentoMLContainer.remote_runner_mapping.get()
     return mapping
+
+
+def set_prometheus_multiproc_dir(path: str) -> None:
+    """Where `bentoml serve` (in this process) puts Prometheus' multiprocess directory: it
+    empties it at start and hands it to every worker as PROMETHEUS_MULTIPROC_DIR. BentoML's
+    default is under BENTOML_HOME, which several Hearth homes may share."""
+    # lazy: BentoML's DI container loads only in the process that runs `bentoml serve`
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    BentoMLContainer.prometheus_multiproc_dir.set(path)
+
+
+def worker_index() -> int | None:
+    """Which worker of its service this process is (1…N, circus' worker id); None outside a
+    `bentoml serve` worker."""
+    # lazy: BentoML's server context is only read in a service's worker
+    from bentoml._internal.context import server_context
+
+    index = server_context.worker_index
+    return int(index) if index is not None else None

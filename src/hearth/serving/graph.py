@@ -11,7 +11,9 @@ from collections.abc import Callable
 from typing import Any
 
 from hearth.config import HearthContext, Settings
+from hearth.serving import workers
 from hearth.serving.admin import Admin, AdminOps
+from hearth.serving.bentoml_internals import worker_index
 from hearth.serving.dependencies import (
     Background,
     LocalFeatures,
@@ -129,10 +131,19 @@ def challenger_timeout_s(ctx: HearthContext) -> float:
 def admin(gateway: Gateway, ops: Callable[[], AdminOps]) -> Admin:
     """The admin API over `ops` (injected by the orchestration layer: the rollout controls);
     after a change this gateway re-reads the state at once, and its status says which
-    versions this process has loaded."""
+    versions this process has loaded, which worker it is, and what every live process of
+    the server has loaded (`hearth.serving.workers.process_view`)."""
     router = gateway.router
+    readiness: Callable[[], dict[str, Any]] | None = getattr(router, "readiness", None)
+
+    def serving() -> dict[str, Any]:
+        assert readiness is not None
+        return workers.process_view(readiness(), worker_index())
+
     return Admin(
-        ops, on_change=getattr(router, "refresh", None), serving=getattr(router, "readiness", None)
+        ops,
+        on_change=getattr(router, "refresh", None),
+        serving=serving if readiness is not None else None,
     )
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -69,6 +70,7 @@ from hearth.serving.schemas import (
     RolloutWeightIn,
     TransactionIn,
 )
+from hearth.serving.workers import WORKER_HEADER
 from hearth.traffic.rollout_state import RolloutError
 
 log = logging.getLogger(__name__)
@@ -426,9 +428,13 @@ def _internal_error(request_id: str) -> ErrorOut:
     )
 
 
+_WORKER_HEADER = WORKER_HEADER.lower().encode()
+
+
 class _CatchAll:
     """An exception no handler answered becomes a JSON 500 carrying the request id, logged
-    with its trace (Starlette's own would be a plain-text 500 with no id)."""
+    with its trace (Starlette's own would be a plain-text 500 with no id). Every answer
+    carries the pid of the worker process that gave it (`WORKER_HEADER`)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -442,7 +448,11 @@ class _CatchAll:
 
         async def tracked(message: Message) -> None:
             nonlocal started
-            started = started or message["type"] == "http.response.start"
+            if message["type"] == "http.response.start":
+                started = True
+                # Which of `hearth serve --workers N`'s processes answered.
+                worker = (_WORKER_HEADER, str(os.getpid()).encode())
+                message = {**message, "headers": [*message.get("headers", ()), worker]}
             await send(message)
 
         try:

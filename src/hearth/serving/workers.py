@@ -1,0 +1,104 @@
+"""One serving worker among the N of `hearth serve --workers N`.
+
+BentoML runs the entry service (the monolith, or the microservices' gateway) as N worker
+processes that accept on one socket; each loads its own store handle, model pool and
+prediction-log writer, and follows the one rollout state on its own (`Follower`). What they
+share is outside them: the online store, the rollout state and the prediction log (SQLite
+files under HEARTH_HOME, or Redis), and Prometheus' multiprocess directory.
+
+A worker's /readyz answers for that worker only (its store, model and log loaded), and a
+probe reaches whichever worker accepts it; so each worker also publishes its readiness as
+`hearth_worker_ready{pid}` every second (`WorkerReadiness`), which /metrics of any worker
+shows for all of them. A launcher waits until N workers are ready there, and the admin
+API's ``serving_process`` lists every live process of the server from the same gauges. The
+same loop sweeps the gauge files of workers that died (`sweep_dead_processes`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from hearth.observability.prometheus import live_gauges, set_worker_ready, sweep_dead_processes
+
+log = logging.getLogger(__name__)
+
+WORKERS_ENV = "HEARTH_SERVE_WORKERS"  # set by `hearth serve --workers N` for its services
+WORKER_HEADER = "X-Hearth-Worker"  # the pid of the worker that answered (Hearth's routes)
+PUBLISH_INTERVAL_S = 1.0
+STARTING_INTERVAL_S = 0.25  # while not ready yet: a launcher waits on it
+
+
+def configured_workers() -> int:
+    """Worker processes of the entry service: `hearth serve --workers N`'s N (1 when the
+    service is served some other way, e.g. `bentoml serve` directly)."""
+    raw = os.environ.get(WORKERS_ENV, "").strip()
+    if not raw:
+        return 1
+    try:
+        n = int(raw)
+    except ValueError:
+        raise ValueError(f"{WORKERS_ENV}={raw!r}: expected a whole number ≥ 1") from None
+    if n < 1:
+        raise ValueError(f"{WORKERS_ENV}={raw!r}: expected a whole number ≥ 1")
+    return n
+
+
+class WorkerReadiness:
+    """Publishes this worker's readiness (`hearth_worker_ready`) every second and sweeps the
+    gauges of dead workers; started on the worker's event loop, stopped at shutdown."""
+
+    def __init__(self, interval_s: float = PUBLISH_INTERVAL_S) -> None:
+        self.interval_s = interval_s
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self, ready: Callable[[], Awaitable[bool]]) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._publish(ready))
+
+    async def _publish(self, ready: Callable[[], Awaitable[bool]]) -> None:
+        while True:
+            ok = False
+            try:
+                ok = bool(await ready())
+                set_worker_ready(ok)
+                await asyncio.to_thread(sweep_dead_processes)
+            except Exception:  # metrics must never take a worker down
+                log.debug("cannot publish worker readiness", exc_info=True)
+            await asyncio.sleep(self.interval_s if ok else STARTING_INTERVAL_S)
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            with contextlib.suppress(Exception):
+                set_worker_ready(False)  # going away: no longer ready
+
+
+def process_view(this: dict[str, Any], worker: int | None) -> dict[str, Any]:
+    """The admin API's ``serving_process``: `this` process's view (its pid and the versions
+    it has loaded), which worker it is of how many, and ``processes``: every live process of
+    this server that publishes readiness (each worker; the model service in the
+    microservices topology) with whether it is ready and which versions it has loaded, from
+    their gauges in the multiprocess directory (empty outside it)."""
+    gauges = live_gauges(("hearth_worker_ready", "hearth_model_ready"))
+    processes = []
+    for pid, by_name in sorted(gauges.items()):
+        worker_ready = by_name.get("hearth_worker_ready", [])
+        versions: dict[str, dict[str, Any]] = {}
+        for labels, value in by_name.get("hearth_model_ready", []):
+            variant, version = labels.get("variant", ""), labels.get("version", "")
+            if value or variant not in versions:  # a stale 0 never hides the loaded one
+                versions[variant] = {"version": version, "loaded": bool(value)}
+        processes.append({
+            "pid": pid,
+            "ready": bool(worker_ready[0][1]) if worker_ready else None,
+            "versions": versions,
+        })  # fmt: skip
+    return {**this, "worker": worker, "workers": configured_workers(), "processes": processes}

@@ -1,0 +1,72 @@
+"""Several serving workers: their number, and the per-process gauges in the multiprocess
+directory (read for the admin API, swept when a worker dies)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hearth.launch.topologies import serve_command
+from hearth.observability.prometheus import live_gauges, sweep_dead_processes
+from hearth.serving.workers import WORKERS_ENV, configured_workers
+
+# A worker of another process: publishes its gauges and a count, then waits for stdin to close.
+WORKER = """
+from hearth.observability.prometheus import record_log_dropped, set_model_ready, set_worker_ready
+set_worker_ready(True)
+set_model_ready({("champion", "1"): True, ("challenger", "2"): False})
+record_log_dropped(3)
+print("published", flush=True)
+import sys; sys.stdin.read()
+"""
+
+
+def test_the_number_of_workers_comes_from_hearth_serve(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(WORKERS_ENV, raising=False)
+    assert configured_workers() == 1  # `bentoml serve` run directly
+    monkeypatch.setenv(WORKERS_ENV, "3")
+    assert configured_workers() == 3
+    for bad in ("0", "two"):
+        monkeypatch.setenv(WORKERS_ENV, bad)
+        with pytest.raises(ValueError, match=WORKERS_ENV):
+            configured_workers()
+    assert serve_command("monolith", 8123, workers=2)[-4:] == ["--workers", "2", "--port", "8123"]
+    assert "--workers" not in serve_command("monolith", 8123)  # `hearth serve`'s default
+
+
+def test_a_live_workers_gauges_are_read_and_a_dead_ones_swept(tmp_path: Path) -> None:
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    worker = subprocess.Popen([sys.executable, "-c", WORKER], env=env, text=True,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # fmt: skip
+    try:
+        assert worker.stdout is not None and worker.stdout.readline().strip() == "published"
+        gauges = live_gauges(("hearth_worker_ready", "hearth_model_ready"), tmp_path)
+        assert set(gauges) == {worker.pid}
+        mine = gauges[worker.pid]
+        assert mine["hearth_worker_ready"] == [({}, 1.0)]
+        assert sorted(mine["hearth_model_ready"], key=lambda s: s[0]["variant"]) == [
+            ({"variant": "challenger", "version": "2"}, 0.0),
+            ({"variant": "champion", "version": "1"}, 1.0),
+        ]
+        assert sweep_dead_processes(tmp_path) == []  # alive: nothing swept
+    finally:
+        worker.kill()
+        worker.wait(10)
+    assert live_gauges(("hearth_worker_ready",), tmp_path) == {}  # a dead one never shows
+    assert sweep_dead_processes(tmp_path) == [worker.pid]
+    left = {p.name for p in tmp_path.iterdir()}
+    assert not any(name.startswith("gauge_live") for name in left), left
+    assert f"counter_{worker.pid}.db" in left  # what it counted stays counted
+    assert sweep_dead_processes(tmp_path) == []
+
+
+def test_outside_multiprocess_mode_there_is_nothing_to_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    assert live_gauges(("hearth_worker_ready",)) == {}
+    assert sweep_dead_processes() == []
