@@ -18,7 +18,14 @@ from pathlib import Path
 import httpx
 import psutil
 
-from hearth.launch.launcher import Launched, NotReady, free_port, group_members, launch
+from hearth.launch.launcher import (
+    Launched,
+    NotReady,
+    free_port,
+    group_members,
+    http_ok,
+    launch,
+)
 from hearth.launch.topologies import READY_PATH, serve_command
 
 HOST = "127.0.0.1"
@@ -51,6 +58,14 @@ def ready_workers(url: str, timeout_s: float = 5.0) -> set[int]:
     except httpx.HTTPError:
         return set()
     return {int(pid) for pid, value in _WORKER_READY.findall(text) if float(value) == 1}
+
+
+def serving_ready(url: str, workers: int) -> bool:
+    """Whether the server at `url` is ready: /readyz answers 200 and, with several workers,
+    each says it is ready (a /readyz probe reaches one worker only)."""
+    if not http_ok(f"{url}{READY_PATH}"):
+        return False
+    return workers <= 1 or len(ready_workers(url)) >= workers
 
 
 @dataclass(eq=False)

@@ -28,8 +28,9 @@ from pathlib import Path
 import httpx
 
 from hearth.config import STACK_ADMIN_USER, Settings
+from hearth.launch.hearth_server import serving_ready
 from hearth.launch.launcher import http_ok
-from hearth.launch.topologies import READY_PATH, serve_command
+from hearth.launch.topologies import READY_PATH, default_workers, serve_command
 from hearth.stack import process
 from hearth.stack.process import Running, StackError
 
@@ -203,10 +204,15 @@ class Stack:
 
     def serving(self) -> Service:
         s = self.settings
-        cmd = serve_command(self.topology, s.serving_port, s.serving_host)
+        # `hearth serve`'s default number of workers, named here so that healthy means
+        # every worker is ready (a /readyz probe reaches one of them only).
+        workers = default_workers()
+        cmd = serve_command(self.topology, s.serving_port, s.serving_host, workers)
+        url = self.serving_url
         return Service(
-            "serving", cmd, self.serving_url, f"{self.serving_url}{READY_PATH}", timeout_s=300
-        )
+            "serving", cmd, url, f"{url}{READY_PATH}", timeout_s=300,
+            healthy=lambda: serving_ready(url, workers),
+        )  # fmt: skip
 
     def worker_online(self) -> bool:
         """True when the work pool has a worker that Prefect sees as online."""
