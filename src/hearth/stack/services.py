@@ -224,6 +224,26 @@ class Stack:
         return r.status_code == 200 and any(w.get("status") == "ONLINE" for w in r.json())
 
 
+def sqlalchemy_url(url: str) -> str:
+    """A ``postgresql://`` URL as SQLAlchemy's for psycopg 3 (the driver Hearth installs;
+    SQLAlchemy's default for the bare scheme is psycopg2); other URLs as they are."""
+    for scheme in ("postgresql://", "postgres://"):
+        if url.startswith(scheme):
+            return "postgresql+psycopg://" + url.removeprefix(scheme)
+    return url
+
+
+def mlflow_server_command(backend_uri: str, artifacts: Path, host: str, port: int) -> list[str]:
+    """MLflow's tracking server on `backend_uri` (a PostgreSQL URL: through psycopg 3) that
+    serves the model files itself (``--serve-artifacts``, stored under `artifacts`): its
+    clients need its URL only, not a shared folder, whichever machine they run on."""
+    return [
+        PYTHON, "-m", "mlflow", "server", "--backend-store-uri", sqlalchemy_url(backend_uri),
+        "--serve-artifacts", "--artifacts-destination", str(artifacts),
+        "--host", host, "--port", str(port), "--workers", "1",
+    ]  # fmt: skip
+
+
 def prefect_cli(stack: Stack, args: list[str], what: str, timeout_s: float = 300) -> None:
     """Run a one-shot `prefect …` command against the stack's server; fail with its output."""
     cmd = [PYTHON, "-m", "prefect", "--no-prompt", *args]
