@@ -117,6 +117,11 @@ class Settings(BaseSettings):
         description="Where the rollout state lives. auto: PostgreSQL when database_url is "
         "set, else Redis when store_backend is redis, else SQLite.",
     )
+    dask_address: str | None = Field(
+        default=None,
+        description="Scheduler (`tcp://host:8786`) that training sweeps send their variants "
+        "to; unset: a small local Dask cluster in the flow's process.",
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -178,9 +178,12 @@ def train_run(
     experiment: str,
     lineage: Lineage,
     parent_run_id: str | None = None,
+    tags: dict[str, str] | None = None,
 ) -> TrainedRun:
-    """Train one configuration and log it as one MLflow run."""
+    """Train one configuration and log it as one MLflow run (with `tags` added to it)."""
     # lazy: torch and mlflow load only for the commands that train
+    from mlflow import MlflowClient
+
     from hearth import registry
     from hearth.model.train import load_splits, train_model
 
@@ -197,6 +200,8 @@ def train_run(
         out_dir=ctx.settings.home_abs / "runs" / run_name,
         parent_run_id=parent_run_id,
     )
+    for key, value in (tags or {}).items():
+        MlflowClient().set_tag(run_id, key, value)
     return TrainedRun(
         run_id=run_id,
         run_name=run_name,

@@ -6,6 +6,7 @@ transactions, risky merchant categories, night hours and larger amounts.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +95,26 @@ def test_training_leaves_global_torch_state_alone(splits: Splits) -> None:
     before = (torch.are_deterministic_algorithms_enabled(), torch.get_num_threads())
     train_model(small, FAST.model_copy(update={"epochs": 1}), ThresholdParams())
     assert (torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()) == before
+
+
+def test_trainings_at_once_in_threads_equal_trainings_alone(splits: Splits) -> None:
+    """A sweep's variants share a Dask worker's process: none may draw from the others'
+    random streams (weights, dropout masks, batch order), nor from torch's global RNG."""
+    small = Splits(splits.train.head(3000), splits.valid.head(1000), splits.test.head(1000))
+    configs = [
+        FAST.model_copy(update={"epochs": 2, "dropout": 0.3}),
+        FAST.model_copy(update={"epochs": 2, "dropout": 0.3, "seed": 4}),
+    ]
+    alone = [train_model(small, c, ThresholdParams()) for c in configs]
+    torch.manual_seed(1234)  # the global RNG's state must not matter
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        together = list(pool.map(lambda c: train_model(small, c, ThresholdParams()), configs))
+    for lone, mixed in zip(alone, together, strict=True):
+        np.testing.assert_array_equal(
+            lone.scorer.predict_proba(small.test), mixed.scorer.predict_proba(small.test)
+        )
+        assert [h["train_loss"] for h in lone.history] == [h["train_loss"] for h in mixed.history]
+        assert lone.test_metrics == mixed.test_metrics
 
 
 def test_load_splits(tmp_path: Path, splits: Splits) -> None:

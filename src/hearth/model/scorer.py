@@ -49,9 +49,16 @@ class FraudScorer:
         self.thresholds = thresholds
 
     @classmethod
-    def build(cls, spec: FeatureSpec, config: TrainConfig) -> FraudScorer:
-        """An untrained scorer with the architecture `config` describes."""
-        net = FraudNet(spec, config.hidden_sizes, config.dropout, config.embedding_dim)
+    def build(
+        cls, spec: FeatureSpec, config: TrainConfig, generator: torch.Generator | None = None
+    ) -> FraudScorer:
+        """An untrained scorer with the architecture `config` describes.
+
+        With `generator`, its initial weights draw from that alone, not torch's global RNG.
+        """
+        net = FraudNet(
+            spec, config.hidden_sizes, config.dropout, config.embedding_dim, generator=generator
+        )
         return cls(net, spec, config)
 
     @property

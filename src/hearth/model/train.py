@@ -2,7 +2,9 @@
 
 Everything runs on in-memory tensors (the processed splits fit in memory by design), which
 on CPU is several times faster than a DataLoader over a Dataset, and is deterministic for a
-given seed: batches come from a seeded ``torch.randperm``.
+given seed wherever it runs: the initial weights, the dropout masks and the batch order each
+draw from a ``torch.Generator`` of the run's own, never from torch's global RNG, so sweep
+variants training at once in threads of one process (a Dask worker) leave each other alone.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -94,24 +97,63 @@ def resolve_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
-@contextmanager
-def _deterministic(seed: int) -> Iterator[None]:
-    """Seed everything and switch on deterministic kernels; restore global torch state after."""
-    # cuBLAS needs this before its first handle to be deterministic; harmless on CPU.
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    was_deterministic = torch.are_deterministic_algorithms_enabled()
-    was_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    threads = torch.get_num_threads()
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-    # warn_only: an op without a deterministic kernel warns instead of failing the run.
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.set_num_threads(_TRAIN_THREADS)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(was_deterministic, warn_only=was_warn_only)
-        torch.set_num_threads(threads)
+class _DeterministicTorch:
+    """Deterministic kernels on one thread while any training runs; torch's previous global
+    settings come back when the last one ends. Counted, because sweep variants may train at
+    once in threads of one process, and the first to finish must not switch the others'
+    settings back under them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._active = 0
+        self._saved: tuple[bool, bool, int] = (False, False, 1)
+
+    @contextmanager
+    def __call__(self) -> Iterator[None]:
+        with self._lock:
+            if self._active == 0:
+                # cuBLAS needs this before its first handle to be deterministic; harmless on CPU.
+                os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+                self._saved = (
+                    torch.are_deterministic_algorithms_enabled(),
+                    torch.is_deterministic_algorithms_warn_only_enabled(),
+                    torch.get_num_threads(),
+                )
+                # warn_only: an op without a deterministic kernel warns instead of failing.
+                torch.use_deterministic_algorithms(True, warn_only=True)
+                torch.set_num_threads(_TRAIN_THREADS)
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._active -= 1
+                if self._active == 0:
+                    was_deterministic, was_warn_only, threads = self._saved
+                    torch.use_deterministic_algorithms(was_deterministic, warn_only=was_warn_only)
+                    torch.set_num_threads(threads)
+
+
+# Randomness is not seeded here: every draw takes a generator of the run's (`_Generators`).
+_deterministic = _DeterministicTorch()
+
+
+@dataclass(frozen=True)
+class _Generators:
+    """The run's own random streams, one per use, all derived from its seed."""
+
+    init: torch.Generator  # initial weights, drawn on the CPU before the net moves
+    dropout: torch.Generator  # dropout masks, on the training device
+    batches: torch.Generator  # the batch order of each epoch
+
+    @classmethod
+    def seeded(cls, seed: int, device: torch.device) -> _Generators:
+        init, dropout = (int(s) for s in np.random.SeedSequence(seed).generate_state(2))
+        return cls(
+            init=torch.Generator().manual_seed(init),
+            dropout=torch.Generator(device=device).manual_seed(dropout),
+            batches=torch.Generator().manual_seed(seed),
+        )
 
 
 @dataclass
@@ -191,17 +233,19 @@ def train_model(
     `on_epoch` receives each epoch's history entry as it completes (for progress and live
     metric logging). Thresholds are picked on validation; test is only ever scored.
 
-    Reproducible per process: weight init and dropout draw from torch's global RNG, so two
-    trainings running at once in threads of one process disturb each other's draws. Run
-    sweep variants in separate processes (or one after another) when exact repeats matter.
+    The same config on the same splits gives the same model and metrics in any process or
+    thread, alone or next to other trainings (on one device type: CPU and CUDA kernels
+    differ).
     """
     started = time.perf_counter()
     device = resolve_device(config.device)
     log.info("training on %s", device)
-    with _deterministic(config.seed):
+    generators = _Generators.seeded(config.seed, device)
+    with _deterministic():
         spec = FeatureSpec.fit(splits.train)
-        scorer = FraudScorer.build(spec, config).to(device)
+        scorer = FraudScorer.build(spec, config, generators.init).to(device)
         net = scorer.net
+        net.seed_dropout(generators.dropout)
         train_data = _Tensors.of(splits.train, spec, device)
         valid_data = _Tensors.of(splits.valid, spec, device)
         y_np = _labels(splits.train, config)
@@ -211,14 +255,13 @@ def train_model(
         optimiser = torch.optim.AdamW(
             net.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
         )
-        generator = torch.Generator().manual_seed(config.seed)
 
         history: list[dict[str, Any]] = []
         best_auc, best_epoch, best_state = -1.0, 0, copy.deepcopy(net.state_dict())
         for epoch in range(1, config.epochs + 1):
             t0 = time.perf_counter()
             train_loss = _train_epoch(
-                net, train_data, y, loss_fn, optimiser, config.batch_size, generator
+                net, train_data, y, loss_fn, optimiser, config.batch_size, generators.batches
             )
             valid_scores = _scores(net, valid_data)
             valid_auc = _pr_auc(valid_data.labels, valid_scores)
@@ -245,6 +288,7 @@ def train_model(
                 log.info("early stop: no better valid_pr_auc since epoch %d", best_epoch)
                 break
         net.load_state_dict(best_state)
+        net.seed_dropout(None)  # the generator belongs to this run, not to the scorer
         net.eval()
 
         valid_scores = _scores(net, valid_data)
