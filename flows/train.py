@@ -10,7 +10,7 @@ it to the flow's Prefect API) and an MLflow child run of the sweep's parent run.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import distributed
 from prefect import flow, get_run_logger, task
@@ -117,11 +117,17 @@ SWEEP_RUNNER = cast(TaskRunner[PrefectFuture[Any]], SweepTaskRunner())
 
 
 @flow(name="train", log_prints=True, task_runner=SWEEP_RUNNER)
-def train_flow(experiment: str | None = None, register_model: bool = True) -> steps.TrainSummary:
+def train_flow(
+    experiment: str | None = None,
+    register_model: bool = True,
+    device: Literal["auto", "cpu", "cuda"] | None = None,
+) -> steps.TrainSummary:
     """Train the experiment's runs in parallel on Dask, register the best on validation
-    PR-AUC."""
+    PR-AUC. `device`, when given, overrides every run's (the GPU deployment sets cuda)."""
     ctx = load_context()
     plan = steps.plan_training(ctx, Path(experiment) if experiment else None)
+    if device is not None:
+        plan = steps.on_device(plan, device)
     lineage = steps.lineage_for(ctx, plan.experiment_file, steps.recorded_validation(ctx))
     variants_ctx = for_workers(ctx)
     with steps.sweep_parent(ctx, plan) as parent_run_id:

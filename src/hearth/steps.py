@@ -161,6 +161,15 @@ def plan_training(ctx: HearthContext, experiment_file: Path | None = None) -> Tr
     return TrainingPlan(experiment, path, experiment.configurations())
 
 
+def on_device(plan: TrainingPlan, device: str) -> TrainingPlan:
+    """The plan with every run on `device` ("auto", "cpu" or "cuda")."""
+    runs = [
+        (name, TrainConfig.model_validate({**config.model_dump(), "device": device}))
+        for name, config in plan.runs
+    ]
+    return TrainingPlan(plan.experiment, plan.experiment_file, runs)
+
+
 def lineage_for(ctx: HearthContext, experiment_file: Path, validation: str) -> Lineage:
     """Everything a model version must carry about where it came from."""
     return Lineage(

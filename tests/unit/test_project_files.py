@@ -12,8 +12,11 @@ from prefect.flows import load_flow_from_entrypoint
 from typer.main import get_command
 
 from hearth.cli import app
+from hearth.config import Settings
 from hearth.model.experiment import load_experiment
 from hearth.params import load_params
+from hearth.stack import supervisor
+from hearth.stack.services import GPU_WORK_POOL, WORK_POOLS, Stack
 
 ROOT = Path(__file__).parents[2]
 EXPERIMENTS = sorted((ROOT / "experiments").glob("*.yaml"))
@@ -61,9 +64,34 @@ def test_prefect_deployments_point_at_real_flows(
     flow = load_flow_from_entrypoint(deployment["entrypoint"])
     accepted = set(inspect.signature(flow.fn).parameters)
     assert set(deployment.get("parameters", {})) <= accepted
-    assert deployment["work_pool"]["name"] == "hearth-process"
+    assert deployment["work_pool"]["name"] in WORK_POOLS
     for schedule in deployment.get("schedules", []):
         assert len(schedule["cron"].split()) == 5
+
+
+def test_deployments_name_the_work_pools_that_hearth_up_creates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`hearth up` (its Prefect CLI calls recorded, nothing started) creates every pool a
+    deployment names, and the GPU pool serves only a training deployment on CUDA."""
+    created: list[str] = []
+
+    def prefect_cli(stack: Stack, args: list[str], what: str) -> None:
+        if args[:2] == ["work-pool", "create"]:
+            created.append(args[2])
+
+    monkeypatch.setattr(supervisor, "prefect_cli", prefect_cli)
+    monkeypatch.setattr(supervisor, "_check_ports", lambda stack: None)
+    monkeypatch.setattr(supervisor, "_start", lambda *args: None)
+    supervisor.up(Stack(Settings(home=tmp_path)), serve=False, say=lambda line: None)
+
+    named = {d["work_pool"]["name"] for d in _deployments()}
+    assert named == set(created) == set(WORK_POOLS)
+    gpu = [d for d in _deployments() if d["work_pool"]["name"] == GPU_WORK_POOL]
+    assert [d["entrypoint"] for d in gpu] == ["flows/train.py:train_flow"]
+    assert gpu[0]["parameters"]["device"] == "cuda"
+    # Its variants stay on the GPU machine, not on a Dask scheduler named elsewhere.
+    assert gpu[0]["work_pool"]["job_variables"]["env"]["HEARTH_DASK_ADDRESS"] == ""
 
 
 def test_dvc_stages_call_real_hearth_commands() -> None:

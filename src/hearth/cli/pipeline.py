@@ -119,6 +119,15 @@ def train(
     register: Annotated[
         bool, typer.Option(help="Register the best run and apply the champion gate.")
     ] = True,
+    dask: Annotated[
+        bool,
+        typer.Option(
+            "--dask",
+            help="Run it as the train flow: the variants in parallel on Dask (the scheduler "
+            "at HEARTH_DASK_ADDRESS, else a local cluster), each a Prefect task run. Without "
+            "it, one after another in this process.",
+        ),
+    ] = False,
 ) -> None:
     """Train the experiment's runs (logged to MLflow) and register the best one."""
     from hearth import steps  # lazy: pandas, see the module docstring
@@ -128,6 +137,15 @@ def train(
         plan = steps.plan_training(ctx, experiment)
     except ConfigError as exc:
         fail(str(exc))
+    if dask:
+        # lazy: Prefect and Dask load only for the runs that use them
+        from hearth.stack.entrypoints import TRAIN, run_flow
+
+        summary = run_flow(TRAIN, experiment=str(plan.experiment_file), register_model=register)
+        _print_run(summary.best)
+        if summary.registration is not None:
+            _print_decision(summary.registration)
+        return
     lineage = steps.lineage_for(ctx, plan.experiment_file, steps.recorded_validation(ctx))
     with steps.sweep_parent(ctx, plan) as parent:
         runs = [

@@ -34,7 +34,11 @@ from hearth.launch.topologies import READY_PATH, default_workers, serve_command
 from hearth.stack import process
 from hearth.stack.process import Running, StackError
 
-WORK_POOL = "hearth-process"
+WORK_POOL = "hearth-process"  # every deployment's pool but the GPU one; `hearth up`'s worker
+# A second process pool for a machine with a GPU: its deployments run where a worker of this
+# pool runs (`prefect worker start --pool hearth-gpu` on that machine), nowhere else.
+GPU_WORK_POOL = "hearth-gpu"
+WORK_POOLS = (WORK_POOL, GPU_WORK_POOL)  # what `hearth up` creates
 PYTHON = sys.executable
 MLFLOW_AUTH_INI = "mlflow-auth.ini"  # under HEARTH_HOME: where the basic-auth app keeps users
 

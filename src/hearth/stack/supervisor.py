@@ -10,7 +10,7 @@ from hearth.launch import launcher
 from hearth.launch.hearth_server import bentoml_workers
 from hearth.stack import process
 from hearth.stack.process import Running, StackError
-from hearth.stack.services import WORK_POOL, Service, Stack, prefect_cli, record
+from hearth.stack.services import WORK_POOLS, Service, Stack, prefect_cli, record
 
 Say = Callable[[str], None]
 
@@ -60,9 +60,10 @@ def up(stack: Stack, serve: bool = True, say: Say = print) -> list[Running]:
     running: list[Running] = []
     _start(stack, stack.mlflow(), running, say)
     _start(stack, stack.prefect_server(), running, say)
-    say(f"creating work pool {WORK_POOL} and deploying prefect.yaml")
-    prefect_cli(stack, ["work-pool", "create", WORK_POOL, "--type", "process", "--overwrite"],
-                "creating the work pool")  # fmt: skip
+    say(f"creating work pools {', '.join(WORK_POOLS)} and deploying prefect.yaml")
+    for pool in WORK_POOLS:
+        prefect_cli(stack, ["work-pool", "create", pool, "--type", "process", "--overwrite"],
+                    f"creating work pool {pool}")  # fmt: skip
     prefect_cli(stack, ["deploy", "--all"], "`prefect deploy --all`")
     _start(stack, stack.worker(), running, say)
     if serve:
