@@ -30,6 +30,7 @@ from hearth.params import Params
 from hearth.schema import TIMESTAMP_FORMAT
 from hearth.serving.faults import FAULT_TAG
 from hearth.serving.pool import decide
+from hearth.traffic.prediction_log import DB_FILE, PredictionLog
 from hearth.traffic.state_sqlite import STATE_FILE, SQLiteStateStore
 from tests.projects import API_KEY as KEY
 from tests.projects import (
@@ -293,6 +294,32 @@ def test_monolith_whose_champion_cannot_answer_answers_503_then_recovers(
         assert r.json()["model_version"] == str(champion.version)
     finally:
         store.close()
+
+
+def test_a_monolith_with_a_database_url_logs_to_postgres(
+    project: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    customers: Customers,
+    postgres_url: str,
+) -> None:
+    """HEARTH_DATABASE_URL: predictions and labels land in PostgreSQL, not in a home file."""
+    last = customers.take()
+    with project_servers(
+        project, tmp_path_factory, "home-postgres", ("monolith",), HEARTH_DATABASE_URL=postgres_url
+    ) as started:
+        server = started["monolith"]
+        for tid in ("pg-1", "pg-2"):
+            assert post(server, "/predict", normal(last, customers.after, tid)).status_code == 200
+        r = post(server, "/feedback", {"transaction_id": "pg-1", "is_fraud": True})
+        assert r.status_code == 200 and r.json()["matched_prediction"] is True
+        assert server.home is not None
+        assert not (server.home / "serving" / DB_FILE).exists()
+    log = PredictionLog(database_url=postgres_url)
+    try:
+        assert {r["transaction_id"] for r in log.rows("predictions")} == {"pg-1", "pg-2"}
+        assert log.counts()["champion"] == {"requests": 2, "errors": 0, "labelled": 1, "frauds": 1}
+    finally:
+        log.close()
 
 
 def test_microservices_with_the_model_process_killed_answers_503(

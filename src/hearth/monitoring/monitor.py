@@ -22,7 +22,7 @@ from hearth.config import HearthContext, Settings
 from hearth.monitoring import drift_report
 from hearth.monitoring.drift import DriftReport, compare
 from hearth.params import MonitoringParams
-from hearth.traffic.prediction_log import DB_FILE, PredictionLog
+from hearth.traffic.stores import has_prediction_log, using_prediction_log
 
 log = logging.getLogger(__name__)
 
@@ -58,16 +58,12 @@ class MonitorResult:
 
 def load_live(settings: Settings, window_hours: float, now: float | None = None) -> LiveData:
     """Predictions of the last `window_hours` that carry their feature rows."""
-    path = settings.serving_dir / DB_FILE
     empty = LiveData(pd.DataFrame(), np.array([]), [])
-    if not path.exists():
+    if not has_prediction_log(settings):
         return empty
     since = (now or time.time()) - window_hours * 3600
-    predictions = PredictionLog(path)
-    try:
+    with using_prediction_log(settings) as predictions:
         rows = predictions.answered_since(since)
-    finally:
-        predictions.close()
     if not rows:
         return empty
     features = pd.DataFrame([json.loads(r[0]) for r in rows])

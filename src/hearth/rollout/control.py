@@ -29,7 +29,6 @@ from hearth.params import Params
 from hearth.rollout import promotion, registry_reads
 from hearth.rollout.promotion import promote, rollback, rollback_to_previous
 from hearth.traffic.fleet import FleetStatus, fleet_status
-from hearth.traffic.prediction_log import DB_FILE, PredictionLog
 from hearth.traffic.rollout_state import (
     Decision,
     HistoryEvent,
@@ -40,7 +39,7 @@ from hearth.traffic.rollout_state import (
     Served,
 )
 from hearth.traffic.state_store import StateStore
-from hearth.traffic.stores import using_state_store
+from hearth.traffic.stores import has_prediction_log, using_prediction_log, using_state_store
 
 log = logging.getLogger(__name__)
 
@@ -101,14 +100,10 @@ def served_versions(served: Served) -> ServedVersions:
 
 def live_counts(settings: Settings, rollout_id: str | None) -> dict[str, LiveCounts]:
     """Requests, errors and labels per variant in the prediction log ({} without a log)."""
-    path = settings.serving_dir / DB_FILE
-    if not path.exists():
+    if not has_prediction_log(settings):
         return {}
-    log_ = PredictionLog(path)
-    try:
+    with using_prediction_log(settings) as log_:
         counts = log_.counts(rollout_id)
-    finally:
-        log_.close()
     return {variant: LiveCounts(**c) for variant, c in counts.items()}
 
 

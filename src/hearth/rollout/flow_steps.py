@@ -29,7 +29,6 @@ from hearth.params import Params, RolloutParams
 from hearth.rollout import control, rollout_report
 from hearth.rollout.registry_reads import aliases
 from hearth.rollout.verdict import Verdict, analyse_state
-from hearth.traffic.prediction_log import DB_FILE, PredictionLog
 from hearth.traffic.rollout_state import (
     Decision,
     InvalidRollout,
@@ -39,7 +38,7 @@ from hearth.traffic.rollout_state import (
     RolloutState,
 )
 from hearth.traffic.state_store import StateStore
-from hearth.traffic.stores import open_state_store
+from hearth.traffic.stores import open_state_store, using_prediction_log
 
 log = logging.getLogger(__name__)
 
@@ -279,11 +278,8 @@ def end_mlflow_run(
 # -- one round ------------------------------------------------------------------------------
 def analysis_rows(settings: Settings, rollout_id: str) -> list[dict[str, Any]]:
     """Every logged request of `rollout_id`, joined with its label where one arrived."""
-    predictions = PredictionLog(settings.serving_dir / DB_FILE)
-    try:
+    with using_prediction_log(settings) as predictions:
         rows: list[dict[str, Any]] = predictions.analysis_rows(rollout_id=rollout_id)
-    finally:
-        predictions.close()
     return rows
 
 

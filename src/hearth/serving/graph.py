@@ -29,8 +29,8 @@ from hearth.serving.routing import RolloutRouter
 from hearth.traffic.fleet import HeartbeatReporter
 from hearth.traffic.follower import Follower
 from hearth.traffic.heartbeat import LoadedVersion
-from hearth.traffic.prediction_log import DB_FILE, PredictionLog
-from hearth.traffic.stores import open_state_store
+from hearth.traffic.prediction_log import PredictionLog
+from hearth.traffic.stores import open_prediction_log, open_state_store
 
 
 def context() -> HearthContext:
@@ -86,7 +86,9 @@ def model_pool(
 
 
 def prediction_log(settings: Settings) -> Background[PredictionLog]:
-    return Background("prediction log", lambda: PredictionLog(settings.serving_dir / DB_FILE))
+    """The log of every scoring attempt (SQLite, or PostgreSQL with HEARTH_DATABASE_URL),
+    opened in the background."""
+    return Background("prediction log", lambda: open_prediction_log(settings))
 
 
 def rollout_router(

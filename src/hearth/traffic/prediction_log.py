@@ -1,4 +1,10 @@
-"""The prediction log and the delayed labels, in one small SQLite file under HEARTH_HOME.
+"""The prediction log and the delayed labels: a SQLite file under HEARTH_HOME, or PostgreSQL.
+
+By default the log is one small SQLite file (``<home>/serving/serving.sqlite``); with
+``HEARTH_DATABASE_URL`` set it is two tables of Hearth's PostgreSQL schema (created by
+`hearth.traffic.migrations`), shared by every serving process on every machine, so the
+rollout analysis counts the whole fleet. `hearth.traffic.stores.open_prediction_log` opens
+the one `Settings` chooses; both answer every query below alike.
 
 The rollout analysis and monitoring join the two tables on ``transaction_id``: which variant
 and model version scored a transaction (for which customer, in which rollout, how fast,
@@ -24,10 +30,11 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, InvalidStateError
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from hearth.observability.prometheus import (
     record_log_dropped,
@@ -35,6 +42,9 @@ from hearth.observability.prometheus import (
     set_log_pending,
 )
 from hearth.storage.sqlite import SQLiteFile
+
+if TYPE_CHECKING:
+    from hearth.storage.postgres import PostgresDatabase
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +84,14 @@ _COLUMNS = (
     "transaction_id", "request_id", "variant", "model_version", "score", "decision", "at",
     "features", "customer_id", "rollout_id", "latency_ms", "ok", "shadow",
 )  # fmt: skip
-# The newest label of the transaction (a corrected label replaces an earlier one).
+# The newest label of the transaction (a corrected label replaces an earlier one). The
+# queries are written once, with `?` parameters and `{row}` (the column that orders rows
+# appended in one instant: SQLite's rowid, PostgreSQL's seq); each backend fills them in.
 _LABEL = (
     "(SELECT f.is_fraud FROM feedback f WHERE f.transaction_id = p.transaction_id "
-    "ORDER BY f.at DESC LIMIT 1)"
+    "ORDER BY f.at DESC, f.{row} DESC LIMIT 1)"
 )
+_TABLE_COLUMNS = {"predictions": _COLUMNS, "feedback": ("transaction_id", "is_fraud", "at")}
 
 
 @dataclass(frozen=True)
@@ -112,26 +125,52 @@ class PredictionRecord:
 
 
 class PredictionLogUnavailable(RuntimeError):
-    """The log's file cannot be read or written (locked for too long, unwritable, closed)."""
+    """The log cannot be read or written (file locked for too long or unwritable, database
+    unreachable, closed)."""
 
 
-class PredictionLog:
-    """Append-only log of predictions and labels; safe to share between threads.
+class _Tables(Protocol):
+    """Where the two tables are: the part of `PredictionLog` a backend supplies."""
 
-    One `hearth.storage.sqlite.SQLiteFile`: each append is one transaction, so a batch of
-    scoring attempts is logged whole or not at all; SQLite failures are
-    `PredictionLogUnavailable`.
-    """
+    name: str
+
+    def read(self) -> AbstractContextManager[Any]: ...
+    def transaction(self) -> AbstractContextManager[Any]: ...
+    def sql(self, query: str) -> str: ...
+    def insert_many(self, conn: Any, query: str, rows: list[tuple[Any, ...]]) -> None: ...
+    def close(self) -> None: ...
+
+
+class _SQLiteTables:
+    """One `hearth.storage.sqlite.SQLiteFile`, migrated from older Hearths' layouts."""
+
+    name = "sqlite"
 
     def __init__(self, path: Path) -> None:
-        self.path = path
         # WAL + NORMAL: a commit is an append, not an fsync, so logging stays off the
         # latency budget; a crash loses at most the last few rows, never the file.
-        self._db = SQLiteFile(
+        self.file = SQLiteFile(
             path, name=f"prediction log {path}", error=PredictionLogUnavailable, timeout_s=5.0
         )
         self._migrate()
-        self._db.script(_SCHEMA)
+        self.file.script(_SCHEMA)
+
+    def read(self) -> AbstractContextManager[sqlite3.Connection]:
+        return self.file.read()
+
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        return self.file.transaction()
+
+    @staticmethod
+    def sql(query: str) -> str:
+        return query.replace("{row}", "rowid")
+
+    @staticmethod
+    def insert_many(conn: sqlite3.Connection, query: str, rows: list[tuple[Any, ...]]) -> None:
+        conn.executemany(query, rows)
+
+    def close(self) -> None:
+        self.file.close()
 
     @staticmethod
     def _outdated(conn: sqlite3.Connection) -> list[str] | None:
@@ -148,10 +187,10 @@ class PredictionLog:
 
     def _migrate(self) -> None:
         """Rebuild a log made by an older Hearth, keeping its rows."""
-        with self._db.read() as conn:
+        with self.file.read() as conn:
             if self._outdated(conn) is None:  # the usual case: no write lock taken
                 return
-        with self._db.transaction() as conn:
+        with self.file.transaction() as conn:
             # Asked again under the write lock: another process may have migrated it since.
             keep = self._outdated(conn)
             if keep is None:
@@ -165,6 +204,62 @@ class PredictionLog:
             )
             conn.execute("DROP TABLE predictions_old")
 
+
+class _PostgresTables:
+    """Hearth's PostgreSQL schema, through a `hearth.storage.postgres.PostgresDatabase`."""
+
+    name = "postgres"
+
+    def __init__(self, url: str) -> None:
+        # lazy: SQLite users (the default) never load psycopg
+        from hearth.storage.postgres import PostgresDatabase
+        from hearth.traffic.migrations import MIGRATIONS
+
+        self.database: PostgresDatabase = PostgresDatabase(
+            url, name="prediction log", error=PredictionLogUnavailable, migrations=MIGRATIONS
+        )
+
+    def read(self) -> AbstractContextManager[Any]:
+        return self.database.read()
+
+    def transaction(self) -> AbstractContextManager[Any]:
+        return self.database.transaction()
+
+    @staticmethod
+    def sql(query: str) -> str:
+        return query.replace("{row}", "seq").replace("?", "%s")
+
+    @staticmethod
+    def insert_many(conn: Any, query: str, rows: list[tuple[Any, ...]]) -> None:
+        with conn.cursor() as cursor:
+            cursor.executemany(query, rows)  # pipelined: one round trip per batch
+
+    def close(self) -> None:
+        self.database.close()
+
+
+class PredictionLog:
+    """Append-only log of predictions and labels; safe to share between threads.
+
+    In the SQLite file at `path`, or (`database_url`) in PostgreSQL: give one of the two.
+    Each append is one transaction, so a batch of scoring attempts is logged whole or not
+    at all; the backend's failures are `PredictionLogUnavailable`.
+    """
+
+    def __init__(self, path: Path | None = None, *, database_url: str | None = None) -> None:
+        if (path is None) == (database_url is None):
+            raise ValueError("a prediction log is a SQLite path or a database_url: give one")
+        self.path = path
+        self.database_url = database_url
+        self._tables: _Tables = (
+            _SQLiteTables(path) if path is not None else _PostgresTables(str(database_url))
+        )
+
+    @property
+    def backend(self) -> str:
+        """ "sqlite" or "postgres"."""
+        return self._tables.name
+
     def record_entries(self, entries: Sequence[PredictionRecord]) -> None:
         """Append scoring attempts (answers, challenger failures, shadow scores)."""
         if not entries:
@@ -172,20 +267,23 @@ class PredictionLog:
         now = time.time()
         rows = [e.row(now) for e in entries]
         marks = ", ".join("?" * len(_COLUMNS))
-        with self._db.transaction() as conn:
-            conn.executemany(
-                f"INSERT INTO predictions ({', '.join(_COLUMNS)}) VALUES ({marks})", rows
-            )
+        query = self._tables.sql(
+            f"INSERT INTO predictions ({', '.join(_COLUMNS)}) VALUES ({marks})"
+        )
+        with self._tables.transaction() as conn:
+            self._tables.insert_many(conn, query, rows)
 
     def feedback(self, transaction_id: str, is_fraud: bool) -> bool:
         """Store a label; True when a prediction for this transaction was logged."""
-        with self._db.transaction() as conn:
+        sql = self._tables.sql
+        with self._tables.transaction() as conn:
             conn.execute(
-                "INSERT INTO feedback VALUES (?, ?, ?)",
+                sql("INSERT INTO feedback (transaction_id, is_fraud, at) VALUES (?, ?, ?)"),
                 (transaction_id, int(is_fraud), time.time()),
             )
             found = conn.execute(
-                "SELECT 1 FROM predictions WHERE transaction_id = ? LIMIT 1", (transaction_id,)
+                sql("SELECT 1 FROM predictions WHERE transaction_id = ? LIMIT 1"),
+                (transaction_id,),
             ).fetchone()
         return found is not None
 
@@ -216,10 +314,9 @@ class PredictionLog:
             f"SELECT p.variant, p.ok, p.latency_ms, p.score, {_LABEL}, p.model_version, "
             f"p.shadow, p.customer_id, p.transaction_id FROM predictions p "
             f"WHERE {' AND '.join(where)} "
-            "ORDER BY p.at, p.rowid"
+            "ORDER BY p.at, p.{row}"
         )
-        with self._db.read() as conn:
-            fetched = conn.execute(query, args).fetchall()
+        fetched = self._fetch(query, args)
         return [
             {
                 "variant": variant,
@@ -243,11 +340,10 @@ class PredictionLog:
         where, args = ("WHERE p.rollout_id = ?", [rollout_id]) if rollout_id else ("", [])
         query = (
             "SELECT p.variant, p.shadow, COUNT(*), SUM(1 - p.ok), "
-            f"SUM({_LABEL} IS NOT NULL), SUM(COALESCE({_LABEL}, 0)) "
+            f"COUNT({_LABEL}), SUM(COALESCE({_LABEL}, 0)) "
             f"FROM predictions p {where} GROUP BY p.variant, p.shadow"
         )
-        with self._db.read() as conn:
-            fetched = conn.execute(query, args).fetchall()
+        fetched = self._fetch(query, args)
         return {
             f"{variant}{' (shadow)' if shadow else ''}": {
                 "requests": int(n),
@@ -261,26 +357,29 @@ class PredictionLog:
     def answered_since(self, since: float) -> list[tuple[str, float, str]]:
         """(features JSON, score, model version) of every answer logged at or after `since`
         (epoch seconds) that carries its feature row: what the drift monitor compares."""
-        with self._db.read() as conn:
-            rows = conn.execute(
-                # Answers only: challenger failures and shadow copies would count traffic twice.
-                "SELECT features, score, model_version FROM predictions"
-                " WHERE at >= ? AND features IS NOT NULL AND ok = 1 AND shadow = 0",
-                (since,),
-            ).fetchall()
+        rows = self._fetch(
+            # Answers only: challenger failures and shadow copies would count traffic twice.
+            "SELECT features, score, model_version FROM predictions"
+            " WHERE at >= ? AND features IS NOT NULL AND ok = 1 AND shadow = 0",
+            [since],
+        )
         return [(str(f), float(s), str(v)) for f, s, v in rows]
 
     def rows(self, table: str) -> list[dict[str, Any]]:
         """Every row of `predictions` or `feedback` (tests, small analyses)."""
-        if table not in {"predictions", "feedback"}:
+        columns = _TABLE_COLUMNS.get(table)
+        if columns is None:
             raise ValueError(f"unknown table {table!r}")
-        with self._db.read() as conn:
-            cursor = conn.execute(f"SELECT * FROM {table}")  # table checked above
-            names = [d[0] for d in cursor.description]
-            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+        query = f"SELECT {', '.join(columns)} FROM {table} ORDER BY {{row}}"  # table checked
+        return [dict(zip(columns, row, strict=True)) for row in self._fetch(query, [])]
+
+    def _fetch(self, query: str, args: list[Any]) -> list[Any]:
+        """Every row `query` (`?` parameters, `{row}`) answers, outside a transaction."""
+        with self._tables.read() as conn:
+            return list(conn.execute(self._tables.sql(query), args).fetchall())
 
     def close(self) -> None:
-        self._db.close()
+        self._tables.close()
 
 
 def _epoch(at: datetime) -> float:

@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from hearth.config import Settings
+from hearth.traffic.prediction_log import DB_FILE, PredictionLog
 from hearth.traffic.state_sqlite import STATE_FILE, SQLiteStateStore
 from hearth.traffic.state_store import StateStore
 
@@ -22,13 +23,14 @@ def open_state_store(settings: Settings) -> StateStore:
     HEARTH_DATABASE_URL is set, Redis with the Redis online store, else SQLite); close it
     when done."""
     backend = settings.rollout_state_backend
-    # lazy imports: SQLite users (the default) never load redis-py or psycopg
     if backend == "postgres":
+        # lazy: SQLite users (the default) never load psycopg
         from hearth.traffic.state_postgres import PostgresStateStore
 
         assert settings.database_url is not None  # Settings refuse postgres without it
         return PostgresStateStore(settings.database_url)
     if backend == "redis":
+        # lazy: SQLite users (the default) never load redis-py
         from hearth.traffic.state_redis import RedisStateStore
 
         return RedisStateStore(settings.redis_url)
@@ -46,3 +48,32 @@ def using_state_store(settings: Settings, store: StateStore | None = None) -> It
         yield opened
     finally:
         opened.close()
+
+
+def prediction_log_path(settings: Settings) -> Path:
+    """Where the SQLite prediction log is kept (without HEARTH_DATABASE_URL)."""
+    return settings.serving_dir / DB_FILE
+
+
+def open_prediction_log(settings: Settings) -> PredictionLog:
+    """The prediction log: in PostgreSQL when HEARTH_DATABASE_URL is set, else the SQLite
+    file under the serving folder (created if missing); close it when done."""
+    if settings.database_url is not None:
+        return PredictionLog(database_url=settings.database_url)
+    return PredictionLog(prediction_log_path(settings))
+
+
+def has_prediction_log(settings: Settings) -> bool:
+    """Whether anything may have been logged: a database is always there, a SQLite file
+    only once a server created it (readers then skip opening, and creating, one)."""
+    return settings.database_url is not None or prediction_log_path(settings).exists()
+
+
+@contextmanager
+def using_prediction_log(settings: Settings) -> Iterator[PredictionLog]:
+    """`open_prediction_log(settings)`, closed when the block ends."""
+    log = open_prediction_log(settings)
+    try:
+        yield log
+    finally:
+        log.close()
