@@ -1,4 +1,4 @@
-"""The rollout StateStore contract on a real PostgreSQL server, plus CAS across processes.
+"""The rollout StateStore contract on a real PostgreSQL server, CAS across pools, a restart.
 
 A throwaway cluster runs for the session (tests/conftest.py's `postgres_server`), each test
 gets a fresh database (`postgres_url`); the checks are the ones
@@ -17,11 +17,14 @@ from hearth.config import CHALLENGER, CHAMPION, Settings
 from hearth.params import RolloutParams
 from hearth.traffic.assignment import Route
 from hearth.traffic.follower import Follower
+from hearth.traffic.prediction_log import PredictionLog, PredictionLogWriter
 from hearth.traffic.rollout_state import StateUnavailable, new_rollout
 from hearth.traffic.state_postgres import PostgresStateStore
 from hearth.traffic.state_store import StateStore
 from hearth.traffic.stores import open_state_store
 from tests.helpers import free_port
+from tests.integration.test_prediction_log_postgres import entries
+from tests.postgres_server import start_postgres
 from tests.unit.test_rollout_state import CHECKS, rollout
 
 
@@ -106,3 +109,32 @@ def test_a_dead_server_is_unavailable_not_a_hang() -> None:
     s.close()
     with pytest.raises(StateUnavailable, match="closed"):
         s.current()
+
+
+def test_a_restarted_server_keeps_the_state_and_the_log_catches_up() -> None:
+    """PostgreSQL restarted under a store and a writer: the state is intact, the pools get
+    fresh connections, what was buffered meanwhile is written once the server is back."""
+    server = start_postgres()  # its own server: the session's keeps running for the others
+    try:
+        url = server.create_database()
+        store, log = PostgresStateStore(url, timeout_s=1.0), PredictionLog(database_url=url)
+        writer = PredictionLogWriter(lambda: log, retry_first_s=0.05, retry_max_s=0.2)
+        started = store.start(rollout(), "test")
+        writer.submit(entries()[:4])
+        assert writer.flush(10)
+
+        server.stop(remove=False, mode="fast")
+        with pytest.raises(StateUnavailable):
+            store.current()
+        writer.submit(entries()[4:10])  # buffered while the log cannot be written
+        server.start()
+
+        assert store.current() == started
+        store.update(lambda s: s.next_step(), "test", "advance")
+        assert writer.flush(20) and writer.dropped == 0
+        assert len(log.rows("predictions")) == 10
+        writer.close()
+        store.close()
+        log.close()
+    finally:
+        server.stop()
