@@ -21,11 +21,16 @@ _SERVED = "SELECT state, champion, revision, intent FROM rollout_served WHERE id
 
 
 class PostgresStateStore(StateStore):
-    """The state in a PostgreSQL database, through a small pool of connections."""
+    """The state in a PostgreSQL database, through a small pool of connections.
+
+    `timeout_s` bounds the wait for a connection (and to connect): with the server down, a
+    call fails (StateUnavailable) after it, as Redis's fail-fast client does, rather than
+    keeping a follower's refresh or an admin request waiting.
+    """
 
     backend = "postgres"
 
-    def __init__(self, url: str, timeout_s: float = 5.0, max_connections: int = 4) -> None:
+    def __init__(self, url: str, timeout_s: float = 2.0, max_connections: int = 4) -> None:
         self.url = url
         self._db = PostgresDatabase(
             url,
