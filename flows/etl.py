@@ -5,6 +5,7 @@ from __future__ import annotations
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
+from flows._artifacts import post_validation
 from flows._context import load_context
 from hearth import steps
 from hearth.config import HearthContext
@@ -15,6 +16,7 @@ from hearth.validation import ValidationResult
 @task(cache_policy=NO_CACHE)
 def validate_raw_task(ctx: HearthContext) -> ValidationResult:
     result = steps.validate_raw(ctx)
+    post_validation([result])
     steps.gate([result])
     return result
 

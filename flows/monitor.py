@@ -7,6 +7,7 @@ import dataclasses
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
+from flows._artifacts import post_drift
 from flows._context import load_context
 from hearth.config import HearthContext
 from hearth.monitoring.monitor import MonitorResult, log_to_mlflow, prefect_trigger, run_monitor
@@ -24,6 +25,7 @@ def monitor_flow(trigger_retraining: bool = True) -> MonitorResult:
     result = monitor_task(ctx, trigger_retraining)
     logged = dataclasses.replace(result, mlflow_run_id=log_to_mlflow(result))
     rep = result.report
+    post_drift(rep)
     print(f"drift: {'retrain' if rep.retrain else 'no action'}; {rep.skipped or rep.reasons}")
     if result.trigger_error:
         print(f"retraining NOT started: {result.trigger_error}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
+from flows._artifacts import post_validation
 from flows._context import load_context
 from flows.etl import etl_task
 from flows.train import train_flow
@@ -38,6 +39,7 @@ def pipeline_flow(
     if etl is not None:
         results.append(validate_task(ctx, "processed"))
     validation = steps.record_validation(ctx, results)
+    post_validation(results)
     steps.gate(results)
     assert etl is not None  # the raw gate passed, or gate() raised
     trained = train_flow(experiment=experiment)

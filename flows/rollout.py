@@ -12,6 +12,7 @@ import time
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
+from flows._artifacts import post_report, post_round
 from flows._context import load_context
 from hearth.config import HearthContext
 from hearth.rollout import flow_steps, rollout_report
@@ -37,14 +38,18 @@ def round_task(
     round_no: int,
     out_of_time: bool,
 ) -> flow_steps.RoundResult:
-    return flow_steps.run_round(ctx, store, state, plan, thresholds, round_no, out_of_time)
+    result = flow_steps.run_round(ctx, store, state, plan, thresholds, round_no, out_of_time)
+    post_round(result)
+    return result
 
 
 @task(cache_policy=NO_CACHE)
 def report_task(
     ctx: HearthContext, rollout_id: str, mlflow_run_id: str | None
 ) -> rollout_report.RolloutReport:
-    return flow_steps.write_report(ctx.settings, rollout_id, mlflow_run_id)
+    written = flow_steps.write_report(ctx.settings, rollout_id, mlflow_run_id)
+    post_report(ctx.settings, written, mlflow_run_id)
+    return written
 
 
 @flow(name="rollout", log_prints=True)
@@ -72,7 +77,9 @@ def rollout_flow(
     store = open_state_store(ctx.settings)
     try:
         thresholds = flow_steps.decision_thresholds(ctx.settings, ctx.params, state)
-        mlflow_run_id = flow_steps.start_mlflow_run(ctx.settings, state, plan)
+        mlflow_run_id = flow_steps.start_mlflow_run(
+            ctx.settings, state, plan, ctx.params.registry.model_name
+        )
         while state.running:
             time.sleep(plan.step_wait_s)
             round_no = len(rounds) + 1

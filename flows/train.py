@@ -19,6 +19,7 @@ from prefect.futures import PrefectFuture
 from prefect.task_runners import TaskRunner
 from prefect_dask import DaskTaskRunner
 
+from flows._artifacts import post_registration, post_training
 from flows._context import load_context
 from hearth import steps
 from hearth.config import HearthContext, Settings
@@ -108,7 +109,9 @@ def for_workers(ctx: HearthContext) -> HearthContext:
 
 @task(cache_policy=NO_CACHE)
 def register_task(ctx: HearthContext, run: steps.TrainedRun) -> RegistrationDecision:
-    return steps.register(ctx, run)
+    decision = steps.register(ctx, run)
+    post_registration(decision)
+    return decision
 
 
 # The cast: `@flow` types task_runner as the invariant TaskRunner[PrefectFuture[Any]], which
@@ -140,7 +143,9 @@ def train_flow(
         runs = tuple(f.result() for f in futures)
     best = steps.best_run(list(runs))
     registration = register_task(ctx, best) if register_model else None
-    return steps.TrainSummary(runs, best, registration)
+    summary = steps.TrainSummary(runs, best, registration)
+    post_training(ctx.settings, summary)
+    return summary
 
 
 if __name__ == "__main__":

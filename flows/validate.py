@@ -7,6 +7,7 @@ from typing import Literal
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
+from flows._artifacts import post_validation
 from flows._context import load_context
 from hearth import steps
 from hearth.config import HearthContext
@@ -26,6 +27,7 @@ def validate_flow(suites: tuple[Suite, ...] = ("raw", "processed")) -> str:
     ctx = load_context()
     results = [validate_task(ctx, suite) for suite in suites]
     summary = steps.record_validation(ctx, results)
+    post_validation(results)
     steps.gate(results)
     print(f"validation: {summary}")
     return summary

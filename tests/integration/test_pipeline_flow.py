@@ -99,6 +99,26 @@ def test_flow_runs_are_recorded_in_prefect(trained_home: tuple[Path, PipelineSum
     assert found and all(r.state.is_completed() for r in found)
 
 
+def test_the_gate_and_training_post_prefect_artifacts(
+    trained_home: tuple[Path, PipelineSummary],
+) -> None:
+    from tests import prefect_api
+
+    _, summary = trained_home
+    best = summary.train.best
+    gate = prefect_api.table(prefect_api.artifacts("validation-gate")[0])
+    assert {(r["suite"], r["result"]) for r in gate} == {("raw", "passed"), ("processed", "passed")}
+    trained = prefect_api.table(prefect_api.artifacts("training-metrics")[0])
+    assert [(r["mlflow_run_id"], r["best"]) for r in trained] == [(best.run_id, True)]
+    assert trained[0]["test_pr_auc"] == pytest.approx(best.test_metrics["test_pr_auc"], abs=1e-4)
+    link = prefect_api.artifacts("training-mlflow-run")[0]
+    assert f"/runs/{best.run_id})" in link.data
+    registration = prefect_api.artifacts("model-registration")[0]
+    assert "decision: **champion**" in registration.data and "v1: champion" in (
+        registration.description
+    )
+
+
 CORRUPTIONS = {
     "wrong_header": lambda p: p.write_text(
         p.read_text().replace("transaction_id,timestamp", "txn,ts", 1)
@@ -140,6 +160,10 @@ def test_bad_drop_stops_the_flow_and_leaves_the_registry_untouched(
     message = str(failure.value)
     assert drop.name in message, message
     assert "expect_" in message, message
+    from tests import prefect_api  # the gate's table names the failed drop too
+
+    gate = prefect_api.table(prefect_api.artifacts("validation-gate")[0])
+    assert any(r["result"] == "failed" and drop.name in r["drop"] for r in gate), gate
     after = [(v.version, v.aliases) for v in _client(root).search_model_versions()]
     assert after == before
 

@@ -31,6 +31,7 @@ from hearth.rollout.replay import LabelledTransaction, ReplayConfig, load_transa
 from hearth.rollout.verdict import TEST_QUALITY
 from hearth.serving.schemas import transaction_payload
 from hearth.traffic.stores import open_state_store
+from tests import prefect_api
 from tests.helpers import write_project
 from tests.projects import (
     clean_environ,
@@ -178,6 +179,50 @@ def test_a_better_challenger_is_promoted(
     assert "challenger_pr_auc" in run.data.metrics
     artifacts = {a.path for a in MlflowClient().list_artifacts(run.info.run_id, "rollout_report")}
     assert artifacts == {"rollout_report/report.md", "rollout_report/report.png"}
+    _check_mlflow_run(outcome)
+    assert "promoted to champion over v1 in rollout" in _description(project, "2")
+    assert "replaced as champion by v2" in _description(project, "1")
+    _check_prefect_artifacts(outcome)
+
+
+def _description(project: Path, version: str) -> str:
+    mlflow.set_tracking_uri(_settings(project).mlflow_uri)
+    return MlflowClient().get_model_version("fraud-detector", version).description or ""
+
+
+def _check_mlflow_run(outcome: RolloutOutcome) -> None:
+    """The rollout's run in `rollouts`: a verdict per round (step = round), both versions."""
+    client = MlflowClient()
+    run = client.get_run(outcome.mlflow_run_id)
+    assert client.get_experiment(run.info.experiment_id).name == "rollouts"
+    s = outcome.state
+    tags = run.data.tags
+    assert (tags["hearth.champion_version"], tags["hearth.challenger_version"]) == (
+        s.champion_version, s.challenger_version
+    )  # fmt: skip
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "challenger_percent")]
+    assert steps == [r.round for r in outcome.rounds]
+
+
+def _check_prefect_artifacts(outcome: RolloutOutcome) -> None:
+    """The Prefect API has a verdict per round and the report, with the decision."""
+    rid, final = outcome.state.rollout_id, _final(outcome)
+    verdicts = [
+        prefect_api.items(a)
+        for a in prefect_api.artifacts("rollout-verdict")
+        if a.description.startswith(f"rollout {rid} ")
+    ]
+    assert len(verdicts) == len(outcome.rounds)
+    last = verdicts[0]  # newest first
+    assert (last["round"], last["decision"], last["test"]) == (
+        final.round, final.verdict.decision, final.verdict.test
+    )  # fmt: skip
+    assert "challenger_pr_auc" in last and last["reason"] == final.verdict.reason
+    report = prefect_api.artifacts("rollout-report")[0]
+    assert report.description.startswith(f"rollout {rid}: {outcome.state.status}")
+    assert f"outcome: **{outcome.state.status}**" in report.data
+    assert f"final verdict: **{final.verdict.decision}**" in report.data
+    assert "](data:image/png;base64," in report.data
 
 
 def test_a_worse_challenger_is_rolled_back_on_quality(
@@ -198,3 +243,8 @@ def test_a_worse_challenger_is_rolled_back_on_quality(
     assert "fail" in (checks["pr_auc"], checks["recall"]), final
     assert final.verdict.test == TEST_QUALITY
     assert _aliases(project) == {"champion": "2", "previous": "1"}
+    assert f": rolled back in rollout {outcome.state.rollout_id}" in _description(
+        project, str(broken.version)
+    )
+    _check_mlflow_run(outcome)
+    _check_prefect_artifacts(outcome)

@@ -70,6 +70,10 @@ def crash_on_call(method: str, call: int) -> Iterator[None]:
         yield
 
 
+def _description(version: str) -> str:
+    return MlflowClient().get_model_version(NAME, version).description or ""
+
+
 # -- the happy paths -------------------------------------------------------------------------
 def test_a_rollout_promoted_moves_champion_keeps_previous_and_ends_the_rollout(
     settings: Settings, store: SQLiteStateStore, versions: list[str]
@@ -85,6 +89,10 @@ def test_a_rollout_promoted_moves_champion_keeps_previous_and_ends_the_rollout(
     last = store.history(started.rollout_id)[-1]
     assert (last.action, last.actor, last.numbers) == ("promote", "flow", {"psi": 0.02})
     assert store.intent() is None
+    # The versions' descriptions say when and why (a line each, after what was there).
+    promoted, replaced = _description("2"), _description("1")
+    assert f"promoted to champion over v1 in rollout {started.rollout_id} by flow" in promoted
+    assert "UTC" in promoted and "replaced as champion by v2" in replaced
 
 
 def test_rollback_during_a_rollout_only_drops_the_challenger(
@@ -99,6 +107,8 @@ def test_rollback_during_a_rollout_only_drops_the_challenger(
     assert ended is not None and (ended.status, ended.challenger_percent) == ("rolled_back", 0)
     last = store.history(started.rollout_id)[-1]
     assert (last.action, last.reason, last.test) == ("rollback", "errors", "guard")
+    assert ": rolled back in rollout" in _description("2")
+    assert _description("2").endswith("by hearth: errors (test: guard)")
 
 
 def test_after_a_promotion_rollback_changes_nothing_and_to_previous_reverts_once(
@@ -118,6 +128,8 @@ def test_after_a_promotion_rollback_changes_nothing_and_to_previous_reverts_once
         rollback_to_previous(settings, PARAMS, "2", store=store)
     change = rollback_to_previous(settings, PARAMS, "3", store=store)
     assert change.after == aliases(NAME) == {"champion": "1", "challenger": "2"}
+    assert "rolled back as champion, v1 restored" in _description("3")
+    assert "champion again, in place of v3" in _description("1")
     assert store.served().champion_version == "1"
     # The same request again (a retry): v3 is no longer the champion, nothing changes.
     with pytest.raises(RolloutConflict, match="v3 is not the champion"):
@@ -345,8 +357,12 @@ def test_a_rollback_takes_effect_with_mlflow_down_and_the_aliases_follow_later(
             repair(settings, PARAMS, store)  # still down: the intent stays
         assert store.intent() == pending
     assert aliases(NAME) == {"champion": "1", "challenger": "2"}  # not yet followed
+    assert "rolled back" not in _description("2")
     change = repair(settings, PARAMS, store)  # MLflow is back
     assert change is not None and change.action == "repair: finished rollback"
+    assert "rolled back" in _description("2") and "bad canary" in _description("2")
+    repair(settings, PARAMS, store)  # nothing left to do: the line is not written twice
+    assert _description("2").count("bad canary") == 1
     assert aliases(NAME) == {"champion": "1"} and store.intent() is None
     last = store.history(started.rollout_id)[-1]
     assert (last.actor, last.action, last.reason) == ("ops", "rollback", "bad canary")

@@ -214,8 +214,11 @@ def decision_thresholds(
 
 
 # -- MLflow ---------------------------------------------------------------------------------
-def start_mlflow_run(settings: Settings, state: RolloutState, plan: RolloutPlan) -> str:
-    """A dedicated MLflow run for the rollout (experiment ``rollouts``); its id."""
+def start_mlflow_run(
+    settings: Settings, state: RolloutState, plan: RolloutPlan, model_name: str
+) -> str:
+    """A dedicated MLflow run for the rollout (experiment ``rollouts``), tagged with both
+    model versions; its id. Each round's verdict is logged to it (`log_round`)."""
     from mlflow.tracking import MlflowClient
 
     registry.configure(settings)
@@ -229,6 +232,9 @@ def start_mlflow_run(settings: Settings, state: RolloutState, plan: RolloutPlan)
             "hearth.champion_version": state.champion_version,
             "hearth.challenger_version": state.challenger_version,
             "hearth.rollout_mode": state.mode,
+            "hearth.model_name": model_name,
+            "hearth.champion_model_uri": f"models:/{model_name}/{state.champion_version}",
+            "hearth.challenger_model_uri": f"models:/{model_name}/{state.challenger_version}",
         },
     )
     run_id = str(run.info.run_id)
@@ -266,12 +272,13 @@ def end_mlflow_run(
         return
     client = MlflowClient()
     s = outcome.state
-    client.set_model_version_tag(
-        params.registry.model_name,
-        s.challenger_version,
-        f"hearth.rollout.{s.rollout_id}",
-        s.status,
-    )
+    name = params.registry.model_name
+    # Each version names the rollout (its outcome) and its MLflow run; the run names both.
+    for version, value in ((s.challenger_version, s.status), (s.champion_version, "champion")):
+        client.set_model_version_tag(name, version, f"hearth.rollout.{s.rollout_id}", value)
+        client.set_model_version_tag(
+            name, version, f"hearth.rollout.{s.rollout_id}.run_id", outcome.mlflow_run_id
+        )
     client.set_terminated(outcome.mlflow_run_id, "FAILED" if failed else "FINISHED")
 
 
