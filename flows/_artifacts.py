@@ -46,7 +46,8 @@ def post_validation(results: Sequence[ValidationResult]) -> bool:
 def training_rows(runs: Sequence[steps.TrainedRun], best: steps.TrainedRun) -> list[dict[str, Any]]:
     """One row per run: its test metrics, and whether it won on validation."""
     return [
-        {"run": r.run_name, "best": r.run_id == best.run_id, **r.test_metrics,
+        {"run": r.run_name, "best": r.run_id == best.run_id,
+         **{f"test_{k}": v for k, v in r.test_metrics.items()},
          "valid_pr_auc": r.valid_metrics.get("pr_auc"),
          "mlflow_run_id": r.run_id}
         for r in runs
@@ -59,7 +60,7 @@ def post_training(settings: Settings, train: steps.TrainSummary) -> None:
         art.TRAINING_METRICS,
         training_rows(train.runs, best),
         f"{len(train.runs)} run(s); best {best.run_name}: test PR-AUC "
-        f"{best.test_metrics.get('test_pr_auc', float('nan')):.3f}",
+        f"{best.test_metrics.get('pr_auc', float('nan')):.3f}",
     )
     url = _mlflow_run_url(settings, best.run_id)
     if url is not None:

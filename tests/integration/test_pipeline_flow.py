@@ -110,7 +110,7 @@ def test_the_gate_and_training_post_prefect_artifacts(
     assert {(r["suite"], r["result"]) for r in gate} == {("raw", "passed"), ("processed", "passed")}
     trained = prefect_api.table(prefect_api.artifacts("training-metrics")[0])
     assert [(r["mlflow_run_id"], r["best"]) for r in trained] == [(best.run_id, True)]
-    assert trained[0]["test_pr_auc"] == pytest.approx(best.test_metrics["test_pr_auc"], abs=1e-4)
+    assert trained[0]["test_pr_auc"] == pytest.approx(best.test_metrics["pr_auc"], abs=1e-4)
     link = prefect_api.artifacts("training-mlflow-run")[0]
     assert f"/runs/{best.run_id})" in link.data
     registration = prefect_api.artifacts("model-registration")[0]
