@@ -149,9 +149,12 @@ class _SQLiteTables:
     def __init__(self, path: Path) -> None:
         # WAL + NORMAL: a commit is an append, not an fsync, so logging stays off the
         # latency budget; a crash loses at most the last few rows, never the file.
+        # Checkpoints in a thread of their own, not inside the writer's commits (the
+        # requests waiting for those, `Gateway._log`, waited for the checkpoint too).
         self.file = SQLiteFile(
-            path, name=f"prediction log {path}", error=PredictionLogUnavailable, timeout_s=5.0
-        )
+            path, name=f"prediction log {path}", error=PredictionLogUnavailable, timeout_s=5.0,
+            checkpoint_every_s=0.25,
+        )  # fmt: skip
         self._migrate()
         self.file.script(_SCHEMA)
 
