@@ -70,7 +70,7 @@ class Gateway:
         features, model = _address(type(self).features), _address(type(self).model)
         self.gateway, self.clients = graph.microservices_gateway(ctx, features, model)
         self.admin = graph.admin(self.gateway, rollout_admin.controls(ctx))
-        self.readiness = WorkerReadiness()
+        self.readiness = WorkerReadiness("gateway")
 
     @bentoml.on_startup
     async def publish_readiness(self) -> None:

@@ -37,7 +37,7 @@ class Monolith:
         self.policy = HttpPolicy.from_settings(ctx.settings)
         self.gateway, _, _ = graph.monolith(ctx)
         self.admin = graph.admin(self.gateway, rollout_admin.controls(ctx))
-        self.readiness = WorkerReadiness()
+        self.readiness = WorkerReadiness("monolith")
 
     @bentoml.on_startup
     async def publish_readiness(self) -> None:

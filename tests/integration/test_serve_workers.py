@@ -211,7 +211,7 @@ def test_the_admin_api_shows_every_worker(server: ServerProcess) -> None:
     assert view["pid"] in pids and view["workers"] == WORKERS and view["worker"] in (1, 2)
     assert {p["pid"] for p in view["processes"]} == pids, view
     for process in view["processes"]:
-        assert process["ready"] is True
+        assert process["ready"] is True and process["role"] == "monolith"
         assert process["versions"]["champion"] == {"version": "1", "loaded": True}
 
 

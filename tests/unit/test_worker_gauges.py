@@ -12,12 +12,12 @@ import pytest
 
 from hearth.launch.topologies import serve_command
 from hearth.observability.prometheus import live_gauges, sweep_dead_processes
-from hearth.serving.workers import WORKERS_ENV, configured_workers
+from hearth.serving.workers import WORKERS_ENV, configured_workers, process_view
 
 # A worker of another process: publishes its gauges and a count, then waits for stdin to close.
 WORKER = """
 from hearth.observability.prometheus import record_log_dropped, set_model_ready, set_worker_ready
-set_worker_ready(True)
+set_worker_ready("monolith", True)
 set_model_ready({("champion", "1"): True, ("challenger", "2"): False})
 record_log_dropped(3)
 print("published", flush=True)
@@ -38,7 +38,9 @@ def test_the_number_of_workers_comes_from_hearth_serve(monkeypatch: pytest.Monke
     assert "--workers" not in serve_command("monolith", 8123)  # `hearth serve`'s default
 
 
-def test_a_live_workers_gauges_are_read_and_a_dead_ones_swept(tmp_path: Path) -> None:
+def test_a_live_workers_gauges_are_read_and_a_dead_ones_swept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
     worker = subprocess.Popen([sys.executable, "-c", WORKER], env=env, text=True,
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # fmt: skip
@@ -47,12 +49,23 @@ def test_a_live_workers_gauges_are_read_and_a_dead_ones_swept(tmp_path: Path) ->
         gauges = live_gauges(("hearth_worker_ready", "hearth_model_ready"), tmp_path)
         assert set(gauges) == {worker.pid}
         mine = gauges[worker.pid]
-        assert mine["hearth_worker_ready"] == [({}, 1.0)]
+        assert mine["hearth_worker_ready"] == [({"role": "monolith"}, 1.0)]
         assert sorted(mine["hearth_model_ready"], key=lambda s: s[0]["variant"]) == [
             ({"variant": "challenger", "version": "2"}, 0.0),
             ({"variant": "champion", "version": "1"}, 1.0),
         ]
         assert sweep_dead_processes(tmp_path) == []  # alive: nothing swept
+        monkeypatch.setenv(WORKERS_ENV, "2")
+        monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+        view = process_view({"pid": os.getpid(), "versions": {}}, 1)
+        assert view == {
+            "pid": os.getpid(), "versions": {}, "worker": 1, "workers": 2,
+            "processes": [{
+                "pid": worker.pid, "role": "monolith", "ready": True,
+                "versions": {"champion": {"version": "1", "loaded": True},
+                             "challenger": {"version": "2", "loaded": False}},
+            }],
+        }  # fmt: skip
     finally:
         worker.kill()
         worker.wait(10)

@@ -47,7 +47,7 @@ class Metrics:
     log_write_failures: Any  # Counter: failed prediction-log writes (retried)
     log_pending: Any  # Gauge: prediction-log entries waiting to be written
     model_ready: Any  # Gauge: version, variant (1: this process routes to it)
-    worker_ready: Any  # Gauge (per pid): 1 once this serving worker answers ready
+    worker_ready: Any  # Gauge (per pid): role; 1 once this serving worker answers ready
 
 
 _CREATING = threading.Lock()
@@ -105,10 +105,13 @@ def _created() -> Metrics:
                           "state names for this variant and routes customers to it; 0 while "
                           "it loads, or once the state no longer names it.", ["variant", "version"],
                           multiprocess_mode="liveall"),
+        # Labelled, so that only the processes that publish it have the series (an unlabelled
+        # gauge starts at 0 in every process that creates the metrics: features, model).
         worker_ready=Gauge("hearth_worker_ready",
                            "1 when this serving worker (one of `hearth serve --workers N`) has "
                            "its store, model and prediction log loaded: what its /readyz "
-                           "answers, published each second.", multiprocess_mode="liveall"),
+                           "answers, published each second.", ["role"],
+                           multiprocess_mode="liveall"),
     )  # fmt: skip
 
 
@@ -175,9 +178,10 @@ def set_model_ready(ready: dict[tuple[str, str], bool]) -> None:
 _model_ready_labels: set[tuple[str, str]] = set()
 
 
-def set_worker_ready(ready: bool) -> None:
-    """`hearth_worker_ready` of this process (its pid, in multiprocess mode)."""
-    metrics().worker_ready.set(1 if ready else 0)
+def set_worker_ready(role: str, ready: bool) -> None:
+    """`hearth_worker_ready{role}` of this process (its pid, in multiprocess mode); `role`:
+    monolith or gateway."""
+    metrics().worker_ready.labels(role).set(1 if ready else 0)
 
 
 # -- multiprocess mode ------------------------------------------------------------------

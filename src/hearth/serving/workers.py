@@ -49,10 +49,12 @@ def configured_workers() -> int:
 
 
 class WorkerReadiness:
-    """Publishes this worker's readiness (`hearth_worker_ready`) every second and sweeps the
-    gauges of dead workers; started on the worker's event loop, stopped at shutdown."""
+    """Publishes this worker's readiness (`hearth_worker_ready{role}`) every second and sweeps
+    the gauges of dead workers; started on the worker's event loop, stopped at shutdown.
+    `role`: monolith or gateway."""
 
-    def __init__(self, interval_s: float = PUBLISH_INTERVAL_S) -> None:
+    def __init__(self, role: str, interval_s: float = PUBLISH_INTERVAL_S) -> None:
+        self.role = role
         self.interval_s = interval_s
         self._task: asyncio.Task[None] | None = None
 
@@ -65,7 +67,7 @@ class WorkerReadiness:
             ok = False
             try:
                 ok = bool(await ready())
-                set_worker_ready(ok)
+                set_worker_ready(self.role, ok)
                 await asyncio.to_thread(sweep_dead_processes)
             except Exception:  # metrics must never take a worker down
                 log.debug("cannot publish worker readiness", exc_info=True)
@@ -78,15 +80,16 @@ class WorkerReadiness:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
             with contextlib.suppress(Exception):
-                set_worker_ready(False)  # going away: no longer ready
+                set_worker_ready(self.role, False)  # going away: no longer ready
 
 
 def process_view(this: dict[str, Any], worker: int | None) -> dict[str, Any]:
     """The admin API's ``serving_process``: `this` process's view (its pid and the versions
     it has loaded), which worker it is of how many, and ``processes``: every live process of
-    this server that publishes readiness (each worker; the model service in the
-    microservices topology) with whether it is ready and which versions it has loaded, from
-    their gauges in the multiprocess directory (empty outside it)."""
+    this server that publishes readiness or loaded versions (each worker, with its role and
+    whether it is ready; the model service in the microservices topology, with ready None)
+    and which versions it has loaded, from their gauges in the multiprocess directory
+    (empty outside it)."""
     gauges = live_gauges(("hearth_worker_ready", "hearth_model_ready"))
     processes = []
     for pid, by_name in sorted(gauges.items()):
@@ -98,6 +101,7 @@ def process_view(this: dict[str, Any], worker: int | None) -> dict[str, Any]:
                 versions[variant] = {"version": version, "loaded": bool(value)}
         processes.append({
             "pid": pid,
+            "role": worker_ready[0][0].get("role") if worker_ready else None,
             "ready": bool(worker_ready[0][1]) if worker_ready else None,
             "versions": versions,
         })  # fmt: skip
