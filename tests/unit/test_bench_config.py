@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -77,3 +78,32 @@ def test_the_model_service_contenders_carry_the_internal_token(tmp_path: Path) -
         token = server.env["HEARTH_INTERNAL_TOKEN"]  # what the services require…
         if name == "model-batched":  # …and what the load sends to the model service alone
             assert (INTERNAL_TOKEN_HEADER, token) in server.endpoint.headers
+
+
+def test_the_report_compares_two_workers_with_one_and_checks_the_counts(tmp_path: Path) -> None:
+    def row(name: str, rps: float) -> dict:
+        return {"contender": name, "concurrency": 32, "requests": 300, "ok": 300, "errors": {},
+                "p50_ms": 1000 / rps, "p90_ms": 2000 / rps, "p99_ms": 3000 / rps, "rps": rps,
+                "cpu_s_per_1000": 4.0, "retry_after": []}  # fmt: skip
+
+    report = {
+        "created": "2026-12-02T05:00:00+00:00", "seconds": 60.0, "notes": [], "rollback": {},
+        "machine": {"cpu": "x86_64", "cpus": 2, "memory_gib": 8.0, "python": "3.11",
+                    "system": "Linux", "load_average": [1.0, 1.0, 1.0]},
+        "config": {"requests": 300, "rounds": 3, "warmup": 100},
+        "contenders": [{"name": n, "label": n, "group": "hearth", "body": "transaction",
+                        "note": ""} for n in ("monolith", "monolith-w2")],
+        "results": [row("monolith", 100.0), row("monolith-w2", 170.0)],
+        "memory_mib": {"monolith": 300.0, "monolith-w2": 600.0},
+        "metrics_counted": {
+            "monolith-w2": {"answered": 300, "counted": {"champion": 300}, "exact": True},
+        },
+        "limits": {"lines": []},
+    }  # fmt: skip
+    bench_report.write(report, tmp_path)
+    written = json.loads((tmp_path / "bench.json").read_text())
+    assert written["workers"][0]["rps_ratio"] == pytest.approx(1.7)
+    judged = {t["target"]: t["met"] for t in written["targets"]}
+    assert judged["`--workers 2` ≥ 1.6× one worker's req/s at c=32"] is True
+    assert judged["monolith-w2: /metrics counts every answer once"] is True
+    assert "| 32 | 100 | 170 | ×1.70 |" in (tmp_path / "bench.md").read_text()
