@@ -161,16 +161,21 @@ def post_report(
 
 
 # -- drift ------------------------------------------------------------------------------------
-def post_drift(report: DriftReport) -> bool:
+def drift_rows(report: DriftReport) -> list[dict[str, Any]]:
+    """One row per feature, largest PSI first, and the KS test on the scores."""
     rows = [
         {"feature": name, "psi": psi, "drifted": name in report.drifted_features}
         for name, psi in sorted(report.psi.items(), key=lambda kv: -_sortable(kv[1]))
     ]
     if report.scores is not None:
         rows.append({"feature": "model score (KS)", **_scores(report)})
+    return rows
+
+
+def post_drift(report: DriftReport) -> bool:
     outcome = "retrain" if report.retrain else "no action"
     why = report.skipped or "; ".join(report.reasons) or "within thresholds"
-    return art.post_table(art.DRIFT_PSI, rows, f"drift: {outcome} — {why}")
+    return art.post_table(art.DRIFT_PSI, drift_rows(report), f"drift: {outcome} — {why}")
 
 
 def _sortable(value: float) -> float:

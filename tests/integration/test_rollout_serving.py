@@ -496,6 +496,13 @@ def _registry_aliases(url: str) -> dict[str, str]:
     return {a["alias"]: str(a["version"]) for a in r.json()["registered_model"].get("aliases", [])}
 
 
+def _description(url: str, version: str) -> str:
+    r = httpx.get(f"{url}/api/2.0/mlflow/model-versions/get",
+                  params={"name": NAME, "version": version}, timeout=10)  # fmt: skip
+    r.raise_for_status()
+    return str(r.json()["model_version"].get("description", ""))
+
+
 def test_rollback_with_mlflow_stopped_takes_effect_within_a_second_and_fails_nothing(
     project: Path,
     versions: dict[str, str],
@@ -542,6 +549,10 @@ def test_rollback_with_mlflow_stopped_takes_effect_within_a_second_and_fails_not
             repaired = hearth(project, server, "rollout", "repair", **cli)
             assert repaired.returncode == 0, repaired.stderr
             assert _registry_aliases(url) == {"champion": "1"}
+            # The rolled-back version's description says why: written with the aliases, by
+            # the repair (the rollback itself never waited for MLflow).
+            described = _description(url, versions["better"])
+            assert "rolled back in rollout" in described and "MLflow down, bad canary" in described
             shown = hearth(project, server, "rollout", "status", "--json", **cli)
             status = json.loads(shown.stdout)
             assert status["pending_repair"] is None and status["aliases"] == {"champion": "1"}

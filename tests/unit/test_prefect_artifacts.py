@@ -80,3 +80,16 @@ def test_png_is_embedded_as_a_data_uri(tmp_path: Path) -> None:
     png = tmp_path / "x.png"
     png.write_bytes(b"\x89PNG\r\n")
     assert art.png_data_uri(png) == "data:image/png;base64,iVBORw0K"
+
+
+def test_drift_table_lists_each_feature_by_psi_and_the_score_test() -> None:
+    from hearth.monitoring.drift import DriftReport, ScoreShift
+
+    report = DriftReport(1000, 300, {"amount": 0.02, "hour": 0.41, "merchant": float("nan")},
+                         ScoreShift(0.2, 0.001, 0.05, 0.09), ["hour"], True,
+                         ["PSI of hour 0.41 > 0.2", "score KS p=0.001"])  # fmt: skip
+    rows = posts.drift_rows(report)
+    assert [(r["feature"], r["drifted"]) for r in rows[:3]] == [
+        ("hour", True), ("amount", False), ("merchant", False)
+    ]  # fmt: skip
+    assert rows[3]["feature"] == "model score (KS)" and rows[3]["ks_pvalue"] == 0.001
