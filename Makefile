@@ -114,6 +114,10 @@ repro: install ## Reproduce the DVC pipeline (dvc repro)
 bench-pipeline: install ## ETL and training benchmarks (10^5, 10^6, 10^7 rows; takes a while) → reports/bench_pipeline.*
 	$(BIN)/python benchmarks/bench_pipeline.py
 
+.PHONY: bench-rollout
+bench-rollout: install ## The canary on generated traffic (200 rollouts per challenger, no servers; WORKERS=2) → reports/bench_rollout.*
+	$(BIN)/python -m hearth.bench.rollout_sim --workers $(or $(WORKERS),2)
+
 .PHONY: up
 up: install ## The whole stack: Prefect (:4200) + worker + deployments, MLflow (:5000), serving (:3000)
 	$(BIN)/hearth up --topology $(or $(TOPOLOGY),monolith)

@@ -118,6 +118,21 @@ class RolloutParams(_Frozen):
     recall_tolerance: float = Field(0.05, ge=0, le=1, description="Non-inferiority margin.")
     significance: float = Field(0.05, gt=0, lt=0.5, description="One-sided test level (alpha).")
     bootstrap_resamples: int = Field(400, ge=50)
+    quality_test: Literal["bootstrap", "sequential", "paired"] = Field(
+        "bootstrap",
+        description="How quality differences are bounded: `bootstrap` (a fixed-sample "
+        "customer-cluster bootstrap interval, valid for one look) or `sequential` (an "
+        "always-valid confidence sequence, valid however often the rounds look).",
+    )
+    sequential_tau: float = Field(
+        0.05,
+        gt=0,
+        description="Spread of the normal mixture over differences (sequential test): the "
+        "bounds are tightest (~3 standard errors) when the standard error is about tau / 3.",
+    )
+    jackknife_groups: int = Field(
+        20, ge=5, le=200, description="Customer groups of the sequential test's jackknife."
+    )
     ab_budget_labelled: int = Field(
         20_000, ge=1, description="A/B ends without a clear win after this many labels/variant."
     )

@@ -13,8 +13,11 @@ The order of the checks is the order of urgency:
 4. **Quality**, once enough labels, frauds and customers with a fraud arrived for both
    variants: PR-AUC and recall at the decision threshold, compared by the stratified
    customer-cluster bootstrap of their differences (see `hearth.rollout.statistics` for
-   why customers, not rows). Significantly worse → roll back; non-inferior within the
-   tolerance → pass; otherwise inconclusive.
+   why customers, not rows), or, with ``quality_test: sequential``, by an always-valid
+   confidence sequence (normal mixture over a customer-cluster jackknife standard error),
+   whose bounds hold at every round at once, so that looking every few seconds costs no
+   error. Either way: significantly worse (upper bound < 0) → roll back; non-inferior
+   within the tolerance (lower bound > -tolerance) → pass; otherwise inconclusive.
 
 Then, by mode: a canary *advances* at intermediate steps (operations passed, quality not
 shown worse) and *promotes* at its last step only on passed quality, else holds; shadow is
@@ -32,16 +35,20 @@ from typing import Any, Literal
 import numpy as np
 
 from hearth.config import CHALLENGER, CHAMPION
-from hearth.model.evaluate import evaluate
 from hearth.params import RolloutParams
 from hearth.rollout.statistics import (
     Interval,
     RequestRecord,
     VariantSample,
     at_threshold,
+    average_precision,
     bootstrap_differences,
     error_rate_p_value,
+    has_counterfactual,
+    paired_differences,
+    paired_labelled,
     psi,
+    sequential_differences,
     split,
 )
 from hearth.traffic.rollout_state import Mode, RolloutState, Scalar
@@ -59,6 +66,14 @@ TEST_ERRORS = "two-proportion z-test, one-sided, with margin"
 TEST_P99 = "p99 latency ratio (point estimate)"
 TEST_PSI = "population stability index over champion-quantile bins"
 TEST_QUALITY = "stratified customer-cluster bootstrap CI of challenger - champion (one-sided)"
+TEST_PAIRED = (
+    "always-valid confidence sequence of challenger - champion on the same requests (paired: "
+    "counterfactual scores; normal mixture, customer-cluster jackknife SE)"
+)
+TEST_SEQUENTIAL = (
+    "always-valid confidence sequence of challenger - champion (normal mixture, "
+    "customer-cluster jackknife SE)"
+)
 
 
 @dataclass(frozen=True)
@@ -219,35 +234,84 @@ def _enough_labels(sample: VariantSample, params: RolloutParams) -> bool:
     )
 
 
-def _quality(
-    c: _Comparison, thresholds: tuple[float, float], report_precision: float
-) -> dict[str, tuple[Check, Interval | None]]:
-    """PR-AUC and recall checks, with their intervals (None when labels are too few)."""
+def _paired(c: _Comparison) -> bool:
+    """Whether quality is judged paired: asked for, and the requests carry counterfactual
+    scores (without them the paired test falls back to the unpaired sequential one)."""
+    return c.params.quality_test == "paired" and (
+        has_counterfactual(c.champion) or has_counterfactual(c.challenger)
+    )
+
+
+def _too_few_labels(c: _Comparison) -> str | None:
+    """Why quality cannot be judged yet (None: it can)."""
     params, nums = c.params, c.nums
-    if not (_enough_labels(c.champion, params) and _enough_labels(c.challenger, params)):
-        detail = (
-            f"labels: champion {int(nums['champion_labelled'])} "
-            f"({int(nums['champion_positives'])} fraud, "
-            f"{int(nums['champion_fraud_customers'])} customers), challenger "
-            f"{int(nums['challenger_labelled'])} ({int(nums['challenger_positives'])} fraud, "
-            f"{int(nums['challenger_fraud_customers'])} customers); need "
-            f"{params.min_labelled} ({params.min_positives} fraud from "
-            f"{params.min_fraud_customers} customers) each"
+    need = (
+        f"{params.min_labelled} ({params.min_positives} fraud from "
+        f"{params.min_fraud_customers} customers)"
+    )
+    if _paired(c):
+        y, _, _, customers = paired_labelled(c.champion, c.challenger)
+        nums["paired_labelled"], nums["paired_fraud_customers"] = float(y.size), customers
+        enough = (
+            y.size >= params.min_labelled
+            and y.sum() >= params.min_positives
+            and customers >= params.min_fraud_customers
         )
-        return {
-            name: (Check(name, "inconclusive", TEST_SAMPLES, detail), None)
-            for name in ("pr_auc", "recall")
-        }
-    for variant, s, threshold in (
-        (CHAMPION, c.champion, thresholds[0]),
-        (CHALLENGER, c.challenger, thresholds[1]),
+        return (
+            None
+            if enough
+            else (
+                f"labels scored by both models: {y.size} ({int(y.sum())} fraud, {customers} "
+                f"customers); need {need}"
+            )
+        )
+    if _enough_labels(c.champion, params) and _enough_labels(c.challenger, params):
+        return None
+    return (
+        f"labels: champion {int(nums['champion_labelled'])} "
+        f"({int(nums['champion_positives'])} fraud, "
+        f"{int(nums['champion_fraud_customers'])} customers), challenger "
+        f"{int(nums['challenger_labelled'])} ({int(nums['challenger_positives'])} fraud, "
+        f"{int(nums['challenger_fraud_customers'])} customers); need {need} each"
+    )
+
+
+def _point_estimates(c: _Comparison, thresholds: tuple[float, float]) -> None:
+    """Each model's PR-AUC, precision and recall: on its own traffic, or (paired) on the
+    requests both models scored, the ones the paired difference compares."""
+    if _paired(c):
+        y, s_champion, s_challenger, _ = paired_labelled(c.champion, c.challenger)
+        judged = ((y, s_champion), (y, s_challenger))
+    else:
+        judged = (c.champion.labelled(), c.challenger.labelled())
+    for variant, (y, scores), threshold in zip(
+        (CHAMPION, CHALLENGER), judged, thresholds, strict=True
     ):
-        y, scores = s.labelled()
-        nums[f"{variant}_pr_auc"] = evaluate(y, scores, report_precision)["pr_auc"]
+        # The vectorised PR-AUC (equal to scikit-learn's, tested): a round of a canary, or
+        # thousands of simulated ones, must not pay sklearn's input validation each time.
+        c.nums[f"{variant}_pr_auc"] = average_precision(y, scores)
         precision, recall = at_threshold(y, scores, threshold)
-        nums[f"{variant}_precision"], nums[f"{variant}_recall"] = precision, recall
-        nums[f"{variant}_threshold"] = threshold
-    intervals = bootstrap_differences(
+        c.nums[f"{variant}_precision"], c.nums[f"{variant}_recall"] = precision, recall
+        c.nums[f"{variant}_threshold"] = threshold
+
+
+def _intervals(
+    c: _Comparison, thresholds: tuple[float, float]
+) -> tuple[str, str, dict[str, Interval]]:
+    """(test, what the bounds are, the bounds of challenger - champion) per quality_test."""
+    params = c.params
+    alpha, tau, groups = params.significance, params.sequential_tau, params.jackknife_groups
+    if params.quality_test in ("sequential", "paired"):
+        paired = _paired(c)
+        test = paired_differences if paired else sequential_differences
+        bounds = test(
+            c.champion, c.challenger, thresholds, alpha=alpha, tau=tau, groups=groups,
+            seed=params.seed,
+        )  # fmt: skip
+        if paired:
+            return TEST_PAIRED, "always-valid paired", bounds
+        return TEST_SEQUENTIAL, "always-valid", bounds
+    bounds = bootstrap_differences(
         c.champion,
         c.challenger,
         thresholds,
@@ -255,6 +319,22 @@ def _quality(
         alpha=params.significance,
         seed=params.seed,
     )
+    return TEST_QUALITY, f"{1 - params.significance:.0%}", bounds
+
+
+def _quality(
+    c: _Comparison, thresholds: tuple[float, float]
+) -> dict[str, tuple[Check, Interval | None]]:
+    """PR-AUC and recall checks, with their intervals (None when labels are too few)."""
+    params, nums = c.params, c.nums
+    too_few = _too_few_labels(c)
+    if too_few is not None:
+        return {
+            name: (Check(name, "inconclusive", TEST_SAMPLES, too_few), None)
+            for name in ("pr_auc", "recall")
+        }
+    _point_estimates(c, thresholds)
+    test, bounds, intervals = _intervals(c, thresholds)
     out: dict[str, tuple[Check, Interval | None]] = {}
     for name, tolerance in (
         ("pr_auc", params.pr_auc_tolerance),
@@ -269,10 +349,10 @@ def _quality(
         elif ci.upper < 0:
             outcome = "fail"  # significantly worse than the champion
         detail = (
-            f"{name} difference {ci.estimate:+.4f}, {1 - params.significance:.0%} bounds "
+            f"{name} difference {ci.estimate:+.4f}, {bounds} bounds "
             f"[{ci.lower:+.4f}, {ci.upper:+.4f}], tolerance {tolerance:g}"
         )
-        out[name] = (Check(name, outcome, TEST_QUALITY, detail), ci)
+        out[name] = (Check(name, outcome, test, detail), ci)
     return out
 
 
@@ -294,9 +374,31 @@ def analyse(
     """The verdict on one step's requests (see the module docstring for the rules).
 
     `threshold` is the decision threshold (for example each model's decline threshold),
-    one for both variants or ``{"champion": t0, "challenger": t1}``.
+    one for both variants or ``{"champion": t0, "challenger": t1}``. `report_precision` is
+    no longer used (the verdict reports PR-AUC, not recall at a precision); kept for callers.
     """
+    del report_precision
     champion, challenger = split(rows)
+    return analyse_samples(
+        champion,
+        challenger,
+        params,
+        threshold,
+        mode=mode,
+        last_step=last_step,
+    )
+
+
+def analyse_samples(
+    champion: VariantSample,
+    challenger: VariantSample,
+    params: RolloutParams,
+    threshold: float | Mapping[str, float],
+    *,
+    mode: Mode = "canary",
+    last_step: bool = True,
+) -> Verdict:
+    """`analyse` on samples already split by variant (what a simulation generates)."""
     nums = _numbers(champion, challenger)
     comparison = _Comparison(champion, challenger, params, nums)
     checks: list[Check] = []
@@ -316,7 +418,7 @@ def analyse(
         return _verdict("hold", hold, nums, [hold])
 
     checks += _operations(comparison)
-    quality = _quality(comparison, _thresholds(threshold), report_precision)
+    quality = _quality(comparison, _thresholds(threshold))
     checks += [check for check, _ in quality.values()]
     failed = [c for c in checks if c.outcome == "fail"]
     if failed:
@@ -371,9 +473,8 @@ def _canary_decision(
     if pending:
         return _verdict("hold", pending[0], nums, checks, prefix="quality not yet shown: ")
     details = "; ".join(c.detail for c, _ in quality.values())
-    return Verdict(
-        "promote", f"challenger non-inferior: {details}", TEST_QUALITY, nums, tuple(checks)
-    )
+    test = quality["pr_auc"][0].test
+    return Verdict("promote", f"challenger non-inferior: {details}", test, nums, tuple(checks))
 
 
 def _ab_decision(
@@ -386,7 +487,7 @@ def _ab_decision(
         return Verdict(
             "promote",
             f"challenger significantly better: {pr_check.detail}; {recall_check.detail}",
-            TEST_QUALITY,
+            pr_check.test,
             nums,
             tuple(checks),
         )
@@ -396,7 +497,7 @@ def _ab_decision(
             "rollback",
             f"no clear win within the budget of "
             f"{params.ab_budget_labelled} labels per variant: {pr_check.detail}",
-            TEST_QUALITY,
+            pr_check.test,
             nums,
             tuple(checks),
         )
