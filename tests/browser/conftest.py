@@ -1,6 +1,7 @@
 """Browser checks: headless Chromium (Debian's `chromium`) driven by Selenium through
 Debian's `chromium-driver`, against real servers. Skipped, with the reason, where either is
-missing (`make system-deps` installs both). One browser and one tiny project per session.
+missing (`make system-deps` installs both). One browser, one tiny project and one set of
+servers per session, the servers started side by side.
 
 Each test saves what it shows under its tmp_path (`screenshot`); with
 HEARTH_SCREENSHOTS_DIR set (`make screenshots`) the picture is copied there too, under the
@@ -14,6 +15,9 @@ import json
 import os
 import shutil
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -23,7 +27,9 @@ from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.remote.webdriver import WebDriver
 
-from tests.projects import build_tiny_project
+from hearth.launch.hearth_server import ServerProcess
+from hearth.launch.launcher import free_port
+from tests.projects import build_tiny_project, mlflow_server, project_servers
 
 CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -34,7 +40,7 @@ NO_BROWSER = (
 # No first-run, sync, component updates or other background calls to Google's servers.
 CHROMIUM_FLAGS = (
     "--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-    "--window-size=1280,1400", "--hide-scrollbars", "--force-device-scale-factor=1",
+    "--window-size=1280,943", "--hide-scrollbars", "--force-device-scale-factor=1",
     "--no-first-run", "--no-default-browser-check", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--disable-default-apps",
     "--disable-extensions", "--disable-domain-reliability", "--metrics-recording-only",
@@ -45,6 +51,31 @@ CHROMIUM_FLAGS = (
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One tiny project with a registered champion for every browser test (~20 s)."""
     return build_tiny_project(tmp_path_factory.mktemp("browser-project"))
+
+
+@dataclass(frozen=True)
+class Servers:
+    api: ServerProcess  # a monolith serving the project's champion
+    mlflow: str  # the URL of an MLflow server (UI and API) over the project's registry
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api.port}"
+
+
+@pytest.fixture(scope="session")
+def servers(project: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
+    """The servers the browser tests look at, started together (each stopped after)."""
+    mlflow_port = free_port()
+    mlflow_log = tmp_path_factory.mktemp("browser-mlflow") / "mlflow.log"
+    with ExitStack() as stack, ThreadPoolExecutor(2) as pool:
+        mlflow = pool.submit(stack.enter_context, mlflow_server(project, mlflow_port, mlflow_log))
+        api = pool.submit(
+            stack.enter_context,
+            project_servers(project, tmp_path_factory, "browser", ("monolith",)),
+        )
+        mlflow.result()
+        yield Servers(api.result()["monolith"], f"http://127.0.0.1:{mlflow_port}")
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ leaves the gateway."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,19 +13,12 @@ from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
 
 from hearth import __version__
-from hearth.launch.hearth_server import ServerProcess
-from tests.browser.conftest import foreign, requested_urls, screenshot
-from tests.projects import API_KEY, project_servers
+from tests.browser.conftest import Servers, foreign, requested_urls, screenshot
+from tests.projects import API_KEY
 
 pytestmark = pytest.mark.slow
 
 PREDICT = "#operations-default-predict_predict_post"
-
-
-@pytest.fixture(scope="module")
-def server(project: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    with project_servers(project, tmp_path_factory, "browser", ("monolith",)) as started:
-        yield started["monolith"]
 
 
 def _css(driver: WebDriver, selector: str, timeout: float = 30) -> object:
@@ -36,9 +28,9 @@ def _css(driver: WebDriver, selector: str, timeout: float = 30) -> object:
 
 
 def test_the_api_page_sends_a_predict_and_shows_the_answer(
-    browser: WebDriver, server: ServerProcess, tmp_path: Path
+    browser: WebDriver, servers: Servers, tmp_path: Path
 ) -> None:
-    origin = f"http://127.0.0.1:{server.port}"
+    origin = servers.api_url
     requested_urls(browser)  # only this page's requests from here
     browser.get(f"{origin}/")
     title = _css(browser, ".information-container .title")
