@@ -14,9 +14,12 @@ import base64
 import json
 import os
 import shutil
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -28,8 +31,8 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.remote.webdriver import WebDriver
 
 from hearth.launch.hearth_server import ServerProcess
-from hearth.launch.launcher import free_port
-from tests.projects import build_tiny_project, mlflow_server, project_servers
+from hearth.launch.launcher import free_port, http_ok, stop_group
+from tests.projects import build_tiny_project, clean_environ, mlflow_server, project_servers
 
 CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -57,10 +60,38 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 class Servers:
     api: ServerProcess  # a monolith serving the project's champion
     mlflow: str  # the URL of an MLflow server (UI and API) over the project's registry
+    prefect: str  # the URL of a Prefect server with its UI (its API under /api)
 
     @property
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.api.port}"
+
+
+@contextmanager
+def prefect_ui_server(home: Path, port: int) -> Iterator[str]:
+    """`prefect server start` with its UI on loopback `port` and its own home (the test
+    harness's server has no UI); its URL. Stopped (its process group) when the block ends."""
+    url = f"http://127.0.0.1:{port}"
+    env = clean_environ("PREFECT_", "HEARTH_")
+    # The UI calls the API it is told of (default: port 4200), not the one serving it.
+    env.update(PREFECT_HOME=str(home), PREFECT_UI_API_URL=f"{url}/api")
+    log = home / "prefect-server.log"
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "server", "start",
+             "--host", "127.0.0.1", "--port", str(port)],
+            cwd=home, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        while not http_ok(f"{url}/api/health"):
+            assert process.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "Prefect did not answer /api/health in 180 s"
+            time.sleep(0.3)
+        yield url
+    finally:
+        if process.poll() is None:
+            stop_group(process.pid, timeout_s=10)
 
 
 @pytest.fixture(scope="session")
@@ -68,14 +99,16 @@ def servers(project: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     """The servers the browser tests look at, started together (each stopped after)."""
     mlflow_port = free_port()
     mlflow_log = tmp_path_factory.mktemp("browser-mlflow") / "mlflow.log"
-    with ExitStack() as stack, ThreadPoolExecutor(2) as pool:
+    prefect_home = tmp_path_factory.mktemp("browser-prefect")
+    with ExitStack() as stack, ThreadPoolExecutor(3) as pool:
         mlflow = pool.submit(stack.enter_context, mlflow_server(project, mlflow_port, mlflow_log))
+        prefect = pool.submit(stack.enter_context, prefect_ui_server(prefect_home, free_port()))
         api = pool.submit(
             stack.enter_context,
             project_servers(project, tmp_path_factory, "browser", ("monolith",)),
         )
         mlflow.result()
-        yield Servers(api.result()["monolith"], f"http://127.0.0.1:{mlflow_port}")
+        yield Servers(api.result()["monolith"], f"http://127.0.0.1:{mlflow_port}", prefect.result())
 
 
 @pytest.fixture(scope="session")
