@@ -23,7 +23,7 @@ from hearth.rollout.statistics import RequestRecord
 from hearth.rollout.verdict import analyse
 from hearth.traffic.rollout_state import new_rollout
 from tests import prefect_api
-from tests.browser.conftest import Servers, screenshot
+from tests.browser.conftest import Servers, foreign, requested_urls, screenshot
 
 pytestmark = pytest.mark.slow
 
@@ -67,6 +67,7 @@ def test_the_prefect_ui_shows_the_rollout_verdict(
     assert prefect_api.items(artifact)["decision"] == decision
 
     # Artifacts → rollout-verdict: the key's history, the newest description on top.
+    requested_urls(browser)
     browser.get(f"{servers.prefect}/artifacts/key/{ROLLOUT_VERDICT}")
     WebDriverWait(browser, 60).until(
         lambda d: f"round 3 at 50 %: {decision}" in d.find_element(By.TAG_NAME, "body").text
@@ -78,3 +79,4 @@ def test_the_prefect_ui_shows_the_rollout_verdict(
         lambda d: any(e.is_displayed() for e in d.find_elements(By.XPATH, row))
     )
     screenshot(browser, tmp_path, "prefect-rollout-verdict")
+    assert foreign(requested_urls(browser), servers.prefect) == []
