@@ -15,6 +15,7 @@ import socket
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal, Self
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import (
@@ -111,6 +112,12 @@ class Settings(BaseSettings):
         description="PostgreSQL (postgresql://user:password@host:port/db) shared by every "
         "serving process: the prediction log, its labels and the rollout state live there. "
         "Unset: SQLite files under home.",
+    )
+    postgres_password: SecretStr | None = Field(
+        default=None, description="Password of `hearth up --shared`'s PostgreSQL (user hearth)."
+    )
+    redis_password: SecretStr | None = Field(
+        default=None, description="Password of `hearth up --shared`'s Redis."
     )
     state_backend: Literal["auto", "sqlite", "redis", "postgres"] = Field(
         default="auto",
@@ -356,6 +363,14 @@ class Settings(BaseSettings):
     prefect_port: int = Field(default=4200, ge=1, le=65535, description="Prefect server + UI.")
     mlflow_host: str = Field(default="127.0.0.1", description="Interface of the MLflow server.")
     mlflow_port: int = Field(default=5000, ge=1, le=65535, description="MLflow server + UI.")
+    postgres_host: str = Field(
+        default="127.0.0.1", description="Interface of `hearth up --shared`'s PostgreSQL."
+    )
+    postgres_port: int = Field(default=5432, ge=1, le=65535, description="Its port.")
+    redis_host: str = Field(
+        default="127.0.0.1", description="Interface of `hearth up --shared`'s Redis."
+    )
+    redis_port: int = Field(default=6379, ge=1, le=65535, description="Its port.")
     otlp_endpoint: str | None = Field(
         default=None,
         description="OTLP/HTTP traces URL, e.g. http://127.0.0.1:4318/v1/traces; unset: off.",
@@ -384,10 +399,13 @@ class Settings(BaseSettings):
         if self.prefect_api_url:
             env["PREFECT_API_URL"] = self.prefect_api_url
         # Clients of `hearth up`'s servers when those require auth (bound beyond loopback).
-        if self.mlflow_auth and self.mlflow_admin_password is not None:
+        # (Also when the server is another machine's: `hearth up --join`.)
+        mlflow_remote = _remote(self.mlflow_tracking_uri)
+        if (self.mlflow_auth or mlflow_remote) and self.mlflow_admin_password is not None:
             env["MLFLOW_TRACKING_USERNAME"] = STACK_ADMIN_USER
             env["MLFLOW_TRACKING_PASSWORD"] = self.mlflow_admin_password.get_secret_value()
-        if self.prefect_auth and self.prefect_auth_string is not None:
+        prefect_remote = _remote(self.prefect_api_url)
+        if (self.prefect_auth or prefect_remote) and self.prefect_auth_string is not None:
             env["PREFECT_API_AUTH_STRING"] = self.prefect_auth_string.get_secret_value()
         return env
 
@@ -402,6 +420,14 @@ _HOW_TO_SET = (
     "HEARTH_API_KEY, HEARTH_ADMIN_TOKEN, HEARTH_INTERNAL_TOKEN; e.g. "
     "`python -c 'import secrets; print(secrets.token_urlsafe(32))'` for each"
 )
+
+
+def _remote(url: str | None) -> bool:
+    """Whether `url` is an HTTP server beyond loopback (another machine's)."""
+    if not url or not url.startswith(("http://", "https://")):
+        return False
+    host = urlsplit(url).hostname
+    return host is not None and not is_loopback(host)
 
 
 def is_loopback(host: str) -> bool:
@@ -433,6 +459,18 @@ _GENERATED: dict[str, tuple[str, Any]] = {
         "HEARTH_PREFECT_AUTH_STRING",
         lambda: f"{STACK_ADMIN_USER}:{secrets.token_urlsafe(32)}",
     ),
+    "postgres_password": ("HEARTH_POSTGRES_PASSWORD", lambda: secrets.token_urlsafe(32)),
+    "redis_password": ("HEARTH_REDIS_PASSWORD", lambda: secrets.token_urlsafe(32)),
+}
+# Setting → variable: where the servers of a shared stack are, recorded in the same file by
+# `hearth up --shared` (its own servers) or `hearth up --join` (the first machine's), so that
+# every Hearth process with that home uses them.
+_RECORDED: dict[str, str] = {
+    "database_url": "HEARTH_DATABASE_URL",
+    "store_backend": "HEARTH_STORE_BACKEND",
+    "redis_url": "HEARTH_REDIS_URL",
+    "mlflow_tracking_uri": "HEARTH_MLFLOW_TRACKING_URI",
+    "prefect_api_url": "HEARTH_PREFECT_API_URL",
 }
 
 
@@ -466,20 +504,42 @@ def ensure_secrets(home: Path | None = None) -> tuple[Path, list[str]]:
     known = read_secrets(path)
     fresh = {var: make() for var, make in _GENERATED.values() if var not in known}
     if fresh or (path.exists() and path.stat().st_mode & 0o077):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        lines = [f"{k}={v}" for k, v in {**known, **fresh}.items()]
-        header = "# Hearth's secrets (`hearth up`); the environment and .env override them.\n"
-        tmp = path.with_name(f".{SECRETS_FILE}.tmp")
-        tmp.unlink(missing_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never readable by others
-        with os.fdopen(fd, "w") as f:
-            f.write(header + "\n".join(lines) + "\n")
-        tmp.replace(path)
+        write_secrets(path, {**known, **fresh})
     return path, list(fresh)
 
 
+def write_secrets(path: Path, values: dict[str, str]) -> None:
+    """Write `values` as the secrets file at `path` (mode 0600, atomically)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [f"{k}={v}" for k, v in values.items()]
+    header = "# Hearth's secrets (`hearth up`); the environment and .env override them.\n"
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never readable by others
+    with os.fdopen(fd, "w") as f:
+        f.write(header + "\n".join(lines) + "\n")
+    tmp.replace(path)
+
+
+def record_shared(home: Path, values: dict[str, str]) -> Path:
+    """Record the servers of a shared stack (variables of `_RECORDED`, and secrets) into
+    `home`'s secrets file, over what it held for them; its path."""
+    unknown = set(values) - set(_RECORDED.values()) - {v for v, _ in _GENERATED.values()}
+    if unknown:
+        raise ValueError(f"not a shared-stack setting: {', '.join(sorted(unknown))}")
+    path = secrets_path(home)
+    write_secrets(path, {**read_secrets(path), **values})
+    return path
+
+
+def shared_variables() -> tuple[str, ...]:
+    """The variables that say where a shared stack's servers are (`record_shared`)."""
+    return tuple(_RECORDED.values())
+
+
 class _HomeSecrets(PydanticBaseSettingsSource):
-    """Settings' secrets from `<home>/secrets.env` (home as Settings will have it)."""
+    """Settings' secrets, and where a shared stack's servers are, from `<home>/secrets.env`
+    (home as Settings will have it)."""
 
     def __init__(self, settings_cls: type[BaseSettings], init: PydanticBaseSettingsSource):
         super().__init__(settings_cls)
@@ -493,7 +553,8 @@ class _HomeSecrets(PydanticBaseSettingsSource):
             self.init.init_kwargs.get("home") if isinstance(self.init, InitSettingsSource) else None
         )
         found = read_secrets(secrets_path(Path(given) if given is not None else None))
-        return {field: found[var] for field, (var, _) in _GENERATED.items() if var in found}
+        fields = {field: var for field, (var, _) in _GENERATED.items()} | _RECORDED
+        return {field: found[var] for field, var in fields.items() if var in found}
 
 
 class HearthContext:

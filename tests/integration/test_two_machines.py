@@ -5,7 +5,8 @@ models into its own cache). They share one PostgreSQL (the rollout state, the he
 one Redis (the online features) and one MLflow tracking server on PostgreSQL that serves the
 model files itself (``--serve-artifacts``), all started here, on loopback. What is checked
 (issue #12's "two machines"): a canary started on one machine serves the challenger on both
-at its weight, sticky per customer across machines; a rollback through the second machine's
+at its weight, sticky per customer across machines; its analysis counts both machines'
+requests and labels; a rollback through the second machine's
 admin API stops challenger answers on both within a second with no failed request; killing
 one machine's gateway leaves the other serving, and the status names the quiet one.
 """
@@ -29,6 +30,7 @@ from hearth.launch.launcher import Launched, free_port, launch, stop_all
 from hearth.params import Params
 from hearth.stack.services import mlflow_server_command
 from hearth.traffic.assignment import assign
+from hearth.traffic.prediction_log import PredictionLog
 from tests.helpers import RedisServer
 from tests.postgres_server import PostgresServer
 from tests.projects import (
@@ -55,6 +57,7 @@ WINDOW_S = 3.0  # a process not heard from for longer is quiet (heartbeats every
 class Fleet:
     machines: dict[str, ServerProcess]  # "a", "b"
     versions: dict[str, str]  # champion, challenger
+    database_url: str  # the shared PostgreSQL database: rollout state, prediction log
 
 
 def _mlflow_server(pg: PostgresServer, root: Path) -> tuple[Launched, str]:
@@ -113,7 +116,8 @@ def fleet(
         with ThreadPoolExecutor(2) as pool:
             for done in [pool.submit(m.wait_ready) for m in machines.values()]:
                 done.result()
-        yield Fleet(machines, {"champion": "1", "challenger": str(challenger.version)})
+        versions = {"champion": "1", "challenger": str(challenger.version)}
+        yield Fleet(machines, versions, state_url)
     finally:
         stop_all(reversed(started))
 
@@ -129,6 +133,7 @@ _sent = iter(range(10**9))
 
 
 def transaction(customer_id: str) -> dict[str, Any]:
+    """A purchase of `customer_id`, with a new transaction id (``tm-<n>``) each time."""
     n = next(_sent)
     at = datetime(2026, 1, 20, 12, 0) + timedelta(seconds=n)
     return {
@@ -158,6 +163,22 @@ def wait_until_loaded(machine: ServerProcess, variant: str, timeout_s: float = 1
     raise AssertionError(f"{variant} never loaded on {machine.url}:\n{machine.log_tail()}")
 
 
+def analysis_rows(database_url: str, rollout_id: str) -> list[dict[str, Any]]:
+    """The rollout's analysis input from the shared log, once both machines' writers have
+    written what they buffer (they write in the background: polled, at most 30 s)."""
+    log = PredictionLog(database_url=database_url)
+    try:
+        deadline, last = time.monotonic() + 30, -1
+        while True:
+            rows = log.analysis_rows(rollout_id)
+            if len(rows) == last or time.monotonic() > deadline:
+                return rows
+            last = len(rows)
+            time.sleep(1.0)
+    finally:
+        log.close()
+
+
 def fleet_of(machine: ServerProcess) -> dict[str, Any]:
     return dict(admin(machine, "GET", "/admin/rollout").json()["fleet"])
 
@@ -182,9 +203,11 @@ def test_two_machines_follow_one_rollout_and_name_the_one_that_went_quiet(fleet:
     for machine in (a, b):
         wait_until_loaded(machine, "challenger")
     expected = {c: assign(state["salt"], c, state["challenger_percent"]) for c in customers}
+    scored: dict[str, list[str]] = {}  # machine → the transactions it scored
     with httpx.Client() as client:
-        for machine in (a, b):
+        for name, machine in (("a", a), ("b", b)):
             answers = [predict(client, machine, c) for c in customers]
+            scored[name] = [x.json()["transaction_id"] for x in answers]
             assert [x.status_code for x in answers] == [200] * len(customers)
             got = {c: x.json()["variant"] for c, x in zip(customers, answers, strict=True)}
             assert got == expected, machine.url
@@ -195,6 +218,24 @@ def test_two_machines_follow_one_rollout_and_name_the_one_that_went_quiet(fleet:
     assert 0 < sum(v == "challenger" for v in expected.values()) < len(customers)
     for machine in (a, b):
         assert (machine.home / "model-cache" / NAME / fleet.versions["challenger"]).is_dir()  # type: ignore[operator]
+
+    # The analysis counts both machines' requests and labels (one log, in PostgreSQL): a
+    # label sent to either machine counts, whichever machine scored the transaction.
+    labelled = scored["a"][:10] + scored["b"][:10]
+    with httpx.Client() as client:
+        for i, tid in enumerate(labelled):
+            machine = (a, b)[i % 2]  # half of them to the machine that did not score it
+            label = {"transaction_id": tid, "is_fraud": i % 3 == 0}
+            r = client.post(f"{machine.url}/feedback", headers={"X-API-Key": KEY},
+                            content=json.dumps(label))  # fmt: skip
+            assert r.status_code == 200, r.text
+    rows = analysis_rows(fleet.database_url, state["rollout_id"])
+    ids = {r["transaction_id"] for r in rows}
+    assert set(scored["a"]) <= ids and set(scored["b"]) <= ids
+    assert sum(r["is_fraud"] is not None for r in rows) == len(labelled)
+    live = admin(b, "GET", "/admin/rollout").json()["live"]
+    assert sum(v["requests"] for v in live.values()) == len(rows)
+    assert sum(v["labelled"] for v in live.values()) == len(labelled)
 
     # A rollback through machine B's admin API: both stop answering with the challenger
     # within a second, and no request fails on either.

@@ -116,6 +116,7 @@ def test_the_secrets_file_is_created_0600_and_reused(tmp_path: Path) -> None:
     assert set(made) == {
         "HEARTH_API_KEY", "HEARTH_ADMIN_TOKEN", "HEARTH_INTERNAL_TOKEN",
         "HEARTH_MLFLOW_ADMIN_PASSWORD", "HEARTH_PREFECT_AUTH_STRING",
+        "HEARTH_POSTGRES_PASSWORD", "HEARTH_REDIS_PASSWORD",
     }  # fmt: skip
     first = path.read_text()
     assert ensure_secrets(tmp_path / "home") == (path, [])  # reused: nothing new

@@ -6,12 +6,13 @@ the commands, so that the other commands do not pay for them at start-up.
 
 from __future__ import annotations
 
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Literal
 
 import typer
 
 from hearth.cli._common import console, fail, load_context
-from hearth.config import ensure_secrets, project_root
+from hearth.config import ensure_secrets, project_root, record_shared, secrets_path
 from hearth.launch.topologies import TOPOLOGIES
 
 commands = typer.Typer()
@@ -25,21 +26,60 @@ def up(
     serve: Annotated[
         bool, typer.Option(help="Start the serving stack too (needs a registered champion).")
     ] = True,
+    shared: Annotated[
+        bool,
+        typer.Option(
+            "--shared",
+            help="Shared state for several machines: start PostgreSQL and Redis too (unless "
+            "HEARTH_DATABASE_URL / HEARTH_REDIS_URL name others) and put Hearth, MLflow and "
+            "Prefect on them; writes HEARTH_HOME/join.env for `--join`.",
+        ),
+    ] = False,
+    join: Annotated[
+        Path | None,
+        typer.Option(
+            "--join",
+            help="On another machine: the join.env of a `hearth up --shared` (copy it over); "
+            "starts only serving and a Prefect worker, on that stack's servers.",
+        ),
+    ] = None,
+    pool: Annotated[
+        str,
+        typer.Option(
+            help="The work pool of this machine's Prefect worker (hearth-gpu on a "
+            "machine with a GPU: its deployments then run there)."
+        ),
+    ] = "hearth-process",
 ) -> None:
     """Start Prefect (server, work pool, deployments, worker), MLflow and serving; print URLs."""
     # lazy: httpx, see the module docstring
+    from hearth.stack import shared as shared_stack
     from hearth.stack.process import StackError
-    from hearth.stack.services import Stack
+    from hearth.stack.services import WORK_POOLS, Stack
     from hearth.stack.supervisor import up as stack_up
 
     if topology not in TOPOLOGIES:
         fail(f"unknown topology {topology!r}", f"choose from {', '.join(TOPOLOGIES)}")
+    if shared and join is not None:
+        fail("--shared starts the shared servers, --join uses another machine's: choose one")
     _secrets()  # before Settings: they read the file (and production requires real secrets)
+    if join is not None:
+        try:
+            values = shared_stack.read_join_file(join)
+        except StackError as exc:
+            fail(str(exc))
+        path = record_shared(secrets_path().parent, values)
+        console.print(f"joining: the servers and secrets of {join} recorded in {path}")
     ctx = load_context()
-    stack = Stack(ctx.settings, topology, project_root())
+    mode: Literal["local", "shared", "join"] = (
+        "join" if join is not None else ("shared" if shared else "local")
+    )
+    if pool not in WORK_POOLS:
+        fail(f"unknown work pool {pool!r}", f"choose from {', '.join(WORK_POOLS)}")
+    stack = Stack(ctx.settings, topology, project_root(), mode=mode, pool=pool)
     if serve and (problem := ctx.settings.bind_problem(ctx.settings.serving_host)):
         fail(problem)
-    for line in stack.auth_notes():
+    for line in stack.auth_notes() if mode != "join" else []:
         console.print(line)
     try:
         started = stack_up(stack, serve=serve, say=console.print)

@@ -18,20 +18,23 @@ import base64
 import hashlib
 import importlib.util
 import os
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 import httpx
 
-from hearth.config import STACK_ADMIN_USER, Settings
+from hearth.config import STACK_ADMIN_USER, Settings, is_loopback
 from hearth.launch.hearth_server import serving_ready
 from hearth.launch.launcher import http_ok
 from hearth.launch.topologies import READY_PATH, default_workers, serve_command
-from hearth.stack import process
+from hearth.stack import process, shared
 from hearth.stack.process import Running, StackError
 
 WORK_POOL = "hearth-process"  # every deployment's pool but the GPU one; `hearth up`'s worker
@@ -68,15 +71,30 @@ class Stack:
     settings: Settings
     topology: str = "monolith"
     repo_dir: Path = Path(".")
+    # local: SQLite stores; shared: PostgreSQL and Redis too (`hearth.stack.shared`); join:
+    # only serving and a worker, on the servers of another machine's shared stack.
+    mode: Literal["local", "shared", "join"] = "local"
+    pool: str = WORK_POOL  # the work pool this stack's worker takes runs from
 
     @property
     def prefect_api(self) -> str:
         s = self.settings
-        return f"http://{s.prefect_host}:{s.prefect_port}/api"
+        if self.mode == "join":
+            assert s.prefect_api_url is not None  # recorded from the join file
+            return s.prefect_api_url
+        return f"http://{shared.client_host(s.prefect_host)}:{s.prefect_port}/api"
 
     @property
     def mlflow_url(self) -> str:
-        return f"http://{self.settings.mlflow_host}:{self.settings.mlflow_port}"
+        s = self.settings
+        if self.mode == "join":
+            return s.mlflow_uri
+        return f"http://{shared.client_host(s.mlflow_host)}:{s.mlflow_port}"
+
+    @cached_property
+    def servers(self) -> shared.SharedServers:
+        """The databases and the Redis of a shared stack (mode shared or join)."""
+        return shared.shared_servers(self.settings)
 
     @property
     def serving_url(self) -> str:
@@ -85,11 +103,18 @@ class Stack:
     def ports(self) -> dict[str, tuple[str, int]]:
         """Setting name → (host, port) of every port the stack listens on."""
         s = self.settings
-        return {
+        if self.mode == "join":
+            return {"HEARTH_SERVING_PORT": (s.serving_host, s.serving_port)}
+        ports = {
             "HEARTH_PREFECT_PORT": (s.prefect_host, s.prefect_port),
             "HEARTH_MLFLOW_PORT": (s.mlflow_host, s.mlflow_port),
             "HEARTH_SERVING_PORT": (s.serving_host, s.serving_port),
         }
+        if self.mode == "shared" and self.servers.own_postgres:
+            ports["HEARTH_POSTGRES_PORT"] = (s.postgres_host, s.postgres_port)
+        if self.mode == "shared" and self.servers.own_redis:
+            ports["HEARTH_REDIS_PORT"] = (s.redis_host, s.redis_port)
+        return ports
 
     def env(self) -> dict[str, str]:
         """The environment of every service: this one, plus the stack's URLs."""
@@ -105,7 +130,19 @@ class Stack:
             HEARTH_LOG_FORMAT="json",
             HEARTH_HOME=str(self.settings.home_abs),
         )
+        if self.mode != "local":  # every Hearth process on the shared servers
+            env.update(self.shared_settings())
         return env
+
+    def shared_settings(self) -> dict[str, str]:
+        """The settings that point Hearth at the shared servers (mode shared or join)."""
+        return {
+            "HEARTH_DATABASE_URL": self.servers.database_url,
+            "HEARTH_STORE_BACKEND": "redis",
+            "HEARTH_REDIS_URL": self.servers.redis_url,
+            "HEARTH_MLFLOW_TRACKING_URI": self.mlflow_url,
+            "HEARTH_PREFECT_API_URL": self.prefect_api,
+        }
 
     def auth_notes(self) -> list[str]:
         """What `hearth up` says about the auth of MLflow and Prefect (on only beyond loopback)."""
@@ -127,6 +164,16 @@ class Stack:
     # -- the services ---------------------------------------------------------------------
     def mlflow(self) -> Service:
         s = self.settings
+        if self.mode == "shared":
+            cmd = mlflow_server_command(
+                self.servers.mlflow_database_url, s.mlflow_artifact_root, s.mlflow_host,
+                s.mlflow_port,
+            )  # fmt: skip
+            if not is_loopback(s.mlflow_host):  # other machines call it by this name
+                name, port = shared.advertised_host(s.mlflow_host), s.mlflow_port
+                cmd += ["--allowed-hosts", f"{name},{name}:{port},localhost:{port},"
+                        f"127.0.0.1:{port},10.*,172.*,192.168.*"]  # fmt: skip
+            return self._mlflow_service(cmd)
         if s.mlflow_uri.startswith(("http://", "https://")):
             raise StackError(
                 f"HEARTH_MLFLOW_TRACKING_URI is a server already ({s.mlflow_uri}); `hearth up` "
@@ -137,7 +184,10 @@ class Stack:
             "--default-artifact-root", str(s.mlflow_artifact_root),
             "--host", s.mlflow_host, "--port", str(s.mlflow_port), "--workers", "1",
         ]  # fmt: skip
-        env = {}
+        return self._mlflow_service(cmd)
+
+    def _mlflow_service(self, cmd: list[str]) -> Service:
+        s, env = self.settings, {}
         if s.mlflow_auth:
             cmd += ["--app-name", "basic-auth"]
             env = self.mlflow_auth_env()
@@ -185,6 +235,10 @@ class Stack:
         env = {}
         if s.prefect_auth:
             env["PREFECT_SERVER_API_AUTH_STRING"] = self._prefect_auth_string()
+        if self.mode == "shared":  # its database on PostgreSQL, through asyncpg
+            env["PREFECT_API_DATABASE_CONNECTION_URL"] = shared.driver_url(
+                self.servers.prefect_database_url, "asyncpg"
+            )
         # /api/health answers without the auth string.
         return Service("prefect-server", cmd, ui, f"{self.prefect_api}/health", env=env)
 
@@ -196,14 +250,33 @@ class Stack:
 
     def prefect_headers(self) -> dict[str, str]:
         """Headers of a request to the stack's Prefect API (its auth string, when on)."""
-        if not self.settings.prefect_auth:
+        joined = self.mode == "join" and self.settings.prefect_auth_string is not None
+        if not (self.settings.prefect_auth or joined):
             return {}
         token = base64.b64encode(self._prefect_auth_string().encode()).decode()
         return {"Authorization": f"Basic {token}"}
 
+    def postgres(self) -> Service:
+        """The shared stack's PostgreSQL (`shared.prepare_postgres` initialises it first)."""
+        s = self.settings
+        url = shared.database_sibling(self.servers.database_url, "postgres")
+        return Service("postgres", shared.postgres_command(s), None, None,
+                       healthy=lambda: shared.postgres_answers(url))  # fmt: skip
+
+    def redis(self) -> Service:
+        url = self.servers.redis_url
+        return Service("redis", shared.redis_command(self.settings), None, None,
+                       healthy=lambda: shared.redis_answers(url))  # fmt: skip
+
+    @property
+    def worker_name(self) -> str:
+        """This machine's (and home's) worker: each machine that joins adds its own."""
+        home = hashlib.sha256(str(self.settings.home_abs).encode()).hexdigest()[:6]
+        return f"hearth-worker-{socket.gethostname()}-{home}"
+
     def worker(self) -> Service:
-        cmd = [PYTHON, "-m", "prefect", "worker", "start", "--pool", WORK_POOL,
-               "--type", "process", "--name", "hearth-worker"]  # fmt: skip
+        cmd = [PYTHON, "-m", "prefect", "worker", "start", "--pool", self.pool,
+               "--type", "process", "--name", self.worker_name]  # fmt: skip
         return Service("prefect-worker", cmd, None, None, healthy=self.worker_online)
 
     def serving(self) -> Service:
@@ -219,22 +292,15 @@ class Stack:
         )  # fmt: skip
 
     def worker_online(self) -> bool:
-        """True when the work pool has a worker that Prefect sees as online."""
+        """True when Prefect sees this stack's worker in its work pool as online."""
         try:
-            r = httpx.post(f"{self.prefect_api}/work_pools/{WORK_POOL}/workers/filter", json={},
+            r = httpx.post(f"{self.prefect_api}/work_pools/{self.pool}/workers/filter", json={},
                            headers=self.prefect_headers(), timeout=5)  # fmt: skip
         except httpx.HTTPError:
             return False
-        return r.status_code == 200 and any(w.get("status") == "ONLINE" for w in r.json())
-
-
-def sqlalchemy_url(url: str) -> str:
-    """A ``postgresql://`` URL as SQLAlchemy's for psycopg 3 (the driver Hearth installs;
-    SQLAlchemy's default for the bare scheme is psycopg2); other URLs as they are."""
-    for scheme in ("postgresql://", "postgres://"):
-        if url.startswith(scheme):
-            return "postgresql+psycopg://" + url.removeprefix(scheme)
-    return url
+        return r.status_code == 200 and any(
+            w.get("status") == "ONLINE" and w.get("name") == self.worker_name for w in r.json()
+        )
 
 
 def mlflow_server_command(backend_uri: str, artifacts: Path, host: str, port: int) -> list[str]:
@@ -242,7 +308,8 @@ def mlflow_server_command(backend_uri: str, artifacts: Path, host: str, port: in
     serves the model files itself (``--serve-artifacts``, stored under `artifacts`): its
     clients need its URL only, not a shared folder, whichever machine they run on."""
     return [
-        PYTHON, "-m", "mlflow", "server", "--backend-store-uri", sqlalchemy_url(backend_uri),
+        PYTHON, "-m", "mlflow", "server", "--backend-store-uri",
+        shared.driver_url(backend_uri, "psycopg"),  # psycopg 3: Hearth's driver
         "--serve-artifacts", "--artifacts-destination", str(artifacts),
         "--host", host, "--port", str(port), "--workers", "1",
     ]  # fmt: skip

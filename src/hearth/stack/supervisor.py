@@ -6,11 +6,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from hearth.config import record_shared
 from hearth.launch import launcher
 from hearth.launch.hearth_server import bentoml_workers
-from hearth.stack import process
+from hearth.stack import process, shared
 from hearth.stack.process import Running, StackError
 from hearth.stack.services import WORK_POOLS, Service, Stack, prefect_cli, record
+from hearth.storage.postgres import redacted
 
 Say = Callable[[str], None]
 
@@ -58,6 +60,13 @@ def up(stack: Stack, serve: bool = True, say: Say = print) -> list[Running]:
     _check_ports(stack)
     (home / "logs").mkdir(parents=True, exist_ok=True)
     running: list[Running] = []
+    if stack.mode == "join":  # the servers are another machine's: serve and work only
+        _start(stack, stack.worker(), running, say)
+        if serve:
+            _start(stack, stack.serving(), running, say)
+        return running
+    if stack.mode == "shared":
+        _start_shared(stack, running, say)
     _start(stack, stack.mlflow(), running, say)
     _start(stack, stack.prefect_server(), running, say)
     say(f"creating work pools {', '.join(WORK_POOLS)} and deploying prefect.yaml")
@@ -69,6 +78,33 @@ def up(stack: Stack, serve: bool = True, say: Say = print) -> list[Running]:
     if serve:
         _start(stack, stack.serving(), running, say)
     return running
+
+
+def _start_shared(stack: Stack, running: list[Running], say: Say) -> None:
+    """PostgreSQL and Redis (unless Settings name others), the databases, and where they
+    are recorded: in this home's secrets file (every Hearth process here uses them) and in
+    the join file for other machines."""
+    settings, servers = stack.settings, stack.servers
+    if servers.own_postgres:
+        shared.prepare_postgres(settings)
+        _start(stack, stack.postgres(), running, say)
+    else:
+        say(f"PostgreSQL: {redacted(servers.database_url)} (HEARTH_DATABASE_URL)")
+    if servers.own_redis:
+        _start(stack, stack.redis(), running, say)
+    else:
+        say(f"Redis: {redacted(servers.redis_url)} (HEARTH_REDIS_URL)")
+    if made := shared.create_databases(servers):
+        say(f"  created the databases {', '.join(made)}")
+    home = settings.home_abs
+    record_shared(home, stack.shared_settings())
+    values = shared.join_values(settings, servers, stack.mlflow_url, stack.prefect_api)
+    path = shared.write_join_file(home, values)
+    say(f"join file for other machines: {path} (mode 0600; it holds the secrets)")
+    if near := shared.loopback_servers(values):
+        say(f"  {', '.join(near)} bound to loopback: only this machine reaches them (set "
+            "HEARTH_POSTGRES_HOST, HEARTH_REDIS_HOST, HEARTH_MLFLOW_HOST, HEARTH_PREFECT_HOST "
+            "to an interface other machines reach)")  # fmt: skip
 
 
 def down(home: Path, say: Say = print) -> list[str]:
