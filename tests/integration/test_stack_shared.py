@@ -118,3 +118,25 @@ def test_hearth_up_shared_starts_postgres_and_redis_with_passwords() -> None:
     finally:
         down(home, say=said.append)
         shutil.rmtree(home, ignore_errors=True)
+
+
+def test_a_plain_hearth_up_on_a_shared_home_says_what_to_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from hearth.cli import app
+
+    home = tmp_path / ".hearth"
+    record_shared(home, {"HEARTH_DATABASE_URL": "postgresql://u:p@db.lan/hearth"})
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HEARTH_HOME", str(home))
+    monkeypatch.setenv("COLUMNS", "300")
+    for key, value in Settings().environment().items():  # what the CLI exports, undone after
+        monkeypatch.setenv(key, value)
+    result = CliRunner().invoke(app, ["up", "--no-serve"])
+    assert result.exit_code == 1
+    assert "runs on a shared stack's servers (HEARTH_DATABASE_URL" in result.output
+    assert "hearth up --join FILE" in result.output
+    both = CliRunner().invoke(app, ["up", "--shared", "--join", str(tmp_path / "x.env")])
+    assert both.exit_code == 1 and "choose one" in both.output

@@ -12,7 +12,14 @@ from typing import Annotated, Literal
 import typer
 
 from hearth.cli._common import console, fail, load_context
-from hearth.config import ensure_secrets, project_root, record_shared, secrets_path
+from hearth.config import (
+    ensure_secrets,
+    project_root,
+    read_secrets,
+    record_shared,
+    secrets_path,
+    shared_variables,
+)
 from hearth.launch.topologies import TOPOLOGIES
 
 commands = typer.Typer()
@@ -70,6 +77,14 @@ def up(
             fail(str(exc))
         path = record_shared(secrets_path().parent, values)
         console.print(f"joining: the servers and secrets of {join} recorded in {path}")
+    recorded = [v for v in shared_variables() if v in read_secrets(secrets_path())]
+    if recorded and not (shared or join):
+        fail(
+            f"this home runs on a shared stack's servers ({', '.join(recorded)} in "
+            f"{secrets_path()})",
+            "`hearth up --shared` (the first machine), `hearth up --join FILE` (another one), "
+            "or delete those lines for a local stack",
+        )
     ctx = load_context()
     mode: Literal["local", "shared", "join"] = (
         "join" if join is not None else ("shared" if shared else "local")
