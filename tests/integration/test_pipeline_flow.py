@@ -200,3 +200,19 @@ def test_sweep_runs_variants_as_parallel_tasks_under_one_parent_run(
     assert summary.best.run_id == best.run_id
     assert summary.registration is not None
     assert str(summary.registration.version) == "2"
+
+
+def test_the_monitor_posts_its_drift_table(trained_home: tuple[Path, PipelineSummary]) -> None:
+    """No live traffic yet: the pass measures nothing and says why, in its artifact too."""
+    from flows.monitor import monitor_flow
+    from tests import prefect_api
+
+    root, _ = trained_home
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.setenv("HEARTH_HOME", str(root / ".hearth"))
+        result = monitor_flow(trigger_retraining=False)
+    posted = prefect_api.artifacts("drift-psi")[0]
+    assert result.report.skipped and posted.description.startswith("drift: no action — ")
+    assert result.report.skipped in posted.description
+    assert prefect_api.table(posted) == []
