@@ -423,7 +423,7 @@ def _markdown(results: list[ArmResult], traffic: Traffic, elapsed: float) -> str
 
 
 def _plot(results: list[ArmResult], path: Path) -> None:
-    from hearth.observability.figures import png_figure
+    from hearth.observability.figures import png_figure  # lazy: matplotlib, for the plot only
 
     designs_seen = list(dict.fromkeys(r.design for r in results))
     colours = {"promoted": "tab:green", "rolled back": "tab:red", "budget": "tab:grey"}
