@@ -9,6 +9,7 @@ it to the flow's Prefect API) and an MLflow child run of the sweep's parent run.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -33,12 +34,13 @@ from hearth.registry import RegistrationDecision
 # work that releases the GIL anyway (torch kernels, one intra-op thread per training). Two
 # threads: two variants at a time, one per core, as the thread pool before it ran them.
 # Variants in threads of one process stay deterministic: each draws from generators of its
-# own (hearth.model.train). No dashboard: its port would clash with other local clusters.
+# own (hearth.model.train). The scheduler always serves HTTP (health, metrics, the
+# dashboard), by default on 8787 of every interface: loopback and a free port instead.
 LOCAL_CLUSTER: dict[str, Any] = {
     "processes": False,
     "n_workers": 1,
     "threads_per_worker": 2,
-    "dashboard_address": None,
+    "dashboard_address": "127.0.0.1:0",
 }
 DASK_WORKER_TAG = "hearth.dask_worker"
 
@@ -62,6 +64,11 @@ class SweepTaskRunner(DaskTaskRunner):
         if address and not self.address:
             self.address = address  # wins over the local cluster's kwargs
         super().__enter__()
+        # A local cluster's scheduler and worker log their whole life at INFO (twenty lines
+        # around every sweep): only their warnings, while this runner runs.
+        dask_logs = logging.getLogger("distributed")
+        self._exit_stack.callback(dask_logs.setLevel, dask_logs.level)
+        dask_logs.setLevel(max(dask_logs.getEffectiveLevel(), logging.WARNING))
         return self
 
 
