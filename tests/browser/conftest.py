@@ -32,6 +32,8 @@ from selenium.webdriver.remote.webdriver import WebDriver
 
 from hearth.launch.hearth_server import ServerProcess
 from hearth.launch.launcher import free_port, http_ok, stop_group
+from hearth.rollout.flow_steps import RoundResult
+from tests.browser.rollout_round import last_round
 from tests.projects import build_tiny_project, clean_environ, mlflow_server, project_servers
 
 CHROMIUM = shutil.which("chromium")
@@ -54,6 +56,12 @@ CHROMIUM_FLAGS = (
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One tiny project with a registered champion for every browser test (~20 s)."""
     return build_tiny_project(tmp_path_factory.mktemp("browser-project"))
+
+
+@pytest.fixture(scope="session")
+def rollout_round() -> RoundResult:
+    """One judged rollout round (a promotion), for the Prefect and MLflow pages."""
+    return last_round()
 
 
 @dataclass(frozen=True)
