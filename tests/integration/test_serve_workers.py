@@ -135,9 +135,17 @@ def test_requests_land_on_both_workers_and_metrics_count_them_exactly(
         results = list(pool.map(send, range(8)))
     variants = sum((v for v, _ in results), Counter())
     pids = sum((p for _, p in results), Counter())
-    assert {int(p) for p in pids} == set(server.worker_pids("Monolith")), pids
+    workers = {str(p) for p in server.worker_pids("Monolith")}
+    extra = 0  # should the 8 connections all have gone to one worker: fresh ones until not
+    while set(pids) != workers and extra < 100:
+        r = _predict(server.url, _tx(SENT + extra))
+        assert r.status_code == 200, r.text
+        variants[r.json()["variant"]] += 1
+        pids[r.headers["X-Hearth-Worker"]] += 1
+        extra += 1
+    assert set(pids) == workers, pids
     after = _predictions_by_variant(server.url)
-    assert sum(variants.values()) == SENT
+    assert sum(variants.values()) == SENT + extra
     for variant in set(variants) | set(after):
         assert after[variant] - before[variant] == variants[variant], (variants, before, after)
     assert ready_workers(server.url) == set(server.worker_pids("Monolith"))
@@ -156,7 +164,7 @@ def test_the_prediction_log_has_every_request_once(server: ServerProcess) -> Non
         if len(rows) >= SENT or time.monotonic() > deadline:
             break
         time.sleep(0.5)
-    assert set(rows) == {f"w-{i}" for i in range(SENT)}
+    assert {f"w-{i}" for i in range(SENT)} <= set(rows)
     assert set(rows.values()) == {1}, {t: n for t, n in rows.items() if n != 1}
 
 
