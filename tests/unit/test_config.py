@@ -193,7 +193,7 @@ def test_clients_get_the_stacks_credentials_only_beyond_loopback(tmp_path: Path)
 
 
 # -- rollout profiles ----------------------------------------------------------------------
-def test_repo_demo_profile_changes_three_tolerances_and_keeps_the_rest() -> None:
+def test_repo_demo_profile_changes_three_tolerances_and_the_quality_test() -> None:
     rollout = load_params(Path(__file__).parents[2] / "params.yaml").rollout
     demo = rollout.profile("demo")
     changed = {
@@ -201,7 +201,12 @@ def test_repo_demo_profile_changes_three_tolerances_and_keeps_the_rest() -> None
         for name, value in demo.model_dump().items()
         if value != getattr(rollout, name) and name != "profiles"
     }
-    assert changed == {"p99_slack_ms": 50.0, "max_psi": 0.5, "recall_tolerance": 0.1}
+    assert changed == {
+        "p99_slack_ms": 50.0,
+        "max_psi": 0.5,
+        "recall_tolerance": 0.1,
+        "quality_test": "paired",
+    }
     assert demo.profiles == {}
 
 

@@ -59,7 +59,7 @@ def test_the_drifted_period_follows_the_default_data(tmp_path: Path) -> None:
 
 def test_the_demo_plans_its_two_rollouts_with_the_params_profile() -> None:
     canary, drill = loop.canary("2"), loop.drill("3")
-    assert canary.steps == (10.0, 50.0, 100.0) and canary.step_wait_s == 12.0
+    assert canary.steps == (10.0, 50.0, 100.0) and canary.step_wait_s == 4.0
     assert drill.steps == (50.0, 100.0) and drill.step_wait_s == 40.0
     for plan in (canary, drill):
         assert PARAMS.rollout.profile(plan.analysis_profile) != PARAMS.rollout.profile(None)
@@ -108,7 +108,7 @@ def test_the_printed_summary_names_versions_verdicts_numbers_and_the_profile() -
     assert "traffic  1000 requests at 200.0 req/s, 0 failed, 400 labels" in text
     assert (
         "profile  params.yaml rollout.profiles.demo: p99_slack_ms=50, max_psi=0.5, "
-        "recall_tolerance=0.1; step wait 12s (drill: wait 40s)"
+        "recall_tolerance=0.1, quality_test=paired; step wait 4s (drill: wait 40s)"
     ) in text
     assert "timings  canary rollout 61s" in text
 

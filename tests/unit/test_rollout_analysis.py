@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -435,3 +438,59 @@ def test_simulated_canaries_on_generated_traffic() -> None:
     assert better.count("promoted") == 3, better.outcomes
     assert all(o.by in {"pr_auc", "recall", "budget"} for o in worse.outcomes)
     assert rollout_sim.wilson(0, 200)[2] == pytest.approx(0.0188, abs=1e-3)
+
+
+# -- counterfactual scores (the paired test's input in the rollout flow) ----------------------
+class _Scorer:
+    """A model that scores a feature row by one of its fields (the version's own)."""
+
+    def __init__(self, version: str) -> None:
+        self.version, self.calls = version, 0
+
+    def predict_records(self, records: list[dict[str, Any]]) -> np.ndarray:
+        self.calls += len(records)
+        return np.array([r[f"x{self.version}"] for r in records])
+
+
+def test_counterfactual_scores_each_request_once_with_the_model_that_did_not_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hearth.rollout import counterfactual
+    from hearth.traffic.prediction_log import PredictionLog, PredictionRecord
+
+    state = new_rollout("1", "2", PARAMS)
+    db = PredictionLog(tmp_path / "serving.sqlite")
+
+    def log(transaction: str, variant: str, version: str) -> None:
+        db.record_entries([
+            PredictionRecord(
+                transaction, f"r-{transaction}", variant, version, 0.5, "approve", 3.0,
+                features={"x1": 0.1, "x2": 0.2}, rollout_id=state.rollout_id,
+            )
+        ])  # fmt: skip
+
+    @contextmanager
+    def using(_: object) -> Iterator[PredictionLog]:
+        yield db
+
+    scorers = {v: _Scorer(v) for v in ("1", "2")}
+    monkeypatch.setattr(counterfactual, "using_prediction_log", using)
+    monkeypatch.setattr(counterfactual, "_load_scorer", lambda _s, _m, v: scorers[v])
+    log("t1", "champion", "1")
+    log("t2", "challenger", "2")
+    rows = [{"transaction_id": "t1"}, {"transaction_id": "t2"}, {"transaction_id": "t3"}]
+    assert counterfactual.annotate(None, "m", state, rows) == 2  # type: ignore[arg-type]
+    # The champion's request scored by the challenger (v2), and the other way round.
+    assert [r.get("counterfactual") for r in rows] == [0.2, 0.1, None]
+    log("t3", "champion", "1")
+    assert counterfactual.annotate(None, "m", state, rows) == 3  # type: ignore[arg-type]
+    assert scorers["2"].calls == 2 and scorers["1"].calls == 1  # each request scored once
+
+    def unreachable(*_: object) -> None:
+        raise ConnectionError("MLflow is down\nand a tutorial")
+
+    log("t4", "challenger", "2")
+    monkeypatch.setattr(counterfactual, "_load_scorer", unreachable)
+    other = new_rollout("1", "2", PARAMS)  # a new rollout: its models load again, and fail
+    assert counterfactual.annotate(None, "m", other, rows) == 0  # type: ignore[arg-type]
+    db.close()

@@ -26,7 +26,7 @@ from typing import Any
 from hearth import registry
 from hearth.config import CHALLENGER, HearthContext, Settings
 from hearth.params import Params, RolloutParams
-from hearth.rollout import control, rollout_report
+from hearth.rollout import control, counterfactual, rollout_report
 from hearth.rollout.registry_reads import aliases
 from hearth.rollout.verdict import Verdict, analyse_state
 from hearth.traffic.rollout_state import (
@@ -397,6 +397,9 @@ def run_round(
     """Analyse the rollout's requests so far and act on the verdict (see the module doc)."""
     began = time.monotonic()
     rows = analysis_rows(ctx.settings, state.rollout_id)
+    if plan.analysis.quality_test == "paired":
+        # Both models' scores of each request, for the paired quality test (its module doc).
+        counterfactual.annotate(ctx.settings, ctx.params.registry.model_name, state, rows)
     verdict = judge(rows, state, plan, thresholds, ctx.params.thresholds.report_precision)
     if verdict.decision == "hold" and out_of_time:
         verdict, action, new = give_up(ctx, store, state, verdict, round_no)

@@ -368,6 +368,18 @@ class PredictionLog:
         )
         return [(str(f), float(s), str(v)) for f, s, v in rows]
 
+    def rollout_features(self, rollout_id: str, since: float) -> list[tuple[str, str, str, float]]:
+        """(transaction id, variant, features JSON, at) of `rollout_id`'s answers logged at
+        or after `since` (epoch seconds) with their feature row: what the paired rollout
+        analysis scores with the model that did not answer (`hearth.rollout.counterfactual`)."""
+        rows = self._fetch(
+            "SELECT transaction_id, variant, features, at FROM predictions"
+            " WHERE rollout_id = ? AND at >= ? AND features IS NOT NULL AND ok = 1"
+            " AND shadow = 0",
+            [rollout_id, since],
+        )
+        return [(str(t), str(v), str(f), float(a)) for t, v, f, a in rows]
+
     def rows(self, table: str) -> list[dict[str, Any]]:
         """Every row of `predictions` or `feedback` (tests, small analyses)."""
         columns = _TABLE_COLUMNS.get(table)
