@@ -115,7 +115,7 @@ bench-pipeline: install ## ETL and training benchmarks (10^5, 10^6, 10^7 rows; t
 	$(BIN)/python benchmarks/bench_pipeline.py
 
 .PHONY: bench-rollout
-bench-rollout: install ## The canary on generated traffic (200 rollouts per challenger, no servers; WORKERS=2) → reports/bench_rollout.*
+bench-rollout: install ## The canary on generated traffic, no servers (200 paired rollouts per challenger, 40 before/unpaired; ~15 min on 2 cores; WORKERS=2) → reports/bench_rollout.*
 	$(BIN)/python -m hearth.bench.rollout_sim --workers $(or $(WORKERS),2)
 
 .PHONY: up

@@ -354,6 +354,18 @@ def mixture_radius(se: float, alpha: float, tau: float) -> float:
     return math.sqrt(v * (v + t2) / t2 * (2 * math.log(1 / alpha) + math.log((v + t2) / v)))
 
 
+def _bounds(estimate: float, se: float, alpha: float, tau: float) -> Interval:
+    """The sequential test's bounds of one quality difference. The lower bound (promotion
+    needs it above -tolerance for *both* metrics) is at `alpha`; the upper bound (either
+    metric below 0 rolls back) at `alpha` / 2, so that the two metrics together wrongly
+    roll back an equal challenger with probability at most `alpha`."""
+    return Interval(
+        estimate,
+        estimate - mixture_radius(se, alpha, tau),
+        estimate + mixture_radius(se, alpha / 2, tau),
+    )
+
+
 @dataclass(frozen=True)
 class Estimate:
     """A point estimate with its standard error."""
@@ -412,8 +424,7 @@ def sequential_differences(
     for i, name in enumerate(("pr_auc", "recall")):
         base, new = per_variant[0][i], per_variant[1][i]
         estimate = new.estimate - base.estimate
-        radius = mixture_radius(math.hypot(base.se, new.se), alpha, tau)
-        out[name] = Interval(estimate, estimate - radius, estimate + radius)
+        out[name] = _bounds(estimate, math.hypot(base.se, new.se), alpha, tau)
     return out
 
 
@@ -501,6 +512,5 @@ def paired_differences(
         estimate = float(full[1][i][0] - full[0][i][0])
         d = parts[1][i] - parts[0][i]
         spread = float(np.sum((d - d.mean()) ** 2)) if np.isfinite(d).all() else math.nan
-        radius = mixture_radius(math.sqrt((groups - 1) / groups * spread), alpha, tau)
-        out[name] = Interval(estimate, estimate - radius, estimate + radius)
+        out[name] = _bounds(estimate, math.sqrt((groups - 1) / groups * spread), alpha, tau)
     return out
