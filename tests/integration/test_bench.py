@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from hearth.bench.bench_report import FILES, _rollback_section
+from hearth.bench.bench_report import FILES
+from hearth.bench.rollback_report import rollback_section
 from hearth.bench.run import BenchConfig
 from hearth.cli import app
 from hearth.params import Params
@@ -164,5 +165,5 @@ def test_a_registry_that_is_not_a_sqlite_file_is_not_touched(tmp_path: Path) -> 
     assert rollbacks.skipped is not None and "not a SQLite file" in rollbacks.skipped
     section = rollbacks.measure("fraud-detector", [], print)
     assert section["results"] == [] and section["skipped"] == rollbacks.skipped
-    text = "\n".join(_rollback_section({"rollback": section}))
+    text = "\n".join(rollback_section({"rollback": section}))
     assert f"(not measured: {rollbacks.skipped})" in text

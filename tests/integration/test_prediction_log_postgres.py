@@ -19,9 +19,9 @@ from hearth.config import Settings
 from hearth.traffic.prediction_log import (
     PredictionLog,
     PredictionLogUnavailable,
-    PredictionLogWriter,
     PredictionRecord,
 )
+from hearth.traffic.prediction_log_writer import PredictionLogWriter
 from hearth.traffic.stores import has_prediction_log, open_prediction_log
 
 

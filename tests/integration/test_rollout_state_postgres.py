@@ -17,7 +17,8 @@ from hearth.config import CHALLENGER, CHAMPION, Settings
 from hearth.params import RolloutParams
 from hearth.traffic.assignment import Route
 from hearth.traffic.follower import Follower
-from hearth.traffic.prediction_log import PredictionLog, PredictionLogWriter
+from hearth.traffic.prediction_log import PredictionLog
+from hearth.traffic.prediction_log_writer import PredictionLogWriter
 from hearth.traffic.rollout_state import StateUnavailable, new_rollout
 from hearth.traffic.state_postgres import PostgresStateStore
 from hearth.traffic.state_store import StateStore

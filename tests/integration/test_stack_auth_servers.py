@@ -14,8 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from hearth.config import Settings, ensure_secrets
+from hearth.config import Settings
 from hearth.launch.launcher import free_port, launched
+from hearth.secrets_file import ensure_secrets
 from hearth.stack.services import Service, Stack
 
 pytestmark = pytest.mark.slow

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from hearth.config import Settings, record_shared
+from hearth.config import Settings
 from hearth.launch.launcher import free_port
+from hearth.secrets_file import record_shared
 from hearth.stack import process, shared
 from hearth.stack.process import StackError
 from hearth.stack.services import Stack

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from hearth.config import Settings, ensure_secrets, is_loopback, read_secrets
+from hearth.config import Settings, is_loopback
 from hearth.params import ConfigError, Params, load_params
+from hearth.secrets_file import ensure_secrets, read_secrets
 
 
 def test_params_yaml_in_repo_is_valid() -> None:

@@ -26,9 +26,9 @@ from hearth.serving.http import HttpPolicy, create_app
 from hearth.traffic.prediction_log import (
     PredictionLog,
     PredictionLogUnavailable,
-    PredictionLogWriter,
     PredictionRecord,
 )
+from hearth.traffic.prediction_log_writer import PredictionLogWriter
 from tests.unit.test_serving_http import KEY, TXN, FakeModel, _loaded
 
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from hearth.config import Settings, ensure_secrets, read_secrets
+from hearth.config import Settings
+from hearth.secrets_file import ensure_secrets, read_secrets
 from hearth.stack import services
 from hearth.stack.process import StackError
 from hearth.stack.services import Stack

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from hearth.bench.markdown import md_table
+from hearth.bench.rollback_report import rollback_brief, rollback_rows, rollback_section
 from hearth.observability.figures import png_figure
 
 Row = dict[str, Any]
@@ -159,36 +160,11 @@ def targets(f: Figures) -> list[Row]:
             bool(counted["exact"]))  # fmt: skip
     for row in rollback_rows(f.report):
         # Information, not a target: the issue asks for the figure, not for a bound.
-        add(f"rollback under load, {row['topology']} (information)", _rollback_brief(row), None)
+        add(f"rollback under load, {row['topology']} (information)", rollback_brief(row), None)
     return out
 
 
-def rollback_rows(report: dict[str, Any]) -> list[Row]:
-    """The rollback section's rows (one per topology measured or failed); [] when skipped."""
-    return list((report.get("rollback") or {}).get("results", []))
-
-
-def _rollback_brief(row: Row) -> str:
-    if row.get("error"):
-        return "not measured (see the rollback section)"
-    return (
-        f"{row['failed']} failed of {row['requests']}; last challenger response "
-        f"{row['last_challenger_after_start_s']:.2f} s after `hearth rollback` started, "
-        f"{_seconds(row['last_challenger_after_state_write_s'], '+')} s after its state write"
-    )
-
-
 # -- Markdown ------------------------------------------------------------------------------
-def _row(cells: Iterable[object]) -> str:
-    return "| " + " | ".join(str(c) for c in cells) + " |"
-
-
-def _table(head: Sequence[str], align: str, rows: Iterable[Iterable[object]] = ()) -> list[str]:
-    """A Markdown table: `align` has a letter per column, ``l`` (left) or ``r`` (right)."""
-    rule = "".join("|---:" if a == "r" else "|---" for a in align) + "|"
-    return [_row(head), rule, *(_row(r) for r in rows)]
-
-
 def _main_table(f: Figures) -> list[str]:
     mem = f.report.get("memory_mib", {})
 
@@ -200,7 +176,7 @@ def _main_table(f: Figures) -> list[str]:
             _fmt(mem.get(name, math.nan), 0),
         ]  # fmt: skip
 
-    return _table(
+    return md_table(
         ["contender", "c", "p50 ms", "p90 ms", "p99 ms", "req/s", "errors", "CPU s / 1000 req",
          "RSS MiB"],
         "lrrrrrlrr",
@@ -223,7 +199,7 @@ def _ratio_table(f: Figures) -> list[str]:
             _fmt(_ratio(rps, f.get("mlflow", c, "rps")), 2, "×"),
         ]  # fmt: skip
 
-    return _table(
+    return md_table(
         ["contender", "c", "p50 ÷ forward pass", "p50 ÷ echo", "p50 ÷ mlflow", "req/s ÷ echo",
          "req/s ÷ mlflow"],
         "lrrrrrr",
@@ -236,7 +212,7 @@ def _hop_table(f: Figures) -> list[str]:
     rows = hop_cost(f)
     if not rows:
         return ["(not measured: needs both Hearth topologies)"]
-    lines = _table(
+    lines = md_table(
         ["c", "p50 microservices − monolith", "per hop", "p99 microservices − monolith",
          "req/s microservices ÷ monolith", "microservices errors"],
         "rrrrrr",
@@ -259,7 +235,7 @@ def _batching_table(f: Figures) -> list[str]:
     rows = batching_effect(f)
     if not rows:
         return ["(not measured: needs model-batched and model-unbatched)"]
-    return _table(
+    return md_table(
         ["c", "req/s batched ÷ unbatched", "p50 unbatched ÷ batched"],
         "rrr",
         ([r["concurrency"], f"×{r['rps_ratio']:.2f}", f"×{r['p50_ratio']:.2f}"] for r in rows),
@@ -299,7 +275,7 @@ def _before_after_table(f: Figures) -> list[str]:
         "",
         f"Baseline: `{f.report['config'].get('baseline')}`.",
         "",
-        *_table(
+        *md_table(
             ["contender", "c", "p50 after ÷ before", "req/s after ÷ before",
              "errors before → after"],
             "lrrrr",
@@ -309,57 +285,6 @@ def _before_after_table(f: Figures) -> list[str]:
         ),
         "",
     ]  # fmt: skip
-
-
-def _seconds(value: float | None, sign: str = "") -> str:
-    return "–" if value is None else f"{value:{sign}.2f}"
-
-
-def _rollback_section(report: dict[str, Any]) -> list[str]:
-    section = report.get("rollback") or {}
-    lines = ["## Rollback under load", ""]
-    if section.get("what"):
-        lines += [section["what"], ""]
-    if section.get("skipped"):
-        return [*lines, f"(not measured: {section['skipped']})", ""]
-    rows = rollback_rows(report)
-    if not rows:
-        return [*lines, "(not recorded)", ""]
-    lines += _table(
-        ["topology", "c", "requests", "failed", "challenger responses", "`hearth rollback` s",
-         "its state write after its start s", "last challenger after its start s",
-         "… after its state write s", "… after its exit s", "challenger after exit"],
-        "lrrrrrrrrrr",
-    )  # fmt: skip
-    for r in rows:
-        if r.get("error"):
-            error = str(r["error"]).splitlines()[0].replace("|", "\\|")
-            lines.append(f"| {r['topology']} | not measured: {error} ||||||||||")
-            continue
-        errors = ", ".join(f"{s}: {n}" for s, n in r["errors"].items())
-        lines.append(
-            _row(
-                [r["topology"], r["concurrency"], r["requests"],
-                 f"{r['failed']}{f' ({errors})' if errors else ''}", r["challenger_responses"],
-                 f"{r['rollback_cli_s']:.2f}", _seconds(r["state_write_after_start_s"]),
-                 f"{r['last_challenger_after_start_s']:.2f}",
-                 _seconds(r["last_challenger_after_state_write_s"], "+"),
-                 f"{r['last_challenger_after_exit_s']:+.2f}", r["challenger_after_exit"]]
-            )
-        )  # fmt: skip
-    return [
-        *lines,
-        "",
-        "Times run from the command's start, its write of the rollout state (the time of "
-        "the rollout history's rollback event) or its exit to the last response naming the "
-        "challenger, as the load generator received it. Most of the command's time is Python "
-        "starting and importing; the switch is the state write, which every gateway picks up "
-        "within a second. The command writes nothing after it (the challenger alias is "
-        "dropped at the next repair), so the last challenger response can come before the "
-        "exit (a negative figure). Failed: non-200 answers and connection errors over the "
-        "whole window, ramp-up included.",
-        "",
-    ]
 
 
 def _counted_brief(counted: Row) -> str:
@@ -377,7 +302,7 @@ def _workers_section(f: Figures) -> list[str]:
         "Two monolith processes accept on one port and share the online store, the rollout "
         "state and the prediction log; /metrics sums both (Prometheus multiprocess mode).",
         "",
-        *_table(
+        *md_table(
             [
                 "c",
                 "req/s 1 worker",
@@ -414,7 +339,7 @@ def _workers_section(f: Figures) -> list[str]:
 
 def _targets_table(f: Figures) -> list[str]:
     met = {True: "yes", False: "**no**", None: "–"}
-    return _table(
+    return md_table(
         ["target", "measured", "met"],
         "lll",
         ([t["target"], t["measured"], met[t["met"]]] for t in targets(f)),
@@ -504,7 +429,7 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         "## Contenders",
         "",
-        *_table(
+        *md_table(
             ["contender", "what it does per request"],
             "ll",
             ([c["label"], c["note"]] for c in report["contenders"]),
@@ -544,7 +469,7 @@ def markdown(report: dict[str, Any]) -> str:
         *_limits(report),
         "",
         *_before_after_table(f),
-        *_rollback_section(report),
+        *rollback_section(report),
         "## Targets",
         "",
         *_targets_table(f),

@@ -12,15 +12,15 @@ from typing import Annotated, Literal
 import typer
 
 from hearth.cli._common import console, fail, load_context
-from hearth.config import (
+from hearth.config import project_root
+from hearth.launch.topologies import TOPOLOGIES
+from hearth.secrets_file import (
     ensure_secrets,
-    project_root,
     read_secrets,
     record_shared,
     secrets_path,
     shared_variables,
 )
-from hearth.launch.topologies import TOPOLOGIES
 
 commands = typer.Typer()
 

@@ -10,7 +10,8 @@ from typing import Annotated
 import typer
 
 from hearth.cli._common import console, fail, load_context
-from hearth.config import is_loopback, secrets_path
+from hearth.config import is_loopback
+from hearth.secrets_file import secrets_path
 
 commands = typer.Typer()
 ui_app = typer.Typer(help="Open the Prefect or MLflow UI on Hearth's state.", no_args_is_help=True)

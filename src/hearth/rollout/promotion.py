@@ -32,8 +32,9 @@ RolloutConflict when that rollout has already ended another way, so a stale auto
 promote never undoes a human rollback, nor a stale rollback a promotion.
 
 Once the aliases are written, the model versions' descriptions gain a line saying when
-and why each was promoted, replaced or rolled back (`describe`; best effort, never on the
-path of the state write, so a rollback with MLflow down is as fast as ever).
+and why each was promoted, replaced or rolled back (`hearth.rollout.version_notes`; best
+effort, never on the path of the state write, so a rollback with MLflow down is as fast as
+ever).
 
 This module imports MLflow only inside the functions that talk to the registry (its reads
 are `hearth.rollout.registry_reads`'): `hearth rollback` must start in well under a second.
@@ -57,6 +58,7 @@ from hearth.rollout.registry_reads import (
     configure_registry,
     version_exists,
 )
+from hearth.rollout.version_notes import describe
 from hearth.traffic.rollout_state import (
     Decision,
     InvalidRollout,
@@ -140,51 +142,6 @@ def _apply(store: StateStore, intent: PromotionIntent) -> None:
     _set_aliases(intent.model_name, intent.after, intent.only_if)
     _clear(store, intent)
     describe(intent)
-
-
-def descriptions(intent: PromotionIntent) -> dict[str, str]:
-    """version → the line its model version's description gains: when, what, by whom, why."""
-    when = f"{intent.at:%Y-%m-%d %H:%M:%S} UTC"
-    rollout = f" in rollout {intent.rollout_id}" if intent.rollout_id else ""
-    why = f" by {intent.actor}: {intent.reason}" + (
-        f" (test: {intent.test})" if intent.test else ""
-    )
-    lines: dict[str, str] = {}
-    if intent.action == "promote":
-        new, old = intent.after.get(CHAMPION) or intent.champion, intent.after.get(PREVIOUS)
-        over = f" over v{old}" if old else ""
-        if new is not None:
-            lines[new] = f"{when}: promoted to {CHAMPION}{over}{rollout}{why}"
-        if old is not None and new is not None:
-            lines[old] = f"{when}: replaced as {CHAMPION} by v{new}{rollout}{why}"
-    elif intent.rollout_id is not None:  # a rollout ended as rolled back
-        version = intent.only_if.get(CHALLENGER)
-        if version is not None:
-            lines[version] = f"{when}: rolled back{rollout}{why}"
-    elif intent.champion is not None and intent.expected_champion is not None:
-        restored, demoted = intent.champion, intent.expected_champion
-        lines[demoted] = f"{when}: rolled back as {CHAMPION}, v{restored} restored{why}"
-        lines[restored] = f"{when}: {CHAMPION} again, in place of v{demoted}{why}"
-    return lines
-
-
-def describe(intent: PromotionIntent) -> None:
-    """Append `descriptions(intent)` to the model versions' descriptions (once each).
-
-    After the aliases, off the path that changes what serves: a description that cannot be
-    written is logged and skipped, never retried nor allowed to fail the change."""
-    from mlflow.tracking import MlflowClient  # lazy: MLflow, see the module docstring
-
-    try:
-        client = MlflowClient()
-        for version, line in descriptions(intent).items():
-            current = client.get_model_version(intent.model_name, version).description or ""
-            if line in current:
-                continue  # a repeated repair: already said
-            text = f"{current.rstrip()}\n\n{line}" if current.strip() else line
-            client.update_model_version(intent.model_name, version, description=text)
-    except Exception as exc:
-        log.warning("%s: model version descriptions not written (%s)", intent.action, exc)
 
 
 def _follow(settings: Settings, store: StateStore, intent: PromotionIntent | None) -> AliasSync:

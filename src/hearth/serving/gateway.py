@@ -37,9 +37,9 @@ from hearth.traffic.assignment import Route
 from hearth.traffic.prediction_log import (
     PredictionLog,
     PredictionLogUnavailable,
-    PredictionLogWriter,
     PredictionRecord,
 )
+from hearth.traffic.prediction_log_writer import PredictionLogWriter
 
 log = logging.getLogger(__name__)
 # -- the gateway --------------------------------------------------------------------------

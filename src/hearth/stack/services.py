@@ -30,10 +30,11 @@ from typing import Literal
 
 import httpx
 
-from hearth.config import STACK_ADMIN_USER, Settings, is_loopback
+from hearth.config import Settings, is_loopback
 from hearth.launch.hearth_server import serving_ready
 from hearth.launch.launcher import http_ok
 from hearth.launch.topologies import READY_PATH, default_workers, serve_command
+from hearth.secrets_file import STACK_ADMIN_USER
 from hearth.stack import process, shared
 from hearth.stack.process import Running, StackError
 

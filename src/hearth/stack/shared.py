@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from hearth.config import Settings, is_loopback, read_secrets, shared_variables, write_secrets
+from hearth.config import Settings, is_loopback
+from hearth.secrets_file import read_secrets, shared_variables, write_secrets
 from hearth.stack.process import StackError
 
 DB_USER = "hearth"  # PostgreSQL role of `hearth up --shared`'s cluster (its superuser)

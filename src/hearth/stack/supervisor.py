@@ -6,9 +6,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from hearth.config import record_shared
 from hearth.launch import launcher
 from hearth.launch.hearth_server import bentoml_workers
+from hearth.secrets_file import record_shared
 from hearth.stack import process, shared
 from hearth.stack.process import Running, StackError
 from hearth.stack.services import WORK_POOLS, Service, Stack, prefect_cli, record
