@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from hearth.config import NO_TELEMETRY_ENV, HearthContext, Settings
+from hearth.config import MLFLOW_SERVER_ENV, NO_TELEMETRY_ENV, HearthContext, Settings
 from hearth.launch.hearth_server import ServerProcess
 from hearth.launch.launcher import http_ok, stop_group
 from hearth.params import Params
@@ -161,8 +161,8 @@ def mlflow_server(project: Path, port: int, log: Path) -> Iterator[subprocess.Po
     ]  # fmt: skip
     with log.open("ab") as out:
         process = subprocess.Popen(
-            cmd, cwd=project, env=clean_environ("HEARTH_", "MLFLOW_"), stdout=out,
-            stderr=subprocess.STDOUT, start_new_session=True,
+            cmd, cwd=project, env=clean_environ("HEARTH_", "MLFLOW_") | MLFLOW_SERVER_ENV,
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     try:
         deadline = time.monotonic() + 120

@@ -62,6 +62,9 @@ NO_TELEMETRY_ENV = {
     "BENTOML_DO_NOT_TRACK": "true",
     "MLFLOW_ENABLE_TELEMETRY": "false",
 }
+# Every `mlflow server` Hearth starts: without this, MLflow 3.17 starts seven huey job
+# consumers (its GenAI jobs, which Hearth does not use), ~270 MB of RSS each.
+MLFLOW_SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
 def project_root() -> Path:

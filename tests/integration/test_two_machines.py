@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 import pytest
 
+from hearth.config import MLFLOW_SERVER_ENV
 from hearth.launch.hearth_server import ServerProcess
 from hearth.launch.launcher import Launched, free_port, launch, stop_all
 from hearth.params import Params
@@ -66,7 +67,7 @@ def _mlflow_server(pg: PostgresServer, root: Path) -> tuple[Launched, str]:
     port = free_port()
     cmd = mlflow_server_command(backend, root / "mlflow-artifacts", "127.0.0.1", port)
     url = f"http://127.0.0.1:{port}"
-    env = clean_environ("HEARTH_", "MLFLOW_")
+    env = clean_environ("HEARTH_", "MLFLOW_") | MLFLOW_SERVER_ENV
     return launch("mlflow", cmd, env, REPO, root / "mlflow.log", f"{url}/health"), url
 
 

@@ -30,7 +30,7 @@ from typing import Literal
 
 import httpx
 
-from hearth.config import Settings, is_loopback
+from hearth.config import MLFLOW_SERVER_ENV, Settings, is_loopback
 from hearth.launch.hearth_server import serving_ready
 from hearth.launch.launcher import http_ok
 from hearth.launch.topologies import READY_PATH, default_workers, serve_command
@@ -188,10 +188,10 @@ class Stack:
         return self._mlflow_service(cmd)
 
     def _mlflow_service(self, cmd: list[str]) -> Service:
-        s, env = self.settings, {}
+        s, env = self.settings, dict(MLFLOW_SERVER_ENV)
         if s.mlflow_auth:
             cmd += ["--app-name", "basic-auth"]
-            env = self.mlflow_auth_env()
+            env |= self.mlflow_auth_env()
         # /health answers without credentials in the basic-auth app too.
         return Service("mlflow", cmd, self.mlflow_url, f"{self.mlflow_url}/health", env=env)
 
