@@ -204,7 +204,7 @@ def test_repo_demo_profile_changes_three_tolerances_and_the_quality_test() -> No
     }
     assert changed == {
         "p99_slack_ms": 50.0,
-        "max_psi": 0.5,
+        "max_psi": 2.0,
         "recall_tolerance": 0.1,
         "quality_test": "paired",
     }

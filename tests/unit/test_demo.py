@@ -107,7 +107,7 @@ def test_the_printed_summary_names_versions_verdicts_numbers_and_the_profile() -
     assert "failed   pr_auc" in text
     assert "traffic  1000 requests at 200.0 req/s, 0 failed, 400 labels" in text
     assert (
-        "profile  params.yaml rollout.profiles.demo: p99_slack_ms=50, max_psi=0.5, "
+        "profile  params.yaml rollout.profiles.demo: p99_slack_ms=50, max_psi=2, "
         "recall_tolerance=0.1, quality_test=paired; step wait 4s (drill: wait 40s)"
     ) in text
     assert "timings  canary rollout 61s" in text
