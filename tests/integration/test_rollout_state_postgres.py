@@ -130,7 +130,17 @@ def test_a_restarted_server_keeps_the_state_and_the_log_catches_up() -> None:
         writer.submit(entries()[4:10])  # buffered while the log cannot be written
         server.start()
 
-        assert store.current() == started
+        # The pool reconnects with backoff after failed attempts: the store answers again
+        # within seconds of the server, not at once.
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                current = store.current()
+                break
+            except StateUnavailable:
+                assert time.monotonic() < deadline, "the state store never came back"
+                time.sleep(0.2)
+        assert current == started
         store.update(lambda s: s.next_step(), "test", "advance")
         assert writer.flush(20) and writer.dropped == 0
         assert len(log.rows("predictions")) == 10

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from hearth.config import Settings
+from hearth.config import MLFLOW_SERVER_ENV, Settings
 from hearth.secrets_file import ensure_secrets, read_secrets
 from hearth.stack import services
 from hearth.stack.process import StackError
@@ -41,7 +41,8 @@ def with_flask_wtf(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_on_loopback_nothing_changes(home: Path) -> None:
     stack = Stack(Settings(home=home))
     mlflow, prefect = stack.mlflow(), stack.prefect_server()
-    assert "--app-name" not in mlflow.cmd and mlflow.env == {}
+    # Only MLflow's job runner switched off (config.MLFLOW_SERVER_ENV): no auth settings.
+    assert "--app-name" not in mlflow.cmd and mlflow.env == MLFLOW_SERVER_ENV
     assert prefect.env == {} and stack.prefect_headers() == {}
     env = stack.env()
     assert not {"MLFLOW_TRACKING_PASSWORD", "PREFECT_API_AUTH_STRING"} & set(env)
