@@ -126,6 +126,26 @@ up: install ## The whole stack: Prefect (:4200) + worker + deployments, MLflow (
 down: install ## Stop what `make up` started
 	$(BIN)/hearth down
 
+.PHONY: up-containers
+up-containers: install ## The stack as containers (deploy/compose.yaml on the local engine; TOPOLOGY=microservices|monolith, GPU=1 for the model's GPU)
+	$(BIN)/hearth up --containers --topology $(or $(TOPOLOGY),microservices) $(if $(GPU),--gpu)
+
+.PHONY: stack-images
+stack-images: ## The images of deploy/compose.yaml's PostgreSQL + Redis (hearth/services) and MLflow + Prefect (hearth/stack), on HEARTH_BASE_IMAGE (no hub)
+	@set -e; ctx=$$(mktemp -d); trap 'rm -rf "$$ctx"' EXIT; \
+	cp deploy/images/* "$$ctx"/; \
+	sed -e 's/ --hash=.*//' -e 's/+cpu//' requirements.lock > "$$ctx/constraints.txt"; \
+	base=$${HEARTH_BASE_IMAGE:-hearth/base:bookworm-py3.11}; \
+	for image in services stack; do \
+		echo "==> hearth/$$image:latest from $$base"; \
+		docker build -q --build-arg HEARTH_BASE_IMAGE=$$base -t hearth/$$image:latest \
+			-f "$$ctx/$$image.Dockerfile" "$$ctx"; \
+	done
+
+.PHONY: test-containers
+test-containers: install ## Opt-in, not in `make test`: the Compose stack for real (tests/containers; needs dockerd and the images: see README "With containers")
+	HEARTH_CONTAINER_TESTS=1 $(BIN)/pytest tests/containers -v -s
+
 .PHONY: mlflow-ui
 mlflow-ui: install ## MLflow UI on http://127.0.0.1:5000 over Hearth's tracking store
 	$(BIN)/hearth ui mlflow

@@ -28,8 +28,12 @@ commands = typer.Typer()
 @commands.command()
 def up(
     topology: Annotated[
-        str, typer.Option(help="Serving topology: monolith or microservices.")
-    ] = "monolith",
+        str | None,
+        typer.Option(
+            help="Serving topology: monolith or microservices (default: monolith; with "
+            "--containers, microservices)."
+        ),
+    ] = None,
     serve: Annotated[
         bool, typer.Option(help="Start the serving stack too (needs a registered champion).")
     ] = True,
@@ -57,8 +61,34 @@ def up(
             "machine with a GPU: its deployments then run there)."
         ),
     ] = "hearth-process",
+    containers: Annotated[
+        bool,
+        typer.Option(
+            "--containers",
+            help="Run the stack as containers (deploy/compose.yaml on the local Docker engine, "
+            "from the images of `hearth images base` and `hearth containerize`): PostgreSQL, "
+            "Redis, MLflow, Prefect's server and worker, and serving; waits for their health "
+            "checks and writes HEARTH_HOME/compose.env (mode 0600).",
+        ),
+    ] = False,
+    gpu: Annotated[
+        bool,
+        typer.Option(
+            "--gpu",
+            help="With --containers: the model service with a GPU reserved (needs the "
+            "NVIDIA container toolkit).",
+        ),
+    ] = False,
 ) -> None:
     """Start Prefect (server, work pool, deployments, worker), MLflow and serving; print URLs."""
+    if containers:
+        if shared or join is not None:
+            fail("--containers runs its own PostgreSQL and Redis: not with --shared or --join")
+        _up_containers(topology or "microservices", serve=serve, gpu=gpu)
+        return
+    if gpu:
+        fail("--gpu is for --containers (`hearth serve` uses a GPU whenever torch sees one)")
+    topology = topology or "monolith"
     # lazy: httpx, see the module docstring
     from hearth.stack import shared as shared_stack
     from hearth.stack.process import StackError
@@ -83,7 +113,8 @@ def up(
             f"this home runs on a shared stack's servers ({', '.join(recorded)} in "
             f"{secrets_path()})",
             "`hearth up --shared` (the first machine), `hearth up --join FILE` (another one), "
-            "or delete those lines for a local stack",
+            "`hearth up --containers` (recorded by it; `hearth down` forgets them), or delete "
+            "those lines for a local stack",
         )
     ctx = load_context()
     mode: Literal["local", "shared", "join"] = (
@@ -106,6 +137,32 @@ def up(
     console.print("stop it with `hearth down`; check it with `hearth ps`")
 
 
+def _up_containers(topology: str, serve: bool, gpu: bool) -> None:
+    # lazy: the container module runs docker-compose, see the module docstring
+    from hearth.stack import compose
+    from hearth.stack.process import StackError
+
+    if topology not in TOPOLOGIES:
+        fail(f"unknown topology {topology!r}", f"choose from {', '.join(TOPOLOGIES)}")
+    _secrets()
+    settings = load_context().settings
+    stack = compose.ContainerStack(settings, project_root(), compose.images())
+    try:
+        states = compose.up(stack, topology, serve=serve, gpu=gpu, say=console.print)
+    except StackError as exc:
+        fail(
+            str(exc),
+            "`hearth ps` shows the containers, `hearth down` takes them down; serving needs a "
+            "registered champion: `hearth up --containers --no-serve`, then `hearth run "
+            "--no-rollout` here (it uses the containers' servers), then `hearth up --containers`",
+        )
+    console.rule("[bold]Hearth is up (containers)")
+    for name, url in stack.urls(topology if serve else None).items():
+        console.print(f"  {name:<15} {url}")
+    console.print(f"  {len(states)} containers healthy (project {stack.project}); stop them "
+                  "with `hearth down` (the data volumes stay)")  # fmt: skip
+
+
 @commands.command("secrets")
 def secrets_() -> None:
     """Write random secrets into HEARTH_HOME/secrets.env (mode 0600) unless there; say where."""
@@ -126,26 +183,42 @@ def _secrets() -> None:
 
 @commands.command()
 def down() -> None:
-    """Stop exactly what `hearth up` started (its pid file under HEARTH_HOME)."""
-    from hearth.stack.supervisor import down as stack_down  # lazy: httpx, see the docstring
+    """Stop exactly what `hearth up` started (its pid file under HEARTH_HOME; its containers,
+    keeping their data volumes)."""
+    # lazy: httpx and docker-compose, see the module docstring
+    from hearth.stack import compose
+    from hearth.stack.process import StackError
+    from hearth.stack.supervisor import down as stack_down
 
-    stopped = stack_down(load_context().settings.home_abs, say=console.print)
+    settings = load_context().settings
+    stopped = stack_down(settings.home_abs, say=console.print)
+    try:
+        stopped += compose.down(settings, project_root(), say=console.print)
+    except StackError as exc:
+        fail(str(exc))
     console.print(f"[green]✓[/] stopped {len(stopped)} service(s)" if stopped else "nothing runs")
 
 
 @commands.command()
 def ps() -> None:
     """What `hearth up` started: running or not, healthy or not."""
-    from hearth.stack.supervisor import ps as stack_ps  # lazy: httpx, see the docstring
+    # lazy: httpx and docker-compose, see the module docstring
+    from hearth.stack import compose
+    from hearth.stack.supervisor import ps as stack_ps
 
-    statuses = stack_ps(load_context().settings.home_abs)
-    if not statuses:
+    settings = load_context().settings
+    statuses = stack_ps(settings.home_abs)
+    boxes = compose.ps(settings, project_root())
+    if not statuses and not boxes:
         typer.echo("nothing started by `hearth up` runs")
         return
     for st in statuses:
         state = "healthy" if st.healthy else ("UNHEALTHY" if st.running else "STOPPED")
         typer.echo(f"{st.name:<15} {st.pid:>7} {state:<9} {st.url or '-':<28} {st.detail}")
-    if not all(st.healthy for st in statuses):
+    for box in boxes:
+        state = "healthy" if box.healthy else box.health or box.status
+        typer.echo(f"{box.service:<15} {box.id:>12} {state:<9} (container)")
+    if not all(st.healthy for st in statuses) or not all(b.healthy for b in boxes):
         raise typer.Exit(code=1)
 
 
