@@ -1,7 +1,8 @@
 """The container suite (`make test-containers`): opt-in, and only where an engine runs.
 
 `make test` collects tests/ too; these are skipped there (HEARTH_CONTAINER_TESTS unset), and
-skipped with the reason (no engine, an image missing) where they cannot run.
+skipped with the reason where no engine runs. test_image_builds.py builds the images first
+(files run in name order); test_up_containers.py runs the Compose stack on them.
 """
 
 from __future__ import annotations
@@ -21,8 +22,6 @@ def _why_not() -> str | None:
         return "opt-in: `make test-containers` (a container engine and Hearth's images)"
     if problem := compose.engine_problem():
         return problem
-    if missing := compose.missing_images(compose.images()):
-        return f"images missing: {', '.join(missing)}; {compose.HOW_TO_GET_IMAGES}"
     return None
 
 

@@ -244,6 +244,7 @@ def test_compose_takes_every_image_from_the_env_file(compose: dict[str, Any]) ->
 def test_compose_services_are_healthchecked_and_restarted(compose: dict[str, Any]) -> None:
     for name, service in compose.items():
         assert service["restart"] == "unless-stopped", name
+        assert service["pull_policy"] == "never", name
         assert service["healthcheck"]["test"], name
     reservation = compose["model-gpu"]["deploy"]["resources"]["reservations"]["devices"]
     assert reservation == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
