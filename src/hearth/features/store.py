@@ -29,7 +29,7 @@ data is never a cold start online. Backend failures surface as `StoreUnavailable
 from __future__ import annotations
 
 import bisect
-import json
+import math
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
+import orjson
 import pandas as pd
 
 from hearth.config import Settings
@@ -158,7 +159,16 @@ def encode_state(state: CustomerState) -> str:
     `update_state` already prunes; this also bounds states written from elsewhere
     (hand-built, older code) without changing any feature: no window looks further back.
     The state object itself is left untouched.
+
+    orjson, not the standard library: a state holds up to a month of history, and
+    `json.dumps` + `json.loads` of its floats (``repr`` and back) grew to most of an
+    observe's cost as histories grew (~1.5 ms of a monolith request at ~200 entries on the
+    2-core machine; orjson: ~10x less). The text is the same compact JSON either way, so
+    older readers still read it. orjson writes NaN as null rather than refusing it, so a
+    non-finite number is refused here (ValueError), as ``allow_nan=False`` did.
     """
+    if not (all(map(math.isfinite, state.amounts)) and all(map(math.isfinite, state.home or ()))):
+        raise ValueError("a customer state with a non-finite amount or home is not stored")
     data = state.to_dict()
     if state.times:
         newest = max(state.times[-1], state.last_timestamp or state.times[-1])
@@ -167,13 +177,13 @@ def encode_state(state: CustomerState) -> str:
             data["history"] = data["history"][keep_from:]
             if "ids" in data:
                 data["ids"] = data["ids"][keep_from:]
-    return json.dumps(data, separators=(",", ":"), allow_nan=False)
+    return orjson.dumps(data).decode()
 
 
 def decode_state(raw: str | bytes, customer_id: str) -> CustomerState:
     """Parse a stored state; a corrupt or foreign-version state is a StoreError, not a crash."""
     try:
-        return CustomerState.from_dict(json.loads(raw))
+        return CustomerState.from_dict(orjson.loads(raw))
     except (ValueError, TypeError, KeyError, IndexError) as exc:
         raise StoreError(f"stored state of customer {customer_id!r} is unreadable: {exc}") from exc
 
