@@ -351,7 +351,7 @@ def test_sqlite_is_shared_between_store_objects_and_survives_reopening(tmp_path:
     reopened = SQLiteStateStore(path)
     assert reopened.current() is not None and reopened.current().challenger_percent == 25  # type: ignore[union-attr]
     assert reopened.history()[-1].actor == "b"
-    with reopened._file.read() as conn:
+    with reopened._db.read() as conn:
         mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
     assert mode == "wal"
     reopened.close()

@@ -33,6 +33,8 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
+from hearth.storage.database import Database
+
 log = logging.getLogger(__name__)
 
 SCHEMA = "hearth"
@@ -70,7 +72,7 @@ def is_postgres_url(url: str) -> bool:
     return urlsplit(url).scheme in ("postgresql", "postgres")
 
 
-class PostgresDatabase:
+class PostgresDatabase(Database[Conn]):
     """A pool of connections to one database; safe to share between threads.
 
     `name` names the store in error messages; `error` is the exception type raised for every
@@ -169,15 +171,6 @@ class PostgresDatabase:
                 )
             ).fetchall()
         return [(int(v), str(n)) for v, n in rows]
-
-    def ping(self) -> bool:
-        """True when the database answers a trivial query; False (never an exception) if not."""
-        try:
-            with self.read() as conn:
-                conn.execute("SELECT 1").fetchone()
-        except self._error:
-            return False
-        return True
 
     @property
     def closed(self) -> bool:

@@ -32,6 +32,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
+from hearth.storage.database import Database
+
 log = logging.getLogger(__name__)
 
 Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
@@ -104,7 +106,7 @@ class Checkpointer:
                 self._conn = None
 
 
-class SQLiteFile:
+class SQLiteFile(Database[sqlite3.Connection]):
     """One SQLite file: one connection, serialised by a lock; safe to share between threads.
 
     `name` names the file in error messages (e.g. ``"SQLite online store /x/online.sqlite"``);
@@ -187,15 +189,6 @@ class SQLiteFile:
         transaction; `sqlite3.Connection.executescript` would commit an open one."""
         with self.read() as conn:
             conn.executescript(sql)
-
-    def ping(self) -> bool:
-        """True when the file answers a trivial query; False (never an exception) if not."""
-        try:
-            with self.read() as conn:
-                conn.execute("SELECT 1").fetchone()
-        except self._error:
-            return False
-        return True
 
     @property
     def closed(self) -> bool:

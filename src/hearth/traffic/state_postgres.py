@@ -15,12 +15,13 @@ from collections.abc import Callable
 from hearth.storage.postgres import Conn, PostgresDatabase
 from hearth.traffic.migrations import MIGRATIONS
 from hearth.traffic.rollout_state import Served, StateUnavailable
-from hearth.traffic.state_store import Plan, StateStore, StoredServed, Write, decode_intent
+from hearth.traffic.state_sql import SQLStateStore
+from hearth.traffic.state_store import Plan, StoredServed, Write, decode_intent
 
 _SERVED = "SELECT state, champion, revision, intent FROM rollout_served WHERE id = 1"
 
 
-class PostgresStateStore(StateStore):
+class PostgresStateStore(SQLStateStore[PostgresDatabase]):
     """The state in a PostgreSQL database, through a small pool of connections.
 
     `timeout_s` bounds the wait for a connection (and to connect): with the server down, a
@@ -29,16 +30,19 @@ class PostgresStateStore(StateStore):
     """
 
     backend = "postgres"
+    marker = "%s"
 
     def __init__(self, url: str, timeout_s: float = 2.0, max_connections: int = 4) -> None:
         self.url = url
-        self._db = PostgresDatabase(
-            url,
-            name="rollout state",
-            error=StateUnavailable,
-            migrations=MIGRATIONS,
-            max_size=max_connections,
-            timeout_s=timeout_s,
+        super().__init__(
+            PostgresDatabase(
+                url,
+                name="rollout state",
+                error=StateUnavailable,
+                migrations=MIGRATIONS,
+                max_size=max_connections,
+                timeout_s=timeout_s,
+            )
         )
 
     @property
@@ -56,9 +60,6 @@ class PostgresStateStore(StateStore):
         with self._db.read() as conn:
             return self._read(conn)[0]
 
-    def revision(self) -> int:
-        return self.served().revision
-
     def _transact(self, plan: Plan) -> tuple[Served, Write]:
         with self._db.transaction() as conn:
             stored, intent = self._read(conn, lock=True)
@@ -67,15 +68,6 @@ class PostgresStateStore(StateStore):
             if write.event is not None:
                 _save(conn, write)
         return served, write
-
-    def _read_history(self, rollout_id: str | None, limit: int) -> list[str | bytes]:
-        where, args = ("WHERE rollout_id = %s", [rollout_id]) if rollout_id else ("", [])
-        with self._db.read() as conn:
-            rows = conn.execute(
-                f"SELECT event FROM rollout_history {where} ORDER BY seq DESC LIMIT %s",
-                [*args, limit],
-            ).fetchall()
-        return [r[0] for r in reversed(rows)]
 
     def _read_intent(self) -> str | bytes | None:
         with self._db.read() as conn:
@@ -87,29 +79,6 @@ class PostgresStateStore(StateStore):
         with self._db.transaction() as conn:
             check(self._read(conn, lock=True)[1])
             conn.execute("UPDATE rollout_served SET intent = %s WHERE id = 1", (document,))
-
-    def _write_heartbeat(
-        self, process: str, document: str, seen_at: float, forget_before: float
-    ) -> None:
-        with self._db.transaction() as conn:
-            conn.execute("DELETE FROM serving_heartbeats WHERE seen_at < %s", (forget_before,))
-            conn.execute(
-                "INSERT INTO serving_heartbeats (process, seen_at, heartbeat) VALUES (%s, %s, %s) "
-                "ON CONFLICT (process) DO UPDATE SET seen_at = EXCLUDED.seen_at, "
-                "heartbeat = EXCLUDED.heartbeat",
-                (process, seen_at, document),
-            )
-
-    def _read_heartbeats(self) -> list[str | bytes]:
-        with self._db.read() as conn:
-            rows = conn.execute("SELECT heartbeat FROM serving_heartbeats").fetchall()
-        return [r[0] for r in rows]
-
-    def ping(self) -> bool:
-        return self._db.ping()
-
-    def close(self) -> None:
-        self._db.close()
 
 
 def _save(conn: Conn, write: Write) -> None:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from hearth.storage.sqlite import SQLiteFile
 from hearth.traffic.rollout_state import Served, StateUnavailable
-from hearth.traffic.state_store import Plan, StateStore, StoredServed, Write, decode_intent
+from hearth.traffic.state_sql import SQLStateStore
+from hearth.traffic.state_store import Plan, StoredServed, Write, decode_intent
 
 STATE_FILE = "rollout.sqlite"
 
@@ -44,7 +45,7 @@ SELECT (SELECT state FROM rollout_state WHERE id = 1),
 """
 
 
-class SQLiteStateStore(StateStore):
+class SQLiteStateStore(SQLStateStore[SQLiteFile]):
     """The state in one SQLite file (WAL); one connection per object, serialised by a lock.
 
     Within a process the lock orders calls; across processes ``BEGIN IMMEDIATE`` takes the
@@ -56,14 +57,16 @@ class SQLiteStateStore(StateStore):
     def __init__(self, path: Path, timeout_s: float = 5.0) -> None:
         self.path = path
         # FULL: a rollback or promotion must survive a power cut, and writes are rare.
-        self._file = SQLiteFile(
-            path,
-            name=f"rollout state {path}",
-            error=StateUnavailable,
-            synchronous="FULL",
-            timeout_s=timeout_s,
+        super().__init__(
+            SQLiteFile(
+                path,
+                name=f"rollout state {path}",
+                error=StateUnavailable,
+                synchronous="FULL",
+                timeout_s=timeout_s,
+            )
         )
-        self._file.script(_SCHEMA)
+        self._db.script(_SCHEMA)
 
     @staticmethod
     def _stored(conn: sqlite3.Connection) -> StoredServed:
@@ -92,63 +95,29 @@ class SQLiteStateStore(StateStore):
             _store_intent(conn, write.intent.model_dump_json())
 
     def _read_served(self) -> StoredServed:
-        with self._file.read() as conn:
+        with self._db.read() as conn:
             return self._stored(conn)
 
-    def revision(self) -> int:
-        return self.served().revision
-
     def _transact(self, plan: Plan) -> tuple[Served, Write]:
-        with self._file.transaction() as conn:
+        with self._db.transaction() as conn:
             served = self._stored(conn).decoded()
             write = plan(served, decode_intent(_stored_intent(conn)))
             self._save(conn, write)
         return served, write
 
-    def _read_history(self, rollout_id: str | None, limit: int) -> list[str | bytes]:
-        where, args = ("WHERE rollout_id = ?", (rollout_id,)) if rollout_id else ("", ())
-        with self._file.read() as conn:
-            rows = conn.execute(
-                f"SELECT event FROM rollout_history {where} ORDER BY seq DESC LIMIT ?",
-                (*args, limit),
-            ).fetchall()
-        return [r[0] for r in reversed(rows)]
-
     def _read_intent(self) -> str | bytes | None:
-        with self._file.read() as conn:
+        with self._db.read() as conn:
             return _stored_intent(conn)
 
     def _write_intent(
         self, document: str | None, check: Callable[[str | bytes | None], None]
     ) -> None:
-        with self._file.transaction() as conn:
+        with self._db.transaction() as conn:
             check(_stored_intent(conn))
             if document is None:
                 conn.execute("DELETE FROM rollout_intent")
             else:
                 _store_intent(conn, document)
-
-    def _write_heartbeat(
-        self, process: str, document: str, seen_at: float, forget_before: float
-    ) -> None:
-        with self._file.transaction() as conn:
-            conn.execute("DELETE FROM serving_heartbeats WHERE seen_at < ?", (forget_before,))
-            conn.execute(
-                "INSERT OR REPLACE INTO serving_heartbeats (process, seen_at, heartbeat) "
-                "VALUES (?, ?, ?)",
-                (process, seen_at, document),
-            )
-
-    def _read_heartbeats(self) -> list[str | bytes]:
-        with self._file.read() as conn:
-            rows = conn.execute("SELECT heartbeat FROM serving_heartbeats").fetchall()
-        return [r[0] for r in rows]
-
-    def ping(self) -> bool:
-        return self._file.ping()
-
-    def close(self) -> None:
-        self._file.close()
 
 
 def _stored_intent(conn: sqlite3.Connection) -> str | None:

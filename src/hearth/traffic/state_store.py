@@ -1,6 +1,7 @@
 """The rollout state store: the writes every backend shares, and the protocol it implements.
 
-`StateStore` is the base of the two backends (`hearth.traffic.state_sqlite`,
+`StateStore` is the base of the backends (`hearth.traffic.state_sqlite`,
+`hearth.traffic.state_postgres`, both on `hearth.traffic.state_sql`, and
 `hearth.traffic.state_redis`; `hearth.traffic.stores.open_state_store` picks one). Writes
 are compare-and-set: `update` reads the state, applies a pure mutator, and writes the new
 state *and* its history event in one transaction, so concurrent writers lose nothing and the
