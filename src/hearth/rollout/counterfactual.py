@@ -6,11 +6,11 @@ luck: on the main job's traffic, ~0.06 PR-AUC of standard error after a minute, 
 than the 0.02 tolerance a verdict needs. But every answered request is logged with the
 feature row the model scored (`PredictionLog`), so the rollout flow can ask the *other*
 model what it would have answered: each labelled request then has both models' scores,
-and the two are compared on the same requests (`statistics.paired_differences`), where
-what makes a customer's frauds hard cancels out (measured on two main-job canaries: the
-standard error fell from 0.055 to 0.012 at one minute). The scores served are untouched:
-guard rails, error rates, latency and the score distribution still judge the challenger's
-own answers.
+and the two are compared on the same requests (`statistics.sequential_differences`,
+``paired=True``), where what makes a customer's frauds hard cancels out (measured on two
+main-job canaries: the standard error fell from 0.055 to 0.012 at one minute). The scores
+served are untouched: guard rails, error rates, latency and the score distribution still
+judge the challenger's own answers.
 
 `annotate` adds ``counterfactual`` to the analysis rows. It keeps one `Counterfactual`
 per process (the running rollout's), which loads both versions once and scores each new

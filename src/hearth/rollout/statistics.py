@@ -374,28 +374,49 @@ class Estimate:
     se: float
 
 
+def _jackknife_groups(
+    strata: Iterable[np.ndarray], clusters: int, groups: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Each of `clusters` customers' group for a delete-a-group jackknife: the customers of
+    each stratum (with a fraud, without) dealt into `groups` groups in a random order, as the
+    bootstrap stratifies."""
+    group_of_cluster = np.zeros(clusters, dtype=np.int64)
+    for members in strata:
+        group_of_cluster[rng.permutation(members)] = np.arange(members.size) % groups
+    return group_of_cluster
+
+
+def _leave_one_out(group_of_row: np.ndarray, groups: int) -> np.ndarray:
+    """The jackknife's replicate weights (groups × rows): replicate g leaves group g out."""
+    return (group_of_row[None, :] != np.arange(groups)[:, None]).astype(np.float64)
+
+
+def _jackknife_se(replicates: np.ndarray, groups: int) -> float:
+    """The standard error from a delete-a-group jackknife's replicates (nan unless all are
+    finite)."""
+    if not np.isfinite(replicates).all():
+        return math.nan
+    spread = float(np.sum((replicates - replicates.mean()) ** 2))
+    return math.sqrt((groups - 1) / groups * spread)
+
+
 def _jackknife(ranked: _Ranked, groups: int, rng: np.random.Generator) -> list[Estimate]:
     """(PR-AUC, recall) of one variant with their delete-a-group jackknife standard errors.
 
-    Customers are dealt into `groups` groups, those with a fraud and those without dealt
-    separately (as the bootstrap stratifies), and each replicate leaves one group out: the
-    variance counts customers, not rows, for the reason the bootstrap does. `groups`
-    replicates cost what `groups` bootstrap resamples do, a twentieth of the bootstrap's.
+    Customers are dealt into `groups` groups (`_jackknife_groups`) and each replicate leaves
+    one group out: the variance counts customers, not rows, for the reason the bootstrap
+    does. `groups` replicates cost what `groups` bootstrap resamples do, a twentieth of the
+    bootstrap's.
     """
-    group_of_cluster = np.zeros(ranked.clusters, dtype=np.int64)
-    for members in (ranked.fraud_clusters, ranked.clean_clusters):
-        group_of_cluster[rng.permutation(members)] = np.arange(members.size) % groups
-    group_of_row = group_of_cluster[ranked.cluster_of_row]
-    weights = (group_of_row[None, :] != np.arange(groups)[:, None]).astype(np.float64)
+    strata = (ranked.fraud_clusters, ranked.clean_clusters)
+    group_of_cluster = _jackknife_groups(strata, ranked.clusters, groups, rng)
+    weights = _leave_one_out(group_of_cluster[ranked.cluster_of_row], groups)
     full = ranked.stats(np.ones((1, ranked.y.size)))
     replicates = ranked.stats(weights)
-    out = []
-    for whole, parts in zip(full, replicates, strict=True):
-        spread = (
-            float(np.sum((parts - parts.mean()) ** 2)) if np.isfinite(parts).all() else math.nan
-        )
-        out.append(Estimate(float(whole[0]), math.sqrt((groups - 1) / groups * spread)))
-    return out
+    return [
+        Estimate(float(whole[0]), _jackknife_se(parts, groups))
+        for whole, parts in zip(full, replicates, strict=True)
+    ]
 
 
 def sequential_differences(
@@ -403,6 +424,7 @@ def sequential_differences(
     challenger: VariantSample,
     thresholds: tuple[float, float],
     *,
+    paired: bool,
     alpha: float,
     tau: float,
     groups: int,
@@ -410,22 +432,28 @@ def sequential_differences(
 ) -> dict[str, Interval]:
     """Always-valid bounds of challenger - champion for PR-AUC and recall@threshold.
 
-    Each variant's standard error is its customer-cluster jackknife's (`_jackknife`); the
-    variants serve disjoint customers, so the variances add. The bounds are the normal
-    mixture's confidence sequence (`mixture_radius`): each one-sided bound holds at every
-    round at once with probability at least 1 - `alpha`.
+    Unpaired, each variant is judged on the requests it answered, with its own customer-
+    cluster jackknife (`_jackknife`); the variants serve disjoint customers, so the variances
+    add. `paired`: both models are judged on the same requests (`_paired_estimates`). The
+    bounds are the normal mixture's confidence sequence (`mixture_radius`): each one-sided
+    bound holds at every round at once with probability at least 1 - `alpha`.
     """
     rng = np.random.default_rng(seed)
-    per_variant = [
-        _jackknife(_Ranked(*sample.labelled(), threshold, sample.labelled_clusters()), groups, rng)
-        for sample, threshold in zip((champion, challenger), thresholds, strict=True)
-    ]
-    out = {}
-    for i, name in enumerate(("pr_auc", "recall")):
-        base, new = per_variant[0][i], per_variant[1][i]
-        estimate = new.estimate - base.estimate
-        out[name] = _bounds(estimate, math.hypot(base.se, new.se), alpha, tau)
-    return out
+    if paired:
+        differences = _paired_estimates(champion, challenger, thresholds, groups, rng)
+    else:
+        base, new = (
+            _jackknife(_Ranked(*s.labelled(), threshold, s.labelled_clusters()), groups, rng)
+            for s, threshold in zip((champion, challenger), thresholds, strict=True)
+        )
+        differences = [
+            Estimate(n.estimate - b.estimate, math.hypot(b.se, n.se))
+            for b, n in zip(base, new, strict=True)
+        ]
+    return {
+        name: _bounds(d.estimate, d.se, alpha, tau)
+        for name, d in zip(("pr_auc", "recall"), differences, strict=True)
+    }
 
 
 def _paired_rows(
@@ -473,44 +501,33 @@ def has_counterfactual(sample: VariantSample) -> bool:
     return sample.counterfactual is not None and bool(np.isfinite(sample.counterfactual).any())
 
 
-def paired_differences(
+def _paired_estimates(
     champion: VariantSample,
     challenger: VariantSample,
     thresholds: tuple[float, float],
-    *,
-    alpha: float,
-    tau: float,
     groups: int,
-    seed: int,
-) -> dict[str, Interval]:
-    """Always-valid bounds of challenger - champion, both models judged on the same requests.
+    rng: np.random.Generator,
+) -> list[Estimate]:
+    """Challenger - champion of (PR-AUC, recall), both models judged on the same requests.
 
     Every labelled request of both variants carries both models' scores (its answer and
     the other model's counterfactual score of its logged features), so the difference is
     measured on one sample: what makes a customer's frauds hard to catch is largely the
     same for both models and cancels out of the difference, where two disjoint samples add
     it twice. The standard error is the customer-cluster jackknife of the difference itself
-    (one grouping of customers for both models); the bounds are `mixture_radius`'s.
+    (one grouping of customers for both models).
     """
     y, s_champion, s_challenger, codes = _paired_rows(champion, challenger)
-    rng = np.random.default_rng(seed)
     uniq, cluster = np.unique(codes, return_inverse=True)
     frauds = np.bincount(cluster, weights=y, minlength=uniq.size)
-    group_of_cluster = np.zeros(uniq.size, dtype=np.int64)
-    for members in (np.flatnonzero(frauds > 0), np.flatnonzero(frauds == 0)):
-        group_of_cluster[rng.permutation(members)] = np.arange(members.size) % groups
-    group_of_row = group_of_cluster[cluster]
+    strata = (np.flatnonzero(frauds > 0), np.flatnonzero(frauds == 0))
+    group_of_row = _jackknife_groups(strata, uniq.size, groups, rng)[cluster]
     full, parts = [], []
     for scores, threshold in zip((s_champion, s_challenger), thresholds, strict=True):
         ranked = _Ranked(y, scores, threshold, cluster)
-        in_order = group_of_row[ranked.order]
-        weights = (in_order[None, :] != np.arange(groups)[:, None]).astype(np.float64)
         full.append(ranked.stats(np.ones((1, y.size))))
-        parts.append(ranked.stats(weights))
-    out = {}
-    for i, name in enumerate(("pr_auc", "recall")):
-        estimate = float(full[1][i][0] - full[0][i][0])
-        d = parts[1][i] - parts[0][i]
-        spread = float(np.sum((d - d.mean()) ** 2)) if np.isfinite(d).all() else math.nan
-        out[name] = _bounds(estimate, math.sqrt((groups - 1) / groups * spread), alpha, tau)
-    return out
+        parts.append(ranked.stats(_leave_one_out(group_of_row[ranked.order], groups)))
+    return [  # per metric: champion's and challenger's full-sample values, then replicates
+        Estimate(float(new[0] - base[0]), _jackknife_se(new_parts - base_parts, groups))
+        for base, new, base_parts, new_parts in zip(*full, *parts, strict=True)
+    ]

@@ -45,7 +45,6 @@ from hearth.rollout.statistics import (
     bootstrap_differences,
     error_rate_p_value,
     has_counterfactual,
-    paired_differences,
     paired_labelled,
     psi,
     sequential_differences,
@@ -303,10 +302,9 @@ def _intervals(
     alpha, tau, groups = params.significance, params.sequential_tau, params.jackknife_groups
     if params.quality_test in ("sequential", "paired"):
         paired = _paired(c)
-        test = paired_differences if paired else sequential_differences
-        bounds = test(
-            c.champion, c.challenger, thresholds, alpha=alpha, tau=tau, groups=groups,
-            seed=params.seed,
+        bounds = sequential_differences(
+            c.champion, c.challenger, thresholds, paired=paired, alpha=alpha, tau=tau,
+            groups=groups, seed=params.seed,
         )  # fmt: skip
         if paired:
             return TEST_PAIRED, "always-valid paired", bounds
