@@ -34,6 +34,7 @@ from hearth.serving.schemas import (
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+A = TypeVar("A")  # what a remote call takes
 R = TypeVar("R")
 DEFAULT_TIMEOUT_S = 2.0  # Settings.model_timeout_s's default
 
@@ -220,20 +221,26 @@ class LocalModel:
 
 
 # -- other processes (microservices) ------------------------------------------------------
-class _RemoteService:
-    """A service in another process, reached through async callables: every call is bounded
-    by `timeout_s`, and any failure to answer becomes `unavailable` (→ 503)."""
+class _RemoteService(Generic[A, R]):
+    """A service in another process, reached through async callables (`call`: its one
+    operation, `ready`): every call is bounded by `timeout_s`, and any failure to answer
+    becomes `unavailable` (→ 503)."""
 
     unavailable: type[Unavailable]
     what: str
 
-    def __init__(self, ready: Callable[[], Awaitable[bool]], timeout_s: float) -> None:
-        self._ready, self.timeout_s = ready, timeout_s
+    def __init__(
+        self,
+        call: Callable[[A], Awaitable[R]],
+        ready: Callable[[], Awaitable[bool]],
+        timeout_s: float,
+    ) -> None:
+        self._remote, self._ready, self.timeout_s = call, ready, timeout_s
 
-    async def _call(self, call: Awaitable[R]) -> R:
+    async def _call(self, payload: A) -> R:
         try:
             async with asyncio.timeout(self.timeout_s):  # no extra task, unlike wait_for
-                return await call
+                return await self._remote(payload)
         except (Unavailable, InvalidTransaction):  # the service refused the input: 422
             raise
         except TimeoutError as exc:
@@ -249,43 +256,24 @@ class _RemoteService:
         return await _ready(self._ready, self.timeout_s)
 
 
-class RemoteFeatures(_RemoteService):
-    """A features service in another process."""
+class RemoteFeatures(_RemoteService[list[dict[str, Any]], list[FeatureRow]]):
+    """A features service in another process: `call` is its observe."""
 
     unavailable, what = FeaturesUnavailable, "features service"
 
-    def __init__(
-        self,
-        observe: Callable[[list[dict[str, Any]]], Awaitable[list[FeatureRow]]],
-        ready: Callable[[], Awaitable[bool]],
-        timeout_s: float,
-    ) -> None:
-        super().__init__(ready, timeout_s)
-        self._observe = observe
-
     async def observe(self, txns: Sequence[Transaction]) -> list[FeatureRow]:
-        payload = [transaction_payload(t) for t in txns]
         # The hop's client parses and validates the answer (hearth.serving.internal_client).
-        return await self._call(self._observe(payload))
+        return await self._call([transaction_payload(t) for t in txns])
 
 
-class RemoteModel(_RemoteService):
-    """A model service in another process."""
+class RemoteModel(_RemoteService[list[ScoreItem], list[Score]]):
+    """A model service in another process: `call` is its score."""
 
     unavailable, what = ModelUnavailable, "model service"
 
-    def __init__(
-        self,
-        score: Callable[[list[ScoreItem]], Awaitable[list[Score]]],
-        ready: Callable[[], Awaitable[bool]],
-        timeout_s: float,
-    ) -> None:
-        super().__init__(ready, timeout_s)
-        self._score = score
-
     async def score(self, items: list[ScoreItem]) -> list[Score]:
         items = tracing.stamp_items(items)  # the model service parents its spans by these
-        return await self._call(self._score(items))
+        return await self._call(items)
 
 
 class RemoteVersions:
