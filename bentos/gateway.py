@@ -10,22 +10,17 @@ from typing import Any
 
 import bentoml
 
-from bentos import rollout_admin
 from bentos.features import Features
+from bentos.http_service import HttpService, http_app
 from bentos.images import cpu_image
 from bentos.model import Model
 from bentos.openapi30 import openapi30
 from bentos.telemetry import service_tracing, start_telemetry
 from hearth.serving import graph
 from hearth.serving.bentoml_internals import remote_runner_mapping
-from hearth.serving.http import HttpPolicy, create_app
-from hearth.serving.workers import WorkerReadiness, configured_workers
+from hearth.serving.workers import configured_workers
 
-app = create_app(
-    lambda: bentoml.get_current_service().gateway,
-    lambda: bentoml.get_current_service().policy,
-    lambda: bentoml.get_current_service().admin,
-)
+app = http_app()
 _urls = graph.remote_urls()
 
 
@@ -56,7 +51,7 @@ def _address(dependency: Any) -> str:
     tracing=service_tracing(),
     workers=configured_workers(),  # `hearth serve --workers N`: gateways; features, model: 1
 )
-class Gateway:
+class Gateway(HttpService):
     """POST /predict, /predict_batch, /feedback, /admin/…; /readyz once store and model load."""
 
     features = bentoml.depends(Features, url=_urls.get("features"))
@@ -65,23 +60,7 @@ class Gateway:
     def __init__(self) -> None:
         ctx = graph.context()
         start_telemetry(ctx.settings, "gateway")
-        self.policy = HttpPolicy.from_settings(ctx.settings)
         # Class attributes: the `Dependency` declarations themselves, not BentoML proxies.
         features, model = _address(type(self).features), _address(type(self).model)
-        self.gateway, self.clients = graph.microservices_gateway(ctx, features, model)
-        self.admin = graph.admin(self.gateway, rollout_admin.controls(ctx))
-        self.readiness = WorkerReadiness("gateway")
-
-    @bentoml.on_startup
-    async def publish_readiness(self) -> None:
-        self.readiness.start(self.gateway.ready)  # hearth_worker_ready, for N workers
-
-    @bentoml.on_shutdown
-    async def close_clients(self) -> None:
-        await self.readiness.stop()
-        for client in self.clients:
-            await client.close()
-        await self.gateway.close()  # what the prediction log still buffers is written
-
-    async def __is_ready__(self) -> bool:
-        return await self.gateway.ready()
+        gateway, clients = graph.microservices_gateway(ctx, features, model)
+        self._serve(ctx, "gateway", gateway, clients)
