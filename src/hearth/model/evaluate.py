@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -93,6 +94,14 @@ class Thresholds:
         return cls(**data)  # type: ignore[arg-type]
 
 
+class _Cut(NamedTuple):
+    """Flagging the scores >= `threshold`, and the precision and recall that achieves."""
+
+    threshold: float
+    precision: float
+    recall: float
+
+
 def pick_thresholds(y_true: ArrayLike, scores: ArrayLike, params: ThresholdParams) -> Thresholds:
     """Pick review/decline thresholds on validation data.
 
@@ -115,24 +124,23 @@ def pick_thresholds(y_true: ArrayLike, scores: ArrayLike, params: ThresholdParam
     # threshold; drop it so that prec[i], rec[i] belong to "score >= thr[i]".
     prec, rec = prec[:-1], rec[:-1]
 
-    decline_ok = np.flatnonzero(prec >= params.decline_precision)
-    if decline_ok.size:
-        i = int(decline_ok[0])  # thresholds ascend: the first hit is the lowest threshold
-        decline, d_prec, d_rec, met = float(thr[i]), float(prec[i]), float(rec[i]), True
-    else:
-        decline, d_prec, d_rec, met = 1.0, math.nan, 0.0, False
+    def cut(i: int) -> _Cut:
+        return _Cut(float(thr[i]), float(prec[i]), float(rec[i]))
 
-    j = int(np.flatnonzero(rec >= params.review_recall)[-1])
-    review, r_prec, r_rec = float(thr[j]), float(prec[j]), float(rec[j])
-    if review > decline:
-        review, r_prec, r_rec = decline, d_prec, d_rec
+    decline_ok = np.flatnonzero(prec >= params.decline_precision)
+    met = bool(decline_ok.size)
+    # Thresholds ascend: the first hit is the lowest threshold.
+    decline = cut(int(decline_ok[0])) if met else _Cut(1.0, math.nan, 0.0)
+    review = cut(int(np.flatnonzero(rec >= params.review_recall)[-1]))
+    if review.threshold > decline.threshold:
+        review = decline
     return Thresholds(
-        review=review,
-        decline=decline,
-        review_recall=r_rec,
-        review_precision=r_prec,
-        decline_precision=d_prec,
-        decline_recall=d_rec,
+        review=review.threshold,
+        decline=decline.threshold,
+        review_recall=review.recall,
+        review_precision=review.precision,
+        decline_precision=decline.precision,
+        decline_recall=decline.recall,
         decline_target_met=met,
     )
 
