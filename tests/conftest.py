@@ -10,6 +10,7 @@ import pytest
 
 from hearth.config import NO_TELEMETRY_ENV, Settings
 from hearth.params import Params
+from hearth.traffic.state_sqlite import SQLiteStateStore
 from tests.helpers import NO_REDIS, REDIS_SERVER, RedisServer
 from tests.postgres_server import PostgresServer, postgres_missing, start_postgres
 from tests.projects import SMALL_DATA, build_tiny_project
@@ -50,6 +51,14 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
 def small_params() -> Params:
     """A tiny but realistic data set: fast to generate, ETL and train on."""
     return Params.model_validate(SMALL_DATA)
+
+
+@pytest.fixture
+def state_store(tmp_path: Path) -> Iterator[SQLiteStateStore]:
+    """A rollout state store in a SQLite file under tmp_path (the default backend)."""
+    s = SQLiteStateStore(tmp_path / "rollout.sqlite")
+    yield s
+    s.close()
 
 
 @pytest.fixture(scope="module")

@@ -13,20 +13,21 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from hearth.config import CHALLENGER, CHAMPION, Settings
-from hearth.params import RolloutParams
-from hearth.traffic.assignment import Route
-from hearth.traffic.follower import Follower
+from hearth.config import Settings
 from hearth.traffic.prediction_log import PredictionLog
 from hearth.traffic.prediction_log_writer import PredictionLogWriter
-from hearth.traffic.rollout_state import StateUnavailable, new_rollout
+from hearth.traffic.rollout_state import StateUnavailable
 from hearth.traffic.state_postgres import PostgresStateStore
 from hearth.traffic.state_store import StateStore
 from hearth.traffic.stores import open_state_store
 from tests.helpers import free_port
 from tests.integration.test_prediction_log_postgres import entries
 from tests.postgres_server import start_postgres
-from tests.unit.test_rollout_state import CHECKS, rollout
+from tests.unit.test_rollout_state import (
+    CHECKS,
+    check_a_follower_of_another_store_object_sees_the_writes,
+    rollout,
+)
 
 
 @pytest.fixture
@@ -41,18 +42,11 @@ def test_postgres_store(store: PostgresStateStore, check: Callable[[StateStore],
     check(store)
 
 
-def test_two_store_objects_share_the_state_and_a_router_follows(postgres_url: str) -> None:
-    store, other = PostgresStateStore(postgres_url), PostgresStateStore(postgres_url)
-    router = Follower(other, refresh_interval=0.1)
-    assert router.route("c1") == Route(CHAMPION, None)
-    store.start(new_rollout("1", "2", RolloutParams()).with_percent(100), "admin")
-    time.sleep(0.15)
-    assert router.route("c1").variant == CHALLENGER
-    store.update(lambda s: s.ended("rolled_back"), "admin", "rollback")
-    time.sleep(0.15)
-    assert router.route("c1") == Route(CHAMPION, "1")
-    assert [e.action for e in other.history()] == ["start", "rollback"]
-    store.close()
+def test_two_store_objects_share_the_state_and_a_router_follows(
+    store: PostgresStateStore,
+) -> None:
+    other = PostgresStateStore(store.url)
+    check_a_follower_of_another_store_object_sees_the_writes(store, other)
     other.close()
 
 

@@ -14,16 +14,17 @@ from pathlib import Path
 import pytest
 import redis
 
-from hearth.config import CHALLENGER, CHAMPION, Settings
+from hearth.config import Settings
 from hearth.params import RolloutParams
-from hearth.traffic.assignment import Route
-from hearth.traffic.follower import Follower
 from hearth.traffic.rollout_state import StateUnavailable, new_rollout
 from hearth.traffic.state_redis import REDIS_PREFIX, RedisStateStore
 from hearth.traffic.state_store import StateStore
 from hearth.traffic.stores import open_state_store
 from tests.helpers import RedisServer, free_port, needs_redis
-from tests.unit.test_rollout_state import CHECKS
+from tests.unit.test_rollout_state import (
+    CHECKS,
+    check_a_follower_of_another_store_object_sees_the_writes,
+)
 
 pytestmark = needs_redis
 
@@ -62,14 +63,7 @@ def test_two_store_objects_share_the_state_and_a_router_follows(
     store: RedisStateStore, redis_server: RedisServer
 ) -> None:
     other = RedisStateStore(redis_server.url)
-    router = Follower(other, refresh_interval=0.1)
-    assert router.route("c1") == Route(CHAMPION, None)
-    store.start(new_rollout("1", "2", RolloutParams()).with_percent(100), "admin")
-    time.sleep(0.15)
-    assert router.route("c1").variant == CHALLENGER
-    store.update(lambda s: s.ended("rolled_back"), "admin", "rollback")
-    time.sleep(0.15)
-    assert router.route("c1") == Route(CHAMPION, "1")
+    check_a_follower_of_another_store_object_sees_the_writes(store, other)
     other.close()
 
 

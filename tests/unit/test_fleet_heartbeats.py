@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -35,13 +33,6 @@ class Clock:
         return self.now
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SQLiteStateStore]:
-    s = SQLiteStateStore(tmp_path / "rollout.sqlite")
-    yield s
-    s.close()
-
-
 def _versions() -> dict[str, LoadedVersion]:
     return {
         "champion": LoadedVersion(version="1", loaded=True),
@@ -49,51 +40,55 @@ def _versions() -> dict[str, LoadedVersion]:
     }
 
 
-def test_a_reporter_says_who_it_is_and_what_it_serves(store: SQLiteStateStore) -> None:
+def test_a_reporter_says_who_it_is_and_what_it_serves(state_store: SQLiteStateStore) -> None:
     clock = Clock()
-    reporter = HeartbeatReporter(store, _versions, "monolith", "/homes/a", 10, clock=clock)
+    reporter = HeartbeatReporter(state_store, _versions, "monolith", "/homes/a", 10, clock=clock)
     written = reporter.beat()
     assert written.pid == os.getpid() and written.process.endswith(f":{os.getpid()}")
     assert (written.home, written.role, written.seen_at) == ("/homes/a", "monolith", T0)
-    assert store.heartbeats() == [written]
-    assert store.heartbeats()[0].versions["challenger"] == LoadedVersion(version="2", loaded=False)
+    assert state_store.heartbeats() == [written]
+    assert state_store.heartbeats()[0].versions["challenger"] == LoadedVersion(
+        version="2", loaded=False
+    )
 
 
-def test_the_fleet_names_the_processes_that_went_quiet(store: SQLiteStateStore) -> None:
+def test_the_fleet_names_the_processes_that_went_quiet(state_store: SQLiteStateStore) -> None:
     a_clock, b_clock = Clock(), Clock()
-    a = HeartbeatReporter(store, _versions, "monolith", "/homes/a", 10, clock=a_clock)
-    b = HeartbeatReporter(store, _versions, "gateway", "/homes/b", 10, clock=b_clock)
+    a = HeartbeatReporter(state_store, _versions, "monolith", "/homes/a", 10, clock=a_clock)
+    b = HeartbeatReporter(state_store, _versions, "gateway", "/homes/b", 10, clock=b_clock)
     b.host = "other-machine"  # two machines: the same pid is another process there
     a.beat()
     b.beat()
-    both = fleet_status(store, window_s=60, now=T0 + timedelta(seconds=5))
+    both = fleet_status(state_store, window_s=60, now=T0 + timedelta(seconds=5))
     assert len(both.live) == 2 and both.quiet == () and both.error is None
     a_clock.now = T0 + timedelta(seconds=70)  # a keeps beating, b went quiet at T0
     a.beat()
-    fleet = fleet_status(store, window_s=60, now=T0 + timedelta(seconds=75))
+    fleet = fleet_status(state_store, window_s=60, now=T0 + timedelta(seconds=75))
     assert [p.home for p in fleet.live] == ["/homes/a"]
     assert [(p.process, p.age_s) for p in fleet.quiet] == [(f"other-machine:{os.getpid()}", 75)]
 
 
 def test_a_backend_without_heartbeats_or_down_degrades_the_status(
-    store: SQLiteStateStore,
+    state_store: SQLiteStateStore,
 ) -> None:
     class Without(SQLiteStateStore):
         backend = "future"
         _read_heartbeats = StateStore._read_heartbeats  # the base's: not implemented
 
-    without = Without(store.path)
+    without = Without(state_store.path)
     try:
         fleet = fleet_status(without, window_s=60)
     finally:
         without.close()
     assert fleet.error is not None and "keeps no heartbeats" in fleet.error
-    store.close()
-    down = fleet_status(store, window_s=60)
+    state_store.close()
+    down = fleet_status(state_store, window_s=60)
     assert down.error is not None and down.live == ()
 
 
-def test_the_reporter_beats_on_and_survives_a_store_that_fails(store: SQLiteStateStore) -> None:
+def test_the_reporter_beats_on_and_survives_a_store_that_fails(
+    state_store: SQLiteStateStore,
+) -> None:
     calls: list[str] = []
     written = threading.Event()
 
@@ -105,14 +100,14 @@ def test_the_reporter_beats_on_and_survives_a_store_that_fails(store: SQLiteStat
             super()._write_heartbeat(*args)  # type: ignore[arg-type]
             written.set()
 
-    flaky = Flaky(store.path)
+    flaky = Flaky(state_store.path)
     reporter = HeartbeatReporter(flaky, _versions, "monolith", "/h", interval_s=0.05).start()
     try:
         assert written.wait(10), calls
     finally:
         reporter.stop()
         flaky.close()
-    assert len(store.heartbeats()) == 1
+    assert len(state_store.heartbeats()) == 1
 
 
 def test_rollout_status_says_how_many_report_and_names_the_quiet_ones(

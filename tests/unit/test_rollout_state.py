@@ -9,14 +9,16 @@ from __future__ import annotations
 import itertools
 import multiprocessing
 import threading
-from collections.abc import Iterator
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from hearth.config import Settings
+from hearth.config import CHALLENGER, CHAMPION, Settings
 from hearth.params import RolloutParams
+from hearth.traffic.assignment import Route
+from hearth.traffic.follower import Follower
 from hearth.traffic.heartbeat import Heartbeat, LoadedVersion, process_key
 from hearth.traffic.rollout_state import (
     HistoryEvent,
@@ -327,17 +329,32 @@ CHECKS = [
 ]
 
 
+def check_a_follower_of_another_store_object_sees_the_writes(
+    store: StateStore, other: StateStore
+) -> None:
+    """`store` and `other` open one state (as two processes or machines do): a Follower
+    reading `other` routes by what `store` writes, within its refresh interval."""
+    router = Follower(other, refresh_interval=0.1)
+    assert router.route("c1") == Route(CHAMPION, None)
+    store.start(new_rollout("1", "2", PARAMS).with_percent(100), "admin")
+    time.sleep(0.15)
+    assert router.route("c1").variant == CHALLENGER
+    store.update(lambda s: s.ended("rolled_back"), "admin", "rollback")
+    time.sleep(0.15)
+    assert router.route("c1") == Route(CHAMPION, "1")
+    assert [e.action for e in other.history()] == ["start", "rollback"]
+
+
 # -- SQLite --------------------------------------------------------------------------------
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SQLiteStateStore]:
-    s = SQLiteStateStore(tmp_path / "rollout.sqlite")
-    yield s
-    s.close()
-
-
 @pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__)
-def test_sqlite_store(store: SQLiteStateStore, check: object) -> None:
-    check(store)  # type: ignore[operator]
+def test_sqlite_store(state_store: SQLiteStateStore, check: object) -> None:
+    check(state_store)  # type: ignore[operator]
+
+
+def test_a_follower_of_another_sqlite_store_object_follows(state_store: SQLiteStateStore) -> None:
+    other = SQLiteStateStore(state_store.path)
+    check_a_follower_of_another_store_object_sees_the_writes(state_store, other)
+    other.close()
 
 
 def test_sqlite_is_shared_between_store_objects_and_survives_reopening(tmp_path: Path) -> None:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -142,80 +140,73 @@ class Clock:
         return self.now
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SQLiteStateStore]:
-    s = SQLiteStateStore(tmp_path / "rollout.sqlite")
-    yield s
-    s.close()
-
-
-def test_router_sees_a_rollback_within_the_refresh_interval(store: SQLiteStateStore) -> None:
+def test_router_sees_a_rollback_within_the_refresh_interval(state_store: SQLiteStateStore) -> None:
     clock = Clock()
-    router = Follower(store, refresh_interval=0.5, clock=clock)
+    router = Follower(state_store, refresh_interval=0.5, clock=clock)
     assert router.route("c1") == Route(CHAMPION, None)  # no champion adopted yet
 
-    store.set_champion("1", "test", "adopt")
+    state_store.set_champion("1", "test", "adopt")
     clock.now = 0.5
     assert router.route("c1") == Route(CHAMPION, "1")
 
-    started = store.start(new_rollout("1", "2", RolloutParams()).with_percent(100), "test")
+    started = state_store.start(new_rollout("1", "2", RolloutParams()).with_percent(100), "test")
     clock.now = 0.9
     assert router.route("c1").variant == CHAMPION  # the snapshot is younger than 0.5 s
     clock.now = 1.0
     assert router.route("c1") == Route(CHALLENGER, "2", None, started.rollout_id)
 
-    store.update(lambda s: s.ended("rolled_back"), "test", "rollback")
+    state_store.update(lambda s: s.ended("rolled_back"), "test", "rollback")
     clock.now = 1.4
     assert router.route("c1").variant == CHALLENGER
     clock.now = 1.5
     assert router.route("c1") == Route(CHAMPION, "1")
 
 
-def test_router_follows_a_promotion_to_the_new_champion(store: SQLiteStateStore) -> None:
+def test_router_follows_a_promotion_to_the_new_champion(state_store: SQLiteStateStore) -> None:
     clock = Clock()
-    router = Follower(store, refresh_interval=0.5, clock=clock)
-    store.start(new_rollout("1", "2", RolloutParams()).with_percent(0), "test")
+    router = Follower(state_store, refresh_interval=0.5, clock=clock)
+    state_store.start(new_rollout("1", "2", RolloutParams()).with_percent(0), "test")
     assert router.route("c1") == Route(CHAMPION, "1", None, router.served().rollout.rollout_id)  # type: ignore[union-attr]
-    store.update(lambda s: s.ended("promoted"), "test", "promote")
+    state_store.update(lambda s: s.ended("promoted"), "test", "promote")
     clock.now = 0.5
     assert router.route("c1") == Route(CHAMPION, "2")
     assert router.served().versions() == {"champion": "2"}
 
 
-def test_router_keeps_its_snapshot_when_the_store_fails(store: SQLiteStateStore) -> None:
+def test_router_keeps_its_snapshot_when_the_store_fails(state_store: SQLiteStateStore) -> None:
     clock = Clock()
-    store.start(new_rollout("1", "2", RolloutParams()).with_percent(100), "test")
-    router = Follower(store, refresh_interval=0.2, clock=clock)
+    state_store.start(new_rollout("1", "2", RolloutParams()).with_percent(100), "test")
+    router = Follower(state_store, refresh_interval=0.2, clock=clock)
     assert router.route("c1").variant == CHALLENGER
 
     def broken() -> Served:
         raise StateUnavailable("down")
 
-    store.served = broken  # type: ignore[method-assign]
+    state_store.served = broken  # type: ignore[method-assign]
     clock.now = 5.0
     assert router.route("c1").variant == CHALLENGER
 
 
-def test_router_refuses_a_refresh_interval_over_one_second(store: SQLiteStateStore) -> None:
+def test_router_refuses_a_refresh_interval_over_one_second(state_store: SQLiteStateStore) -> None:
     with pytest.raises(ValueError, match="within a second"):
-        Follower(store, refresh_interval=2.0)
+        Follower(state_store, refresh_interval=2.0)
 
 
 def test_router_is_thread_safe_and_reads_the_store_once_per_interval(
-    store: SQLiteStateStore,
+    state_store: SQLiteStateStore,
 ) -> None:
-    store.start(new_rollout("1", "2", RolloutParams()).with_percent(30), "test")
+    state_store.start(new_rollout("1", "2", RolloutParams()).with_percent(30), "test")
     reads = 0
-    real = store.served
+    real = state_store.served
 
     def counting() -> Served:
         nonlocal reads
         reads += 1
         return real()
 
-    store.served = counting  # type: ignore[method-assign]
+    state_store.served = counting  # type: ignore[method-assign]
     clock = Clock()
-    router = Follower(store, refresh_interval=1.0, clock=clock)
+    router = Follower(state_store, refresh_interval=1.0, clock=clock)
     results: list[str] = []
 
     def work() -> None:
@@ -227,5 +218,5 @@ def test_router_is_thread_safe_and_reads_the_store_once_per_interval(
     for t in threads:
         t.join()
     assert reads == 1
-    expected = [assign(store.current().salt, c, 30) for c in IDS[:2000]]  # type: ignore[union-attr]
+    expected = [assign(state_store.current().salt, c, 30) for c in IDS[:2000]]  # type: ignore[union-attr]
     assert sorted(results) == sorted(expected * 4)
