@@ -60,7 +60,8 @@ def test_a_minute_at_half_the_capacity_has_no_error_and_no_growth(soak: dict) ->
         f"load average {load} on {soak['machine']['cpus']} cores"
     )
     print(f"\nsoak 60 s: {figures}")
-    assert soak["capacity"]["rps"] > 0 and soak["capacity"]["errors"] == 0
+    assert soak["capacity"]["rps"] > 0 and soak["capacity"]["closed_loop"]["errors"] == 0
+    assert soak["capacity"]["probes"] and soak["capacity"]["method"] == "open loop"
     assert soak["rate_rps"] == pytest.approx(IN_SUITE_FRACTION * soak["capacity"]["rps"], rel=0.01)
     for w in (first, second):
         unexpected = {s: n for s, n in w["statuses"].items() if s not in ENDINGS}

@@ -52,7 +52,7 @@ def test_every_body_is_a_new_transaction_at_the_time_given() -> None:
     ("argv", "expected"),
     [
         ([], {"duration_s": 600.0, "window_s": 60.0, "capacity_s": 20.0, "fraction": 0.8}),
-        (["--duration", "60"], {"duration_s": 60.0, "window_s": 30.0, "capacity_s": 8.0}),
+        (["--duration", "60"], {"duration_s": 60.0, "window_s": 30.0, "capacity_s": 6.0}),
         (["--duration", "300", "--window", "30", "--fraction", "0.5"],
          {"duration_s": 300.0, "window_s": 30.0, "fraction": 0.5}),
         (["--rate", "40"], {"rate": 40.0}),
@@ -96,8 +96,13 @@ def test_the_report_names_the_errors_and_judges(tmp_path: Path) -> None:
         "created": "now", "machine": {"cpus": 2, "cpu": "x86_64", "memory_gib": 8,
         "python": "3.11", "system": "Linux", "load_average": [1.0, 1.0, 1.0]},
         "load_average_after": [1.0, 1.0, 1.0], "config": config.__dict__,
-        "capacity": {"rps": 100.0, "concurrency": 16, "seconds": 8.0, "p50_ms": 5.0,
-                     "p99_ms": 9.0, "errors": 0, "server_cores": 0.9},
+        "capacity": {"rps": 100.0, "method": "open loop", "kept_up": True, "probes": [
+            {"rate_rps": 100.0, "kept_up": True, "p50_first_ms": 5.0, "p50_last_ms": 6.0,
+             "p99_ms": 20.0, "errors": 0},
+            {"rate_rps": 125.0, "kept_up": False, "p50_first_ms": 9.0, "p50_last_ms": 900.0,
+             "p99_ms": 2000.0, "errors": 0}],
+            "closed_loop": {"rps": 125.0, "concurrency": 16, "seconds": 8.0, "p50_ms": 5.0,
+                            "p99_ms": 9.0, "errors": 0, "server_cores": 0.9}},
         "rate_rps": 80.0, "serving_processes": 2, "windows": windows,
         "rss_series": [[0.0, 600.0], [30.0, 600.0], [60.0, 601.0]], "rss_start_mib": 600.0,
         "criteria": criteria(windows, config), "seconds": 80.0,
@@ -106,4 +111,6 @@ def test_the_report_names_the_errors_and_judges(tmp_path: Path) -> None:
     paths = soak_report.write(report, tmp_path)
     text = paths[0].read_text()
     assert "| 2 (503: 2) |" in text and "**FAIL: errors**" in text
+    assert "open loop at 125 req/s" in text and "**fell behind**" in text
+    assert "Capacity (open loop): **100 req/s**" in text
     assert paths[2].stat().st_size > 0

@@ -25,6 +25,26 @@ def _errors(window: dict[str, Any]) -> str:
     return f"{window['errors']} ({detail})" if bad else "0"
 
 
+def _capacity(cap: dict[str, Any]) -> list[str]:
+    """The capacity's lines: the closed-loop estimate, then each open-loop step."""
+    closed = cap.get("closed_loop", cap)  # reports from before the open-loop steps: flat
+    lines = [
+        f"- Closed loop (c={closed['concurrency']}, {closed['seconds']} s): {closed['rps']:.0f} "
+        f"req/s (p50 {closed['p50_ms']} ms, p99 {closed['p99_ms']} ms, {closed['errors']} "
+        f"errors, server CPU {closed.get('server_cores', math.nan)} cores): the first estimate."
+    ]
+    for p in cap.get("probes", []):
+        lines.append(
+            f"  - open loop at {p['rate_rps']:.0f} req/s: p50 {p['p50_first_ms']} → "
+            f"{p['p50_last_ms']} ms (first → last quarter), p99 {p['p99_ms']} ms, "
+            f"{p['errors']} errors: {'kept up' if p['kept_up'] else '**fell behind**'}"
+        )
+    how = cap.get("method", "closed loop")
+    held = "" if cap.get("kept_up", True) else " (no open-loop step kept up: the lowest one)"
+    lines.append(f"- Capacity ({how}): **{cap['rps']:.0f} req/s**{held}.")
+    return lines
+
+
 def markdown(report: dict[str, Any]) -> str:
     m, cap, cfg = report["machine"], report["capacity"], report["config"]
     lines = [
@@ -35,9 +55,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"{', '.join(map(str, m['load_average']))}, after "
         f"{', '.join(map(str, report['load_average_after']))}",
         "",
-        f"- Capacity (closed loop, c={cap['concurrency']}, {cap['seconds']} s): "
-        f"**{cap['rps']:.0f} req/s** (p50 {cap['p50_ms']} ms, p99 {cap['p99_ms']} ms, "
-        f"{cap['errors']} errors).",
+        *_capacity(cap),
         f"- Soak: **{report['rate_rps']:.0f} req/s** open loop "
         f"({report['rate_rps'] / cap['rps']:.0%} of capacity) for {cfg['duration_s']:.0f} s, "
         "each request a new transaction (fresh id, its send time as timestamp); latency "
