@@ -27,6 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from hearth.launch.launcher import free_port
 
@@ -55,6 +56,12 @@ def postgres_missing() -> str | None:
     if os.geteuid() == 0 and shutil.which("runuser") is None:
         return "running as root without runuser: cannot start PostgreSQL as an unprivileged user"
     return None
+
+
+def needs_postgres() -> pytest.MarkDecorator:
+    """Skips a test (or a module: ``pytestmark``) where a test server cannot be started."""
+    reason = postgres_missing()
+    return pytest.mark.skipif(reason is not None, reason=str(reason))
 
 
 class PostgresServer:

@@ -82,6 +82,19 @@ def train_and_register(ctx: HearthContext, experiment: Path | None = None) -> Re
     return steps.register(ctx, train(ctx, experiment))
 
 
+def register_champion_again(project: Path, **settings: Any) -> str:
+    """A second registered version of the project's model: the champion's model registered
+    again (a challenger that loads like the champion), in the registry of the project's
+    settings (`settings` override them: another home, a tracking server); its version."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    name = Params().registry.model_name
+    with in_project(project, project_settings(project, **settings)):
+        source = MlflowClient().get_model_version(name, "1").source
+        return str(mlflow.register_model(source, name).version)
+
+
 def build_tiny_project(root: Path, params: dict[str, Any] = SMALL_DATA) -> Path:
     """generate → ETL → train → register a champion, with the pipeline's own steps (~20 s)."""
     from hearth import steps

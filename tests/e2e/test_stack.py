@@ -7,8 +7,6 @@ says all is healthy, and after `hearth down` no process of the stack is left.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,19 +17,11 @@ import psutil
 import pytest
 
 from hearth.schema import TIMESTAMP_FORMAT
-from hearth.stack.process import read_state
-from tests.e2e.conftest import API_KEY, user_env
+from tests.e2e.conftest import API_KEY, hearth, stack_pids, still_running, user_env
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def hearth(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 600):
-    return subprocess.run(
-        [sys.executable, "-m", "hearth", *args], cwd=cwd, env=env, capture_output=True,
-        text=True, timeout=timeout, check=False,
-    )  # fmt: skip
 
 
 class Up:
@@ -45,12 +35,7 @@ class Up:
 
     def remember_pids(self) -> None:
         """Every process of the stack now: the recorded ones and all their descendants."""
-        for r in read_state(self.project / ".hearth"):
-            try:
-                root = psutil.Process(r.pid)
-            except psutil.NoSuchProcess:
-                continue
-            self.pids |= {root.pid, *(c.pid for c in root.children(recursive=True))}
+        self.pids |= stack_pids(self.project / ".hearth")
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +127,6 @@ def test_down_leaves_no_process_behind(project: Path, stack: Up) -> None:
     assert len(stack.pids) >= 4
     done = hearth(["down"], stack.env, project, timeout=120)
     assert done.returncode == 0, done.stderr
-    left = [p for p in stack.pids if psutil.pid_exists(p)
-            and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]  # fmt: skip
+    left = still_running(stack.pids)
     assert left == [], [psutil.Process(p).cmdline() for p in left]
     assert hearth(["ps"], stack.env, project, timeout=60).stdout.startswith("nothing")

@@ -10,25 +10,19 @@ timeout; once it is back, requests succeed again without restarting anything.
 from __future__ import annotations
 
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 import redis
-from prometheus_client.parser import text_string_to_metric_families
 
 from hearth.launch.hearth_server import ServerProcess
+from tests.client_load import Load, metric_samples
 from tests.helpers import REDIS_SERVER, RedisServer, needs_redis
-from tests.projects import API_KEY as KEY
 from tests.projects import project_servers
 
 pytestmark = [pytest.mark.slow, needs_redis]
-CLIENT_TIMEOUT_S = 10.0  # a request still unanswered after this is a hang
-CLIENTS = 3
 
 
 class RestartableRedis(RedisServer):
@@ -69,70 +63,6 @@ def servers(
         yield started
 
 
-@dataclass(frozen=True)
-class Answer:
-    at: float
-    status: int  # 0: no answer within CLIENT_TIMEOUT_S (a hang) or a broken connection
-    retry_after: str | None
-    error: str
-
-
-class Load:
-    """CLIENTS threads posting new transactions to /predict until stopped."""
-
-    def __init__(self, url: str, tag: str) -> None:
-        self.url, self.tag = url, tag
-        self.answers: list[Answer] = []
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._run, args=(i,)) for i in range(CLIENTS)]
-
-    def __enter__(self) -> Load:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(timeout=CLIENT_TIMEOUT_S + 5)
-
-    def _run(self, worker: int) -> None:
-        n = 0
-        with httpx.Client(timeout=CLIENT_TIMEOUT_S, headers={"X-API-Key": KEY}) as client:
-            while not self._stop.is_set():
-                n += 1
-                body = {
-                    "transaction_id": f"{self.tag}-{worker}-{n}",
-                    "timestamp": "2026-02-01T12:00:00", "customer_id": f"{self.tag}-c{n % 20}",
-                    "merchant_id": "m1", "merchant_category": "grocery", "amount": 12.5,
-                    "currency": "EUR", "channel": "pos", "device_id": "d1",
-                    "latitude": 48.1, "longitude": 11.6,
-                }  # fmt: skip
-                try:
-                    r = client.post(f"{self.url}/predict", json=body)
-                    answer = Answer(time.monotonic(), r.status_code,
-                                    r.headers.get("Retry-After"), r.text[:200])  # fmt: skip
-                except httpx.HTTPError as exc:
-                    answer = Answer(time.monotonic(), 0, None, f"{type(exc).__name__}: {exc}")
-                with self._lock:
-                    self.answers.append(answer)
-
-    def since(self, at: float) -> list[Answer]:
-        with self._lock:
-            return [a for a in self.answers if a.at >= at]
-
-    def wait_for(self, status: int, after: float, timeout_s: float) -> float | None:
-        """When the first answer with `status` after `after` came; None if none in time."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            hit = next((a.at for a in self.since(after) if a.status == status), None)
-            if hit is not None:
-                return hit
-            time.sleep(0.05)
-        return None
-
-
 def test_redis_killed_mid_load_gives_503_with_retry_after_and_recovers(
     servers: dict[str, ServerProcess], redis_down_and_up: RestartableRedis
 ) -> None:
@@ -171,7 +101,7 @@ def test_redis_killed_mid_load_gives_503_with_retry_after_and_recovers(
         after = [a for a in load.since(recovered[topology] + 0.5)]  # type: ignore[operator]
         assert after and all(a.status == 200 for a in after), f"{topology}: {after[:3]}"
         if topology == "monolith":  # the process that loads models says it is ready
-            ready = _samples(servers[topology].url, "hearth_model_ready")
+            ready = metric_samples(servers[topology].url, "hearth_model_ready")
             assert any(
                 labels.get("variant") == "champion" and "pid" in labels and value == 1
                 for labels, value in ready
@@ -181,13 +111,3 @@ def test_redis_killed_mid_load_gives_503_with_retry_after_and_recovers(
             f"first 200 {recovered[topology] - back:.2f} s after restart, "  # type: ignore[operator]
             f"{len(after)} x 200 after"
         )
-
-
-def _samples(url: str, name: str) -> list[tuple[dict[str, str], float]]:
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    return [
-        (s.labels, s.value)
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == name
-    ]

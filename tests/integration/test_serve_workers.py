@@ -22,21 +22,19 @@ from typing import Any
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from hearth.config import Settings
 from hearth.launch.bentoml_main import multiproc_dir
 from hearth.launch.hearth_server import ServerProcess, ready_workers, serving
-from hearth.params import Params
 from hearth.traffic.assignment import assign
 from hearth.traffic.prediction_log import DB_FILE
+from tests.client_load import metric_samples
 from tests.projects import API_KEY as KEY
-from tests.projects import REPO, in_project, project_settings, server_env
+from tests.projects import REPO, register_champion_again, server_env
 
 pytestmark = pytest.mark.slow
 
 ADMIN = "workers-admin-token"
-NAME = Params().registry.model_name
 WORKERS = 2
 STALE = "counter_4194303.db"  # a file a previous server left: gone once this one starts
 
@@ -44,12 +42,7 @@ STALE = "counter_4194303.db"  # a file a previous server left: gone once this on
 @pytest.fixture(scope="module")
 def challenger(project: Path) -> str:
     """A second registered version (the champion's model registered again)."""
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
-    with in_project(project, project_settings(project)):
-        source = MlflowClient().get_model_version(NAME, "1").source
-        return str(mlflow.register_model(source, NAME).version)
+    return register_champion_again(project)
 
 
 @pytest.fixture(scope="module")
@@ -84,19 +77,9 @@ def _admin(url: str, method: str, path: str, body: Any = None) -> httpx.Response
                          timeout=60)  # fmt: skip
 
 
-def _samples(url: str, name: str) -> list[tuple[dict[str, str], float]]:
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    return [
-        (s.labels, s.value)
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == name
-    ]
-
-
 def _predictions_by_variant(url: str) -> Counter[str]:
     c: Counter[str] = Counter()
-    for labels, value in _samples(url, "hearth_predictions_total"):
+    for labels, value in metric_samples(url, "hearth_predictions_total"):
         c[labels["variant"]] += int(value)
     return c
 
@@ -231,7 +214,7 @@ def test_a_killed_workers_gauges_leave_the_metrics_and_its_counts_stay(
     os.kill(victim, signal.SIGKILL)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:  # the survivor sweeps its files within a second
-        gauges = _samples(server.url, "hearth_model_ready") + _samples(
+        gauges = metric_samples(server.url, "hearth_model_ready") + metric_samples(
             server.url, "hearth_worker_ready"
         )
         if all(labels["pid"] != str(victim) for labels, _ in gauges):

@@ -19,7 +19,7 @@ from hearth.stack.services import Stack
 from hearth.stack.supervisor import _start, _start_shared, down
 from hearth.traffic.state_postgres import PostgresStateStore
 from tests.helpers import needs_redis
-from tests.postgres_server import postgres_missing
+from tests.postgres_server import needs_postgres
 
 PASSWORDS = {"postgres_password": "pg-secret/with:odd@chars", "redis_password": "redis-secret"}
 
@@ -83,7 +83,7 @@ def test_the_join_file_carries_urls_as_other_machines_reach_them_and_the_secrets
 
 
 @needs_redis
-@pytest.mark.skipif(postgres_missing() is not None, reason=str(postgres_missing()))
+@needs_postgres()
 def test_hearth_up_shared_starts_postgres_and_redis_with_passwords() -> None:
     # PostgreSQL runs unprivileged: it must reach its folder, which pytest's tmp_path is not.
     home = Path(tempfile.mkdtemp(prefix="hearth-shared-"))

@@ -8,7 +8,9 @@ place that talks to it, the PostgreSQL counterpart of `hearth.storage.sqlite.SQL
 - a psycopg 3 connection pool (`psycopg_pool.ConnectionPool`), opened in the background: a
   store can be built while the server is down, and a call then fails after `timeout_s`
   instead of hanging; connections are checked when taken, so a server restart costs the
-  stale ones, not a failed call;
+  stale ones, not a failed call; and the pool gives up reconnecting after `timeout_s` too
+  (the next call starts again at once), so a server back after a long outage is used again
+  within a second or two, not after psycopg_pool's backoff has grown to minutes;
 - autocommit connections whose ``search_path`` is Hearth's schema (``hearth`` by default), so
   Hearth's tables never mix with another application's in a shared database;
 - `transaction()`: one transaction on one connection (commit at the end of the block,
@@ -109,6 +111,12 @@ class PostgresDatabase(Database[Conn]):
                 min_size=min_size,
                 max_size=max_size,
                 timeout=timeout_s,
+                # psycopg_pool retries a failed connection with a delay that doubles (1 s,
+                # 2 s, 4 s, …) for up to 5 minutes by default: after a 2-minute outage the
+                # next attempt could come 2 minutes after the server is back, and meanwhile
+                # no call may start another one. Giving up after timeout_s lets the next
+                # call (a follower refresh every second) try at once.
+                reconnect_timeout=timeout_s,
                 kwargs={
                     "autocommit": True,
                     "connect_timeout": max(1, round(timeout_s)),
