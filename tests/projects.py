@@ -9,9 +9,7 @@ the project's registry and data.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,7 +19,7 @@ import pytest
 
 from hearth.config import MLFLOW_SERVER_ENV, NO_TELEMETRY_ENV, HearthContext, Settings
 from hearth.launch.hearth_server import ServerProcess
-from hearth.launch.launcher import http_ok, stop_group
+from hearth.launch.launcher import Launched, launched
 from hearth.params import Params
 from tests.helpers import serving_topologies, write_project
 
@@ -163,7 +161,7 @@ def project_servers(
 
 
 @contextmanager
-def mlflow_server(project: Path, port: int, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+def mlflow_server(project: Path, port: int, log: Path) -> Iterator[Launched]:
     """A real MLflow tracking server over the project's registry on loopback `port`; stopped
     (its whole process group) when the block ends, if it is still running."""
     settings = project_settings(project)
@@ -172,18 +170,7 @@ def mlflow_server(project: Path, port: int, log: Path) -> Iterator[subprocess.Po
         "--default-artifact-root", str(settings.mlflow_artifact_root),
         "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
     ]  # fmt: skip
-    with log.open("ab") as out:
-        process = subprocess.Popen(
-            cmd, cwd=project, env=clean_environ("HEARTH_", "MLFLOW_") | MLFLOW_SERVER_ENV,
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 120
-        while not http_ok(f"http://127.0.0.1:{port}/health"):
-            assert process.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, "MLflow did not answer /health in 120 s"
-            time.sleep(0.3)
-        yield process
-    finally:
-        if process.poll() is None:
-            stop_group(process.pid, timeout_s=10)
+    env = clean_environ("HEARTH_", "MLFLOW_") | MLFLOW_SERVER_ENV
+    ready = f"http://127.0.0.1:{port}/health"
+    with launched("MLflow", cmd, env, project, log, ready, timeout_s=120, append=True) as mlflow:
+        yield mlflow

@@ -14,9 +14,7 @@ import base64
 import json
 import os
 import shutil
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
@@ -31,7 +29,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.remote.webdriver import WebDriver
 
 from hearth.launch.hearth_server import ServerProcess
-from hearth.launch.launcher import free_port, http_ok, stop_group
+from hearth.launch.launcher import free_port, launched
 from hearth.rollout.flow_steps import RoundResult
 from tests.browser.rollout_round import last_round
 from tests.projects import build_tiny_project, clean_environ, mlflow_server, project_servers
@@ -83,23 +81,11 @@ def prefect_ui_server(home: Path, port: int) -> Iterator[str]:
     env = clean_environ("PREFECT_", "HEARTH_")
     # The UI calls the API it is told of (default: port 4200), not the one serving it.
     env.update(PREFECT_HOME=str(home), PREFECT_UI_API_URL=f"{url}/api")
-    log = home / "prefect-server.log"
-    with log.open("ab") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "prefect", "server", "start",
-             "--host", "127.0.0.1", "--port", str(port)],
-            cwd=home, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 180
-        while not http_ok(f"{url}/api/health"):
-            assert process.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, "Prefect did not answer /api/health in 180 s"
-            time.sleep(0.3)
+    cmd = [sys.executable, "-m", "prefect", "server", "start",
+           "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    log, ready = home / "prefect-server.log", f"{url}/api/health"
+    with launched("Prefect", cmd, env, home, log, ready, timeout_s=180, append=True):
         yield url
-    finally:
-        if process.poll() is None:
-            stop_group(process.pid, timeout_s=10)
 
 
 @pytest.fixture(scope="session")

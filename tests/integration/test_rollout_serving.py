@@ -26,7 +26,7 @@ import pandas as pd
 import pytest
 
 from hearth.launch.hearth_server import ServerProcess
-from hearth.launch.launcher import free_port, http_ok, stop_group
+from hearth.launch.launcher import free_port, http_ok
 from hearth.params import Params
 from hearth.rollout.verdict import analyse
 from hearth.serving.faults import FAULT_TAG
@@ -524,7 +524,7 @@ def test_rollback_with_mlflow_stopped_takes_effect_within_a_second_and_fails_not
         wait_for_challenger(server, traffic, state)
 
         def stop_mlflow() -> None:  # the registry is gone before the rollback
-            stop_group(mlflow_process.pid, timeout_s=10)
+            mlflow_process.stop(timeout_s=10)
             assert not http_ok(f"{url}/health", timeout_s=0.5)
             time.sleep(1)
 
