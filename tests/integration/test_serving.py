@@ -21,15 +21,18 @@ from typing import Any
 import httpx
 import pandas as pd
 import pytest
+import torch
 
 from hearth.config import Settings
 from hearth.features.online import Transaction
 from hearth.features.store import open_store
 from hearth.launch.hearth_server import ServerProcess
+from hearth.model.scorer import FraudScorer
 from hearth.params import Params
 from hearth.schema import TIMESTAMP_FORMAT
 from hearth.serving.faults import FAULT_TAG
-from hearth.serving.pool import decide
+from hearth.serving.model_cache import RegistryCatalog
+from hearth.serving.pool import best_device, decide
 from hearth.traffic.prediction_log import DB_FILE, PredictionLog
 from hearth.traffic.state_sqlite import STATE_FILE, SQLiteStateStore
 from tests.projects import API_KEY as KEY
@@ -186,26 +189,38 @@ def test_fraud_like_scores_higher_and_decisions_follow_thresholds(
 def test_a_burst_raises_n_tx_1h_and_reaches_the_model(
     servers: dict, customers: Customers, topology: str
 ) -> None:
-    """Eight transactions in four minutes: the store counts them and the model sees it (the
-    score moves). Which way it moves is the model's behaviour, not serving's: the tiny
-    test project's model need not have learnt that a burst is risky (since training draws
-    from its own seeded generators, it scores this burst slightly lower)."""
+    """Eight transactions in four minutes: the store counts them, and the eighth is scored
+    on exactly the features the store computes for it: its score is the served model's
+    score of those features, to the last bit (which way a burst moves the score is the
+    model's behaviour, not serving's). The features are peeked just before the eighth is
+    sent: a peek changes nothing, and no other test touches this customer."""
     server, last = servers[topology], customers.take()
-    start = customers.after
-    scores = [
-        post(server, "/predict", normal(last, start + timedelta(seconds=30 * i), f"b{i}")).json()
-        for i in range(8)
-    ]
     assert server.home is not None
-    home = server.home
-    store = open_store(Settings(home=home))
+    settings = Settings(home=server.home)
+    burst = [normal(last, customers.after + timedelta(seconds=30 * i), f"b{i}") for i in range(8)]
+    for body in burst[:-1]:
+        assert post(server, "/predict", body).status_code == 200
+    store = open_store(settings)
     try:
-        probe = normal(last, start + timedelta(minutes=5), "probe")
-        features, cold = store.peek(Transaction.from_mapping(probe))
+        features, cold = store.peek(Transaction.from_mapping(burst[-1]))
+        answer = post(server, "/predict", burst[-1]).json()
+        probe = normal(last, customers.after + timedelta(minutes=5), "probe")
+        counted, _ = store.peek(Transaction.from_mapping(probe))
     finally:
         store.close()
-    assert not cold and features["n_tx_1h"] == 8.0
-    assert scores[-1]["fraud_probability"] != scores[0]["fraud_probability"]
+    assert not cold and features["n_tx_1h"] == 7.0 and counted["n_tx_1h"] == 8.0
+    # The version that answered, as the server cached it (hearth.serving.model_cache), scored
+    # here as the serving pool scores (its device; on the CPU, one thread).
+    version = RegistryCatalog(settings, NAME).record(answer["model_version"])
+    device = best_device()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        scorer = FraudScorer.from_dir(version.path, device=device)
+        expected = float(scorer.predict_records([features])[0])
+    finally:
+        torch.set_num_threads(threads)
+    assert answer["fraud_probability"] == expected, (answer, features)
 
 
 @pytest.mark.parametrize("topology", TOPOLOGIES)
