@@ -94,8 +94,28 @@ serve: install ## Serve the API on :3000 (TOPOLOGY=monolith|microservices)
 build: install ## Import champion/challenger into BentoML and build the four bentos
 	$(BIN)/hearth build
 
+.PHONY: container-deps
+container-deps: ## Install Debian's docker.io, docker-compose and debootstrap (if missing), then start dockerd
+	@missing=""; \
+	command -v dockerd >/dev/null 2>&1 || missing="$$missing docker.io"; \
+	command -v docker-compose >/dev/null 2>&1 || missing="$$missing docker-compose"; \
+	command -v debootstrap >/dev/null 2>&1 || missing="$$missing debootstrap"; \
+	if [ -n "$$missing" ]; then \
+		echo "==> installing$$missing (Debian packages) for the container images"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+	$(MAKE) --no-print-directory engine
+
+.PHONY: engine
+engine: install ## Start dockerd in the background unless a container engine answers (hearth images engine)
+	$(BIN)/hearth images engine
+
+.PHONY: images
+images: install ## Hearth's base image from Debian's packages (hearth images base: debootstrap, no hub)
+	$(BIN)/hearth images base
+
 .PHONY: containerize
-containerize: build ## Container images of the bentos (needs a running docker or podman)
+containerize: install ## The four images (gateway, features, model, monolith) on the base: hearth containerize
 	$(BIN)/hearth containerize
 
 .PHONY: bench

@@ -1,5 +1,10 @@
-"""Container images: CPU-only and small for the gateway and features, CUDA for models.
+"""The bentos' images (`hearth build`, then `bentoml containerize`): BentoML's template on
+Hearth's base, with the packages each service imports.
 
+The base is HEARTH_BASE_IMAGE, else Hearth's local base (`hearth images base`): no hub is
+needed. The model bentos get torch's CUDA build from PyPI (the plain `torch==X` wheel
+brings the CUDA runtime as nvidia-* wheels): no CUDA base image, no PyTorch index.
+`hearth containerize` builds slimmer images from its own recipes (`hearth.containers`).
 Versions are pinned from requirements.lock when it is there (at build time); inside a
 built bento the image is already frozen, so the names alone suffice.
 """
@@ -10,21 +15,15 @@ from pathlib import Path
 
 import bentoml
 
-PYTHON = "3.11"
-CUDA_BASE = "nvidia/cuda:12.8.1-runtime-ubuntu22.04"
-TORCH_INDEX = "https://download.pytorch.org/whl/cu128"
-_LOCK = Path(__file__).resolve().parent.parent / "requirements.lock"
+from hearth.containers.recipes import (
+    CPU_PACKAGES,
+    LOCAL_BASE,
+    MODEL_PACKAGES,
+    configured_base,
+)
 
-# What the gateway and the features service import: no torch, no MLflow, no sklearn.
-CPU_PACKAGES = (
-    "bentoml", "fastapi", "httpx", "prometheus_client", "pydantic", "pydantic-settings",
-    "PyYAML", "numpy", "pandas", "pyarrow", "redis",
-    # uvicorn's C parser and libuv loop (also the hop client's parser): see pyproject.toml.
-    "httptools", "uvloop",
-    # BentoML brings the OTel API and SDK; the OTLP/HTTP exporter is for HEARTH_OTLP_ENDPOINT.
-    "opentelemetry-exporter-otlp-proto-http",
-)  # fmt: skip
-MODEL_PACKAGES = (*CPU_PACKAGES, "torch", "mlflow-skinny", "scikit-learn")
+PYTHON = "3.11"
+_LOCK = Path(__file__).resolve().parent.parent / "requirements.lock"
 
 
 def pins(names: tuple[str, ...]) -> list[str]:
@@ -39,14 +38,16 @@ def pins(names: tuple[str, ...]) -> list[str]:
     return [f"{n}=={locked[n.lower()]}" if n.lower() in locked else n for n in names]
 
 
+def _image(packages: tuple[str, ...]) -> bentoml.images.Image:
+    base = configured_base() or LOCAL_BASE
+    return bentoml.images.Image(
+        base_image=base, python_version=PYTHON, lock_python_packages=False
+    ).python_packages(*pins(packages))
+
+
 def cpu_image() -> bentoml.images.Image:
-    return bentoml.images.Image(python_version=PYTHON, lock_python_packages=False).python_packages(
-        *pins(CPU_PACKAGES)
-    )
+    return _image(CPU_PACKAGES)
 
 
 def cuda_image() -> bentoml.images.Image:
-    # The CUDA runtime comes from the base image; torch's CUDA wheels from PyTorch's index.
-    return bentoml.images.Image(
-        base_image=CUDA_BASE, python_version=PYTHON, lock_python_packages=False
-    ).python_packages(f"--extra-index-url {TORCH_INDEX}", *pins(MODEL_PACKAGES))
+    return _image(MODEL_PACKAGES)

@@ -395,12 +395,15 @@ def test_build_makes_four_bentos_with_lineage(built: Path, project: Path) -> Non
 
 
 @pytest.mark.parametrize("name", ["hearth-monolith", "hearth-model"])
-def test_model_images_use_cuda(built: Path, name: str) -> None:
+def test_model_bentos_take_torch_cuda_from_pypi_on_hearths_base(built: Path, name: str) -> None:
+    from hearth.containers.recipes import LOCAL_BASE
+
     dockerfile = _bento_file(built, name, "env", "docker", "Dockerfile")
-    assert "FROM nvidia/cuda:" in dockerfile and "runtime-ubuntu" in dockerfile
+    assert f"FROM {LOCAL_BASE}" in dockerfile and "nvidia/cuda" not in dockerfile
     requirements = _bento_file(built, name, "env", "python", "requirements.txt")
-    assert "download.pytorch.org/whl/cu" in requirements
-    assert any(line.startswith("torch==") for line in requirements.splitlines())
+    assert "download.pytorch.org" not in requirements
+    # PyPI's torch wheel is the CUDA build (it brings the nvidia-* runtime wheels).
+    assert any(line.startswith("torch==") and "+" not in line for line in requirements.splitlines())
 
 
 @pytest.mark.parametrize(
@@ -414,8 +417,10 @@ def test_images_run_in_production_mode(built: Path, name: str) -> None:
 
 @pytest.mark.parametrize("name", ["hearth-gateway", "hearth-features"])
 def test_gateway_and_features_images_are_small_and_cpu_only(built: Path, name: str) -> None:
+    from hearth.containers.recipes import LOCAL_BASE
+
     dockerfile = _bento_file(built, name, "env", "docker", "Dockerfile")
-    assert "FROM python:3.11-slim" in dockerfile and "cuda" not in dockerfile.lower()
+    assert f"FROM {LOCAL_BASE}" in dockerfile and "cuda" not in dockerfile.lower()
     requirements = _bento_file(built, name, "env", "python", "requirements.txt").lower()
     for heavy in ("torch", "mlflow", "scikit-learn", "cu128"):
         assert heavy not in requirements
@@ -435,18 +440,23 @@ def test_containerize_without_an_engine_says_what_is_missing(project: Path, tmp_
 
 
 @pytest.mark.container
-def test_containerize_builds_the_gateway_image(built: Path, project: Path) -> None:
-    from hearth.serving.packaging import container_engine
+def test_containerize_builds_the_gateway_image(project: Path, tmp_path: Path) -> None:
+    from hearth.containers import build, engine
 
-    problem = container_engine()
+    problem = engine.problem()
     if problem:
         pytest.skip(f"no container engine: {problem}")
+    try:
+        base = build.choose_base()
+    except build.MissingBase as exc:
+        pytest.skip(f"{exc}: `hearth images base` builds Hearth's (only local images here)")
     done = subprocess.run(
-        [sys.executable, "-m", "hearth", "containerize", "--bento", "hearth-gateway"],
+        [sys.executable, "-m", "hearth", "containerize", "--image", "gateway"],
         cwd=REPO,
-        env=server_env(project, built.parent),
+        env=server_env(project, tmp_path / "home"),
         capture_output=True,
         text=True,
         timeout=1800,
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert base in done.stderr and "hearth/gateway:latest" in done.stderr

@@ -33,13 +33,14 @@ def full_app() -> typer.Typer:
     """Every command: top-level commands first, then the groups (`hearth --help` lists them
     in this order)."""
     # lazy: `hearth rollback` must start in well under a second; the full CLI imports a lot.
-    from hearth.cli import bench, features, pipeline, rollout, serve, stack, ui
+    from hearth.cli import bench, features, images, pipeline, rollout, serve, stack, ui
 
     app = _typer()
-    for module in (pipeline, serve, ui, stack, bench, rollout):
+    for module in (pipeline, serve, images, ui, stack, bench, rollout):
         app.add_typer(module.commands)
     app.add_typer(pipeline.data_app, name="data")
     app.add_typer(ui.ui_app, name="ui")
+    app.add_typer(images.images_app, name="images")
     app.add_typer(features.features_app, name="features")
     app.add_typer(rollout.rollout_app, name="rollout")
     return app

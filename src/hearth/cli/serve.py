@@ -1,4 +1,4 @@
-"""Serving: `hearth serve` (foreground), `hearth build` (bentos), `hearth containerize`.
+"""Serving: `hearth serve` (foreground), `hearth build` (bentos); images: `hearth.cli.images`.
 
 The serving packaging, the rollout promotion and the online store are imported inside the
 commands: they load pandas, pyarrow and mlflow (~1.5 s+), which the other commands should
@@ -21,7 +21,6 @@ from hearth.serving.workers import WORKERS_ENV
 
 commands = typer.Typer()
 
-# `hearth build` and `hearth containerize` take the same bentos.
 BentoOption = Annotated[
     list[str] | None, typer.Option(help="A bento, by name; repeatable (default: all four).")
 ]
@@ -148,25 +147,3 @@ def build(bento: BentoOption = None) -> None:
         base = next((line for line in lines if line.startswith("FROM")), "")
         console.print(f"[green]✓[/] {tag}  {base}".rstrip())
     console.print(f"bentos in {ctx.settings.bentoml_home}; images: `hearth containerize`")
-
-
-@commands.command()
-def containerize(
-    bento: BentoOption = None,
-    engine: Annotated[str, typer.Option(help="Container engine: docker or podman.")] = "docker",
-) -> None:
-    """Build container images of the latest bentos with `bentoml containerize`."""
-    from hearth.serving import packaging  # lazy: pandas, see the module docstring
-
-    load_context()
-    problem = packaging.container_engine(engine)
-    if problem:
-        fail(
-            f"no container engine: {problem}",
-            f"start the {engine} daemon (or pass --engine podman), then run this again; "
-            "`hearth build` needs no engine",
-        )
-    for name in bento or list(packaging.BENTOS):
-        code = packaging.containerize(f"{name}:latest", engine)
-        if code:
-            fail(f"containerizing {name} failed (exit {code})", "run `hearth build` first?")

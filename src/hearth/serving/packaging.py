@@ -1,4 +1,4 @@
-"""Packaging: MLflow registry → BentoML model store → bentos → container images.
+"""Packaging: MLflow registry → BentoML model store → bentos (images: `hearth.containers`).
 
 This is the one module of `hearth.serving` that talks to BentoML, and only inside its
 functions: importing it (or any other serving module) never imports BentoML, so the
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -188,26 +187,3 @@ def dockerfile(tag: str) -> str:
 
     bento = bentoml.get(tag)
     return (Path(bento.path) / "env" / "docker" / "Dockerfile").read_text()
-
-
-# -- containers -----------------------------------------------------------------------------
-def container_engine(engine: str = "docker") -> str | None:
-    """None when `engine info` answers; otherwise why not, for the user."""
-    if shutil.which(engine) is None:
-        return f"{engine} is not installed"
-    try:
-        done = subprocess.run([engine, "info"], capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"`{engine} info` failed: {exc}"
-    if done.returncode != 0:
-        last = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
-        return f"`{engine} info` failed: {last[0]}"
-    return None
-
-
-def containerize(tag: str, engine: str = "docker") -> int:
-    """`bentoml containerize` one bento in the foreground; its exit code."""
-    import sys
-
-    cmd = [sys.executable, "-m", "bentoml", "containerize", tag, "--backend", engine]
-    return subprocess.call(cmd)

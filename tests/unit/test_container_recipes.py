@@ -1,0 +1,164 @@
+"""The images' recipes as text: packages, locked requirements, Dockerfiles, the base's inputs.
+
+No engine needed; `tests/containers/` builds and runs the images where one runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hearth.containers import base, entrypoint, recipes
+from hearth.containers.recipes import IMAGES
+
+REPO = Path(__file__).resolve().parents[2]
+LOCK = (REPO / "requirements.lock").read_text()
+
+
+def _requirements(name: str) -> str:
+    spec = IMAGES[name]
+    names = recipes.dependency_closure(spec.packages)
+    return recipes.locked_requirements(LOCK, names, skip=[recipes.TORCH])
+
+
+def test_closure_follows_markers_and_extras() -> None:
+    meta = {
+        "app": ["lib[fast]>=1", "winonly; sys_platform == 'win32'", "opt; extra == 'x'"],
+        "lib": ["core", "speedup; extra == 'fast'"],
+        "core": None,
+        "speedup": [],
+    }
+    assert recipes.dependency_closure(["App"], meta.__getitem__) == {
+        "app",
+        "lib",
+        "core",
+        "speedup",
+    }
+
+
+@pytest.mark.parametrize("name", ["gateway", "features"])
+def test_cpu_images_are_locked_by_hash_without_torch(name: str) -> None:
+    text = _requirements(name)
+    lines = text.splitlines()
+    assert lines and all("--hash=sha256:" in line for line in lines)
+    for heavy in ("torch==", "nvidia-cu", "triton", "scikit-learn==", "mlflow==", "cu12"):
+        assert heavy not in text
+    assert any(line.startswith("bentoml==") for line in lines)
+
+
+def test_only_the_gateway_of_the_cpu_images_carries_mlflows_client() -> None:
+    # Its admin API checks versions and moves the aliases; the features service never does.
+    assert "mlflow-skinny==" in _requirements("gateway")
+    assert "mlflow" not in _requirements("features")
+
+
+@pytest.mark.parametrize("name", ["model", "monolith"])
+def test_model_images_take_torch_cuda_from_pypi(name: str) -> None:
+    torch = recipes.torch_requirement(LOCK)
+    assert torch.startswith("torch==") and "+" not in torch
+    dockerfile = recipes.dockerfile(IMAGES[name], recipes.LOCAL_BASE, torch, {})
+    assert f"RUN pip install -q '{torch}'" in dockerfile
+    assert "nvidia/cuda" not in dockerfile and "download.pytorch.org" not in dockerfile
+    assert "scikit-learn==" in _requirements(name) and "torch==" not in _requirements(name)
+
+
+def test_a_name_missing_from_the_lock_is_an_error() -> None:
+    with pytest.raises(KeyError, match="not-a-package"):
+        recipes.locked_requirements(LOCK, ["bentoml", "not-a-package"])
+
+
+@pytest.mark.parametrize("name", list(IMAGES))
+def test_dockerfile_serves_the_service_in_production_from_the_given_base(name: str) -> None:
+    spec = IMAGES[name]
+    torch = "torch==2.13.0" if spec.torch else None
+    text = recipes.dockerfile(spec, "example/base:1", torch, {"hearth.x": "y"})
+    lines = text.splitlines()
+    assert lines[0] == "FROM example/base:1" and text.count("FROM ") == 1
+    assert "HEARTH_ENV=production" in text and f"USER {recipes.UID}" in text
+    assert "--require-hashes" in text and 'LABEL hearth.x="y"' in text
+    assert lines[-1] == f'CMD ["{spec.service}"]'
+    assert "hearth.containers.entrypoint" in lines[-2]
+    assert ("model-cache/" in text) == spec.carries_models
+    assert ("torch==" in text) == spec.torch
+    # Hearth's source comes last: a code change rebuilds neither torch nor the packages.
+    assert text.index("COPY app/") > text.index("requirements.txt")
+
+
+def test_model_images_are_tagged_with_the_versions_they_carry() -> None:
+    served = {"champion": "3", "challenger": "4"}
+    assert recipes.image_tags(IMAGES["model"], "0.1.0", served) == [
+        "hearth/model:0.1.0-champion-v3-challenger-v4",
+        "hearth/model:0.1.0",
+        "hearth/model:latest",
+    ]
+    assert recipes.image_tags(IMAGES["gateway"], "0.1.0", served) == [
+        "hearth/gateway:0.1.0",
+        "hearth/gateway:latest",
+    ]
+    labels = recipes.image_labels(IMAGES["monolith"], "0.1.0", served)
+    assert labels["hearth.champion_version"] == "3"
+
+
+def test_base_image_is_the_configured_one_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(recipes.BASE_ENV, raising=False)
+    assert recipes.base_candidates() == (recipes.LOCAL_BASE, recipes.PUBLIC_BASE)
+    monkeypatch.setenv(recipes.BASE_ENV, "corp/hardened:3.11")
+    assert recipes.base_candidates() == ("corp/hardened:3.11",)
+
+
+# -- the base image's inputs -----------------------------------------------------------------
+def test_mirror_comes_from_apts_sources(tmp_path: Path) -> None:
+    (tmp_path / "sources.list.d").mkdir()
+    (tmp_path / "sources.list.d" / "debian.sources").write_text(
+        "Types: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\n"
+        "Components: main\n\n"
+        "Types: deb\n# a comment: with a colon\nURIs: http://mirror.example/debian/\n"
+        "Suites: bookworm bookworm-updates\nComponents: main\n"
+    )
+    assert base.debian_mirror(tmp_path) == "http://mirror.example/debian"
+    one_line = "deb [arch=amd64] http://old.example/debian bookworm main\n"
+    (tmp_path / "sources.list").write_text(one_line)
+    assert base.debian_mirror(tmp_path) == "http://old.example/debian"
+    assert base.debian_mirror(tmp_path / "none") == base.DEFAULT_MIRROR
+
+
+def test_extra_certificates_from_files_and_folders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(base, "LOCAL_CA_DIR", tmp_path / "absent")
+    (tmp_path / "corp").mkdir()
+    (tmp_path / "corp" / "a.pem").write_text("A")
+    (tmp_path / "corp" / "notes.txt").write_text("-")
+    (tmp_path / "proxy.crt").write_text("P")
+    value = f"{tmp_path / 'corp'}:{tmp_path / 'proxy.crt'}"
+    assert base.extra_certificates(value) == [tmp_path / "corp" / "a.pem", tmp_path / "proxy.crt"]
+    with pytest.raises(FileNotFoundError, match="HEARTH_EXTRA_CA_CERTS"):
+        base.extra_certificates(str(tmp_path / "missing.crt"))
+
+
+def test_the_package_tarball_is_cached_per_mirror() -> None:
+    one = base.tarball_name("http://a.example/debian")
+    assert one == base.tarball_name("http://a.example/debian")
+    assert one != base.tarball_name("http://b.example/debian")
+
+
+# -- the images' entry point -------------------------------------------------------------------
+def test_carried_versions_seed_the_cache_once(tmp_path: Path) -> None:
+    carried, cache = tmp_path / "carried", tmp_path / "home" / "model-cache"
+    for version in ("3", "4"):
+        (carried / "fraud-detector" / version).mkdir(parents=True)
+        (carried / "fraud-detector" / version / "record.json").write_text(version)
+    (cache / "fraud-detector" / "4").mkdir(parents=True)
+    (cache / "fraud-detector" / "4" / "record.json").write_text("already")
+    assert entrypoint.seed_model_cache(carried, cache) == ["fraud-detector/3"]
+    assert (cache / "fraud-detector" / "3" / "record.json").read_text() == "3"
+    assert (cache / "fraud-detector" / "4" / "record.json").read_text() == "already"
+    assert entrypoint.seed_model_cache(carried, cache) == []
+
+
+def test_entry_point_serves_on_every_interface_with_its_own_metrics_dir() -> None:
+    argv = entrypoint.serve_argv("bentos.model:Model", ["--port", "3100"], "/opt/hearth/app")
+    assert argv[1:4] == ["-m", "hearth.launch.bentoml_main", entrypoint.PROMETHEUS_DIR]
+    assert argv[4:8] == ["serve", "bentos.model:Model", "--host", "0.0.0.0"]
+    assert argv[-2:] == ["--port", "3100"]  # extra arguments come last: they win
