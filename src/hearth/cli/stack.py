@@ -150,11 +150,15 @@ def _up_containers(topology: str, serve: bool, gpu: bool) -> None:
     try:
         states = compose.up(stack, topology, serve=serve, gpu=gpu, say=console.print)
     except StackError as exc:
+        champion = (
+            "; serving needs a registered champion: `hearth up --containers --no-serve`, then "
+            "`hearth run --no-rollout` here (it uses the containers' servers), then `hearth up "
+            "--containers`"
+        )
         fail(
             str(exc),
-            "`hearth ps` shows the containers, `hearth down` takes them down; serving needs a "
-            "registered champion: `hearth up --containers --no-serve`, then `hearth run "
-            "--no-rollout` here (it uses the containers' servers), then `hearth up --containers`",
+            "`hearth ps` shows the containers, `hearth down` takes them down"
+            + (champion if serve else ""),
         )
     console.rule("[bold]Hearth is up (containers)")
     for name, url in stack.urls(topology if serve else None).items():

@@ -51,6 +51,19 @@ IMAGES = {
     "hearth/services": "HEARTH_SERVICES_IMAGE",  # PostgreSQL and Redis (`make stack-images`)
     "hearth/stack": "HEARTH_STACK_IMAGE",  # MLflow, Prefect's server and worker (the same)
 }
+# Service of deploy/compose.yaml → the variable of its image.
+SERVICE_IMAGES = {
+    "postgres": "HEARTH_SERVICES_IMAGE",
+    "redis": "HEARTH_SERVICES_IMAGE",
+    "mlflow": "HEARTH_STACK_IMAGE",
+    "prefect-server": "HEARTH_STACK_IMAGE",
+    "prefect-worker": "HEARTH_STACK_IMAGE",
+    "features": "HEARTH_FEATURES_IMAGE",
+    "model": "HEARTH_MODEL_IMAGE",
+    "model-gpu": "HEARTH_MODEL_IMAGE",
+    "gateway": "HEARTH_GATEWAY_IMAGE",
+    "monolith": "HEARTH_MONOLITH_IMAGE",
+}
 INFRASTRUCTURE = ("postgres", "redis", "mlflow", "prefect-server", "prefect-worker")
 TOPOLOGY_SERVICES = {"microservices": ("features", "model", "gateway"), "monolith": ("monolith",)}
 PROFILES = ("gpu", "monolith")
@@ -211,6 +224,8 @@ class ContainerStack:
 
     def containers(self) -> list[ContainerState]:
         """The project's containers (every profile), their state and health."""
+        if not env_file(self.settings).exists():  # never started from this home
+            return []
         ids = self.compose_ok(*_all_profiles(), "ps", "-q", "-a", timeout_s=60).split()
         if not ids:
             return []
@@ -265,11 +280,12 @@ def services_to_start(topology: str, serve: bool, gpu: bool) -> tuple[list[str],
     return options, services
 
 
-def check_ready_to_start(stack: ContainerStack) -> None:
-    """No engine, an image missing, a port taken: say which and how to fix it."""
+def check_ready_to_start(stack: ContainerStack, services: list[str]) -> None:
+    """No engine, an image of `services` missing, a port taken: say which and how to fix it."""
     if problem := engine_problem():
         raise StackError(problem)
-    if missing := missing_images(stack.images):
+    needed = {var: stack.images[var] for var in {SERVICE_IMAGES[s] for s in services}}
+    if missing := missing_images(needed):
         raise StackError(f"images missing from the local engine: {', '.join(missing)}; "
                          f"{HOW_TO_GET_IMAGES}")  # fmt: skip
     if any(c.status == "running" for c in stack.containers()):
@@ -290,10 +306,10 @@ def up(
     say: Say = print,
 ) -> list[ContainerState]:
     """Bring the stack up and wait for every health check; record where its servers are."""
-    check_ready_to_start(stack)
+    options, services = services_to_start(topology, serve, gpu)
+    check_ready_to_start(stack, services)
     path = stack.write_env_file()
     say(f"env file: {path} (mode 0600: the secrets, the images, the published ports)")
-    options, services = services_to_start(topology, serve, gpu)
     scaled = [arg for s in _replaced(services) for arg in ("--scale", f"{s}=0")]
     say(f"starting {', '.join(services)} (project {stack.project})")
     stack.compose_ok(*options, "up", "-d", "--no-build", *scaled, *services, timeout_s=timeout_s)
