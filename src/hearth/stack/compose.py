@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hearth.config import Settings
+from hearth.containers import engine
+from hearth.containers.build import local_image
 from hearth.launch.launcher import port_in_use
 from hearth.secrets_file import read_secrets, record_shared, secrets_path, write_secrets
 from hearth.stack import shared
@@ -67,10 +69,6 @@ SERVICE_IMAGES = {
 INFRASTRUCTURE = ("postgres", "redis", "mlflow", "prefect-server", "prefect-worker")
 TOPOLOGY_SERVICES = {"microservices": ("features", "model", "gateway"), "monolith": ("monolith",)}
 PROFILES = ("gpu", "monolith")
-HOW_TO_GET_AN_ENGINE = (
-    "install Docker and docker-compose (`make container-deps`: Debian's docker.io and "
-    "docker-compose) and start dockerd"
-)
 HOW_TO_GET_IMAGES = (
     "build them: `hearth images base` (the base image, from Debian packages), "
     "`hearth containerize` (gateway, features, model, monolith), `make stack-images` "
@@ -111,13 +109,10 @@ def _runs(cmd: Sequence[str], timeout_s: float = 20) -> bool:
 
 def engine_problem() -> str | None:
     """Why no container can start here (no docker CLI, no daemon, no Compose), or None."""
-    docker = shutil.which("docker")
-    if docker is None:
-        return f"no container engine: the docker CLI is not installed ({HOW_TO_GET_AN_ENGINE})"
-    if not _runs([docker, "info"]):
-        return f"the Docker daemon does not answer `docker info` ({HOW_TO_GET_AN_ENGINE})"
+    if (problem := engine.problem()) is not None:
+        return f"no container engine: {problem}; {engine.INSTALL_HINT}"
     if compose_command() is None:
-        return f"neither docker-compose nor `docker compose` is installed ({HOW_TO_GET_AN_ENGINE})"
+        return "neither docker-compose nor `docker compose` is installed: `make container-deps`"
     return None
 
 
@@ -129,8 +124,7 @@ def images() -> dict[str, str]:
 
 def missing_images(images: dict[str, str]) -> list[str]:
     """The images (of `images`' values) the local engine does not have."""
-    docker = shutil.which("docker") or "docker"
-    return [ref for ref in images.values() if not _runs([docker, "image", "inspect", ref])]
+    return [ref for ref in images.values() if not local_image(ref)]
 
 
 # -- the env file ---------------------------------------------------------------------------
