@@ -122,22 +122,22 @@ def _read_csv_sql(files: list[Path], columns: tuple[str, ...], rejects: str) -> 
     paths = "[" + ", ".join(lit(str(f)) for f in files) + "]"
     return (
         f"read_csv({paths}, header = true, auto_detect = false, all_varchar = true, "
-        f"columns = {spec}, delim = ',', quote = '\"', escape = '\"', filename = true, "
+        f"columns = {spec}, delim = ',', quote = '\"', escape = '\"', "
         f"store_rejects = true, rejects_table = {lit(rejects + '_errors')}, "
         f"rejects_scan = {lit(rejects + '_scans')})"
     )
 
 
 def _load_raw(con: duckdb.DuckDBPyConnection, drops: list[Path]) -> None:
-    """Tables `raw` (one row per parsed record, with source_file and source_line) and
-    `raw_rejects` (one row per line the CSV reader could not split into the columns)."""
+    """Read and check every drop in one pass: tables `checked` and `duplicate_rows` (see
+    `check_rows`), `raw_rejects` (one row per line the CSV reader could not split into the
+    columns), and `row_files` / `line_gaps`, which turn a position in `checked` into its
+    file and line."""
     columns = ", ".join(ident(c) for c in RAW_COLUMNS)
-    # preserve_insertion_order keeps file order then row order in rowid, so a file's rows
-    # have consecutive rowids.
-    con.execute(
-        f"CREATE TABLE raw_read AS SELECT {columns}, parse_filename(filename) AS source_file "
-        f"FROM {_read_csv_sql(drops, RAW_COLUMNS, 'csv_rejects')}"
-    )
+    read = _read_csv_sql(drops, RAW_COLUMNS, "csv_rejects")
+    # preserve_insertion_order keeps file order then row order, so `checked`'s rowid is the
+    # row's position and a file's rows have consecutive rowids.
+    check_rows(con, f"(SELECT {columns}, file_index AS file_ FROM {read})")
     con.execute(
         """
         CREATE TABLE raw_rejects AS
@@ -149,35 +149,32 @@ def _load_raw(con: duckdb.DuckDBPyConnection, drops: list[Path]) -> None:
         GROUP BY ALL
         """
     )
+    names = ", ".join(f"({i}, {lit(drop.name)})" for i, drop in enumerate(drops))
+    con.execute(
+        f"""
+        CREATE TABLE row_files AS
+        SELECT n.source_file, s.first_rowid
+        FROM (SELECT file_, min(rowid) AS first_rowid FROM checked GROUP BY ALL) AS s
+        JOIN (VALUES {names}) AS n(file_, source_file) USING (file_)
+        """
+    )
     # The reader reports physical line numbers only for rejected lines. A parsed record's
     # line is 1 (header) + its ordinal k + the number of rejected lines before it; a
     # rejected line i (i-th in its file) comes after g_i = line_i - 1 - i records, so it
-    # precedes record k iff g_i < k. ASOF finds the last such i. (Assumes no quoted field
-    # spans lines, which the raw contract never produces.)
+    # precedes record k iff g_i < k: an ASOF join on g finds the last such i. (Assumes no
+    # quoted field spans lines, which the raw contract never produces.)
     con.execute(
         """
-        CREATE TABLE raw AS
-        WITH file_start AS (
-            SELECT source_file, min(rowid) AS first_rowid FROM raw_read GROUP BY ALL
-        ), numbered AS (
-            SELECT r.*, r.rowid - f.first_rowid + 1 AS record
-            FROM raw_read r JOIN file_start f USING (source_file)
-        ), gaps AS (
-            SELECT source_file, g, max(i) AS i FROM (
-                SELECT source_file,
-                       row_number() OVER (PARTITION BY source_file ORDER BY source_line) AS i,
-                       source_line - 1
-                         - row_number() OVER (PARTITION BY source_file ORDER BY source_line) AS g
-                FROM raw_rejects)
-            GROUP BY ALL
-        )
-        SELECT n.* EXCLUDE (record),
-               CAST(n.record + 1 + coalesce(gaps.i, 0) AS BIGINT) AS source_line
-        FROM numbered n ASOF LEFT JOIN gaps
-          ON n.source_file = gaps.source_file AND n.record > gaps.g
+        CREATE TABLE line_gaps AS
+        SELECT source_file, g, max(i) AS i FROM (
+            SELECT source_file,
+                   row_number() OVER (PARTITION BY source_file ORDER BY source_line) AS i,
+                   source_line - 1
+                     - row_number() OVER (PARTITION BY source_file ORDER BY source_line) AS g
+            FROM raw_rejects)
+        GROUP BY ALL
         """
     )
-    con.execute("DROP TABLE raw_read")
 
 
 def _load_customers(con: duckdb.DuckDBPyConnection, path: Path) -> None:
@@ -244,7 +241,8 @@ class _SplitBounds:
 def _split_bounds(con: duckdb.DuckDBPyConnection, split: SplitParams) -> _SplitBounds:
     """Calendar-day boundaries: the last test_days → test, the valid_days before → valid."""
     row = con.execute(
-        'SELECT min(CAST("timestamp" AS DATE)), max(CAST("timestamp" AS DATE)) FROM features'
+        'SELECT min(CAST("timestamp" AS DATE)), max(CAST("timestamp" AS DATE)) '
+        "FROM clean_transactions"
     ).fetchone()
     if row is None or row[0] is None:
         raise EtlError("no clean transactions left after quarantine; see the quarantine report")
@@ -353,11 +351,10 @@ def _clean(
     four fields."""
     _load_raw(con, drops)
     _load_customers(con, raw_dir / CUSTOMERS_FILE)
-    rows_in = _scalar(con, "SELECT count(*) FROM raw") + _scalar(
+    rows_in = _scalar(con, "SELECT count(*) FROM checked") + _scalar(
         con, "SELECT count(*) FROM raw_rejects"
     )
     logger.info("etl: read %d row(s)", rows_in)
-    check_rows(con)
     build_clean_and_quarantine(con)
     clean = _scalar(con, "SELECT count(*) FROM clean_transactions")
     quarantined = _scalar(con, "SELECT count(*) FROM quarantine")
@@ -370,13 +367,12 @@ def _clean(
 
 def _featurise_and_split(con: duckdb.DuckDBPyConnection, split: SplitParams) -> _SplitBounds:
     """Phases 4-5: table `features` with a `split` column."""
+    bounds = _split_bounds(con, split)
+    features = build_feature_sql("clean_transactions", "customers").strip()
     con.execute(
-        "CREATE TABLE features AS " + build_feature_sql("clean_transactions", "customers").strip()
+        f"CREATE TABLE features AS SELECT *, {_split_case(bounds)} AS split FROM ({features})"
     )
     logger.info("etl: features computed")
-    bounds = _split_bounds(con, split)
-    con.execute("ALTER TABLE features ADD COLUMN split VARCHAR DEFAULT 'train'")
-    con.execute(f"UPDATE features SET split = {_split_case(bounds)}")
     return bounds
 
 

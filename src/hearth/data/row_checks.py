@@ -1,5 +1,9 @@
 """The ETL's row checks: every raw row gets the first check it fails, with a readable
-reason, or none; clean rows become typed transactions and the rest the quarantine."""
+reason, or none; clean rows become typed transactions and the rest the quarantine.
+
+The raw rows are checked as they are read (one pass over the drops, no copy of the raw
+text), into table `checked` whose rowid is the row's position: drops in file-name order,
+rows in file order. Positions become (file, line) only for the few quarantined rows."""
 
 from __future__ import annotations
 
@@ -19,6 +23,17 @@ from hearth.schema import (
 _REASON_VALUE_CHARS = 40
 _MALFORMED_LINE = "malformed CSV line"
 _DUPLICATE = "duplicate transaction_id"
+# The typed helper columns of `checked`, NULL where the raw text does not parse.
+_TYPED = {
+    "ts_": f'try_strptime("timestamp", {lit(TIMESTAMP_FORMAT)})',
+    "amount_": "TRY_CAST(amount AS DOUBLE)",
+    "latitude_": "TRY_CAST(latitude AS DOUBLE)",
+    "longitude_": "TRY_CAST(longitude AS DOUBLE)",
+    # A CASE, not a join: `checked` must keep the read order (its rowid is the position).
+    "rate_": "CASE currency "
+    + " ".join(f"WHEN {lit(cur)} THEN {rate!r}" for cur, rate in EUR_RATES.items())
+    + " END",
+}
 
 
 def _quoted_value(column: str) -> str:
@@ -34,7 +49,7 @@ def _row_checks() -> list[tuple[str, str, str | None]]:
     """(check name, SQL condition that fails the row, column whose value the reason shows).
 
     Evaluated in order; a row gets the first check it fails. The typed helper columns
-    (``ts_``, ``amount_``, ...) are computed in `check_rows`.
+    (``ts_``, ``amount_``, ...) are `_TYPED`.
     """
     checks: list[tuple[str, str, str | None]] = [
         (f"missing {c}", f"nullif(trim({ident(c)}), '') IS NULL", None) for c in RAW_COLUMNS
@@ -61,60 +76,49 @@ def _row_checks() -> list[tuple[str, str, str | None]]:
     return checks
 
 
-def check_rows(con: duckdb.DuckDBPyConnection) -> None:
-    """Table `checked`: every raw row with typed helper columns, `check` and `reason`.
+def check_rows(con: duckdb.DuckDBPyConnection, source: str) -> None:
+    """Tables `checked` and `duplicate_rows` from `source`, the raw rows as text.
 
-    `check` is NULL for a clean row. Duplicates are decided among rows that pass every other
-    check: the first by (file, line) is kept, so a later corrected re-send of a rejected
-    row is not lost.
+    `source` is a relation with RAW_COLUMNS as text and ``file_``, the drop's index, in file
+    then line order. `checked` holds every raw row with the typed helper columns and
+    ``check_``, the first check it fails (NULL when it passes them all); its rowid is the
+    row's position. Duplicates are decided among rows that pass every other check: the first
+    by position is kept, so a later corrected re-send of a rejected row is not lost;
+    `duplicate_rows` holds (pos, first_pos) for each later copy.
     """
-    checks = _row_checks()
-    check_case = " ".join(f"WHEN {cond} THEN {lit(name)}" for name, cond, _ in checks)
-    # Keyed on the check already found, so only rejected rows pay for building the text.
-    reason_case = " ".join(
-        f"WHEN {lit(name)} THEN {lit(name)} || ' ' || {_quoted_value(col)}"
-        for name, _, col in checks
-        if col
-    )
-    rates = ", ".join(f"({lit(cur)}, {rate!r})" for cur, rate in EUR_RATES.items())
+    typed = ", ".join(f"{sql} AS {name}" for name, sql in _TYPED.items())
+    check_case = " ".join(f"WHEN {cond} THEN {lit(name)}" for name, cond, _ in _row_checks())
     con.execute(
         f"""
         CREATE TABLE checked AS
-        WITH typed AS (
-            SELECT r.*,
-                   try_strptime(r."timestamp", {lit(TIMESTAMP_FORMAT)}) AS ts_,
-                   TRY_CAST(r.amount AS DOUBLE) AS amount_,
-                   TRY_CAST(r.latitude AS DOUBLE) AS latitude_,
-                   TRY_CAST(r.longitude AS DOUBLE) AS longitude_,
-                   rates.rate AS rate_
-            FROM raw r LEFT JOIN (VALUES {rates}) AS rates(currency, rate) USING (currency)
-        ), first_pass AS (
-            SELECT *, CASE {check_case} END AS check_,
-                   {{'file': source_file, 'line': source_line}} AS position_
-            FROM typed
-        ), duplicated AS (
-            SELECT transaction_id, min(position_) AS first_position
-            FROM first_pass WHERE check_ IS NULL
-            GROUP BY transaction_id HAVING count(*) > 1
-        )
-        SELECT p.* EXCLUDE (check_, position_),
-               CASE WHEN p.position_ > d.first_position THEN {lit(_DUPLICATE)}
-                    ELSE p.check_ END AS "check",
-               CASE WHEN p.position_ > d.first_position
-                    THEN {lit(_DUPLICATE)} || ' (first seen in ' || d.first_position.file
-                         || ' line ' || d.first_position.line || ')'
-                    WHEN p.check_ IS NOT NULL
-                    THEN CASE p.check_ {reason_case} ELSE p.check_ END
-               END AS reason
-        FROM first_pass p
-        LEFT JOIN duplicated d ON p.check_ IS NULL AND p.transaction_id = d.transaction_id
+        SELECT *, CASE {check_case} END AS check_
+        FROM (SELECT *, {typed} FROM {source})
         """
     )
-    con.execute("DROP TABLE raw")  # free memory early: everything lives on in `checked`
+    # Ids are grouped by hash first (a fixed-width key): only the ids whose hash repeats,
+    # a handful, are then compared as text.
+    con.execute(
+        """
+        CREATE TABLE duplicate_rows AS
+        WITH repeated AS (
+            SELECT hash(transaction_id) AS h FROM checked WHERE check_ IS NULL
+            GROUP BY ALL HAVING count(*) > 1
+        ), candidates AS (
+            SELECT rowid AS pos, min(rowid) OVER (PARTITION BY transaction_id) AS first_pos
+            FROM checked
+            WHERE check_ IS NULL AND hash(transaction_id) IN (SELECT h FROM repeated)
+        )
+        SELECT pos, first_pos FROM candidates WHERE pos > first_pos
+        """
+    )
 
 
 def build_clean_and_quarantine(con: duckdb.DuckDBPyConnection) -> None:
-    """Tables `clean_transactions` (typed, + amount_eur) and `quarantine` (text + reason)."""
+    """Tables `clean_transactions` (typed, + amount_eur) and `quarantine` (text + reason).
+
+    Reads `checked`, `duplicate_rows`, `raw_rejects` and `row_files` / `line_gaps`, which
+    turn a position into its (file, line) (see `hearth.data.etl`).
+    """
     con.execute(
         f"""
         CREATE TABLE clean_transactions AS
@@ -123,17 +127,46 @@ def build_clean_and_quarantine(con: duckdb.DuckDBPyConnection) -> None:
                latitude_ AS latitude, longitude_ AS longitude,
                CAST({ident(LABEL)} AS BIGINT) AS {ident(LABEL)},
                amount_ * rate_ AS amount_eur
-        FROM checked WHERE "check" IS NULL
+        FROM checked
+        WHERE check_ IS NULL AND rowid NOT IN (SELECT pos FROM duplicate_rows)
         ORDER BY "timestamp", transaction_id
         """
     )
     raw_columns = ", ".join(ident(c) for c in RAW_COLUMNS)
     null_columns = ", ".join(f"CAST(NULL AS VARCHAR) AS {ident(c)}" for c in RAW_COLUMNS)
+    # Keyed on the check already found, so only rejected rows pay for building the text.
+    reason_case = " ".join(
+        f"WHEN {lit(name)} THEN {lit(name)} || ' ' || {_quoted_value(col)}"
+        for name, _, col in _row_checks()
+        if col
+    )
     con.execute(
         f"""
         CREATE TABLE quarantine AS
-        SELECT {raw_columns}, source_file, source_line, "check", reason
-        FROM checked WHERE "check" IS NOT NULL
+        WITH flagged AS (
+            SELECT c.rowid AS pos, {", ".join(f"c.{ident(col)}" for col in RAW_COLUMNS)},
+                   c.check_, d.first_pos
+            FROM checked c LEFT JOIN duplicate_rows d ON c.rowid = d.pos
+            WHERE c.check_ IS NOT NULL OR d.pos IS NOT NULL
+        ), positions AS (
+            SELECT pos FROM flagged UNION SELECT first_pos FROM flagged WHERE first_pos IS NOT NULL
+        ), in_file AS (
+            SELECT p.pos, f.source_file, p.pos - f.first_rowid + 1 AS record
+            FROM positions p ASOF JOIN row_files f ON p.pos >= f.first_rowid
+        ), located AS (
+            SELECT i.pos, i.source_file, CAST(i.record + 1 + coalesce(g.i, 0) AS BIGINT) AS line
+            FROM in_file i ASOF LEFT JOIN line_gaps g
+              ON i.source_file = g.source_file AND i.record > g.g
+        )
+        SELECT {raw_columns}, loc.source_file, loc.line AS source_line,
+               coalesce(check_, {lit(_DUPLICATE)}) AS "check",
+               CASE WHEN check_ IS NULL
+                    THEN {lit(_DUPLICATE)} || ' (first seen in ' || seen.source_file
+                         || ' line ' || seen.line || ')'
+                    ELSE CASE check_ {reason_case} ELSE check_ END
+               END AS reason
+        FROM flagged JOIN located AS loc ON loc.pos = flagged.pos
+        LEFT JOIN located AS seen ON seen.pos = flagged.first_pos
         UNION ALL
         SELECT {null_columns}, source_file, source_line, {lit(_MALFORMED_LINE)} AS "check",
                {lit(_MALFORMED_LINE)} || ' (' || replace(error_type, '_', ' ') || '): '''
