@@ -15,8 +15,8 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from hearth.containers import recipes
 from hearth.containers.engine import ENGINE
@@ -30,8 +30,7 @@ class MissingBase(LookupError):
     """None of the candidate base images is in the engine."""
 
 
-@dataclass(frozen=True)
-class BuiltImage:
+class BuiltImage(NamedTuple):
     name: str
     tags: tuple[str, ...]
     seconds: float
