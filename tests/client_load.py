@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 import httpx
@@ -106,3 +107,11 @@ def metric_samples(url: str, name: str) -> list[tuple[dict[str, str], float]]:
         for s in family.samples
         if s.name == name
     ]
+
+
+def predictions_by_variant(url: str) -> Counter[str]:
+    """`hearth_predictions_total` on the server's /metrics, summed per variant."""
+    c: Counter[str] = Counter()
+    for labels, value in metric_samples(url, "hearth_predictions_total"):
+        c[labels["variant"]] += int(value)
+    return c

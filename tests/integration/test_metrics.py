@@ -18,11 +18,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from hearth.launch.hearth_server import ServerProcess
 from hearth.stack.process import Running, write_state
 from hearth.stack.supervisor import ps
+from tests.client_load import predictions_by_variant
 from tests.projects import API_KEY as KEY
 from tests.projects import project_servers
 
@@ -50,26 +50,8 @@ def _tx(i: int) -> dict:
     }  # fmt: skip
 
 
-def _samples(url: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    out: dict[tuple[tuple[str, str], ...], float] = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == name:
-                key = tuple(sorted(s.labels.items()))
-                out[key] = out.get(key, 0.0) + s.value
-    return out
-
-
-def _by(samples: dict, label: str) -> Counter:
-    c: Counter = Counter()
-    for key, value in samples.items():
-        c[dict(key)[label]] += value
-    return c
-
-
 def test_a_load_shows_in_metrics_with_exact_counts_per_variant(server: ServerProcess) -> None:
-    before = _by(_samples(server.url, "hearth_predictions_total"), "variant")
+    before = predictions_by_variant(server.url)
     deadline = time.monotonic() + LOAD_S
 
     def worker(w: int) -> Counter:
@@ -84,7 +66,7 @@ def test_a_load_shows_in_metrics_with_exact_counts_per_variant(server: ServerPro
 
     with ThreadPoolExecutor(4) as pool:
         seen = sum((f.result() for f in [pool.submit(worker, w) for w in range(4)]), Counter())
-    after = _by(_samples(server.url, "hearth_predictions_total"), "variant")
+    after = predictions_by_variant(server.url)
     answered = {v: n for v, n in seen.items() if isinstance(v, str)}
     assert answered and sum(answered.values()) > 20
     for variant, n in answered.items():

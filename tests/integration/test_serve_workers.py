@@ -28,7 +28,7 @@ from hearth.launch.bentoml_main import multiproc_dir
 from hearth.launch.hearth_server import ServerProcess, ready_workers, serving
 from hearth.traffic.assignment import assign
 from hearth.traffic.prediction_log import DB_FILE
-from tests.client_load import metric_samples
+from tests.client_load import metric_samples, predictions_by_variant
 from tests.projects import API_KEY as KEY
 from tests.projects import REPO, register_champion_again, server_env
 
@@ -77,13 +77,6 @@ def _admin(url: str, method: str, path: str, body: Any = None) -> httpx.Response
                          timeout=60)  # fmt: skip
 
 
-def _predictions_by_variant(url: str) -> Counter[str]:
-    c: Counter[str] = Counter()
-    for labels, value in metric_samples(url, "hearth_predictions_total"):
-        c[labels["variant"]] += int(value)
-    return c
-
-
 def test_start_emptied_the_metrics_directory_under_hearth_home(server: ServerProcess) -> None:
     assert server.home is not None
     directory = multiproc_dir(Settings(home=server.home))
@@ -101,7 +94,7 @@ SENT = 240
 def test_requests_land_on_both_workers_and_metrics_count_them_exactly(
     server: ServerProcess,
 ) -> None:
-    before = _predictions_by_variant(server.url)
+    before = predictions_by_variant(server.url)
 
     def send(w: int) -> tuple[Counter[str], Counter[str]]:
         variants: Counter[str] = Counter()
@@ -127,7 +120,7 @@ def test_requests_land_on_both_workers_and_metrics_count_them_exactly(
         pids[r.headers["X-Hearth-Worker"]] += 1
         extra += 1
     assert set(pids) == workers, pids
-    after = _predictions_by_variant(server.url)
+    after = predictions_by_variant(server.url)
     assert sum(variants.values()) == SENT + extra
     for variant in set(variants) | set(after):
         assert after[variant] - before[variant] == variants[variant], (variants, before, after)
@@ -209,7 +202,7 @@ def test_the_admin_api_shows_every_worker(server: ServerProcess) -> None:
 def test_a_killed_workers_gauges_leave_the_metrics_and_its_counts_stay(
     server: ServerProcess,
 ) -> None:
-    counted = sum(_predictions_by_variant(server.url).values())
+    counted = sum(predictions_by_variant(server.url).values())
     victim = server.worker_pids("Monolith")[0]
     os.kill(victim, signal.SIGKILL)
     deadline = time.monotonic() + 30
@@ -221,4 +214,4 @@ def test_a_killed_workers_gauges_leave_the_metrics_and_its_counts_stay(
             break
         time.sleep(0.5)
     assert all(labels["pid"] != str(victim) for labels, _ in gauges), gauges
-    assert sum(_predictions_by_variant(server.url).values()) == counted  # its counts stay
+    assert sum(predictions_by_variant(server.url).values()) == counted  # its counts stay
