@@ -123,7 +123,7 @@ bench: install ## Full serving benchmark (hearth bench, ~5 min on 2 cores): floo
 	$(BIN)/hearth bench
 
 .PHONY: soak
-soak: install ## Soak test (hearth soak, ~11 min): the monolith at 80 % of its measured capacity for 10 min → reports/soak.*
+soak: install ## Soak test (hearth soak, ~13 min): the monolith at 80 % of its measured capacity for 10 min → reports/soak.*
 	$(BIN)/hearth soak --duration $(or $(DURATION),600)
 
 .PHONY: repro
