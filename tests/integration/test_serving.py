@@ -360,16 +360,23 @@ def test_microservices_with_the_model_process_killed_answers_503(
 def built(project: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`hearth build` into a fresh BENTOML_HOME; returns that home's bentoml dir."""
     home = tmp_path_factory.mktemp("build-home")
-    done = subprocess.run(
-        [sys.executable, "-m", "hearth", "build"],
+    done = _hearth(project, home, "build", timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return home / "bentoml"
+
+
+def _hearth(
+    project: Path, home: Path, *args: str, timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """`hearth ARGS` as a user runs it, on the project with `home` as HEARTH_HOME."""
+    return subprocess.run(
+        [sys.executable, "-m", "hearth", *args],
         cwd=REPO,
         env=server_env(project, home),
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=timeout,
     )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return home / "bentoml"
 
 
 def _bento_file(bentoml_home: Path, name: str, *parts: str) -> str:
@@ -427,13 +434,8 @@ def test_gateway_and_features_images_are_small_and_cpu_only(built: Path, name: s
 
 
 def test_containerize_without_an_engine_says_what_is_missing(project: Path, tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "hearth", "containerize", "--engine", "no-such-engine"],
-        cwd=REPO,
-        env=server_env(project, tmp_path / "home"),
-        capture_output=True,
-        text=True,
-        timeout=120,
+    done = _hearth(
+        project, tmp_path / "home", "containerize", "--engine", "no-such-engine", timeout=120
     )
     assert done.returncode == 1
     assert "no container engine" in done.stderr and "hint" in done.stderr
@@ -450,13 +452,6 @@ def test_containerize_builds_the_gateway_image(project: Path, tmp_path: Path) ->
         base = build.choose_base()
     except build.MissingBase as exc:
         pytest.skip(f"{exc}: `hearth images base` builds Hearth's (only local images here)")
-    done = subprocess.run(
-        [sys.executable, "-m", "hearth", "containerize", "--image", "gateway"],
-        cwd=REPO,
-        env=server_env(project, tmp_path / "home"),
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
+    done = _hearth(project, tmp_path / "home", "containerize", "--image", "gateway", timeout=1800)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert base in done.stderr and "hearth/gateway:latest" in done.stderr
