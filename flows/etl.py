@@ -6,7 +6,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from flows._artifacts import post_validation
-from flows._context import load_context
+from flows._context import load_context, run_as_script
 from hearth import steps
 from hearth.config import HearthContext
 from hearth.data.etl import EtlReport
@@ -36,4 +36,4 @@ def etl_flow(validate_raw: bool = True) -> EtlReport:
 
 
 if __name__ == "__main__":
-    etl_flow()
+    run_as_script(etl_flow)

@@ -12,7 +12,7 @@ from contextlib import ExitStack
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from flows._context import load_context
+from flows._context import load_context, run_as_script
 from flows.pipeline import pipeline_flow
 from flows.rollout import rollout_flow
 from flows.train import train_flow
@@ -118,4 +118,4 @@ def main_job_flow(experiment: str | None = None, closed_loop: bool = True) -> lo
 
 
 if __name__ == "__main__":
-    main_job_flow()
+    run_as_script(main_job_flow)

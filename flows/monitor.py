@@ -8,7 +8,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from flows._artifacts import post_drift
-from flows._context import load_context
+from flows._context import load_context, run_as_script
 from hearth.config import HearthContext
 from hearth.monitoring.monitor import MonitorResult, log_to_mlflow, prefect_trigger, run_monitor
 
@@ -33,4 +33,4 @@ def monitor_flow(trigger_retraining: bool = True) -> MonitorResult:
 
 
 if __name__ == "__main__":
-    monitor_flow()
+    run_as_script(monitor_flow)

@@ -6,7 +6,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from flows._artifacts import post_validation
-from flows._context import load_context
+from flows._context import load_context, run_as_script
 from flows.etl import etl_task
 from flows.train import train_flow
 from flows.validate import validate_task
@@ -47,4 +47,4 @@ def pipeline_flow(
 
 
 if __name__ == "__main__":
-    pipeline_flow()
+    run_as_script(pipeline_flow)

@@ -13,7 +13,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from flows._artifacts import post_report, post_round
-from flows._context import load_context
+from flows._context import load_context, run_as_script
 from hearth.config import HearthContext
 from hearth.rollout import flow_steps, rollout_report
 from hearth.traffic.rollout_state import Mode, RolloutState
@@ -107,4 +107,4 @@ def rollout_flow(
 
 
 if __name__ == "__main__":
-    rollout_flow()
+    run_as_script(rollout_flow)

@@ -21,7 +21,7 @@ from prefect.task_runners import TaskRunner
 from prefect_dask import DaskTaskRunner
 
 from flows._artifacts import post_registration, post_training
-from flows._context import load_context
+from flows._context import load_context, run_as_script
 from hearth import steps
 from hearth.config import HearthContext, Settings
 from hearth.lineage import Lineage
@@ -156,4 +156,4 @@ def train_flow(
 
 
 if __name__ == "__main__":
-    train_flow()
+    run_as_script(train_flow)

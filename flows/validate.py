@@ -8,7 +8,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from flows._artifacts import post_validation
-from flows._context import load_context
+from flows._context import load_context, run_as_script
 from hearth import steps
 from hearth.config import HearthContext
 from hearth.validation import ValidationResult
@@ -34,4 +34,4 @@ def validate_flow(suites: tuple[Suite, ...] = ("raw", "processed")) -> str:
 
 
 if __name__ == "__main__":
-    validate_flow()
+    run_as_script(validate_flow)

@@ -33,3 +33,17 @@ def table(artifact: Any) -> list[dict[str, Any]]:
 def items(artifact: Any) -> dict[str, Any]:
     """An item/value table artifact (a rollout verdict) as a dict."""
     return {row["item"]: row["value"] for row in table(artifact)}
+
+
+def flow_runs(flow_name: str) -> list[Any]:
+    """Every run of the flow named `flow_name` that the (test) Prefect API knows."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    async def read() -> list[Any]:
+        async with get_client() as client:
+            return await client.read_flow_runs(
+                flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name]))
+            )
+
+    return asyncio.run(read())

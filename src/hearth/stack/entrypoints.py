@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from hearth.config import project_root
+from hearth.config import Settings, project_root
 from hearth.data.etl import EtlReport
 from hearth.demo.closed_loop import MainJobSummary
 from hearth.monitoring.monitor import MonitorResult
 from hearth.rollout.flow_steps import RolloutOutcome
+from hearth.stack.prefect_api import flows_in_this_process
 from hearth.steps import PipelineSummary, TrainSummary
 
 if TYPE_CHECKING:
@@ -68,8 +69,10 @@ def load_flow(entry: FlowEntry[Any], root: Path | None = None) -> Flow[..., Any]
 
 
 def run_flow(entry: FlowEntry[R], /, **parameters: object) -> R:
-    """Run the flow at `entry` with `parameters`, in this process; its typed result."""
-    result = load_flow(entry)(**parameters)
+    """Run the flow at `entry` with `parameters`, in this process, reporting to `hearth up`'s
+    Prefect server when it runs (`flows_in_this_process`); its typed result."""
+    with flows_in_this_process(Settings()):
+        result = load_flow(entry)(**parameters)
     if not isinstance(result, entry.returns):
         raise TypeError(
             f"{entry.entrypoint} returned {type(result).__name__}, not {entry.returns.__name__}"
