@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from hearth.bench import soak as soak_module
 from hearth.bench import soak_report
-from hearth.bench.soak import SoakConfig, TransactionStream, criteria
+from hearth.bench.soak import SoakConfig, TransactionStream, criteria, kept_up
 from hearth.config import Settings
 
 
@@ -32,6 +32,15 @@ def test_criteria_judge_errors_p99_drift_and_rss_growth() -> None:
     assert met["errors"] == (3, False)
     assert met["p99 last window / first window"] == (1.6, False)
     assert met["RSS growth, end of first window → end of last"] == (pytest.approx(0.1017), False)
+
+
+def test_an_open_loop_step_kept_up_without_errors_or_a_growing_backlog() -> None:
+    def quarters(*p50: float, **statuses: int) -> list[dict[str, Any]]:
+        return [{**_window(i, 20.0, 600.0, **statuses), "p50_ms": p} for i, p in enumerate(p50)]
+
+    assert kept_up(quarters(8.0, 9.0, 30.0, 60.0))  # noise: within 2x + 100 ms
+    assert not kept_up(quarters(8.0, 150.0, 400.0, 900.0))  # the backlog grows
+    assert not kept_up(quarters(8.0, 8.0, 8.0, 8.0, **{"503": 1}))  # one error
 
 
 def test_every_body_is_a_new_transaction_at_the_time_given() -> None:
@@ -55,7 +64,7 @@ def test_every_body_is_a_new_transaction_at_the_time_given() -> None:
         (["--duration", "60"], {"duration_s": 60.0, "window_s": 30.0, "capacity_s": 6.0}),
         (["--duration", "300", "--window", "30", "--fraction", "0.5"],
          {"duration_s": 300.0, "window_s": 30.0, "fraction": 0.5}),
-        (["--rate", "40"], {"rate": 40.0}),
+        (["--rate", "40"], {"rate": 40.0, "probe_fractions": ()}),
     ],
 )  # fmt: skip
 def test_cli_options_make_the_config(

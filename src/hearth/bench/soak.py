@@ -355,8 +355,11 @@ def measure_capacity(
         )
         if not held:
             break
+    if not probes:  # no steps asked for (`hearth soak --rate`): the closed loop's figure
+        return {"rps": closed["rps"], "method": "closed loop", "kept_up": True,
+                "closed_loop": closed, "probes": probes}  # fmt: skip
     held_rates = [p["rate_rps"] for p in probes if p["kept_up"]]
-    rps = max(held_rates) if held_rates else (probes[0]["rate_rps"] if probes else 0.0)
+    rps = max(held_rates) if held_rates else probes[0]["rate_rps"]
     say(f"  capacity: {rps:.0f} req/s open loop" + ("" if held_rates else " (no step kept up)"))
     return {"rps": rps, "method": "open loop", "kept_up": bool(held_rates),
             "closed_loop": closed, "probes": probes}  # fmt: skip

@@ -115,6 +115,8 @@ def soak(
     short = window is None and duration < 120
     base = SoakConfig.short(duration) if short else SoakConfig(duration_s=duration)
     config = replace(base, fraction=fraction, rate=rate, window_s=window or base.window_s)
+    if rate:  # a fixed rate: the open-loop steps that find the capacity are not needed
+        config = replace(config, probe_fractions=())
     console.print(
         f"hearth soak: the monolith for {duration:.0f} s, windows of {config.window_s:.0f} s"
     )
