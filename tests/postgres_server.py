@@ -9,7 +9,8 @@ server command runs through ``runuser -u nobody``.
 
 pytest uses it through tests/conftest.py's fixtures: `postgres_server` (one per session) and
 `postgres_url` (a fresh database per test). Where the binaries are missing (`postgres_missing`
-says why), those fixtures skip the test.
+says why), those fixtures skip the test. `freeze()`/`thaw()` stop and resume every process of
+the server (a hung server), `stop(remove=False)`/`start()` restart it.
 
     with running_postgres() as server:          # outside pytest
         url = server.create_database()
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -26,6 +28,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import psutil
 import psycopg
 import pytest
 
@@ -131,6 +134,21 @@ class PostgresServer:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)
+
+    def processes(self) -> list[psutil.Process]:
+        """The postmaster and every process it started (backends, checkpointer, …)."""
+        postmaster = psutil.Process(int((self.data / "postmaster.pid").read_text().split()[0]))
+        return [postmaster, *postmaster.children(recursive=True)]
+
+    def freeze(self) -> None:
+        """SIGSTOP every process of the server: it accepts connections (the kernel does) but
+        answers nothing, as a hung server or an unreachable host would; `thaw()` after."""
+        for proc in self.processes():
+            proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        for proc in self.processes():
+            proc.send_signal(signal.SIGCONT)
 
     def stop(self, remove: bool = True, mode: str = "immediate") -> None:
         """Stop the server (`mode`: pg_ctl's, immediate = at once) and, with `remove`, delete

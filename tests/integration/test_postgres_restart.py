@@ -3,15 +3,17 @@
 A monolith (`hearth serve`) keeps its rollout state, heartbeats and prediction log in a
 PostgreSQL started here (``HEARTH_DATABASE_URL``; its own server: the session's keeps
 running for the other tests), its online features in its own home. A canary runs; clients
-score new transactions continuously; PostgreSQL is stopped as a service restart stops it
-(``pg_ctl stop -m fast``), stays down a few seconds, and is started again on the same port.
+score new transactions continuously; PostgreSQL hangs (every process SIGSTOPped: it takes
+connections and answers nothing, as a hung server or a lost host would) for a few seconds,
+then is stopped as a service restart stops it (``pg_ctl stop -m fast``), stays down a few
+seconds, and is started again on the same port.
 What is checked (issue #12: "PostgreSQL restarted mid-load: scoring continues (the log
 buffers, bounded, and catches up; nothing lost, or what was dropped is counted and
 reported), the rollout state is intact after"):
 
-- every request is answered 200, while PostgreSQL is down too (none hangs: each within the
-  client's 10 s), by the variant the last known rollout state routes its customer to: the
-  serving process routes on its snapshot and buffers its log entries;
+- every request is answered 200, while PostgreSQL hangs or is down too (none hangs: each
+  within the client's 10 s), by the variant the last known rollout state routes its customer
+  to: the serving process routes on its snapshot and buffers its log entries;
 - once PostgreSQL is back, the prediction log there holds every answered transaction, once;
   the writer saw failed writes (the outage was real) and dropped nothing;
 - the rollout state is intact (the same rollout, step and weight, its history), and a
@@ -43,6 +45,7 @@ pytestmark = [
 ]
 
 ADMIN = "postgres-restart-admin-token"
+FROZEN_S = 3.0  # how long PostgreSQL stays hung (every process stopped), under load
 OUTAGE_S = 5.0  # how long PostgreSQL stays down, under load
 WAIT_S = 60.0  # how long anything may take to come back before the test fails
 
@@ -128,6 +131,16 @@ def test_scoring_goes_on_while_postgres_restarts_and_the_log_loses_nothing(
     with Load(server.url, "pg-restart") as load:
         assert load.wait_for(200, time.monotonic(), WAIT_S) is not None, server.log_tail()
         time.sleep(1.0)
+        # Hung first: the server takes connections but answers nothing.
+        postgres.freeze()
+        frozen = time.monotonic()
+        try:
+            time.sleep(FROZEN_S)
+        finally:
+            postgres.thaw()
+        thawed = time.monotonic()
+        time.sleep(1.0)
+        # Then stopped, and started again.
         postgres.stop(remove=False, mode="fast")
         down = time.monotonic()
         time.sleep(OUTAGE_S)
@@ -152,6 +165,8 @@ def test_scoring_goes_on_while_postgres_restarts_and_the_log_loses_nothing(
     assert not bad, f"not 200 (0: no answer within 10 s): {bad[:3]}\n{log_tail}"
     during = [a for a in answers if down <= a.sent and a.at <= back]
     assert during, "no request was answered while PostgreSQL was down"
+    hung = [a for a in answers if frozen <= a.sent and a.at <= thawed]
+    assert hung, "no request was answered while PostgreSQL was hung"
 
     # Routed by the last known state, sticky per customer, until the rollback.
     expected = {
@@ -161,7 +176,7 @@ def test_scoring_goes_on_while_postgres_restarts_and_the_log_loses_nothing(
     before_rollback = [a for a in answers if a.at < rollback]
     wrong = [a for a in before_rollback if a.variant != expected[a.customer_id]]
     assert not wrong, wrong[:3]
-    assert {a.variant for a in during} == {"champion", "challenger"}
+    assert {a.variant for a in during} == {a.variant for a in hung} == {"champion", "challenger"}
 
     # The log caught up: every answer is in PostgreSQL, once; nothing was dropped.
     answered = Counter(a.transaction_id for a in answers)
@@ -175,7 +190,8 @@ def test_scoring_goes_on_while_postgres_restarts_and_the_log_loses_nothing(
 
     last_challenger = max(a.sent for a in answers if a.variant == "challenger")
     print(  # the figures, with -s
-        f"\n{len(answers)} answers, {len(during)} while PostgreSQL was down ({OUTAGE_S:.0f} s, "
+        f"\n{len(answers)} answers, {len(hung)} while PostgreSQL was hung ({FROZEN_S:.0f} s, the "
+        f"slowest {_slowest(hung):.2f} s), {len(during)} while it was down ({OUTAGE_S:.0f} s, "
         f"the slowest {_slowest(during):.2f} s); admin API back {state_back - back:.2f} s after "
         f"PostgreSQL; the last request the challenger answered was sent "
         f"{last_challenger - rollback:.2f} s after the rollback call"

@@ -150,6 +150,32 @@ def test_failed_writes_are_retried_until_the_log_answers(tmp_path: Path) -> None
     writer.close()
 
 
+class HungLog:
+    """A log whose writes wait until `answer` is set (a server that takes the connection and
+    answers nothing)."""
+
+    def __init__(self) -> None:
+        self.answer = threading.Event()
+        self.written: list[str] = []
+
+    def record_entries(self, entries: list[PredictionRecord]) -> None:
+        self.answer.wait(30)
+        self.written.extend(e.transaction_id for e in entries)
+
+
+def test_a_hung_write_is_not_waited_for_and_what_came_meanwhile_is_written_after() -> None:
+    hung = HungLog()
+    writer = PredictionLogWriter(lambda: hung, stalled_s=0.1)  # type: ignore[arg-type, return-value]
+    first = writer.submit([record("h1")])
+    assert first is not None  # nothing in flight yet: worth a short wait
+    assert _until(lambda: not writer.healthy)  # in flight past stalled_s: the log hangs
+    assert writer.submit([record("h2"), record("h3")]) is None  # do not wait
+    hung.answer.set()
+    assert first.result(5) is True and writer.flush(10)
+    assert hung.written == ["h1", "h2", "h3"] and writer.healthy and writer.dropped == 0
+    writer.close()
+
+
 def test_a_full_buffer_drops_the_oldest_counted_and_logged(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

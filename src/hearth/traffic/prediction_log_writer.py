@@ -1,7 +1,8 @@
 """The serving side's writer of the prediction log: `submit` never blocks or raises.
 
 A bounded in-memory buffer drained by one thread, so a log that fails (disk full, database
-locked, read-only file, PostgreSQL restarting) never fails or stalls a scored request.
+locked, read-only file, PostgreSQL restarting) or hangs (a PostgreSQL that takes the
+connection and answers nothing) never fails or stalls a scored request.
 Failed writes are retried with backoff; entries that still do not fit are dropped oldest
 first, counted (``hearth_prediction_log_dropped_total``) and named in a log line, never
 silently. The log itself (`PredictionLog`, SQLite or PostgreSQL) is `hearth.traffic.prediction_log`.
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 MAX_PENDING = 100_000  # entries buffered while the log cannot be written (~0.5 KB each)
 MAX_BATCH = 2_000  # entries per write transaction
 RETRY_FIRST_S, RETRY_MAX_S = 0.05, 5.0
+STALLED_S = 1.0  # a write still in flight after this: the log hangs (do not wait for it)
 REPORT_EVERY_S = 5.0  # at most one "cannot write" / "dropped" line per interval
 _IDS_IN_REPORT = 20
 
@@ -40,8 +42,10 @@ class PredictionLogWriter:
     buffered in one transaction (so a burst costs one commit). A failed write keeps its
     entries at the front of the buffer and is retried with exponential backoff
     (`retry_first_s` doubling up to `retry_max_s`); when the buffer is full the oldest
-    entries are dropped, counted and their transaction ids logged. `open_log` is called
-    before each write (a `Background.get`: a log still opening counts as a failed write).
+    entries are dropped, counted and their transaction ids logged. A write in flight for
+    longer than `stalled_s` makes the writer unhealthy until it ends, as a failure does.
+    `open_log` is called before each write (a `Background.get`: a log still opening counts
+    as a failed write).
     """
 
     def __init__(
@@ -51,15 +55,18 @@ class PredictionLogWriter:
         max_batch: int = MAX_BATCH,
         retry_first_s: float = RETRY_FIRST_S,
         retry_max_s: float = RETRY_MAX_S,
+        stalled_s: float = STALLED_S,
     ) -> None:
         self._open_log = open_log
         self.max_pending, self.max_batch = max_pending, max_batch
         self.retry_first_s, self.retry_max_s = retry_first_s, retry_max_s
+        self.stalled_s = stalled_s
         self._queue: deque[PredictionRecord] = deque()
         self._head = 0  # sequence number of _queue[0]; entries are numbered as submitted
         self._waiters: deque[tuple[int, Future[bool]]] = deque()  # (end sequence, future)
         self._cond = threading.Condition()
         self._writing = 0  # entries taken by the thread, not yet written or put back
+        self._write_started: float | None = None  # when the write in flight began
         self._failures = 0  # consecutive failed writes
         self._last_error = ""
         self.written = 0
@@ -73,8 +80,10 @@ class PredictionLogWriter:
 
     @property
     def healthy(self) -> bool:
-        """False while writes fail: then callers should not wait for a write."""
-        return self._failures == 0
+        """False while writes fail or one hangs: then callers should not wait for a write."""
+        started = self._write_started
+        stalled = started is not None and time.monotonic() - started > self.stalled_s
+        return self._failures == 0 and not stalled
 
     @property
     def pending(self) -> int:
@@ -167,6 +176,7 @@ class PredictionLogWriter:
             batch = [self._queue.popleft() for _ in range(n)]
             self._head += n
             self._writing = n
+            self._write_started = time.monotonic()
             return batch
 
     def _run(self) -> None:
@@ -184,7 +194,7 @@ class PredictionLogWriter:
                         self._cond.wait(delay)
                 continue
             with self._cond:
-                self._writing = 0
+                self._writing, self._write_started = 0, None
                 self.written += len(batch)
                 if self._failures:
                     log.warning(
@@ -199,7 +209,7 @@ class PredictionLogWriter:
     def _failed(self, batch: list[PredictionRecord], exc: Exception) -> None:
         record_log_write_failure()
         with self._cond:
-            self._writing = 0
+            self._writing, self._write_started = 0, None
             self._queue.extendleft(reversed(batch))
             self._head -= len(batch)
             self._failures += 1
