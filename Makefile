@@ -43,20 +43,22 @@ run: install ## Set up, then run the main job: pipeline → champion → drift �
 	$(BIN)/hearth run
 
 .PHONY: system-deps
-system-deps: ## Install redis-server, postgresql (store tests), chromium and chromium-driver (browser tests): Debian packages, if missing
+system-deps: ## Install redis-server, postgresql (store tests), chromium and chromium-driver (browser tests), wrk (the bench's cross-check): Debian packages, if missing
 	@missing=""; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
 	{ command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; } \
 		|| missing="$$missing postgresql"; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	command -v chromedriver >/dev/null 2>&1 || missing="$$missing chromium-driver"; \
+	command -v wrk >/dev/null 2>&1 || missing="$$missing wrk"; \
 	if [ -z "$$missing" ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		echo "==> installing$$missing (Debian packages) for the store and browser tests"; \
+		echo "==> installing$$missing (Debian packages) for the store, browser and bench tests"; \
 		apt-get update -qq && apt-get install -y -qq $$missing; \
 	else \
 		echo "note: missing$$missing; install (e.g. sudo apt-get install$$missing)" \
-		     "or the Redis / PostgreSQL store tests and the browser tests are skipped"; \
+		     "or the Redis / PostgreSQL store tests and the browser tests are skipped" \
+		     "(and the bench has no wrk cross-check)"; \
 	fi
 
 .PHONY: test

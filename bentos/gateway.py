@@ -11,6 +11,7 @@ from typing import Any
 import bentoml
 
 from bentos.features import Features
+from bentos.hop import serve_public_first
 from bentos.http_service import HttpService, http_app
 from bentos.images import cpu_image
 from bentos.model import Model
@@ -44,6 +45,7 @@ def _address(dependency: Any) -> str:
 
 
 @openapi30  # /docs.json as valid OpenAPI 3.0
+@serve_public_first(app)  # POST /predict, /predict_batch, /feedback: ahead of BentoML's stack
 @bentoml.asgi_app(app, path="/")
 @bentoml.service(
     image=cpu_image(),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bentoml
 
+from bentos.hop import serve_public_first
 from bentos.http_service import HttpService, http_app
 from bentos.images import cuda_image
 from bentos.openapi30 import openapi30
@@ -15,6 +16,7 @@ app = http_app()
 
 
 @openapi30  # /docs.json as valid OpenAPI 3.0
+@serve_public_first(app)  # POST /predict, /predict_batch, /feedback: ahead of BentoML's stack
 @bentoml.asgi_app(app, path="/")
 @bentoml.service(
     image=cuda_image(),

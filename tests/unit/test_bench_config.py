@@ -107,3 +107,75 @@ def test_the_report_compares_two_workers_with_one_and_checks_the_counts(tmp_path
     assert judged["`--workers 2` ≥ 1.6× one worker's req/s at c=32"] is True
     assert judged["monolith-w2: /metrics counts every answer once"] is True
     assert "| 32 | 100 | 170 | ×1.70 |" in (tmp_path / "bench.md").read_text()
+
+
+def test_long_cells_end_at_their_requests_or_their_seconds() -> None:
+    full = BenchConfig()
+    assert full.cell(1) == (10_000, 20.0 / full.rounds)  # ≥ 10 000 requests or ≥ 20 s
+    assert full.cell(32) == (20_000, 20.0 / full.rounds)  # sustained
+    assert full.cell(8) == (full.requests, full.max_cell_s)
+    assert full.choose(requests=60).cell(1) == (60, 20.0 / full.rounds)
+    assert BenchConfig.quick().long_cells == ()  # the suite's run stays short
+    assert full.choose(wrk_s=0).wrk_s == 0
+
+
+def test_the_wrk_script_sends_a_new_transaction_per_request() -> None:
+    from datetime import datetime
+
+    from hearth.bench import wrk
+    from hearth.bench.load import Endpoint
+
+    txns = [
+        {"transaction_id": f"t{i}", "timestamp": f"2026-01-0{i + 1}T00:00:00",
+         "customer_id": f"c{i}", "amount": 1.5}
+        for i in range(3)
+    ]  # fmt: skip
+    bodies = [json.dumps(t).encode() for t in txns]
+    picks = wrk.templates(txns, bodies, "transaction")
+    assert sorted(picks) == [f'"customer_id":"c{i}","amount":1.5' for i in range(3)]
+    assert wrk.after(txns) == datetime(2026, 1, 4)
+    endpoint = Endpoint("127.0.0.1", 1, "/predict", (("X-API-Key", "k"),))
+    script = wrk.lua_script(endpoint, picks, True, datetime(2026, 1, 4), "wrk-")
+    assert 'wrk.headers["X-API-Key"] = "k"' in script
+    assert "local base = 1767484800" in script  # 2026-01-04T00:00:00Z
+    assert '"transaction_id":"\' .. id' in script and "%Y-%m-%dT%H:%M:%S" in script
+    # A model server's bodies are sent as they are.
+    assert sorted(wrk.templates(txns, bodies, "features")) == sorted(b.decode() for b in bodies)
+
+
+def test_the_report_puts_wrk_beside_hearths_own_load(tmp_path: Path) -> None:
+    def row(name: str, c: int, p50: float) -> dict:
+        return {"contender": name, "concurrency": c, "requests": 10_000, "ok": 10_000,
+                "errors": {}, "p50_ms": p50, "p90_ms": 2 * p50, "p99_ms": 9 * p50,
+                "max_ms": 50 * p50, "rps": 1000 / p50, "cpu_s_per_1000": 0.8,
+                "retry_after": [], "seconds": 20.0}  # fmt: skip
+
+    report = {
+        "created": "2026-12-02T05:00:00+00:00", "seconds": 60.0, "notes": [], "rollback": {},
+        "machine": {"cpu": "x86_64", "cpus": 2, "memory_gib": 8.0, "python": "3.11",
+                    "system": "Linux", "load_average": [1.0, 1.0, 1.0]},
+        "config": {"requests": 300, "rounds": 3, "warmup": 100,
+                   "long_cells": [[1, 10_000, 20.0]]},
+        "contenders": [{"name": n, "label": n, "group": "hearth", "body": "transaction",
+                        "note": ""} for n in ("echo", "monolith")],
+        "results": [row("echo", 1, 0.2), row("monolith", 1, 0.9), row("monolith", 32, 30.0)],
+        "memory_mib": {"echo": 30.0, "monolith": 600.0},
+        "limits": {"lines": []},
+        "cross_check": {"tool": "wrk", "concurrency": 1, "seconds": 10.0, "rows": [
+            {"contender": "monolith", "concurrency": 1, "requests": 9000, "errors": {},
+             "p50_ms": 1.0, "p90_ms": 1.5, "p99_ms": 2.5, "max_ms": 40.0, "rps": 900.0,
+             "seconds": 10.0, "cpu_s_per_1000": 0.9}]},
+    }  # fmt: skip
+    bench_report.write(report, tmp_path)
+    text = (tmp_path / "bench.md").read_text()
+    assert "## Cross-check with an external load generator (wrk)" in text
+    assert "| monolith | 10,000 / 9,000 | 0.90 / 1.00 | 8.10 / 2.50 | 45.0 / 40.0 |" in text
+    assert "c=1: 10,000 requests or 20 s" in text
+    judged = {t["target"]: t["met"] for t in json.loads((tmp_path / "bench.json").read_text())[
+        "targets"]}  # fmt: skip
+    assert judged["monolith p50 at c=1 ≤ 5× the Starlette echo's"] is True  # ×4.5
+    assert judged["monolith CPU per request at c=32 ≤ 1.0 ms"] is True
+    assert judged["monolith: p99 ≤ 3× p50 at c=1 (≥ 10 000 requests)"] is False  # ×9
+    report.pop("cross_check")
+    bench_report.write(report, tmp_path)
+    assert "(not measured: not run)" in (tmp_path / "bench.md").read_text()

@@ -20,6 +20,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from hearth.serving import bentoml_internals
 from hearth.serving.bentoml_internals import (
     WRITTEN_FOR,
+    access_log_enabled,
     bento_env,
     remote_runner_mapping,
     set_prometheus_multiproc_dir,
@@ -71,6 +72,18 @@ def test_the_container_gives_bentomls_tracer_provider() -> None:
         f"BentoMLContainer.tracer_provider.get() is a {type(provider)} {VERSIONS}"
     )
     assert provider is container.tracer_provider.get()  # one provider per process
+
+
+def test_the_access_log_setting_is_the_one_bentomls_middleware_reads() -> None:
+    container = internal(CONTAINERS, "BentoMLContainer")
+    assert access_log_enabled() is True, f"BentoML's access log is off by default {VERSIONS}"
+    setting = container.api_server_config.logging.access.enabled
+    assert setting.get() is True
+    # Where ServiceAppFactory decides whether to add its AccessLogMiddleware.
+    app = inspect.getsource(internal("_bentoml_impl.server.app", "ServiceAppFactory"))
+    assert "api_server_config.logging.access" in app, (
+        f"BentoML reads its access-log setting elsewhere {VERSIONS}"
+    )
 
 
 def test_the_runner_mapping_is_the_one_bentoml_depends_reads() -> None:

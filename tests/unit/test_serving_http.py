@@ -14,14 +14,16 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from starlette.types import ASGIApp
 
 from hearth.config import Settings
 from hearth.features.store import open_store
 from hearth.serving.dependencies import Background, LocalFeatures
 from hearth.serving.errors import ModelUnavailable
 from hearth.serving.gateway import Gateway
-from hearth.serving.http import HttpPolicy, create_app
+from hearth.serving.http import HttpPolicy, create_app, lean_front
 from hearth.serving.schemas import Score, ScoreItem
 from hearth.traffic.prediction_log import PredictionLog
 
@@ -76,13 +78,22 @@ def model() -> FakeModel:
     return FakeModel()
 
 
-@pytest.fixture
-def client(settings: Settings, model: FakeModel) -> Iterator[TestClient]:
+def _front(app: FastAPI, front: str) -> ASGIApp:
+    """The app as FastAPI serves it, or behind the lean path that the services run."""
+    return lean_front(app, app) if front == "lean" else app
+
+
+# Every test on `client` runs twice: through FastAPI, and on the lean path
+# (hearth.serving.public) that the services answer the scoring routes on; same answers.
+@pytest.fixture(params=["fastapi", "lean"])
+def client(
+    settings: Settings, model: FakeModel, request: pytest.FixtureRequest
+) -> Iterator[TestClient]:
     store = open_store(settings)
     log = PredictionLog(settings.serving_dir / "serving.sqlite")
     gateway = Gateway(LocalFeatures(_loaded(store)), model, _loaded(log))
     app = create_app(lambda: gateway, lambda: HttpPolicy(KEY, max_payload_bytes=4096))
-    with TestClient(app) as c:
+    with TestClient(_front(app, request.param)) as c:
         c.headers["X-API-Key"] = KEY
         yield c
     store.close()
@@ -106,6 +117,34 @@ def test_predict_answers_with_lineage_and_cold_start(client: TestClient) -> None
     # The customer is known now.
     again = _post(client, {**TXN, "transaction_id": "t2"}).json()
     assert again["cold_start"] is False
+
+
+def test_every_answer_names_the_worker_that_gave_it(client: TestClient) -> None:
+    import os
+
+    for r in (_post(client, TXN), _post(client, {"x": 1})):
+        assert r.headers["X-Hearth-Worker"] == str(os.getpid())
+        assert r.headers["content-type"] == "application/json"
+
+
+def test_the_lean_path_writes_an_access_log_line_with_the_request_id(
+    settings: Settings, model: FakeModel, caplog: pytest.LogCaptureFixture
+) -> None:
+    from hearth.observability.logging import ContextFilter
+
+    store = open_store(settings)
+    log = PredictionLog(settings.serving_dir / "serving.sqlite")
+    gateway = Gateway(LocalFeatures(_loaded(store)), model, _loaded(log))
+    public = create_app(lambda: gateway, lambda: HttpPolicy(KEY, 4096))
+    app = lean_front(public, public)
+    caplog.handler.addFilter(ContextFilter())
+    with TestClient(app) as client, caplog.at_level("INFO", logger="bentoml.access"):
+        answer = _post(client, TXN, headers={"X-API-Key": KEY}).json()
+    store.close()
+    lines = [r for r in caplog.records if r.name == "bentoml.access"]
+    assert len(lines) == 1 and "path=/predict" in lines[0].getMessage()
+    assert "status=200" in lines[0].getMessage()
+    assert getattr(lines[0], "request_id", None) == answer["request_id"]
 
 
 def test_batch_scores_in_order(client: TestClient) -> None:
@@ -223,13 +262,16 @@ class GatedModel(FakeModel):
         return await super().score(items)
 
 
-def test_past_max_in_flight_answers_503_at_once_and_recovers(settings: Settings) -> None:
+@pytest.mark.parametrize("front", ["fastapi", "lean"])
+def test_past_max_in_flight_answers_503_at_once_and_recovers(
+    settings: Settings, front: str
+) -> None:
     store = open_store(settings)
     model = GatedModel()
     log = PredictionLog(settings.serving_dir / "serving.sqlite")
     gateway = Gateway(LocalFeatures(_loaded(store)), model, _loaded(log))
     policy = HttpPolicy(KEY, max_payload_bytes=4096, max_in_flight=2)
-    app = create_app(lambda: gateway, lambda: policy)
+    app = _front(create_app(lambda: gateway, lambda: policy), front)
 
     async def scenario() -> tuple[list[int], httpx.Response, int]:
         transport = httpx.ASGITransport(app=app)

@@ -11,42 +11,13 @@ import math
 from pathlib import Path
 from typing import Any
 
+from hearth.bench import wrk
+from hearth.bench.bench_figures import Figures, Row, fmt, ratio
 from hearth.bench.markdown import md_table
 from hearth.bench.rollback_report import rollback_brief, rollback_rows, rollback_section
 from hearth.observability.figures import png_figure
 
-Row = dict[str, Any]
-
 FILES = ("bench.md", "bench.json", "bench_latency.png", "bench_throughput.png")
-
-
-class Figures:
-    """Look-ups over a report's results: one row per (contender, concurrency)."""
-
-    def __init__(self, report: dict[str, Any]) -> None:
-        self.report = report
-        self.rows: dict[tuple[str, int], Row] = {
-            (r["contender"], r["concurrency"]): r for r in report["results"]
-        }
-        self.names = [c["name"] for c in report["contenders"]]
-        self.labels = {c["name"]: c["label"] for c in report["contenders"]}
-        self.levels = sorted({r["concurrency"] for r in report["results"]})
-
-    def get(self, name: str, level: int, key: str) -> float:
-        row = self.rows.get((name, level))
-        return float(row[key]) if row is not None else math.nan
-
-    def errors(self, name: str, level: int) -> int:
-        row = self.rows.get((name, level))
-        return sum(row["errors"].values()) if row is not None else 0
-
-
-def _ratio(a: float, b: float) -> float:
-    return a / b if b and not math.isnan(a) and not math.isnan(b) else math.nan
-
-
-def _fmt(value: float, digits: int = 2, prefix: str = "") -> str:
-    return "–" if math.isnan(value) else f"{prefix}{value:,.{digits}f}"
 
 
 # -- derived comparisons -------------------------------------------------------------------
@@ -64,7 +35,7 @@ def hop_cost(f: Figures) -> list[Row]:
             "p50_ms": (p50 := f.get("microservices", c, "p50_ms") - f.get("monolith", c, "p50_ms")),
             "p50_per_hop_ms": p50 / HOPS,
             "p99_ms": f.get("microservices", c, "p99_ms") - f.get("monolith", c, "p99_ms"),
-            "rps_ratio": _ratio(f.get("microservices", c, "rps"), f.get("monolith", c, "rps")),
+            "rps_ratio": ratio(f.get("microservices", c, "rps"), f.get("monolith", c, "rps")),
             "errors": f.errors("microservices", c),
         }
         for c in f.levels
@@ -84,10 +55,10 @@ def batching_effect(f: Figures) -> list[Row]:
     return [
         {
             "concurrency": c,
-            "rps_ratio": _ratio(
+            "rps_ratio": ratio(
                 f.get("model-batched", c, "rps"), f.get("model-unbatched", c, "rps")
             ),
-            "p50_ratio": _ratio(
+            "p50_ratio": ratio(
                 f.get("model-unbatched", c, "p50_ms"), f.get("model-batched", c, "p50_ms")
             ),
         }
@@ -106,8 +77,8 @@ def workers_scaling(f: Figures) -> list[Row]:
             "concurrency": c,
             "rps_1": f.get("monolith", c, "rps"),
             "rps_2": f.get(WORKERS, c, "rps"),
-            "rps_ratio": _ratio(f.get(WORKERS, c, "rps"), f.get("monolith", c, "rps")),
-            "p50_ratio": _ratio(f.get(WORKERS, c, "p50_ms"), f.get("monolith", c, "p50_ms")),
+            "rps_ratio": ratio(f.get(WORKERS, c, "rps"), f.get("monolith", c, "rps")),
+            "p50_ratio": ratio(f.get(WORKERS, c, "p50_ms"), f.get("monolith", c, "p50_ms")),
             "cpu_1": f.get("monolith", c, "cpu_s_per_1000"),
             "cpu_2": f.get(WORKERS, c, "cpu_s_per_1000"),
             "errors": f.errors(WORKERS, c),
@@ -130,8 +101,18 @@ def targets(f: Figures) -> list[Row]:
             "monolith p50 at c=1 ≤ mlflow models serve", f"{mono:.2f} ms vs {ml:.2f} ms", mono <= ml
         )
     if ("monolith", 32) in f.rows and ("mlflow", 32) in f.rows:
-        r = _ratio(f.get("monolith", 32, "rps"), f.get("mlflow", 32, "rps"))
+        r = ratio(f.get("monolith", 32, "rps"), f.get("mlflow", 32, "rps"))
         add("monolith req/s at c=32 ≥ 1.5× mlflow's", f"×{r:.2f}", r >= 1.5)
+    if ("monolith", 1) in f.rows and ("echo", 1) in f.rows:
+        r = ratio(f.get("monolith", 1, "p50_ms"), f.get("echo", 1, "p50_ms"))
+        add("monolith p50 at c=1 ≤ 5× the Starlette echo's", f"×{r:.1f}", r <= 5.0)
+    if ("monolith", 32) in f.rows:
+        cpu = f.get("monolith", 32, "cpu_s_per_1000")
+        add("monolith CPU per request at c=32 ≤ 1.0 ms", f"{cpu:.2f} ms", cpu <= 1.0)
+    for name in ("monolith", "microservices"):
+        if f.get(name, 1, "requests") >= 10_000:  # a long cell: tails show
+            r = ratio(f.get(name, 1, "p99_ms"), f.get(name, 1, "p50_ms"))
+            add(f"{name}: p99 ≤ 3× p50 at c=1 (≥ 10 000 requests)", f"×{r:.1f}", r <= 3.0)
     mono_errors = sum(f.errors("monolith", c) for c in f.levels)
     if any(("monolith", c) in f.rows for c in f.levels):
         add("monolith: zero errors", f"{mono_errors} errors", mono_errors == 0)
@@ -171,15 +152,15 @@ def _main_table(f: Figures) -> list[str]:
     def cells(name: str, c: int, row: Row) -> list[object]:
         errors = ", ".join(f"{s}: {n}" for s, n in row["errors"].items()) or "0"
         return [
-            f.labels[name], c, _fmt(row["p50_ms"]), _fmt(row["p90_ms"]), _fmt(row["p99_ms"]),
-            _fmt(row["rps"], 0), errors, _fmt(row["cpu_s_per_1000"]),
-            _fmt(mem.get(name, math.nan), 0),
+            f.labels[name], c, f"{row['requests']:,}", fmt(row["p50_ms"]), fmt(row["p90_ms"]),
+            fmt(row["p99_ms"]), fmt(row.get("max_ms", math.nan), 1), fmt(row["rps"], 0), errors,
+            fmt(row["cpu_s_per_1000"]), fmt(mem.get(name, math.nan), 0),
         ]  # fmt: skip
 
     return md_table(
-        ["contender", "c", "p50 ms", "p90 ms", "p99 ms", "req/s", "errors", "CPU s / 1000 req",
-         "RSS MiB"],
-        "lrrrrrlrr",
+        ["contender", "c", "requests", "p50 ms", "p90 ms", "p99 ms", "max ms", "req/s", "errors",
+         "CPU s / 1000 req", "RSS MiB"],
+        "lrrrrrrrlrr",
         (cells(name, c, f.rows[name, c]) for name in f.names for c in f.levels
          if (name, c) in f.rows),
     )  # fmt: skip
@@ -190,13 +171,13 @@ def _ratio_table(f: Figures) -> list[str]:
 
     def cells(name: str, c: int) -> list[object]:
         p50, rps = f.get(name, c, "p50_ms"), f.get(name, c, "rps")
-        vs_model = _ratio(p50, model_p50) if c == 1 else math.nan
+        vs_model = ratio(p50, model_p50) if c == 1 else math.nan
         return [
-            f.labels[name], c, _fmt(vs_model, 1, "×"),
-            _fmt(_ratio(p50, f.get("echo", c, "p50_ms")), 1, "×"),
-            _fmt(_ratio(p50, f.get("mlflow", c, "p50_ms")), 2, "×"),
-            _fmt(_ratio(rps, f.get("echo", c, "rps")), 2, "×"),
-            _fmt(_ratio(rps, f.get("mlflow", c, "rps")), 2, "×"),
+            f.labels[name], c, fmt(vs_model, 1, "×"),
+            fmt(ratio(p50, f.get("echo", c, "p50_ms")), 1, "×"),
+            fmt(ratio(p50, f.get("mlflow", c, "p50_ms")), 2, "×"),
+            fmt(ratio(rps, f.get("echo", c, "rps")), 2, "×"),
+            fmt(ratio(rps, f.get("mlflow", c, "rps")), 2, "×"),
         ]  # fmt: skip
 
     return md_table(
@@ -253,10 +234,10 @@ def before_after(f: Figures) -> list[Row]:
                     {
                         "contender": name,
                         "concurrency": c,
-                        "p50_after_over_before": _ratio(
+                        "p50_after_over_before": ratio(
                             f.get(name, c, "p50_ms"), f.get(base, c, "p50_ms")
                         ),
-                        "rps_after_over_before": _ratio(
+                        "rps_after_over_before": ratio(
                             f.get(name, c, "rps"), f.get(base, c, "rps")
                         ),
                         "errors_before": f.errors(base, c),
@@ -316,11 +297,11 @@ def _workers_section(f: Figures) -> list[str]:
             (
                 [
                     r["concurrency"],
-                    _fmt(r["rps_1"], 0),
-                    _fmt(r["rps_2"], 0),
-                    _fmt(r["rps_ratio"], 2, "×"),
-                    _fmt(r["p50_ratio"], 2, "×"),
-                    f"{_fmt(r['cpu_1'])} → {_fmt(r['cpu_2'])}",
+                    fmt(r["rps_1"], 0),
+                    fmt(r["rps_2"], 0),
+                    fmt(r["rps_ratio"], 2, "×"),
+                    fmt(r["p50_ratio"], 2, "×"),
+                    f"{fmt(r['cpu_1'])} → {fmt(r['cpu_2'])}",
                     r["errors"],
                 ]
                 for r in rows
@@ -351,12 +332,12 @@ def verdict(f: Figures) -> list[str]:
     lines = []
     mono1, ml1 = f.get("monolith", 1, "p50_ms"), f.get("mlflow", 1, "p50_ms")
     if not math.isnan(mono1) and not math.isnan(ml1):
-        ratio = _ratio(f.get("monolith", 32, "rps"), f.get("mlflow", 32, "rps"))
+        vs_mlflow = ratio(f.get("monolith", 32, "rps"), f.get("mlflow", 32, "rps"))
         lines.append(
             f"- **Hearth monolith** does the whole job (auth, validation, online features, "
             f"routing, model, lineage log) at p50 {mono1:.2f} ms against {ml1:.2f} ms for "
             f"`mlflow models serve` scoring a ready-made feature row, and serves "
-            f"{_fmt(ratio, 2, '×')} its requests per second at c=32. Choose it by default: "
+            f"{fmt(vs_mlflow, 2, '×')} its requests per second at c=32. Choose it by default: "
             "one process, the lowest latency and the most requests per CPU second."
         )
     hops = {h["concurrency"]: h for h in hop_cost(f)}
@@ -366,10 +347,10 @@ def verdict(f: Figures) -> list[str]:
     if not math.isnan(bento):
         lines.append(
             f"- **A plain BentoML service** around the pyfunc (p50 {bento:.2f} ms at c=1) "
-            f"and **mlflow models serve** ({_fmt(ml, 2)} ms) are what one gets for free: a "
+            f"and **mlflow models serve** ({fmt(ml, 2)} ms) are what one gets for free: a "
             "model behind HTTP, given features. Their time goes into building a pandas "
             "DataFrame and the pyfunc's input checks for each request around a forward pass "
-            f"of {_fmt(f.get('model', 1, 'p50_ms'), 2)} ms."
+            f"of {fmt(f.get('model', 1, 'p50_ms'), 2)} ms."
         )
     for b in batching_effect(f):
         if b["concurrency"] == max(r["concurrency"] for r in batching_effect(f)):
@@ -405,8 +386,8 @@ def _microservices_verdict(f: Figures, hops: dict[int, Row]) -> str:
         f"- **Hearth microservices** pay {first['p50_ms']:+.2f} ms at p50 per request at c=1 "
         f"for their {HOPS} extra hops (gateway → features, gateway → model), "
         f"{first['p50_per_hop_ms']:+.2f} ms a hop. {under_load} (CPU per 1000 requests at "
-        f"c={top['concurrency']}: {_fmt(cpu['microservices'])} s against "
-        f"{_fmt(cpu['monolith'])} s). Choose them when the parts must scale or be deployed "
+        f"c={top['concurrency']}: {fmt(cpu['microservices'])} s against "
+        f"{fmt(cpu['monolith'])} s). Choose them when the parts must scale or be deployed "
         "apart (the model service on a GPU box, several gateways, a feature store shared by "
         "other consumers), or to use more cores than one gateway process can."
     )
@@ -423,9 +404,10 @@ def markdown(report: dict[str, Any]) -> str:
         f"Python {m['python']}, {m['system']} (load average at the end "
         f"{', '.join(str(x) for x in m['load_average'])}; the machine was shared, so "
         "compare ratios within this run). Load generator: Hearth's own async HTTP/1.1 "
-        f"client on the same box, keep-alive connections, closed loop. {cfg['requests']} "
-        f"requests per contender and concurrency in {cfg['rounds']} interleaved rounds "
-        f"after {cfg['warmup']} warm-up requests; run took {report['seconds']:.0f} s.",
+        f"client on the same box, keep-alive connections, closed loop, a new transaction "
+        f"per request. {cfg['requests']} requests per contender and concurrency in "
+        f"{cfg['rounds']} interleaved rounds after {cfg['warmup']} warm-up requests"
+        f"{_long_cells(cfg)}; run took {report['seconds']:.0f} s.",
         "",
         "## Contenders",
         "",
@@ -468,6 +450,7 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         *_limits(report),
         "",
+        *wrk.section(f),
         *_before_after_table(f),
         *rollback_section(report),
         "## Targets",
@@ -480,6 +463,12 @@ def markdown(report: dict[str, Any]) -> str:
         *_notes(report),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _long_cells(cfg: dict[str, Any]) -> str:
+    """How the long cells (where tails show) end, in words; empty when there are none."""
+    cells = [f"c={c}: {n:,} requests or {s:g} s" for c, n, s in cfg.get("long_cells", ())]
+    return f", except the long cells ({'; '.join(cells)}, whichever comes first)" if cells else ""
 
 
 def _limits(report: dict[str, Any]) -> list[str]:

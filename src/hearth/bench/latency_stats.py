@@ -81,7 +81,8 @@ class Cell:
         self.retry_after |= sample.retry_after
 
     def summary(self) -> dict[str, object]:
-        """JSON-able figures: ms percentiles, req/s, errors by status, CPU s per 1000."""
+        """JSON-able figures: ms percentiles and the slowest, req/s, errors by status, CPU s
+        per 1000 requests, seconds driven."""
         lat = sorted(self.latencies_s)
         requests = sum(self.statuses.values())
         ok = self.statuses.get("200", 0)
@@ -94,7 +95,9 @@ class Cell:
             "p50_ms": 1000 * percentile(lat, 0.50),
             "p90_ms": 1000 * percentile(lat, 0.90),
             "p99_ms": 1000 * percentile(lat, 0.99),
+            "max_ms": 1000 * lat[-1] if lat else math.nan,
             "rps": ok / self.elapsed_s if self.elapsed_s else math.nan,
             "cpu_s_per_1000": 1000 * self.cpu_s / requests if requests else math.nan,
             "retry_after": sorted(self.retry_after),
+            "seconds": round(self.elapsed_s, 2),
         }

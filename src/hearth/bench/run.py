@@ -20,6 +20,7 @@ from typing import Any
 
 import psutil
 
+from hearth.bench import wrk
 from hearth.bench.contenders import (
     BASELINE,
     SPECS,
@@ -62,11 +63,27 @@ class BenchConfig:
     baseline: Path | None = None
     # Hearth topologies (among the contenders) on which `hearth rollback` is timed under load.
     rollback: tuple[str, ...] = TOPOLOGIES
+    # Cells long enough for tails to show, at these concurrencies: (c, requests, seconds); such
+    # a cell ends at the first of its requests or its seconds, counted over its rounds.
+    long_cells: tuple[tuple[int, int, float], ...] = ((1, 10_000, 20.0), (32, 20_000, 20.0))
+    # The cross-check with wrk (`hearth.bench.wrk`): every server contender, one cell at this
+    # concurrency for this long (0 s: none).
+    wrk_concurrency: int = 1
+    wrk_s: float = 10.0
 
     @classmethod
     def quick(cls) -> BenchConfig:
         return cls(QUICK, (1, 32), requests=240, rounds=2, warmup=40, max_cell_s=15.0,
-                   model_requests=500, rollback=("monolith",))  # fmt: skip
+                   model_requests=500, rollback=("monolith",), long_cells=(),
+                   wrk_s=1.0)  # fmt: skip
+
+    def cell(self, level: int) -> tuple[int, float]:
+        """Requests of the cell at `level` (over all rounds) and the seconds a round may
+        take: it ends at whichever comes first."""
+        for c, requests, seconds in self.long_cells:
+            if c == level:
+                return requests, seconds / self.rounds
+        return self.requests, self.max_cell_s
 
     def choose(
         self,
@@ -75,6 +92,7 @@ class BenchConfig:
         requests: int | None = None,
         baseline: Path | None = None,
         rollback: bool = True,
+        wrk_s: float | None = None,
     ) -> BenchConfig:
         """This config narrowed to what `hearth bench` was asked for; None (or empty) keeps
         this config's value, `rollback=False` times no rollback."""
@@ -83,12 +101,15 @@ class BenchConfig:
             changes["contenders"] = tuple(contenders)
         if levels:
             changes["levels"] = tuple(sorted(set(levels)))
-        if requests:
+        if requests:  # every cell, the long ones too
             changes["requests"] = requests
+            changes["long_cells"] = tuple((c, requests, s) for c, _, s in self.long_cells)
         if baseline:
             changes["baseline"] = baseline.resolve()
         if not rollback:
             changes["rollback"] = ()
+        if wrk_s is not None:
+            changes["wrk_s"] = wrk_s
         return replace(self, **changes)
 
 
@@ -121,12 +142,12 @@ def run_bench(config: BenchConfig, source: Settings, root: Path, say: Progress) 
     names = _ordered(config.contenders)
     if config.baseline is not None:
         names += [f"{n}{BASELINE}" for n in names if SPECS[n].group in ("hearth", "batching")]
-    n_levels = len(config.levels)
-    workload = load_workload(source.processed_dir, n_levels * (config.warmup + config.requests))
+    per_level = [config.warmup + config.cell(level)[0] for level in config.levels]
+    workload = load_workload(source.processed_dir, sum(per_level))
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="hearth-bench-") as tmp:
         measured = _run_all(names, source, root, Path(tmp), workload, config, say)
-    cells, memory, counted, rollback = measured
+    cells, memory, counted, cross_check, rollback = measured
     return {
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
@@ -135,6 +156,7 @@ def run_bench(config: BenchConfig, source: Settings, root: Path, say: Progress) 
         "results": [c.summary() for c in cells],
         "memory_mib": memory,
         "metrics_counted": counted,
+        "cross_check": cross_check,
         "limits": overload_limits(source),
         "rollback": rollback,
         "notes": _notes(config),
@@ -150,9 +172,10 @@ def _run_all(
     workload: Workload,
     config: BenchConfig,
     say: Progress,
-) -> tuple[list[Cell], dict[str, float], dict[str, Any], dict[str, Any]]:
-    """Throughput first, rollback after; the rollback servers start with the others (start-up
-    is mostly imports) and are ready before any round, so they disturb none."""
+) -> tuple[list[Cell], dict[str, float], dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Throughput first (then wrk's cross-check, once /metrics is read), rollback after; the
+    rollback servers start with the others (start-up is mostly imports) and are ready before
+    any round, so they disturb none."""
     topologies = [t for t in config.rollback if t in names]
     rollbacks = Rollbacks.prepare(topologies, source, root, work)
     rollbacks.start()
@@ -162,6 +185,7 @@ def _run_all(
             rollbacks.wait_ready(config.ready_timeout_s, say)
             cells, memory, answered = _measure(names, servers, workload, work, config, say)
             counted = _metrics_counted(servers, answered)
+            cross_check = _cross_check(servers, workload, work, config, say)
         finally:
             stop_all(servers.values())
         if rollbacks.rigs:
@@ -170,7 +194,36 @@ def _run_all(
         rollback = rollbacks.measure(model_name, workload.bodies("transaction"), say)
     finally:
         rollbacks.stop()
-    return cells, memory, counted, rollback
+    return cells, memory, counted, cross_check, rollback
+
+
+def _cross_check(
+    servers: dict[str, Server], workload: Workload, work: Path, config: BenchConfig, say: Progress
+) -> dict[str, Any]:
+    """Each server once more, driven by wrk (`hearth.bench.wrk`), with its CPU per request."""
+    c, seconds = config.wrk_concurrency, config.wrk_s
+    if seconds <= 0:
+        return {"skipped": "not asked for"}
+    if not wrk.available():
+        return {"skipped": "wrk is not installed (Debian: apt-get install wrk; make system-deps)"}
+    say(f"cross-check with wrk at c={c}, {seconds:g} s each:")
+    start = wrk.after(workload.transactions)
+    rows = []
+    for name, server in servers.items():
+        kind = spec_of(name).body
+        picks = wrk.templates(workload.transactions, workload.bodies(kind), kind)
+        script = wrk.lua_script(server.endpoint, picks, kind == "transaction", start, "wrk-")
+        tree = server.tree()
+        cpu0 = tree.cpu_s()
+        row = wrk.run(server.endpoint, script, c, seconds, work)
+        cpu = tree.cpu_s() - cpu0
+        row |= {"contender": name, "cpu_s_per_1000": 1000 * cpu / max(1, row["requests"])}
+        rows.append(row)
+        say(
+            f"  {name:<16} c={c:<3} p50 {row['p50_ms']:7.2f} ms  p99 {row['p99_ms']:7.2f} ms  "
+            f"max {row['max_ms']:7.1f} ms  {row['rps']:7.0f} req/s  errors {row['errors'] or 0}"
+        )
+    return {"tool": "wrk", "concurrency": c, "seconds": seconds, "rows": rows}
 
 
 def _metrics_counted(servers: dict[str, Server], answered: dict[str, int]) -> dict[str, Any]:
@@ -283,10 +336,12 @@ def _measure(
     if "model" in names:
         cells.append(_floor_model(work / "monolith", workload, config, say))
         memory["model"] = psutil.Process().memory_info().rss / 2**20
-    per_level = config.warmup + config.requests
-    for i, level in enumerate(config.levels):
-        chunk = {n: b[i * per_level : (i + 1) * per_level] for n, b in bodies.items()}
+    lo = 0
+    for level in config.levels:
+        hi = lo + config.warmup + config.cell(level)[0]
+        chunk = {n: b[lo:hi] for n, b in bodies.items()}
         cells += _level(level, servers, chunk, config, say, answered)
+        lo = hi
         for name, server in servers.items():
             rss = server.tree().rss_bytes() / 2**20
             memory[name] = max(memory.get(name, 0.0), rss)
@@ -325,7 +380,8 @@ def _level(
         warmup = bodies[name][: config.warmup]
         count(name, _drive(servers[name].endpoint, warmup, level, config.max_cell_s))
     cells = {name: Cell.empty(name, level) for name in order}
-    per_round = max(1, config.requests // config.rounds)
+    requests, round_s = config.cell(level)
+    per_round = max(1, requests // config.rounds)
     for r in range(config.rounds):
         rotated = order[r % len(order) :] + order[: r % len(order)]
         lo = config.warmup + r * per_round
@@ -333,13 +389,14 @@ def _level(
             tree = servers[name].tree()
             cpu0 = tree.cpu_s()
             batch = bodies[name][lo : lo + per_round]
-            sample = count(name, _drive(servers[name].endpoint, batch, level, config.max_cell_s))
+            sample = count(name, _drive(servers[name].endpoint, batch, level, round_s))
             cells[name].add(sample, tree.cpu_s() - cpu0)
     for cell in cells.values():
         s = cell.summary()
         say(
             f"  {cell.contender:<16} c={level:<3} p50 {s['p50_ms']:7.2f} ms  "
-            f"p99 {s['p99_ms']:7.2f} ms  {s['rps']:7.0f} req/s  errors {s['errors'] or 0}"
+            f"p99 {s['p99_ms']:7.2f} ms  max {s['max_ms']:7.1f} ms  {s['rps']:7.0f} req/s  "
+            f"{s['requests']:6,} in {s['seconds']:5.1f} s  errors {s['errors'] or 0}"
         )
     return list(cells.values())
 

@@ -44,7 +44,18 @@ def bench(
         list[int] | None, typer.Option(help="Concurrency level (repeatable; default 1 8 32 128).")
     ] = None,
     requests: Annotated[
-        int | None, typer.Option(help="Requests per contender and level (all rounds).")
+        int | None,
+        typer.Option(
+            help="Requests per contender and level (all rounds); default 1500, and at c=1 and "
+            "c=32 10 000 and 20 000 or 20 s, whichever comes first (the long cells)."
+        ),
+    ] = None,
+    wrk_seconds: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds of the wrk cross-check per server contender at c=1 (0: none; "
+            "default 10, --quick 1); skipped when wrk is not installed."
+        ),
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Report directory (default: reports/).")] = None,
     code: Annotated[
@@ -70,6 +81,7 @@ def bench(
         contenders=contender,
         levels=concurrency,
         requests=requests,
+        wrk_s=wrk_seconds,
         baseline=baseline,
         rollback=rollback,
     )

@@ -36,6 +36,15 @@ def tracer_provider() -> TracerProvider:
     return provider
 
 
+def access_log_enabled() -> bool:
+    """Whether BentoML writes an access-log line per request in this service's process
+    (`logging.access.enabled` of its config; BentoML's default: yes)."""
+    # lazy: BentoML's DI container loads only in a service's worker
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    return bool(BentoMLContainer.api_server_config.logging.access.enabled.get())
+
+
 def remote_runner_mapping() -> dict[str, str]:
     """Service name → address of each dependency that `bentoml serve` started for this
     service: the mapping `bentoml.depends` reads (empty outside such a process)."""

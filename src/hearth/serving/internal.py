@@ -120,10 +120,10 @@ class InternalApp:
             reply = Reply(405, b"method not allowed")
         else:
             reply = Reply(404, f"no internal route {scope['path']}".encode())
-        await _send_reply(send, reply)
+        await send_reply(send, reply)
 
 
-async def _send_reply(send: Send, reply: Reply) -> None:
+async def send_reply(send: Send, reply: Reply) -> None:
     headers = [
         (b"content-type", reply.content_type.encode()),
         (b"content-length", str(len(reply.body)).encode()),
@@ -143,7 +143,7 @@ async def _lifespan(receive: Receive, send: Send) -> None:
             return
 
 
-def _chunks(receive: Receive) -> Callable[[], Awaitable[bytes | None]]:
+def body_chunks(receive: Receive) -> Callable[[], Awaitable[bytes | None]]:
     """The body's chunks from `receive`, then None (for `read_capped`)."""
     done = False
 
@@ -164,7 +164,7 @@ async def _answer(handler: Handler, receive: Receive, limit: int, path: str) -> 
     """`handler`'s reply to the body (capped at `limit`): a refusal as JSON with its status,
     an unexpected error as a logged 500 carrying the request id."""
     try:
-        return await handler(await read_capped(_chunks(receive), limit))
+        return await handler(await read_capped(body_chunks(receive), limit))
     except Refused as exc:
         return Reply(exc.status, exc.to_json(), JSON)
     except ConnectionResetError:
@@ -282,10 +282,7 @@ def internal_first(
     (413), before BentoML reads it whole.
     """
     limits = getattr(internal, "limits", default_limits)
-    if tracer_provider is not None:
-        from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
-
-        internal = OpenTelemetryMiddleware(internal, tracer_provider=tracer_provider)
+    internal = traced(internal, tracer_provider)
     prefix = PREFIX + "/"
 
     async def dispatch(scope: Scope, receive: Receive, send: Send) -> None:
@@ -300,14 +297,24 @@ def internal_first(
             return
         if scope["type"] == "http" and scope["method"] in ("POST", "PUT", "PATCH"):
             try:
-                body = await read_capped(_chunks(receive), limits().max_body_bytes)
+                body = await read_capped(body_chunks(receive), limits().max_body_bytes)
             except Refused as exc:
-                await _send_reply(send, Reply(exc.status, exc.to_json(), JSON))
+                await send_reply(send, Reply(exc.status, exc.to_json(), JSON))
                 return
             receive = _replay(body, receive)
         await app(scope, receive, send)
 
     return dispatch
+
+
+def traced(app: ASGIApp, tracer_provider: Any = None) -> ASGIApp:
+    """`app` in OpenTelemetry's ASGI middleware on `tracer_provider` (a server span per
+    request, continuing the caller's trace); `app` itself when None (tracing off)."""
+    if tracer_provider is None:
+        return app
+    from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware  # lazy: tracing on
+
+    return OpenTelemetryMiddleware(app, tracer_provider=tracer_provider)
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

@@ -1,0 +1,196 @@
+"""The cross-check: one cell per server contender driven by `wrk`, an external load generator.
+
+Hearth's own load generator (`hearth.bench.load`) is a Python client on the same 2 cores
+as the servers; if it were what limits a figure, every contender would look alike. `wrk`
+(C, from Debian's packages) drives each server once more at one concurrency, and the
+report puts both side by side. Its Lua script (`lua_script`) gives every request to a
+Hearth contender a new transaction: a new ``transaction_id``, a random known customer (the
+fields of a real transaction from the workload) and a timestamp one second after the
+previous one, later than every transaction the bench sent before; the bare model servers
+get a random body of their kind. Without `wrk` on the PATH the cross-check is skipped and
+the report says so.
+"""
+
+from __future__ import annotations
+
+import calendar
+import json
+import math
+import random
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from hearth.bench.bench_figures import Figures, Row, fmt
+from hearth.bench.load import Endpoint
+from hearth.bench.markdown import md_table
+from hearth.schema import TIMESTAMP_FORMAT
+
+TEMPLATES = 500  # bodies (or transactions) the script picks from at random
+MAX_THREADS = 2  # wrk threads: one per core of the 2-core machine at most
+MARKER = "HEARTH_WRK "
+_STAMPED = ("transaction_id", "timestamp")
+
+
+def available() -> bool:
+    return shutil.which("wrk") is not None
+
+
+def lua_script(
+    endpoint: Endpoint, templates: Sequence[str], stamped: bool, start: datetime, prefix: str
+) -> str:
+    """A wrk script: POST `endpoint` with its headers; each request's body a random template.
+
+    `stamped`: each template is a transaction's JSON members but its id and timestamp, and
+    the script adds a new ``transaction_id`` (`prefix`, the thread, a counter) and a
+    timestamp (from `start`, one second per request, interleaved across threads)."""
+    bodies = ",\n".join(f"[==[{t}]==]" for t in templates)
+    headers = "\n".join(
+        f"  wrk.headers[{json.dumps(k)}] = {json.dumps(v)}"
+        for k, v in (("Content-Type", "application/json"), *endpoint.headers)
+    )
+    return _SCRIPT % {
+        "bodies": bodies,
+        "headers": headers,
+        "stamped": "true" if stamped else "false",
+        "base": calendar.timegm(start.timetuple()),
+        "prefix": json.dumps(prefix),
+        "marker": MARKER,
+        "stride": MAX_THREADS,
+    }
+
+
+_SCRIPT = """-- written by hearth bench (hearth.bench.wrk): one new request body per request
+local templates = {
+%(bodies)s
+}
+local stamped = %(stamped)s
+local base = %(base)d
+local prefix = %(prefix)s
+local counter = 0
+local threads = 0
+
+function setup(thread)
+  thread:set("thread_id", threads)
+  threads = threads + 1
+end
+
+function init(args)
+  math.randomseed(7919 + thread_id)
+  wrk.method = "POST"
+%(headers)s
+end
+
+function request()
+  counter = counter + 1
+  local t = templates[math.random(#templates)]
+  if not stamped then
+    return wrk.format(nil, nil, nil, t)
+  end
+  local id = prefix .. thread_id .. "-" .. counter
+  local ts = os.date("!%%Y-%%m-%%dT%%H:%%M:%%S", base + counter * %(stride)d + thread_id)
+  return wrk.format(nil, nil, nil,
+    '{"transaction_id":"' .. id .. '","timestamp":"' .. ts .. '",' .. t .. '}')
+end
+
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    '%(marker)s{"requests":%%d,"duration_us":%%d,"p50_us":%%d,"p90_us":%%d,"p99_us":%%d,' ..
+    '"max_us":%%d,"connect":%%d,"read":%%d,"write":%%d,"status":%%d,"timeout":%%d}\\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(90),
+    latency:percentile(99), latency.max, e.connect, e.read, e.write, e.status, e.timeout))
+end
+"""
+
+
+def templates(
+    transactions: Sequence[dict[str, Any]], bodies: Sequence[bytes], kind: str
+) -> list[str]:
+    """What the script picks from: a transaction's members but its id and timestamp (the
+    Hearth contenders and the echo), else whole bodies of `kind`."""
+    picked = random.Random(0).sample(range(len(bodies)), min(TEMPLATES, len(bodies)))
+    if kind != "transaction":
+        return [bodies[i].decode() for i in picked]
+    out = []
+    for i in picked:
+        rest = {k: v for k, v in transactions[i].items() if k not in _STAMPED}
+        out.append(json.dumps(rest, separators=(",", ":"))[1:-1])
+    return out
+
+
+def after(transactions: Sequence[dict[str, Any]]) -> datetime:
+    """A start for the script's timestamps: a day after the workload's last transaction."""
+    last = max(datetime.strptime(t["timestamp"], TIMESTAMP_FORMAT) for t in transactions)
+    return last + timedelta(days=1)
+
+
+def run(
+    endpoint: Endpoint, script: str, concurrency: int, seconds: float, work: Path
+) -> dict[str, Any]:
+    """Drive `endpoint` with wrk for `seconds` at `concurrency` connections (one thread
+    per core at most); its figures in the shape of `Cell.summary` (ms, req/s, errors)."""
+    threads = max(1, min(concurrency, MAX_THREADS))
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", dir=work, delete=False) as f:
+        f.write(script)
+    url = f"http://{endpoint.host}:{endpoint.port}{endpoint.path}"
+    cmd = ["wrk", f"-t{threads}", f"-c{concurrency}", f"-d{max(1, round(seconds))}s",
+           "--timeout", "30s", "-s", f.name, url]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60, check=False)
+    lines = [x for x in out.stdout.splitlines() if x.startswith(MARKER)]
+    if out.returncode != 0 or not lines:
+        raise RuntimeError(f"wrk failed ({out.returncode}): {out.stderr or out.stdout}"[-2000:])
+    raw = json.loads(lines[-1].removeprefix(MARKER))
+    errors = {k: raw[k] for k in ("connect", "read", "write", "status", "timeout") if raw[k]}
+    seconds_driven = raw["duration_us"] / 1e6
+    ok = raw["requests"] - raw["status"]
+    return {
+        "concurrency": concurrency,
+        "requests": raw["requests"],
+        "errors": errors,
+        "p50_ms": raw["p50_us"] / 1000,
+        "p90_ms": raw["p90_us"] / 1000,
+        "p99_ms": raw["p99_us"] / 1000,
+        "max_ms": raw["max_us"] / 1000,
+        "rps": ok / seconds_driven if seconds_driven else math.nan,
+        "seconds": round(seconds_driven, 2),
+    }
+
+
+# -- the report ----------------------------------------------------------------------------
+def section(f: Figures) -> list[str]:
+    """The Markdown section: each cross-checked contender, Hearth's figures / wrk's."""
+    check = f.report.get("cross_check") or {}
+    lines = ["## Cross-check with an external load generator (wrk)", ""]
+    if not check.get("rows"):
+        reason = check.get("skipped", "not run")
+        return [*lines, f"(not measured: {reason})", ""]
+    c, seconds = check["concurrency"], check["seconds"]
+    lines += [
+        f"Every server contender once more at c={c} for {seconds:g} s, driven by `wrk` "
+        "(Debian's package; Lua script: a new transaction id, a random known customer and an "
+        "increasing timestamp per request to Hearth), beside the same contender's cell from "
+        "Hearth's own load generator above. Each figure: Hearth's / wrk's.",
+        "",
+    ]
+
+    head = ["contender", "requests", "p50 ms", "p99 ms", "max ms", "req/s", "CPU s / 1000 req",
+            "errors"]  # fmt: skip
+    rows = []
+    for row in check["rows"]:
+        name = row["contender"]
+        own = f.rows.get((name, c), {})
+
+        def pair(key: str, digits: int = 2, mine: Row = own, theirs: Row = row) -> str:
+            return f"{fmt(float(mine.get(key, math.nan)), digits)} / {fmt(theirs[key], digits)}"
+
+        rows.append([
+            f.labels.get(name, name), f"{own.get('requests', 0):,} / {row['requests']:,}",
+            pair("p50_ms"), pair("p99_ms"), pair("max_ms", 1), pair("rps", 0),
+            pair("cpu_s_per_1000"), f"{f.errors(name, c)} / {sum(row['errors'].values())}",
+        ])  # fmt: skip
+    return [*lines, *md_table(head, "lrrrrrrr", rows), ""]
