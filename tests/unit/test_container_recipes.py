@@ -5,6 +5,9 @@ No engine needed; `tests/containers/` builds and runs the images where one runs.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -14,6 +17,12 @@ from hearth.containers.recipes import IMAGES
 
 REPO = Path(__file__).resolve().parents[2]
 LOCK = (REPO / "requirements.lock").read_text()
+# Imported where installed (httpx's HTTP/2, anyio's trio backend, …), not needed: the images
+# serve without them.
+OPTIONAL = {
+    "h2", "hpack", "hyperframe", "outcome", "trio", "sortedcontainers", "sniffio", "pytz",
+    "setuptools", "pydantic-extra-types",
+}  # fmt: skip
 
 
 def _requirements(name: str) -> str:
@@ -61,6 +70,42 @@ def test_model_images_take_torch_cuda_from_pypi(name: str) -> None:
     assert f"RUN pip install -q '{torch}'" in dockerfile
     assert "nvidia/cuda" not in dockerfile and "download.pytorch.org" not in dockerfile
     assert "scikit-learn==" in _requirements(name) and "torch==" not in _requirements(name)
+
+
+@pytest.fixture(scope="module")
+def loaded_modules() -> dict[str, set[str]]:
+    """image → the top-level modules loaded once its service is imported, in one process:
+    features, gateway, model, monolith in turn (each image's packages include the ones
+    before it, so what the earlier imports left loaded is needed there too)."""
+    order = ["features", "gateway", "model", "monolith"]
+    code = "import importlib, sys\n" + "".join(
+        f"importlib.import_module({IMAGES[n].service.partition(':')[0]!r}); "
+        "print(' '.join({m.partition('.')[0] for m in sys.modules}))\n"
+        for n in order
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return {n: set(line.split()) for n, line in zip(order, done.stdout.splitlines(), strict=True)}
+
+
+@pytest.mark.parametrize("name", list(IMAGES))
+def test_each_image_holds_what_its_service_imports(
+    name: str, loaded_modules: dict[str, set[str]]
+) -> None:
+    """The distributions of the modules its service loads (here, where everything is
+    installed) are in the image's closure: a new top-level import of a package the image
+    lacks fails here, not in a container."""
+    spec = IMAGES[name]
+    distributions = metadata.packages_distributions()
+    needed = {
+        recipes.canonical(dist)
+        for top in loaded_modules[name]
+        for dist in distributions.get(top, [])
+    }
+    missing = needed - recipes.dependency_closure(spec.packages) - {"hearth"} - OPTIONAL
+    assert not missing, f"{spec.repository} lacks {sorted(missing)}"
 
 
 def test_a_name_missing_from_the_lock_is_an_error() -> None:
