@@ -11,17 +11,14 @@ from typing import Any
 import bentoml
 
 from bentos.features import Features
-from bentos.hop import serve_public_first
-from bentos.http_service import HttpService, http_app
+from bentos.http_service import HttpService, serves_http_api
 from bentos.images import cpu_image
 from bentos.model import Model
-from bentos.openapi30 import openapi30
 from bentos.telemetry import service_tracing, start_telemetry
 from hearth.serving import graph
 from hearth.serving.bentoml_internals import remote_runner_mapping
 from hearth.serving.workers import configured_workers
 
-app = http_app()
 _urls = graph.remote_urls()
 
 
@@ -44,9 +41,7 @@ def _address(dependency: Any) -> str:
     return mapping[name]
 
 
-@openapi30  # /docs.json as valid OpenAPI 3.0
-@serve_public_first(app)  # POST /predict, /predict_batch, /feedback: ahead of BentoML's stack
-@bentoml.asgi_app(app, path="/")
+@serves_http_api  # at /, POST /predict… ahead of BentoML's stack, /docs.json in OpenAPI 3.0
 @bentoml.service(
     image=cpu_image(),
     traffic={"timeout": 30},

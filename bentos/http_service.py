@@ -9,17 +9,21 @@ them is the same, and is here: the HTTP policy, the admin API, the workers' read
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import bentoml
 from fastapi import FastAPI
 
 from bentos import rollout_admin
+from bentos.hop import serve_public_first
+from bentos.openapi30 import openapi30
 from hearth.config import HearthContext
 from hearth.serving import graph
 from hearth.serving.gateway import Gateway
 from hearth.serving.http import HttpPolicy, create_app
 from hearth.serving.workers import WorkerReadiness
+
+S = TypeVar("S")
 
 
 class _Client(Protocol):
@@ -33,6 +37,14 @@ def http_app() -> FastAPI:
         lambda: bentoml.get_current_service().policy,
         lambda: bentoml.get_current_service().admin,
     )
+
+
+def serves_http_api(service: S) -> S:
+    """A decorator, above `@bentoml.service`: the service serves the HTTP API (`http_app`),
+    mounted at /, with /docs.json as valid OpenAPI 3.0 (`openapi30`), and POST /predict,
+    /predict_batch and /feedback answered ahead of BentoML's stack (`serve_public_first`)."""
+    app = http_app()
+    return openapi30(serve_public_first(app)(bentoml.asgi_app(app, path="/")(service)))
 
 
 class HttpService:

@@ -4,20 +4,14 @@ from __future__ import annotations
 
 import bentoml
 
-from bentos.hop import serve_public_first
-from bentos.http_service import HttpService, http_app
+from bentos.http_service import HttpService, serves_http_api
 from bentos.images import cuda_image
-from bentos.openapi30 import openapi30
 from bentos.telemetry import service_tracing, start_telemetry
 from hearth.serving import graph
 from hearth.serving.workers import configured_workers
 
-app = http_app()
 
-
-@openapi30  # /docs.json as valid OpenAPI 3.0
-@serve_public_first(app)  # POST /predict, /predict_batch, /feedback: ahead of BentoML's stack
-@bentoml.asgi_app(app, path="/")
+@serves_http_api  # at /, POST /predict… ahead of BentoML's stack, /docs.json in OpenAPI 3.0
 @bentoml.service(
     image=cuda_image(),
     resources={"gpu": 1},
