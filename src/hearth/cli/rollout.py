@@ -49,8 +49,8 @@ _HINTS: list[tuple[type[Exception], str]] = [
                       "`hearth rollout promote` or `hearth rollback`"),
     (NoActiveRollout, "start one: `hearth rollout start --challenger VERSION`"),
     (InvalidRollout, "see `hearth rollout --help` for the accepted values"),
-    (StateUnavailable, "is the rollout state reachable? check HEARTH_STORE_BACKEND / "
-                       "HEARTH_REDIS_URL"),
+    (StateUnavailable, "is the rollout state reachable? check HEARTH_DATABASE_URL "
+                       "(PostgreSQL), or HEARTH_STORE_BACKEND / HEARTH_REDIS_URL"),
 ]  # fmt: skip
 
 

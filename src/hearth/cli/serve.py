@@ -36,7 +36,8 @@ def _served(ctx: HearthContext) -> dict[str, str]:
     try:
         versions = promotion.reconciled(ctx.settings, ctx.params).versions()
     except StateUnavailable as exc:
-        fail(str(exc), "check HEARTH_STORE_BACKEND / HEARTH_REDIS_URL")
+        fail(str(exc), "check HEARTH_DATABASE_URL (PostgreSQL), or HEARTH_STORE_BACKEND / "
+             "HEARTH_REDIS_URL")  # fmt: skip
     if "champion" not in versions:
         fail(
             f"no {name}@champion in the MLflow registry",
