@@ -31,7 +31,7 @@ import duckdb
 from hearth.data.row_checks import build_clean_and_quarantine, check_rows
 from hearth.data.sql import ident, lit
 from hearth.features.definitions import SPLITS
-from hearth.features.offline import build_feature_sql
+from hearth.features.offline import build_history_sql, feature_sql
 from hearth.params import EtlParams, Params, SplitParams
 from hearth.schema import (
     CUSTOMER_COLUMNS,
@@ -291,9 +291,12 @@ def _reason_counts(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
     return {str(check): int(n) for check, n in rows}
 
 
-def _split_stats(con: duckdb.DuckDBPyConnection) -> tuple[dict[str, int], dict[str, float]]:
+def _split_stats(
+    con: duckdb.DuckDBPyConnection, bounds: _SplitBounds
+) -> tuple[dict[str, int], dict[str, float]]:
     rows = con.execute(
-        f"SELECT split, count(*), avg({ident(LABEL)}) FROM features GROUP BY ALL"
+        f"SELECT {_split_case(bounds)}, count(*), avg({ident(LABEL)}) "
+        "FROM clean_transactions GROUP BY ALL"
     ).fetchall()
     found = {str(s): (int(n), float(rate)) for s, n, rate in rows}
     counts = {s: found.get(s, (0, 0.0))[0] for s in SPLITS}
@@ -366,18 +369,21 @@ def _clean(
 
 
 def _featurise_and_split(con: duckdb.DuckDBPyConnection, split: SplitParams) -> _SplitBounds:
-    """Phases 4-5: table `features` with a `split` column."""
+    """Phases 4-5: the split bounds, and table `feature_history` (see `build_history_sql`)
+    from which each split's features are written in one pass."""
     bounds = _split_bounds(con, split)
-    features = build_feature_sql("clean_transactions", "customers").strip()
-    con.execute(
-        f"CREATE TABLE features AS SELECT *, {_split_case(bounds)} AS split FROM ({features})"
-    )
+    history = build_history_sql("clean_transactions", "customers").strip()
+    con.execute(f"CREATE TABLE feature_history AS {history}")
     logger.info("etl: features computed")
     return bounds
 
 
 def _write_outputs(
-    con: duckdb.DuckDBPyConnection, scratch: Path, processed_dir: Path, quarantine_dir: Path
+    con: duckdb.DuckDBPyConnection,
+    bounds: _SplitBounds,
+    scratch: Path,
+    processed_dir: Path,
+    quarantine_dir: Path,
 ) -> dict[str, str]:
     """Phase 6: every output to scratch, then into place; returns name → path."""
     targets = {
@@ -386,14 +392,12 @@ def _write_outputs(
         **{s: processed_dir / f"{s}.parquet" for s in SPLITS},
         "quarantine": quarantine_dir / "quarantine.parquet",
     }
+    features = feature_sql("clean_transactions", "feature_history").strip()
     queries = {
         "transactions": "FROM clean_transactions",
         "customers": "FROM customers",
-        **{
-            s: f"SELECT * EXCLUDE (split) FROM features WHERE split = {lit(s)} "
-            'ORDER BY "timestamp", transaction_id'
-            for s in SPLITS
-        },
+        # In clean_transactions' order: by timestamp then transaction_id.
+        **{s: f"FROM ({features}) WHERE {_split_case(bounds)} = {lit(s)}" for s in SPLITS},
         "quarantine": "FROM quarantine",
     }
     for name, query in queries.items():
@@ -414,9 +418,9 @@ def _run(
 ) -> EtlReport:
     rows_in, rows_clean, rows_quarantined, reasons = _clean(con, raw_dir, drops)
     bounds = _featurise_and_split(con, params.split)
-    split_rows, fraud_rate = _split_stats(con)
+    split_rows, fraud_rate = _split_stats(con, bounds)
     logger.info("etl: split %s", split_rows)
-    outputs = _write_outputs(con, scratch, processed_dir, quarantine_dir)
+    outputs = _write_outputs(con, bounds, scratch, processed_dir, quarantine_dir)
     return EtlReport(
         rows_in=rows_in,
         rows_clean=rows_clean,

@@ -2,7 +2,7 @@
 
 Every window length, cap and constant comes from `hearth.features.definitions`, so changing a
 definition changes this SQL and the online code together; `tests/unit/test_features_parity.py`
-proves the two agree. The SQL reads two relations:
+proves the two agree. The SQL reads two tables:
 
 - transactions: the clean typed transactions (``transaction_id, timestamp, customer_id,
   merchant_id, merchant_category, channel, device_id, latitude, longitude, amount_eur,
@@ -63,11 +63,13 @@ def _haversine_sql(lat: str, lon: str, home_lat: str, home_lon: str) -> str:
     return f"2 * {EARTH_RADIUS_KM!r} * asin(sqrt(least(1.0, {a})))"
 
 
-def build_feature_sql(transactions: str, customers: str) -> str:
-    """SQL computing KEY_COLUMNS + FEATURES + is_fraud for every row of `transactions`.
+def build_history_sql(transactions: str, customers: str) -> str:
+    """SQL for each transaction's history, narrow and in `transactions`' order.
 
-    `transactions` and `customers` are table names (or parenthesised subqueries) in the
-    connection that will run the SQL. Numeric features are DOUBLE, categorical ones VARCHAR.
+    One row per row of the table `transactions`: ``pos`` (its rowid), the window aggregates
+    and the customer's home, ordered by ``pos``. Only these few columns go through the
+    window's sort by (customer, timestamp) and the sort back, not the whole transaction;
+    `feature_sql` puts them beside the transaction again.
     """
     windows = {f"w_{name}": length for name, length in WINDOWS.items()}
     window_defs = [f"{alias} AS ({_frame(length)})" for alias, length in windows.items()]
@@ -91,52 +93,73 @@ def build_feature_sql(transactions: str, customers: str) -> str:
             'min("timestamp") OVER (PARTITION BY customer_id, device_id) AS device_first_seen',
         ]
     )
+    return f"""
+WITH h AS (
+    SELECT rowid AS pos, customer_id,
+        {history}
+    FROM {transactions}
+    WINDOW {", ".join(window_defs)}
+)
+SELECT h.* EXCLUDE (customer_id), c.home_latitude, c.home_longitude
+FROM h LEFT JOIN {customers} AS c USING (customer_id)
+ORDER BY pos
+"""
+
+
+def feature_sql(transactions: str, history: str) -> str:
+    """SQL computing KEY_COLUMNS + FEATURES + is_fraud for every row of `transactions`, in
+    its order, from `history` (`build_history_sql` of it, or a table holding that).
+
+    `transactions` is a table name in the connection that will run the SQL, `history` a
+    table name or a parenthesised subquery. Numeric features are DOUBLE, categorical ones
+    VARCHAR.
+    """
     cap = repr(float(SECONDS_SINCE_LAST_CAP))
     # avg and ratio are written as sum / n and amount / avg, the same operations as online.
     computed = {
-        "log_amount": "ln(1 + h.amount_eur)",
+        "log_amount": "ln(1 + t.amount_eur)",
         "amount_ratio": "CASE WHEN h.n_avg = 0 THEN 1.0 "
-        "ELSE h.amount_eur / (h.sum_avg / h.n_avg) END",
+        "ELSE t.amount_eur / (h.sum_avg / h.n_avg) END",
         **{f"n_tx_{w}": f"h.n_tx_{w}" for w in WINDOWS},
         **{f"amount_sum_{w}": f"h.amount_sum_{w}" for w in WINDOWS},
         "avg_amount_30d": "CASE WHEN h.n_avg = 0 THEN 0.0 ELSE h.sum_avg / h.n_avg END",
         "n_merchants_7d": "h.n_merchants_7d",
         "seconds_since_last": f"CASE WHEN h.last_ts IS NULL THEN {cap} "
-        f"ELSE least({cap}, date_diff('second', h.last_ts, h.\"timestamp\")) END",
-        "is_new_device": 'CASE WHEN h.device_first_seen < h."timestamp" THEN 0 ELSE 1 END',
-        "distance_from_home_km": "CASE WHEN c.home_latitude IS NULL OR c.home_longitude IS NULL "
+        f"ELSE least({cap}, date_diff('second', h.last_ts, t.\"timestamp\")) END",
+        "is_new_device": 'CASE WHEN h.device_first_seen < t."timestamp" THEN 0 ELSE 1 END',
+        "distance_from_home_km": "CASE WHEN h.home_latitude IS NULL OR h.home_longitude IS NULL "
         "THEN 0.0 ELSE "
-        + _haversine_sql("h.latitude", "h.longitude", "c.home_latitude", "c.home_longitude")
+        + _haversine_sql("t.latitude", "t.longitude", "h.home_latitude", "h.home_longitude")
         + " END",
-        "is_cold_start": "CASE WHEN h.n_avg = 0 THEN 1 ELSE 0 END",
+        # The positional join below pairs rows by order; a misaligned history stops the run.
+        "is_cold_start": "CASE WHEN h.pos IS DISTINCT FROM t.rowid "
+        "THEN error('offline features: history out of step with the transactions') "
+        "WHEN h.n_avg = 0 THEN 1 ELSE 0 END",
     }
     categorical = {
-        "channel": "h.channel",
-        "merchant_category": "h.merchant_category",
-        "hour": 'CAST(hour(h."timestamp") AS VARCHAR)',
+        "channel": "t.channel",
+        "merchant_category": "t.merchant_category",
+        "hour": 'CAST(hour(t."timestamp") AS VARCHAR)',
     }
     # Fail loudly if definitions.py gains a feature that this SQL does not compute.
     if set(computed) != set(NUMERIC_FEATURES) or set(categorical) != set(CATEGORICAL_FEATURES):
         raise RuntimeError("offline SQL is out of sync with hearth.features.definitions")
-    select = [f'h."{key}"' for key in KEY_COLUMNS]
+    select = [f't."{key}"' for key in KEY_COLUMNS]
     select += [f"CAST({computed[name]} AS DOUBLE) AS {name}" for name in NUMERIC_FEATURES]
     select += [f"CAST({categorical[name]} AS VARCHAR) AS {name}" for name in CATEGORICAL_FEATURES]
-    select.append(f"CAST(h.{LABEL_COLUMN} AS BIGINT) AS {LABEL_COLUMN}")
+    select.append(f"CAST(t.{LABEL_COLUMN} AS BIGINT) AS {LABEL_COLUMN}")
     select_sql = ",\n    ".join(select)
     return f"""
-WITH h AS (
-    SELECT
-        transaction_id, "timestamp", customer_id, channel, merchant_category,
-        latitude, longitude, amount_eur, {LABEL_COLUMN},
-        {history}
-    FROM {transactions}
-    WINDOW {", ".join(window_defs)}
-)
 SELECT
     {select_sql}
-FROM h
-LEFT JOIN {customers} AS c USING (customer_id)
+FROM {transactions} AS t POSITIONAL JOIN {history} AS h
 """
+
+
+def build_feature_sql(transactions: str, customers: str) -> str:
+    """SQL computing KEY_COLUMNS + FEATURES + is_fraud for every row of the table
+    `transactions`, in its order (see `feature_sql`)."""
+    return feature_sql(transactions, f"({build_history_sql(transactions, customers)})")
 
 
 def compute_offline_features(
