@@ -46,12 +46,19 @@ def _hearth(*args: str, env: dict[str, str], timeout: int = 3600) -> str:
 
 
 @pytest.fixture(scope="module")
-def images(project: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The home `hearth containerize` runs in: its rollout state names the champion the
+    model images carry; the containers mount it as their HEARTH_HOME."""
+    return tmp_path_factory.mktemp("images-home")
+
+
+@pytest.fixture(scope="module")
+def images(project: Path, home: Path) -> dict[str, str]:
     """The four images, built on the local base (made first when missing); name → tag."""
     problem = engine.problem()
     if problem:
         pytest.skip(f"no container engine: {problem}")
-    env = server_env(project, tmp_path_factory.mktemp("images-home"))
+    env = server_env(project, home)
     try:
         build.choose_base()
     except build.MissingBase:
@@ -69,7 +76,7 @@ class Container:
         self.name = f"hearth-test-{alias}-{uuid.uuid4().hex[:6]}"
         argv = ["docker", "run", "-d", "--name", self.name, "-p", "127.0.0.1::3000"]
         argv += ["--network", network, "--network-alias", alias]
-        # The project's home, bind-mounted: its owner (root here) runs the container.
+        # A home bind-mounted: its owner (root here) runs the container.
         argv += ["--user", "0:0", "-v", f"{home}:/var/lib/hearth"]
         for key, value in (SECRETS | env).items():
             argv += ["-e", f"{key}={value}"]
@@ -95,14 +102,14 @@ class Container:
 
 
 @pytest.fixture
-def run(project: Path) -> Iterator[Callable[..., Container]]:
+def run(home: Path) -> Iterator[Callable[..., Container]]:
     """Starts containers on a network of their own; removes them (and it) after the test."""
     network = f"hearth-test-{uuid.uuid4().hex[:6]}"
     subprocess.run(["docker", "network", "create", network], check=True, capture_output=True)
     started: list[Container] = []
 
     def start(image: str, alias: str, **env: str) -> Container:
-        started.append(Container(image, project / ".hearth", network, alias, **env))
+        started.append(Container(image, home, network, alias, **env))
         return started[-1]
 
     yield start

@@ -1,7 +1,8 @@
 """`python -m hearth.containers.entrypoint SERVICE [BENTOML SERVE ARGS…]`: an image's process.
 
 Seeds HEARTH_HOME's model cache with the versions the image carries (`CARRIED`, in the
-cache's layout), then execs `bentoml serve SERVICE` on all interfaces, port 3000, with
+cache's layout), reconciles the rollout state with the registry as `hearth serve` does
+(`adopt_champion`), then execs `bentoml serve SERVICE` on all interfaces, port 3000, with
 Prometheus' multiprocess directory inside the container (a HEARTH_HOME volume shared by
 several containers must not share it). Seeding at start, not at build, lets HEARTH_HOME be
 a bind mount or a volume made by an older image: the carried versions are there either way,
@@ -10,6 +11,7 @@ and the registry is asked only for the others.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import shutil
@@ -46,6 +48,30 @@ def seed_model_cache(carried: Path, cache: Path) -> list[str]:
     return seeded
 
 
+def adopt_champion() -> None:
+    """As `hearth serve` does before serving: the rollout state adopts the registry's champion
+    when it names none, or finishes an interrupted promotion. Images without MLflow's client
+    (features) skip it; a registry or state that does not answer only delays readiness until
+    someone else does it (the services follow the state, they never write it)."""
+    if importlib.util.find_spec("mlflow") is None:
+        return
+    # An answer within seconds, not MLflow's minutes of retries (as the admin API does).
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    try:
+        # lazy: the rollout controls load MLflow, only here and only where it is installed
+        from hearth.config import HearthContext
+        from hearth.rollout import promotion
+
+        ctx = HearthContext()
+        ctx.settings.apply()
+        served = promotion.reconciled(ctx.settings, ctx.params).versions()
+    except Exception as exc:  # any failure: serve anyway, following the state
+        log.warning("rollout state not reconciled with the registry: %s", str(exc)[:300])
+        return
+    log.info("serving what the rollout state names: %s", served or "nothing yet")
+
+
 def serve_argv(service: str, extra: list[str], app: str) -> list[str]:
     return [
         sys.executable, "-m", "hearth.launch.bentoml_main", PROMETHEUS_DIR,
@@ -61,6 +87,7 @@ def main(argv: list[str]) -> None:
     seeded = seed_model_cache(CARRIED, home / CACHE_DIR)
     if seeded:
         log.info("model cache seeded with %s", ", ".join(seeded))
+    adopt_champion()
     os.execv(sys.executable, serve_argv(service, extra, os.getcwd()))
 
 
