@@ -15,7 +15,7 @@ from bentos.telemetry import service_tracing, start_telemetry
 from hearth.observability.prometheus import record_model_call
 from hearth.observability.tracing import record_model_spans
 from hearth.serving import graph
-from hearth.serving.batching import Batcher
+from hearth.serving.batching import INLINE_MAX_ITEMS, Batcher
 from hearth.serving.errors import Unavailable
 from hearth.serving.internal import model_app
 from hearth.serving.internal_client import PREDICT, PREDICT_CHALLENGER
@@ -29,9 +29,6 @@ internal = model_app(
     lambda: bentoml.get_current_service().loaded_versions(),
 )
 MAX_BATCH_SIZE = 256
-# The champion lane scores batches this small on the event loop (see Batcher): a lone
-# request skips two thread hand-offs. The challenger lane never does (drills make it slow).
-INLINE_MAX_ITEMS = 8
 # The challenger lane gives up where the guard rails' latency limit would count a failure.
 CHALLENGER_SHED_S = 0.5
 

@@ -176,7 +176,8 @@ class LocalModel:
     """The model pool in this process; a forward pass never runs on the event loop.
 
     By default items go through a batching lane (`hearth.serving.batching.Batcher`: one
-    thread; what queues during a forward pass goes into the next), as in the model service.
+    thread; what queues during a forward pass goes into the next; a batch of at most
+    `INLINE_MAX_ITEMS` scored on the loop), as in the model service.
     `threaded`: every call in a worker thread of its own instead. The challenger lane is, so
     that a slow challenger (or a drill's injected latency) never holds the champion's lane.
     Either way a call slower than `timeout_s` answers `ModelUnavailable` (→ 503).
@@ -185,12 +186,19 @@ class LocalModel:
     def __init__(
         self, pool: Background[Any], threaded: bool = False, timeout_s: float = DEFAULT_TIMEOUT_S
     ) -> None:
-        from hearth.serving.batching import Batcher  # lazy: only where a pool scores here
+        # lazy: only where a pool scores here
+        from hearth.serving.batching import INLINE_MAX_ITEMS, Batcher
 
         self.pool = pool
         self.threaded = threaded
         self.timeout_s = timeout_s
-        self.lane = None if threaded else Batcher("champion", self._score, shed_after_s=timeout_s)
+        self.lane = (
+            None
+            if threaded
+            else Batcher(
+                "champion", self._score, shed_after_s=timeout_s, inline_max_items=INLINE_MAX_ITEMS
+            )
+        )
 
     def _score(self, items: list[ScoreItem]) -> list[Score]:
         scores: list[Score] = self.pool.get().score(items)
