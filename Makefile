@@ -121,7 +121,7 @@ containerize: install ## The four images (gateway, features, model, monolith) on
 	$(BIN)/hearth containerize
 
 .PHONY: bench
-bench: install ## Full serving benchmark (hearth bench, ~5 min on 2 cores): floor, mlflow, BentoML, monolith, microservices, batching, rollback → reports/bench.*
+bench: install ## Full serving benchmark (hearth bench, ~12 min on 2 cores; wrk cross-check): floor, mlflow, BentoML, monolith, microservices, batching, rollback → reports/bench.*
 	$(BIN)/hearth bench
 
 .PHONY: soak

@@ -6,6 +6,8 @@ breaks it), the validation suites and, later, the serving API's request schema.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 # Column order of every raw drop (data/raw/transactions/YYYY-MM-DD.csv).
 RAW_COLUMNS: tuple[str, ...] = (
     "transaction_id",
@@ -56,3 +58,22 @@ EUR_RATES: dict[str, float] = {"EUR": 1.0, "USD": 0.92, "GBP": 1.17, "CHF": 1.04
 CURRENCIES: tuple[str, ...] = tuple(EUR_RATES)
 
 TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S"  # ISO 8601, UTC, second resolution
+
+
+def parse_timestamp(text: str) -> datetime:
+    """`text` in TIMESTAMP_FORMAT as a naive datetime; ValueError when it is not.
+
+    Text of exactly that shape goes to `datetime.fromisoformat` (C, ~30x faster); anything
+    else to `strptime`, which decides. Serving parses each transaction's timestamp a few
+    times (the schema, the gateway's domain check, the store), and strptime was ~5 % of the
+    monolith's CPU under load (py-spy).
+    """
+    if (
+        len(text) == 19
+        and text.isascii()
+        and text[10] == "T"
+        and text[4] == text[7] == "-"
+        and text[13] == text[16] == ":"
+    ):
+        return datetime.fromisoformat(text)
+    return datetime.strptime(text, TIMESTAMP_FORMAT)

@@ -505,3 +505,25 @@ def test_an_unexpected_error_on_an_admin_route_is_a_json_500_too(settings: Setti
     assert r.status_code == 500, r.text
     assert len(r.json()["request_id"]) == 32
     assert unknown.status_code == 404  # not an error: Starlette's own answer
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["2026-02-01T12:00:00", "2026-02-30T12:00:00", "2026-2-01T12:00:00", "2026-02-01 12:00:00",
+     "2026-02-01T12:00+01", "2026-02-01T12:00:0Z", "2026-02-01T25:00:00", "٢٠٢٦-02-01T12:00:00",
+     "2026-02-01T12:00:00Z", ""],
+)  # fmt: skip
+def test_the_fast_timestamp_parse_agrees_with_strptime(text: str) -> None:
+    from datetime import datetime
+
+    from hearth.schema import TIMESTAMP_FORMAT, parse_timestamp
+
+    try:
+        expected: object = datetime.strptime(text, TIMESTAMP_FORMAT)
+    except ValueError:
+        expected = ValueError
+    try:
+        got: object = parse_timestamp(text)
+    except ValueError:
+        got = ValueError
+    assert got == expected

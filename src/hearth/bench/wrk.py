@@ -28,7 +28,7 @@ from typing import Any
 from hearth.bench.bench_figures import Figures, Row, fmt
 from hearth.bench.load import Endpoint
 from hearth.bench.markdown import md_table
-from hearth.schema import TIMESTAMP_FORMAT
+from hearth.schema import parse_timestamp
 
 TEMPLATES = 500  # bodies (or transactions) the script picks from at random
 MAX_THREADS = 2  # wrk threads: one per core of the 2-core machine at most
@@ -125,7 +125,7 @@ def templates(
 
 def after(transactions: Sequence[dict[str, Any]]) -> datetime:
     """A start for the script's timestamps: a day after the workload's last transaction."""
-    last = max(datetime.strptime(t["timestamp"], TIMESTAMP_FORMAT) for t in transactions)
+    last = max(parse_timestamp(t["timestamp"]) for t in transactions)
     return last + timedelta(days=1)
 
 

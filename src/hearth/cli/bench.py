@@ -25,8 +25,9 @@ commands = typer.Typer()
 @commands.command(
     epilog="Serves the registered champion (run `hearth run` first) from real servers on "
     "loopback and writes reports/bench.md (latency, throughput, CPU, memory, ratios, hop cost, "
-    "batching, rollback under load, targets, verdict), bench.json and two plots. The full run "
-    "is `make bench` (~5 min on 2 cores); its servers stop even when the bench is interrupted."
+    "batching, wrk's cross-check, rollback under load, targets, verdict), bench.json and two "
+    "plots. The full run is `make bench` (~12 min on 2 cores); its servers stop even when the "
+    "bench is interrupted."
 )
 def bench(
     quick: Annotated[

@@ -38,7 +38,7 @@ from hearth.schema import (
     CHANNELS,
     EUR_RATES,
     MERCHANT_CATEGORIES,
-    TIMESTAMP_FORMAT,
+    parse_timestamp,
 )
 
 STATE_VERSION = 1
@@ -228,7 +228,7 @@ class Transaction:
         """From a dict of raw fields; a string timestamp must follow schema.TIMESTAMP_FORMAT."""
         ts = data["timestamp"]
         if isinstance(ts, str):
-            ts = datetime.strptime(ts, TIMESTAMP_FORMAT)
+            ts = parse_timestamp(ts)
         elif isinstance(ts, pd.Timestamp):
             ts = ts.to_pydatetime()
         return cls(

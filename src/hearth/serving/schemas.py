@@ -9,13 +9,17 @@ them, in memory or over HTTP.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, field_validator
 
 from hearth.features.online import ID_PATTERN, MAX_AMOUNT, MAX_ID_LENGTH, Transaction
-from hearth.schema import CHANNELS, CURRENCIES, MERCHANT_CATEGORIES, TIMESTAMP_FORMAT
+from hearth.schema import (
+    CHANNELS,
+    CURRENCIES,
+    MERCHANT_CATEGORIES,
+    parse_timestamp,
+)
 
 Decision = Literal["approve", "review", "decline"]
 # A batch is scored in one model call; beyond this (HEARTH_MAX_BATCH), a client should split
@@ -87,7 +91,7 @@ class TransactionIn(_Strict):
     @classmethod
     def _timestamp(cls, value: str) -> str:
         try:
-            datetime.strptime(value, TIMESTAMP_FORMAT)
+            parse_timestamp(value)
         except ValueError:
             raise ValueError(
                 f"malformed timestamp {value!r}, expected YYYY-MM-DDTHH:MM:SS"
