@@ -47,7 +47,8 @@ from tests.projects import (
     write_project,
 )
 
-pytestmark = [pytest.mark.container, pytest.mark.slow]
+# The module fixture (images, stack, training) counts against the first test: up to ~30 min.
+pytestmark = [pytest.mark.container, pytest.mark.slow, pytest.mark.timeout(3600)]
 
 NAME = Params().registry.model_name
 DATA_VOLUMES = ("postgres-data", "redis-data", "mlflow-artifacts")
@@ -113,12 +114,13 @@ def _train_two_versions(root: Path, ports: dict[str, int]) -> dict[str, str]:
 
 
 def _images() -> dict[str, float]:
-    """Hearth's four images must be there (test_image_builds.py, or `hearth containerize`);
+    """The microservices' images must be there (test_image_builds.py, `hearth containerize`);
     the PostgreSQL/Redis and MLflow/Prefect ones are built here when missing (their build
     time, s)."""
     images = compose.images()
     ours = {compose.IMAGES["hearth/services"], compose.IMAGES["hearth/stack"]}
-    theirs = {var: ref for var, ref in images.items() if var not in ours}
+    serving = {compose.SERVICE_IMAGES[s] for s in compose.TOPOLOGY_SERVICES["microservices"]}
+    theirs = {var: images[var] for var in serving}
     if missing := compose.missing_images(theirs):
         pytest.skip(f"images missing: {', '.join(missing)}; {compose.HOW_TO_GET_IMAGES}")
     if not compose.missing_images({v: images[v] for v in ours}):
@@ -194,7 +196,6 @@ def test_the_containers_score_as_the_local_microservices_do(
     with project_servers(up.root, tmp_path_factory, "local", ("microservices",),
                          HEARTH_MLFLOW_TRACKING_URI=mlflow_url) as local:  # fmt: skip
         server = local["microservices"]
-        server.wait_ready()
         with httpx.Client() as client:
             here = [predict(client, server.url, "integration-key", b) for b in bodies]
             there = [predict(client, up.url, up.secrets["HEARTH_API_KEY"], b) for b in bodies]
