@@ -192,7 +192,9 @@ def test_the_containers_score_as_the_local_microservices_do(
     with (up.root / "data" / "raw" / "customers.csv").open() as f:
         known = [row["customer_id"] for row in itertools.islice(csv.DictReader(f), 5)]
     customers = [*known, *(f"new-{i}" for i in range(5))]  # with a history, and without
-    bodies = [transaction(customers[i % 10], 10**6 + i) for i in range(40)]
+    # Timestamps i seconds into the last hour; ids of their own (the load tests count on).
+    bodies = [transaction(customers[i % 10], i) | {"transaction_id": f"same-{i}"}
+              for i in range(40)]  # fmt: skip
     with project_servers(up.root, tmp_path_factory, "local", ("microservices",),
                          HEARTH_MLFLOW_TRACKING_URI=mlflow_url) as local:  # fmt: skip
         server = local["microservices"]

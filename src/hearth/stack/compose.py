@@ -306,7 +306,12 @@ def up(
     say(f"env file: {path} (mode 0600: the secrets, the images, the published ports)")
     scaled = [arg for s in _replaced(services) for arg in ("--scale", f"{s}=0")]
     say(f"starting {', '.join(services)} (project {stack.project})")
-    stack.compose_ok(*options, "up", "-d", "--no-build", *scaled, *services, timeout_s=timeout_s)
+    done = stack.compose(*options, "up", "-d", "--no-build", *scaled, *services,
+                         timeout_s=timeout_s)  # fmt: skip
+    if done.returncode != 0:  # e.g. a dependency that never got healthy: say why, with logs
+        sick = {c.service for c in stack.containers() if not c.healthy}
+        logs = stack.compose("logs", "--tail", "30", *sick).stdout if sick else ""
+        raise StackError(f"docker-compose up failed:\n{done.stderr[-2000:]}\n{logs[-4000:]}")
     states = wait_healthy(stack, services, timeout_s, say)
     recorded = record_shared(stack.settings.home_abs, stack.host_settings())
     say(f"this machine's Hearth now uses the containers' servers (recorded in {recorded})")
