@@ -433,25 +433,11 @@ def test_gateway_and_features_images_are_small_and_cpu_only(built: Path, name: s
         assert heavy not in requirements
 
 
+# Building images (the gateway among the four) is make test-containers' job
+# (tests/containers/test_image_builds.py): minutes of docker build do not belong in make test.
 def test_containerize_without_an_engine_says_what_is_missing(project: Path, tmp_path: Path) -> None:
     done = _hearth(
         project, tmp_path / "home", "containerize", "--engine", "no-such-engine", timeout=120
     )
     assert done.returncode == 1
     assert "no container engine" in done.stderr and "hint" in done.stderr
-
-
-@pytest.mark.container
-def test_containerize_builds_the_gateway_image(project: Path, tmp_path: Path) -> None:
-    from hearth.containers import build, engine
-
-    problem = engine.problem()
-    if problem:
-        pytest.skip(f"no container engine: {problem}")
-    try:
-        base = build.choose_base()
-    except build.MissingBase as exc:
-        pytest.skip(f"{exc}: `hearth images base` builds Hearth's (only local images here)")
-    done = _hearth(project, tmp_path / "home", "containerize", "--image", "gateway", timeout=1800)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    assert base in done.stderr and "hearth/gateway:latest" in done.stderr
