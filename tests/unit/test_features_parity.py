@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 
 from hearth.data.etl import run_etl
+from hearth.features.batch_states import build_states
 from hearth.features.definitions import (
     EARTH_RADIUS_KM,
     FEATURES,
@@ -29,7 +30,6 @@ from hearth.features.definitions import (
 from hearth.features.online import (
     CustomerState,
     Transaction,
-    build_states,
     epoch_seconds,
     online_features,
     update_state,

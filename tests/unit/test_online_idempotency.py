@@ -15,12 +15,12 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from hearth.features.batch_states import build_states
 from hearth.features.definitions import HISTORY_HORIZON
 from hearth.features.online import (
     CustomerState,
     Transaction,
     answer,
-    build_states,
     epoch_seconds,
     observe_state,
     online_features,

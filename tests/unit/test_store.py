@@ -20,6 +20,7 @@ import pytest
 from hearth.config import Settings
 from hearth.data.etl import run_etl
 from hearth.data.generate import generate
+from hearth.features.batch_states import build_states
 from hearth.features.definitions import (
     FEATURES,
     HISTORY_HORIZON,
@@ -29,7 +30,6 @@ from hearth.features.definitions import (
 from hearth.features.online import (
     CustomerState,
     Transaction,
-    build_states,
     epoch_seconds,
     online_features,
     update_state,

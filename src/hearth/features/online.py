@@ -273,7 +273,7 @@ class CustomerState:
     last_timestamp: int | None = None
     ids: list[str] = field(default_factory=list)
     cold_start_id: str | None = None
-    # `ids` as a set, built on the first lookup and kept in step by `_apply` (the only code
+    # `ids` as a set, built on the first lookup and kept in step by `apply_entry` (the only code
     # that changes a state's ids): a lookup is O(1) instead of a scan of the history.
     _id_set: set[str] | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -418,7 +418,7 @@ def online_features(txn: Transaction, state: CustomerState | None) -> dict[str, 
     return features
 
 
-def _apply(
+def apply_entry(
     state: CustomerState, ts: int, amount_eur: float, merchant: str, device: str, tid: str
 ) -> None:
     """Add one transaction to `state` in place, keeping history sorted and pruned.
@@ -452,7 +452,7 @@ def _apply(
 
 def update_state(state: CustomerState, txn: Transaction) -> CustomerState:
     """Apply `txn` to `state` (in place, for speed) and return it; a kept id is not re-applied."""
-    _apply(
+    apply_entry(
         state,
         epoch_seconds(txn.timestamp),
         txn.amount_eur,
@@ -473,7 +473,7 @@ def answer(txn: Transaction, state: CustomerState | None) -> tuple[dict[str, flo
     late (it is counted now, as offline counts it), or (b) newer transactions pushed the
     30-day horizon past the oldest entries its windows saw. A retry older than the kept
     history (HISTORY_HORIZON behind the newest transaction) is not recognised: it is answered
-    as a new transaction from what is left, though applying it changes nothing (see _apply).
+    as a new transaction from what is left, though applying it changes nothing (see apply_entry).
     """
     if state is None:
         return online_features(txn, None), True
@@ -507,50 +507,3 @@ def observe_state(state: CustomerState | None, txn: Transaction) -> Observation:
             features, True, update_state(CustomerState(cold_start_id=txn.transaction_id), txn)
         )
     return Observation(features, False, update_state(state, txn))
-
-
-def build_states(
-    transactions_df: pd.DataFrame, customers_df: pd.DataFrame
-) -> dict[str, CustomerState]:
-    """Replay clean transactions (as in transactions.parquet) into one state per customer.
-
-    `customers_df` has customer_id, home_latitude, home_longitude (customers.parquet or the
-    raw customers.csv: invalid homes become None). Every customer in either frame gets a
-    state, keeping transaction ids so that serving recognises a retry of a transaction the
-    batch data already holds. Transactions are applied in timestamp order.
-    """
-    states: dict[str, CustomerState] = {}
-    for cid, lat, lon in zip(
-        customers_df["customer_id"].astype(str),
-        customers_df["home_latitude"],
-        customers_df["home_longitude"],
-        strict=True,
-    ):
-        states.setdefault(cid, CustomerState(home=home_location(lat, lon)))
-    if transactions_df.empty:
-        return states
-    df = transactions_df.sort_values("timestamp", kind="stable")
-    amount_eur = df["amount"].to_numpy(float) * df["currency"].map(EUR_RATES).to_numpy(float)
-    seconds = _epoch_seconds_series(df["timestamp"])
-    for cid, ts, amount, merchant, device, tid in zip(
-        df["customer_id"].astype(str).tolist(),
-        seconds.tolist(),
-        amount_eur.tolist(),
-        df["merchant_id"].astype(str).tolist(),
-        df["device_id"].astype(str).tolist(),
-        df["transaction_id"].astype(str).tolist(),
-        strict=True,
-    ):
-        state = states.get(cid)
-        if state is None:
-            state = states[cid] = CustomerState()
-        _apply(state, ts, amount, merchant, device, tid)
-    return states
-
-
-def _epoch_seconds_series(timestamps: pd.Series) -> pd.Series:
-    """Whole epoch seconds of a datetime column (naive = UTC), whatever its resolution."""
-    ts = pd.to_datetime(timestamps)
-    if ts.dt.tz is not None:
-        ts = ts.dt.tz_convert("UTC").dt.tz_localize(None)
-    return (ts - pd.Timestamp(0)) // pd.Timedelta(seconds=1)

@@ -45,13 +45,13 @@ import orjson
 import pandas as pd
 
 from hearth.config import Settings
+from hearth.features.batch_states import build_states
 from hearth.features.definitions import HISTORY_HORIZON
 from hearth.features.online import (
     CustomerState,
     InputDomain,
     Transaction,
     answer,
-    build_states,
     id_problem,
     observe_state,
     window_seconds,
