@@ -36,8 +36,8 @@ UID = 10001
 # What the gateway and the features service import: no torch, no sklearn.
 CPU_PACKAGES = (
     "bentoml", "fastapi", "httpx", "prometheus_client", "pydantic", "pydantic-settings",
-    "PyYAML", "numpy", "pandas", "pyarrow", "orjson", "redis", "async-timeout", "psycopg", "psycopg-binary",
-    "psycopg-pool",
+    "PyYAML", "numpy", "pandas", "pyarrow", "orjson", "redis", "async-timeout", "psycopg",
+    "psycopg-binary", "psycopg-pool",
     # uvicorn's C parser and libuv loop (also the hop client's parser): see pyproject.toml.
     "httptools", "uvloop",
     # BentoML brings the OTel API and SDK; the OTLP/HTTP exporter is for HEARTH_OTLP_ENDPOINT.
