@@ -29,11 +29,17 @@ class _Health(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def no_prefect_url() -> Iterator[None]:
-    """No PREFECT_API_URL during the test; after it, the variable as it was and Prefect's
-    settings read again."""
+    """No PREFECT_API_URL during the test, and Prefect's settings as a fresh process has them:
+    outside any settings context (in the whole suite, tests/integration's session Prefect
+    server has entered one that would otherwise stay current here). After it, the variable
+    as it was and Prefect's settings read again."""
+    from prefect.context import SettingsContext
+
     before = os.environ.pop("PREFECT_API_URL", None)
     prefect_api._say_once.cache_clear()
+    outside = SettingsContext.__var__.set(None)  # get() then falls back to the global context
     yield
+    SettingsContext.__var__.reset(outside)
     os.environ.pop("PREFECT_API_URL", None)
     if before is not None:
         os.environ["PREFECT_API_URL"] = before
