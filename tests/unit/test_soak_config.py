@@ -7,12 +7,20 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
 from hearth.bench import soak as soak_module
 from hearth.bench import soak_report
-from hearth.bench.soak import SoakConfig, TransactionStream, criteria, kept_up
+from hearth.bench.soak import (
+    SoakConfig,
+    TransactionStream,
+    clock_summary,
+    criteria,
+    kept_up,
+)
+from hearth.bench.workload import DataPace, data_pace
 from hearth.config import Settings
 
 
@@ -57,10 +65,39 @@ def test_every_body_is_a_new_transaction_at_the_time_given() -> None:
     assert base["transaction_id"] == "t"  # the pool is not modified
 
 
+def test_the_data_clock_replays_the_population_at_its_own_pace_never_ahead_of_the_wall() -> None:
+    base = {"transaction_id": "t", "customer_id": "c1", "amount": 12.5, "timestamp": "x"}
+    pace = DataPace(end_s=1_800_000_000.0, gap_s=30.0, transactions=1000)
+    stream = TransactionStream([base], "data", pace)
+    wall = 1_900_000_000.0  # the send time: far after the data
+    first, second = (json.loads(stream.body(wall)) for _ in range(2))
+    assert (first["timestamp"], second["timestamp"]) == (
+        "2027-01-15T08:00:30",  # the data's end + one gap, whatever the send time
+        "2027-01-15T08:01:00",
+    )
+    stream.unsend(1)  # made, never sent: the next body takes its id and date again
+    assert json.loads(stream.body(wall)) == second
+    # A date never passes the send time (the server refuses the future).
+    assert json.loads(stream.body(1_800_000_010.0))["timestamp"] == "2027-01-15T08:00:10"
+    with pytest.raises(ValueError, match="needs the data's pace"):
+        TransactionStream([base], "data")
+    with pytest.raises(ValueError, match="expected one of data, wall"):
+        TransactionStream([base], "sundial", pace)
+
+
+def test_the_data_pace_is_the_span_over_the_count(tmp_path: Path) -> None:
+    times = pd.to_datetime(["2026-01-01 00:00:00", "2026-01-01 00:01:00", "2026-01-01 00:03:00"])
+    pd.DataFrame({"timestamp": times}).to_parquet(tmp_path / "transactions.parquet")
+    pace = data_pace(tmp_path)
+    assert pace == DataPace(end_s=times[-1].timestamp(), gap_s=90.0, transactions=3)
+
+
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [
-        ([], {"duration_s": 600.0, "window_s": 60.0, "capacity_s": 20.0, "fraction": 0.8}),
+        ([], {"duration_s": 600.0, "window_s": 60.0, "capacity_s": 20.0, "fraction": 0.8,
+              "clock": "data"}),
+        (["--clock", "wall"], {"clock": "wall"}),
         (["--duration", "60"], {"duration_s": 60.0, "window_s": 30.0, "capacity_s": 6.0}),
         (["--duration", "300", "--window", "30", "--fraction", "0.5"],
          {"duration_s": 300.0, "window_s": 30.0, "fraction": 0.5}),
@@ -98,6 +135,13 @@ def test_cli_exits_1_when_a_criterion_fails(
     assert result.exit_code == 1 and "FAIL: errors" in result.output
 
 
+def test_cli_refuses_an_unknown_clock(settings: Settings) -> None:
+    from hearth.cli import app
+
+    result = CliRunner().invoke(app, ["soak", "--clock", "sundial"])
+    assert result.exit_code != 0 and "--clock 'sundial' is not one of data, wall" in result.output
+
+
 def test_the_report_names_the_errors_and_judges(tmp_path: Path) -> None:
     windows = [_window(1, 10.0, 600.0), _window(2, 12.0, 601.0, **{"503": 2})]
     config = SoakConfig.short(60.0)
@@ -113,6 +157,7 @@ def test_the_report_names_the_errors_and_judges(tmp_path: Path) -> None:
             "closed_loop": {"rps": 125.0, "concurrency": 16, "seconds": 8.0, "p50_ms": 5.0,
                             "p99_ms": 9.0, "errors": 0, "server_cores": 0.9}},
         "rate_rps": 80.0, "serving_processes": 2, "windows": windows,
+        "clock": clock_summary("data", DataPace(1_800_000_000.0, 30.0, 1000), 80.0),
         "rss_series": [[0.0, 600.0], [30.0, 600.0], [60.0, 601.0]], "rss_start_mib": 600.0,
         "criteria": criteria(windows, config), "seconds": 80.0,
     }  # fmt: skip
@@ -122,4 +167,6 @@ def test_the_report_names_the_errors_and_judges(tmp_path: Path) -> None:
     assert "| 2 (503: 2) |" in text and "**FAIL: errors**" in text
     assert "open loop at 125 req/s" in text and "**fell behind**" in text
     assert "Capacity (open loop): **100 req/s**" in text
+    assert "dated 30.0 s after the one before, the data's own pace" in text
+    assert "from its last transaction (2027-01-15T08:00:00+00:00): 2400x faster" in text
     assert paths[2].stat().st_size > 0

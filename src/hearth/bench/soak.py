@@ -33,10 +33,14 @@ from hearth.bench.contenders import Server, build_server
 from hearth.bench.latency_stats import percentile
 from hearth.bench.load import REQUEST_TIMEOUT_S, Connection, Endpoint, attempt, drive
 from hearth.bench.run import machine
-from hearth.bench.workload import load_workload
+from hearth.bench.workload import DataPace, data_pace, load_workload
 from hearth.config import Settings
 from hearth.launch.launcher import stop_all
 from hearth.schema import TIMESTAMP_FORMAT
+
+# How the stream dates its transactions (TransactionStream): the population's own pace, or
+# the send time.
+CLOCKS = ("data", "wall")
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,7 @@ class SoakConfig:
     max_p99_ratio: float = 1.5  # last window's p99 / first window's
     max_rss_growth: float = 0.10  # end of the last window vs end of the first
     ready_timeout_s: float = 300.0
+    clock: str = "data"  # see CLOCKS and TransactionStream
 
     @classmethod
     def short(cls, duration_s: float = 60.0) -> SoakConfig:
@@ -72,19 +77,48 @@ class SoakConfig:
 
 
 class TransactionStream:
-    """Each body a new transaction: a real one's fields, id ``soak-<run>-<n>``, the time given."""
+    """Each body a new transaction: a real one's fields, id ``soak-<run>-<n>``, and a timestamp
+    from the stream's clock (see `CLOCKS`).
 
-    def __init__(self, transactions: list[dict[str, Any]]) -> None:
+    ``data`` (the default) replays the generated population's traffic at its own pace:
+    transaction *n* is dated ``pace.gap_s`` after transaction *n-1*, the first one right
+    after the data's last, whatever the request rate. Each customer then transacts as often
+    as in the data, so the history its state keeps (30 days) stays the length it has after
+    materialisation, as under real traffic, where a customer's history is bounded by its own
+    pace and the horizon, not by the server's request rate. A date never passes the wall
+    clock (the server refuses the future).
+
+    ``wall`` dates each transaction at its send time: at hundreds of requests a second over
+    a few thousand customers, each one transacts every few seconds and its history grows
+    through the whole run (about 200 entries per customer in ten minutes): a stress of the
+    online store's per-customer cost, not the traffic of a real population.
+    """
+
+    def __init__(
+        self, transactions: list[dict[str, Any]], clock: str = "wall", pace: DataPace | None = None
+    ) -> None:
+        if clock not in CLOCKS:
+            raise ValueError(f"clock {clock!r}: expected one of {', '.join(CLOCKS)}")
+        if clock == "data" and pace is None:
+            raise ValueError("the data clock needs the data's pace (workload.data_pace)")
         self.transactions = transactions
+        self.clock, self.pace = clock, pace
         self.run = uuid.uuid4().hex[:8]
         self.sent = 0
 
     def body(self, when: float) -> bytes:
+        """The next transaction; `when` is its send time (the wall clock's date for it)."""
         txn = dict(self.transactions[self.sent % len(self.transactions)])
         txn["transaction_id"] = f"soak-{self.run}-{self.sent}"
+        if self.pace is not None and self.clock == "data":
+            when = min(when, self.pace.end_s + (self.sent + 1) * self.pace.gap_s)
         txn["timestamp"] = datetime.fromtimestamp(when, UTC).strftime(TIMESTAMP_FORMAT)
         self.sent += 1
         return json.dumps(txn).encode()
+
+    def unsend(self, n: int) -> None:
+        """Forget the last `n` bodies (made but never sent): their ids and dates come again."""
+        self.sent -= max(0, min(n, self.sent))
 
 
 @dataclass
@@ -287,6 +321,7 @@ def closed_loop(stream: TransactionStream, server: Server, config: SoakConfig) -
     bodies = [stream.body(now) for _ in range(int(config.capacity_s * 3000))]
     cpu0 = server.tree().cpu_s()
     sample = asyncio.run(drive(endpoint, bodies, c, config.capacity_s))
+    stream.unsend(len(bodies) - sample.requests)  # the data clock goes on from the last sent
     cores = (server.tree().cpu_s() - cpu0) / sample.elapsed_s if sample.elapsed_s else math.nan
     ok = sample.statuses.get("200", 0)
     lat = sorted(sample.latencies_s)
@@ -365,6 +400,19 @@ def measure_capacity(
             "closed_loop": closed, "probes": probes}  # fmt: skip
 
 
+def clock_summary(clock: str, pace: DataPace | None, rate: float) -> dict[str, Any]:
+    """How the soak dated its transactions, for the report."""
+    if clock != "data" or pace is None:
+        return {"clock": clock}
+    return {
+        "clock": clock,
+        "data_transactions": pace.transactions,
+        "gap_s": round(pace.gap_s, 2),
+        "starts": datetime.fromtimestamp(pace.end_s, UTC).isoformat(timespec="seconds"),
+        "speedup": round(rate * pace.gap_s),  # simulated seconds per second of the soak
+    }
+
+
 def _quiet(_: str) -> None:
     """The probes' per-window lines are not printed (their summary is)."""
 
@@ -398,7 +446,8 @@ def run_soak(
         try:
             server.wait_ready(config.ready_timeout_s)
             say(f"  monolith ready in {time.monotonic() - started:.1f}s on :{server.port}")
-            stream, endpoint = TransactionStream(pool), server.endpoint
+            pace = data_pace(source.processed_dir) if config.clock == "data" else None
+            stream, endpoint = TransactionStream(pool, config.clock, pace), server.endpoint
             capacity = measure_capacity(stream, server, config, say)
             rate = config.rate or config.fraction * capacity["rps"]
             if rate <= 0:
@@ -418,6 +467,7 @@ def run_soak(
         "config": asdict(config),
         "capacity": capacity,
         "rate_rps": round(rate, 1),
+        "clock": clock_summary(config.clock, pace, rate),
         "serving_processes": processes,
         "windows": rows,
         "rss_series": [[round(t, 1), round(m, 1)] for t, m in rss],

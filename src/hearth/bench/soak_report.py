@@ -45,6 +45,22 @@ def _capacity(cap: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _dated(clock: dict[str, Any]) -> str:
+    """How the transactions were dated (soak.TransactionStream)."""
+    if clock.get("clock") != "data":
+        return (
+            "fresh id, its send time as timestamp: each customer transacts every few seconds "
+            "and its history grows through the run, a stress rather than real traffic"
+        )
+    return (
+        f"fresh id; dated {clock['gap_s']} s after the one before, the data's own pace "
+        f"({clock['data_transactions']} transactions of its population over its span), "
+        f"from its last transaction ({clock['starts']}): {clock['speedup']}x faster than "
+        "real time, so each customer transacts as often as in the data and its 30-day "
+        "history keeps its length"
+    )
+
+
 def markdown(report: dict[str, Any]) -> str:
     m, cap, cfg = report["machine"], report["capacity"], report["config"]
     lines = [
@@ -58,7 +74,7 @@ def markdown(report: dict[str, Any]) -> str:
         *_capacity(cap),
         f"- Soak: **{report['rate_rps']:.0f} req/s** open loop "
         f"({report['rate_rps'] / cap['rps']:.0%} of capacity) for {cfg['duration_s']:.0f} s, "
-        "each request a new transaction (fresh id, its send time as timestamp); latency "
+        f"each request a new transaction ({_dated(report.get('clock') or {})}); latency "
         "counts from the scheduled send time.",
         f"- Serving processes measured (RSS of the tree): {report['serving_processes']}; "
         f"RSS when the soak started {report['rss_start_mib']:.0f} MiB.",

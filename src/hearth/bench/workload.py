@@ -66,6 +66,25 @@ BODY_KINDS = {
 }
 
 
+@dataclass(frozen=True)
+class DataPace:
+    """How the generated population transacts: its last transaction and the mean gap between
+    two of its transactions (the data's span over its count), in epoch seconds."""
+
+    end_s: float
+    gap_s: float
+    transactions: int
+
+
+def data_pace(processed: Path) -> DataPace:
+    """The pace of ``transactions.parquet``: where replayed traffic continues, and how fast."""
+    times = pd.read_parquet(processed / "transactions.parquet", columns=["timestamp"])["timestamp"]
+    start, end = times.min().timestamp(), times.max().timestamp()
+    return DataPace(
+        end_s=end, gap_s=(end - start) / max(1, len(times) - 1), transactions=len(times)
+    )
+
+
 def load_workload(processed: Path, n: int, seed: int = 0) -> Workload:
     """`n` transactions (with replacement when the data has fewer) and their features."""
     raw = pd.read_parquet(processed / "transactions.parquet")

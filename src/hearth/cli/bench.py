@@ -118,16 +118,29 @@ def soak(
         float | None, typer.Option(help="A fixed rate in req/s (skips using the capacity).")
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Report directory (default: reports/).")] = None,
+    clock: Annotated[
+        str,
+        typer.Option(
+            help="How transactions are dated: 'data' replays the population at the data's own "
+            "pace (each customer as often as in the data, after its last transaction); 'wall' "
+            "uses the send time (every customer every few seconds: a stress of growing "
+            "histories)."
+        ),
+    ] = "data",
 ) -> None:
     """Soak the monolith at 80 % of its measured capacity: errors, p99 drift, RSS growth."""
-    from hearth.bench.soak import SoakConfig, run_soak  # lazy: see the docstring
+    from hearth.bench.soak import CLOCKS, SoakConfig, run_soak  # lazy: see the docstring
     from hearth.bench.soak_report import verdict_line, write
 
     ctx = load_context()
     # Under two minutes, the in-suite shape: two windows (halves), a shorter capacity run.
     short = window is None and duration < 120
     base = SoakConfig.short(duration) if short else SoakConfig(duration_s=duration)
-    config = replace(base, fraction=fraction, rate=rate, window_s=window or base.window_s)
+    if clock not in CLOCKS:
+        fail(f"--clock {clock!r} is not one of {', '.join(CLOCKS)}", "use --clock data or wall")
+    config = replace(
+        base, fraction=fraction, rate=rate, window_s=window or base.window_s, clock=clock
+    )
     if rate:  # a fixed rate: the open-loop steps that find the capacity are not needed
         config = replace(config, probe_fractions=())
     console.print(
