@@ -18,12 +18,14 @@ import pytest
 import redis
 
 from hearth.config import Settings
+from hearth.features import state_codec
 from hearth.features.online import CustomerState, Transaction
 from hearth.features.store import (
     REDIS_KEY_PREFIX,
     OnlineStore,
     RedisStore,
     SQLiteStore,
+    decode_state,
     materialize,
 )
 from hearth.serving.dependencies import observe_rows
@@ -38,14 +40,14 @@ class Backend:
 
     store: OnlineStore
     another: Callable[[], OnlineStore]
-    raw: Callable[[str], str | None]
+    raw: Callable[[str], bytes | str | None]
     write_raw: Callable[[str, str], None]
 
 
 def _sqlite(settings: Settings) -> Iterator[Backend]:
     path = settings.online_store_path
 
-    def raw(cid: str) -> str | None:
+    def raw(cid: str) -> bytes | str | None:
         with sqlite3.connect(path) as conn:
             row = conn.execute(
                 "SELECT state FROM customer_state WHERE customer_id = ?", (cid,)
@@ -62,9 +64,9 @@ def _sqlite(settings: Settings) -> Iterator[Backend]:
 
 
 def _redis(server: RedisServer) -> Iterator[Backend]:
-    client = redis.Redis(port=server.port, decode_responses=True)
+    client = redis.Redis(port=server.port)  # bytes: states are binary
 
-    def raw(cid: str) -> str | None:
+    def raw(cid: str) -> bytes | str | None:
         return client.get(REDIS_KEY_PREFIX + cid)  # type: ignore[return-value]
 
     def write_raw(cid: str, text: str) -> None:
@@ -138,11 +140,14 @@ def test_transactions_of_the_batch_data_are_not_counted_again(
 
 
 def test_a_state_stored_without_ids_loads_and_learns_them(backend: Backend) -> None:
+    """A version 1 (JSON) state, as the store wrote it before version 2 and before ids: read
+    as it is (no re-materialisation), written back as version 2 by the next observe."""
     backend.write_raw("OLD", json.dumps(legacy_state(), separators=(",", ":")))
     first = backend.store.observe(txn("OLD", T0, tid="A"))
     assert first[0]["n_tx_1h"] == 2 and first[1] is False
     stored = backend.raw("OLD")
-    assert stored is not None and json.loads(stored)["ids"] == ["", "", "A"]
+    assert isinstance(stored, bytes) and stored.startswith(state_codec.MAGIC)
+    assert decode_state(stored, "OLD").ids == ["", "", "A"]
     assert backend.store.observe(txn("OLD", T0, tid="A")) == first
     assert backend.raw("OLD") == stored
 

@@ -15,10 +15,12 @@ import pytest
 import redis
 
 from hearth.config import Settings
+from hearth.features import state_codec
 from hearth.features.store import (
     REDIS_KEY_PREFIX,
     RedisStore,
     StoreUnavailable,
+    decode_state,
     materialize,
     open_store,
 )
@@ -66,10 +68,11 @@ def test_concurrent_observes_lose_nothing(store: RedisStore, redis_settings: Set
         other.close()
 
 
-def test_states_are_json_under_the_prefix(store: RedisStore, redis_server: RedisServer) -> None:
+def test_states_are_stored_under_the_prefix(store: RedisStore, redis_server: RedisServer) -> None:
     store.observe(txn("C1"))
     raw = redis.Redis(port=redis_server.port).get(REDIS_KEY_PREFIX + "C1")
-    assert raw is not None and raw.startswith(b'{"version":1,')
+    assert raw is not None and raw.startswith(state_codec.MAGIC)
+    assert decode_state(raw, "C1") == store.get("C1")
 
 
 def test_clear_and_count_touch_only_customer_states(

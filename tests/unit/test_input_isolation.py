@@ -89,7 +89,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClie
     store.close()
 
 
-def _states(path: Path) -> dict[str, str]:
+def _states(path: Path) -> dict[str, bytes | str]:
     with sqlite3.connect(path) as conn:
         return dict(conn.execute("SELECT customer_id, state FROM customer_state").fetchall())
 

@@ -41,6 +41,8 @@ from hearth.schema import (
     parse_timestamp,
 )
 
+# Version of the JSON form (`CustomerState.to_dict`), the online store's stored form up to
+# version 1; the store now writes `hearth.features.state_codec`'s version 2 and reads both.
 STATE_VERSION = 1
 
 # -- the input domain: what serving accepts and the online store writes -------------------
@@ -293,7 +295,8 @@ class CustomerState:
         return list(zip(self.times, self.amounts, self.merchants, strict=True))
 
     def to_dict(self) -> dict[str, Any]:
-        """The stored form; ids and cold_start_id are extra keys, written only when known.
+        """The JSON form (version 1, as the online store wrote it before `state_codec`'s
+        version 2); ids and cold_start_id are extra keys, written only when known.
 
         Extra keys rather than a fourth item per history entry keep the format readable by
         code that predates them (it ignores unknown keys), so mixed versions can share a

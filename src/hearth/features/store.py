@@ -7,11 +7,13 @@ Two backends behind one `OnlineStore` protocol, chosen by `Settings.store_backen
 - ``redis``: a Redis server at `Settings.redis_url`, one string key per customer
   (``hearth:cust:<customer_id>``), for replicas on several machines.
 
-States are stored as compact JSON (`CustomerState.to_dict`). `observe` is the serving hot
-path: it reads a customer's state, computes the features of the incoming transaction from
-the state *before* it, applies the transaction and writes the state back, atomically, so
-concurrent requests for one customer never lose an update (SQLite: ``BEGIN IMMEDIATE``;
-Redis: ``WATCH``/``MULTI`` with a bounded optimistic retry loop; both from `hearth.storage`).
+States are stored in `hearth.features.state_codec`'s portable binary form (version 2; the
+JSON of version 1 is still read, so an upgrade needs no re-materialisation). `observe` is
+the serving hot path: it reads a customer's state, computes the features of the incoming
+transaction from the state *before* it, applies the transaction and writes the state back,
+atomically, so concurrent requests for one customer never lose an update (SQLite:
+``BEGIN IMMEDIATE``; Redis: ``WATCH``/``MULTI`` with a bounded optimistic retry loop; both
+from `hearth.storage`).
 
 `observe` is idempotent per transaction_id: the state keeps the ids of its history, so a
 client retrying a transaction (after a 503 + Retry-After, a timeout) changes nothing and
@@ -41,10 +43,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
-import orjson
 import pandas as pd
 
 from hearth.config import Settings
+from hearth.features import state_codec
 from hearth.features.batch_states import build_states
 from hearth.features.definitions import HISTORY_HORIZON
 from hearth.features.online import (
@@ -153,38 +155,35 @@ class OnlineStore(Protocol):
 
 
 # -- serialisation -------------------------------------------------------------------------
-def encode_state(state: CustomerState) -> str:
-    """Compact JSON of `state`, history pruned to HISTORY_HORIZON before its newest entry.
+def encode_state(state: CustomerState) -> bytes:
+    """The stored form of `state` (`state_codec`, version 2), history pruned to
+    HISTORY_HORIZON before its newest entry.
 
     `update_state` already prunes; this also bounds states written from elsewhere
     (hand-built, older code) without changing any feature: no window looks further back.
-    The state object itself is left untouched.
+    The state object itself is left untouched. A non-finite amount or home is refused
+    (ValueError), as are merchants or ids that hold the codec's separator.
 
-    orjson, not the standard library: a state holds up to a month of history, and
-    `json.dumps` + `json.loads` of its floats (``repr`` and back) grew to most of an
-    observe's cost as histories grew (~1.5 ms of a monolith request at ~200 entries on the
-    2-core machine; orjson: ~10x less). The text is the same compact JSON either way, so
-    older readers still read it. orjson writes NaN as null rather than refusing it, so a
-    non-finite number is refused here (ValueError), as ``allow_nan=False`` did.
+    Binary columns, not JSON: every observe decodes and re-encodes the customer's whole
+    state, and JSON's per-entry lists (`to_dict`'s transposition, `from_dict`'s conversions
+    per column) made CPU per request grow with history length, which failed the soak where
+    customers transact every few seconds.
     """
     if not (all(map(math.isfinite, state.amounts)) and all(map(math.isfinite, state.home or ()))):
         raise ValueError("a customer state with a non-finite amount or home is not stored")
-    data = state.to_dict()
+    keep_from = 0
     if state.times:
         newest = max(state.times[-1], state.last_timestamp or state.times[-1])
         keep_from = bisect.bisect_left(state.times, newest - _HORIZON_S)
-        if keep_from:
-            data["history"] = data["history"][keep_from:]
-            if "ids" in data:
-                data["ids"] = data["ids"][keep_from:]
-    return orjson.dumps(data).decode()
+    return state_codec.pack(state, keep_from)
 
 
 def decode_state(raw: str | bytes, customer_id: str) -> CustomerState:
-    """Parse a stored state; a corrupt or foreign-version state is a StoreError, not a crash."""
+    """Parse a stored state, version 2 or version 1 JSON; a corrupt, truncated or
+    foreign-version state is a StoreError naming the customer, not a crash."""
     try:
-        return CustomerState.from_dict(orjson.loads(raw))
-    except (ValueError, TypeError, KeyError, IndexError) as exc:
+        return state_codec.unpack(raw)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
         raise StoreError(f"stored state of customer {customer_id!r} is unreadable: {exc}") from exc
 
 
@@ -227,6 +226,10 @@ class SQLiteStore:
             timeout_s=timeout_s,
             checkpoint_every_s=CHECKPOINT_EVERY_S,
         )
+        # States are bytes now (version 2) in a column declared TEXT, with no migration: a
+        # column's TEXT affinity converts numbers only, a BLOB is kept as it is, so old rows
+        # (TEXT, version 1 JSON) and new ones (BLOB) share the table and `decode_state`
+        # reads both; files of either version keep one schema.
         self._db.script(
             "CREATE TABLE IF NOT EXISTS customer_state "
             "(customer_id TEXT PRIMARY KEY, state TEXT NOT NULL) WITHOUT ROWID"
@@ -280,7 +283,8 @@ class SQLiteStore:
 
 # -- Redis ---------------------------------------------------------------------------------
 class RedisStore:
-    """One JSON string per customer under `prefix`; the client's pool is thread-safe.
+    """One value (`encode_state`'s bytes) per customer under `prefix`; the client's pool is
+    thread-safe.
 
     The client is `hearth.storage.redis.connect`'s: short timeouts and one quick reconnect
     (a pooled connection may be stale after a Redis restart), so a dead server costs a
