@@ -147,3 +147,9 @@ def test_a_value_holding_the_separator_is_refused(field: str) -> None:
 def test_a_history_that_is_not_int64_and_float_is_refused() -> None:
     with pytest.raises(ValueError, match="cannot be stored"):
         encode_state(CustomerState(times=[2**63], amounts=[1.0], merchants=["M"]))
+
+
+def test_finite_amounts_whose_sum_overflows_are_stored() -> None:
+    """encode_state sums the amounts first; a sum past the largest float is no refusal."""
+    state = CustomerState(times=[1, 2], amounts=[1e308, 1e308], merchants=["M", "M"])
+    assert decode_state(encode_state(state), "C1") == state

@@ -167,9 +167,26 @@ def encode_state(state: CustomerState) -> bytes:
     Binary columns, not JSON: every observe decodes and re-encodes the customer's whole
     state, and JSON's per-entry lists (`to_dict`'s transposition, `from_dict`'s conversions
     per column) made CPU per request grow with history length, which failed the soak where
-    customers transact every few seconds.
+    customers transact every few seconds. CPU µs per call, JSON → version 2, measured in one
+    run (best of 6 alternating runs, the 2-core machine shared with other work):
+
+    ==========  ===========  ===========  =========================
+    entries     encode       decode       whole SQLiteStore.observe
+    ==========  ===========  ===========  =========================
+    0           2.2 → 2.6    3.6 → 4.6    121 → 129
+    40          11 → 6.6     21 → 9.4     176 → 173
+    220         45 → 19      98 → 28      351 → 234
+    500         98 → 38      364 → 58     764 → 348
+    ==========  ===========  ===========  =========================
+
+    An observe's growth from 0 to 500 entries falls from ~640 to ~220 µs; what is left is
+    mostly making the 2n merchant and id strings, the id set and the features themselves.
     """
-    if not (all(map(math.isfinite, state.amounts)) and all(map(math.isfinite, state.home or ()))):
+    # sum first (C, a few ns per entry): any NaN or infinity makes it non-finite; only then
+    # the exact check, since finite amounts can also add up past the largest float.
+    amounts = state.amounts
+    finite = math.isfinite(sum(amounts)) or all(map(math.isfinite, amounts))
+    if not (finite and all(map(math.isfinite, state.home or ()))):
         raise ValueError("a customer state with a non-finite amount or home is not stored")
     keep_from = 0
     if state.times:
