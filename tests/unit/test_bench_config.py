@@ -107,6 +107,17 @@ def test_the_report_compares_two_workers_with_one_and_checks_the_counts(tmp_path
     assert judged["`--workers 2` ≥ 1.6× one worker's req/s at c=32"] is True
     assert judged["monolith-w2: /metrics counts every answer once"] is True
     assert "| 32 | 100 | 170 | ×1.70 |" in (tmp_path / "bench.md").read_text()
+    assert "Under wrk" not in (tmp_path / "bench.md").read_text()  # wrk did not run
+    wrk_row = {"concurrency": 32, "requests": 9000, "errors": {}, "p50_ms": 30.0,
+               "p90_ms": 40.0, "p99_ms": 90.0, "max_ms": 120.0, "seconds": 20.0}  # fmt: skip
+    report["cross_check"] = {"tool": "wrk", "concurrency": 32, "seconds": 20.0, "rows": [
+        wrk_row | {"contender": "monolith", "rps": 480.0, "cpu_s_per_1000": 2.4},
+        wrk_row | {"contender": "monolith-w2", "rps": 648.0, "cpu_s_per_1000": 2.3}]}  # fmt: skip
+    bench_report.write(report, tmp_path)
+    assert (
+        "Under wrk at c=32 (20 s each): 480 → 648 req/s, **×1.35**, CPU-s per 1,000 2.40 → 2.30."
+        in (tmp_path / "bench.md").read_text()
+    )
 
 
 def test_long_cells_end_at_their_requests_or_their_seconds() -> None:
@@ -117,6 +128,7 @@ def test_long_cells_end_at_their_requests_or_their_seconds() -> None:
     assert full.choose(requests=60).cell(1) == (60, 20.0 / full.rounds)
     assert BenchConfig.quick().long_cells == ()  # the suite's run stays short
     assert full.choose(wrk_s=0).wrk_s == 0
+    assert (full.wrk_concurrency, full.choose(wrk_concurrency=32).wrk_concurrency) == (1, 32)
 
 
 def test_the_wrk_script_sends_a_new_transaction_per_request() -> None:

@@ -93,6 +93,7 @@ class BenchConfig:
         baseline: Path | None = None,
         rollback: bool = True,
         wrk_s: float | None = None,
+        wrk_concurrency: int | None = None,
     ) -> BenchConfig:
         """This config narrowed to what `hearth bench` was asked for; None (or empty) keeps
         this config's value, `rollback=False` times no rollback."""
@@ -110,6 +111,8 @@ class BenchConfig:
             changes["rollback"] = ()
         if wrk_s is not None:
             changes["wrk_s"] = wrk_s
+        if wrk_concurrency is not None:
+            changes["wrk_concurrency"] = wrk_concurrency
         return replace(self, **changes)
 
 

@@ -54,8 +54,16 @@ def bench(
     wrk_seconds: Annotated[
         float | None,
         typer.Option(
-            help="Seconds of the wrk cross-check per server contender at c=1 (0: none; "
+            help="Seconds of the wrk cross-check per server contender (0: none; "
             "default 10, --quick 1); skipped when wrk is not installed."
+        ),
+    ] = None,
+    wrk_concurrency: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Connections of the wrk cross-check (default 1; e.g. 32 to compare "
+            "monolith and monolith-w2 with a load generator lighter than the bench's own).",
         ),
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Report directory (default: reports/).")] = None,
@@ -83,6 +91,7 @@ def bench(
         levels=concurrency,
         requests=requests,
         wrk_s=wrk_seconds,
+        wrk_concurrency=wrk_concurrency,
         baseline=baseline,
         rollback=rollback,
     )
