@@ -56,10 +56,13 @@ def test_cpu_images_are_locked_by_hash_without_torch(name: str) -> None:
     assert any(line.startswith("bentoml==") for line in lines)
 
 
-def test_only_the_gateway_of_the_cpu_images_carries_mlflows_client() -> None:
-    # Its admin API checks versions and moves the aliases; the features service never does.
-    assert "mlflow-skinny==" in _requirements("gateway")
-    assert "mlflow" not in _requirements("features")
+def test_only_the_model_images_carry_mlflows_client() -> None:
+    # They load versions with it. The gateway's admin API moves the aliases over MLflow's
+    # REST API (tests/unit/test_registry_client.py runs it with MLflow unimportable).
+    for name in ("gateway", "features"):
+        assert "mlflow" not in _requirements(name), name
+    for name in ("model", "monolith"):
+        assert "mlflow-skinny==" in _requirements(name), name
 
 
 @pytest.mark.parametrize("name", ["model", "monolith"])
@@ -200,6 +203,22 @@ def test_carried_versions_seed_the_cache_once(tmp_path: Path) -> None:
     assert (cache / "fraud-detector" / "3" / "record.json").read_text() == "3"
     assert (cache / "fraud-detector" / "4" / "record.json").read_text() == "already"
     assert entrypoint.seed_model_cache(carried, cache) == []
+
+
+def test_the_gateway_image_reconciles_over_rest_and_features_never(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    no_mlflow = {"mlflow": None}
+    monkeypatch.setattr(entrypoint.importlib.util, "find_spec", no_mlflow.get)
+    # Without MLflow installed (the gateway image): a tracking server is reached over REST,
+    # an embedded registry is not reached at all.
+    assert entrypoint.reaches_registry("http://mlflow:5000")
+    assert entrypoint.reaches_registry("https://mlflow.example")
+    assert not entrypoint.reaches_registry("sqlite:////var/lib/hearth/mlflow.db")
+    services = {spec.name: spec.service for spec in IMAGES.values()}
+    assert services["gateway"] in entrypoint.FOLLOWS_ROLLOUT
+    assert services["monolith"] in entrypoint.FOLLOWS_ROLLOUT
+    assert services["features"] not in entrypoint.FOLLOWS_ROLLOUT
 
 
 def test_entry_point_serves_on_every_interface_with_its_own_metrics_dir() -> None:

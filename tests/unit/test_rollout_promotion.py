@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 from hearth.config import Settings
 from hearth.params import Params
 from hearth.rollout import registry_reads
+from hearth.rollout.registry_client import MlflowRegistry
 from hearth.rollout.promotion import (
     promote,
     repair,
@@ -267,7 +268,10 @@ def test_repair_module_uses_no_intent_when_none_was_left(
 ) -> None:
     assert repair(settings, PARAMS, store).action == "adopt"  # type: ignore[union-attr]
     assert repair(settings, PARAMS, store) is None
-    assert registry_reads.check_version(NAME, 2) == "2"
+    registry = MlflowRegistry(settings)
+    assert registry_reads.check_version(registry, NAME, 2) == "2"
+    with pytest.raises(UnknownVersion):
+        registry_reads.check_version(registry, NAME, 9)
 
 
 # -- the state is the authority ---------------------------------------------------------------

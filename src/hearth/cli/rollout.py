@@ -23,6 +23,7 @@ from hearth.traffic.rollout_state import (
     Decision,
     InvalidRollout,
     NoActiveRollout,
+    RegistryError,
     RolloutConflict,
     StateUnavailable,
     UnknownVersion,
@@ -51,6 +52,8 @@ _HINTS: list[tuple[type[Exception], str]] = [
     (InvalidRollout, "see `hearth rollout --help` for the accepted values"),
     (StateUnavailable, "is the rollout state reachable? check HEARTH_DATABASE_URL "
                        "(PostgreSQL), or HEARTH_STORE_BACKEND / HEARTH_REDIS_URL"),
+    (RegistryError, "is the MLflow server reachable? check HEARTH_MLFLOW_TRACKING_URI and "
+                    "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD"),
 ]  # fmt: skip
 
 

@@ -2,11 +2,11 @@
 
 Seeds HEARTH_HOME's model cache with the versions the image carries (`CARRIED`, in the
 cache's layout), reconciles the rollout state with the registry as `hearth serve` does
-(`adopt_champion`), then execs `bentoml serve SERVICE` on all interfaces, port 3000, with
-Prometheus' multiprocess directory inside the container (a HEARTH_HOME volume shared by
-several containers must not share it). Seeding at start, not at build, lets HEARTH_HOME be
-a bind mount or a volume made by an older image: the carried versions are there either way,
-and the registry is asked only for the others.
+(`adopt_champion`; gateway, model and monolith), then execs `bentoml serve SERVICE` on all
+interfaces, port 3000, with Prometheus' multiprocess directory inside the container (a
+HEARTH_HOME volume shared by several containers must not share it). Seeding at start, not
+at build, lets HEARTH_HOME be a bind mount or a volume made by an older image: the carried
+versions are there either way, and the registry is asked only for the others.
 """
 
 from __future__ import annotations
@@ -20,9 +20,12 @@ import tempfile
 from pathlib import Path
 
 from hearth.containers import recipes
+from hearth.rollout.registry_client import over_rest
 from hearth.serving.model_cache import CACHE_DIR, RECORD_FILE
 
 CARRIED = Path(recipes.CARRIED)
+# The services that serve what the rollout state names; the features service never asks.
+FOLLOWS_ROLLOUT = frozenset(s.service for s in recipes.IMAGES.values() if s.name != "features")
 PROMETHEUS_DIR = "/tmp/hearth-prometheus"
 log = logging.getLogger("hearth.containers")
 
@@ -48,22 +51,30 @@ def seed_model_cache(carried: Path, cache: Path) -> list[str]:
     return seeded
 
 
+def reaches_registry(mlflow_uri: str) -> bool:
+    """Whether this image can talk to the registry at `mlflow_uri`: a tracking server over its
+    REST API (httpx, in every image), an embedded registry only with MLflow installed (the
+    model images; not the gateway's nor the features')."""
+    return over_rest(mlflow_uri) or importlib.util.find_spec("mlflow") is not None
+
+
 def adopt_champion() -> None:
     """As `hearth serve` does before serving: the rollout state adopts the registry's champion
-    when it names none, or finishes an interrupted promotion. Images without MLflow's client
-    (features) skip it; a registry or state that does not answer only delays readiness until
-    someone else does it (the services follow the state, they never write it)."""
-    if importlib.util.find_spec("mlflow") is None:
-        return
+    when it names none, or finishes an interrupted promotion. Skipped where this image cannot
+    reach the registry (`reaches_registry`); a registry or state that does not answer only
+    delays readiness until someone else does it (the services follow the state, they never
+    write it)."""
     # An answer within seconds, not MLflow's minutes of retries (as the admin API does).
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     try:
-        # lazy: the rollout controls load MLflow, only here and only where it is installed
+        # lazy: the rollout controls, only when the container starts
         from hearth.config import HearthContext
         from hearth.rollout import promotion
 
         ctx = HearthContext()
+        if not reaches_registry(ctx.settings.mlflow_uri):
+            return
         ctx.settings.apply()
         served = promotion.reconciled(ctx.settings, ctx.params).versions()
     except Exception as exc:  # any failure: serve anyway, following the state
@@ -87,7 +98,8 @@ def main(argv: list[str]) -> None:
     seeded = seed_model_cache(CARRIED, home / CACHE_DIR)
     if seeded:
         log.info("model cache seeded with %s", ", ".join(seeded))
-    adopt_champion()
+    if service in FOLLOWS_ROLLOUT:
+        adopt_champion()
     os.execv(sys.executable, serve_argv(service, extra, os.getcwd()))
 
 

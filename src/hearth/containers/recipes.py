@@ -44,9 +44,11 @@ CPU_PACKAGES = (
     "opentelemetry-exporter-otlp-proto-http",
 )  # fmt: skip
 # The gateway's admin API starts and promotes rollouts: it checks versions and moves the
-# registry's aliases with MLflow's client (the skinny one: no server, no UI).
-GATEWAY_PACKAGES = (*CPU_PACKAGES, "mlflow-skinny")
-MODEL_PACKAGES = (*GATEWAY_PACKAGES, "torch", "scikit-learn")
+# registry's aliases over the tracking server's REST API (httpx: hearth.rollout.registry_client),
+# so it needs no MLflow. The model images load versions with MLflow's client (the skinny one:
+# no server, no UI).
+GATEWAY_PACKAGES = CPU_PACKAGES
+MODEL_PACKAGES = (*CPU_PACKAGES, "mlflow-skinny", "torch", "scikit-learn")
 TORCH = "torch"
 
 

@@ -36,8 +36,10 @@ and why each was promoted, replaced or rolled back (`hearth.rollout.version_note
 effort, never on the path of the state write, so a rollback with MLflow down is as fast as
 ever).
 
-This module imports MLflow only inside the functions that talk to the registry (its reads
-are `hearth.rollout.registry_reads`'): `hearth rollback` must start in well under a second.
+The registry is reached through `hearth.rollout.registry_client`: a tracking server over its
+REST API (no MLflow in the process: the gateway image has none), an embedded one through
+MLflow's client, imported on its first call (`hearth rollback` must start in well under a
+second).
 """
 
 from __future__ import annotations
@@ -51,13 +53,8 @@ from typing import Any, Literal
 
 from hearth.config import CHALLENGER, CHAMPION, PREVIOUS, Settings
 from hearth.params import Params
-from hearth.rollout.registry_reads import (
-    ALIASES,
-    aliases,
-    check_version,
-    configure_registry,
-    version_exists,
-)
+from hearth.rollout.registry_client import ALIASES, RegistryClient, using_registry
+from hearth.rollout.registry_reads import check_version
 from hearth.rollout.version_notes import describe
 from hearth.traffic.rollout_state import (
     Decision,
@@ -114,20 +111,20 @@ class RolloutEnd:
 
 # -- applying an intent ----------------------------------------------------------------------
 def _set_aliases(
-    model_name: str, after: dict[str, str | None], only_if: dict[str, str] | None = None
+    reg: RegistryClient,
+    model_name: str,
+    after: dict[str, str | None],
+    only_if: dict[str, str] | None = None,
 ) -> None:
-    from mlflow.tracking import MlflowClient  # lazy: MLflow, see the module docstring
-
-    client = MlflowClient()
-    current = aliases(model_name) if only_if else {}
+    current = reg.aliases(model_name) if only_if else {}
     for alias, version in after.items():
         if only_if and alias in only_if and current.get(alias) != only_if[alias]:
             continue  # the alias moved on meanwhile: this write is no longer wanted
         if version is None:
             # Deleting an absent alias succeeds in MLflow: safe to repeat in a repair.
-            client.delete_registered_model_alias(model_name, alias)
+            reg.delete_alias(model_name, alias)
         else:
-            client.set_registered_model_alias(model_name, alias, version)
+            reg.set_alias(model_name, alias, version)
 
 
 def _clear(store: StateStore, intent: PromotionIntent) -> None:
@@ -136,21 +133,20 @@ def _clear(store: StateStore, intent: PromotionIntent) -> None:
         store.set_intent(None, expected=intent)
 
 
-def _apply(store: StateStore, intent: PromotionIntent) -> None:
+def _apply(reg: RegistryClient, store: StateStore, intent: PromotionIntent) -> None:
     """Make the alias writes of `intent` (each idempotent), clear it, then say in the model
     versions' descriptions what happened to them (best effort)."""
-    _set_aliases(intent.model_name, intent.after, intent.only_if)
+    _set_aliases(reg, intent.model_name, intent.after, intent.only_if)
     _clear(store, intent)
-    describe(intent)
+    describe(reg, intent)
 
 
-def _follow(settings: Settings, store: StateStore, intent: PromotionIntent | None) -> AliasSync:
+def _follow(reg: RegistryClient, store: StateStore, intent: PromotionIntent | None) -> AliasSync:
     """Make the aliases of a change just written follow it, if the registry answers now."""
     if intent is None:
         return "unchanged"
     try:
-        configure_registry(settings)
-        _apply(store, intent)
+        _apply(reg, store, intent)
     except Exception as exc:  # the state is written: the registry is repaired later
         log.warning("%s: aliases not updated (%s); recorded for repair", intent.action, exc)
         return "pending"
@@ -158,11 +154,12 @@ def _follow(settings: Settings, store: StateStore, intent: PromotionIntent | Non
 
 
 @contextmanager
-def _opened(settings: Settings, store: StateStore | None) -> Iterator[StateStore]:
-    """`store`, or one opened from `settings` (and closed afterwards); MLflow configured."""
-    configure_registry(settings)
-    with using_state_store(settings, store) as st:
-        yield st
+def _opened(
+    settings: Settings, store: StateStore | None
+) -> Iterator[tuple[StateStore, RegistryClient]]:
+    """`store`, or one opened from `settings` (and closed afterwards), and the registry."""
+    with using_state_store(settings, store) as st, using_registry(settings) as reg:
+        yield st, reg
 
 
 # -- commands --------------------------------------------------------------------------------
@@ -177,56 +174,62 @@ def repair(
     alias; aliases that disagree with the state are set from it (the state wins; logged as
     a warning).
     """
-    with _opened(settings, store) as st:
-        intent = st.intent()
-        if intent is not None:
-            return _finish(st, intent)
-        if params is None:
-            return None
-        return _align(st, params.registry.model_name)
+    with _opened(settings, store) as (st, reg):
+        return _repair(st, reg, params)
+
+
+def _repair(st: StateStore, reg: RegistryClient, params: Params | None) -> AliasChange | None:
+    intent = st.intent()
+    if intent is not None:
+        return _finish(st, reg, intent)
+    if params is None:
+        return None
+    return _align(st, reg, params.registry.model_name)
 
 
 def reconciled(settings: Settings, params: Params, store: StateStore | None = None) -> Served:
     """What serves, once `repair` has run: for `hearth serve`/`build`/`up`, the bench and the
     demo before they serve (the first call adopts the registry's champion)."""
-    with _opened(settings, store) as st:
-        repair(settings, params, st)
+    with _opened(settings, store) as (st, reg):
+        _repair(st, reg, params)
         return st.served()
 
 
-def _finish(st: StateStore, intent: PromotionIntent) -> AliasChange:
-    before = aliases(intent.model_name)
+def _finish(st: StateStore, reg: RegistryClient, intent: PromotionIntent) -> AliasChange:
+    before = reg.aliases(intent.model_name)
     targets = [v for v in [*intent.after.values(), intent.champion] if v is not None]
-    if all(version_exists(intent.model_name, v) for v in targets):
-        _apply(st, intent)
+    if all(reg.version_exists(intent.model_name, v) for v in targets):
+        _apply(reg, st, intent)
         action = f"repair: finished {intent.action}"
     else:
         restore = {
-            alias: v if v is not None and version_exists(intent.model_name, v) else None
+            alias: v if v is not None and reg.version_exists(intent.model_name, v) else None
             for alias, v in intent.before.items()
         }
-        _undo_champion(st, intent, restore.get(CHAMPION))
-        _set_aliases(intent.model_name, restore)
+        _undo_champion(st, reg, intent, restore.get(CHAMPION))
+        _set_aliases(reg, intent.model_name, restore)
         _clear(st, intent)
         action = f"repair: undid {intent.action}"
-    after = aliases(intent.model_name)
+    after = reg.aliases(intent.model_name)
     log.warning("%s of %s repaired: %s → %s", intent.action, intent.at, before, after)
     return AliasChange(action, before, after, f"{action} of {intent.at:%Y-%m-%d %H:%M:%S}")
 
 
-def _undo_champion(st: StateStore, intent: PromotionIntent, restore: str | None) -> None:
+def _undo_champion(
+    st: StateStore, reg: RegistryClient, intent: PromotionIntent, restore: str | None
+) -> None:
     """The state already names a version that has vanished: serve `restore` again."""
     served = st.served()
     champion = served.champion_version
     if restore is None or served.running is not None or champion is None or champion == restore:
         return
-    if not version_exists(intent.model_name, champion):
+    if not reg.version_exists(intent.model_name, champion):
         st.set_champion(restore, intent.actor, "repair", f"undid {intent.action}: v{champion} "
                         "no longer exists", expected=champion)  # fmt: skip
 
 
-def _align(st: StateStore, name: str) -> AliasChange | None:
-    current = aliases(name)
+def _align(st: StateStore, reg: RegistryClient, name: str) -> AliasChange | None:
+    current = reg.aliases(name)
     served = st.served()
     if served.champion_version is None:
         if CHAMPION not in current:
@@ -244,8 +247,8 @@ def _align(st: StateStore, name: str) -> AliasChange | None:
     if current.get(CHALLENGER) == champion:
         fix[CHALLENGER] = None  # the state's champion is no longer a candidate
     log.warning("registry aliases %s disagree with the rollout state: setting %s", current, fix)
-    _set_aliases(name, fix)
-    after = aliases(name)
+    _set_aliases(reg, name, fix)
+    after = reg.aliases(name)
     return AliasChange("reconcile", current, after, "the aliases follow the rollout state")
 
 
@@ -263,22 +266,22 @@ def start_rollout(
     the current champion. Checks everything before writing: UnknownVersion, InvalidRollout,
     RolloutConflict leave the registry and the state as they were."""
     name = params.registry.model_name
-    with _opened(settings, store) as st:
-        repair(settings, params, st)
-        current = aliases(name)
+    with _opened(settings, store) as (st, reg):
+        _repair(st, reg, params)
+        current = reg.aliases(name)
         champion = st.served().champion_version
         if champion is None:
             raise UnknownVersion(f"{name} has no {CHAMPION} to compare a challenger with")
         version = challenger_version if challenger_version is not None else current.get(CHALLENGER)
         if version is None:
             raise InvalidRollout(f"name a challenger version: {name} has no {CHALLENGER} alias")
-        version = check_version(name, version)
+        version = check_version(reg, name, version)
         state = new_rollout(champion, version, params.rollout, mode=mode, steps=steps)
         started = st.start(
             state, actor, reason or f"v{version} against champion v{state.champion_version}"
         )
         if current.get(CHALLENGER) != version:
-            _set_aliases(name, {CHALLENGER: version})
+            _set_aliases(reg, name, {CHALLENGER: version})
         return started
 
 
@@ -301,9 +304,9 @@ def promote(
     meanwhile, and a stale promotion must not override that.
     """
     name = params.registry.model_name
-    with _opened(settings, store) as st:
-        repair(settings, params, st)
-        current = aliases(name)
+    with _opened(settings, store) as (st, reg):
+        _repair(st, reg, params)
+        current = reg.aliases(name)
         served = st.served()
         running, champion = served.running, served.champion_version
         _check_judged(served, rollout_id, "promoted")
@@ -312,7 +315,7 @@ def promote(
             version = running.challenger_version if running else current.get(CHALLENGER)
         if version is None:
             raise NoActiveRollout(f"nothing to promote: no running rollout and no {CHALLENGER}")
-        version = check_version(name, version)
+        version = check_version(reg, name, version)
         if champion == version:
             raise InvalidRollout(f"v{version} is already the {CHAMPION} of {name}")
         if running is not None and running.challenger_version != version:
@@ -348,17 +351,21 @@ def promote(
                 version, decision.actor, "promote", decision.reason, expected=champion,
                 intent=intent,
             )  # fmt: skip
-        synced = _follow(settings, st, intent)
+        synced = _follow(reg, st, intent)
         log.info("promote: %s → %s (%s)", current, intent.after, decision.reason)
-        return AliasChange("promote", current, _after(name, current, intent, synced),
+        return AliasChange("promote", current, _after(reg, name, current, intent, synced),
                            decision.reason, synced)  # fmt: skip
 
 
 def _after(
-    name: str, before: dict[str, str], intent: PromotionIntent, synced: AliasSync
+    reg: RegistryClient,
+    name: str,
+    before: dict[str, str],
+    intent: PromotionIntent,
+    synced: AliasSync,
 ) -> dict[str, str]:
     if synced == "updated":
-        return aliases(name)
+        return reg.aliases(name)
     planned = {k: v for k, v in (before | intent.after).items() if v is not None}
     return dict(planned)
 
@@ -430,7 +437,10 @@ def rollback(
                 return _nothing_to_end(st.served())
             raise
         log.info("rollout %s rolled back: %s", ended.rollout_id, decision.reason)
-        synced = _follow(settings, st, st.intent()) if sync_aliases else "pending"
+        synced: AliasSync = "pending"
+        if sync_aliases:
+            with using_registry(settings) as reg:
+                synced = _follow(reg, st, st.intent())
         return RolloutEnd(
             changed=True,
             message=f"rollout {ended.rollout_id} rolled back: all traffic to champion "
@@ -471,9 +481,9 @@ def rollback_to_previous(
     while a rollout runs (`rollback` ends it) and when there is no ``previous``."""
     name = params.registry.model_name
     expected = str(expect_champion)
-    with _opened(settings, store) as st:
-        repair(settings, params, st)
-        current = aliases(name)
+    with _opened(settings, store) as (st, reg):
+        _repair(st, reg, params)
+        current = reg.aliases(name)
         served = st.served()
         if served.running is not None:
             raise RolloutConflict(
@@ -502,7 +512,7 @@ def rollback_to_previous(
             previous, decision.actor, "rollback", decision.reason, expected=champion,
             intent=intent,
         )  # fmt: skip
-        synced = _follow(settings, st, intent)
+        synced = _follow(reg, st, intent)
         log.info("rollback to previous: v%s → v%s (%s)", champion, previous, decision.reason)
-        return AliasChange("rollback", current, _after(name, current, intent, synced),
+        return AliasChange("rollback", current, _after(reg, name, current, intent, synced),
                            decision.reason, synced)  # fmt: skip

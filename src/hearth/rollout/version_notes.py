@@ -2,8 +2,8 @@
 champion or rolled back (when, by whom, why, which test), so the MLflow UI says it.
 
 Written by `hearth.rollout.promotion` once the aliases follow a change: best effort and off
-the path of the state write, so a rollback with MLflow down is as fast as ever. MLflow is
-imported only inside `describe` (`hearth rollback` must start in well under a second).
+the path of the state write, so a rollback with MLflow down is as fast as ever. Through the
+promotion's `RegistryClient` (MLflow's REST API or its client).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 
 from hearth.config import CHALLENGER, CHAMPION, PREVIOUS
+from hearth.rollout.registry_client import RegistryClient
 from hearth.traffic.rollout_state import PromotionIntent
 
 log = logging.getLogger(__name__)
@@ -42,20 +43,17 @@ def descriptions(intent: PromotionIntent) -> dict[str, str]:
     return lines
 
 
-def describe(intent: PromotionIntent) -> None:
+def describe(registry: RegistryClient, intent: PromotionIntent) -> None:
     """Append `descriptions(intent)` to the model versions' descriptions (once each).
 
     After the aliases, off the path that changes what serves: a description that cannot be
     written is logged and skipped, never retried nor allowed to fail the change."""
-    from mlflow.tracking import MlflowClient  # lazy: MLflow, see the module docstring
-
     try:
-        client = MlflowClient()
         for version, line in descriptions(intent).items():
-            current = client.get_model_version(intent.model_name, version).description or ""
+            current = registry.description(intent.model_name, version)
             if line in current:
                 continue  # a repeated repair: already said
             text = f"{current.rstrip()}\n\n{line}" if current.strip() else line
-            client.update_model_version(intent.model_name, version, description=text)
+            registry.set_description(intent.model_name, version, text)
     except Exception as exc:
         log.warning("%s: model version descriptions not written (%s)", intent.action, exc)

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from hearth.serving.errors import Unavailable
 from hearth.serving.schemas import RolloutActionIn, RolloutStartIn, RolloutWeightIn
-from hearth.traffic.rollout_state import RolloutError, StateUnavailable
+from hearth.traffic.rollout_state import RegistryError, RolloutError, StateUnavailable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -74,8 +74,8 @@ class AdminUnavailable(Unavailable):
 class Admin:
     """Rollout controls for the admin HTTP API of one gateway process.
 
-    `ops` makes the operations on first use: the rollout controls load MLflow, which a
-    gateway that never sees an admin call need not import.
+    `ops` makes the operations on first use: a gateway that never sees an admin call need
+    not import the rollout controls (nor, with an embedded registry, MLflow).
     """
 
     def __init__(
@@ -109,7 +109,9 @@ class Admin:
             raise
         except StateUnavailable as exc:
             raise AdminUnavailable(f"rollout state unavailable: {exc}") from exc
-        except Exception as exc:
+        except RegistryError as exc:  # MLflow's REST API (a tracking server)
+            raise AdminUnavailable(f"model registry unavailable: {exc}") from exc
+        except Exception as exc:  # MLflow's client (an embedded registry)
             if type(exc).__module__.startswith("mlflow"):
                 raise AdminUnavailable(f"model registry unavailable: {exc}") from exc
             raise

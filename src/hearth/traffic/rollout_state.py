@@ -63,6 +63,15 @@ class StateUnavailable(RuntimeError):
     """The state backend cannot be reached or is locked for too long (a service answers 503)."""
 
 
+class RegistryError(RuntimeError):
+    """A call to the model registry's REST API failed: no answer, or an error answer
+    (`status`, MLflow's `error_code`). A service answers 503; the alias writes wait."""
+
+    def __init__(self, message: str, status: int | None = None, error_code: str | None = None):
+        super().__init__(message)
+        self.status, self.error_code = status, error_code
+
+
 # -- models ----------------------------------------------------------------------------------
 def utcnow() -> datetime:
     return datetime.now(UTC)
