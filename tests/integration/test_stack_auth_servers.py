@@ -16,8 +16,10 @@ import pytest
 
 from hearth.config import Settings
 from hearth.launch.launcher import free_port, launched
+from hearth.rollout.registry_client import RestRegistry
 from hearth.secrets_file import ensure_secrets
 from hearth.stack.services import Service, Stack
+from hearth.traffic.rollout_state import RegistryError
 
 pytestmark = pytest.mark.slow
 
@@ -75,3 +77,12 @@ def test_mlflow_beyond_loopback_runs_its_basic_auth_app(tmp_path: Path) -> None:
         creds = (env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"])
         ok = httpx.post(search, json={"max_results": 1}, auth=creds, timeout=10)
         assert ok.status_code == 200, ok.text + log.read_text()[-3000:]
+        # The rollout's REST client (the gateway's admin API) sends them too.
+        with RestRegistry(url) as anonymous, pytest.raises(RegistryError) as refused:
+            anonymous.aliases("fraud-detector")
+        assert refused.value.status == 401
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("MLFLOW_TRACKING_USERNAME", creds[0])
+            mp.setenv("MLFLOW_TRACKING_PASSWORD", creds[1])
+            with RestRegistry.from_environment(url) as registry:
+                assert registry.aliases("fraud-detector") == {}  # no such model yet: no aliases

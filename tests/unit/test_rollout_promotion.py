@@ -13,7 +13,6 @@ from mlflow.tracking import MlflowClient
 from hearth.config import Settings
 from hearth.params import Params
 from hearth.rollout import registry_reads
-from hearth.rollout.registry_client import MlflowRegistry
 from hearth.rollout.promotion import (
     promote,
     repair,
@@ -21,6 +20,7 @@ from hearth.rollout.promotion import (
     rollback_to_previous,
     start_rollout,
 )
+from hearth.rollout.registry_client import MlflowRegistry
 from hearth.rollout.registry_reads import aliases
 from hearth.traffic.rollout_state import Decision, InvalidRollout, RolloutConflict, UnknownVersion
 from hearth.traffic.state_sqlite import SQLiteStateStore

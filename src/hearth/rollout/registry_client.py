@@ -97,15 +97,24 @@ class RestRegistry:
         return self._opened
 
     @classmethod
-    def from_environment(cls, uri: str, timeout_s: float = TIMEOUT_S) -> RestRegistry:
+    def from_environment(
+        cls, uri: str, timeout_s: float = TIMEOUT_S, transport: httpx.BaseTransport | None = None
+    ) -> RestRegistry:
         """With MLflow's basic-auth credentials (MLFLOW_TRACKING_USERNAME/PASSWORD) if set."""
         user, password = (os.environ.get(f"MLFLOW_TRACKING_{k}") for k in ("USERNAME", "PASSWORD"))
-        return cls(uri, timeout_s, auth=(user, password) if user and password else None)
+        auth = (user, password) if user and password else None
+        return cls(uri, timeout_s, auth=auth, transport=transport)
 
     def close(self) -> None:
         if self._opened is not None:
             self._opened.close()
             self._opened = None
+
+    def __enter__(self) -> RestRegistry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _call(
         self, method: str, route: str, body: dict[str, str], missing_ok: bool = False
@@ -176,7 +185,13 @@ class MlflowRegistry:
 
     def _client(self) -> MlflowClient:
         if self._mlflow is None:
-            from mlflow.tracking import MlflowClient  # lazy: MLflow, see the docstring
+            try:
+                from mlflow.tracking import MlflowClient  # lazy: MLflow, see the docstring
+            except ImportError as exc:  # the gateway image: it reaches a tracking server only
+                raise RegistryError(
+                    "an embedded MLflow registry needs MLflow's client, not installed here: "
+                    "set HEARTH_MLFLOW_TRACKING_URI to an MLflow server (http://…)"
+                ) from exc
 
             if self._settings is not None:
                 from hearth import registry  # lazy: it imports MLflow
@@ -186,10 +201,11 @@ class MlflowRegistry:
         return self._mlflow
 
     def aliases(self, model_name: str) -> dict[str, str]:
+        client = self._client()
         from mlflow.exceptions import MlflowException
 
         try:
-            model = self._client().get_registered_model(model_name)
+            model = client.get_registered_model(model_name)
         except MlflowException as exc:
             if exc.error_code == MISSING:
                 return {}
@@ -197,12 +213,13 @@ class MlflowRegistry:
         return _ours(dict(model.aliases))
 
     def version_exists(self, model_name: str, version: str) -> bool:
+        client = self._client()
         from mlflow.exceptions import MlflowException
 
         if not str(version).isdigit():
             return False
         try:
-            self._client().get_model_version(model_name, str(version))
+            client.get_model_version(model_name, str(version))
         except MlflowException as exc:
             if exc.error_code in {MISSING, "INVALID_PARAMETER_VALUE"}:
                 return False
@@ -228,8 +245,5 @@ def using_registry(settings: Settings, timeout_s: float = TIMEOUT_S) -> Iterator
     if not over_rest(settings.mlflow_uri):
         yield MlflowRegistry(settings)
         return
-    rest = RestRegistry.from_environment(settings.mlflow_uri, timeout_s)
-    try:
+    with RestRegistry.from_environment(settings.mlflow_uri, timeout_s) as rest:
         yield rest
-    finally:
-        rest.close()
