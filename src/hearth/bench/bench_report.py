@@ -314,25 +314,9 @@ def _workers_section(f: Figures) -> list[str]:
         "says what the second worker costs. On an idle machine the load generator shares the "
         "same cores.",
         "",
-        *_workers_by_wrk(f.report.get("cross_check") or {}),
+        *wrk.scaling(f.report.get("cross_check") or {}, "monolith", WORKERS),
     ]
     return lines
-
-
-def _workers_by_wrk(cross: dict[str, Any]) -> list[str]:
-    """The same comparison under wrk (a C load generator: it leaves the servers more of the
-    two cores than the bench's own Python client does), when both ran under it."""
-    by = {r["contender"]: r for r in cross.get("rows", [])}
-    if "monolith" not in by or WORKERS not in by:
-        return []
-    one, two = by["monolith"], by[WORKERS]
-    return [
-        f"Under wrk at c={cross['concurrency']} ({cross['seconds']:g} s each): "
-        f"{fmt(one['rps'], 0)} → {fmt(two['rps'], 0)} req/s, "
-        f"**{fmt(ratio(two['rps'], one['rps']), 2, '×')}**, CPU-s per 1,000 "
-        f"{fmt(one['cpu_s_per_1000'])} → {fmt(two['cpu_s_per_1000'])}.",
-        "",
-    ]
 
 
 def _targets_table(f: Figures) -> list[str]:

@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from hearth.bench.bench_figures import Figures, Row, fmt
+from hearth.bench.bench_figures import Figures, Row, fmt, ratio
 from hearth.bench.load import Endpoint
 from hearth.bench.markdown import md_table
 from hearth.schema import parse_timestamp
@@ -194,3 +194,20 @@ def section(f: Figures) -> list[str]:
             pair("cpu_s_per_1000"), f"{f.errors(name, c)} / {sum(row['errors'].values())}",
         ])  # fmt: skip
     return [*lines, *md_table(head, "lrrrrrrr", rows), ""]
+
+
+def scaling(cross: dict[str, Any], one: str, two: str) -> list[str]:
+    """`two` against `one` (e.g. the monolith with two workers and with one) under wrk, a C
+    load generator that leaves the servers more of the two cores than the bench's own Python
+    client does; [] unless both ran under it."""
+    by = {r["contender"]: r for r in cross.get("rows", [])}
+    if one not in by or two not in by:
+        return []
+    a, b = by[one], by[two]
+    return [
+        f"Under wrk at c={cross['concurrency']} ({cross['seconds']:g} s each): "
+        f"{fmt(a['rps'], 0)} → {fmt(b['rps'], 0)} req/s, "
+        f"**{fmt(ratio(b['rps'], a['rps']), 2, '×')}**, CPU-s per 1,000 "
+        f"{fmt(a['cpu_s_per_1000'])} → {fmt(b['cpu_s_per_1000'])}.",
+        "",
+    ]
