@@ -4,7 +4,8 @@ Requests land on both workers (each answer names its pid in X-Hearth-Worker); /m
 sum over both (Prometheus multiprocess mode, its directory under HEARTH_HOME, emptied at
 start), counts exactly what the client saw per variant; the prediction log has every
 request once; a rollback through one worker is followed by both; the admin API lists both
-processes; a killed worker's gauges leave /metrics while its counts stay. No timing
+processes; a killed worker's gauges leave /metrics while its counts stay. Each worker
+listens on its own socket (SO_REUSEPORT), so connections spread over both. No timing
 assertions: the throughput ratio is `hearth bench`'s (the monolith-w2 contender).
 """
 
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 
 from hearth.config import Settings
@@ -125,6 +127,45 @@ def test_requests_land_on_both_workers_and_metrics_count_them_exactly(
     for variant in set(variants) | set(after):
         assert after[variant] - before[variant] == variants[variant], (variants, before, after)
     assert ready_workers(server.url) == set(server.worker_pids("Monolith"))
+
+
+def _listening_sockets(pid: int, port: int) -> set[str]:
+    """The listening TCP sockets on `port` that process `pid` holds, by inode."""
+    held = set()
+    for conn in psutil.Process(pid).net_connections(kind="tcp"):
+        if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port and conn.fd >= 0:
+            held.add(os.readlink(f"/proc/{pid}/fd/{conn.fd}"))  # "socket:[inode]"
+    return held
+
+
+def test_each_worker_listens_on_its_own_socket_and_connections_spread_over_both(
+    server: ServerProcess,
+) -> None:
+    # One socket per worker (SO_REUSEPORT): the kernel, not the first worker to wake,
+    # decides who accepts a connection. With one shared socket, 32 connections opened
+    # together went 28/4 to two workers.
+    workers = server.worker_pids("Monolith")
+    own = {pid: _listening_sockets(pid, server.port) for pid in workers}
+    assert all(len(sockets) == 1 for sockets in own.values()), own
+    assert len(set().union(*own.values())) == WORKERS, f"workers share a socket: {own}"
+    assert _listening_sockets(server.pid, server.port) == set()  # none left in the parent
+
+    clients = [httpx.Client() for _ in range(32)]  # 32 keep-alive connections, together
+
+    def first(k: int) -> httpx.Response:
+        return _predict(server.url, {**_tx(k), "transaction_id": f"spread-{k}"}, clients[k])
+
+    try:
+        with ThreadPoolExecutor(32) as pool:
+            answers = list(pool.map(first, range(32)))
+    finally:
+        for client in clients:
+            client.close()
+    assert all(r.status_code == 200 for r in answers), [r.text for r in answers][:3]
+    per_worker = Counter(r.headers["X-Hearth-Worker"] for r in answers)
+    # a fair split is 16 ± 2.8; fewer than 6 on one worker is a 1-in-10 000 event
+    assert set(per_worker) == {str(pid) for pid in workers}, per_worker
+    assert min(per_worker.values()) >= 6, per_worker
 
 
 def test_the_prediction_log_has_every_request_once(server: ServerProcess) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from hearth.serving.bentoml_internals import (
     WRITTEN_FOR,
     access_log_enabled,
     bento_env,
+    give_each_worker_its_own_listening_socket,
     remote_runner_mapping,
     set_prometheus_multiproc_dir,
     tracer_provider,
@@ -144,3 +146,52 @@ def test_a_worker_knows_its_index_from_the_server_context() -> None:
     context = internal("bentoml._internal.context", "server_context")
     assert hasattr(context, "worker_index"), f"server_context.worker_index is gone {VERSIONS}"
     assert worker_index() == context.worker_index  # None outside a worker
+
+
+def test_each_worker_gets_its_own_reuseport_socket_from_circus(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import bentoml.serving
+    import circus.sockets
+    from circus.process import Process
+    from circus.util import replace_gnu_args
+
+    sockets = circus.sockets.CircusSocket
+    # undone after the test: the patch is meant for the `bentoml serve` process only
+    monkeypatch.setattr(sockets, "__init__", sockets.__init__)
+    monkeypatch.setattr(sockets, "hearth_reuseport", False, raising=False)
+    monkeypatch.setattr(bentoml.serving, "create_watcher", bentoml.serving.create_watcher)
+    give_each_worker_its_own_listening_socket()
+    give_each_worker_its_own_listening_socket()  # idempotent
+
+    api = sockets(name="_bento_api_server", host="127.0.0.1", port=0, backlog=16)
+    unix = sockets(name="svc", path="/tmp/hearth-test-internals.sock")
+    try:
+        assert api.so_reuseport and api._cfg["so_reuseport"] == "true"
+        assert not unix.so_reuseport
+        # what circus does per worker: two sockets from the config, bound on one port
+        api.bind_and_listen()  # port 0 → a free one; the per-worker copies take it
+        port = api.port
+        api.close()
+        config = {**api._cfg, "port": str(port)}
+        first, second = (sockets.load_from_config(config) for _ in range(2))
+        first.bind_and_listen()
+        second.bind_and_listen()
+        assert first.getsockname()[1] == second.getsockname()[1] == port
+        first.close()
+        second.close()
+    finally:
+        unix.close()
+
+    # circus binds a socket per process only when the watcher's *command* names it
+    watcher = bentoml.serving.create_watcher(
+        "w", ["-m", "x", "--fd", "$(circus.sockets._bento_api_server)"], cmd="/usr/bin/python3"
+    )
+    assert watcher.args is None
+    assert "circus.sockets._bento_api_server" in watcher.cmd
+    assert "_get_sockets_fds" in vars(Process), f"circus moved Process._get_sockets_fds {VERSIONS}"
+    assert "watcher.cmd" in inspect.getsource(Process._get_sockets_fds), (
+        f"circus no longer looks for a reuseport socket in the watcher's command {VERSIONS}"
+    )
+    argv = shlex.split(replace_gnu_args(watcher.cmd, sockets={"_bento_api_server": 7}))
+    assert argv == ["/usr/bin/python3", "-m", "x", "--fd", "7"]

@@ -8,7 +8,9 @@ there, by name, not in a running service. Nothing else in Hearth imports `bentom
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import shlex
+import socket
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from bentoml._internal.bento.build_config import BentoEnvSchema
@@ -73,3 +75,55 @@ def worker_index() -> int | None:
 
     index = server_context.worker_index
     return int(index) if index is not None else None
+
+
+def give_each_worker_its_own_listening_socket() -> None:
+    """Make `bentoml serve` (in this process) give each worker of the public HTTP server its
+    own listening socket on the port, with SO_REUSEPORT, instead of one socket they all
+    accept from: the kernel then spreads new connections evenly over the workers.
+
+    With one shared socket, the worker whose event loop wakes first accepts every pending
+    connection at once (uvloop accepts until none is left): 32 keep-alive connections opened
+    together were measured split 28/4 and 21/11 between two workers, so one worker queued
+    while the other idled. BentoML builds the socket with circus' `CircusSocket` and no
+    SO_REUSEPORT. Circus binds a socket per process when the socket asks for it and the
+    watcher's *command* names it (`circus.process.Process._get_sockets_fds`, which re-creates
+    it from its `_cfg`); BentoML names it in the watcher's arguments, so those are folded
+    into the command. Unix sockets (the services' own, between processes) stay as they are.
+    """
+    # lazy: BentoML's serving and circus load only in the process that runs `bentoml serve`
+    import bentoml.serving
+    import circus.sockets
+
+    sockets = circus.sockets.CircusSocket
+    if getattr(sockets, "hearth_reuseport", False):
+        return  # already given
+    init = sockets.__init__
+    create_watcher = bentoml.serving.create_watcher
+
+    def socket_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        if kwargs.get("path") is None and "so_reuseport" not in kwargs:
+            kwargs["so_reuseport"] = True
+        init(self, *args, **kwargs)
+        if self.so_reuseport and not hasattr(self, "_cfg"):
+            self._cfg = {  # what circus re-creates each worker's socket from
+                "name": self.name,
+                "host": self.host,
+                "port": str(self.port),
+                "family": "AF_INET6" if self.family == socket.AF_INET6 else "AF_INET",
+                "backlog": str(self.backlog),
+                "so_reuseport": "true",
+            }
+
+    def watcher(name: str, args: list[str], **kwargs: Any) -> Any:
+        created = create_watcher(name, args, **kwargs)
+        if created.args and any("$(circus.sockets." in arg for arg in created.args):
+            created.cmd = " ".join([created.cmd, *(shlex.quote(arg) for arg in created.args)])
+            created.args = None
+        return created
+
+    # circus' own code calls super(CircusSocket, self), so the class itself is patched
+    # (in the process that runs `bentoml serve` only), not replaced by a subclass
+    sockets.__init__ = socket_init
+    sockets.hearth_reuseport = True
+    bentoml.serving.create_watcher = watcher
