@@ -119,10 +119,8 @@ def serve(
     ]  # fmt: skip
     # The services read their number of workers from it (bentos/monolith.py, gateway.py).
     os.environ[WORKERS_ENV] = str(n_workers)
-    # libuv (uvloop, under uvicorn) accepts one connection at a time: the workers share one
-    # listening socket, and a worker that drained the accept queue on each wake-up would take
-    # every keep-alive connection of a burst, leaving the others idle.
-    os.environ["UV_TCP_SINGLE_ACCEPT"] = "1"
+    # Each worker listens on its own socket (SO_REUSEPORT, hearth.launch.bentoml_main), so
+    # the kernel, not the first worker to wake, spreads a burst of connections over them.
     where = f"http://{host or s.serving_host}:{port or s.serving_port}"
     plural = "s" if n_workers > 1 else ""
     console.print(f"serving {topology} on {where} ({n_workers} worker{plural})")
