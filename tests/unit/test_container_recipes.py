@@ -5,15 +5,18 @@ No engine needed; `tests/containers/` builds and runs the images where one runs.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
 
 import pytest
+import yaml
 
-from hearth.containers import base, entrypoint, recipes
-from hearth.containers.recipes import IMAGES
+from hearth.containers import base, entrypoint, recipes, worker
+from hearth.containers.recipes import IMAGES, SERVING
+from hearth.stack.services import WORK_POOL, WORK_POOLS
 
 REPO = Path(__file__).resolve().parents[2]
 LOCK = (REPO / "requirements.lock").read_text()
@@ -21,8 +24,18 @@ LOCK = (REPO / "requirements.lock").read_text()
 # serve without them.
 OPTIONAL = {
     "h2", "hpack", "hyperframe", "outcome", "trio", "sortedcontainers", "sniffio", "pytz",
-    "setuptools", "pydantic-extra-types",
+    "setuptools", "pydantic-extra-types", "pysocks",
 }  # fmt: skip
+# They install the `mlflow` package too: mlflow-skinny, in the images, holds every file of it
+# a client imports (mlflow-tracing's are a subset; mlflow adds the server's dependencies).
+MLFLOW_TWINS = {"mlflow", "mlflow-tracing"}
+# What the worker's flow runs import: every flow, and what the library imports lazily on
+# their paths (the gates, lineage, metrics, figures, the registry).
+WORKER_IMPORTS = (
+    "flows.etl", "flows.validate", "flows.train", "flows.pipeline", "flows.monitor",
+    "flows.rollout", "flows.main_job", "great_expectations", "dvc_data.hashfile.build",
+    "dvc_objects.fs", "sklearn.metrics", "matplotlib.pyplot", "mlflow.pyfunc", "duckdb",
+)  # fmt: skip
 
 
 def _requirements(name: str) -> str:
@@ -75,15 +88,21 @@ def test_model_images_take_torch_cuda_from_pypi(name: str) -> None:
     assert "scikit-learn==" in _requirements(name) and "torch==" not in _requirements(name)
 
 
+def _imports(name: str) -> tuple[str, ...]:
+    service = IMAGES[name].service
+    return WORKER_IMPORTS if service is None else (service.partition(":")[0],)
+
+
 @pytest.fixture(scope="module")
 def loaded_modules() -> dict[str, set[str]]:
-    """image → the top-level modules loaded once its service is imported, in one process:
-    features, gateway, model, monolith in turn (each image's packages include the ones
-    before it, so what the earlier imports left loaded is needed there too)."""
-    order = ["features", "gateway", "model", "monolith"]
+    """image → the top-level modules loaded once its service (the worker: its flows) is
+    imported, in one process: features, gateway, model, monolith, worker in turn (each
+    image's packages include the ones before it, so what the earlier imports left loaded is
+    needed there too)."""
+    order = ["features", "gateway", "model", "monolith", "worker"]
     code = "import importlib, sys\n" + "".join(
-        f"importlib.import_module({IMAGES[n].service.partition(':')[0]!r}); "
-        "print(' '.join({m.partition('.')[0] for m in sys.modules}))\n"
+        "".join(f"importlib.import_module({module!r}); " for module in _imports(n))
+        + "print(' '.join({m.partition('.')[0] for m in sys.modules}))\n"
         for n in order
     )
     done = subprocess.run(
@@ -107,7 +126,10 @@ def test_each_image_holds_what_its_service_imports(
         for top in loaded_modules[name]
         for dist in distributions.get(top, [])
     }
-    missing = needed - recipes.dependency_closure(spec.packages) - {"hearth"} - OPTIONAL
+    closure = recipes.dependency_closure(spec.packages)
+    if "mlflow-skinny" in closure:
+        closure |= MLFLOW_TWINS
+    missing = needed - closure - {"hearth"} - OPTIONAL
     assert not missing, f"{spec.repository} lacks {sorted(missing)}"
 
 
@@ -116,7 +138,7 @@ def test_a_name_missing_from_the_lock_is_an_error() -> None:
         recipes.locked_requirements(LOCK, ["bentoml", "not-a-package"])
 
 
-@pytest.mark.parametrize("name", list(IMAGES))
+@pytest.mark.parametrize("name", list(SERVING))
 def test_dockerfile_serves_the_service_in_production_from_the_given_base(name: str) -> None:
     spec = IMAGES[name]
     torch = "torch==2.13.0" if spec.torch else None
@@ -131,6 +153,52 @@ def test_dockerfile_serves_the_service_in_production_from_the_given_base(name: s
     assert ("torch==" in text) == spec.torch
     # Hearth's source comes last: a code change rebuilds neither torch nor the packages.
     assert text.index("COPY app/") > text.index("requirements.txt")
+
+
+def test_the_worker_image_runs_flows_on_the_model_images_layers() -> None:
+    torch = "torch==2.13.0"
+    text = recipes.dockerfile(IMAGES["worker"], "example/base:1", torch, {})
+    model = recipes.dockerfile(IMAGES["model"], "example/base:1", torch, {})
+    # The same steps up to torch's (GBs): the engine's cache builds that layer once for both.
+    upto_torch = model[: model.index(f"RUN pip install -q '{torch}'")]
+    assert text.startswith(upto_torch) and f"RUN pip install -q '{torch}'" in text
+    lines = text.splitlines()
+    assert "ENTRYPOINT" not in text and lines[-1] == f"CMD {json.dumps(recipes.worker_command())}"
+    assert f"USER {recipes.UID}:{recipes.UID}" in lines and "HEARTH_ENV=production" in text
+    for setting in (
+        f"HEARTH_REPO_DIR={recipes.APP}",
+        f"HEARTH_DATA_DIR={recipes.HOME}/data",
+        f"HEARTH_REPORTS_DIR={recipes.HOME}/reports",
+        f"HEARTH_HOME={recipes.HOME}",
+    ):
+        assert setting in text, setting  # fmt: skip
+    assert "/health" in text and "model-cache/" not in text
+    names = set(recipes.parse_lock(_requirements("worker")))
+    assert {"prefect", "great-expectations", "duckdb", "mlflow-skinny", "dvc-data"} <= names
+
+
+def test_the_worker_registers_prefect_yamls_deployments_on_their_pools() -> None:
+    assert set(worker.work_pools((REPO / "prefect.yaml").read_text())) == set(WORK_POOLS)
+    commands = worker.register_commands(REPO)
+    assert [c[4:7] for c in commands[:-1]] == [
+        ["work-pool", "create", p] for p in sorted(WORK_POOLS)
+    ]
+    assert commands[-1][-2:] == ["deploy", "--all"]
+    assert recipes.worker_command()[recipes.worker_command().index("--pool") + 1] == WORK_POOL
+    # The worker's project copy holds what prefect.yaml's entrypoints and parameters name.
+    deployments = yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]
+    files = {d["entrypoint"].partition(":")[0] for d in deployments}
+    files |= {d["parameters"]["experiment"] for d in deployments if "experiment" in d["parameters"]}
+    include = (*recipes.WORKER_INCLUDE, "params.yaml")
+    assert all(any(Path(f).match(pattern) for pattern in include) for f in files), files
+
+
+def test_compose_runs_the_worker_image_with_its_command() -> None:
+    compose = yaml.safe_load((REPO / "deploy" / "compose.yaml").read_text())
+    service = compose["services"]["prefect-worker"]
+    assert service["image"] == "${HEARTH_WORKER_IMAGE:-hearth/worker:latest}"
+    assert service["command"] == recipes.worker_command(name="hearth-worker-compose")
+    assert f"worker-home:{recipes.HOME}" in service["volumes"]
 
 
 def test_model_images_are_tagged_with_the_versions_they_carry() -> None:

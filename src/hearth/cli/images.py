@@ -1,9 +1,10 @@
-"""Containers: `hearth images engine|base` and `hearth containerize` (the four images).
+"""Containers: `hearth images engine|base` and `hearth containerize` (Hearth's images).
 
 Images come only from the local engine: `hearth images base` builds Hearth's Debian base
-from packages, `hearth containerize` builds gateway, features, model and monolith on it (or
-on HEARTH_BASE_IMAGE). `containerize` imports the build inside: it brings the serving
-packaging and the rollout state (pandas, mlflow), which the other commands do not need.
+from packages, `hearth containerize` builds gateway, features, model, monolith and the flow
+worker on it (or on HEARTH_BASE_IMAGE). `containerize` imports the build inside: it brings
+the serving packaging and the rollout state (pandas, mlflow), which the other commands do
+not need.
 """
 
 from __future__ import annotations
@@ -89,7 +90,11 @@ def base_command(
 
 ImageOption = Annotated[
     list[str] | None,
-    typer.Option("--image", help="gateway, features, model or monolith; repeatable (all four)."),
+    typer.Option(
+        "--image",
+        help="gateway, features, model, monolith or worker (Prefect's, with Hearth's flows); "
+        "repeatable (all five).",
+    ),
 ]
 
 
@@ -98,7 +103,8 @@ def containerize(
     image: ImageOption = None,
     engine: Annotated[str, typer.Option(help="Container engine: docker or podman.")] = "docker",
 ) -> None:
-    """Build the container images (gateway, features, model, monolith) from local images."""
+    """Build the container images (gateway, features, model, monolith, worker) from local
+    images."""
     # lazy: the rollout state and the serving packaging load mlflow and pandas
     from hearth.cli.serve import _served
     from hearth.containers import build

@@ -1,11 +1,12 @@
-"""`hearth containerize`: build contexts for the four images and `docker build` them.
+"""`hearth containerize`: build contexts for Hearth's images and `docker build` them.
 
 A context holds only what its image needs: the Dockerfile (`recipes.dockerfile`), the lock's
 lines for the packages it imports and their dependencies, Hearth's source (the files a bento
-includes), and for the model images the model versions that serve, copied from the local
-model cache in its layout (``model-cache/<name>/<version>/``), so a container serves them
-without fetching them first. Builds use the host's network (`--network host`: pip reaches
-PyPI however the engine's bridge is set up) and never pull a base image.
+includes; the worker's also its flows, experiments and prefect.yaml), and for the model
+images the model versions that serve, copied from the local model cache in its layout
+(``model-cache/<name>/<version>/``), so a container serves them without fetching them first.
+Builds use the host's network (`--network host`: pip reaches PyPI however the engine's bridge
+is set up) and never pull a base image.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def write_context(
     labels = recipes.image_labels(spec, version, served)
     (dest / "Dockerfile").write_text(recipes.dockerfile(spec, base, torch, labels))
     app = dest / "app"
-    for pattern in BENTO_INCLUDE:
+    for pattern in (*BENTO_INCLUDE, *spec.include):
         for path in sorted(root.glob(pattern)):
             if path.is_file() and "__pycache__" not in path.parts:
                 target = app / path.relative_to(root)

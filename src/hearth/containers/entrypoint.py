@@ -25,7 +25,9 @@ from hearth.serving.model_cache import CACHE_DIR, RECORD_FILE
 
 CARRIED = Path(recipes.CARRIED)
 # The services that serve what the rollout state names; the features service never asks.
-FOLLOWS_ROLLOUT = frozenset(s.service for s in recipes.IMAGES.values() if s.name != "features")
+FOLLOWS_ROLLOUT = frozenset(
+    s.service for s in recipes.SERVING.values() if s.service and s.name != "features"
+)
 PROMETHEUS_DIR = "/tmp/hearth-prometheus"
 log = logging.getLogger("hearth.containers")
 

@@ -1,4 +1,4 @@
-"""What goes into each of Hearth's four images: packages, locked requirements, Dockerfile.
+"""What goes into each of Hearth's images: packages, locked requirements, Dockerfile.
 
 Pure functions (no engine, no network), so the recipes are tested as text. The images are
 Hearth's own rather than BentoML's generated ones: BentoML's template installs
@@ -7,6 +7,11 @@ Python when the base lacks the one it names) and installs unhashed requirements.
 image gets a venv on the base's Python and the packages it imports, by hash from
 requirements.lock; the model images add torch's CUDA build from PyPI (it brings the CUDA
 runtime as nvidia-* wheels), so no CUDA base image and no PyTorch index are needed.
+
+Four images serve (gateway, features, model, monolith: a BentoML service each); the fifth,
+the worker, runs Hearth's Prefect flows for the Compose stack's worker: the model image's
+layers (venv, torch) and the flows' packages on top, Hearth's flows and experiments in its
+copy of the project (`hearth.containers.worker`).
 """
 
 from __future__ import annotations
@@ -49,17 +54,34 @@ CPU_PACKAGES = (
 # no server, no UI).
 GATEWAY_PACKAGES = CPU_PACKAGES
 MODEL_PACKAGES = (*CPU_PACKAGES, "mlflow-skinny", "torch", "scikit-learn")
+# What the flows import (flows/*.py and the library code they run, lazy imports included):
+# Prefect and its Dask runner, DuckDB (ETL), Great Expectations (the gates), DVC's hashing
+# (lineage), matplotlib (the run's figures); MLflow's client logs and registers the model.
+WORKER_PACKAGES = (
+    *MODEL_PACKAGES, "prefect", "prefect-dask", "duckdb", "great-expectations", "dvc-data",
+    "matplotlib",
+)  # fmt: skip
+# The worker's copy of the project, beyond the files a bento includes: the flows, the
+# experiments they train, and the deployments it registers.
+WORKER_INCLUDE = ("flows/*.py", "experiments/*.yaml", "prefect.yaml")
+WORKER_HEALTH_PORT = 8080  # `prefect worker start --with-healthcheck` answers /health there
 TORCH = "torch"
 
 
 @dataclass(frozen=True)
 class ImageSpec:
-    """One of Hearth's images: the BentoML service it serves and what it installs."""
+    """One of Hearth's images: the BentoML service it serves (None: the flow worker) and
+    what it installs."""
 
     name: str
-    service: str
+    service: str | None
     packages: tuple[str, ...]
     carries_models: bool
+    include: tuple[str, ...] = ()  # project files beyond the bento's
+
+    @property
+    def serves(self) -> bool:
+        return self.service is not None
 
     @property
     def repository(self) -> str:
@@ -77,8 +99,11 @@ IMAGES: dict[str, ImageSpec] = {
         ImageSpec("features", "bentos.features:Features", CPU_PACKAGES, False),
         ImageSpec("model", "bentos.model:Model", MODEL_PACKAGES, True),
         ImageSpec("monolith", "bentos.monolith:Monolith", MODEL_PACKAGES, True),
+        ImageSpec("worker", None, WORKER_PACKAGES, False, WORKER_INCLUDE),
     )
 }
+# The images that serve a BentoML service.
+SERVING = {name: spec for name, spec in IMAGES.items() if spec.serves}
 
 
 def configured_base() -> str | None:
@@ -172,7 +197,7 @@ def image_labels(spec: ImageSpec, version: str, served: Mapping[str, str]) -> di
     labels = {
         "org.opencontainers.image.title": spec.repository,
         "org.opencontainers.image.version": version,
-        "hearth.service": spec.service,
+        "hearth.service": spec.service or "prefect-worker",
     }
     if spec.carries_models:
         labels |= {f"hearth.{alias}_version": v for alias, v in served.items()}
@@ -216,6 +241,10 @@ def dockerfile(spec: ImageSpec, base: str, torch: str | None, labels: Mapping[st
         f"ENV PYTHONPATH={APP}/src:{APP} HEARTH_HOME={HOME} HEARTH_ENV=production \\",
         f"    BENTOML_HOME={HOME}/bentoml BENTOML_DO_NOT_TRACK=true DO_NOT_TRACK=true \\",
         "    MLFLOW_ENABLE_TELEMETRY=false",
+    ]
+    if spec.service is None:
+        return "\n".join([*lines, *_worker_tail(labels)]) + "\n"
+    lines += [
         f"USER {UID}:{UID}",
         f"EXPOSE {PORT}",
         *(f'LABEL {key}="{value}"' for key, value in labels.items()),
@@ -227,8 +256,34 @@ def dockerfile(spec: ImageSpec, base: str, torch: str | None, labels: Mapping[st
     return "\n".join(lines) + "\n"
 
 
+def worker_command(pool: str = "hearth-process", name: str | None = None) -> list[str]:
+    """The worker image's process: register the deployments, then `prefect worker start`."""
+    named = ["--name", name] if name else []
+    return [PYTHON, "-m", "hearth.containers.worker", "--pool", pool, "--type", "process",
+            *named, "--with-healthcheck"]  # fmt: skip
+
+
+def _worker_tail(labels: Mapping[str, str]) -> list[str]:
+    """The flow worker's end of the Dockerfile: the project's copy is its flows' working
+    directory (read-only to them); their data, reports and Prefect's home go under HEARTH_HOME
+    (a volume). No ENTRYPOINT: `command:` in Compose and Kubernetes replaces the whole CMD."""
+    return [
+        f"ENV HEARTH_REPO_DIR={APP} HEARTH_DATA_DIR={HOME}/data \\",
+        f"    HEARTH_REPORTS_DIR={HOME}/reports PREFECT_HOME={HOME}/prefect \\",
+        f"    PREFECT_WORKER_WEBSERVER_PORT={WORKER_HEALTH_PORT} MPLBACKEND=Agg \\",
+        "    PREFECT_SERVER_ANALYTICS_ENABLED=false GX_ANALYTICS_ENABLED=false DVC_NO_ANALYTICS=1",
+        f"USER {UID}:{UID}",
+        f"EXPOSE {WORKER_HEALTH_PORT}",
+        *(f'LABEL {key}="{value}"' for key, value in labels.items()),
+        "HEALTHCHECK --interval=10s --timeout=5s --start-period=300s --retries=3 CMD "
+        + _exec_form([PYTHON, "-c", _WORKER_PROBE.format(port=WORKER_HEALTH_PORT)]),
+        "CMD " + _exec_form(worker_command()),
+    ]
+
+
 # Base images from packages carry no curl: the probe is Python's.
 _PROBE = "import urllib.request as u; u.urlopen('http://127.0.0.1:{port}/readyz', timeout=4)"
+_WORKER_PROBE = _PROBE.replace("/readyz", "/health")
 
 
 def _exec_form(argv: list[str]) -> str:
