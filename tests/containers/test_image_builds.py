@@ -1,10 +1,12 @@
 """Hearth's images built and started on a real engine, from local images only.
 
 Opt-in (`make test-containers`): skipped where no engine runs. Builds the base when the
-engine lacks it (debootstrap), then the four images (the model images' torch layer is
-several GB the first time, then the engine's cache), and starts each: the features, model
-and monolith images answer /readyz on the project's state; the gateway's admin API reads
-the rollout state and rolls back through it.
+engine lacks it (debootstrap), then the five images (the model images' torch layer is
+several GB the first time, then the engine's cache; the worker shares it), and starts each:
+the features, model and monolith images answer /readyz on the project's state; the gateway's
+admin API reads the rollout state and rolls back through it; the worker imports Hearth's
+flows as its unprivileged user, in a home it may write (test_up_containers.py runs a flow on
+it).
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def images(project: Path, home: Path) -> dict[str, str]:
-    """The four images, built on the local base (made first when missing); name → tag."""
+    """The five images, built on the local base (made first when missing); name → tag."""
     problem = engine.problem()
     if problem:
         pytest.skip(f"no container engine: {problem}")
@@ -138,6 +140,19 @@ def test_gateway_and_features_images_carry_no_torch(images: dict[str, str]) -> N
             capture_output=True, text=True, timeout=120,
         )  # fmt: skip
         assert done.stdout.startswith("None ModuleSpec"), done.stdout + done.stderr
+
+
+def test_the_worker_image_imports_the_flows_as_its_own_user(images: dict[str, str]) -> None:
+    script = (
+        "import os, pathlib, flows.pipeline, flows.train, great_expectations, duckdb, dvc_data;"
+        "home = pathlib.Path(os.environ['HEARTH_HOME']); (home / 'probe').write_text('x');"
+        "print(os.getuid(), os.getcwd(), os.environ['HEARTH_REPO_DIR'], home)"
+    )
+    done = subprocess.run(["docker", "run", "--rm", images["worker"], "python3.11", "-c", script],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    app, home = recipes.APP, recipes.HOME
+    assert done.stdout.split() == [str(recipes.UID), app, app, home], done.stdout
 
 
 def test_monolith_image_serves_the_projects_champion(

@@ -6,12 +6,15 @@ first, then a champion and a challenger trained on this machine into the contain
 containers answer the same transactions as the local microservices topology with the same
 scores; a canary started from the CLI here is followed by the containers, and a rollback under
 load fails no request and stops challenger answers within a second; a killed model container
-gives 503 + Retry-After until Compose has restarted it; `hearth down` leaves nothing but
-the named data volumes. Opt-in: `make test-containers` (conftest.py says when it skips).
+gives 503 + Retry-After until Compose has restarted it; the pipeline deployment, started
+here through the containers' Prefect API, runs on the Compose worker (hearth/worker) and
+logs its run to the containers' MLflow; `hearth down` leaves nothing but the named data
+volumes. Opt-in: `make test-containers` (conftest.py says when it skips).
 """
 
 from __future__ import annotations
 
+import base64
 import csv
 import itertools
 import json
@@ -51,7 +54,7 @@ from tests.projects import (
 pytestmark = [pytest.mark.container, pytest.mark.slow, pytest.mark.timeout(3600)]
 
 NAME = Params().registry.model_name
-DATA_VOLUMES = ("postgres-data", "redis-data", "mlflow-artifacts")
+DATA_VOLUMES = ("postgres-data", "redis-data", "mlflow-artifacts", "worker-home")
 
 
 def docker(*args: str) -> str:
@@ -114,13 +117,13 @@ def _train_two_versions(root: Path, ports: dict[str, int]) -> dict[str, str]:
 
 
 def _images() -> dict[str, float]:
-    """The microservices' images must be there (test_image_builds.py, `hearth containerize`);
-    the PostgreSQL/Redis and MLflow/Prefect ones are built here when missing (their build
-    time, s)."""
+    """The microservices' and the worker's images must be there (test_image_builds.py,
+    `hearth containerize`); the PostgreSQL/Redis and MLflow/Prefect ones are built here when
+    missing (their build time, s)."""
     images = compose.images()
     ours = {compose.IMAGES["hearth/services"], compose.IMAGES["hearth/stack"]}
     serving = {compose.SERVICE_IMAGES[s] for s in compose.TOPOLOGY_SERVICES["microservices"]}
-    theirs = {var: images[var] for var in serving}
+    theirs = {var: images[var] for var in serving | {compose.IMAGES["hearth/worker"]}}
     if missing := compose.missing_images(theirs):
         pytest.skip(f"images missing: {', '.join(missing)}; {compose.HOW_TO_GET_IMAGES}")
     if not compose.missing_images({v: images[v] for v in ours}):
@@ -293,6 +296,66 @@ def test_a_killed_model_container_gives_503_then_compose_restarts_it(up: Up) -> 
     assert seen_503.headers.get("Retry-After"), seen_503.headers
     assert recovered is not None, "no recovery in 300 s"
     assert int(docker("inspect", "-f", "{{.RestartCount}}", model.id)) > restarts
+
+
+# -- a flow on the Compose worker -----------------------------------------------------------
+FLOW, DEPLOYMENT = "pipeline", "pipeline-daily"  # prefect.yaml's; the flow generates its data
+FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+def _prefect(up: Up) -> tuple[str, dict[str, str]]:
+    """The containers' Prefect API as published here, and the header of its auth string."""
+    token = base64.b64encode(up.secrets["HEARTH_PREFECT_AUTH_STRING"].encode()).decode()
+    return up.stack.urls(None)["prefect"] + "/api", {"Authorization": f"Basic {token}"}
+
+
+def _flow_run_logs(api: str, headers: dict[str, str], run_id: str) -> str:
+    r = httpx.post(f"{api}/logs/filter", headers=headers, timeout=30,
+                   json={"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200})  # fmt: skip
+    return "\n".join(line["message"] for line in r.json()) if r.status_code == 200 else r.text
+
+
+def test_a_flow_deployment_runs_on_the_compose_worker(up: Up) -> None:
+    api, headers = _prefect(up)
+    mlflow = up.stack.host_settings()["HEARTH_MLFLOW_TRACKING_URI"]
+    assert httpx.get(f"{api}/deployments/name/{FLOW}/{DEPLOYMENT}", timeout=30).status_code == 401
+    deployment = httpx.get(f"{api}/deployments/name/{FLOW}/{DEPLOYMENT}", headers=headers,
+                           timeout=30)  # fmt: skip
+    assert deployment.status_code == 200, deployment.text  # the worker registered it
+    assert deployment.json()["work_pool_name"] == "hearth-process"
+    assert deployment.json()["pull_steps"][0]["prefect.deployments.steps.set_working_directory"]
+    started_ms = int(time.time() * 1000)
+    t0 = time.monotonic()
+    created = httpx.post(
+        f"{api}/deployments/{deployment.json()['id']}/create_flow_run", headers=headers,
+        json={"parameters": {"generate_if_missing": True}}, timeout=30,
+    )  # fmt: skip
+    assert created.status_code == 201, created.text
+    run_id = created.json()["id"]
+    state, deadline = "SCHEDULED", time.monotonic() + 1200
+    while state not in FINAL and time.monotonic() < deadline:
+        time.sleep(5)
+        run = httpx.get(f"{api}/flow_runs/{run_id}", headers=headers, timeout=30).json()
+        state = run["state"]["type"]
+    logs = _flow_run_logs(api, headers, run_id)
+    worker = up.stack.compose("logs", "--tail", "40", "prefect-worker").stdout
+    assert state == "COMPLETED", f"{state}\n{logs[-4000:]}\n{worker[-3000:]}"
+    print(f"\n{FLOW}/{DEPLOYMENT} completed on the Compose worker in "
+          f"{time.monotonic() - t0:.0f} s (load {os.getloadavg()[0]:.1f})")  # fmt: skip
+    # Its run is on the containers' MLflow: a version registered after the trigger, from a
+    # run the worker's user (the image's `hearth`, not this machine's) logged, with lineage.
+    r = httpx.get(f"{mlflow}/api/2.0/mlflow/model-versions/search", timeout=30,
+                  params={"filter": f"name='{NAME}'", "max_results": 100})  # fmt: skip
+    assert r.status_code == 200, r.text
+    ours = [v for v in r.json()["model_versions"] if int(v["creation_timestamp"]) >= started_ms]
+    assert len(ours) == 1, r.json()
+    got = httpx.get(f"{mlflow}/api/2.0/mlflow/runs/get", params={"run_id": ours[0]["run_id"]},
+                    timeout=30).json()["run"]  # fmt: skip
+    tags = {t["key"]: t["value"] for t in got["data"]["tags"]}
+    assert got["info"]["status"] == "FINISHED"
+    assert tags["mlflow.user"] == "hearth", tags.get("mlflow.user")
+    assert tags["hearth.data_version"].endswith(".dir"), tags
+    assert any(m["key"] == "test_pr_auc" for m in got["data"]["metrics"]), got["data"]["metrics"]
 
 
 def test_down_leaves_only_the_named_data_volumes(up: Up) -> None:

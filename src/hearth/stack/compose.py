@@ -50,8 +50,9 @@ IMAGES = {
     "hearth/features": "HEARTH_FEATURES_IMAGE",
     "hearth/model": "HEARTH_MODEL_IMAGE",
     "hearth/monolith": "HEARTH_MONOLITH_IMAGE",
+    "hearth/worker": "HEARTH_WORKER_IMAGE",  # Prefect's worker, Hearth's flows (containerize)
     "hearth/services": "HEARTH_SERVICES_IMAGE",  # PostgreSQL and Redis (`make stack-images`)
-    "hearth/stack": "HEARTH_STACK_IMAGE",  # MLflow, Prefect's server and worker (the same)
+    "hearth/stack": "HEARTH_STACK_IMAGE",  # MLflow, Prefect's server (the same)
 }
 # Service of deploy/compose.yaml → the variable of its image.
 SERVICE_IMAGES = {
@@ -59,7 +60,7 @@ SERVICE_IMAGES = {
     "redis": "HEARTH_SERVICES_IMAGE",
     "mlflow": "HEARTH_STACK_IMAGE",
     "prefect-server": "HEARTH_STACK_IMAGE",
-    "prefect-worker": "HEARTH_STACK_IMAGE",
+    "prefect-worker": "HEARTH_WORKER_IMAGE",
     "features": "HEARTH_FEATURES_IMAGE",
     "model": "HEARTH_MODEL_IMAGE",
     "model-gpu": "HEARTH_MODEL_IMAGE",
@@ -71,7 +72,7 @@ TOPOLOGY_SERVICES = {"microservices": ("features", "model", "gateway"), "monolit
 PROFILES = ("gpu", "monolith")
 HOW_TO_GET_IMAGES = (
     "build them: `hearth images base` (the base image, from Debian packages), "
-    "`hearth containerize` (gateway, features, model, monolith), `make stack-images` "
+    "`hearth containerize` (gateway, features, model, monolith, worker), `make stack-images` "
     "(PostgreSQL, Redis, MLflow, Prefect)"
 )
 
