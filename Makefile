@@ -117,7 +117,7 @@ images: install ## Hearth's base image from Debian's packages (hearth images bas
 	$(BIN)/hearth images base
 
 .PHONY: containerize
-containerize: install ## The four images (gateway, features, model, monolith) on the base: hearth containerize
+containerize: install ## The five images (gateway, features, model, monolith; worker: Prefect's, with Hearth's flows) on the base: hearth containerize
 	$(BIN)/hearth containerize
 
 .PHONY: bench
