@@ -31,7 +31,8 @@ import duckdb
 from hearth.data.row_checks import build_clean_and_quarantine, check_rows
 from hearth.data.sql import ident, lit
 from hearth.features.definitions import SPLITS
-from hearth.features.offline import build_history_sql, feature_sql
+from hearth.features.history import build_history_table
+from hearth.features.offline import feature_sql
 from hearth.params import EtlParams, Params, SplitParams
 from hearth.schema import (
     CUSTOMER_COLUMNS,
@@ -291,22 +292,32 @@ def _reason_counts(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
     return {str(check): int(n) for check, n in rows}
 
 
-def _split_stats(
-    con: duckdb.DuckDBPyConnection, bounds: _SplitBounds
-) -> tuple[dict[str, int], dict[str, float]]:
+@dataclass(frozen=True)
+class _SplitStats:
+    rows: dict[str, int]
+    fraud_rate: dict[str, float]
+    # Each split's rowids in clean_transactions, [first, end): sorted by timestamp, a split
+    # (a range of days) is one contiguous run of rows.
+    ranges: dict[str, tuple[int, int]]
+
+
+def _split_stats(con: duckdb.DuckDBPyConnection, bounds: _SplitBounds) -> _SplitStats:
     rows = con.execute(
-        f"SELECT {_split_case(bounds)}, count(*), avg({ident(LABEL)}) "
+        f"SELECT {_split_case(bounds)}, count(*), avg({ident(LABEL)}), min(rowid), max(rowid) "
         "FROM clean_transactions GROUP BY ALL"
     ).fetchall()
-    found = {str(s): (int(n), float(rate)) for s, n, rate in rows}
-    counts = {s: found.get(s, (0, 0.0))[0] for s in SPLITS}
+    found = {str(s): (int(n), float(rate), int(lo), int(hi)) for s, n, rate, lo, hi in rows}
+    counts = {s: found.get(s, (0,))[0] for s in SPLITS}
     empty = [s for s, n in counts.items() if n == 0]
     if empty:
         raise EtlError(
             f"split(s) {', '.join(empty)} have no transactions (days without data); "
             "add drops for those days or change split.valid_days / split.test_days"
         )
-    return counts, {s: found[s][1] for s in SPLITS}
+    ranges = {s: (found[s][2], found[s][3] + 1) for s in SPLITS}
+    if any(end - first != counts[s] for s, (first, end) in ranges.items()):
+        raise EtlError("clean transactions are not in timestamp order")  # never expected
+    return _SplitStats(counts, {s: found[s][1] for s in SPLITS}, ranges)
 
 
 def _publish(scratch: Path, targets: dict[str, Path]) -> dict[str, str]:
@@ -369,18 +380,27 @@ def _clean(
 
 
 def _featurise_and_split(con: duckdb.DuckDBPyConnection, split: SplitParams) -> _SplitBounds:
-    """Phases 4-5: the split bounds, and table `feature_history` (see `build_history_sql`)
-    from which each split's features are written in one pass."""
+    """Phases 4-5: the split bounds, and table `feature_history` (`build_history_sql`'s
+    columns, computed by `build_history_table`) from which each split's features are
+    written in one pass."""
     bounds = _split_bounds(con, split)
-    history = build_history_sql("clean_transactions", "customers").strip()
-    con.execute(f"CREATE TABLE feature_history AS {history}")
+    build_history_table(con, "clean_transactions", "customers", "feature_history")
     logger.info("etl: features computed")
     return bounds
 
 
+def _split_features_sql(first: int, end: int) -> str:
+    """The features of clean_transactions' rows [first, end), only those computed."""
+    rows = f"BETWEEN {int(first)} AND {int(end) - 1}"
+    return feature_sql(
+        f"(SELECT rowid, * FROM clean_transactions WHERE rowid {rows})",
+        f"(FROM feature_history WHERE pos {rows})",
+    ).strip()
+
+
 def _write_outputs(
     con: duckdb.DuckDBPyConnection,
-    bounds: _SplitBounds,
+    ranges: dict[str, tuple[int, int]],
     scratch: Path,
     processed_dir: Path,
     quarantine_dir: Path,
@@ -392,12 +412,11 @@ def _write_outputs(
         **{s: processed_dir / f"{s}.parquet" for s in SPLITS},
         "quarantine": quarantine_dir / "quarantine.parquet",
     }
-    features = feature_sql("clean_transactions", "feature_history").strip()
     queries = {
         "transactions": "FROM clean_transactions",
         "customers": "FROM customers",
         # In clean_transactions' order: by timestamp then transaction_id.
-        **{s: f"FROM ({features}) WHERE {_split_case(bounds)} = {lit(s)}" for s in SPLITS},
+        **{s: _split_features_sql(*ranges[s]) for s in SPLITS},
         "quarantine": "FROM quarantine",
     }
     for name, query in queries.items():
@@ -418,17 +437,17 @@ def _run(
 ) -> EtlReport:
     rows_in, rows_clean, rows_quarantined, reasons = _clean(con, raw_dir, drops)
     bounds = _featurise_and_split(con, params.split)
-    split_rows, fraud_rate = _split_stats(con, bounds)
-    logger.info("etl: split %s", split_rows)
-    outputs = _write_outputs(con, bounds, scratch, processed_dir, quarantine_dir)
+    stats = _split_stats(con, bounds)
+    logger.info("etl: split %s", stats.rows)
+    outputs = _write_outputs(con, stats.ranges, scratch, processed_dir, quarantine_dir)
     return EtlReport(
         rows_in=rows_in,
         rows_clean=rows_clean,
         rows_quarantined=rows_quarantined,
         quarantine_reasons=reasons,
         drops=len(drops),
-        split_rows=split_rows,
+        split_rows=stats.rows,
         split_dates=bounds.dates(),
-        fraud_rate=fraud_rate,
+        fraud_rate=stats.fraud_rate,
         outputs=outputs,
     )
