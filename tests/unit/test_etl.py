@@ -278,3 +278,16 @@ def test_train_features_do_not_see_valid_or_test_data(tmp_path: Path, small_para
     assert len(alone) == len(train) == report.split_rows["train"]
     # Not bit-exact: window sums may add in another order when the partition is shorter.
     pd.testing.assert_frame_equal(alone, train, check_exact=False, rtol=1e-12)
+
+
+def test_the_blank_check_is_trims() -> None:
+    """The row checks' cheap blank test says what ``nullif(trim(x), '') IS NULL`` says."""
+    from hearth.data.row_checks import _missing
+
+    values = ["", " ", "  ", "\t", " \t", "a", " a", "a ", "!", "~", "\x7f", "\u00a0", "\u3000",
+              "\u00a0x", "\u2003", "\u2003 ", "é", "\n", "0", None]  # fmt: skip
+    con = duckdb.connect()
+    con.execute("CREATE TABLE v (x VARCHAR)")
+    con.executemany("INSERT INTO v VALUES (?)", [[v] for v in values])
+    rows = con.execute(f"SELECT x, {_missing('x')}, nullif(trim(x), '') IS NULL FROM v").fetchall()
+    assert [(x, fast) for x, fast, _ in rows] == [(x, slow) for x, _, slow in rows]
