@@ -282,7 +282,9 @@ def _connect(etl: EtlParams, spill_dir: Path) -> duckdb.DuckDBPyConnection:
 
 
 def _copy_parquet(con: duckdb.DuckDBPyConnection, query: str, path: Path) -> None:
-    con.execute(f"COPY ({query}) TO {lit(str(path))} (FORMAT parquet, COMPRESSION zstd)")
+    # zstd level 1, not the default 3: a quarter less CPU to write, files about 20 % larger.
+    options = "FORMAT parquet, COMPRESSION zstd, COMPRESSION_LEVEL 1"
+    con.execute(f"COPY ({query}) TO {lit(str(path))} ({options})")
 
 
 def _reason_counts(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
@@ -379,16 +381,6 @@ def _clean(
     return rows_in, clean, quarantined, reasons
 
 
-def _featurise_and_split(con: duckdb.DuckDBPyConnection, split: SplitParams) -> _SplitBounds:
-    """Phases 4-5: the split bounds, and table `feature_history` (`build_history_sql`'s
-    columns, computed by `build_history_table`) from which each split's features are
-    written in one pass."""
-    bounds = _split_bounds(con, split)
-    build_history_table(con, "clean_transactions", "customers", "feature_history")
-    logger.info("etl: features computed")
-    return bounds
-
-
 def _split_features_sql(first: int, end: int) -> str:
     """The features of clean_transactions' rows [first, end), only those computed."""
     rows = f"BETWEEN {int(first)} AND {int(end) - 1}"
@@ -400,30 +392,25 @@ def _split_features_sql(first: int, end: int) -> str:
 
 def _write_outputs(
     con: duckdb.DuckDBPyConnection,
+    params: Params,
     ranges: dict[str, tuple[int, int]],
     scratch: Path,
-    processed_dir: Path,
-    quarantine_dir: Path,
-) -> dict[str, str]:
-    """Phase 6: every output to scratch, then into place; returns name → path."""
-    targets = {
-        "transactions": processed_dir / "transactions.parquet",
-        "customers": processed_dir / "customers.parquet",
-        **{s: processed_dir / f"{s}.parquet" for s in SPLITS},
-        "quarantine": quarantine_dir / "quarantine.parquet",
-    }
-    queries = {
-        "transactions": "FROM clean_transactions",
-        "customers": "FROM customers",
+    targets: dict[str, Path],
+) -> None:
+    """Phases 4-6: every output to scratch. The tables first, while the most memory is
+    free; then table `feature_history` (`build_history_sql`'s columns, computed by
+    `build_history_table`), from which each split's features are written."""
+    for name, table in (("transactions", "clean_transactions"), ("customers", "customers"),
+                        ("quarantine", "quarantine")):  # fmt: skip
+        _copy_parquet(con, f"FROM {table}", scratch / targets[name].name)
+    con.execute("DROP TABLE quarantine")
+    build_history_table(
+        con, "clean_transactions", "customers", "feature_history", params.etl.threads
+    )
+    logger.info("etl: features computed")
+    for split in SPLITS:
         # In clean_transactions' order: by timestamp then transaction_id.
-        **{s: _split_features_sql(*ranges[s]) for s in SPLITS},
-        "quarantine": "FROM quarantine",
-    }
-    for name, query in queries.items():
-        _copy_parquet(con, query, scratch / targets[name].name)
-    outputs = _publish(scratch, targets)
-    logger.info("etl: wrote %s", ", ".join(outputs.values()))
-    return outputs
+        _copy_parquet(con, _split_features_sql(*ranges[split]), scratch / targets[split].name)
 
 
 def _run(
@@ -436,10 +423,18 @@ def _run(
     params: Params,
 ) -> EtlReport:
     rows_in, rows_clean, rows_quarantined, reasons = _clean(con, raw_dir, drops)
-    bounds = _featurise_and_split(con, params.split)
+    bounds = _split_bounds(con, params.split)
     stats = _split_stats(con, bounds)
     logger.info("etl: split %s", stats.rows)
-    outputs = _write_outputs(con, stats.ranges, scratch, processed_dir, quarantine_dir)
+    targets = {
+        "transactions": processed_dir / "transactions.parquet",
+        "customers": processed_dir / "customers.parquet",
+        **{s: processed_dir / f"{s}.parquet" for s in SPLITS},
+        "quarantine": quarantine_dir / "quarantine.parquet",
+    }
+    _write_outputs(con, params, stats.ranges, scratch, targets)
+    outputs = _publish(scratch, targets)
+    logger.info("etl: wrote %s", ", ".join(outputs.values()))
     return EtlReport(
         rows_in=rows_in,
         rows_clean=rows_clean,

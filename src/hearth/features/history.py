@@ -15,7 +15,9 @@ same-second transactions never see each other.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import duckdb
 import numpy as np
@@ -163,8 +165,25 @@ def _customer_chunks(reader: pa.RecordBatchReader) -> Iterator[pa.Table]:
         yield carry
 
 
+def _in_threads(chunks: Iterator[pa.Table], threads: int) -> Iterator[pa.Table]:
+    """`history_chunk` of each chunk, in order, `threads` at a time (numpy and Arrow release
+    the GIL in the heavy calls); at most `threads` chunks are held beyond the one yielded."""
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        pending: deque[Future[pa.Table]] = deque()
+        for chunk in chunks:
+            pending.append(pool.submit(history_chunk, chunk))
+            if len(pending) >= threads:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
 def build_history_table(
-    con: duckdb.DuckDBPyConnection, transactions: str, customers: str, table: str
+    con: duckdb.DuckDBPyConnection,
+    transactions: str,
+    customers: str,
+    table: str,
+    threads: int = 1,
 ) -> None:
     """Create `table`: `build_history_sql`'s columns for every row of `transactions`, in
     its order (``pos`` = rowid), computed chunk by chunk from the customer-sorted rows."""
@@ -173,8 +192,8 @@ def build_history_table(
     batches = reader.sql(_sorted_sql(transactions, customers)).to_arrow_reader(CHUNK_ROWS)
     staging = f"{table}_unsorted"
     created = False
-    for chunk in _customer_chunks(batches):
-        writer.register("history_part", history_chunk(chunk))
+    for part in _in_threads(_customer_chunks(batches), threads):
+        writer.register("history_part", part)
         if created:
             writer.execute(f"INSERT INTO {staging} FROM history_part")
         else:
