@@ -9,6 +9,10 @@ proves the two agree. The SQL reads two tables:
   is_fraud``), as written by the ETL;
 - customers: ``customer_id, home_latitude, home_longitude`` with NULL coordinates where the
   home is unknown (one row per customer).
+
+The ETL computes the same history table with `hearth.features.history` (sorted arrays,
+several times cheaper than these framed windows) and `feature_sql` on it; the SQL here stays
+the reference that `tests/unit/test_features_history.py` holds it to.
 """
 
 from __future__ import annotations
