@@ -13,7 +13,13 @@ from hearth.params import Params
 from hearth.traffic.state_sqlite import SQLiteStateStore
 from tests.helpers import NO_REDIS, REDIS_SERVER, RedisServer
 from tests.postgres_server import PostgresServer, postgres_missing, start_postgres
-from tests.projects import SMALL_DATA, build_tiny_project
+from tests.projects import (
+    SMALL_DATA,
+    build_tiny_data,
+    build_tiny_project,
+    registry_versions,
+    trained_copy,
+)
 
 os.environ.update(NO_TELEMETRY_ENV)
 
@@ -61,10 +67,28 @@ def state_store(tmp_path: Path) -> Iterator[SQLiteStateStore]:
     s.close()
 
 
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny project's data (SMALL_DATA generated, through ETL), made once per session; a
+    test takes a copy (`copy_project`), never this one."""
+    return build_tiny_data(tmp_path_factory.mktemp("tiny-data"))
+
+
+@pytest.fixture(scope="session")
+def tiny_project(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The tiny project with a registered champion, trained once per session; a test reads
+    it through `project`, its own copy, never directly."""
+    root = build_tiny_project(tmp_path_factory.mktemp("tiny-project"), data=tiny_data)
+    yield root
+    # Every module's copy was made from this one: it must still be as built.
+    assert registry_versions(root) == ["1"], "a test registered into the session's project"
+
+
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny project with a registered champion, one per test module (~20 s)."""
-    return build_tiny_project(tmp_path_factory.mktemp("project"))
+def project(tiny_project: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny project with a registered champion, one per test module: a copy of the
+    session's `tiny_project`, so a module may register, roll out and serve in it freely."""
+    return trained_copy(tiny_project, tmp_path_factory.mktemp("project"))
 
 
 @pytest.fixture(scope="module")

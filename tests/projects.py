@@ -9,6 +9,8 @@ the project's registry and data.
 from __future__ import annotations
 
 import os
+import shutil
+import sqlite3
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -93,16 +95,74 @@ def register_champion_again(project: Path, **settings: Any) -> str:
         return str(mlflow.register_model(source, name).version)
 
 
-def build_tiny_project(root: Path, params: dict[str, Any] = SMALL_DATA) -> Path:
-    """generate → ETL → train → register a champion, with the pipeline's own steps (~20 s)."""
+def build_tiny_data(root: Path, params: dict[str, Any] = SMALL_DATA) -> Path:
+    """A project with its data generated and through ETL, nothing trained (the pipeline's
+    own steps)."""
     from hearth import steps
 
     write_project(root, Params.model_validate(params))
     with in_project(root, project_settings(root)) as ctx:
         steps.generate_data(ctx)
         steps.etl(ctx)
+    return root
+
+
+def build_tiny_project(root: Path, data: Path | None = None) -> Path:
+    """generate → ETL → train → register a champion, with the pipeline's own steps (~20 s);
+    with `data` (a `build_tiny_data` project), on a copy of that data instead of new."""
+    if data is None:
+        build_tiny_data(root)
+    else:
+        copy_project(data, root)
+    with in_project(root, project_settings(root)) as ctx:
         assert train_and_register(ctx).alias == "champion"
     return root
+
+
+def copy_project(source: Path, root: Path) -> Path:
+    """A copy in `root` of the project built in `source` (its data, and its registry if it
+    has one), for a test that may change it: the absolute paths the build recorded (MLflow's
+    artifact locations, the MLmodel file, the ETL report) are moved to `root`, so nothing the
+    copy writes or reads lands in `source`."""
+    shutil.copytree(source, root, dirs_exist_ok=True)
+    old, new = str(source), str(root)
+    for f in root.rglob("*"):
+        if f.is_file() and f.suffix != ".db" and old.encode() in (data := f.read_bytes()):
+            f.write_bytes(data.replace(old.encode(), new.encode()))
+    if not (registry := root / ".hearth" / "mlflow.db").exists():
+        return root
+    with sqlite3.connect(registry) as db:
+        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        for table in tables:
+            for column in [r[1] for r in db.execute(f'PRAGMA table_info("{table}")')]:
+                db.execute(
+                    f'UPDATE "{table}" SET "{column}" = replace("{column}", ?, ?) '
+                    f'WHERE typeof("{column}") = \'text\' AND instr("{column}", ?) > 0',
+                    (old, new, old),
+                )
+    db.close()
+    return root
+
+
+def trained_copy(source: Path, root: Path) -> Path:
+    """`copy_project` of a trained project, with this process's MLflow pointed at the copy,
+    as building the project in `root` would have left it: a test that registers a version
+    through `mlflow`'s process-wide URIs writes into its copy, never into `source`."""
+    from hearth import registry
+
+    copy_project(source, root)
+    registry.configure(project_settings(root))
+    return root
+
+
+def registry_versions(project: Path) -> list[str]:
+    """The registered versions of the project's model, in its own registry."""
+    from mlflow.tracking import MlflowClient
+
+    uri = registry_uri(project)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    found = client.search_model_versions(f"name='{Params().registry.model_name}'")
+    return sorted(str(v.version) for v in found)
 
 
 # -- environments of processes on a project -------------------------------------------------

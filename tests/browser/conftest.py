@@ -32,7 +32,7 @@ from hearth.launch.hearth_server import ServerProcess
 from hearth.launch.launcher import free_port, launched
 from hearth.rollout.flow_steps import RoundResult
 from tests.browser.rollout_round import last_round
-from tests.projects import build_tiny_project, clean_environ, mlflow_server, project_servers
+from tests.projects import clean_environ, mlflow_server, project_servers, trained_copy
 
 CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -51,9 +51,10 @@ CHROMIUM_FLAGS = (
 
 
 @pytest.fixture(scope="session")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One tiny project with a registered champion for every browser test (~20 s)."""
-    return build_tiny_project(tmp_path_factory.mktemp("browser-project"))
+def project(tiny_project: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tiny project with a registered champion for every browser test: a copy of the
+    session's `tiny_project` (tests/conftest.py)."""
+    return trained_copy(tiny_project, tmp_path_factory.mktemp("browser-project"))
 
 
 @pytest.fixture(scope="session")

@@ -34,10 +34,10 @@ from hearth.traffic.assignment import assign
 from hearth.traffic.prediction_log import PredictionLog
 from hearth.traffic.state_postgres import PostgresStateStore
 from tests.e2e.conftest import API_KEY, hearth, stack_pids, still_running, user_env
-from tests.helpers import free_port, needs_redis, write_project
+from tests.helpers import free_port, needs_redis
 from tests.postgres_server import needs_postgres
 from tests.projects import (
-    SMALL_DATA,
+    copy_project,
     in_project,
     project_settings,
     register_champion_again,
@@ -84,14 +84,9 @@ class Fleet:
 
 
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    project = tmp_path_factory.mktemp("shared-up")
-    write_project(project, Params.model_validate(SMALL_DATA))
-    with in_project(project, project_settings(project)) as ctx:
-        from hearth import steps
-
-        steps.generate_data(ctx)
-        steps.etl(ctx)
+def fleet(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    # The project's data, generated and through ETL, nothing trained (tests/conftest.py).
+    project = copy_project(tiny_data, tmp_path_factory.mktemp("shared-up"))
     homes = [_home(), _home()]
     a_env = user_env(project) | {
         "HEARTH_HOME": str(homes[0]),

@@ -18,9 +18,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from hearth.launch.launcher import free_port, tail
-from hearth.params import Params
-from tests.helpers import write_project
-from tests.projects import REPO, SMALL_DATA, clean_environ, in_project, project_settings
+from tests.projects import REPO, clean_environ, copy_project, in_project, project_settings
 
 if TYPE_CHECKING:
     from hearth.steps import TrainSummary
@@ -38,16 +36,11 @@ SWEEP = (
 
 
 @pytest.fixture(scope="module")
-def featurised(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A project with processed features and the sweep's experiment file, nothing trained."""
-    from hearth import steps
-
-    root = tmp_path_factory.mktemp("dask-project")
-    write_project(root, Params.model_validate(SMALL_DATA))
+def featurised(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project with processed features and the sweep's experiment file, nothing trained:
+    a copy of the session's tiny data (tests/conftest.py)."""
+    root = copy_project(tiny_data, tmp_path_factory.mktemp("dask-project"))
     (root / "experiments" / "sweep.yaml").write_text(SWEEP)
-    with in_project(root, project_settings(root)) as ctx:
-        steps.generate_data(ctx)
-        steps.etl(ctx)
     return root
 
 
