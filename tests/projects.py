@@ -128,6 +128,8 @@ def copy_project(source: Path, root: Path) -> Path:
     old, new = str(source), str(root)
     for f in root.rglob("*"):
         if f.is_file() and f.suffix != ".db" and old.encode() in (data := f.read_bytes()):
+            # A binary file would be corrupted by a replacement of another length.
+            assert b"\0" not in data, f"{f} holds the source's path: copy_project cannot move it"
             f.write_bytes(data.replace(old.encode(), new.encode()))
     if not (registry := root / ".hearth" / "mlflow.db").exists():
         return root
