@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import shlex
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -159,6 +160,7 @@ def test_each_worker_gets_its_own_reuseport_socket_from_circus(
     sockets = circus.sockets.CircusSocket
     # undone after the test: the patch is meant for the `bentoml serve` process only
     monkeypatch.setattr(sockets, "__init__", sockets.__init__)
+    monkeypatch.setattr(sockets, "bind_and_listen", sockets.bind_and_listen)
     monkeypatch.setattr(sockets, "hearth_reuseport", False, raising=False)
     monkeypatch.setattr(bentoml.serving, "create_watcher", bentoml.serving.create_watcher)
     give_each_worker_its_own_listening_socket()
@@ -178,8 +180,15 @@ def test_each_worker_gets_its_own_reuseport_socket_from_circus(
         first.bind_and_listen()
         second.bind_and_listen()
         assert first.getsockname()[1] == second.getsockname()[1] == port
+        # bound, not listening: the worker's uvicorn listens once its app has started
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=2)
+        first.listen()
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
         first.close()
         second.close()
+        unix.bind_and_listen()  # a Unix socket still listens at once
+        assert unix.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1
     finally:
         unix.close()
 
@@ -195,3 +204,12 @@ def test_each_worker_gets_its_own_reuseport_socket_from_circus(
     )
     argv = shlex.split(replace_gnu_args(watcher.cmd, sockets={"_bento_api_server": 7}))
     assert argv == ["/usr/bin/python3", "-m", "x", "--fd", "7"]
+
+
+def test_uvicorn_listens_on_a_workers_socket_only_after_the_apps_startup() -> None:
+    """The per-worker sockets are handed over unlistened; uvicorn's `create_server` listens."""
+    import uvicorn
+
+    startup = inspect.getsource(uvicorn.Server.startup)
+    assert "create_server" in startup and "sock=sock" in startup, "uvicorn moved create_server"
+    assert startup.index("lifespan.startup()") < startup.index("create_server"), startup

@@ -90,6 +90,13 @@ def give_each_worker_its_own_listening_socket() -> None:
     watcher's *command* names it (`circus.process.Process._get_sockets_fds`, which re-creates
     it from its `_cfg`); BentoML names it in the watcher's arguments, so those are folded
     into the command. Unix sockets (the services' own, between processes) stay as they are.
+
+    Each worker's socket is bound but not listening when circus hands it over: uvicorn
+    listens on it once the app's startup is done, so the kernel never queues a connection
+    on a worker that is still importing (a restarted one would otherwise hold its share of
+    new connections for seconds). A connection already queued on a worker that dies is
+    reset, as with any SO_REUSEPORT server, unless the host sets
+    `net.ipv4.tcp_migrate_req=1` (Linux ≥ 5.14), which moves it to a surviving worker.
     """
     # lazy: BentoML's serving and circus load only in the process that runs `bentoml serve`
     import bentoml.serving
@@ -99,6 +106,7 @@ def give_each_worker_its_own_listening_socket() -> None:
     if getattr(sockets, "hearth_reuseport", False):
         return  # already given
     init = sockets.__init__
+    bind_and_listen = sockets.bind_and_listen
     create_watcher = bentoml.serving.create_watcher
 
     def socket_init(self: Any, *args: Any, **kwargs: Any) -> None:
@@ -115,6 +123,14 @@ def give_each_worker_its_own_listening_socket() -> None:
                 "so_reuseport": "true",
             }
 
+    def bind_only(self: Any) -> None:
+        if not self.so_reuseport or self.is_unix:
+            bind_and_listen(self)
+            return
+        self.bind((self.host, self.port))  # uvicorn's create_server listens, after startup
+        self.setblocking(self.blocking)
+        self.host, self.port = self.getsockname()[:2]  # as circus does: port 0 → the bound one
+
     def watcher(name: str, args: list[str], **kwargs: Any) -> Any:
         created = create_watcher(name, args, **kwargs)
         if created.args and any("$(circus.sockets." in arg for arg in created.args):
@@ -125,5 +141,6 @@ def give_each_worker_its_own_listening_socket() -> None:
     # circus' own code calls super(CircusSocket, self), so the class itself is patched
     # (in the process that runs `bentoml serve` only), not replaced by a subclass
     sockets.__init__ = socket_init
+    sockets.bind_and_listen = bind_only
     sockets.hearth_reuseport = True
     bentoml.serving.create_watcher = watcher
