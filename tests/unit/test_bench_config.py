@@ -80,6 +80,20 @@ def test_the_model_service_contenders_carry_the_internal_token(tmp_path: Path) -
             assert (INTERNAL_TOKEN_HEADER, token) in server.endpoint.headers
 
 
+def test_a_baseline_checkout_serves_with_its_own_params(tmp_path: Path) -> None:
+    """Its params schema may be older than this checkout's: it reads its own params.yaml."""
+    from hearth.bench.contenders import build_server
+
+    source = Settings(home=tmp_path)
+    base = tmp_path / "base"
+    for name in ("monolith", "model-batched"):
+        mine = build_server(name, source, tmp_path, tmp_path / "work")
+        theirs = build_server(f"{name}@base", source, base, tmp_path / "work")
+        assert mine.env["HEARTH_PARAMS_FILE"] == str(source.params_file.resolve())
+        assert theirs.env["HEARTH_PARAMS_FILE"] == str(base / "params.yaml")
+        assert theirs.env["HEARTH_DATA_DIR"] == mine.env["HEARTH_DATA_DIR"]  # the same data
+
+
 def test_the_report_compares_two_workers_with_one_and_checks_the_counts(tmp_path: Path) -> None:
     def row(name: str, rps: float) -> dict:
         return {"contender": name, "concurrency": 32, "requests": 300, "ok": 300, "errors": {},

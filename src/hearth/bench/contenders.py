@@ -223,6 +223,8 @@ def build_server(name: str, source: Settings, root: Path, work: Path) -> Server:
     py = sys.executable
     bentoml_serve = [py, "-m", "bentoml", "serve", "--working-dir", str(root)]
     name = name.removesuffix(BASELINE)
+    # A baseline checkout reads its own params.yaml: its schema may be older than this one's.
+    params = {"HEARTH_PARAMS_FILE": str(root / "params.yaml")} if suffix else {}
     if name == "echo":
         cmd = [py, "-m", "uvicorn", "hearth.bench.echo:app", "--log-level", "warning",
                "--no-access-log"]  # fmt: skip
@@ -236,13 +238,13 @@ def build_server(name: str, source: Settings, root: Path, work: Path) -> Server:
         return Server(spec, cmd, server_env(source, root, home), root, log, "/predict", "/readyz")
     if name in ("monolith", "microservices", "monolith-w2"):
         key = (("X-API-Key", BENCH_KEY),)
-        env = server_env(source, root, home)
+        env = server_env(source, root, home, **params)
         return HearthServer(spec, [], env, root, log, "/predict", "/readyz", headers=key)
     if name in ("model-batched", "model-unbatched"):
         # Hearth's model service alone, on the monolith's home (its state and model cache).
         batching = "false" if name == "model-unbatched" else "true"
         monolith_home = work / f"monolith{suffix}"
-        env = server_env(source, root, monolith_home, HEARTH_MODEL_BATCHING=batching)
+        env = server_env(source, root, monolith_home, HEARTH_MODEL_BATCHING=batching, **params)
         cmd = [*bentoml_serve, "bentos.model:Model"]
         token = ((INTERNAL_TOKEN_HEADER, BENCH_INTERNAL_TOKEN),)
         return Server(spec, cmd, env, root, log, MODEL_ROUTE, "/readyz", headers=token)
