@@ -136,10 +136,13 @@ def test_the_report_compares_two_workers_with_one_and_checks_the_counts(tmp_path
 
 def test_long_cells_end_at_their_requests_or_their_seconds() -> None:
     full = BenchConfig()
-    assert full.cell(1) == (10_000, 20.0 / full.rounds)  # ≥ 10 000 requests or ≥ 20 s
+    assert full.cell(1) == (10_000, 40.0 / full.rounds)  # 10 000 requests, or 40 s
     assert full.cell(32) == (20_000, 20.0 / full.rounds)  # sustained
     assert full.cell(8) == (full.requests, full.max_cell_s)
-    assert full.choose(requests=60).cell(1) == (60, 20.0 / full.rounds)
+    assert full.choose(requests=60).cell(1) == (60, 40.0 / full.rounds)
+    # rounds never fall short of the cell: 10 000 in 3 rounds is 3 × 3 334
+    assert full.rounds == 3 and full.per_round(1) * full.rounds == 10_002
+    assert full.per_round(8) * full.rounds == full.requests
     assert BenchConfig.quick().long_cells == ()  # the suite's run stays short
     assert full.choose(wrk_s=0).wrk_s == 0
     assert (full.wrk_concurrency, full.choose(wrk_concurrency=32).wrk_concurrency) == (1, 32)
@@ -202,6 +205,12 @@ def test_the_report_puts_wrk_beside_hearths_own_load(tmp_path: Path) -> None:
     assert judged["monolith p50 at c=1 ≤ 5× the Starlette echo's"] is True  # ×4.5
     assert judged["monolith CPU per request at c=32 ≤ 1.0 ms"] is True
     assert judged["monolith: p99 ≤ 3× p50 at c=1 (≥ 10 000 requests)"] is False  # ×9
+    # a cell cut short by its seconds is shown, not judged
+    report["results"][1] = {**report["results"][1], "requests": 8_529, "ok": 8_529}
+    bench_report.write(report, tmp_path)
+    targets = json.loads((tmp_path / "bench.json").read_text())["targets"]
+    short = next(t for t in targets if t["target"].startswith("monolith: p99"))
+    assert short["met"] is None and "over only 8,529 requests" in short["measured"]
     report.pop("cross_check")
     bench_report.write(report, tmp_path)
     assert "(not measured: not run)" in (tmp_path / "bench.md").read_text()

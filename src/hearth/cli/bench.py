@@ -47,8 +47,8 @@ def bench(
     requests: Annotated[
         int | None,
         typer.Option(
-            help="Requests per contender and level (all rounds); default 1500, and at c=1 and "
-            "c=32 10 000 and 20 000 or 20 s, whichever comes first (the long cells)."
+            help="Requests per contender and level (all rounds); default 1500, and the long "
+            "cells: at c=1 10 000 or 40 s, at c=32 20 000 or 20 s, whichever comes first."
         ),
     ] = None,
     wrk_seconds: Annotated[
