@@ -12,7 +12,12 @@ import pytest
 
 from hearth.launch.topologies import serve_command
 from hearth.observability.prometheus import live_gauges, sweep_dead_processes
-from hearth.serving.workers import WORKERS_ENV, configured_workers, process_view
+from hearth.serving.workers import (
+    WORKERS_ENV,
+    configured_workers,
+    process_view,
+    queued_connections_hint,
+)
 
 # A worker of another process: publishes its gauges and a count, then waits for stdin to close.
 WORKER = """
@@ -83,3 +88,16 @@ def test_outside_multiprocess_mode_there_is_nothing_to_read(
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     assert live_gauges(("hearth_worker_ready",)) == {}
     assert sweep_dead_processes() == []
+
+
+def test_more_than_one_worker_hears_of_tcp_migrate_req_only_where_it_is_off(
+    tmp_path: Path,
+) -> None:
+    sysctl = tmp_path / "tcp_migrate_req"
+    sysctl.write_text("0\n")
+    hint = queued_connections_hint(2, sysctl)
+    assert hint is not None and "net.ipv4.tcp_migrate_req=1" in hint
+    assert queued_connections_hint(1, sysctl) is None  # one worker: nothing to migrate to
+    sysctl.write_text("1\n")
+    assert queued_connections_hint(2, sysctl) is None
+    assert queued_connections_hint(2, tmp_path / "absent") is None  # older kernel, not Linux

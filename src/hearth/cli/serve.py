@@ -17,7 +17,7 @@ from hearth.cli._common import choose, console, fail, load_context
 from hearth.config import HearthContext, project_root
 from hearth.launch.bentoml_main import multiproc_dir
 from hearth.launch.topologies import TOPOLOGIES, default_workers
-from hearth.serving.workers import WORKERS_ENV
+from hearth.serving.workers import WORKERS_ENV, queued_connections_hint
 
 commands = typer.Typer()
 
@@ -124,6 +124,8 @@ def serve(
     where = f"http://{host or s.serving_host}:{port or s.serving_port}"
     plural = "s" if n_workers > 1 else ""
     console.print(f"serving {topology} on {where} ({n_workers} worker{plural})")
+    if hint := queued_connections_hint(n_workers):
+        console.print(f"[dim]hint: {hint}[/dim]")
     sys.stderr.flush()
     # exec: signals sent to this process (Ctrl-C, a supervisor's SIGTERM) reach BentoML.
     os.execv(sys.executable, cmd)

@@ -1,7 +1,8 @@
 """One serving worker among the N of `hearth serve --workers N`.
 
 BentoML runs the entry service (the monolith, or the microservices' gateway) as N worker
-processes that accept on one socket; each loads its own store handle, model pool and
+processes on one port, each listening on its own socket (SO_REUSEPORT, see
+`hearth.serving.bentoml_internals`); each loads its own store handle, model pool and
 prediction-log writer, and follows the one rollout state on its own (`Follower`). What they
 share is outside them: the online store, the rollout state and the prediction log (SQLite
 files under HEARTH_HOME, or Redis), and Prometheus' multiprocess directory.
@@ -21,6 +22,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from hearth.observability.prometheus import live_gauges, set_worker_ready, sweep_dead_processes
@@ -31,6 +33,7 @@ WORKERS_ENV = "HEARTH_SERVE_WORKERS"  # set by `hearth serve --workers N` for it
 WORKER_HEADER = "X-Hearth-Worker"  # the pid of the worker that answered (Hearth's routes)
 PUBLISH_INTERVAL_S = 1.0
 STARTING_INTERVAL_S = 0.25  # while not ready yet: a launcher waits on it
+MIGRATE_REQ = Path("/proc/sys/net/ipv4/tcp_migrate_req")  # Linux ≥ 5.14
 
 
 def configured_workers() -> int:
@@ -46,6 +49,24 @@ def configured_workers() -> int:
     if n < 1:
         raise ValueError(f"{WORKERS_ENV}={raw!r}: expected a whole number ≥ 1")
     return n
+
+
+def queued_connections_hint(workers: int, sysctl: Path = MIGRATE_REQ) -> str | None:
+    """What to tell whoever runs `workers` > 1 on a kernel that resets the connections still
+    queued on a worker's own socket when that worker dies (`net.ipv4.tcp_migrate_req` off);
+    None where there is nothing to suggest (one worker, the setting on, or no such setting)."""
+    if workers < 2:
+        return None
+    try:
+        value = sysctl.read_text().strip()
+    except OSError:  # not Linux, older than 5.14, or not readable
+        return None
+    if value != "0":
+        return None
+    return (
+        "a worker that crashes resets the connections queued on its socket; "
+        "`sysctl -w net.ipv4.tcp_migrate_req=1` makes the kernel hand them to a live worker"
+    )
 
 
 class WorkerReadiness:
