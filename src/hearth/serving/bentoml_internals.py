@@ -80,7 +80,7 @@ def worker_index() -> int | None:
 def give_each_worker_its_own_listening_socket() -> None:
     """Make `bentoml serve` (in this process) give each worker of the public HTTP server its
     own listening socket on the port, with SO_REUSEPORT, instead of one socket they all
-    accept from: the kernel then spreads new connections evenly over the workers.
+    accept from: the kernel then spreads new connections over the workers (by a hash of each).
 
     With one shared socket, the worker whose event loop wakes first accepts every pending
     connection at once (uvloop accepts until none is left): 32 keep-alive connections opened
