@@ -344,7 +344,7 @@ class TestSQLiteStore(StoreContract):
 
 def test_concurrent_observes_lose_nothing(settings: Settings, store: SQLiteStore) -> None:
     # A second connection to the same file stands in for another serving process: only
-    # BEGIN IMMEDIATE, not the in-process lock, keeps the two from losing updates.
+    # the compare-and-set write, not the in-process lock, keeps the two from losing updates.
     other = SQLiteStore(settings.online_store_path)
     try:
         check_concurrent_observes_lose_nothing([store, other])

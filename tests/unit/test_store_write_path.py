@@ -1,11 +1,14 @@
 """The serving write path's stalls, pinned by mechanism (no timing): WAL checkpoints run in a
 thread of their own, never inside a caller's commit; concurrent observes from many threads
-are each committed exactly once; a loaded service's heap is out of the collector's reach.
+are each committed exactly once, from threads and from processes; an observe whose state
+changed after its read writes nothing over it and tries again; a loaded service's heap is out
+of the collector's reach.
 """
 
 from __future__ import annotations
 
 import gc
+import multiprocessing
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -14,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from hearth.features.store import SQLiteStore
+from hearth.features.store import SQLiteStore, StoreUnavailable
 from hearth.serving.dependencies import Background
 from hearth.storage.sqlite import SQLiteFile
 from tests.unit.test_store import T0, txn
@@ -130,6 +133,84 @@ def test_concurrent_observes_from_many_threads_are_each_committed_once(tmp_path:
         state = store.get(customer)
         assert state is not None
         assert sorted(state.ids) == sorted(sent[customer])  # each once, none lost
+    store.close()
+
+
+def test_an_observe_whose_state_changed_since_its_read_tries_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process (a second store on the file) writes the customer between this
+    observe's read and its write: the write must not land on the state it did not see."""
+    path = tmp_path / "online.sqlite"
+    store, other = SQLiteStore(path), SQLiteStore(path)
+    store.observe(txn("C1", T0, tid="first"))
+    read = store._raw
+    reads: list[object] = []
+
+    def raced(customer: str) -> object:
+        raw = read(customer)
+        if not reads:
+            other.observe(txn("C1", T0 + timedelta(minutes=1), tid="between"))
+        reads.append(raw)
+        return raw
+
+    monkeypatch.setattr(store, "_raw", raced)
+    features, cold = store.observe(txn("C1", T0 + timedelta(minutes=2), tid="mine"))
+    assert len(reads) == 2 and reads[0] != reads[1]  # the first attempt's write was refused
+    assert cold is False and features["n_tx_24h"] == 2  # computed on the state with "between"
+    state = store.get("C1")
+    assert state is not None and sorted(state.ids) == ["between", "first", "mine"]
+    store.close()
+    other.close()
+
+
+def test_an_observe_that_keeps_losing_the_race_is_unavailable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = SQLiteStore(tmp_path / "online.sqlite", max_attempts=3)
+    store.observe(txn("C1", T0, tid="first"))
+    stale = store._raw("C1")
+    store.observe(txn("C1", T0 + timedelta(minutes=1), tid="second"))
+    monkeypatch.setattr(store, "_raw", lambda customer: stale)  # every read is out of date
+    with pytest.raises(StoreUnavailable, match=r"3 attempts.*'third'"):
+        store.observe(txn("C1", T0 + timedelta(minutes=2), tid="third"))
+    monkeypatch.undo()
+    state = store.get("C1")
+    assert state is not None and sorted(state.ids) == ["first", "second"]  # nothing overwritten
+    store.close()
+
+
+def _observe_hot_customers(path: str, worker: int, per_worker: int, start: object) -> None:
+    """One process's share of `test_observes_from_two_processes_are_each_committed_once`."""
+    store = SQLiteStore(Path(path))
+    start.wait()  # type: ignore[attr-defined]
+    for i in range(per_worker):
+        at = T0 + timedelta(seconds=2 * i + worker)
+        store.observe(txn(f"C{i % 3}", at, tid=f"p{worker}-{i}"))
+    store.close()
+
+
+def test_observes_from_two_processes_are_each_committed_once(tmp_path: Path) -> None:
+    """Two serving processes on one file, three customers both write all the time: every
+    observe lands once (the compare-and-set, not an in-process lock, keeps them apart)."""
+    path, per_worker = tmp_path / "online.sqlite", 2000
+    SQLiteStore(path).close()  # the table exists before both start
+    spawn = multiprocessing.get_context("spawn")
+    start = spawn.Event()
+    procs = [
+        spawn.Process(target=_observe_hot_customers, args=(str(path), w, per_worker, start))
+        for w in range(2)
+    ]
+    for proc in procs:
+        proc.start()
+    start.set()
+    for proc in procs:
+        proc.join(120)
+        assert proc.exitcode == 0
+    store = SQLiteStore(path)
+    states = [store.get(c) for c in ("C0", "C1", "C2")]
+    ids = sorted(i for state in states if state is not None for i in state.ids)
+    assert ids == sorted(f"p{w}-{i}" for w in range(2) for i in range(per_worker))
     store.close()
 
 
