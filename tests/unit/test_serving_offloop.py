@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -17,12 +18,19 @@ from starlette.testclient import TestClient
 
 from hearth.config import Settings
 from hearth.features.online import Transaction
-from hearth.features.store import open_store
-from hearth.serving.dependencies import LocalFeatures, RemoteVersions
+from hearth.features.store import SQLiteStore, open_store
+from hearth.serving.dependencies import (
+    LocalFeatures,
+    OffLoop,
+    RemoteVersions,
+    observe_from_loop,
+)
+from hearth.serving.errors import FeaturesUnavailable
 from hearth.serving.gateway import Gateway
 from hearth.serving.http import HttpPolicy, create_app
 from hearth.serving.internal import features_app, model_app
 from hearth.serving.internal_client import OBSERVE, PREFIX, VERSIONS
+from hearth.storage.sqlite import SQLiteFile, WouldBlock
 from hearth.traffic.follower import Follower
 from hearth.traffic.prediction_log import PredictionLog
 from hearth.traffic.rollout_state import Served
@@ -33,7 +41,8 @@ STUCK = "stuck-customer"
 
 class StallingStore:
     """The real SQLite store, except that observing STUCK's transactions waits for `release`
-    (a store call stuck on a lock, a busy timeout, a hung Redis)."""
+    (a store call stuck on a lock, a busy timeout, a hung Redis); on the event loop
+    (`observe_nowait`) it would have to wait, so it says so."""
 
     def __init__(self, real: Any) -> None:
         self.real = real
@@ -45,6 +54,11 @@ class StallingStore:
             self.stalled.set()
             self.release.wait(30)
         return self.real.observe(txn)
+
+    def observe_nowait(self, txn: Transaction) -> Any:
+        if txn.customer_id == STUCK:
+            raise WouldBlock("stuck")
+        return self.real.observe_nowait(txn)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.real, name)
@@ -115,6 +129,76 @@ def test_a_store_call_past_its_timeout_is_503_with_retry_after(
     assert stuck.headers["Retry-After"] == "1"
     assert "did not answer within 0.2s" in stuck.json()["error"]
     assert after == 200  # other customers are served meanwhile
+
+
+class CountingCalls(OffLoop):
+    """An `OffLoop` that records the transactions it was handed."""
+
+    def __init__(self) -> None:
+        super().__init__("feature-store", timeout_s=10.0)
+        self.handed: list[list[str]] = []
+
+    async def run(self, unavailable: Any, fn: Any, *args: Any) -> Any:
+        self.handed.append([t.transaction_id for t in args[1]])
+        return await super().run(unavailable, fn, *args)
+
+
+def _txns(*ids: str) -> list[Transaction]:
+    from tests.unit.test_store import T0, txn
+
+    return [txn("C1", T0 + timedelta(minutes=i), tid=tid) for i, tid in enumerate(ids)]
+
+
+def test_observes_that_need_not_wait_stay_on_the_loop(settings: Settings) -> None:
+    store, calls = SQLiteStore(settings.online_store_path), CountingCalls()
+    try:
+        rows = asyncio.run(observe_from_loop(calls, FeaturesUnavailable, store, _txns("a", "b")))
+        assert calls.handed == []  # no thread was asked
+        assert [r.cold_start for r in rows] == [True, False]
+        assert rows[1].features["n_tx_24h"] == 1  # the second saw the first
+    finally:
+        calls.shutdown()
+        store.close()
+
+
+def test_a_locked_file_sends_the_observes_to_a_thread_and_they_finish_after_it(
+    settings: Settings,
+) -> None:
+    """Another process holds the file's write lock: the loop does not wait for it (the
+    observes go to a thread, pending while it is held) and they land once it is let go."""
+    store, calls = SQLiteStore(settings.online_store_path), CountingCalls()
+    other = SQLiteFile(settings.online_store_path, name="other process", error=RuntimeError)
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_the_lock() -> None:
+        with other.transaction():
+            locked.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold_the_lock)
+    holder.start()
+
+    async def scenario() -> tuple[bool, list[Any]]:
+        assert await asyncio.to_thread(locked.wait, 10)
+        task = asyncio.create_task(observe_from_loop(calls, FeaturesUnavailable, store, _txns("a")))
+        await asyncio.sleep(0.2)  # the loop runs on meanwhile: this sleep ends
+        pending = not task.done()
+        release.set()
+        async with asyncio.timeout(10):  # a guard against a hang, not the measure
+            return pending, await task
+
+    try:
+        pending, rows = asyncio.run(scenario())
+        assert pending and calls.handed == [["a"]]
+        assert rows[0].cold_start is True
+        state = store.get("C1")
+        assert state is not None and state.ids == ["a"]
+    finally:
+        release.set()
+        holder.join(10)
+        calls.shutdown()
+        other.close()
+        store.close()
 
 
 class SlowState:

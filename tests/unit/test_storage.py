@@ -25,7 +25,7 @@ import redis
 from redis.client import Pipeline
 
 from hearth.storage.redis import Update, compare_and_set, connect, ping, translate_errors
-from hearth.storage.sqlite import SQLiteFile
+from hearth.storage.sqlite import SQLiteFile, WouldBlock
 from tests.helpers import RedisServer, free_port, needs_redis
 
 T = TypeVar("T")
@@ -144,6 +144,44 @@ def test_a_transaction_holds_the_write_lock_from_its_start(db: SQLiteFile) -> No
             assert value(other) is None  # readers are not blocked (WAL)
     finally:
         other.close()
+
+
+def test_nowait_says_would_block_instead_of_waiting_for_a_write_lock(db: SQLiteFile) -> None:
+    other = open_file(db.path)
+    try:
+        with other.transaction() as conn:
+            conn.execute("INSERT INTO t VALUES ('n', 1)")
+            with db.nowait() as mine:  # reads go on (WAL): the last commit, not other's
+                assert mine.execute("SELECT count(*) FROM t").fetchone()[0] == 0
+            with pytest.raises(WouldBlock, match="locked"), db.nowait() as mine:
+                mine.execute("INSERT INTO t VALUES ('m', 2)")
+        with db.nowait() as mine:  # the lock let go: the same write goes through
+            mine.execute("INSERT INTO t VALUES ('m', 2)")
+        assert (value(db, "n"), value(db, "m")) == (1, 2)
+    finally:
+        other.close()
+
+
+def test_nowait_says_would_block_while_another_thread_uses_it(db: SQLiteFile) -> None:
+    inside, leave = threading.Event(), threading.Event()
+
+    def use() -> None:
+        with db.nowait():
+            inside.set()
+            leave.wait(10)
+
+    thread = threading.Thread(target=use)
+    thread.start()
+    try:
+        assert inside.wait(10)
+        with pytest.raises(WouldBlock, match="in use"), db.nowait():
+            pass
+    finally:
+        leave.set()
+        thread.join(10)
+    db.close()
+    with pytest.raises(Down, match="closed"), db.nowait():
+        pass
 
 
 def test_read_modify_write_across_connections_loses_nothing(db: SQLiteFile) -> None:

@@ -19,7 +19,7 @@ import pytest
 
 from hearth.features.store import SQLiteStore, StoreUnavailable
 from hearth.serving.dependencies import Background
-from hearth.storage.sqlite import SQLiteFile
+from hearth.storage.sqlite import SQLiteFile, WouldBlock
 from tests.unit.test_store import T0, txn
 
 PAGE = 4096
@@ -147,8 +147,8 @@ def test_an_observe_whose_state_changed_since_its_read_tries_again(
     read = store._raw
     reads: list[object] = []
 
-    def raced(customer: str) -> object:
-        raw = read(customer)
+    def raced(customer: str, connect: object) -> object:
+        raw = read(customer, connect)  # type: ignore[arg-type]
         if not reads:
             other.observe(txn("C1", T0 + timedelta(minutes=1), tid="between"))
         reads.append(raw)
@@ -169,11 +169,13 @@ def test_an_observe_that_keeps_losing_the_race_is_unavailable(
 ) -> None:
     store = SQLiteStore(tmp_path / "online.sqlite", max_attempts=3)
     store.observe(txn("C1", T0, tid="first"))
-    stale = store._raw("C1")
+    stale = store._raw("C1", store._db.read)
     store.observe(txn("C1", T0 + timedelta(minutes=1), tid="second"))
-    monkeypatch.setattr(store, "_raw", lambda customer: stale)  # every read is out of date
+    monkeypatch.setattr(store, "_raw", lambda *_: stale)  # every read is out of date
     with pytest.raises(StoreUnavailable, match=r"3 attempts.*'third'"):
         store.observe(txn("C1", T0 + timedelta(minutes=2), tid="third"))
+    with pytest.raises(WouldBlock, match="written first"):  # on the loop: one try only
+        store.observe_nowait(txn("C1", T0 + timedelta(minutes=2), tid="third"))
     monkeypatch.undo()
     state = store.get("C1")
     assert state is not None and sorted(state.ids) == ["first", "second"]  # nothing overwritten

@@ -30,6 +30,7 @@ from hearth.serving.schemas import (
     Score,
     ScoreItem,
 )
+from hearth.storage.sqlite import WouldBlock
 
 log = logging.getLogger(__name__)
 
@@ -103,18 +104,43 @@ def settle_heap() -> None:
 
 
 # -- in-process dependencies (monolith; the features and model services themselves) -----
-def observe_rows(store: Any, txns: Sequence[Transaction]) -> list[FeatureRow]:
-    """Features of each transaction from its customer's state, updating the state in order."""
+def observe_rows(store: Any, txns: Sequence[Transaction], nowait: bool = False) -> list[FeatureRow]:
+    """Features of each transaction from its customer's state, updating the state in order.
+
+    `nowait`: only as far as the store goes without waiting (its ``observe_nowait``, for an
+    event loop): the rows of a prefix of `txns`, maybe none (a store without it: none)."""
+    observe = getattr(store, "observe_nowait", None) if nowait else store.observe
+    if observe is None:
+        return []
     with tracing.span("features.observe") as current:
         rows = []
         for txn in txns:
-            features, cold = store.observe(txn)
+            try:
+                features, cold = observe(txn)
+            except WouldBlock:
+                break
             rows.append(FeatureRow(features=features, cold_start=cold))
         if current is not None:
             current.set_attribute(tracing.ATTR_ITEMS, len(rows))
             current.set_attribute("hearth.cold_starts", sum(r.cold_start for r in rows))
             current.set_attribute(tracing.ATTR_REQUEST_ID, tracing.baggage_request_id() or "")
     record_feature_lookups(r.cold_start for r in rows)
+    return rows
+
+
+async def observe_from_loop(
+    calls: OffLoop, unavailable: type[Unavailable], store: Any, txns: Sequence[Transaction]
+) -> list[FeatureRow]:
+    """`observe_rows` called from an event loop: on the loop as far as the store goes without
+    waiting, the rest in `calls`' threads (where a store may wait on a lock or a network).
+
+    Why not always a thread: with the SQLite store, the hand-off to a thread and back cost
+    more than the observe itself. One monolith worker under wrk at c=32 (2 cores): 931 req/s
+    at 1.18 ms of CPU per request through the thread pool, 2 157-2 224 req/s at 0.45 ms on
+    the loop; the GIL passed between the loop's core and the thread's at every request."""
+    rows = observe_rows(store, txns, nowait=True)
+    if len(rows) < len(txns):
+        rows += await calls.run(unavailable, observe_rows, store, txns[len(rows) :])
     return rows
 
 
@@ -164,7 +190,7 @@ class LocalFeatures:
 
         try:
             store = self.store.get()
-            return await self.calls.run(FeaturesUnavailable, observe_rows, store, txns)
+            return await observe_from_loop(self.calls, FeaturesUnavailable, store, txns)
         except (NotReady, StoreError) as exc:
             raise FeaturesUnavailable(str(exc)) from exc
 

@@ -47,7 +47,7 @@ from hearth.serving.auth import (
     presented_internal_token,
 )
 from hearth.serving.batching import Batcher
-from hearth.serving.dependencies import OffLoop, observe_rows
+from hearth.serving.dependencies import OffLoop, observe_from_loop
 from hearth.serving.errors import Unavailable
 from hearth.serving.internal_client import (
     JSON,
@@ -208,14 +208,14 @@ def features_app(
     """
     from hearth.features.store import StoreError  # lazy: pandas, for the features service only
 
-    # Off the event loop, with a timeout: a store call can wait on SQLite's busy timeout or
-    # a slow Redis, and the loop must keep answering the other requests meanwhile.
+    # What could wait (SQLite's busy timeout, a slow Redis) runs off the event loop, with a
+    # timeout, so the loop keeps answering the other requests meanwhile (`observe_from_loop`).
     calls = OffLoop("feature-store")
 
     async def observe(body: bytes) -> Reply:
         txns = transactions_json(body, limits())
         try:
-            rows = await calls.run(Unavailable, observe_rows, get_store(), txns)
+            rows = await observe_from_loop(calls, Unavailable, get_store(), txns)
         except InvalidTransaction as exc:  # the store's own check
             raise Refused(422, "invalid transactions", exc.problems) from None
         except Unavailable as exc:

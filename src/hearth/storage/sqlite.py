@@ -17,7 +17,10 @@ is the one place that opens such a file the same way each time:
 `transaction()` is ``BEGIN IMMEDIATE`` … ``COMMIT`` (``ROLLBACK`` on any error): it takes the
 write lock before its first read, so a read-modify-write is atomic across processes (a
 DEFERRED transaction would fail one of two concurrent writers with SQLITE_BUSY). `read()`
-runs statements outside a transaction, each seeing the latest commit. Every
+runs statements outside a transaction, each seeing the latest commit. `nowait()` is
+`read()` for an event loop: a connection of its own with no busy timeout, which raises
+`WouldBlock` where `read()` would wait (its lock taken, the file's write lock held by
+another connection), so the caller can hand the call to a thread instead. Every
 `sqlite3.Error`, and any use after `close()`, is raised as ``error(message)``, an exception
 type the caller chooses, with the file's name and the cause in the message.
 """
@@ -37,6 +40,14 @@ from hearth.storage.database import Database
 log = logging.getLogger(__name__)
 
 Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
+
+_BUSY = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+class WouldBlock(Exception):
+    """`SQLiteFile.nowait()` could not go on without waiting; nothing was changed by the
+    statement that raised it. Try again where waiting is allowed (a thread)."""
+
 
 # A WAL this long (in pages) after a passive checkpoint is restarted by a RESTART one: it
 # waits for the writers of the moment, then the next commit writes the WAL from its start.
@@ -131,25 +142,38 @@ class SQLiteFile(Database[sqlite3.Connection]):
         self.path = path
         self.name = name
         self._error = error
+        self._synchronous = synchronous
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
+        self._nowait_lock = threading.Lock()
+        self._nowait_conn: sqlite3.Connection | None = None  # opened on first use
+        self._closed = False
         self.checkpointer: Checkpointer | None = None
         path.parent.mkdir(parents=True, exist_ok=True)
         with self._translate():
-            conn = sqlite3.connect(
-                str(path), timeout=timeout_s, isolation_level=None, check_same_thread=False
-            )
+            conn = self._connect(timeout_s, checkpoint_every_s is not None)
             try:
                 conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
-                conn.execute(f"PRAGMA synchronous={synchronous}")
                 if checkpoint_every_s is not None:
-                    conn.execute("PRAGMA wal_autocheckpoint=0")
                     self.checkpointer = Checkpointer(path, checkpoint_every_s)
             except BaseException:
                 conn.close()
                 raise
         self._conn = conn
+
+    def _connect(self, timeout_s: float, own_checkpoints: bool) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            str(self.path), timeout=timeout_s, isolation_level=None, check_same_thread=False
+        )
+        try:
+            conn.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
+            conn.execute(f"PRAGMA synchronous={self._synchronous}")
+            if own_checkpoints:
+                conn.execute("PRAGMA wal_autocheckpoint=0")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
     @contextmanager
     def _translate(self) -> Iterator[None]:
@@ -166,6 +190,28 @@ class SQLiteFile(Database[sqlite3.Connection]):
             if self._conn is None:
                 raise self._error(f"{self.name} is closed")
             yield self._conn
+
+    @contextmanager
+    def nowait(self) -> Iterator[sqlite3.Connection]:
+        """Like `read()`, for a caller that must not wait (an event loop): `WouldBlock` at
+        once instead of waiting for this object's no-wait connection (in use by another
+        thread) or for the file's write lock (SQLITE_BUSY: another connection writes)."""
+        if not self._nowait_lock.acquire(blocking=False):
+            raise WouldBlock(f"{self.name}: its no-wait connection is in use")
+        try:
+            with self._translate():
+                if self._closed:
+                    raise self._error(f"{self.name} is closed")
+                if self._nowait_conn is None:
+                    self._nowait_conn = self._connect(0.0, self.checkpointer is not None)
+                try:
+                    yield self._nowait_conn
+                except sqlite3.OperationalError as exc:
+                    if exc.sqlite_errorcode & 0xFF in _BUSY:
+                        raise WouldBlock(f"{self.name}: {exc}") from exc
+                    raise
+        finally:
+            self._nowait_lock.release()
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -198,7 +244,12 @@ class SQLiteFile(Database[sqlite3.Connection]):
         """Close the connection; later calls raise ``error``. Closing twice is harmless."""
         if self.checkpointer is not None:
             self.checkpointer.close()
+        self._closed = True
         with self._lock:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+        with self._nowait_lock:
+            if self._nowait_conn is not None:
+                self._nowait_conn.close()
+                self._nowait_conn = None
