@@ -337,6 +337,11 @@ class Settings(BaseSettings):
         ge=1,
         description="Requests a gateway process works on at once; beyond, 503 + Retry-After.",
     )
+    serve_pin_workers: bool = Field(
+        default=True,
+        description="`hearth serve --workers N` (N > 1): each worker keeps its threads on a "
+        "core of its own (hearth.serving.workers); false leaves them to the scheduler.",
+    )
     heartbeat_interval_s: float = Field(
         default=10.0,
         gt=0,

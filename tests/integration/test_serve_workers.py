@@ -5,12 +5,14 @@ sum over both (Prometheus multiprocess mode, its directory under HEARTH_HOME, em
 start), counts exactly what the client saw per variant; the prediction log has every
 request once; a rollback through one worker is followed by both; the admin API lists both
 processes; a killed worker's gauges leave /metrics while its counts stay. Each worker
-listens on its own socket (SO_REUSEPORT), so connections spread over both. No timing
+listens on its own socket (SO_REUSEPORT), so connections spread over both, and keeps its
+threads on a core of its own. No timing
 assertions: the throughput ratio is `hearth bench`'s (the monolith-w2 contender).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -238,6 +240,23 @@ def test_the_admin_api_shows_every_worker(server: ServerProcess) -> None:
     for process in view["processes"]:
         assert process["ready"] is True and process["role"] == "monolith"
         assert process["versions"]["champion"] == {"version": "1", "loaded": True}
+
+
+def _cores_of_threads(pid: int) -> set[str]:
+    """The cores each thread of `pid` may run on, as /proc lists them (e.g. "0", "0-1")."""
+    cores = set()
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(FileNotFoundError):  # a thread that just ended
+            status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
+            cores.add(status.split("Cpus_allowed_list:")[1].split()[0])
+    return cores
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores to spread over")
+def test_each_worker_keeps_its_threads_on_a_core_of_its_own(server: ServerProcess) -> None:
+    per_worker = [_cores_of_threads(pid) for pid in server.worker_pids("Monolith")]
+    assert all(len(cores) == 1 for cores in per_worker), per_worker
+    assert len(set.union(*per_worker)) == WORKERS, per_worker  # two different cores
 
 
 def test_a_killed_workers_gauges_leave_the_metrics_and_its_counts_stay(

@@ -15,8 +15,10 @@ from hearth.observability.prometheus import live_gauges, sweep_dead_processes
 from hearth.serving.workers import (
     WORKERS_ENV,
     configured_workers,
+    pin_this_worker,
     process_view,
     queued_connections_hint,
+    worker_core,
 )
 
 # A worker of another process: publishes its gauges and a count, then waits for stdin to close.
@@ -101,3 +103,53 @@ def test_more_than_one_worker_hears_of_tcp_migrate_req_only_where_it_is_off(
     sysctl.write_text("1\n")
     assert queued_connections_hint(2, sysctl) is None
     assert queued_connections_hint(2, tmp_path / "absent") is None  # older kernel, not Linux
+
+
+# -- each worker on a core of its own ------------------------------------------------------
+def test_workers_take_the_allowed_cores_in_turn_and_a_lone_worker_none() -> None:
+    assert [worker_core(i, 3, {4, 2, 7}) for i in (1, 2, 3)] == [2, 4, 7]
+    assert [worker_core(i, 4, {0, 1}) for i in (1, 2, 3, 4)] == [0, 1, 0, 1]  # more than cores
+    assert worker_core(1, 1, {0, 1}) is None  # a lone worker stays with the scheduler
+    assert worker_core(None, 2, {0, 1}) is None  # not a worker of `hearth serve`
+
+
+PINNED = """
+import os, sys, threading
+from hearth.serving.workers import pin_threads
+before = threading.Event(); stop = threading.Event()
+early = threading.Thread(target=lambda: (before.set(), stop.wait()))
+early.start(); before.wait()
+core = int(sys.argv[1])
+print(pin_threads(core))
+late = threading.Thread(target=stop.wait); late.start()  # started after: inherits
+print(sorted({tuple(os.sched_getaffinity(int(t))) for t in os.listdir("/proc/self/task")}))
+stop.set()
+"""
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores to choose from")
+def test_pin_threads_moves_every_thread_and_the_ones_started_later_follow() -> None:
+    core = max(os.sched_getaffinity(0))
+    done = subprocess.run(
+        [sys.executable, "-c", PINNED, str(core)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    pinned, affinities = done.stdout.splitlines()
+    assert int(pinned) == 2  # the main thread and the early one
+    assert affinities == str([(core,)])  # all three threads, the late one too
+
+
+def test_a_worker_that_may_not_pin_stays_with_the_scheduler(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv(WORKERS_ENV, "2")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+
+    def refuse(pid: int, cores: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "sched_setaffinity", refuse)
+    with caplog.at_level("WARNING", logger="hearth.serving.workers"):
+        assert pin_this_worker(True, 2) is None
+    assert "cannot pin it to core 1" in caplog.text
+    assert pin_this_worker(False, 2) is None  # HEARTH_SERVE_PIN_WORKERS=false: never tried

@@ -151,6 +151,7 @@ def admin(gateway: Gateway, ops: Callable[[], AdminOps]) -> Admin:
 
 def monolith(ctx: HearthContext) -> tuple[Gateway, Background[Any], Background[Any]]:
     """A gateway with the store and the model pool in this process; (gateway, store, pool)."""
+    workers.pin_this_worker(ctx.settings.serve_pin_workers, worker_index())  # before threads
     shared = follower(ctx)  # the router and the pool follow one snapshot
     store, pool = feature_store(ctx.settings), model_pool(ctx, source=shared)
     timeout = ctx.settings.model_timeout_s
@@ -177,6 +178,7 @@ def microservices_gateway(
     Challenger items go to the model service's own `predict_challenger` lane: it batches
     on its own, so a slow challenger never sits in the champion's batch.
     """
+    workers.pin_this_worker(ctx.settings.serve_pin_workers, worker_index())  # before threads
     timeout = ctx.settings.model_timeout_s
     token = ctx.settings.internal_token.get_secret_value()  # the services require it
     clients = [InternalClient(url, token=token) for url in (features_url, model_url)]
