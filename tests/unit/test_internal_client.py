@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from hearth.serving import internal_client
 from hearth.serving.internal_client import PREFIX, InternalClient, InternalError
 from tests.helpers import UvicornThread, free_port
 
@@ -145,3 +146,72 @@ def test_unix_socket_addresses_as_bentoml_gives_them(tmp_path: Path) -> None:
 def test_addresses_that_are_not_services_are_refused() -> None:
     with pytest.raises(ValueError, match="not a service address"):
         InternalClient("ftp://example")
+
+
+class Closer:
+    """A raw HTTP server that answers the first `answered` requests of each connection and
+    closes the connection on the next one without a word (as a service closing an idle
+    keep-alive connection just as a request goes out)."""
+
+    def __init__(self, answered: int) -> None:
+        self.answered, self.connections = answered, 0
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        for _ in range(self.answered):
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            await reader.readexactly(length)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+        await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+
+
+def _with_closer(answered: int, calls: int) -> tuple[list[object], int]:
+    async def go() -> tuple[list[object], int]:
+        closer = Closer(answered)
+        server = await asyncio.start_server(closer.serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        client = InternalClient(f"tcp://127.0.0.1:{port}")
+        results: list[object] = []
+        try:
+            for _ in range(calls):
+                try:
+                    results.append(await client.post("/x", b"{}"))
+                except InternalError as exc:
+                    results.append(exc)
+        finally:
+            await client.close()
+            server.close()
+        return results, closer.connections
+
+    return run(go())  # type: ignore[return-value]
+
+
+def test_a_reused_connection_closed_before_any_answer_is_retried_once_on_a_new_one() -> None:
+    results, connections = _with_closer(answered=1, calls=2)
+    assert results == [b"ok", b"ok"] and connections == 2  # the second went out again, fresh
+
+
+def test_a_new_connection_closed_before_any_answer_is_an_error_not_a_loop() -> None:
+    results, connections = _with_closer(answered=0, calls=1)
+    assert connections == 1 and isinstance(results[0], InternalError)
+    assert "connection lost" in str(results[0])
+
+
+def test_a_connection_idle_too_long_is_not_reused(
+    tcp_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(internal_client, "REUSE_WITHIN_S", 0.0)
+
+    async def go() -> list[bytes]:
+        client = InternalClient(tcp_url)
+        try:
+            return [await client.post("/echo", b"a"), await client.post("/echo", b"b")]
+        finally:
+            await client.close()
+
+    PEERS.clear()
+    assert run(go()) == [b"a|application/json", b"b|application/json"]
+    assert len(set(PEERS)) == 2  # the server kept the first open; the client did not reuse it

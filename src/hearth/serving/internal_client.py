@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl as ssl_module
+import time
 from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import unquote, urlparse
@@ -32,6 +33,9 @@ JSON = "application/json"
 # Connections per target service: enough for the gateway's concurrency (c=128 in the bench)
 # without a queue in the pool, bounded so a flood cannot exhaust file descriptors.
 MAX_CONNECTIONS = 256
+# uvicorn (the services' server) closes a keep-alive connection idle for 5 s; one idle this
+# long is closed here instead of being reused just as the service closes it.
+REUSE_WITHIN_S = 4.0
 _ROWS = TypeAdapter(list[FeatureRow])
 _ITEMS = TypeAdapter(list[ScoreItem])
 _SCORES = TypeAdapter(list[Score])
@@ -56,6 +60,8 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.lost = False
+        self.answered = False  # response bytes arrived for the request in flight
+        self.idle_since = 0.0  # time.monotonic() when it last went back to the pool
         self._body: list[bytes] = []
         self._waiter: asyncio.Future[tuple[int, bytes]] | None = None
 
@@ -73,6 +79,7 @@ class _Connection(asyncio.Protocol):
         """Send a complete request; a future of (status, body)."""
         assert self.transport is not None and self.reusable, "connection not idle"
         self._body = []
+        self.answered = False
         self._waiter = asyncio.get_running_loop().create_future()
         self.transport.write(raw)
         return self._waiter
@@ -86,6 +93,7 @@ class _Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
+        self.answered = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -158,25 +166,40 @@ class InternalClient:
         return await self._send(head.encode())
 
     async def _send(self, raw: bytes) -> tuple[int, bytes]:
+        """Send on a pooled connection. A reused one that the service closed before any
+        answer (it closed it as idle just as the request went out) is retried once on a new
+        connection: both services' routes are safe to repeat (scoring has no side effect; an
+        observe of a transaction already seen changes nothing)."""
         if self._slots is None:  # made on first use, in the serving loop
             self._slots = asyncio.Semaphore(self.max_connections)
         async with self._slots:
-            conn = await self._connection()
-            try:
-                result = await conn.request(raw)
-            except BaseException:  # failed or cancelled: its state is unknown, never reuse it
-                conn.close()
-                raise
-            self._idle.append(conn)
-            return result
+            for retry in (False, True):
+                conn, reused = await self._connection()
+                try:
+                    result = await conn.request(raw)
+                except InternalError:
+                    conn.close()
+                    if reused and not retry and conn.lost and not conn.answered:
+                        continue
+                    raise
+                except BaseException:  # cancelled: its state is unknown, never reuse it
+                    conn.close()
+                    raise
+                conn.idle_since = time.monotonic()
+                self._idle.append(conn)
+                return result
+        raise AssertionError("unreachable: the second attempt returns or raises")
 
-    async def _connection(self) -> _Connection:
+    async def _connection(self) -> tuple[_Connection, bool]:
         """An idle connection (the most recently used: its peer surely still has it open),
-        else a new one. A connection the service closed while idle is dropped here."""
+        else a new one; and whether it was reused. One the service closed while idle, or
+        idle for longer than REUSE_WITHIN_S, is dropped here."""
+        now = time.monotonic()
         while self._idle:
             conn = self._idle.pop()
-            if conn.reusable:
-                return conn
+            if conn.reusable and now - conn.idle_since < REUSE_WITHIN_S:
+                return conn, True
+            conn.close()
         loop = asyncio.get_running_loop()
         t = self.target
         try:
@@ -188,7 +211,7 @@ class InternalClient:
                 )
         except OSError as exc:
             raise InternalError(f"cannot connect to {self.url}: {exc}") from exc
-        return conn
+        return conn, False
 
     async def close(self) -> None:
         for conn in self._idle:
