@@ -88,6 +88,23 @@ def workers_scaling(f: Figures) -> list[Row]:
     ]
 
 
+def _workers_target(f: Figures, w: Row) -> tuple[str, bool]:
+    """What the workers' target reads, and whether it is met: judged under wrk at c=32 where
+    it ran (an external generator in C; the bench's own Python client takes a share of the
+    same 2 cores, more the faster the servers answer), else on the bench's own figure."""
+    own = f"×{w['rps_ratio']:.2f} with the bench's own client, {w['errors']} errors"
+    under = [
+        (ratio(b["rps"], a["rps"]), int(sum((b["errors"] or {}).values())))
+        for run_, a, b in wrk.pair(f.report.get("cross_check") or {}, "monolith", WORKERS)
+        if run_["concurrency"] == 32
+    ]
+    if not under:
+        return own, w["rps_ratio"] >= 1.6 and w["errors"] == 0
+    r, n = under[0]
+    met = r >= 1.6 and n == 0 and w["errors"] == 0
+    return f"×{r:.2f} under wrk, {n} errors (judged); {own}", met
+
+
 def targets(f: Figures) -> list[Row]:
     """The issue's targets: what was measured and whether it is met (None: not measured)."""
     out: list[Row] = []
@@ -142,9 +159,7 @@ def targets(f: Figures) -> list[Row]:
             add("adaptive batching ≥ 3× faster at c=128", f"×{r:.2f} req/s", r >= 3.0)
     for w in workers_scaling(f):
         if w["concurrency"] == 32:
-            r, n = w["rps_ratio"], w["errors"]
-            add("`--workers 2` ≥ 1.6× one worker's req/s at c=32", f"×{r:.2f}, {n} errors",
-                r >= 1.6 and n == 0)  # fmt: skip
+            add("`--workers 2` ≥ 1.6× one worker's req/s at c=32", *_workers_target(f, w))
     for name, counted in (f.report.get("metrics_counted") or {}).items():
         add(f"{name}: /metrics counts every answer once", _counted_brief(counted),
             bool(counted["exact"]))  # fmt: skip

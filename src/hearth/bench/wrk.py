@@ -32,6 +32,7 @@ from hearth.schema import parse_timestamp
 
 TEMPLATES = 500  # bodies (or transactions) the script picks from at random
 MAX_THREADS = 2  # wrk threads: one per core of the 2-core machine at most
+WORKERS_CONCURRENCY = 32  # where one worker and two are compared again (the issue's target)
 MARKER = "HEARTH_WRK "
 _STAMPED = ("transaction_id", "timestamp")
 
@@ -196,18 +197,29 @@ def section(f: Figures) -> list[str]:
     return [*lines, *md_table(head, "lrrrrrrr", rows), ""]
 
 
+def pair(cross: dict[str, Any], one: str, two: str) -> list[tuple[dict[str, Any], Row, Row]]:
+    """(the run, `one`'s row, `two`'s row) for each wrk run that drove both: the cross-check
+    and the workers' own run at WORKERS_CONCURRENCY."""
+    out = []
+    for run_ in (cross, cross.get("workers") or {}):
+        by = {r["contender"]: r for r in run_.get("rows", [])}
+        if one in by and two in by:
+            out.append((run_, by[one], by[two]))
+    return out
+
+
 def scaling(cross: dict[str, Any], one: str, two: str) -> list[str]:
     """`two` against `one` (e.g. the monolith with two workers and with one) under wrk, a C
     load generator that leaves the servers more of the two cores than the bench's own Python
     client does; [] unless both ran under it."""
-    by = {r["contender"]: r for r in cross.get("rows", [])}
-    if one not in by or two not in by:
-        return []
-    a, b = by[one], by[two]
     return [
-        f"Under wrk at c={cross['concurrency']} ({cross['seconds']:g} s each): "
-        f"{fmt(a['rps'], 0)} → {fmt(b['rps'], 0)} req/s, "
-        f"**{fmt(ratio(b['rps'], a['rps']), 2, '×')}**, CPU-s per 1,000 "
-        f"{fmt(a['cpu_s_per_1000'])} → {fmt(b['cpu_s_per_1000'])}.",
-        "",
+        line
+        for run_, a, b in pair(cross, one, two)
+        for line in (
+            f"Under wrk at c={run_['concurrency']} ({run_['seconds']:g} s each): "
+            f"{fmt(a['rps'], 0)} → {fmt(b['rps'], 0)} req/s, "
+            f"**{fmt(ratio(b['rps'], a['rps']), 2, '×')}**, CPU-s per 1,000 "
+            f"{fmt(a['cpu_s_per_1000'])} → {fmt(b['cpu_s_per_1000'])}.",
+            "",
+        )
     ]
