@@ -15,6 +15,7 @@ from hearth.bench import wrk
 from hearth.bench.bench_figures import Figures, Row, fmt, ratio
 from hearth.bench.markdown import md_table
 from hearth.bench.rollback_report import rollback_brief, rollback_rows, rollback_section
+from hearth.bench.workers_report import workers_scaling, workers_section, workers_target
 from hearth.observability.figures import png_figure
 
 FILES = ("bench.md", "bench.json", "bench_latency.png", "bench_throughput.png")
@@ -65,44 +66,6 @@ def batching_effect(f: Figures) -> list[Row]:
         for c in f.levels
         if ("model-batched", c) in f.rows and ("model-unbatched", c) in f.rows
     ]
-
-
-WORKERS = "monolith-w2"  # the monolith served by two workers (`hearth serve --workers 2`)
-
-
-def workers_scaling(f: Figures) -> list[Row]:
-    """The monolith with two workers ÷ with one: throughput and p50, per concurrency."""
-    return [
-        {
-            "concurrency": c,
-            "rps_1": f.get("monolith", c, "rps"),
-            "rps_2": f.get(WORKERS, c, "rps"),
-            "rps_ratio": ratio(f.get(WORKERS, c, "rps"), f.get("monolith", c, "rps")),
-            "p50_ratio": ratio(f.get(WORKERS, c, "p50_ms"), f.get("monolith", c, "p50_ms")),
-            "cpu_1": f.get("monolith", c, "cpu_s_per_1000"),
-            "cpu_2": f.get(WORKERS, c, "cpu_s_per_1000"),
-            "errors": f.errors(WORKERS, c),
-        }
-        for c in f.levels
-        if (WORKERS, c) in f.rows and ("monolith", c) in f.rows
-    ]
-
-
-def _workers_target(f: Figures, w: Row) -> tuple[str, bool]:
-    """What the workers' target reads, and whether it is met: judged under wrk at c=32 where
-    it ran (an external generator in C; the bench's own Python client takes a share of the
-    same 2 cores, more the faster the servers answer), else on the bench's own figure."""
-    own = f"×{w['rps_ratio']:.2f} with the bench's own client, {w['errors']} errors"
-    under = [
-        (ratio(b["rps"], a["rps"]), int(sum((b["errors"] or {}).values())))
-        for run_, a, b in wrk.pair(f.report.get("cross_check") or {}, "monolith", WORKERS)
-        if run_["concurrency"] == 32
-    ]
-    if not under:
-        return own, w["rps_ratio"] >= 1.6 and w["errors"] == 0
-    r, n = under[0]
-    met = r >= 1.6 and n == 0 and w["errors"] == 0
-    return f"×{r:.2f} under wrk, {n} errors (judged); {own}", met
 
 
 def targets(f: Figures) -> list[Row]:
@@ -159,7 +122,7 @@ def targets(f: Figures) -> list[Row]:
             add("adaptive batching ≥ 3× faster at c=128", f"×{r:.2f} req/s", r >= 3.0)
     for w in workers_scaling(f):
         if w["concurrency"] == 32:
-            add("`--workers 2` ≥ 1.6× one worker's req/s at c=32", *_workers_target(f, w))
+            add("`--workers 2` ≥ 1.6× one worker's req/s at c=32", *workers_target(f, w))
     for name, counted in (f.report.get("metrics_counted") or {}).items():
         add(f"{name}: /metrics counts every answer once", _counted_brief(counted),
             bool(counted["exact"]))  # fmt: skip
@@ -297,52 +260,6 @@ def _counted_brief(counted: Row) -> str:
     return f"counted {variants or 'nothing'}; the load got {counted['answered']:,} answers"
 
 
-def _workers_section(f: Figures) -> list[str]:
-    rows = workers_scaling(f)
-    if not rows:
-        return []
-    lines = [
-        "## All cores: the monolith with `hearth serve --workers 2`",
-        "",
-        "Two monolith processes accept on one port and share the online store, the rollout "
-        "state and the prediction log; /metrics sums both (Prometheus multiprocess mode).",
-        "",
-        *md_table(
-            [
-                "c",
-                "req/s 1 worker",
-                "req/s 2 workers",
-                "req/s 2 ÷ 1",
-                "p50 2 ÷ 1",
-                "CPU-s per 1,000 (1 → 2)",
-                "errors",
-            ],
-            "rrrrrrr",
-            (
-                [
-                    r["concurrency"],
-                    fmt(r["rps_1"], 0),
-                    fmt(r["rps_2"], 0),
-                    fmt(r["rps_ratio"], 2, "×"),
-                    fmt(r["p50_ratio"], 2, "×"),
-                    f"{fmt(r['cpu_1'])} → {fmt(r['cpu_2'])}",
-                    r["errors"],
-                ]
-                for r in rows
-            ),
-        ),
-        "",
-        "When other work crowds the cores (load average at the end: "
-        f"{', '.join(str(x) for x in f.report['machine']['load_average'])}), two processes also "
-        "get a larger share of them than one, which flatters the ratio; the CPU per request "
-        "says what the second worker costs. On an idle machine the load generator shares the "
-        "same cores.",
-        "",
-        *wrk.scaling(f.report.get("cross_check") or {}, "monolith", WORKERS),
-    ]
-    return lines
-
-
 def _targets_table(f: Figures) -> list[str]:
     met = {True: "yes", False: "**no**", None: "–"}
     return md_table(
@@ -470,7 +387,7 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         *_batching_table(f),
         "",
-        *_workers_section(f),
+        *workers_section(f),
         "## Overload limits",
         "",
         *_limits(report),

@@ -208,7 +208,8 @@ def decode_state(raw: str | bytes, customer_id: str) -> CustomerState:
 # -- SQLite --------------------------------------------------------------------------------
 _UPSERT = "INSERT OR REPLACE INTO customer_state (customer_id, state) VALUES (?, ?)"
 _SELECT = "SELECT state FROM customer_state WHERE customer_id = ?"
-# The compare-and-set of `observe`: each changes one row only if nobody wrote it since.
+# The compare-and-set of `observe`: each changes a row only if nobody wrote it since (the
+# same bytes as read are the same state, so the state computed from them is still right).
 _INSERT_NEW = "INSERT OR IGNORE INTO customer_state (customer_id, state) VALUES (?, ?)"
 _SWAP = "UPDATE customer_state SET state = ? WHERE customer_id = ? AND state = ?"
 
@@ -218,24 +219,15 @@ class SQLiteStore:
 
     `observe` is optimistic, like the Redis store's: it reads the customer's state, computes
     the new one with no lock held, and writes it with one compare-and-set statement (an
-    ``UPDATE … WHERE state = <the bytes read>``, or an ``INSERT OR IGNORE`` for a new
-    customer), retrying from the read when another writer got there first. Each statement
-    commits on its own, inside one C call, so SQLite's write lock is held for tens of
-    microseconds, never across Python code. Measured with `hearth serve --workers 2` at c=32
-    (wrk): with ``BEGIN IMMEDIATE`` around read, compute and write, a transaction's Python
-    steps waited for the GIL behind the event loop while holding the file's write lock, so
-    the other worker's observes slept in SQLite's busy handler ~40 % of the time and each
-    worker's event loop idled with them (0.5-0.6 of the 2 cores unused).
+    ``UPDATE … WHERE state = <the bytes read>``, or ``INSERT OR IGNORE`` for a new customer),
+    retrying from the read when another writer got there first. Each statement commits on
+    its own inside one C call, so SQLite's write lock is never held across Python code.
+    (With ``BEGIN IMMEDIATE`` around read, compute and write, the holder waited for the GIL
+    inside its transaction; under `hearth serve --workers 2` at c=32 the other worker slept
+    in SQLite's busy handler ~40 % of the time, leaving 0.5-0.6 of the 2 cores idle.)
 
-    WAL checkpoints run in a thread of their own (`hearth.storage.sqlite.Checkpointer`),
-    not inside an observe's commit: SQLite's automatic one (every 1000 pages) made one
-    observe in ~300 wait 5-47 ms, holding the file's lock, so every observe queued behind.
-
-    Group commit (the thread holding the lock runs every queued observe in one transaction,
-    a savepoint each) was measured and not kept: with 8 threads under the GIL groups hardly
-    form (5 400-5 600 commits for 5 700 observes) and it cost ~13 % of throughput (3 100
-    against 3 570 observes/s). This store sustains ~3 500 observes/s from 8 threads on the
-    2-core machine, over ten times the monolith's request rate: not its capacity limit.
+    WAL checkpoints run in a thread of their own (`hearth.storage.sqlite.Checkpointer`): in
+    a commit, one observe in ~300 waited 5-47 ms holding the lock, and every observe with it.
     """
 
     backend = "sqlite"
@@ -296,10 +288,8 @@ class SQLiteStore:
         return seen
 
     def observe_nowait(self, txn: Transaction) -> tuple[Features, bool]:
-        """`observe` for an event loop: `WouldBlock` (nothing written) where it would wait
-        for a lock or try again after another writer, so the caller can run `observe` in a
-        thread instead. Most observes need neither, and skip the hand-off to a thread and
-        back: measured, that hand-off was most of a monolith worker's CPU per request."""
+        """`observe` for an event loop: `WouldBlock` (nothing written) where it would wait or
+        retry, so the caller runs `observe` in a thread (`observe_from_loop` in serving)."""
         seen = self._observe(txn, self._db.nowait, 1)
         if seen is None:
             raise WouldBlock(f"{self._db.name}: customer {txn.customer_id!r} was written first")
@@ -317,7 +307,6 @@ class SQLiteStore:
             if seen.after is None:  # a retry: the stored state stays as it is
                 return seen.features, seen.cold_start
             state = encode_state(seen.after)
-            # The same bytes as read mean the same state, so the new one is still right.
             sql, args = (
                 (_INSERT_NEW, (customer, state)) if raw is None else (_SWAP, (state, customer, raw))
             )
