@@ -95,7 +95,8 @@ def serve(
         typer.Option(
             min=1,
             help="Serving processes (the monolith, or the microservices' gateway) sharing the "
-            "port, the stores and the rollout state (default: one per core).",
+            "port, the stores and the rollout state (default: one per core); more than one "
+            "keep their threads on a core each (HEARTH_SERVE_PIN_WORKERS=false: not).",
         ),
     ] = None,
 ) -> None:
