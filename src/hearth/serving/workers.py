@@ -12,9 +12,10 @@ worker i on the i-th core this process may use. A worker's event loop hands work
 threads (a store call that would wait, the prediction log's writer, a batch of forward
 passes) and takes the answers back; where the two sides sit on different cores, each
 hand-off passes the GIL from core to core. Measured under wrk at c=32 on 2 cores: one
-worker 2 000-2 100 req/s unpinned, 2 270 pinned; two workers 2 900-3 250 unpinned, 3 590-3 650
-pinned. A lone worker is left to the scheduler: it has no sibling to spread over, and other
-servers on the machine (the microservices, a second Hearth) would all pick the same core.
+worker 2 000-2 100 req/s unpinned, 2 270 pinned by `taskset`; two workers 2 900-3 250
+unpinned, 3 270-3 330 pinned here (3 590-3 650 by `taskset`, same cores). A lone worker
+is left to the scheduler: it has no sibling to spread over, and other servers on the
+machine (the microservices, a second Hearth) would all pick the same core.
 HEARTH_SERVE_PIN_WORKERS=false leaves every worker to the scheduler.
 
 A worker's /readyz answers for that worker only (its store, model and log loaded), and a
@@ -89,7 +90,8 @@ def pin_this_worker(enabled: bool, index: int | None) -> int | None:
     """Pin this worker's threads to its core (`worker_core`) when `enabled`; the core, or
     None when it stays with the scheduler. A refusal (a container without the right to
     set affinity) is logged, never fatal."""
-    core = worker_core(index, configured_workers(), os.sched_getaffinity(0)) if enabled else None
+    workers = configured_workers()
+    core = worker_core(index, workers, os.sched_getaffinity(0)) if enabled else None
     if core is None:
         return None
     try:
@@ -101,7 +103,7 @@ def pin_this_worker(enabled: bool, index: int | None) -> int | None:
         return None
     log.info(
         "worker %s of %d: its %d threads on core %d (HEARTH_SERVE_PIN_WORKERS=false to "
-        "leave them to the scheduler)", index, configured_workers(), threads, core,
+        "leave them to the scheduler)", index, workers, threads, core,
     )  # fmt: skip
     return core
 

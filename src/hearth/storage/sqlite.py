@@ -147,7 +147,6 @@ class SQLiteFile(Database[sqlite3.Connection]):
         self._conn: sqlite3.Connection | None = None
         self._nowait_lock = threading.Lock()
         self._nowait_conn: sqlite3.Connection | None = None  # opened on first use
-        self._closed = False
         self.checkpointer: Checkpointer | None = None
         path.parent.mkdir(parents=True, exist_ok=True)
         with self._translate():
@@ -200,7 +199,7 @@ class SQLiteFile(Database[sqlite3.Connection]):
             raise WouldBlock(f"{self.name}: its no-wait connection is in use")
         try:
             with self._translate():
-                if self._closed:
+                if self.closed:
                     raise self._error(f"{self.name} is closed")
                 if self._nowait_conn is None:
                     self._nowait_conn = self._connect(0.0, self.checkpointer is not None)
@@ -244,7 +243,6 @@ class SQLiteFile(Database[sqlite3.Connection]):
         """Close the connection; later calls raise ``error``. Closing twice is harmless."""
         if self.checkpointer is not None:
             self.checkpointer.close()
-        self._closed = True
         with self._lock:
             if self._conn is not None:
                 self._conn.close()
