@@ -167,6 +167,9 @@ def test_the_wrk_script_sends_a_new_transaction_per_request() -> None:
     script = wrk.lua_script(endpoint, picks, True, datetime(2026, 1, 4), "wrk-")
     assert 'wrk.headers["X-API-Key"] = "k"' in script
     assert "local base = 1767484800" in script  # 2026-01-04T00:00:00Z
+    assert "local step = 1.000000" in script  # one second apart unless told
+    paced = wrk.lua_script(endpoint, picks, True, datetime(2026, 1, 4), "wrk-", step_s=58.25)
+    assert "local step = 58.250000" in paced
     assert '"transaction_id":"\' .. id' in script and "%Y-%m-%dT%H:%M:%S" in script
     # A model server's bodies are sent as they are.
     assert sorted(wrk.templates(txns, bodies, "features")) == sorted(b.decode() for b in bodies)

@@ -67,7 +67,7 @@ def test_every_body_is_a_new_transaction_at_the_time_given() -> None:
 
 def test_the_data_clock_replays_the_population_at_its_own_pace_never_ahead_of_the_wall() -> None:
     base = {"transaction_id": "t", "customer_id": "c1", "amount": 12.5, "timestamp": "x"}
-    pace = DataPace(end_s=1_800_000_000.0, gap_s=30.0, transactions=1000)
+    pace = DataPace(end_s=1_800_000_000.0, gap_s=30.0, transactions=1000, customers=50)
     stream = TransactionStream([base], "data", pace)
     wall = 1_900_000_000.0  # the send time: far after the data
     first, second = (json.loads(stream.body(wall)) for _ in range(2))
@@ -87,9 +87,12 @@ def test_the_data_clock_replays_the_population_at_its_own_pace_never_ahead_of_th
 
 def test_the_data_pace_is_the_span_over_the_count(tmp_path: Path) -> None:
     times = pd.to_datetime(["2026-01-01 00:00:00", "2026-01-01 00:01:00", "2026-01-01 00:03:00"])
-    pd.DataFrame({"timestamp": times}).to_parquet(tmp_path / "transactions.parquet")
+    frame = pd.DataFrame({"timestamp": times, "customer_id": ["c1", "c2", "c1"]})
+    frame.to_parquet(tmp_path / "transactions.parquet")
     pace = data_pace(tmp_path)
-    assert pace == DataPace(end_s=times[-1].timestamp(), gap_s=90.0, transactions=3)
+    assert pace == DataPace(end_s=times[-1].timestamp(), gap_s=90.0, transactions=3, customers=2)
+    # Replayed to one of its two customers, the stream slows down: that one keeps its pace.
+    assert (pace.step_s(2), pace.step_s(1)) == (90.0, 180.0)
 
 
 @pytest.mark.parametrize(
@@ -157,7 +160,7 @@ def test_the_report_names_the_errors_and_judges(tmp_path: Path) -> None:
             "closed_loop": {"rps": 125.0, "concurrency": 16, "seconds": 8.0, "p50_ms": 5.0,
                             "p99_ms": 9.0, "errors": 0, "server_cores": 0.9}},
         "rate_rps": 80.0, "serving_processes": 2, "windows": windows,
-        "clock": clock_summary("data", DataPace(1_800_000_000.0, 30.0, 1000), 80.0),
+        "clock": clock_summary("data", DataPace(1_800_000_000.0, 30.0, 1000, 50), 80.0),
         "rss_series": [[0.0, 600.0], [30.0, 600.0], [60.0, 601.0]], "rss_start_mib": 600.0,
         "criteria": criteria(windows, config), "seconds": 80.0,
     }  # fmt: skip

@@ -347,7 +347,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"{', '.join(str(x) for x in m['load_average'])}; the machine was shared, so "
         "compare ratios within this run). Load generator: Hearth's own async HTTP/1.1 "
         f"client on the same box, keep-alive connections, closed loop, a new transaction "
-        f"per request. {cfg['requests']} requests per contender and concurrency in "
+        f"per request{_paced(report)}. {cfg['requests']} requests per contender and concurrency in "
         f"{cfg['rounds']} interleaved rounds after {cfg['warmup']} warm-up requests"
         f"{_long_cells(cfg)}; run took {report['seconds']:.0f} s.",
         "",
@@ -405,6 +405,17 @@ def markdown(report: dict[str, Any]) -> str:
         *_notes(report),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _paced(report: dict[str, Any]) -> str:
+    """How the replayed transactions are dated (reports from before the pace: nothing)."""
+    w = report.get("workload")
+    if not w:
+        return ""
+    return (
+        f", dated {w['step_s']:g} s apart (the data's pace for the {w['customers']:,} "
+        "customers they reach: histories keep the size the data gives them)"
+    )
 
 
 def _long_cells(cfg: dict[str, Any]) -> str:

@@ -170,6 +170,11 @@ def run_bench(config: BenchConfig, source: Settings, root: Path, say: Progress) 
         "limits": overload_limits(source),
         "rollback": rollback,
         "notes": _notes(config),
+        "workload": {
+            "transactions": len(workload),
+            "customers": len({t["customer_id"] for t in workload.transactions}),
+            "step_s": round(workload.step_for(range(len(workload))), 2),
+        },
         "seconds": round(time.monotonic() - started, 1),
     }
 
@@ -223,9 +228,11 @@ def _cross_check(
     pair = [n for n in ("monolith", "monolith-w2") if n in servers]
     if len(pair) == 2 and c != wrk.WORKERS_CONCURRENCY:
         # The workers' target is at c=32; the bench's own client shares the 2 cores with
-        # them, so the ratio is measured again with the lighter external generator.
+        # them, so the ratio is measured again with the lighter external generator, dated
+        # after everything the rows above sent.
         c2 = wrk.WORKERS_CONCURRENCY
         say(f"one worker and two under wrk at c={c2}, {seconds:g} s each:")
+        start = wrk.after_rows(rows)
         workers = [_wrk_row(n, servers[n], workload, start, c2, seconds, work, say) for n in pair]
         cross["workers"] = {"concurrency": c2, "seconds": seconds, "rows": workers}
     return cross
@@ -244,12 +251,19 @@ def _wrk_row(
     """One contender driven by wrk at `c` for `seconds`, with its CPU per request."""
     kind = spec_of(name).body
     picks = wrk.templates(workload.transactions, workload.bodies(kind), kind)
-    script = wrk.lua_script(server.endpoint, picks, kind == "transaction", start, f"wrk{c}-")
+    step = workload.step_for(wrk.chosen(len(workload)))
+    script = wrk.lua_script(
+        server.endpoint, picks, kind == "transaction", start, f"wrk{c}-", step_s=step
+    )
     tree = server.tree()
     cpu0 = tree.cpu_s()
     row = wrk.run(server.endpoint, script, c, seconds, work)
     cpu = tree.cpu_s() - cpu0
-    row |= {"contender": name, "cpu_s_per_1000": 1000 * cpu / max(1, row["requests"])}
+    row |= {
+        "contender": name,
+        "cpu_s_per_1000": 1000 * cpu / max(1, row["requests"]),
+        "step_s": round(step, 3),
+    }
     say(
         f"  {name:<16} c={c:<3} p50 {row['p50_ms']:7.2f} ms  p99 {row['p99_ms']:7.2f} ms  "
         f"max {row['max_ms']:7.1f} ms  {row['rps']:7.0f} req/s  errors {row['errors'] or 0}"

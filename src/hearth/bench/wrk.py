@@ -5,9 +5,10 @@ as the servers; if it were what limits a figure, every contender would look alik
 (C, from Debian's packages) drives each server once more at one concurrency, and the
 report puts both side by side. Its Lua script (`lua_script`) gives every request to a
 Hearth contender a new transaction: a new ``transaction_id``, a random known customer (the
-fields of a real transaction from the workload) and a timestamp one second after the
-previous one, later than every transaction the bench sent before; the bare model servers
-get a random body of their kind. Without `wrk` on the PATH the cross-check is skipped and
+fields of a real transaction from the workload) and a timestamp later than every
+transaction the bench sent that server before, at the data's pace for the customers the
+script reaches (`Workload.step_for`); the bare model servers get a random body of their
+kind. Without `wrk` on the PATH the cross-check is skipped and
 the report says so.
 """
 
@@ -21,7 +22,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,9 @@ from hearth.bench.load import Endpoint
 from hearth.bench.markdown import md_table
 from hearth.schema import parse_timestamp
 
-TEMPLATES = 500  # bodies (or transactions) the script picks from at random
+# Bodies (or transactions) the script picks from at random: enough to reach most of the
+# population's customers, so that each transacts at about the data's pace.
+TEMPLATES = 2000
 MAX_THREADS = 2  # wrk threads: one per core of the 2-core machine at most
 WORKERS_CONCURRENCY = 32  # where one worker and two are compared again (the issue's target)
 MARKER = "HEARTH_WRK "
@@ -42,13 +45,19 @@ def available() -> bool:
 
 
 def lua_script(
-    endpoint: Endpoint, templates: Sequence[str], stamped: bool, start: datetime, prefix: str
+    endpoint: Endpoint,
+    templates: Sequence[str],
+    stamped: bool,
+    start: datetime,
+    prefix: str,
+    step_s: float = 1.0,
 ) -> str:
     """A wrk script: POST `endpoint` with its headers; each request's body a random template.
 
     `stamped`: each template is a transaction's JSON members but its id and timestamp, and
     the script adds a new ``transaction_id`` (`prefix`, the thread, a counter) and a
-    timestamp (from `start`, one second per request, interleaved across threads)."""
+    timestamp (from `start`, `step_s` apart, interleaved across threads): request *n*
+    overall is dated about ``start + n * step_s``."""
     bodies = ",\n".join(f"[==[{t}]==]" for t in templates)
     headers = "\n".join(
         f"  wrk.headers[{json.dumps(k)}] = {json.dumps(v)}"
@@ -62,6 +71,7 @@ def lua_script(
         "prefix": json.dumps(prefix),
         "marker": MARKER,
         "stride": MAX_THREADS,
+        "step": step_s,
     }
 
 
@@ -71,13 +81,18 @@ local templates = {
 }
 local stamped = %(stamped)s
 local base = %(base)d
+local step = %(step).6f
 local prefix = %(prefix)s
-local counter = 0
-local threads = 0
+counter = 0  -- global: done() reads it through thread:get
+local threads = {}
 
 function setup(thread)
-  thread:set("thread_id", threads)
-  threads = threads + 1
+  thread:set("thread_id", #threads)
+  table.insert(threads, thread)
+end
+
+local function dated(n, thread)
+  return base + math.floor((n * %(stride)d + thread) * step)
 end
 
 function init(args)
@@ -93,18 +108,23 @@ function request()
     return wrk.format(nil, nil, nil, t)
   end
   local id = prefix .. thread_id .. "-" .. counter
-  local ts = os.date("!%%Y-%%m-%%dT%%H:%%M:%%S", base + counter * %(stride)d + thread_id)
+  local ts = os.date("!%%Y-%%m-%%dT%%H:%%M:%%S", dated(counter, thread_id))
   return wrk.format(nil, nil, nil,
     '{"transaction_id":"' .. id .. '","timestamp":"' .. ts .. '",' .. t .. '}')
 end
 
 function done(summary, latency, requests)
   local e = summary.errors
+  local last = base  -- the latest timestamp any thread sent
+  for _, thread in ipairs(threads) do
+    last = math.max(last, dated(thread:get("counter"), thread:get("thread_id")))
+  end
   io.write(string.format(
     '%(marker)s{"requests":%%d,"duration_us":%%d,"p50_us":%%d,"p90_us":%%d,"p99_us":%%d,' ..
-    '"max_us":%%d,"connect":%%d,"read":%%d,"write":%%d,"status":%%d,"timeout":%%d}\\n',
+    '"max_us":%%d,"connect":%%d,"read":%%d,"write":%%d,"status":%%d,"timeout":%%d,' ..
+    '"last_s":%%d}\\n',
     summary.requests, summary.duration, latency:percentile(50), latency:percentile(90),
-    latency:percentile(99), latency.max, e.connect, e.read, e.write, e.status, e.timeout))
+    latency:percentile(99), latency.max, e.connect, e.read, e.write, e.status, e.timeout, last))
 end
 """
 
@@ -114,7 +134,7 @@ def templates(
 ) -> list[str]:
     """What the script picks from: a transaction's members but its id and timestamp (the
     Hearth contenders and the echo), else whole bodies of `kind`."""
-    picked = random.Random(0).sample(range(len(bodies)), min(TEMPLATES, len(bodies)))
+    picked = chosen(len(bodies))
     if kind != "transaction":
         return [bodies[i].decode() for i in picked]
     out = []
@@ -124,10 +144,23 @@ def templates(
     return out
 
 
+def chosen(n: int) -> list[int]:
+    """Which of `n` bodies `templates` picks (the same ones every time)."""
+    return random.Random(0).sample(range(n), min(TEMPLATES, n))
+
+
 def after(transactions: Sequence[dict[str, Any]]) -> datetime:
     """A start for the script's timestamps: a day after the workload's last transaction."""
     last = max(parse_timestamp(t["timestamp"]) for t in transactions)
     return last + timedelta(days=1)
+
+
+def after_rows(rows: Sequence[dict[str, Any]]) -> datetime:
+    """A start for scripts run after `rows` (from `run`): a day after the latest timestamp
+    any of them sent."""
+    return datetime.fromtimestamp(max(r["last_s"] for r in rows), UTC).replace(
+        tzinfo=None
+    ) + timedelta(days=1)
 
 
 def run(
@@ -159,6 +192,7 @@ def run(
         "max_ms": raw["max_us"] / 1000,
         "rps": ok / seconds_driven if seconds_driven else math.nan,
         "seconds": round(seconds_driven, 2),
+        "last_s": raw["last_s"],
     }
 
 
