@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -245,3 +246,29 @@ import time; time.sleep(120)
     finally:
         proc.stop()
     assert bentoml_workers(proc.pid) == {}
+
+
+def test_free_ports_are_outside_the_ephemeral_range_new_and_bindable() -> None:
+    # An outgoing connection takes its own end from the ephemeral range: a server port picked
+    # there can be gone by the time the server binds it (a CI run's Prefect server once was).
+    ephemeral = launcher.ephemeral_ports()
+    assert len(ephemeral) > 1000  # read from the kernel, or Linux's default
+    ports = [free_port() for _ in range(300)]
+    assert not [port for port in ports if port in ephemeral]
+    assert len(set(ports)) == len(ports)  # never handed out twice by one process
+    for port in ports[:3]:
+        with socket.socket() as server:
+            server.bind(("127.0.0.1", port))
+
+
+def test_a_port_somebody_listens_on_is_never_handed_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        taken = held.getsockname()[1]
+        drawn = iter([taken, taken, 12_345, 12_346])
+        monkeypatch.setattr(launcher, "ephemeral_ports", lambda: range(0))  # draw `taken` too
+        monkeypatch.setattr(launcher._pick, "randrange", lambda low, high: next(drawn))
+        monkeypatch.setattr(launcher, "_handed_out", set())
+        port = free_port()
+    assert port in (12_345, 12_346)  # the held port was skipped (12 345 may be held as well)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -38,9 +39,44 @@ class NotReady(LaunchError, TimeoutError):
     """The process still runs but was not ready in time."""
 
 
+# Ports free_port draws from: above the well-known and registered services' usual ports,
+# and never the kernel's ephemeral range (see free_port).
+_LOWEST_PORT = 10_000
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_handed_out: set[int] = set()
+_pick = random.Random()
+
+
+def ephemeral_ports() -> range:
+    """The ports the kernel gives outgoing connections (Linux's default when unreadable)."""
+    try:
+        low, high = (int(part) for part in _EPHEMERAL_RANGE.read_text().split())
+    except (OSError, ValueError):
+        low, high = 32_768, 60_999
+    return range(low, high + 1)
+
+
 def free_port() -> int:
-    """A TCP port nobody listens on right now (loopback)."""
-    with socket.socket() as sock:
+    """A loopback TCP port nobody holds right now, for a server to be started on.
+
+    Never one from the kernel's ephemeral range (what `bind(("", 0))` would give): between
+    this pick and the server's bind, any process's outgoing connection can take such a port as
+    its own end (a `hearth up` once failed so, its Prefect server finding its port taken). Nor
+    one this process handed out before, which its server may not have bound yet.
+    """
+    ephemeral = ephemeral_ports()
+    for _ in range(200):
+        port = _pick.randrange(_LOWEST_PORT, 65_536)
+        if port in ephemeral or port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    with socket.socket() as sock:  # everything tried was held: let the kernel choose
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
