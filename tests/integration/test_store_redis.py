@@ -7,7 +7,10 @@ being down, and sharing a database with other keys.
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
+from datetime import timedelta
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +28,9 @@ from hearth.features.store import (
     open_store,
 )
 from tests.helpers import RedisServer, free_port, needs_redis
+from hearth.features.online import InvalidTransaction
 from tests.unit.test_store import (
+    T0,
     StoreContract,
     check_concurrent_observes_lose_nothing,
     txn,
@@ -68,6 +73,66 @@ def test_concurrent_observes_lose_nothing(store: RedisStore, redis_settings: Set
         other.close()
 
 
+def test_observe_async_answers_and_stores_as_observe_does(redis_server: RedisServer) -> None:
+    # The event loop's path (GET, then a set-if-unchanged script) against the threads' one
+    # (WATCH/MULTI/EXEC), on the same transactions: a new customer, a known one, a retry.
+    sync, loop_side = RedisStore(redis_server.url, "sync:"), RedisStore(redis_server.url, "loop:")
+    sequence = [txn("C9", T0 + timedelta(minutes=m), amount=10.0 + m) for m in (0, 3, 50, 51)]
+    sequence.append(sequence[1])  # a retried transaction id: answered again, nothing written
+
+    async def on_the_loop() -> list[tuple[dict[str, float | str], bool]]:
+        return [await loop_side.observe_async(t) for t in sequence]
+
+    try:
+        assert asyncio.run(on_the_loop()) == [sync.observe(t) for t in sequence]
+        assert loop_side.get("C9") == sync.get("C9")
+        assert len(sync.get("C9").history) == 4  # type: ignore[union-attr]
+    finally:
+        for store in (sync, loop_side):
+            store.clear()
+            store.close()
+
+
+def test_loop_and_thread_writers_of_one_customer_lose_nothing(
+    store: RedisStore, redis_settings: Settings
+) -> None:
+    # Two processes' worth of writers on one key: coroutines on a loop (set-if-unchanged)
+    # and threads of another client (WATCH) at once; every update kept, one saw it new.
+    other = open_store(redis_settings)
+    colds: list[bool] = []
+
+    def threads_side(worker: int) -> None:
+        for i in range(10):
+            colds.append(other.observe(txn("HOT", T0 + timedelta(seconds=worker * 10 + i)))[1])
+
+    async def loop_side() -> list[bool]:
+        async def one(i: int) -> bool:
+            return (await store.observe_async(txn("HOT", T0 + timedelta(hours=1, seconds=i))))[1]
+
+        return list(await asyncio.gather(*(one(i) for i in range(60))))
+
+    threads = [threading.Thread(target=threads_side, args=(w,)) for w in range(4)]
+    try:
+        for t in threads:
+            t.start()
+        colds += asyncio.run(loop_side())
+        for t in threads:
+            t.join()
+        state = store.get("HOT")
+        assert state is not None and len(state.history) == 100
+        assert state.times == sorted(state.times)
+        assert colds.count(True) == 1
+    finally:
+        other.close()
+
+
+def test_observe_async_refuses_what_observe_refuses_and_writes_nothing(store: RedisStore) -> None:
+    bad = txn("C1", amount=1e308)
+    with pytest.raises(InvalidTransaction, match="amount"):
+        asyncio.run(store.observe_async(bad))
+    assert store.get("C1") is None
+
+
 def test_states_are_stored_under_the_prefix(store: RedisStore, redis_server: RedisServer) -> None:
     store.observe(txn("C1"))
     raw = redis.Redis(port=redis_server.port).get(REDIS_KEY_PREFIX + "C1")
@@ -107,6 +172,10 @@ def test_ping_is_false_when_redis_goes_down(tmp_path: Path) -> None:
         assert time.perf_counter() - started < 1.0  # a health check must not hang
         with pytest.raises(StoreUnavailable, match=f"127.0.0.1:{server.port}"):
             store.observe(txn())
+        started = time.perf_counter()
+        with pytest.raises(StoreUnavailable, match=f"127.0.0.1:{server.port}"):
+            asyncio.run(store.observe_async(txn()))  # the event loop's path fails as fast
+        assert time.perf_counter() - started < 1.0
     finally:
         server.stop()
         store.close()

@@ -30,6 +30,7 @@ data is never a cold start online. Backend failures surface as `StoreUnavailable
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import math
 import sqlite3
@@ -363,7 +364,9 @@ class RedisStore:
         self.max_attempts = max_attempts
         self.domain = domain or InputDomain()
         self._where = f"Redis online store {redacted_url(url)}"
+        self._timeout_s = timeout_s
         self._client = redis_storage.connect(url, timeout_s=timeout_s)
+        self._async: tuple[asyncio.AbstractEventLoop, Any] | None = None  # observe_async's
 
     def _key(self, customer_id: str) -> str:
         return self.prefix + customer_id
@@ -400,17 +403,41 @@ class RedisStore:
             max_attempts=self.max_attempts,
         )
 
+    async def observe_async(self, txn: Transaction) -> tuple[Features, bool]:
+        """`observe` from an event loop, which it never blocks (`compare_and_set_async`)."""
+        self.domain.check(txn)
+        return await self._storage.compare_and_set_async(
+            self._loop_client(),
+            self._key(txn.customer_id),
+            partial(self._plan, txn),
+            error=StoreUnavailable,
+            where=self._where,
+            max_attempts=self.max_attempts,
+        )
+
+    def _loop_client(self) -> Any:
+        """The asyncio client of the running loop (a new one when the loop changed)."""
+        loop = asyncio.get_running_loop()
+        if self._async is None or self._async[0] is not loop:
+            self._async = (loop, self._storage.connect_async(self.url, timeout_s=self._timeout_s))
+        return self._async[1]
+
+    def _plan(
+        self, txn: Transaction, raw: bytes | str | None
+    ) -> tuple[tuple[Features, bool], bytes | None]:
+        """The answer to `txn` on the stored bytes `raw`, and the bytes to store (None: none;
+        a retry writes nothing: its answer came from one GET, a consistent read)."""
+        seen = observe_state(decode_state(raw, txn.customer_id) if raw is not None else None, txn)
+        after = None if seen.after is None else encode_state(seen.after)
+        return (seen.features, seen.cold_start), after
+
     def _plan_observe(
         self, key: str, txn: Transaction, pipe: Pipeline
     ) -> Update[tuple[Features, bool]]:
         """One optimistic attempt, on the state read while `key` is watched."""
-        raw = pipe.get(key)
-        seen = observe_state(decode_state(raw, txn.customer_id) if raw is not None else None, txn)
-        reply = (seen.features, seen.cold_start)
-        if seen.after is None:
-            # A retry writes nothing: its answer came from one GET, a consistent read.
+        reply, state = self._plan(txn, pipe.get(key))
+        if state is None:
             return self._storage.Update(reply)
-        state = encode_state(seen.after)
         return self._storage.Update(reply, lambda p: p.set(key, state))
 
     def peek(self, txn: Transaction) -> tuple[Features, bool]:
@@ -440,6 +467,10 @@ class RedisStore:
 
     def close(self) -> None:
         self._client.close()
+        if self._async is not None:  # its sockets belong to its loop: closed there
+            (loop, client), self._async = self._async, None
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(lambda: loop.create_task(client.aclose()))
 
 
 # -- opening and filling -------------------------------------------------------------------

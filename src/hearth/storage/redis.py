@@ -11,10 +11,16 @@ a timeout is never retried, so a hung server costs one timeout. Options in the U
 result and the writes, then MULTI/EXEC; if another client changed a watched key in between,
 EXEC fails (WatchError) and the attempt starts again from the new values after a short
 jittered sleep, up to a bound. Every `redis.RedisError` is raised as the caller's error type.
+
+`compare_and_set_async` is the same on one key for an event loop (`connect_async`'s
+client): GET, compute, then a server-side script sets the new value only if the key still
+holds the bytes read, so an attempt is two round trips and never blocks the loop. Both kinds
+of writer may share a key: either fails when the other changed it first.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -23,6 +29,8 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 import redis
+import redis.asyncio
+import redis.asyncio.retry
 from redis.backoff import ExponentialBackoff
 from redis.client import Pipeline
 from redis.retry import Retry
@@ -30,13 +38,29 @@ from redis.retry import Retry
 T = TypeVar("T")
 
 
+def _backoff() -> ExponentialBackoff:
+    return ExponentialBackoff(cap=0.05, base=0.005)
+
+
 def connect(url: str, *, timeout_s: float = 0.5, retries: int = 1) -> redis.Redis:
     """A client for `url` that fails fast: `timeout_s` to connect and per reply, at most
     `retries` quick reconnects after a connection error (5-50 ms apart), none on timeout."""
-    policy = Retry(
-        ExponentialBackoff(cap=0.05, base=0.005), retries, supported_errors=(redis.ConnectionError,)
-    )
+    policy = Retry(_backoff(), retries, supported_errors=(redis.ConnectionError,))
     return redis.Redis.from_url(
+        url,
+        socket_connect_timeout=timeout_s,
+        socket_timeout=timeout_s,
+        retry=policy,
+        retry_on_timeout=False,
+    )
+
+
+def connect_async(url: str, *, timeout_s: float = 0.5, retries: int = 1) -> redis.asyncio.Redis:
+    """`connect`'s client for an event loop (the loop that first uses it, only)."""
+    policy = redis.asyncio.retry.Retry(
+        _backoff(), retries, supported_errors=(redis.ConnectionError,)
+    )
+    return redis.asyncio.Redis.from_url(
         url,
         socket_connect_timeout=timeout_s,
         socket_timeout=timeout_s,
@@ -113,4 +137,52 @@ def compare_and_set(
     raise error(
         f"{where}: gave up after {max_attempts} conflicting writes in a row to "
         f"{', '.join(keys)} (too much contention)"
+    )
+
+
+# KEYS[1] := ARGV[2] if it still holds ARGV[1] (ARGV[3] = "1"), or is missing (ARGV[3] = "0").
+_SET_IF_UNCHANGED = """
+local now = redis.call('GET', KEYS[1])
+if (ARGV[3] == '1' and now == ARGV[1]) or (ARGV[3] == '0' and not now) then
+  redis.call('SET', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+
+async def compare_and_set_async(
+    client: redis.asyncio.Redis,
+    key: str,
+    compute: Callable[[bytes | str | None], tuple[T, bytes | None]],
+    *,
+    error: type[Exception],
+    where: str,
+    max_attempts: int = 100,
+    backoff_base_s: float = 0.0002,
+    backoff_cap_s: float = 0.01,
+) -> T:
+    """`compare_and_set` on one key, from an event loop: `compute` gets the key's bytes
+    (None: missing) and returns the result and the bytes to write (None: write nothing).
+    The write happens only if the key still holds what was read; otherwise the attempt
+    starts again, as `compare_and_set`'s do."""
+    if max_attempts < 1:
+        raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
+    script = client.register_script(_SET_IF_UNCHANGED)  # EVALSHA; loads it when missing
+    with translate_errors(error, where):
+        for attempt in range(max_attempts):
+            raw = await client.get(key)
+            result, new = compute(raw)
+            if new is None:
+                return result
+            args = [raw or b"", new, "0" if raw is None else "1"]
+            if await script(keys=[key], args=args):
+                return result
+            if attempt + 1 < max_attempts:
+                await asyncio.sleep(
+                    random.uniform(0, min(backoff_cap_s, backoff_base_s * 2**attempt))
+                )
+    raise error(
+        f"{where}: gave up after {max_attempts} conflicting writes in a row to {key} "
+        "(too much contention)"
     )
