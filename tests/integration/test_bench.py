@@ -13,6 +13,7 @@ import math
 import os
 from pathlib import Path
 
+import psutil
 import pytest
 from typer.testing import CliRunner
 
@@ -98,12 +99,26 @@ def test_every_contender_at_every_level_with_finite_figures(bench_report: Path) 
 def test_markdown_has_the_tables_and_a_verdict(bench_report: Path) -> None:
     text = (bench_report / "bench.md").read_text()
     for heading in ("## Latency", "## Ratios", "## The cost of one extra hop", "## Targets",
-                    "## Verdict", "## Adaptive batching"):  # fmt: skip
+                    "## Verdict", "## Adaptive batching",
+                    "## The online store in Redis"):  # fmt: skip
         assert heading in text
     for label in ("mlflow models serve", "Hearth monolith", "Hearth microservices"):
         assert label in text
     assert "feature row" in text  # says that the bare model servers take features
     assert "One hop measured alone" in text  # the quick run has the model-service contenders
+
+
+def test_the_redis_contender_answered_and_its_server_is_gone(bench_report: Path) -> None:
+    report = json.loads((bench_report / "bench.json").read_text())
+    assert report["metrics_counted"]["monolith-redis"]["exact"] is True
+    assert report["metrics_counted"]["monolith-redis"]["answered"] > 0
+    # redis-server rewrites its command line, but it runs in its --dir, the bench's own.
+    left = [
+        p.pid
+        for p in psutil.process_iter(["name", "cwd"])
+        if p.info["name"] == "redis-server" and "hearth-bench-" in (p.info["cwd"] or "")
+    ]
+    assert not left  # stopped with the monolith it served
 
 
 def test_every_target_is_judged(bench_report: Path) -> None:

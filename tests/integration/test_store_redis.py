@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from datetime import timedelta
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -19,6 +19,7 @@ import redis
 
 from hearth.config import Settings
 from hearth.features import state_codec
+from hearth.features.online import InvalidTransaction
 from hearth.features.store import (
     REDIS_KEY_PREFIX,
     RedisStore,
@@ -28,7 +29,6 @@ from hearth.features.store import (
     open_store,
 )
 from tests.helpers import RedisServer, free_port, needs_redis
-from hearth.features.online import InvalidTransaction
 from tests.unit.test_store import (
     T0,
     StoreContract,

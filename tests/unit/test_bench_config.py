@@ -217,3 +217,59 @@ def test_the_report_puts_wrk_beside_hearths_own_load(tmp_path: Path) -> None:
     report.pop("cross_check")
     bench_report.write(report, tmp_path)
     assert "(not measured: not run)" in (tmp_path / "bench.md").read_text()
+
+
+def test_the_redis_contender_is_the_monolith_on_a_redis_server_of_its_own(
+    tmp_path: Path,
+) -> None:
+    from hearth.bench.contenders import RedisBackedServer, build_server, spec_of
+    from hearth.launch.topologies import serve_command
+
+    source = Settings(home=tmp_path)
+    server = build_server("monolith-redis", source, tmp_path, tmp_path / "work")
+    assert isinstance(server, RedisBackedServer)
+    assert server.command() == serve_command("monolith", server.port, workers=1)
+    assert "HEARTH_STORE_BACKEND" not in server.env  # set by start(), once its Redis runs
+    base = build_server("monolith-redis@base", source, tmp_path / "base", tmp_path / "work")
+    assert isinstance(base, RedisBackedServer) and spec_of(base.spec.name).group == "store"
+
+
+def test_a_contender_whose_server_is_not_installed_is_left_out_with_a_note(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(bench_run.shutil, "which", lambda binary: None)
+    names, notes = bench_run._runnable(["echo", "monolith", "monolith-redis"])
+    assert names == ["echo", "monolith"]
+    assert notes == [
+        "monolith-redis was left out: redis-server is not installed (`make system-deps`, "
+        "or apt-get install redis-server)."
+    ]
+    monkeypatch.setattr(bench_run.shutil, "which", lambda binary: f"/usr/bin/{binary}")
+    assert bench_run._runnable(["monolith-redis"]) == (["monolith-redis"], [])
+
+
+def test_the_report_compares_the_redis_store_with_sqlite(tmp_path: Path) -> None:
+    def row(name: str, c: int, rps: float, cpu: float) -> dict:
+        return {"contender": name, "concurrency": c, "requests": 300, "ok": 300, "errors": {},
+                "p50_ms": 1000 / rps, "p90_ms": 2000 / rps, "p99_ms": 3000 / rps, "rps": rps,
+                "cpu_s_per_1000": cpu, "retry_after": []}  # fmt: skip
+
+    report = {
+        "created": "2026-12-03T07:00:00+00:00", "seconds": 60.0, "rollback": {},
+        "notes": ["microservices was left out: redis-server is not installed."],
+        "machine": {"cpu": "x86_64", "cpus": 2, "memory_gib": 8.0, "python": "3.11",
+                    "system": "Linux", "load_average": [1.0, 1.0, 1.0]},
+        "config": {"requests": 300, "rounds": 3, "warmup": 100},
+        "contenders": [{"name": n, "label": n, "group": g, "body": "transaction", "note": ""}
+                       for n, g in (("monolith", "hearth"), ("monolith-redis", "store"))],
+        "results": [row("monolith", 1, 700.0, 1.4), row("monolith-redis", 1, 560.0, 1.75),
+                    row("monolith", 32, 2000.0, 0.5), row("monolith-redis", 32, 1600.0, 0.7)],
+        "memory_mib": {"monolith": 600.0, "monolith-redis": 650.0},
+        "metrics_counted": {}, "limits": {"lines": []},
+    }  # fmt: skip
+    bench_report.write(report, tmp_path)
+    text = (tmp_path / "bench.md").read_text()
+    assert "## The online store in Redis" in text
+    assert "| 1 | 700 | 560 | ×0.80 | 1.43 → 1.79 | 1.40 → 1.75 | 0 |" in text
+    assert "| 32 | 2,000 | 1,600 | ×0.80 | 0.50 → 0.62 | 0.50 → 0.70 | 0 |" in text
+    assert "- microservices was left out: redis-server is not installed." in text

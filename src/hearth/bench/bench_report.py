@@ -15,6 +15,7 @@ from hearth.bench import wrk
 from hearth.bench.bench_figures import Figures, Row, fmt, ratio
 from hearth.bench.markdown import md_table
 from hearth.bench.rollback_report import rollback_brief, rollback_rows, rollback_section
+from hearth.bench.store_report import store_section
 from hearth.bench.workers_report import workers_scaling, workers_section, workers_target
 from hearth.observability.figures import png_figure
 
@@ -388,6 +389,7 @@ def markdown(report: dict[str, Any]) -> str:
         *_batching_table(f),
         "",
         *workers_section(f),
+        *store_section(f),
         "## Overload limits",
         "",
         *_limits(report),

@@ -8,6 +8,7 @@ each get a fresh HEARTH_HOME so that their online stores see the same stream.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -42,7 +43,7 @@ class Spec:
 
     name: str
     label: str
-    group: str  # floor | peer | hearth | batching | workers
+    group: str  # floor | peer | hearth | store | batching | workers
     body: str  # a workload body kind
     note: str
     workers: int = 1  # serving processes (`hearth serve --workers N`) of a Hearth contender
@@ -66,6 +67,9 @@ SPECS: dict[str, Spec] = {
         Spec("monolith-w2", "Hearth monolith, 2 workers", "workers", "transaction",
              "the monolith served by two processes on one port (`hearth serve --workers 2`), "
              "sharing the online store, the rollout state and the prediction log", workers=2),
+        Spec("monolith-redis", "Hearth monolith, Redis store", "store", "transaction",
+             "the monolith with its online store in Redis (a redis-server of its own on "
+             "loopback, counted in its CPU and memory), as machines that share one have it"),
         Spec("model-batched", "model service, batched", "batching", "score_items",
              "Hearth's model service alone, adaptive batching on (the default)"),
         Spec("model-unbatched", "model service, unbatched", "batching", "score_items",
@@ -178,6 +182,55 @@ class HearthServer(Server):
         return predictions_counted(f"http://{HOST}:{self.port}")
 
 
+class RedisBackedServer(HearthServer):
+    """The monolith with `HEARTH_STORE_BACKEND=redis` on a redis-server (Debian's package)
+    that it starts first, on a free loopback port, without persistence, and stops last;
+    `hearth serve` fills it from the processed data as it fills the SQLite store."""
+
+    redis: Launched | None = None
+
+    @property
+    def topology(self) -> str:
+        return "monolith"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError(
+                f"{self.spec.name} needs redis-server (`make system-deps`, or apt-get install "
+                "redis-server); leave it out with --contender"
+            )
+        port = free_port()
+        cmd = [binary, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no",
+               "--dir", str(self.log_path.parent)]  # fmt: skip
+        log = self.log_path.with_name("redis.log")
+        self.redis = launch("redis", cmd, {}, self.cwd, log, lambda: _redis_answers(port))
+        self.redis.wait_ready(30, poll_s=0.1)
+        self.env |= {
+            "HEARTH_STORE_BACKEND": "redis",
+            "HEARTH_REDIS_URL": f"redis://{HOST}:{port}/0",
+        }
+        super().start()
+
+    def tree(self) -> ProcessTree:
+        return ProcessTree(self._started().pid, [self.redis.pid] if self.redis else [])
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        super().stop(timeout_s)
+        if self.redis is not None:
+            self.redis.stop(timeout_s)
+
+
+def _redis_answers(port: int) -> bool:
+    from hearth.storage.redis import connect, ping  # lazy: the bench's other contenders
+
+    client = connect(f"redis://{HOST}:{port}/0", retries=0)
+    try:
+        return ping(client)
+    finally:
+        client.close()
+
+
 def takes_workers(root: Path) -> bool:
     """Whether the checkout at `root` has `hearth serve --workers` (a baseline may not)."""
     serve = root / "src" / "hearth" / "cli" / "serve.py"
@@ -236,10 +289,11 @@ def build_server(name: str, source: Settings, root: Path, work: Path) -> Server:
     if name == "bentoml":
         cmd = [*bentoml_serve, "bentos.bench_plain:Plain"]
         return Server(spec, cmd, server_env(source, root, home), root, log, "/predict", "/readyz")
-    if name in ("monolith", "microservices", "monolith-w2"):
+    if name in ("monolith", "microservices", "monolith-w2", "monolith-redis"):
         key = (("X-API-Key", BENCH_KEY),)
         env = server_env(source, root, home, **params)
-        return HearthServer(spec, [], env, root, log, "/predict", "/readyz", headers=key)
+        kind = RedisBackedServer if name == "monolith-redis" else HearthServer
+        return kind(spec, [], env, root, log, "/predict", "/readyz", headers=key)
     if name in ("model-batched", "model-unbatched"):
         # Hearth's model service alone, on the monolith's home (its state and model cache).
         batching = "false" if name == "model-unbatched" else "true"

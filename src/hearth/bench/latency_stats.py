@@ -20,16 +20,21 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
 
 
 class ProcessTree:
-    """A server's process and all its descendants (BentoML workers, uvicorn, …)."""
+    """A server's process and all its descendants (BentoML workers, uvicorn, …), and any
+    `also` processes it needs that it did not start (a contender's own redis-server)."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, also: Sequence[int] = ()) -> None:
         self.root = psutil.Process(pid)
+        self.also = [psutil.Process(p) for p in also]
 
     def _members(self) -> list[psutil.Process]:
-        try:
-            return [self.root, *self.root.children(recursive=True)]
-        except psutil.Error:
-            return []
+        members = []
+        for root in (self.root, *self.also):
+            try:
+                members += [root, *root.children(recursive=True)]
+            except psutil.Error:
+                continue
+        return members
 
     def cpu_s(self) -> float:
         """User + system CPU seconds used so far by every live member."""

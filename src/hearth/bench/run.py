@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import platform
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -40,8 +41,10 @@ from hearth.launch.launcher import stop_all
 from hearth.params import load_params
 
 ALL = tuple(SPECS)
-QUICK = ("model", "echo", "mlflow", "monolith", "microservices", "model-batched",
-         "model-unbatched")  # fmt: skip
+QUICK = ("model", "echo", "mlflow", "monolith", "microservices", "monolith-redis",
+         "model-batched", "model-unbatched")  # fmt: skip
+# Contenders that need a server from a Debian package: left out, with a note, without it.
+_NEEDS_BINARY = {"monolith-redis": "redis-server"}
 # The model-service contenders run on the monolith's home: it must start first.
 _NEEDS_MONOLITH = {"model", "model-batched", "model-unbatched"}
 
@@ -149,9 +152,13 @@ def machine() -> dict[str, Any]:
 
 def run_bench(config: BenchConfig, source: Settings, root: Path, say: Progress) -> dict[str, Any]:
     """Measure every contender of `config`; the report's data (see `hearth.bench.bench_report`)."""
-    names = _ordered(config.contenders)
+    names, left_out = _runnable(_ordered(config.contenders))
+    for line in left_out:
+        say(line)
     if config.baseline is not None:
-        names += [f"{n}{BASELINE}" for n in names if SPECS[n].group in ("hearth", "batching")]
+        names += [
+            f"{n}{BASELINE}" for n in names if SPECS[n].group in ("hearth", "store", "batching")
+        ]
     per_level = [config.warmup + config.per_round(level) * config.rounds for level in config.levels]
     workload = load_workload(source.processed_dir, sum(per_level))
     started = time.monotonic()
@@ -169,7 +176,7 @@ def run_bench(config: BenchConfig, source: Settings, root: Path, say: Progress) 
         "cross_check": cross_check,
         "limits": overload_limits(source),
         "rollback": rollback,
-        "notes": _notes(config),
+        "notes": left_out + _notes(config),
         "workload": {
             "transactions": len(workload),
             "customers": len({t["customer_id"] for t in workload.transactions}),
@@ -316,6 +323,16 @@ def _notes(config: BenchConfig) -> list[str]:
             "this run's noise there; read changes of that size as noise."
         )
     return notes
+
+
+def _runnable(names: list[str]) -> tuple[list[str], list[str]]:
+    """`names` but those whose server is not installed here, and a note on each left out."""
+    missing = {n: b for n, b in _NEEDS_BINARY.items() if n in names and not shutil.which(b)}
+    notes = [
+        f"{n} was left out: {b} is not installed (`make system-deps`, or apt-get install {b})."
+        for n, b in missing.items()
+    ]
+    return [n for n in names if n not in missing], notes
 
 
 def _ordered(names: tuple[str, ...]) -> list[str]:
