@@ -126,6 +126,16 @@ def test_loop_and_thread_writers_of_one_customer_lose_nothing(
         other.close()
 
 
+def test_more_observes_in_flight_than_connections_wait_for_one(store: RedisStore) -> None:
+    # A loop with hundreds of requests in flight: each waits for one of the client's few
+    # connections; none fails (redis-py's own pool refused the 101st: a 503 under load).
+    async def many() -> list[tuple[dict[str, float | str], bool]]:
+        return list(await asyncio.gather(*(store.observe_async(txn(f"C{i}")) for i in range(300))))
+
+    assert [cold for _, cold in asyncio.run(many())] == [True] * 300
+    assert store.count() == 300
+
+
 def test_observe_async_refuses_what_observe_refuses_and_writes_nothing(store: RedisStore) -> None:
     bad = txn("C1", amount=1e308)
     with pytest.raises(InvalidTransaction, match="amount"):

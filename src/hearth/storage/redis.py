@@ -55,18 +55,28 @@ def connect(url: str, *, timeout_s: float = 0.5, retries: int = 1) -> redis.Redi
     )
 
 
+# Connections of one event loop's client. Commands beyond them wait for one to come free
+# (for `timeout_s` at most) instead of failing: redis-py's asyncio pool otherwise refuses the
+# 101st concurrent command ("Too many connections"), a 503 at 128 requests in flight.
+ASYNC_CONNECTIONS = 16
+
+
 def connect_async(url: str, *, timeout_s: float = 0.5, retries: int = 1) -> redis.asyncio.Redis:
-    """`connect`'s client for an event loop (the loop that first uses it, only)."""
+    """`connect`'s client for an event loop (the loop that first uses it, only), on at most
+    `ASYNC_CONNECTIONS` connections."""
     policy = redis.asyncio.retry.Retry(
         _backoff(), retries, supported_errors=(redis.ConnectionError,)
     )
-    return redis.asyncio.Redis.from_url(
+    pool = redis.asyncio.BlockingConnectionPool.from_url(
         url,
+        max_connections=ASYNC_CONNECTIONS,
+        timeout=timeout_s,
         socket_connect_timeout=timeout_s,
         socket_timeout=timeout_s,
         retry=policy,
         retry_on_timeout=False,
     )
+    return redis.asyncio.Redis(connection_pool=pool)
 
 
 @contextmanager
