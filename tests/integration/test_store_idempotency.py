@@ -21,13 +21,12 @@ from hearth.config import Settings
 from hearth.features import state_codec
 from hearth.features.online import CustomerState, Transaction
 from hearth.features.store import (
-    REDIS_KEY_PREFIX,
     OnlineStore,
-    RedisStore,
     SQLiteStore,
     decode_state,
     materialize,
 )
+from hearth.features.store_redis import REDIS_KEY_PREFIX, RedisStore
 from hearth.serving.dependencies import observe_rows
 from tests.helpers import RedisServer, run_together
 from tests.unit.test_online_idempotency import legacy_state

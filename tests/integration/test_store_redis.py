@@ -21,13 +21,12 @@ from hearth.config import Settings
 from hearth.features import state_codec
 from hearth.features.online import InvalidTransaction
 from hearth.features.store import (
-    REDIS_KEY_PREFIX,
-    RedisStore,
     StoreUnavailable,
     decode_state,
     materialize,
     open_store,
 )
+from hearth.features.store_redis import REDIS_KEY_PREFIX, RedisStore
 from tests.helpers import RedisServer, free_port, needs_redis
 from tests.unit.test_store import (
     T0,

@@ -320,7 +320,7 @@ def test_every_redis_client_of_hearth_fails_fast() -> None:
     """The online store's and the rollout state's clients: short timeouts, at most one
     reconnect on a connection error, no retry on a timeout (redis-py's default: several
     retries with backoff, on both)."""
-    from hearth.features.store import RedisStore
+    from hearth.features.store_redis import RedisStore
     from hearth.traffic.state_redis import RedisStateStore
 
     url = f"redis://127.0.0.1:{free_port()}/0"

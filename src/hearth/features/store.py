@@ -5,7 +5,8 @@ Two backends behind one `OnlineStore` protocol, chosen by `Settings.store_backen
 - ``sqlite`` (default, embedded): one file at `Settings.online_store_path`, WAL mode, so
   readers never block the writer and several serving processes may share it;
 - ``redis``: a Redis server at `Settings.redis_url`, one string key per customer
-  (``hearth:cust:<customer_id>``), for replicas on several machines.
+  (``hearth:cust:<customer_id>``), for replicas on several machines
+  (`hearth.features.store_redis`).
 
 States are stored in `hearth.features.state_codec`'s portable binary form (version 2; the
 JSON of version 1 is still read, so an upgrade needs no re-materialisation). `observe` is
@@ -13,7 +14,8 @@ the serving hot path: it reads a customer's state, computes the features of the 
 transaction from the state *before* it, applies the transaction and writes the state back,
 atomically, so concurrent requests for one customer never lose an update: an optimistic
 compare-and-set in a bounded retry loop on both backends (SQLite: one conditional
-``UPDATE``/``INSERT OR IGNORE``; Redis: ``WATCH``/``MULTI`` from `hearth.storage`).
+``UPDATE``/``INSERT OR IGNORE``; Redis: ``WATCH``/``MULTI`` from `hearth.storage`, or
+from an event loop a ``GET`` and a set-if-unchanged script).
 
 `observe` is idempotent per transaction_id: the state keeps the ids of its history, so a
 client retrying a transaction (after a 503 + Retry-After, a timeout) changes nothing and
@@ -30,46 +32,41 @@ data is never a cold start online. Backend failures surface as `StoreUnavailable
 
 from __future__ import annotations
 
-import asyncio
-import bisect
-import math
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import urlsplit, urlunsplit
+from typing import Any
 
 import pandas as pd
 
 from hearth.config import Settings
-from hearth.features import state_codec
 from hearth.features.batch_states import build_states
-from hearth.features.definitions import HISTORY_HORIZON
 from hearth.features.online import (
     CustomerState,
     InputDomain,
     Transaction,
     answer,
-    id_problem,
     observe_state,
-    window_seconds,
 )
+
+# Re-exported: what every store shares, imported from here by its callers.
+from hearth.features.store_base import Features as Features
+from hearth.features.store_base import InvalidState as InvalidState
+from hearth.features.store_base import OnlineStore as OnlineStore
+from hearth.features.store_base import StoreError as StoreError
+from hearth.features.store_base import StoreUnavailable as StoreUnavailable
+from hearth.features.store_base import check_states as check_states
+from hearth.features.store_base import decode_state as decode_state
+from hearth.features.store_base import encode_state as encode_state
+from hearth.features.store_base import redacted_url as redacted_url
 from hearth.storage.sqlite import SQLiteFile, WouldBlock
 
-if TYPE_CHECKING:
-    from redis.client import Pipeline
-
-    from hearth.storage.redis import Update
-
-REDIS_KEY_PREFIX = "hearth:cust:"
 MATERIALIZE_CHUNK = 1000
 CHECKPOINT_EVERY_S = 0.25  # the SQLite store's background WAL checkpoints
-_HORIZON_S = window_seconds(HISTORY_HORIZON)
 # Columns build_states reads; reading only these keeps materialize light on wide files.
 _TRANSACTION_COLUMNS = [
     "transaction_id",
@@ -82,131 +79,13 @@ _TRANSACTION_COLUMNS = [
 ]
 _CUSTOMER_COLUMNS = ["customer_id", "home_latitude", "home_longitude"]
 
-Features = dict[str, float | str]
 Connect = Callable[[], AbstractContextManager[sqlite3.Connection]]  # SQLiteFile.read or .nowait
-
-
-class StoreError(RuntimeError):
-    """The online store cannot answer; the message says which customer or backend and why."""
-
-
-class StoreUnavailable(StoreError):
-    """The backend is unreachable, locked for too long, or failing (a service answers 503)."""
-
-
-class InvalidState(ValueError):
-    """A state the store refuses to write (a bad customer id, a value out of the domain)."""
-
-
-def check_states(states: Mapping[str, CustomerState], domain: InputDomain) -> None:
-    """Refuse (InvalidState) to write any of `states` when one of them is out of `domain`:
-    the store's own check, whoever calls it (defence in depth behind the gate)."""
-    for customer_id, state in states.items():
-        problems = domain.state_problems(state)
-        if (bad_id := id_problem(customer_id)) is not None:
-            problems.insert(0, f"customer_id {bad_id}")
-        if problems:
-            raise InvalidState(f"state of customer {customer_id!r}: {'; '.join(problems)}")
 
 
 class MaterializeError(FileNotFoundError):
     """An ETL output the store is built from is missing; the message names it."""
 
 
-class OnlineStore(Protocol):
-    """Latest state per customer; every method is safe to call from several threads."""
-
-    backend: str  # "sqlite" | "redis"
-
-    def get(self, customer_id: str) -> CustomerState | None:
-        """The stored state, or None for an unknown customer."""
-        ...
-
-    def put_many(self, states: Mapping[str, CustomerState]) -> int:
-        """Write (replace) these customers' states; returns how many were written."""
-        ...
-
-    def observe(self, txn: Transaction) -> tuple[Features, bool]:
-        """Atomically: features of `txn` from the state before it, then apply and store it.
-
-        Returns (features, cold_start); cold_start means the customer had no stored state.
-        A retry (transaction_id already in the kept history) stores nothing and returns the
-        first answer again (`hearth.features.online.answer`).
-        """
-        ...
-
-    def peek(self, txn: Transaction) -> tuple[Features, bool]:
-        """The features `observe` would return, without updating the state."""
-        ...
-
-    def count(self) -> int:
-        """Number of customers with a stored state."""
-        ...
-
-    def ping(self) -> bool:
-        """True when the backend answers; False (never an exception) when it does not."""
-        ...
-
-    def clear(self) -> None:
-        """Remove every customer state (and nothing else)."""
-        ...
-
-    def close(self) -> None:
-        """Release connections; the store is unusable afterwards."""
-        ...
-
-
-# -- serialisation -------------------------------------------------------------------------
-def encode_state(state: CustomerState) -> bytes:
-    """The stored form of `state` (`state_codec`, version 2), history pruned to
-    HISTORY_HORIZON before its newest entry.
-
-    `update_state` already prunes; this also bounds states written from elsewhere
-    (hand-built, older code) without changing any feature: no window looks further back.
-    The state object itself is left untouched. A non-finite amount or home is refused
-    (ValueError), as are merchants or ids that hold the codec's separator.
-
-    Binary columns, not JSON: every observe decodes and re-encodes the customer's whole
-    state, and JSON's per-entry lists (`to_dict`'s transposition, `from_dict`'s conversions
-    per column) made CPU per request grow with history length, which failed the soak where
-    customers transact every few seconds. CPU µs per call, JSON → version 2, measured in one
-    run (best of 6 alternating runs, the 2-core machine shared with other work):
-
-    ==========  ===========  ===========  =========================
-    entries     encode       decode       whole SQLiteStore.observe
-    ==========  ===========  ===========  =========================
-    0           2.2 → 2.6    3.6 → 4.6    121 → 129
-    40          11 → 6.6     21 → 9.4     176 → 173
-    220         45 → 19      98 → 28      351 → 234
-    500         98 → 38      364 → 58     764 → 348
-    ==========  ===========  ===========  =========================
-
-    An observe's growth from 0 to 500 entries falls from ~640 to ~220 µs; what is left is
-    mostly making the 2n merchant and id strings, the id set and the features themselves.
-    """
-    # sum first (C, a few ns per entry): any NaN or infinity makes it non-finite; only then
-    # the exact check, since finite amounts can also add up past the largest float.
-    amounts = state.amounts
-    finite = math.isfinite(sum(amounts)) or all(map(math.isfinite, amounts))
-    if not (finite and all(map(math.isfinite, state.home or ()))):
-        raise ValueError("a customer state with a non-finite amount or home is not stored")
-    keep_from = 0
-    if state.times:
-        newest = max(state.times[-1], state.last_timestamp or state.times[-1])
-        keep_from = bisect.bisect_left(state.times, newest - _HORIZON_S)
-    return state_codec.pack(state, keep_from)
-
-
-def decode_state(raw: str | bytes, customer_id: str) -> CustomerState:
-    """Parse a stored state, version 2 or version 1 JSON; a corrupt, truncated or
-    foreign-version state is a StoreError naming the customer, not a crash."""
-    try:
-        return state_codec.unpack(raw)
-    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
-        raise StoreError(f"stored state of customer {customer_id!r} is unreadable: {exc}") from exc
-
-
-# -- SQLite --------------------------------------------------------------------------------
 _UPSERT = "INSERT OR REPLACE INTO customer_state (customer_id, state) VALUES (?, ?)"
 _SELECT = "SELECT state FROM customer_state WHERE customer_id = ?"
 # The compare-and-set of `observe`: each changes a row only if nobody wrote it since (the
@@ -335,155 +214,7 @@ class SQLiteStore:
 
 
 # -- Redis ---------------------------------------------------------------------------------
-class RedisStore:
-    """One value (`encode_state`'s bytes) per customer under `prefix`; the client's pool is
-    thread-safe.
-
-    The client is `hearth.storage.redis.connect`'s: short timeouts and one quick reconnect
-    (a pooled connection may be stale after a Redis restart), so a dead server costs a
-    request milliseconds. `observe` is `hearth.storage.redis.compare_and_set` on the
-    customer's key.
-    """
-
-    backend = "redis"
-
-    def __init__(
-        self,
-        url: str,
-        prefix: str = REDIS_KEY_PREFIX,
-        max_attempts: int = 100,
-        timeout_s: float = 0.5,
-        domain: InputDomain | None = None,
-    ) -> None:
-        # lazy: SQLite users (the default) never pay for loading redis-py.
-        from hearth.storage import redis as redis_storage
-
-        self._storage = redis_storage
-        self.url = url
-        self.prefix = prefix
-        self.max_attempts = max_attempts
-        self.domain = domain or InputDomain()
-        self._where = f"Redis online store {redacted_url(url)}"
-        self._timeout_s = timeout_s
-        self._client = redis_storage.connect(url, timeout_s=timeout_s)
-        self._async: tuple[asyncio.AbstractEventLoop, Any] | None = None  # observe_async's
-
-    def _key(self, customer_id: str) -> str:
-        return self.prefix + customer_id
-
-    def _translate(self) -> AbstractContextManager[None]:
-        return self._storage.translate_errors(StoreUnavailable, self._where)
-
-    def _read(self, customer_id: str) -> CustomerState | None:
-        with self._translate():
-            raw = self._client.get(self._key(customer_id))
-        return decode_state(raw, customer_id) if raw is not None else None
-
-    def get(self, customer_id: str) -> CustomerState | None:
-        return self._read(customer_id)
-
-    def put_many(self, states: Mapping[str, CustomerState]) -> int:
-        if not states:
-            return 0
-        check_states(states, self.domain)
-        payload = {self._key(cid): encode_state(state) for cid, state in states.items()}
-        with self._translate():
-            self._client.mset(payload)
-        return len(payload)
-
-    def observe(self, txn: Transaction) -> tuple[Features, bool]:
-        self.domain.check(txn)  # InvalidTransaction: nothing out of the domain is written
-        key = self._key(txn.customer_id)
-        return self._storage.compare_and_set(
-            self._client,
-            [key],
-            partial(self._plan_observe, key, txn),
-            error=StoreUnavailable,
-            where=self._where,
-            max_attempts=self.max_attempts,
-        )
-
-    async def observe_async(self, txn: Transaction) -> tuple[Features, bool]:
-        """`observe` from an event loop, which it never blocks (`compare_and_set_async`)."""
-        self.domain.check(txn)
-        return await self._storage.compare_and_set_async(
-            self._loop_client(),
-            self._key(txn.customer_id),
-            partial(self._plan, txn),
-            error=StoreUnavailable,
-            where=self._where,
-            max_attempts=self.max_attempts,
-        )
-
-    def _loop_client(self) -> Any:
-        """The asyncio client of the running loop (a new one when the loop changed)."""
-        loop = asyncio.get_running_loop()
-        if self._async is None or self._async[0] is not loop:
-            self._async = (loop, self._storage.connect_async(self.url, timeout_s=self._timeout_s))
-        return self._async[1]
-
-    def _plan(
-        self, txn: Transaction, raw: bytes | str | None
-    ) -> tuple[tuple[Features, bool], bytes | None]:
-        """The answer to `txn` on the stored bytes `raw`, and the bytes to store (None: none;
-        a retry writes nothing: its answer came from one GET, a consistent read)."""
-        seen = observe_state(decode_state(raw, txn.customer_id) if raw is not None else None, txn)
-        after = None if seen.after is None else encode_state(seen.after)
-        return (seen.features, seen.cold_start), after
-
-    def _plan_observe(
-        self, key: str, txn: Transaction, pipe: Pipeline
-    ) -> Update[tuple[Features, bool]]:
-        """One optimistic attempt, on the state read while `key` is watched."""
-        reply, state = self._plan(txn, pipe.get(key))
-        if state is None:
-            return self._storage.Update(reply)
-        return self._storage.Update(reply, lambda p: p.set(key, state))
-
-    def peek(self, txn: Transaction) -> tuple[Features, bool]:
-        return answer(txn, self._read(txn.customer_id))
-
-    def _keys(self) -> Iterator[Any]:
-        # SCAN, not KEYS: it never blocks the server, and only our prefix is touched.
-        return self._client.scan_iter(match=self.prefix + "*", count=1000)
-
-    def count(self) -> int:
-        with self._translate():
-            return sum(1 for _ in self._keys())
-
-    def ping(self) -> bool:
-        return self._storage.ping(self._client)
-
-    def clear(self) -> None:
-        with self._translate():
-            batch: list[Any] = []
-            for key in self._keys():
-                batch.append(key)
-                if len(batch) >= 500:
-                    self._client.unlink(*batch)
-                    batch.clear()
-            if batch:
-                self._client.unlink(*batch)
-
-    def close(self) -> None:
-        self._client.close()
-        if self._async is not None:  # its sockets belong to its loop: closed there
-            (loop, client), self._async = self._async, None
-            if not loop.is_closed():
-                loop.call_soon_threadsafe(lambda: loop.create_task(client.aclose()))
-
-
 # -- opening and filling -------------------------------------------------------------------
-def redacted_url(url: str) -> str:
-    """`url` with any password replaced by ***, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
-
-
 def store_location(settings: Settings) -> str:
     """Where `open_store(settings)` keeps its data, safe to print."""
     if settings.store_backend == "redis":
@@ -495,6 +226,8 @@ def open_store(settings: Settings) -> OnlineStore:
     """The online store chosen by `settings.store_backend`; close it when done."""
     domain = InputDomain.from_settings(settings)
     if settings.store_backend == "redis":
+        from hearth.features.store_redis import RedisStore  # lazy: redis-py
+
         return RedisStore(settings.redis_url, domain=domain)
     return SQLiteStore(settings.online_store_path, domain=domain)
 
