@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import redis
 import redis.asyncio
@@ -38,6 +38,15 @@ from redis.retry import Retry
 T = TypeVar("T")
 
 
+def _fail_fast(timeout_s: float) -> dict[str, Any]:
+    """Connection options shared by both clients (their retry policy is their own class)."""
+    return {
+        "socket_connect_timeout": timeout_s,
+        "socket_timeout": timeout_s,
+        "retry_on_timeout": False,
+    }
+
+
 def _backoff() -> ExponentialBackoff:
     return ExponentialBackoff(cap=0.05, base=0.005)
 
@@ -46,13 +55,7 @@ def connect(url: str, *, timeout_s: float = 0.5, retries: int = 1) -> redis.Redi
     """A client for `url` that fails fast: `timeout_s` to connect and per reply, at most
     `retries` quick reconnects after a connection error (5-50 ms apart), none on timeout."""
     policy = Retry(_backoff(), retries, supported_errors=(redis.ConnectionError,))
-    return redis.Redis.from_url(
-        url,
-        socket_connect_timeout=timeout_s,
-        socket_timeout=timeout_s,
-        retry=policy,
-        retry_on_timeout=False,
-    )
+    return redis.Redis.from_url(url, retry=policy, **_fail_fast(timeout_s))
 
 
 # Connections of one event loop's client. Commands beyond them wait for one to come free
@@ -68,14 +71,9 @@ def connect_async(url: str, *, timeout_s: float = 0.5, retries: int = 1) -> redi
         _backoff(), retries, supported_errors=(redis.ConnectionError,)
     )
     pool = redis.asyncio.BlockingConnectionPool.from_url(
-        url,
-        max_connections=ASYNC_CONNECTIONS,
-        timeout=timeout_s,
-        socket_connect_timeout=timeout_s,
-        socket_timeout=timeout_s,
-        retry=policy,
-        retry_on_timeout=False,
-    )
+        url, max_connections=ASYNC_CONNECTIONS, timeout=timeout_s, retry=policy,
+        **_fail_fast(timeout_s),
+    )  # fmt: skip
     return redis.asyncio.Redis(connection_pool=pool)
 
 
@@ -143,9 +141,18 @@ def compare_and_set(
                 except redis.WatchError:
                     pass
             if attempt + 1 < max_attempts:
-                time.sleep(random.uniform(0, min(backoff_cap_s, backoff_base_s * 2**attempt)))
-    raise error(
-        f"{where}: gave up after {max_attempts} conflicting writes in a row to "
+                time.sleep(_pause_s(attempt, backoff_base_s, backoff_cap_s))
+    raise _gave_up(error, where, max_attempts, keys)
+
+
+def _pause_s(attempt: int, base_s: float, cap_s: float) -> float:
+    """How long a writer that lost `attempt` times waits: jittered, so contenders spread."""
+    return random.uniform(0, min(cap_s, base_s * 2**attempt))
+
+
+def _gave_up(error: type[Exception], where: str, attempts: int, keys: Sequence[str]) -> Exception:
+    return error(
+        f"{where}: gave up after {attempts} conflicting writes in a row to "
         f"{', '.join(keys)} (too much contention)"
     )
 
@@ -189,10 +196,5 @@ async def compare_and_set_async(
             if await script(keys=[key], args=args):
                 return result
             if attempt + 1 < max_attempts:
-                await asyncio.sleep(
-                    random.uniform(0, min(backoff_cap_s, backoff_base_s * 2**attempt))
-                )
-    raise error(
-        f"{where}: gave up after {max_attempts} conflicting writes in a row to {key} "
-        "(too much contention)"
-    )
+                await asyncio.sleep(_pause_s(attempt, backoff_base_s, backoff_cap_s))
+    raise _gave_up(error, where, max_attempts, [key])
