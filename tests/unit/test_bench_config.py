@@ -132,6 +132,13 @@ def test_the_report_compares_two_workers_with_one_and_checks_the_counts(tmp_path
         "Under wrk at c=32 (20 s each): 480 → 648 req/s, **×1.35**, CPU-s per 1,000 2.40 → 2.30."
         in (tmp_path / "bench.md").read_text()
     )
+    for row, others in zip(report["cross_check"]["rows"], (0.1, 0.3), strict=True):
+        row["others_cores"] = others  # what the rest of the machine kept busy meanwhile
+    bench_report.write(report, tmp_path)
+    assert (
+        "2.40 → 2.30. Meanwhile the rest of the machine (neither the server nor wrk) kept "
+        "0.10 → 0.30 cores busy." in (tmp_path / "bench.md").read_text()
+    )
 
 
 def test_long_cells_end_at_their_requests_or_their_seconds() -> None:
@@ -273,3 +280,15 @@ def test_the_report_compares_the_redis_store_with_sqlite(tmp_path: Path) -> None
     assert "| 1 | 700 | 560 | ×0.80 | 1.43 → 1.79 | 1.40 → 1.75 | 0 |" in text
     assert "| 32 | 2,000 | 1,600 | ×0.80 | 0.50 → 0.62 | 0.50 → 0.70 | 0 |" in text
     assert "- microservices was left out: redis-server is not installed." in text
+
+
+def test_machine_busy_seconds_count_this_processs_work() -> None:
+    # A lower bound only: everyone else's work on this shared machine counts as well.
+    import time
+
+    from hearth.bench.latency_stats import machine_busy_s
+
+    before, started = machine_busy_s(), time.process_time()
+    while time.process_time() - started < 0.3:  # 0.3 s of this process's CPU
+        pass
+    assert machine_busy_s() - before >= 0.25

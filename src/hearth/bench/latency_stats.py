@@ -19,6 +19,13 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
     return sorted_values[rank]
 
 
+def machine_busy_s() -> float:
+    """CPU seconds every core of the machine has spent busy so far (not idle, not waiting on
+    I/O), everyone's together, including time the hypervisor gave to other machines (steal)."""
+    t = psutil.cpu_times()
+    return sum(getattr(t, k, 0.0) for k in ("user", "nice", "system", "irq", "softirq", "steal"))
+
+
 class ProcessTree:
     """A server's process and all its descendants (BentoML workers, uvicorn, …), and any
     `also` processes it needs that it did not start (a contender's own redis-server)."""

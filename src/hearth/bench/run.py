@@ -32,7 +32,7 @@ from hearth.bench.contenders import (
     scorer_dir,
     spec_of,
 )
-from hearth.bench.latency_stats import Cell
+from hearth.bench.latency_stats import Cell, machine_busy_s
 from hearth.bench.load import Endpoint, drive
 from hearth.bench.rollback import TOPOLOGIES, Rollbacks
 from hearth.bench.workload import Workload, load_workload
@@ -263,13 +263,15 @@ def _wrk_row(
         server.endpoint, picks, kind == "transaction", start, f"wrk{c}-", step_s=step
     )
     tree = server.tree()
-    cpu0 = tree.cpu_s()
+    cpu0, busy0 = tree.cpu_s(), machine_busy_s()
     row = wrk.run(server.endpoint, script, c, seconds, work)
-    cpu = tree.cpu_s() - cpu0
+    cpu, busy = tree.cpu_s() - cpu0, machine_busy_s() - busy0
+    others = max(0.0, busy - cpu - row["wrk_cpu_s"]) / max(row["seconds"], 1e-9)
     row |= {
         "contender": name,
         "cpu_s_per_1000": 1000 * cpu / max(1, row["requests"]),
         "step_s": round(step, 3),
+        "others_cores": round(others, 3),  # the rest of the machine, meanwhile
     }
     say(
         f"  {name:<16} c={c:<3} p50 {row['p50_ms']:7.2f} ms  p99 {row['p99_ms']:7.2f} ms  "

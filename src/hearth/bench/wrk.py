@@ -18,6 +18,7 @@ import calendar
 import json
 import math
 import random
+import resource
 import shutil
 import subprocess
 import tempfile
@@ -115,7 +116,9 @@ end
 
 function done(summary, latency, requests)
   local e = summary.errors
-  local last = base  -- the latest timestamp any thread sent
+  -- the latest timestamp any thread made: what was sent, or a few later (a request wrk
+  -- built as its run ended is never sent), so an upper bound of the dates sent
+  local last = base
   for _, thread in ipairs(threads) do
     last = math.max(last, dated(thread:get("counter"), thread:get("thread_id")))
   end
@@ -174,7 +177,10 @@ def run(
     url = f"http://{endpoint.host}:{endpoint.port}{endpoint.path}"
     cmd = ["wrk", f"-t{threads}", f"-c{concurrency}", f"-d{max(1, round(seconds))}s",
            "--timeout", "30s", "-s", f.name, url]  # fmt: skip
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60, check=False)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wrk_cpu_s = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     lines = [x for x in out.stdout.splitlines() if x.startswith(MARKER)]
     if out.returncode != 0 or not lines:
         raise RuntimeError(f"wrk failed ({out.returncode}): {out.stderr or out.stdout}"[-2000:])
@@ -193,6 +199,7 @@ def run(
         "rps": ok / seconds_driven if seconds_driven else math.nan,
         "seconds": round(seconds_driven, 2),
         "last_s": raw["last_s"],
+        "wrk_cpu_s": round(wrk_cpu_s, 3),
     }
 
 
@@ -242,6 +249,17 @@ def pair(cross: dict[str, Any], one: str, two: str) -> list[tuple[dict[str, Any]
     return out
 
 
+def _others(a: Row, b: Row) -> str:
+    """What the rest of the machine used meanwhile: a ratio of two servers only compares
+    like with like when the cores left to them were alike."""
+    if "others_cores" not in a or "others_cores" not in b:
+        return ""
+    return (
+        f" Meanwhile the rest of the machine (neither the server nor wrk) kept "
+        f"{fmt(a['others_cores'])} → {fmt(b['others_cores'])} cores busy."
+    )
+
+
 def scaling(cross: dict[str, Any], one: str, two: str) -> list[str]:
     """`two` against `one` (e.g. the monolith with two workers and with one) under wrk, a C
     load generator that leaves the servers more of the two cores than the bench's own Python
@@ -253,7 +271,7 @@ def scaling(cross: dict[str, Any], one: str, two: str) -> list[str]:
             f"Under wrk at c={run_['concurrency']} ({run_['seconds']:g} s each): "
             f"{fmt(a['rps'], 0)} → {fmt(b['rps'], 0)} req/s, "
             f"**{fmt(ratio(b['rps'], a['rps']), 2, '×')}**, CPU-s per 1,000 "
-            f"{fmt(a['cpu_s_per_1000'])} → {fmt(b['cpu_s_per_1000'])}.",
+            f"{fmt(a['cpu_s_per_1000'])} → {fmt(b['cpu_s_per_1000'])}.{_others(a, b)}",
             "",
         )
     ]
