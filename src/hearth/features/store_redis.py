@@ -40,7 +40,8 @@ class RedisStore:
     The client is `hearth.storage.redis.connect`'s: short timeouts and one quick reconnect
     (a pooled connection may be stale after a Redis restart), so a dead server costs a
     request milliseconds. `observe` is `hearth.storage.redis.compare_and_set` on the
-    customer's key.
+    customer's key; `observe_async`, for an event loop, `compare_and_set_async` on a client
+    of that loop's own (`connect_async`: a bounded pool requests wait for).
     """
 
     backend = "redis"
