@@ -3,9 +3,14 @@ own Python client shares the two cores with the servers), else on the bench's ow
 
 from __future__ import annotations
 
+import calendar
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
-from hearth.bench import wrk
+import pytest
+
+from hearth.bench import run, wrk
 from hearth.bench.bench_figures import Figures
 from hearth.bench.bench_report import targets
 
@@ -58,3 +63,84 @@ def test_the_report_states_both_wrk_runs() -> None:
     lines = [line for line in wrk.scaling(cross, "monolith", "monolith-w2") if line]
     assert lines[0].startswith("Under wrk at c=1 (10 s each): 700 → 800 req/s, **×1.14**")
     assert lines[1].startswith("Under wrk at c=32 (10 s each): 2,000 → 3,300 req/s, **×1.65**")
+
+
+def _wrk(name: str, rps: float, seconds: float = 10.0, **more: Any) -> dict[str, Any]:
+    return {"contender": name, "concurrency": 32, "requests": int(rps * seconds), "errors": {},
+            "p50_ms": 10.0, "p90_ms": 15.0, "p99_ms": 20.0, "max_ms": 30.0, "rps": rps,
+            "seconds": seconds, "last_s": 100, "wrk_cpu_s": 0.5, "cpu_s_per_1000": 0.5,
+            "others_cores": 0.1} | more  # fmt: skip
+
+
+def test_rounds_pool_into_one_row_per_contender() -> None:
+    rows = [
+        _wrk("monolith", 1000, p50_ms=9.0, max_ms=40.0, last_s=200, errors={"timeout": 1}),
+        _wrk("monolith", 2000, seconds=5.0, p50_ms=12.0, cpu_s_per_1000=0.8, others_cores=0.4),
+        _wrk("monolith", 1500, p50_ms=10.0, errors={"timeout": 2, "read": 1}),
+    ]
+    row = wrk.pooled(rows)
+    assert row["requests"] == 10_000 + 10_000 + 15_000
+    assert row["seconds"] == 25.0
+    assert row["rps"] == pytest.approx((10_000 + 10_000 + 15_000) / 25)  # not the mean of rps
+    assert row["p50_ms"] == 10.0 and row["max_ms"] == 40.0 and row["last_s"] == 200
+    assert row["errors"] == {"timeout": 3, "read": 1}
+    assert row["cpu_s_per_1000"] == pytest.approx((0.5 * 25_000 + 0.8 * 10_000) / 35_000)
+    assert row["others_cores"] == pytest.approx((0.1 * 20 + 0.4 * 5) / 25)
+
+
+def _rounds_report(ratios: list[float]) -> dict[str, Any]:
+    report = _report(own=(2000, 2800), under_wrk=None)
+    rounds = [
+        {"monolith": _wrk("monolith", 2000), "monolith-w2": _wrk("monolith-w2", 2000 * r)}
+        for r in ratios
+    ]
+    report["cross_check"]["workers"] = wrk.rounds_run(32, 10, ["monolith", "monolith-w2"], rounds)
+    return report
+
+
+def test_rounds_are_judged_on_the_median_of_their_ratios() -> None:
+    verdict = _verdict(_rounds_report([1.70, 1.50, 1.66, 1.72, 1.64]))
+    assert verdict["met"] is True  # one slow round does not decide it
+    assert verdict["measured"].startswith("×1.66 under wrk (median of 5 rounds, ×1.50–1.72)")
+    missed = _verdict(_rounds_report([1.70, 1.50, 1.55, 1.72, 1.58]))
+    assert missed["met"] is False  # nor do two fast ones
+    assert missed["measured"].startswith("×1.58 under wrk (median of 5 rounds")
+
+
+def test_the_report_lists_every_rounds_ratio() -> None:
+    cross = _rounds_report([1.7, 1.5, 1.6])["cross_check"]
+    lines = [line for line in wrk.scaling(cross, "monolith", "monolith-w2") if line]
+    assert lines == [
+        "Under wrk at c=32 (3 rounds of 10 s each, alternating which goes first): "
+        "2,000 → 3,200 req/s over all rounds, **×1.60** (the median of the rounds' "
+        "×1.70, 1.50, 1.60; ×1.50–1.70), CPU-s per 1,000 0.50 → 0.50. Meanwhile the rest of "
+        "the machine (neither the server nor wrk) kept 0.10 → 0.10 cores busy."
+    ]
+
+
+def test_rounds_alternate_and_never_reuse_a_transaction_id(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    calls: list[tuple[str, str, datetime]] = []
+
+    def fake_row(name: str, server: Any, workload: Any, start: datetime, c: int,
+                 seconds: float, *_: Any, prefix: str = "") -> dict[str, Any]:  # fmt: skip
+        calls.append((name, prefix, start))
+        last = calendar.timegm(start.timetuple()) + 3600
+        return _wrk(name, 1000 if name == "monolith" else 1700, seconds, last_s=last)
+
+    monkeypatch.setattr(run, "_wrk_row", fake_row)
+    config = run.BenchConfig(workers_rounds=4, wrk_s=2.0)
+    servers: dict[str, Any] = {"monolith": object(), "monolith-w2": object()}
+    out = run._workers_rounds(["monolith", "monolith-w2"], servers, None, datetime(2030, 1, 1),  # type: ignore[arg-type]
+                              tmp_path, config, run.Progress(say=lambda _: None))  # fmt: skip
+    assert [name for name, _, _ in calls] == ["monolith", "monolith-w2", "monolith-w2",
+        "monolith", "monolith", "monolith-w2", "monolith-w2", "monolith"]  # fmt: skip
+    per_server = {
+        name: [p for n, p, _ in calls if n == name] for name in ("monolith", "monolith-w2")
+    }
+    assert all(len(set(prefixes)) == 4 for prefixes in per_server.values())
+    starts = [s for _, _, s in calls]
+    assert starts[2] > starts[1] and starts[4] > starts[3] and starts[6] > starts[5]  # later days
+    assert out["rounds"] == 4 and out["ratios"] == [1.7] * 4 and out["seconds"] == 2.0
+    assert [r["contender"] for r in out["rows"]] == ["monolith", "monolith-w2"]

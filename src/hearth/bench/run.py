@@ -75,12 +75,15 @@ class BenchConfig:
     # concurrency for this long (0 s: none).
     wrk_concurrency: int = 1
     wrk_s: float = 10.0
+    # One worker against two under wrk at c=32 (the workers' target): this many rounds of
+    # `wrk_s` each, alternating which goes first, so the machine's drift falls on both.
+    workers_rounds: int = 5
 
     @classmethod
     def quick(cls) -> BenchConfig:
         return cls(QUICK, (1, 32), requests=240, rounds=2, warmup=40, max_cell_s=15.0,
                    model_requests=500, rollback=("monolith",), long_cells=(),
-                   wrk_s=1.0)  # fmt: skip
+                   wrk_s=1.0, workers_rounds=1)  # fmt: skip
 
     def cell(self, level: int) -> tuple[int, float]:
         """Requests of the cell at `level` (over all rounds) and the seconds a round may
@@ -237,12 +240,37 @@ def _cross_check(
         # The workers' target is at c=32; the bench's own client shares the 2 cores with
         # them, so the ratio is measured again with the lighter external generator, dated
         # after everything the rows above sent.
-        c2 = wrk.WORKERS_CONCURRENCY
-        say(f"one worker and two under wrk at c={c2}, {seconds:g} s each:")
-        start = wrk.after_rows(rows)
-        workers = [_wrk_row(n, servers[n], workload, start, c2, seconds, work, say) for n in pair]
-        cross["workers"] = {"concurrency": c2, "seconds": seconds, "rows": workers}
+        cross["workers"] = _workers_rounds(
+            pair, servers, workload, wrk.after_rows(rows), work, config, say
+        )
     return cross
+
+
+def _workers_rounds(
+    pair: Sequence[str],
+    servers: dict[str, Server],
+    workload: Workload,
+    start: datetime,
+    work: Path,
+    config: BenchConfig,
+    say: Progress,
+) -> dict[str, Any]:
+    """One worker and two under wrk at c=32 in `config.workers_rounds` rounds, the order
+    alternating (a slow spell of the machine falls on both); each round's transactions are
+    new (their own id prefix) and dated after the last round's."""
+    c, seconds, n = wrk.WORKERS_CONCURRENCY, config.wrk_s, max(1, config.workers_rounds)
+    say(f"one worker and two under wrk at c={c}: {n} round(s) of {seconds:g} s each, alternating:")
+    rounds: list[dict[str, dict[str, Any]]] = []
+    for r in range(n):
+        by: dict[str, dict[str, Any]] = {}
+        for name in pair if r % 2 == 0 else pair[::-1]:
+            prefix = f"wrk{c}r{r}-"
+            by[name] = _wrk_row(
+                name, servers[name], workload, start, c, seconds, work, say, prefix=prefix
+            )
+        rounds.append(by)
+        start = wrk.after_rows(list(by.values()))
+    return wrk.rounds_run(c, seconds, pair, rounds)
 
 
 def _wrk_row(
@@ -254,13 +282,16 @@ def _wrk_row(
     seconds: float,
     work: Path,
     say: Progress,
+    prefix: str = "",
 ) -> dict[str, Any]:
-    """One contender driven by wrk at `c` for `seconds`, with its CPU per request."""
+    """One contender driven by wrk at `c` for `seconds`, with its CPU per request; its
+    transaction ids start with `prefix` (default ``wrk<c>-``): no two runs on one server may
+    share one, or the server would answer replays."""
     kind = spec_of(name).body
     picks = wrk.templates(workload.transactions, workload.bodies(kind), kind)
     step = workload.step_for(wrk.chosen(len(workload)))
     script = wrk.lua_script(
-        server.endpoint, picks, kind == "transaction", start, f"wrk{c}-", step_s=step
+        server.endpoint, picks, kind == "transaction", start, prefix or f"wrk{c}-", step_s=step
     )
     tree = server.tree()
     cpu0, busy0 = tree.cpu_s(), machine_busy_s()

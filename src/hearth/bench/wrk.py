@@ -20,6 +20,7 @@ import math
 import random
 import resource
 import shutil
+import statistics
 import subprocess
 import tempfile
 from collections.abc import Sequence
@@ -203,6 +204,53 @@ def run(
     }
 
 
+def rounds_run(
+    c: int, seconds: float, names: Sequence[str], rounds: Sequence[dict[str, dict[str, Any]]]
+) -> dict[str, Any]:
+    """A run of several rounds, each of `names` once per round (rows by name): each name's
+    rounds pooled (`pooled`), and round by round the second name's req/s ÷ the first's."""
+    one, two = names
+    return {
+        "concurrency": c,
+        "seconds": seconds,
+        "rounds": len(rounds),
+        "rows": [pooled([r[name] for r in rounds]) for name in names],
+        "ratios": [round(ratio(r[two]["rps"], r[one]["rps"]), 3) for r in rounds],
+    }
+
+
+def pooled(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One contender's wrk rows (rounds of one run) as one: counts and seconds summed, req/s
+    and CPU per request over them all, the percentiles the rounds' medians, the max the max."""
+    seconds = sum(r["seconds"] for r in rows)
+    requests = sum(r["requests"] for r in rows)
+    errors: dict[str, int] = {}
+    for r in rows:
+        for k, v in (r["errors"] or {}).items():
+            errors[k] = errors.get(k, 0) + v
+    return rows[0] | {
+        "requests": requests,
+        "errors": errors,
+        **{k: statistics.median(r[k] for r in rows) for k in ("p50_ms", "p90_ms", "p99_ms")},
+        "max_ms": max(r["max_ms"] for r in rows),
+        "rps": sum(r["rps"] * r["seconds"] for r in rows) / seconds if seconds else math.nan,
+        "seconds": round(seconds, 2),
+        "last_s": max(r["last_s"] for r in rows),
+        "wrk_cpu_s": round(sum(r["wrk_cpu_s"] for r in rows), 3),
+        "cpu_s_per_1000": sum(r["cpu_s_per_1000"] * r["requests"] for r in rows) / max(1, requests),
+        "others_cores": round(
+            sum(r["others_cores"] * r["seconds"] for r in rows) / seconds if seconds else 0.0, 3
+        ),
+    }
+
+
+def judged_ratio(run_: dict[str, Any], a: Row, b: Row) -> float:
+    """`b`'s req/s ÷ `a`'s in `run_`: the median of its rounds' ratios where it ran rounds
+    (one slow spell of a shared machine moves one round, not the verdict), else the one."""
+    ratios = run_.get("ratios") or []
+    return statistics.median(ratios) if ratios else ratio(b["rps"], a["rps"])
+
+
 # -- the report ----------------------------------------------------------------------------
 def section(f: Figures) -> list[str]:
     """The Markdown section: each cross-checked contender, Hearth's figures / wrk's."""
@@ -268,10 +316,29 @@ def scaling(cross: dict[str, Any], one: str, two: str) -> list[str]:
         line
         for run_, a, b in pair(cross, one, two)
         for line in (
-            f"Under wrk at c={run_['concurrency']} ({run_['seconds']:g} s each): "
-            f"{fmt(a['rps'], 0)} → {fmt(b['rps'], 0)} req/s, "
-            f"**{fmt(ratio(b['rps'], a['rps']), 2, '×')}**, CPU-s per 1,000 "
+            f"Under wrk at c={run_['concurrency']} ({_how_long(run_)}): "
+            f"{fmt(a['rps'], 0)} → {fmt(b['rps'], 0)} req/s{_pooled(run_)}, "
+            f"**{fmt(judged_ratio(run_, a, b), 2, '×')}**{_rounds(run_)}, CPU-s per 1,000 "
             f"{fmt(a['cpu_s_per_1000'])} → {fmt(b['cpu_s_per_1000'])}.{_others(a, b)}",
             "",
         )
     ]
+
+
+def _how_long(run_: dict[str, Any]) -> str:
+    n = run_.get("rounds", 1)
+    each = f"{run_['seconds']:g} s each"
+    return f"{n} rounds of {each}, alternating which goes first" if n > 1 else each
+
+
+def _pooled(run_: dict[str, Any]) -> str:
+    return " over all rounds" if run_.get("rounds", 1) > 1 else ""
+
+
+def _rounds(run_: dict[str, Any]) -> str:
+    """The rounds' ratios, where there were several: the bold figure is their median."""
+    ratios = run_.get("ratios") or []
+    if len(ratios) < 2:
+        return ""
+    listed = ", ".join(f"{r:.2f}" for r in ratios)
+    return f" (the median of the rounds' ×{listed}; ×{min(ratios):.2f}–{max(ratios):.2f})"
