@@ -144,3 +144,33 @@ def test_rounds_alternate_and_never_reuse_a_transaction_id(
     assert starts[2] > starts[1] and starts[4] > starts[3] and starts[6] > starts[5]  # later days
     assert out["rounds"] == 4 and out["ratios"] == [1.7] * 4 and out["seconds"] == 2.0
     assert [r["contender"] for r in out["rows"]] == ["monolith", "monolith-w2"]
+
+
+def test_the_workers_rounds_run_with_the_other_contenders_stopped(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    class Fake:
+        stopped = False
+
+        def stop(self) -> None:
+            self.stopped = True
+
+    servers: dict[str, Any] = {n: Fake() for n in ("echo", "monolith", "monolith-w2", "mlflow")}
+    seen: list[tuple[int, str, list[str]]] = []
+
+    def fake_row(name: str, server: Any, workload: Any, start: datetime, c: int,
+                 *_: Any, prefix: str = "") -> dict[str, Any]:  # fmt: skip
+        seen.append((c, name, sorted(n for n, s in servers.items() if s.stopped)))
+        return _wrk(name, 1000, last_s=calendar.timegm(start.timetuple()) + 60, concurrency=c)
+
+    monkeypatch.setattr(run, "_wrk_row", fake_row)
+    monkeypatch.setattr(wrk, "available", lambda: True)
+    workload = type("W", (), {"transactions": [{"timestamp": "2030-01-01T00:00:00"}]})()
+    config = run.BenchConfig(workers_rounds=2, wrk_s=1.0)
+    cross = run._cross_check(servers, workload, tmp_path, config, run.Progress(say=lambda _: None))  # type: ignore[arg-type]
+    assert [(c, n, stopped) for c, n, stopped in seen if c == 1] == [
+        (1, n, []) for n in servers
+    ]  # the cross-check drives every contender, all of them up
+    rounds = [stopped for c, _, stopped in seen if c == 32]
+    assert len(rounds) == 4 and all(stopped == ["echo", "mlflow"] for stopped in rounds)
+    assert cross["workers"]["rounds"] == 2

@@ -239,7 +239,11 @@ def _cross_check(
     if len(pair) == 2 and c != wrk.WORKERS_CONCURRENCY:
         # The workers' target is at c=32; the bench's own client shares the 2 cores with
         # them, so the ratio is measured again with the lighter external generator, dated
-        # after everything the rows above sent.
+        # after everything the rows above sent, and with the other contenders stopped (idle
+        # servers still poll and sweep: a share of the cores that two workers need both of
+        # and one worker does not miss). Every measurement that needs them is done.
+        say("stopping the other contenders for it")
+        stop_all(s for n, s in servers.items() if n not in pair)
         cross["workers"] = _workers_rounds(
             pair, servers, workload, wrk.after_rows(rows), work, config, say
         )
