@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from http import HTTPStatus
 from typing import Any
 
@@ -15,7 +14,8 @@ from bentos.openapi30 import openapi30
 from bentos.telemetry import service_tracing, start_telemetry
 from hearth.features.online import InvalidTransaction
 from hearth.serving import graph, limits
-from hearth.serving.dependencies import observe_rows
+from hearth.serving.dependencies import OffLoop, observe_from_loop
+from hearth.serving.errors import Unavailable
 from hearth.serving.internal import features_app
 from hearth.serving.schemas import FeatureRow
 
@@ -44,22 +44,28 @@ class Features:
         settings = graph.context().settings
         start_telemetry(settings, "features")
         self.store = graph.feature_store(settings)
+        self.calls = OffLoop("feature-store")  # what may wait, in threads with a timeout
 
     def __is_ready__(self) -> bool:
         return self.store.ready
 
-    # The same as /internal/observe, as a BentoML API for other clients; the store call runs
-    # in a worker thread (it may wait on SQLite's busy timeout or Redis), not on the loop.
+    # The same as /internal/observe, as a BentoML API for other clients, on the same path:
+    # on the event loop as far as the store goes without waiting, the rest in a thread
+    # (SQLite's busy timeout), Redis awaited on the loop (`observe_from_loop`).
     @bentoml.api
     async def observe(self, transactions: list[dict[str, Any]]) -> list[FeatureRow]:
+        from hearth.features.store import StoreError  # lazy: pandas
+
         # Checked as the hop checks them (hearth.serving.limits): 413/422, never a 500.
         try:
             txns = limits.transactions(transactions, limits.default_limits())
-            return await asyncio.to_thread(observe_rows, self.store.get(), txns)
+            return await observe_from_loop(self.calls, Unavailable, self.store.get(), txns)
         except limits.Refused as exc:
             raise BentoMLException(exc.message(), error_code=HTTPStatus(exc.status)) from None
         except InvalidTransaction as exc:  # the store's own check
             raise BentoMLException(str(exc), error_code=HTTPStatus(422)) from None
+        except (Unavailable, StoreError) as exc:  # the store's trouble, not the client's
+            raise BentoMLException(str(exc), error_code=HTTPStatus(503)) from None
 
     @bentoml.api
     def ready(self) -> bool:

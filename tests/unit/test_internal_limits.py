@@ -21,7 +21,7 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from hearth.features.online import InputDomain, InvalidTransaction
-from hearth.features.store import SQLiteStore
+from hearth.features.store import SQLiteStore, StoreError
 from hearth.serving.auth import INTERNAL_TOKEN_HEADER
 from hearth.serving.internal import features_app, internal_first, model_app
 from hearth.serving.internal_client import PREFIX, FeaturesCalls, InternalClient
@@ -202,9 +202,22 @@ def test_the_features_services_bentoml_api_checks_as_its_hop_does(
         while client.get("/readyz").status_code != 200:
             assert time.monotonic() < deadline, "the store did not load"
             time.sleep(0.1)
-        assert client.post("/observe", json={"transactions": [TXN]}).status_code == 200
+        first = client.post("/observe", json={"transactions": [TXN]})
+        assert first.status_code == 200 and first.json()[0]["cold_start"] is True
+        later = {**TXN, "transaction_id": "t2", "timestamp": "2026-02-01T12:05:00"}
+        second = client.post("/observe", json={"transactions": [later]}).json()[0]
+        assert second["cold_start"] is False  # the first one was stored
+        assert second["features"] != first.json()[0]["features"]
         bad = client.post("/observe", json={"transactions": [{**TXN, "amount": 1e308}]})
         assert bad.status_code == 422 and "0.amount: must be > 0" in bad.text
         many = client.post("/observe", json={"transactions": [TXN] * 1001})
         assert many.status_code == 413 and "HEARTH_MAX_BATCH" in many.text
         assert client.post("/observe", content=b"x" * 2_000_000).status_code == 413
+
+        async def store_down(*_: Any) -> None:
+            raise StoreError("the online store at /nowhere is gone")
+
+        # The store's trouble is a 503 (retry later), not a 500; BentoML words every 5xx
+        # alike. The store itself is not under test here: its failures are in test_store_*.
+        monkeypatch.setattr("bentos.features.observe_from_loop", store_down)
+        assert client.post("/observe", json={"transactions": [TXN]}).status_code == 503
