@@ -121,7 +121,7 @@ containerize: install ## The five images (gateway, features, model, monolith; wo
 	$(BIN)/hearth containerize
 
 .PHONY: bench
-bench: install ## Full serving benchmark (hearth bench, ~12 min on 2 cores; wrk cross-check): floor, mlflow, BentoML, monolith, microservices, two workers, Redis store, batching, rollback → reports/bench.*
+bench: install ## Full serving benchmark (hearth bench, ~15 min on 2 cores; wrk cross-check): floor, mlflow, BentoML, monolith, microservices, two workers, Redis store, batching, rollback → reports/bench.*
 	$(BIN)/hearth bench
 
 .PHONY: soak
