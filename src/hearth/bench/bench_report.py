@@ -440,7 +440,7 @@ def _notes(report: dict[str, Any]) -> list[str]:
 def plot(report: dict[str, Any], key: str, ylabel: str, path: Path, log_y: bool) -> None:
     """One line per contender against concurrency (log-scaled x)."""
     f = Figures(report)
-    with png_figure(path, save_dpi=110, figsize=(8, 5)) as (_, ax):
+    with png_figure(path, save_dpi=110, figsize=(10.5, 5)) as (_, ax):
         colours: dict[str, Any] = {}
         for name in f.names:
             levels = [c for c in f.levels if (name, c) in f.rows]
@@ -465,7 +465,8 @@ def plot(report: dict[str, Any], key: str, ylabel: str, path: Path, log_y: bool)
         ax.set_xlabel("concurrency (requests in flight)")
         ax.set_ylabel(ylabel)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+        # Beside the plot, not on it: with a baseline there are up to 20 lines to name.
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
 
 
 def write(report: dict[str, Any], out: Path) -> list[Path]:
