@@ -13,6 +13,7 @@ from bentos.images import cpu_image
 from bentos.openapi30 import openapi30
 from bentos.telemetry import service_tracing, start_telemetry
 from hearth.features.online import InvalidTransaction
+from hearth.features.store_base import StoreError
 from hearth.serving import graph, limits
 from hearth.serving.dependencies import OffLoop, observe_from_loop
 from hearth.serving.errors import Unavailable
@@ -54,8 +55,6 @@ class Features:
     # (SQLite's busy timeout), Redis awaited on the loop (`observe_from_loop`).
     @bentoml.api
     async def observe(self, transactions: list[dict[str, Any]]) -> list[FeatureRow]:
-        from hearth.features.store import StoreError  # lazy: pandas
-
         # Checked as the hop checks them (hearth.serving.limits): 413/422, never a 500.
         try:
             txns = limits.transactions(transactions, limits.default_limits())
